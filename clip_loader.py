@@ -1,0 +1,829 @@
+"""CLIP for IFCDSR: the frozen image encoder that builds E_img (paper §3.1.1).
+
+Reads OpenAI's CLIP weights with code of its own (no TorchScript is run), rebuilds
+the ViT image tower and the text tower, carries OpenAI's preprocessing and BPE
+tokenizer, and provides the command that turns a scenario's item images into
+`<scenario>/image_embeddings.npy`:
+
+    python clip_loader.py embed --scenario-dir data/Food-Kitchen --images data/Food-Kitchen/images
+    python clip_loader.py bench          # encode and embed throughput on random weights
+
+API: `load(name_or_path, device) -> (model, preprocess)`, `tokenize(texts)`,
+`build_model(state_dict)`. Format facts: OpenAI's published checkpoints (MIT).
+
+Dimension letters: B batch, R image side in pixels, P patch side, G = R / P grid
+side, T tokens (1 + G² for images, C = 77 for text), D transformer width,
+H heads, E joint embedding width (the paper's e = 512), N items.
+"""
+import argparse
+import collections
+import gzip
+import hashlib
+import html
+import json
+import math
+import os
+import pickle
+import shutil
+import sys
+import tempfile
+import time
+import urllib.request
+import zipfile
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import ftfy
+import numpy as np
+import regex
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchvision.transforms as T
+from PIL import Image
+
+from data import DataError, read_items
+
+# OpenAI's download URL; its second-to-last segment is the file's SHA256.
+MODELS = {
+    "ViT-B/32": "https://openaipublic.azureedge.net/clip/models/"
+    "40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af/ViT-B-32.pt",
+}
+CACHE_DIR = Path("~/.cache/clip").expanduser()  # where OpenAI's own loader keeps them
+MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI's normalisation constants
+STD = (0.26862954, 0.26130258, 0.27577711)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")  # searched in this order
+BPE_PATH = Path(__file__).with_name("bpe_simple_vocab_16e6.txt.gz")
+
+
+class CLIPError(Exception):
+    """A problem the user can fix; the message says what was expected and what to do."""
+
+
+# ----------------------------------------------------------------------------- model
+
+
+class LayerNorm(nn.LayerNorm):
+    """LayerNorm computed in fp32 and cast back, so fp16 weights elsewhere stay stable."""
+
+    def forward(self, x):
+        weight, bias = self.weight.float(), self.bias.float()
+        return F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps).to(x.dtype)
+
+
+class QuickGELU(nn.Module):
+    def forward(self, x):
+        # QuickGELU(x) = x · σ(1.702 x), the activation CLIP was trained with
+        return x * torch.sigmoid(1.702 * x)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with nn.MultiheadAttention's parameter names (OpenAI's keys)."""
+
+    def __init__(self, *, width, heads, causal):
+        super().__init__()
+        assert width % heads == 0, f"width {width} must be a multiple of heads {heads}"
+        self.heads, self.causal = heads, causal
+        self.in_proj_weight = nn.Parameter(torch.randn(3 * width, width) * width**-0.5)
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
+        self.out_proj = nn.Linear(width, width)
+
+    def forward(self, x):  # (B, T, D)
+        B, T, D = x.shape
+        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)  # (B, T, 3D)
+        q, k, v = qkv.view(B, T, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)  # 3 × (B, H, T, D/H)
+        # softmax(q kᵀ / √(D/H) + mask) v; the text mask is -inf above the diagonal
+        x = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)  # (B, H, T, D/H)
+        return self.out_proj(x.transpose(1, 2).reshape(B, T, D))  # (B, T, D)
+
+
+class ResidualAttentionBlock(nn.Module):
+    def __init__(self, *, width, heads, causal):
+        super().__init__()
+        self.attn = Attention(width=width, heads=heads, causal=causal)
+        self.ln_1 = LayerNorm(width)
+        self.mlp = nn.Sequential(collections.OrderedDict(
+            c_fc=nn.Linear(width, 4 * width), gelu=QuickGELU(), c_proj=nn.Linear(4 * width, width)))
+        self.ln_2 = LayerNorm(width)
+
+    def forward(self, x):  # (B, T, D)
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+class Transformer(nn.Module):
+    def __init__(self, *, width, layers, heads, causal):
+        super().__init__()
+        self.resblocks = nn.Sequential(
+            *[ResidualAttentionBlock(width=width, heads=heads, causal=causal) for _ in range(layers)])
+
+    def forward(self, x):  # (B, T, D)
+        return self.resblocks(x)
+
+
+@dataclass(frozen=True)
+class CLIPConfig:
+    """Every size of a ViT CLIP; `config_from_state_dict` reads them off the tensor shapes."""
+    embed_dim: int  # E: joint image-text width (512 for ViT-B/32; the paper's e)
+    image_resolution: int  # R: input side in pixels (224)
+    vision_layers: int  # image transformer depth (12)
+    vision_width: int  # image transformer width D (768)
+    vision_patch_size: int  # P: patch side (32)
+    context_length: int  # C: text positions (77)
+    vocab_size: int  # BPE vocabulary (49,408)
+    transformer_width: int  # text transformer width D (512)
+    transformer_layers: int  # text transformer depth (12)
+
+    @property
+    def grid(self):  # G: patches per side (7)
+        return self.image_resolution // self.vision_patch_size
+
+    @property
+    def vision_heads(self):  # OpenAI's rule: one head per 64 channels (12)
+        return self.vision_width // 64
+
+    @property
+    def transformer_heads(self):  # (8)
+        return self.transformer_width // 64
+
+
+class VisionTransformer(nn.Module):
+    def __init__(self, config: CLIPConfig):
+        super().__init__()
+        D, P, G = config.vision_width, config.vision_patch_size, config.grid
+        self.conv1 = nn.Conv2d(3, D, kernel_size=P, stride=P, bias=False)
+        self.class_embedding = nn.Parameter(torch.randn(D) * D**-0.5)
+        self.positional_embedding = nn.Parameter(torch.randn(G * G + 1, D) * D**-0.5)
+        self.ln_pre = LayerNorm(D)
+        self.transformer = Transformer(width=D, layers=config.vision_layers, heads=config.vision_heads, causal=False)
+        self.ln_post = LayerNorm(D)
+        self.proj = nn.Parameter(torch.randn(D, config.embed_dim) * D**-0.5)
+
+    def forward(self, image):  # (B, 3, R, R)
+        x = self.conv1(image)  # (B, D, G, G)
+        x = x.flatten(2).transpose(1, 2)  # (B, G², D)
+        cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)  # (B, 1, D)
+        x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)  # (B, T, D), T = 1 + G²
+        x = self.transformer(self.ln_pre(x))
+        return self.ln_post(x[:, 0]) @ self.proj  # class token (B, D) -> (B, E)
+
+
+class CLIP(nn.Module):
+    """OpenAI's ViT CLIP; the text tower's parameters sit at the top level, as in their files."""
+
+    def __init__(self, config: CLIPConfig):
+        super().__init__()
+        self.config = config
+        D = config.transformer_width
+        self.visual = VisionTransformer(config)
+        self.token_embedding = nn.Embedding(config.vocab_size, D)
+        self.positional_embedding = nn.Parameter(torch.randn(config.context_length, D) * 0.01)
+        self.transformer = Transformer(width=D, layers=config.transformer_layers, heads=config.transformer_heads,
+                                       causal=True)
+        self.ln_final = LayerNorm(D)
+        self.text_projection = nn.Parameter(torch.randn(D, config.embed_dim) * D**-0.5)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+
+    @property
+    def dtype(self):
+        return self.visual.conv1.weight.dtype
+
+    def encode_image(self, image):  # (B, 3, R, R) -> (B, E), not normalised
+        return self.visual(image.to(self.dtype))
+
+    def encode_text(self, text):  # (B, C) token ids -> (B, E), not normalised
+        x = (self.token_embedding(text) + self.positional_embedding).to(self.dtype)  # (B, C, D)
+        x = self.ln_final(self.transformer(x))
+        eot = x[torch.arange(x.shape[0]), text.argmax(dim=-1)]  # end-of-text has the largest id; (B, D)
+        return eot @ self.text_projection  # (B, E)
+
+    def forward(self, image, text):
+        image_features = F.normalize(self.encode_image(image), dim=-1)
+        text_features = F.normalize(self.encode_text(text), dim=-1)
+        # logits = exp(logit_scale) · cos(image, text)
+        logits_per_image = self.logit_scale.exp() * image_features @ text_features.t()  # (B_image, B_text)
+        return logits_per_image, logits_per_image.t()
+
+
+def config_from_state_dict(state_dict) -> CLIPConfig:
+    """Derives every hyper-parameter from tensor shapes, as OpenAI's checkpoints carry no config."""
+    if "visual.proj" not in state_dict:
+        raise CLIPError("these weights have no 'visual.proj': they are not a ViT CLIP (ResNet CLIP models such "
+                        "as RN50 are not supported); use ViT-B/32, ViT-B/16, ViT-L/14 or ViT-L/14@336px weights")
+
+    def shape(key):
+        if key not in state_dict:
+            raise CLIPError(f"the weights lack the key {key!r} that every ViT CLIP has")
+        return state_dict[key].shape
+
+    vision_width, _, patch, _ = shape("visual.conv1.weight")  # (D, 3, P, P)
+    grid = round((shape("visual.positional_embedding")[0] - 1) ** 0.5)  # 1 + G² positions
+    return CLIPConfig(
+        embed_dim=shape("text_projection")[1],
+        image_resolution=patch * grid,
+        vision_layers=sum(k.startswith("visual.") and k.endswith(".attn.in_proj_weight") for k in state_dict),
+        vision_width=vision_width,
+        vision_patch_size=patch,
+        context_length=shape("positional_embedding")[0],
+        vocab_size=shape("token_embedding.weight")[0],
+        transformer_width=shape("ln_final.weight")[0],
+        transformer_layers=len({k.split(".")[2] for k in state_dict if k.startswith("transformer.resblocks.")}),
+    )
+
+
+def build_model(state_dict) -> CLIP:
+    """A CLIP holding exactly the given tensors (same dtypes and device); any key mismatch is an error."""
+    state_dict = {k: v for k, v in state_dict.items() if k not in ("input_resolution", "context_length", "vocab_size")}
+    config = config_from_state_dict(state_dict)
+    with torch.device("meta"):  # no memory or time spent on an initialisation that is overwritten
+        model = CLIP(config)
+    expected = model.state_dict()
+    missing, unexpected = sorted(expected.keys() - state_dict.keys()), sorted(state_dict.keys() - expected.keys())
+    wrong = [f"{k} {tuple(state_dict[k].shape)} (expected {tuple(expected[k].shape)})"
+             for k in sorted(expected.keys() & state_dict.keys()) if state_dict[k].shape != expected[k].shape]
+    if missing or unexpected or wrong:
+        raise CLIPError(f"the weights do not match a CLIP of {config}: missing keys {missing}, unexpected keys "
+                        f"{unexpected}, wrong shapes {wrong}")
+    model.load_state_dict(state_dict, strict=True, assign=True)
+    return model.requires_grad_(False).eval()
+
+
+# ----------------------------------------------------------------------- weight files
+
+_STORAGE_DTYPES = {
+    "HalfStorage": torch.float16, "FloatStorage": torch.float32, "DoubleStorage": torch.float64,
+    "BFloat16Storage": torch.bfloat16, "LongStorage": torch.int64, "IntStorage": torch.int32,
+    "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8, "BoolStorage": torch.bool,
+}
+
+
+class _ScriptModule:
+    """Stands in for a TorchScript module class: keeps its attributes, runs nothing."""
+
+    def __setstate__(self, state):
+        self.state = state
+
+
+def _rebuild_tensor(storage, offset, size, stride, requires_grad, backward_hooks, metadata=None):
+    return storage.as_strided(size, stride, offset)
+
+
+class _ArchiveUnpickler(pickle.Unpickler):
+    """Unpickles a TorchScript archive's data.pkl, allowing only what rebuilds modules and tensors.
+
+    Any other global the pickle names (os.system, builtins.eval, ...) is refused, so a
+    weight file cannot run code; storages are read from the zip records `<prefix>/data/<key>`.
+    """
+
+    def __init__(self, file, archive: zipfile.ZipFile, prefix: str, path):
+        super().__init__(file)
+        self.archive, self.prefix, self.path = archive, prefix, path
+        self.storages = {}
+
+    def find_class(self, module, name):
+        if module == "__torch__" or module.startswith("__torch__."):
+            return _ScriptModule
+        if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
+            return _rebuild_tensor
+        if (module, name) == ("collections", "OrderedDict"):
+            return collections.OrderedDict
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return _STORAGE_DTYPES[name]
+        raise CLIPError(f"{self.path}: the archive's data.pkl asks for the Python object {module}.{name}; a CLIP "
+                        f"weight archive needs only modules and tensors, so it was refused and nothing was run. "
+                        f"Use weights from a source you trust")
+
+    def persistent_load(self, pid):  # ('storage', dtype, key, location, numel)
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage" and isinstance(pid[1], torch.dtype)):
+            raise CLIPError(f"{self.path}: unexpected storage record {pid!r} in data.pkl")
+        _, dtype, key, _, numel = pid
+        if key not in self.storages:
+            raw = bytearray(self.archive.read(f"{self.prefix}/data/{key}"))
+            self.storages[key] = torch.frombuffer(raw, dtype=dtype) if numel else torch.empty(0, dtype=dtype)
+        return self.storages[key]
+
+
+def _module_tensors(module: _ScriptModule, prefix=""):
+    """(dotted name, tensor) for every tensor attribute, i.e. the parameters and buffers of a traced archive."""
+    for name, value in module.state.items():
+        if isinstance(value, torch.Tensor):
+            yield prefix + name, value
+        elif isinstance(value, _ScriptModule):
+            yield from _module_tensors(value, f"{prefix}{name}.")
+
+
+def read_state_dict(path) -> dict:
+    """The tensors of an OpenAI TorchScript archive or of a torch.save'd state dict, on the CPU."""
+    path = Path(path)
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+            roots = [n[: -len("/data.pkl")] for n in names if n.count("/") == 1 and n.endswith("/data.pkl")]
+            if len(roots) == 1 and any(n.startswith(roots[0] + "/code/") for n in names):  # TorchScript
+                unpickler = _ArchiveUnpickler(archive.open(f"{roots[0]}/data.pkl"), archive, roots[0], path)
+                try:
+                    root = unpickler.load()
+                except CLIPError:
+                    raise
+                except Exception as e:
+                    raise CLIPError(f"{path}: malformed TorchScript archive ({type(e).__name__}: {e}); "
+                                    f"download the file again") from None
+                if not isinstance(root, _ScriptModule) or not isinstance(root.state, dict):
+                    raise CLIPError(f"{path}: the archive holds a {type(root).__name__}, not a module")
+                return {name: tensor.contiguous() for name, tensor in _module_tensors(root)}
+    try:
+        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        with open(path, "rb") as f:
+            head = f.read(16)
+        raise CLIPError(
+            f"{path} is neither an OpenAI TorchScript archive nor a torch.save'd state dict: it is "
+            f"{path.stat().st_size:,} bytes starting with {head!r} and torch.load says: {e}. An interrupted "
+            f"download is the usual cause (OpenAI's ViT-B-32.pt is 353,976,522 bytes): delete it and download "
+            f"it again") from None
+    if not (isinstance(state_dict, dict) and all(isinstance(v, torch.Tensor) for v in state_dict.values())):
+        found = f"a dict with keys {list(state_dict)[:8]}" if isinstance(state_dict, dict) else type(state_dict).__name__
+        raise CLIPError(f"{path}: expected a state dict (parameter name -> tensor), found {found}")
+    return state_dict
+
+
+def file_sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class Progress:
+    """One status line on stderr: rewritten in place on a terminal, else a new line every 30 s."""
+
+    def __init__(self):
+        self.tty = sys.stderr.isatty()
+        self.last = 0.0
+
+    def __call__(self, line, final=False):
+        now = time.monotonic()
+        if final or now - self.last >= (0.5 if self.tty else 30):
+            self.last = now
+            print(f"\r{line}\033[K" if self.tty else line, end="\n" if final or not self.tty else "",
+                  file=sys.stderr, flush=True)
+
+
+def download(url: str, path: Path, sha256: str):
+    """Streams `url` into a temp file beside `path`; renames it to `path` only if its SHA256 matches."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    digest, done, progress, start = hashlib.sha256(), 0, Progress(), time.monotonic()
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
+            total = int(response.headers.get("Content-Length") or 0)
+            while block := response.read(1 << 20):
+                out.write(block)
+                digest.update(block)
+                done += len(block)
+                rate = done / max(time.monotonic() - start, 1e-9) / 2**20
+                progress(f"downloading {path.name}: {done / 2**20:.1f} of {total / 2**20:.1f} MiB, {rate:.1f} MiB/s")
+        progress(f"downloaded {path.name}: {done:,} bytes", final=True)
+        if digest.hexdigest() != sha256:
+            raise CLIPError(f"the download of {url} has SHA256 {digest.hexdigest()} ({done:,} bytes) but should "
+                            f"have {sha256}: it is truncated or corrupted, and the temp file was deleted. Run "
+                            f"again, or download the file by other means to {path}")
+        os.replace(tmp, path)
+    except OSError as e:  # includes urllib's URLError and timeouts
+        raise CLIPError(f"could not download {url} ({e}). Download it by other means (e.g. a browser or curl on "
+                        f"another machine) and put it at {path}, or pass the file's path instead of the name") from None
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def resolve_weights(name_or_path, *, offline=False, cache_dir=CACHE_DIR) -> Path:
+    """A model name (see MODELS) becomes its cached file, downloaded and verified if absent; a path stays."""
+    if name_or_path not in MODELS:
+        path = Path(name_or_path).expanduser()
+        if not path.is_file():
+            raise CLIPError(f"weights {name_or_path!r}: no such file, and not one of the names {list(MODELS)}")
+        return path
+    url = MODELS[name_or_path]
+    sha256, path = url.rsplit("/", 2)[-2], Path(cache_dir) / url.rsplit("/", 1)[-1]
+    if not path.exists():
+        if offline:
+            raise CLIPError(f"{name_or_path} is not in the cache and --offline forbids downloading it: download "
+                            f"{url} and put it at {path} (SHA256 {sha256})")
+        download(url, path, sha256)
+    elif file_sha256(path) != sha256:
+        raise CLIPError(f"{path} has the wrong SHA256 (expected {sha256}, {path.stat().st_size:,} bytes found), "
+                        f"probably an interrupted download: delete it and run again to download it anew")
+    return path
+
+
+def resolve_device(name) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise CLIPError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CLIPError(f"--device {name}: CUDA is not available here; use --device cpu")
+    return device
+
+
+def load(name_or_path="ViT-B/32", device="auto", *, keep_fp16=False, offline=False):
+    """(model, preprocess) from a model name or a weight file; weights become fp32 unless keep_fp16 on CUDA."""
+    device = resolve_device(device) if isinstance(device, str) else device
+    if keep_fp16 and device.type != "cuda":
+        raise CLIPError("keep_fp16 is for CUDA only: on the CPU fp16 is slow and imprecise, so weights become fp32")
+    model = build_model(read_state_dict(resolve_weights(name_or_path, offline=offline)))
+    if not keep_fp16:
+        model = model.float()  # OpenAI stores conv, linear and projection weights in fp16
+    return model.to(device), make_preprocess(model.config.image_resolution)
+
+
+# ------------------------------------------------------------------------- preprocess
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    return image.convert("RGB")
+
+
+def make_preprocess(resolution=224):
+    """OpenAI's transform: shorter side to R (bicubic), centre crop R×R, RGB, then normalise."""
+    return T.Compose([
+        T.Resize(resolution, interpolation=T.InterpolationMode.BICUBIC),
+        T.CenterCrop(resolution),
+        _to_rgb,  # after the crop, as OpenAI does: RGBA, grayscale and palette images become RGB
+        T.ToTensor(),  # (3, R, R) in [0, 1]
+        T.Normalize(MEAN, STD),
+    ])
+
+
+# -------------------------------------------------------------------------- tokenizer
+
+SOT, EOT = "<|startoftext|>", "<|endoftext|>"
+_SPLIT = regex.compile(r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""",
+                       regex.IGNORECASE)
+
+
+def _byte_symbols() -> dict[int, str]:
+    """Byte -> printable character, in vocabulary order: printable Latin-1 bytes map to themselves
+    (first), the other 68 bytes to the characters 256, 257, ... (after them)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = [b for b in range(256) if b not in printable]
+    return {**{b: chr(b) for b in printable}, **{b: chr(256 + i) for i, b in enumerate(others)}}
+
+
+class Tokenizer:
+    """CLIP's byte-level BPE: 256 byte symbols, the same with '</w>', 48,894 merges, SOT and EOT."""
+
+    def __init__(self, bpe_path=BPE_PATH):
+        with gzip.open(bpe_path, "rt", encoding="utf-8") as f:
+            merges = [tuple(line.split()) for line in f.read().split("\n")[1:48894 + 1]]  # line 0 is a header
+        self.byte_symbols = _byte_symbols()
+        symbols = list(self.byte_symbols.values())
+        vocab = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges] + [SOT, EOT]
+        self.encoder = {symbol: i for i, symbol in enumerate(vocab)}  # 49,408 entries
+        self.merge_rank = {merge: rank for rank, merge in enumerate(merges)}
+        self.sot, self.eot = self.encoder[SOT], self.encoder[EOT]
+
+    @lru_cache(maxsize=100_000)
+    def bpe(self, word: str) -> tuple[str, ...]:
+        """Merges the lowest-ranked adjacent pair until none is in the merge list."""
+        parts = (*word[:-1], word[-1] + "</w>")
+        while len(parts) > 1:
+            pairs = {(a, b) for a, b in zip(parts, parts[1:])}
+            best = min(pairs, key=lambda p: self.merge_rank.get(p, math.inf))
+            if best not in self.merge_rank:
+                break
+            merged, i = [], 0
+            while i < len(parts):
+                if i + 1 < len(parts) and (parts[i], parts[i + 1]) == best:
+                    merged.append(parts[i] + parts[i + 1])
+                    i += 2
+                else:
+                    merged.append(parts[i])
+                    i += 1
+            parts = tuple(merged)
+        return parts
+
+    def encode(self, text: str) -> list[int]:
+        text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
+        text = regex.sub(r"\s+", " ", text).strip().lower()
+        ids = []
+        for token in _SPLIT.findall(text):
+            if token in (SOT, EOT):
+                ids.append(self.encoder[token])
+            else:
+                word = "".join(self.byte_symbols[b] for b in token.encode("utf-8"))
+                ids.extend(self.encoder[part] for part in self.bpe(word))
+        return ids
+
+
+@lru_cache(maxsize=1)
+def _tokenizer() -> Tokenizer:
+    return Tokenizer()
+
+
+def tokenize(texts, context_length=77, truncate=False) -> torch.Tensor:
+    """(len(texts), C) token ids: SOT, the text's ids, EOT, zero padding."""
+    tokenizer = _tokenizer()
+    texts = [texts] if isinstance(texts, str) else texts
+    result = torch.zeros(len(texts), context_length, dtype=torch.long)
+    for row, text in enumerate(texts):
+        ids = [tokenizer.sot, *tokenizer.encode(text), tokenizer.eot]
+        if len(ids) > context_length:
+            if not truncate:
+                raise ValueError(f"{text[:60]!r}... is {len(ids)} tokens long, more than the context length "
+                                 f"{context_length}; shorten it or pass truncate=True")
+            ids = [*ids[: context_length - 1], tokenizer.eot]
+        result[row, : len(ids)] = torch.tensor(ids)
+    return result
+
+
+# ------------------------------------------------------------------------ embed command
+
+
+class ItemImages(torch.utils.data.Dataset):
+    """(global id, preprocessed image or zeros, error message or '') for the items that have an image file."""
+
+    def __init__(self, gids, paths, preprocess):
+        self.gids, self.paths, self.preprocess = gids, paths, preprocess
+        self.resolution = preprocess.transforms[1].size[0]
+
+    def __len__(self):
+        return len(self.gids)
+
+    def __getitem__(self, i):
+        try:
+            with Image.open(self.paths[i]) as image:
+                return self.gids[i], self.preprocess(image), ""
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # corrupt, truncated, too big
+            message = " ".join(str(e).replace(str(self.paths[i]), self.paths[i].name).split()) or type(e).__name__
+            return self.gids[i], torch.zeros(3, self.resolution, self.resolution), f"unreadable image: {message}"
+
+
+def find_images(images_dir: Path, asins) -> list:
+    """Per item, its image `<ASIN>.<jpg|jpeg|png|webp>` (suffix case ignored) or None."""
+    found = {}
+    for entry in sorted(os.scandir(images_dir), key=lambda e: e.name):
+        stem, suffix = os.path.splitext(entry.name)
+        if suffix.lower() in IMAGE_SUFFIXES and entry.is_file():
+            rank = IMAGE_SUFFIXES.index(suffix.lower())
+            if stem not in found or rank < found[stem][0]:
+                found[stem] = (rank, Path(entry.path))
+    return [found[asin][1] if asin in found else None for asin in asins]
+
+
+def read_titles(scenario_dir: Path, items) -> list:
+    """Per item, its title from `<scenario>/items.tsv` (written by `python data.py images`), or None."""
+    path = scenario_dir / "items.tsv"
+    if not path.is_file():
+        raise CLIPError(f"--missing text reads item titles from {path}, which does not exist. `python data.py "
+                        f"images` writes it; or use --missing zero to leave image-less rows zero")
+    header = "global_id\tdomain\tasin\ttitle\timage_url"
+    titles = [None] * len(items.asins)
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            fields = line.rstrip("\n").split("\t")
+            if number == 1:
+                if line.rstrip("\n") != header:
+                    raise CLIPError(f"{path}:1: expected the header {header!r}, found {line.rstrip()!r}")
+                continue
+            gid = int(fields[0]) if len(fields) == 5 and fields[0].isdigit() else -1
+            if not 0 <= gid < len(items.asins) or fields[2] != items.asins[gid] or \
+                    fields[1] != ("X" if gid < items.num_x else "Y"):
+                expected = "global_id, domain, ASIN and title of an item of this scenario's Alist/Blist, tab-separated"
+                raise CLIPError(f"{path}:{number}: expected {expected}; found {line.rstrip()[:120]!r}. Was items.tsv "
+                                f"written for another scenario? Rerun `python data.py images` for this one")
+            titles[gid] = fields[3].strip() or None
+    return titles
+
+
+def _write_atomic(path: Path, write):
+    """write(file) into a temp file beside path, then rename: a reader never sees half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        write(f)
+    os.replace(tmp, path)
+
+
+def _default_workers():
+    return max(1, min(8, (os.cpu_count() or 2) - 1))  # one core stays with the model
+
+
+def embed(scenario_dir, images_dir, *, weights="ViT-B/32", batch_size=64, device="auto", missing="zero",
+          workers=None, offline=False, chunk_size=4096, after_chunk=None) -> Path:
+    """Writes E_img = `<scenario>/image_embeddings.npy`, (N, E) float32, row = global item id.
+
+    Work is saved per chunk of `chunk_size` items in `image_embeddings.partial/`, so a rerun
+    continues where a killed run stopped; `after_chunk(chunk_index)` runs after each save.
+    """
+    scenario_dir, images_dir = Path(scenario_dir), Path(images_dir)
+    if batch_size < 1:
+        raise CLIPError(f"--batch-size must be at least 1, found {batch_size}")
+    if not images_dir.is_dir():
+        raise CLIPError(f"--images {images_dir}: no such folder; it should hold <ASIN>.jpg files")
+    items = read_items(scenario_dir)
+    N = len(items.asins)
+    titles = read_titles(scenario_dir, items) if missing == "text" else None
+    paths = find_images(images_dir, items.asins)
+    if not any(paths):
+        raise CLIPError(f"{images_dir} holds no image named after any of the {N:,} items (looked for <ASIN>"
+                        f"{'|'.join(IMAGE_SUFFIXES)}, e.g. {items.asins[0]}.jpg); is --images the right folder?")
+    device = resolve_device(device)
+    weights_path = resolve_weights(weights, offline=offline)
+    model, preprocess = load(weights_path, device)
+    E = model.config.embed_dim
+
+    # Resume: chunk c covers global ids [c·chunk_size, (c+1)·chunk_size); a saved chunk is final.
+    partial = scenario_dir / "image_embeddings.partial"
+    meta = {"weights_sha256": file_sha256(weights_path), "items": N, "chunk_size": chunk_size,
+            "asins_sha256": hashlib.sha256("\n".join(items.asins).encode()).hexdigest()}
+    partial.mkdir(exist_ok=True)
+    if (partial / "meta.json").exists():
+        saved = json.loads((partial / "meta.json").read_text())
+        if saved != meta:
+            raise CLIPError(f"{partial} holds partial results of a run with other weights or another item list "
+                            f"({saved}); rerun with the same --weights to continue it, or delete the folder to "
+                            f"start over")
+    else:
+        _write_atomic(partial / "meta.json", lambda f: f.write(json.dumps(meta).encode()))
+    E_img = np.zeros((N, E), dtype=np.float32)  # (N, E)
+    reasons = np.array(["" if p else "no image file" for p in paths], dtype=object)
+    chunks = range(math.ceil(N / chunk_size))
+    pending = []
+    for c in chunks:
+        file = partial / f"chunk_{c:06d}.npz"
+        if file.exists():
+            with np.load(file) as saved:
+                E_img[c * chunk_size:(c + 1) * chunk_size] = saved["E_img"]
+                reasons[c * chunk_size:(c + 1) * chunk_size] = saved["reasons"]
+        else:
+            pending.append(c)
+    todo = {c: sum(p is not None for p in paths[c * chunk_size:(c + 1) * chunk_size]) for c in pending}
+    gids = [g for c in pending for g in range(c * chunk_size, min((c + 1) * chunk_size, N)) if paths[g]]
+
+    def save_finished_chunks():
+        while pending and todo[pending[0]] == 0:
+            c = pending.pop(0)
+            rows = slice(c * chunk_size, (c + 1) * chunk_size)
+            _write_atomic(partial / f"chunk_{c:06d}.npz",
+                          lambda f: np.savez(f, E_img=E_img[rows], reasons=reasons[rows].astype(str)))
+            if after_chunk:
+                after_chunk(c)
+
+    loader = torch.utils.data.DataLoader(
+        ItemImages(gids, [paths[g] for g in gids], preprocess), batch_size=batch_size,
+        num_workers=_default_workers() if workers is None else workers, pin_memory=device.type == "cuda")
+    print(f"embedding {len(gids):,} images of {N:,} items on {device} "
+          f"({len(chunks) - len(pending)} of {len(chunks)} chunks already done)", file=sys.stderr)
+    progress, start, done = Progress(), time.monotonic(), 0
+    save_finished_chunks()
+    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
+        for batch_gids, pixels, errors in loader:  # (B,), (B, 3, R, R), B messages
+            ok = torch.tensor([not e for e in errors])
+            if ok.any():
+                E_img[batch_gids[ok].numpy()] = model.encode_image(pixels[ok].to(device, non_blocking=True)).float().cpu().numpy()
+            for g, error in zip(batch_gids.tolist(), errors):
+                reasons[g] = error
+                todo[g // chunk_size] -= 1
+            done += len(errors)
+            save_finished_chunks()
+            rate = done / (time.monotonic() - start)
+            eta = (len(gids) - done) / rate
+            progress(f"{done:,}/{len(gids):,} images, {rate:.1f} images/s, ETA {eta // 60:.0f}m{eta % 60:02.0f}s")
+    progress(f"{done:,}/{len(gids):,} images in {time.monotonic() - start:.0f} s", final=True)
+
+    # Note: rows are the raw encode_image vectors, as the paper's frozen CLIP gives them (no L2 normalisation).
+    row_kind = np.array(["zero" if r else "" for r in reasons], dtype=object)
+    if titles is not None:
+        fill = [g for g in range(N) if reasons[g] and titles[g]]
+        E_img[fill] = embed_texts(model, [f"a photo of {titles[g]}." for g in fill], batch_size, device)
+        row_kind[fill] = "text"
+
+    output = scenario_dir / "image_embeddings.npy"
+    missing_path = scenario_dir / "image_embeddings.missing.tsv"
+    lines = ["global_id\tasin\treason\trow\n"] + [
+        f"{g}\t{items.asins[g]}\t{reasons[g]}\t{row_kind[g]}\n" for g in range(N) if reasons[g]]
+    _write_atomic(output, lambda f: np.save(f, E_img))
+    _write_atomic(missing_path, lambda f: f.write("".join(lines).encode("utf-8")))
+    shutil.rmtree(partial)
+
+    counts = collections.Counter(r.split(":")[0] for r in reasons if r)
+    print(f"encoded {N - sum(counts.values()):,} of {N:,} items from images; missing "
+          f"{sum(counts.values()):,}: " + (", ".join(f"{k} {v:,}" for k, v in sorted(counts.items())) or "none"))
+    if titles is not None:
+        print(f"filled {(row_kind == 'text').sum():,} missing rows from titles; {(row_kind == 'zero').sum():,} "
+              f"stay zero (no title)")
+    print(f"wrote {output} {E_img.shape} float32 and {missing_path}")
+    return output
+
+
+def embed_texts(model, texts, batch_size, device) -> np.ndarray:
+    """(len(texts), E) raw encode_text vectors; texts longer than the context are truncated."""
+    rows = []
+    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
+        for start in range(0, len(texts), batch_size):
+            tokens = tokenize(texts[start:start + batch_size], model.config.context_length, truncate=True)
+            rows.append(model.encode_text(tokens.to(device)).float().cpu().numpy())
+    return np.concatenate(rows) if rows else np.zeros((0, model.config.embed_dim), np.float32)
+
+
+# -------------------------------------------------------------------------- benchmark
+
+VIT_B_32 = CLIPConfig(embed_dim=512, image_resolution=224, vision_layers=12, vision_width=768, vision_patch_size=32,
+                      context_length=77, vocab_size=49408, transformer_width=512, transformer_layers=12)
+
+
+def bench(*, images=2000, repeats=3, batch_sizes=(1, 16, 64), device="auto", workers=None):
+    """images/s of encode_image (random ViT-B/32 weights; vs open_clip when installed) and of `embed`."""
+    torch.manual_seed(0)
+    model = CLIP(VIT_B_32).eval()
+    try:  # optional comparison, not a project dependency
+        import open_clip
+        reference = open_clip.model.build_model_from_openai_state_dict(model.state_dict(), cast_dtype=None)
+        reference.float().load_state_dict(model.state_dict())  # it rounded the weights to fp16: undo that
+    except ImportError:
+        reference = None
+        print("open_clip is not installed: no comparison")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, best of {repeats} after a warm-up")
+    for B in batch_sizes:
+        x = torch.randn(B, 3, 224, 224)
+        encoders = {"ours": model.encode_image, **({"open_clip": reference.encode_image} if reference else {})}
+        best = dict.fromkeys(encoders, math.inf)
+        with torch.inference_mode():
+            for _ in range(repeats + 1):  # the first round warms up and is dropped
+                for name, encode in encoders.items():  # alternating, so both see the same machine load
+                    start = time.perf_counter()
+                    encode(x)
+                    best[name] = min(best[name], time.perf_counter() - start) if _ else math.inf
+            line = f"encode_image batch {B:3d}: {B / best['ours']:6.1f} images/s"
+            if reference:
+                diff = (model.encode_image(x) - reference.encode_image(x)).abs().max().item()
+                line += (f", open_clip {B / best['open_clip']:6.1f} images/s, ratio {best['open_clip'] / best['ours']:.2f}"
+                         f" (max |difference| {diff:.1e})")
+        print(line, flush=True)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        scenario = Path(tmp)
+        (scenario / "images").mkdir()
+        rng = np.random.default_rng(0)
+        asins = [f"B{i:09d}" for i in range(images)]
+        for asin in asins:  # smooth random colour fields with noise, roughly like product photos
+            small = Image.fromarray(rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)).resize((500, 500), Image.BICUBIC)
+            noisy = np.asarray(small, dtype=np.int16) + rng.integers(-12, 13, (500, 500, 3))
+            Image.fromarray(noisy.clip(0, 255).astype(np.uint8)).save(scenario / "images" / f"{asin}.jpg", quality=90)
+        half = images // 2
+        for name, part in (("Alist.txt", asins[:half]), ("Blist.txt", asins[half:])):
+            (scenario / name).write_text("".join(f"{i}\t{a}\t{i}\n" for i, a in enumerate(part)))
+        torch.save(model.state_dict(), scenario / "weights.pt")
+        start = time.perf_counter()
+        embed(scenario, scenario / "images", weights=scenario / "weights.pt", device=device, workers=workers)
+        seconds = time.perf_counter() - start
+    print(f"embed command: {images:,} 500x500 JPEGs in {seconds:.1f} s = {images / seconds:.1f} images/s "
+          f"(loading the weights included)")
+
+
+# -------------------------------------------------------------------------------- CLI
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    e = commands.add_parser("embed", help="encode a scenario's item images into image_embeddings.npy (E_img)")
+    e.add_argument("--scenario-dir", type=Path, required=True, help="folder with Alist.txt and Blist.txt")
+    e.add_argument("--images", type=Path, required=True, help="folder of <ASIN>.jpg|jpeg|png|webp files")
+    e.add_argument("--weights", default="ViT-B/32", help="ViT-B/32 (cached in ~/.cache/clip) or a weight file")
+    e.add_argument("--batch-size", type=int, default=64)
+    e.add_argument("--device", default="auto", help="auto (cuda when available, else cpu), cpu, cuda or cuda:N")
+    e.add_argument("--missing", choices=("zero", "text"), default="zero",
+                   help="rows of items without a usable image: zero (the paper) or the CLIP text embedding of "
+                        "'a photo of {title}.' from <scenario-dir>/items.tsv")
+    e.add_argument("--workers", type=int, help="image decoding processes (default: cores - 1, at most 8)")
+    e.add_argument("--offline", action="store_true", help="never download weights; say where to put them")
+    b = commands.add_parser("bench", help="measure encode_image and embed throughput with random ViT-B/32 weights")
+    b.add_argument("--images", type=int, default=2000, help="JPEGs generated for the embed measurement")
+    b.add_argument("--repeats", type=int, default=3)
+    b.add_argument("--device", default="auto")
+    b.add_argument("--workers", type=int)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "embed":
+            embed(args.scenario_dir, args.images, weights=args.weights, batch_size=args.batch_size,
+                  device=args.device, missing=args.missing, workers=args.workers, offline=args.offline)
+        else:
+            bench(images=args.images, repeats=args.repeats, device=args.device, workers=args.workers)
+    except (CLIPError, DataError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished chunks are kept in <scenario-dir>/image_embeddings.partial; rerun the same "
+              "command to continue", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,489 @@
+"""Tests for clip_loader.py: weight reading, the CLIP computation, preprocessing, the
+tokenizer, the embed command and the download path. CPU only; every model is tiny
+and random (width 128, 2 layers, patch 8, resolution 32) except ViT-B/32 on the meta device.
+"""
+import functools
+import hashlib
+import http.server
+import io
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+import threading
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from PIL import Image
+
+import clip_loader as cl
+from clip_loader import CLIP, CLIPConfig, CLIPError
+
+ROOT = Path(__file__).resolve().parent
+TINY = CLIPConfig(embed_dim=32, image_resolution=32, vision_layers=2, vision_width=128, vision_patch_size=8,
+                  context_length=77, vocab_size=49408, transformer_width=128, transformer_layers=2)
+SCALARS = {"input_resolution": 32, "context_length": 77, "vocab_size": 49408}  # OpenAI's archives carry these
+
+
+def tiny_model(seed=0) -> CLIP:
+    torch.manual_seed(seed)
+    return CLIP(TINY).eval()
+
+
+def as_openai_stores(model: nn.Module) -> nn.Module:
+    """Casts to fp16 what OpenAI stores in fp16: everything but embeddings, LayerNorms and logit_scale."""
+    for name, param in model.named_parameters():
+        if not any(part in name for part in ("ln_", "embedding", "logit_scale")):
+            param.data = param.data.half()
+    return model
+
+
+def save_state_dict(model, path, **extra):
+    torch.save({**model.state_dict(), **extra}, path)
+    return path
+
+
+# ------------------------------------------------------------------------- tokenizer
+
+
+def test_tokenizer_known_ids():
+    """The ids in CLIP_FORMAT.md, each framed by SOT 49406 and EOT 49407."""
+    tokens = cl.tokenize(["Hello World!", "a diagram", "a dog", "a cat"])
+    assert tokens[0, :5].tolist() == [49406, 3306, 1002, 256, 49407]
+    assert tokens[1, :4].tolist() == [49406, 320, 22697, 49407]
+    assert tokens[2, :4].tolist() == [49406, 320, 1929, 49407]
+    assert tokens[3, :4].tolist() == [49406, 320, 2368, 49407]
+    assert len(cl._tokenizer().encoder) == 49408
+
+
+def test_tokenizer_padding_overlength_and_truncate():
+    tokens = cl.tokenize("a dog")
+    assert tokens.shape == (1, 77) and tokens[0, 4:].eq(0).all()
+    long_text = "dog " * 100  # 100 word tokens + SOT + EOT = 102 > 77
+    with pytest.raises(ValueError, match="102 tokens"):
+        cl.tokenize(long_text)
+    cut = cl.tokenize(long_text, truncate=True)[0]
+    assert cut[0] == 49406 and cut[-1] == 49407 and cut[1:-1].eq(1929).all()  # "dog" with </w> is 1929
+
+
+def test_tokenizer_cleans_html_entities_mojibake_and_whitespace():
+    """'&amp;eacute;' is unescaped twice to 'é'; 'cafÃ©' (UTF-8 read as Latin-1) is fixed by ftfy."""
+    clean = cl.tokenize("café, tom & jerry")
+    assert torch.equal(cl.tokenize("caf&amp;eacute;, Tom &amp; Jerry"), clean)
+    assert torch.equal(cl.tokenize("cafÃ©,   TOM\n&\tJerry  "), clean)
+    assert not torch.equal(cl.tokenize("cafe, tom & jerry"), clean)
+
+
+# --------------------------------------------------------------------------- model
+
+
+def vit_b_32_shapes():
+    """Key -> shape of OpenAI's ViT-B/32, written out from CLIP_FORMAT.md."""
+    shapes = {"visual.conv1.weight": (768, 3, 32, 32), "visual.class_embedding": (768,),
+              "visual.positional_embedding": (50, 768), "visual.proj": (768, 512),
+              "token_embedding.weight": (49408, 512), "positional_embedding": (77, 512),
+              "text_projection": (512, 512), "logit_scale": ()}
+    for ln, D in (("visual.ln_pre", 768), ("visual.ln_post", 768), ("ln_final", 512)):
+        shapes |= {f"{ln}.weight": (D,), f"{ln}.bias": (D,)}
+    for prefix, D in (("visual.transformer", 768), ("transformer", 512)):
+        for i in range(12):
+            p = f"{prefix}.resblocks.{i}."
+            shapes |= {p + "attn.in_proj_weight": (3 * D, D), p + "attn.in_proj_bias": (3 * D,),
+                       p + "attn.out_proj.weight": (D, D), p + "attn.out_proj.bias": (D,),
+                       p + "ln_1.weight": (D,), p + "ln_1.bias": (D,), p + "ln_2.weight": (D,), p + "ln_2.bias": (D,),
+                       p + "mlp.c_fc.weight": (4 * D, D), p + "mlp.c_fc.bias": (4 * D,),
+                       p + "mlp.c_proj.weight": (D, 4 * D), p + "mlp.c_proj.bias": (D,)}
+    return shapes
+
+
+def test_vit_b_32_keys_shapes_and_hyper_parameters_on_meta():
+    shapes = vit_b_32_shapes()
+    state_dict = {k: torch.empty(s, device="meta") for k, s in shapes.items()}
+    config = cl.config_from_state_dict(state_dict)
+    assert config == CLIPConfig(embed_dim=512, image_resolution=224, vision_layers=12, vision_width=768,
+                                vision_patch_size=32, context_length=77, vocab_size=49408, transformer_width=512,
+                                transformer_layers=12)
+    assert (config.grid, config.vision_heads, config.transformer_heads) == (7, 12, 8)
+    model = cl.build_model({**state_dict, **{k: torch.tensor(v) for k, v in SCALARS.items()}})
+    built = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert built == shapes and len(built) == 302
+    counts = {k: v.numel() for k, v in model.state_dict().items()}
+    assert sum(counts.values()) == 151_277_313
+    assert sum(n for k, n in counts.items() if k.startswith("visual.")) == 87_849_216
+    assert sum(n for k, n in counts.items() if not k.startswith("visual.")) == 63_428_097
+
+
+@pytest.mark.parametrize("config", [
+    CLIPConfig(512, 224, 12, 768, 16, 77, 49408, 512, 12),  # ViT-B/16
+    CLIPConfig(768, 224, 24, 1024, 14, 77, 49408, 768, 12),  # ViT-L/14
+    CLIPConfig(768, 336, 24, 1024, 14, 77, 49408, 768, 12),  # ViT-L/14@336px
+])
+def test_other_vit_sizes_derive_from_shapes(config):
+    with torch.device("meta"):
+        state_dict = CLIP(config).state_dict()
+    assert cl.config_from_state_dict(state_dict) == config
+
+
+def reference_transformer(x, state_dict, prefix, heads, mask=None):
+    """Sequence-first residual blocks with torch.nn.MultiheadAttention: x (T, B, D)."""
+    D = x.shape[-1]
+    layers = len({k.split(".")[len(prefix.split("."))] for k in state_dict if k.startswith(prefix + ".")})
+    for i in range(layers):
+        p = f"{prefix}.{i}."
+        attention = nn.MultiheadAttention(D, heads)
+        attention.load_state_dict({k: state_dict[p + "attn." + k] for k in attention.state_dict()})
+        h = F.layer_norm(x, (D,), state_dict[p + "ln_1.weight"], state_dict[p + "ln_1.bias"])
+        x = x + attention(h, h, h, need_weights=False, attn_mask=mask)[0]
+        h = F.layer_norm(x, (D,), state_dict[p + "ln_2.weight"], state_dict[p + "ln_2.bias"])
+        h = F.linear(h, state_dict[p + "mlp.c_fc.weight"], state_dict[p + "mlp.c_fc.bias"])
+        h = h * torch.sigmoid(1.702 * h)
+        x = x + F.linear(h, state_dict[p + "mlp.c_proj.weight"], state_dict[p + "mlp.c_proj.bias"])
+    return x
+
+
+def test_encoders_and_logits_match_an_independent_implementation():
+    model = tiny_model()
+    sd = model.state_dict()
+    torch.manual_seed(1)
+    images = torch.randn(3, 3, 32, 32)
+    texts = cl.tokenize(["a photo of a dog.", "a cat", "Hello World!"])
+
+    x = F.conv2d(images, sd["visual.conv1.weight"], stride=8).flatten(2).permute(2, 0, 1)  # (16, 3, 128)
+    x = torch.cat([sd["visual.class_embedding"].expand(1, 3, 128), x]) + sd["visual.positional_embedding"][:, None]
+    x = F.layer_norm(x, (128,), sd["visual.ln_pre.weight"], sd["visual.ln_pre.bias"])
+    x = reference_transformer(x, sd, "visual.transformer.resblocks", heads=2)
+    image_ref = F.layer_norm(x[0], (128,), sd["visual.ln_post.weight"], sd["visual.ln_post.bias"]) @ sd["visual.proj"]
+
+    mask = torch.full((77, 77), float("-inf")).triu(1)
+    x = (sd["token_embedding.weight"][texts] + sd["positional_embedding"]).transpose(0, 1)  # (77, 3, 128)
+    x = reference_transformer(x, sd, "transformer.resblocks", heads=2, mask=mask).transpose(0, 1)
+    x = F.layer_norm(x, (128,), sd["ln_final.weight"], sd["ln_final.bias"])
+    text_ref = x[torch.arange(3), (texts == 49407).int().argmax(1)] @ sd["text_projection"]
+
+    with torch.inference_mode():
+        image_ours, text_ours = model.encode_image(images), model.encode_text(texts)
+        logits_per_image, logits_per_text = model(images, texts)
+    assert torch.allclose(image_ours, image_ref, atol=1e-5), (image_ours - image_ref).abs().max()
+    assert torch.allclose(text_ours, text_ref, atol=1e-5), (text_ours - text_ref).abs().max()
+    cosine = F.cosine_similarity(image_ref[:, None], text_ref[None], dim=-1)  # (3, 3)
+    assert torch.allclose(logits_per_image, sd["logit_scale"].exp() * cosine, atol=1e-4)
+    assert torch.equal(logits_per_text, logits_per_image.t())
+
+
+# ------------------------------------------------------------------------ weight files
+
+
+class Archived(CLIP):
+    """A module whose state_dict has OpenAI's key names and scalars, to make a TorchScript archive from."""
+
+    def forward(self, x):
+        return x * self.logit_scale
+
+
+def torchscript_archive(path, seed=0):
+    model = as_openai_stores(Archived(TINY))
+    model.load_state_dict(tiny_model(seed).state_dict(), strict=True)  # keeps the fp16 dtypes
+    for name, value in SCALARS.items():
+        model.register_buffer(name, torch.tensor(value))
+    torch.jit.save(torch.jit.trace(model, torch.ones(1)), path)
+    return model
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit.trace/save/load are deprecated
+def test_torchscript_archive_and_state_dict_load_identically_as_fp32(tmp_path):
+    archived = torchscript_archive(tmp_path / "archive.pt")
+    plain = save_state_dict(archived, tmp_path / "plain.pt")  # the same fp16 / fp32 tensors, torch.save'd
+    assert any("/code/" in n for n in zipfile.ZipFile(tmp_path / "archive.pt").namelist())
+
+    read = cl.read_state_dict(tmp_path / "archive.pt")
+    reference = torch.jit.load(tmp_path / "archive.pt").state_dict()  # torch's own reader agrees
+    assert read.keys() == reference.keys() and all(torch.equal(read[k], reference[k]) for k in read)
+    assert read["visual.proj"].dtype == torch.float16 and read["visual.ln_pre.weight"].dtype == torch.float32
+
+    model_a, preprocess = cl.load(tmp_path / "archive.pt", "cpu")
+    model_b, _ = cl.load(plain, "cpu")
+    assert {p.dtype for p in model_a.parameters()} == {torch.float32}
+    assert torch.equal(model_a.visual.proj, archived.visual.proj.float())
+    torch.manual_seed(2)
+    images, texts = torch.randn(2, 3, 32, 32), cl.tokenize(["a dog", "a cat"])
+    with torch.inference_mode():
+        assert torch.equal(model_a.encode_image(images), model_b.encode_image(images))
+        assert torch.equal(model_a.encode_text(texts), model_b.encode_text(texts))
+    assert preprocess.transforms[1].size == (32, 32)
+
+
+class Exploit:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_restricted_unpickler_refuses_other_globals(tmp_path):
+    marker = tmp_path / "code-was-run"
+    archive = tmp_path / "evil.pt"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("evil/data.pkl", pickle.dumps({"visual.proj": Exploit(marker)}, protocol=2))
+        z.writestr("evil/code/__torch__.py", "")  # makes it look like TorchScript
+        z.writestr("evil/constants.pkl", pickle.dumps(()))
+    with pytest.raises(CLIPError, match=r"asks for the Python object (os|posix)\.system.*refused"):
+        cl.read_state_dict(archive)
+    torch_save = tmp_path / "evil_plain.pt"
+    torch.save({"x": torch.zeros(1)}, torch_save)
+    with zipfile.ZipFile(torch_save) as z:  # the same payload inside a torch.save file: torch.load refuses it
+        entries = {n: z.read(n) for n in z.namelist()}
+    with zipfile.ZipFile(torch_save, "w") as z:
+        for name, data in entries.items():
+            z.writestr(name, pickle.dumps(Exploit(marker), protocol=2) if name.endswith("data.pkl") else data)
+    with pytest.raises(CLIPError, match="neither"):
+        cl.read_state_dict(torch_save)
+    assert not marker.exists()
+
+
+def test_truncated_or_foreign_weight_file_is_a_clear_error(tmp_path):
+    full = save_state_dict(tiny_model(), tmp_path / "full.pt")
+    (tmp_path / "truncated.pt").write_bytes(full.read_bytes()[:5000])
+    with pytest.raises(CLIPError, match=r"neither .* 5,000 bytes .*download"):
+        cl.read_state_dict(tmp_path / "truncated.pt")
+    torch.save({"model": {"a": 1}, "epoch": 3}, tmp_path / "checkpoint.pt")
+    with pytest.raises(CLIPError, match=r"expected a state dict .* keys \['model', 'epoch'\]"):
+        cl.read_state_dict(tmp_path / "checkpoint.pt")
+
+
+def test_strict_loading_lists_missing_unexpected_and_misshapen_keys():
+    state_dict = tiny_model().state_dict()
+    del state_dict["visual.ln_post.bias"]
+    state_dict["visual.extra"] = torch.zeros(1)
+    state_dict["ln_final.bias"] = torch.zeros(7)
+    with pytest.raises(CLIPError) as error:
+        cl.build_model(state_dict)
+    assert "'visual.ln_post.bias'" in str(error.value) and "'visual.extra'" in str(error.value)
+    assert "ln_final.bias (7,) (expected (128,))" in str(error.value)
+    del state_dict["visual.proj"]
+    with pytest.raises(CLIPError, match="not a ViT CLIP"):
+        cl.build_model(state_dict)
+
+
+# -------------------------------------------------------------------------- preprocess
+
+
+def expected_pixel(rgb):
+    return torch.tensor([(c / 255 - m) / s for c, m, s in zip(rgb, cl.MEAN, cl.STD)])
+
+
+@pytest.mark.parametrize("image, rgb", [
+    (Image.new("RGB", (640, 480), (255, 255, 255)), (255, 255, 255)),
+    (Image.new("RGBA", (300, 200), (255, 0, 0, 128)), (255, 0, 0)),  # alpha is dropped, as OpenAI does
+    (Image.new("RGBA", (300, 200), (255, 0, 0, 0)), (0, 0, 0)),  # Pillow's resize zeroes fully clear pixels
+    (Image.new("L", (200, 300), 0), (0, 0, 0)),
+    (Image.new("P", (120, 90), 0), (0, 0, 0)),  # palette entry 0 is black
+    (Image.new("RGB", (1, 1), (0, 255, 0)), (0, 255, 0)),  # tiny
+    (Image.new("RGB", (6000, 4000), (0, 0, 255)), (0, 0, 255)),  # huge (24 megapixels)
+])
+def test_preprocess_modes_sizes_and_normalisation(image, rgb):
+    x = cl.make_preprocess(224)(image)
+    assert x.shape == (3, 224, 224) and x.dtype == torch.float32
+    assert torch.allclose(x, expected_pixel(rgb)[:, None, None].expand(3, 224, 224), atol=1e-5)
+
+
+def test_preprocess_resizes_the_shorter_side_and_crops_the_centre():
+    """A 896×448 image, left half red, right half blue -> 448×224 -> centre 224 columns [112, 336)."""
+    image = Image.new("RGB", (896, 448), (255, 0, 0))
+    image.paste((0, 0, 255), (448, 0, 896, 448))
+    x = cl.make_preprocess(224)(image)  # (3, 224, 224)
+    assert torch.allclose(x[:, 100, 50], expected_pixel((255, 0, 0)), atol=1e-5)
+    assert torch.allclose(x[:, 100, 170], expected_pixel((0, 0, 255)), atol=1e-5)
+
+
+# ---------------------------------------------------------------------- embed command
+
+
+def make_scenario(folder: Path, weights_seed=0):
+    """8 items (X: 4, Y: 4) with a jpg, a jpeg, an RGBA png, a webp, an upper-case .JPG, a corrupt file,
+    a truncated JPEG and no image; returns the weight file."""
+    asins = [f"A{i:03d}" for i in range(4)] + [f"B{i:03d}" for i in range(4)]
+    (folder / "Alist.txt").write_text("".join(f"{900 + i}\t{a}\t{i}\n" for i, a in enumerate(asins[:4])))
+    (folder / "Blist.txt").write_text("".join(f"{800 + i}\t{a}\t{i}\n" for i, a in enumerate(asins[4:])))
+    images = folder / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+
+    def picture(mode="RGB"):
+        return Image.fromarray(rng.integers(0, 256, (48, 64, len(mode)), dtype=np.uint8), mode)
+
+    picture().save(images / "A000.jpg")
+    picture().save(images / "A001.jpeg")
+    picture("RGBA").save(images / "A002.png")
+    picture().save(images / "A003.webp")
+    picture().save(images / "B000.JPG", format="JPEG")
+    (images / "B001.jpg").write_bytes(os.urandom(500))  # corrupt
+    buffer = io.BytesIO()
+    picture().save(buffer, format="JPEG")
+    (images / "B002.jpg").write_bytes(buffer.getvalue()[:300])  # truncated; B003 has no image
+    (images / "failures.tsv").write_text("not an image\n")
+    return save_state_dict(tiny_model(weights_seed), folder / "weights.pt")
+
+
+def run_embed(folder, **options):
+    return cl.embed(folder, folder / "images", weights=folder / "weights.pt", device="cpu", workers=0, **options)
+
+
+def test_embed_encodes_images_and_records_missing_ones(tmp_path, capsys):
+    weights = make_scenario(tmp_path)
+    code = cl.main(["embed", "--scenario-dir", str(tmp_path), "--images", str(tmp_path / "images"),
+                    "--weights", str(weights), "--device", "cpu", "--batch-size", "3", "--workers", "2"])
+    assert code == 0
+    E_img = np.load(tmp_path / "image_embeddings.npy")
+    assert E_img.shape == (8, 32) and E_img.dtype == np.float32
+    model, preprocess = cl.load(weights, "cpu")
+    images = tmp_path / "images"
+    for gid, name in enumerate(["A000.jpg", "A001.jpeg", "A002.png", "A003.webp", "B000.JPG"]):
+        with torch.inference_mode():
+            expected = model.encode_image(preprocess(Image.open(images / name))[None])[0].numpy()
+        np.testing.assert_allclose(E_img[gid], expected, atol=1e-5)
+    assert not E_img[5:].any()
+    lines = (tmp_path / "image_embeddings.missing.tsv").read_text().splitlines()
+    assert lines[0] == "global_id\tasin\treason\trow"
+    rows = [line.split("\t") for line in lines[1:]]
+    assert [r[:2] for r in rows] == [["5", "B001"], ["6", "B002"], ["7", "B003"]]
+    assert rows[0][2].startswith("unreadable image: ") and rows[1][2].startswith("unreadable image: ")
+    assert rows[2][2:] == ["no image file", "zero"]
+    assert not (tmp_path / "image_embeddings.partial").exists()
+    out = capsys.readouterr().out
+    assert "encoded 5 of 8 items" in out and "no image file 1, unreadable image 2" in out and "(8, 32)" in out
+
+
+def test_embed_resumes_after_interruption_to_the_same_result(tmp_path):
+    """Chunks of 3 items: [0, 3), [3, 6), [6, 8). Batch size 1 makes each image's computation identical."""
+    once, twice = tmp_path / "once", tmp_path / "twice"
+    once.mkdir(), twice.mkdir()
+    make_scenario(once), make_scenario(twice)
+    run_embed(once, chunk_size=3, batch_size=1)
+
+    class Stop(Exception):
+        pass
+
+    def stop(chunk):
+        raise Stop
+
+    with pytest.raises(Stop):
+        run_embed(twice, chunk_size=3, batch_size=1, after_chunk=stop)
+    assert not (twice / "image_embeddings.npy").exists()
+    assert sorted(p.name for p in (twice / "image_embeddings.partial").glob("chunk_*")) == ["chunk_000000.npz"]
+
+    other_weights = save_state_dict(tiny_model(seed=5), twice / "other.pt")
+    with pytest.raises(CLIPError, match="other weights"):
+        cl.embed(twice, twice / "images", weights=other_weights, device="cpu", workers=0, chunk_size=3)
+
+    saved = []
+    run_embed(twice, chunk_size=3, batch_size=1, after_chunk=saved.append)
+    assert saved == [1, 2]  # chunk 0 was not recomputed
+    assert np.array_equal(np.load(once / "image_embeddings.npy"), np.load(twice / "image_embeddings.npy"))
+    assert (once / "image_embeddings.missing.tsv").read_text() == (twice / "image_embeddings.missing.tsv").read_text()
+
+
+def test_embed_missing_text_fills_rows_from_titles(tmp_path):
+    weights = make_scenario(tmp_path)
+    titles = ["Oat Flakes", "Tea", "Honey", "Rice", "Knife", "Frying Pan", "", "Whisk &amp; Bowl"]
+    (tmp_path / "items.tsv").write_text("global_id\tdomain\tasin\ttitle\timage_url\n" + "".join(
+        f"{g}\t{'XY'[g >= 4]}\t{'AB'[g >= 4]}{g % 4:03d}\t{t}\thttp://x/{g}.jpg\n" for g, t in enumerate(titles)))
+    run_embed(tmp_path, missing="text")
+    E_img = np.load(tmp_path / "image_embeddings.npy")
+    model, _ = cl.load(weights, "cpu")
+    with torch.inference_mode():
+        expected = model.encode_text(cl.tokenize(["a photo of Frying Pan.", "a photo of Whisk & Bowl."])).numpy()
+    np.testing.assert_allclose(E_img[[5, 7]], expected, atol=1e-5)
+    assert not E_img[6].any()  # unreadable image and no title: stays zero
+    rows = [line.split("\t") for line in (tmp_path / "image_embeddings.missing.tsv").read_text().splitlines()[1:]]
+    assert [(r[0], r[3]) for r in rows] == [("5", "text"), ("6", "zero"), ("7", "text")]
+
+    (tmp_path / "items.tsv").write_text("global_id\tdomain\tasin\ttitle\timage_url\n0\tX\tWRONG\tTea\t\n")
+    with pytest.raises(CLIPError, match=r"items.tsv:2: expected .* found '0\\tX\\tWRONG"):
+        run_embed(tmp_path, missing="text")
+
+
+def test_embed_bad_input_exits_2_without_traceback_or_damage(tmp_path):
+    weights = make_scenario(tmp_path)
+    previous = tmp_path / "image_embeddings.npy"
+    np.save(previous, np.ones((8, 32), np.float32))
+    before = previous.read_bytes()
+    command = [sys.executable, str(ROOT / "clip_loader.py"), "embed", "--scenario-dir", str(tmp_path),
+               "--images", str(tmp_path / "images"), "--weights", str(weights), "--missing", "text"]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("error: --missing text reads item titles from") and "items.tsv" in result.stderr
+    assert "Traceback" not in result.stderr and previous.read_bytes() == before
+    assert cl.main(["embed", "--scenario-dir", str(tmp_path / "nowhere"), "--images", str(tmp_path / "images"),
+                    "--weights", str(weights)]) == 2
+    assert cl.main(["embed", "--scenario-dir", str(tmp_path), "--images", str(tmp_path / "nowhere"),
+                    "--weights", str(weights)]) == 2
+    assert previous.read_bytes() == before
+
+
+# ---------------------------------------------------------------------------- download
+
+
+@pytest.fixture
+def server(tmp_path, monkeypatch):
+    """http.server on 127.0.0.1 serving tmp_path/served; yields its base URL."""
+    served = tmp_path / "served"
+    served.mkdir()
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=served))
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", served
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_download_keeps_the_file_only_when_the_hash_matches(server, tmp_path):
+    url, served = server
+    payload = os.urandom(3 * 2**20 + 17)
+    (served / "weights.pt").write_bytes(payload)
+    sha256 = hashlib.sha256(payload).hexdigest()
+    cache = tmp_path / "cache"
+
+    with pytest.raises(CLIPError, match=f"should have {'0' * 64}.*temp file was deleted"):
+        cl.download(f"{url}/weights.pt", cache / "weights.pt", "0" * 64)
+    assert list(cache.iterdir()) == []
+
+    cl.download(f"{url}/weights.pt", cache / "weights.pt", sha256)
+    assert (cache / "weights.pt").read_bytes() == payload and len(list(cache.iterdir())) == 1
+
+
+def test_model_names_resolve_to_the_cache_download_or_a_clear_message(server, tmp_path, monkeypatch):
+    url, served = server
+    payload = b"pretend weights"
+    sha256 = hashlib.sha256(payload).hexdigest()
+    (served / sha256).mkdir()
+    (served / sha256 / "Tiny.pt").write_bytes(payload)
+    monkeypatch.setitem(cl.MODELS, "Tiny", f"{url}/{sha256}/Tiny.pt")
+    cache = tmp_path / "cache"
+
+    with pytest.raises(CLIPError, match=f"download {url}/{sha256}/Tiny.pt and put it at {cache / 'Tiny.pt'}"):
+        cl.resolve_weights("Tiny", offline=True, cache_dir=cache)
+    assert cl.resolve_weights("Tiny", cache_dir=cache) == cache / "Tiny.pt"
+    assert (cache / "Tiny.pt").read_bytes() == payload
+    shutil.rmtree(served / sha256)  # now served from the cache, hash checked
+    assert cl.resolve_weights("Tiny", cache_dir=cache) == cache / "Tiny.pt"
+    (cache / "Tiny.pt").write_bytes(payload[:5])
+    with pytest.raises(CLIPError, match="wrong SHA256.*delete it"):
+        cl.resolve_weights("Tiny", cache_dir=cache)
+    (cache / "Tiny.pt").unlink()
+    with pytest.raises(CLIPError, match=f"could not download .*put it at {cache / 'Tiny.pt'}"):
+        cl.resolve_weights("Tiny", cache_dir=cache)  # the server answers 404 now
+    assert cl.MODELS["ViT-B/32"].endswith("/40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af/"
+                                          "ViT-B-32.pt")
