@@ -1,0 +1,329 @@
+"""Files -> tensors for IFCDSR: the C2DSR scenario format, image embeddings, and
+the generated demo scenario.
+
+A scenario directory holds (C2DSR's format, see README "Data format"):
+    Alist.txt, Blist.txt     one item a line: raw_id<TAB>ASIN<TAB>local_index
+    traindata_new.txt        one user a line: user<TAB>inter_id<TAB>item|unix_ts|date|<TAB>...
+    validdata_new.txt        same; the last item (by time) is the ground truth
+    testdata_new.txt         same
+    image_embeddings.npy     (|X|+|Y|, e) float32 CLIP image embeddings, row = global id
+
+Items live in one global id space: domain X (Alist) has ids 0..|X|-1, domain Y
+(Blist) has ids |X|..|X|+|Y|-1, and the padding id is N = |X|+|Y|.
+
+Shapes: S sequences, L = max_len positions (left-padded, so the most recent
+item of every view is at position L-1).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent
+SCENARIOS = {"food_kitchen": ROOT / "data" / "Food-Kitchen", "movie_book": ROOT / "data" / "Movie-Book"}
+SPLIT_FILES = {"train": "traindata_new.txt", "valid": "validdata_new.txt", "test": "testdata_new.txt"}
+EMBEDDINGS_FILE = "image_embeddings.npy"
+
+
+class DataError(Exception):
+    """Bad input. The message is for the user: file, line, expected, found, what to do."""
+
+
+@dataclass
+class Items:
+    asins: list[str]  # ASIN of every item, in global id order (the key for its image)
+    num_x: int  # |X|, items of domain X (Alist.txt)
+    num_y: int  # |Y|, items of domain Y (Blist.txt)
+
+    @property
+    def num_items(self) -> int:  # N = |X| + |Y|; also the padding id
+        return self.num_x + self.num_y
+
+
+@dataclass
+class Views:
+    """The three views of a batch of sequences, each a left-padded (S, L) LongTensor."""
+
+    x: torch.Tensor  # S^X: the user's domain-X items in order, compacted
+    y: torch.Tensor  # S^Y: the user's domain-Y items in order, compacted
+    xy: torch.Tensor  # S^{X+Y}: the merged sequence
+
+    def __getitem__(self, index) -> "Views":
+        return Views(self.x[index], self.y[index], self.xy[index])
+
+    def to(self, device, non_blocking: bool = False) -> "Views":
+        return Views(*(v.to(device, non_blocking=non_blocking) for v in (self.x, self.y, self.xy)))
+
+
+@dataclass
+class TrainSet:
+    inputs: Views  # items up to position t of each view
+    targets: Views  # the next item of the same view at each position (padding id where none)
+
+    def __len__(self) -> int:
+        return self.inputs.xy.shape[0]
+
+
+@dataclass
+class EvalSet:
+    history: Views  # everything before the ground truth, cut to the last L items
+    target: torch.Tensor  # (S,) ground-truth global item id
+
+    def __len__(self) -> int:
+        return self.target.shape[0]
+
+    def subset(self, mask: torch.Tensor) -> "EvalSet":
+        return EvalSet(self.history[mask], self.target[mask])
+
+
+@dataclass
+class Scenario:
+    name: str
+    path: Path
+    items: Items
+    train: TrainSet
+    valid: EvalSet
+    test: EvalSet
+    E_img: torch.Tensor | None  # (N, e) frozen image embeddings, or None with --no-image
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def _lines(path: Path) -> list[str]:
+    if not path.is_file():
+        raise DataError(f"{path}: file not found. A scenario directory needs Alist.txt, Blist.txt, "
+                        f"{', '.join(SPLIT_FILES.values())} (see README 'Get the real data').")
+    with open(path, encoding="utf-8") as f:
+        lines = [line.rstrip("\r\n") for line in f]
+    if not any(line.strip() for line in lines):
+        raise DataError(f"{path}: the file is empty; expected at least one line.")
+    return lines
+
+
+def _read_item_list(path: Path) -> list[str]:
+    """Alist/Blist: raw_id<TAB>ASIN<TAB>local_index; returns ASINs ordered by local index."""
+    rows = {}
+    for lineno, line in enumerate(_lines(path), 1):
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) != 3 or not fields[2].strip().isdigit():
+            raise DataError(f"{path}:{lineno}: expected 'raw_id<TAB>ASIN<TAB>local_index', found {line!r}.")
+        index = int(fields[2])
+        if index in rows:
+            raise DataError(f"{path}:{lineno}: local index {index} appears twice.")
+        rows[index] = fields[1].strip()
+    if sorted(rows) != list(range(len(rows))):
+        missing = next(i for i in range(len(rows)) if i not in rows)
+        raise DataError(f"{path}: local indices must be 0..{len(rows) - 1} without gaps; {missing} is missing.")
+    return [rows[i] for i in range(len(rows))]
+
+
+def read_items(scenario_dir: str | Path) -> Items:
+    scenario_dir = Path(scenario_dir)
+    asins_x = _read_item_list(scenario_dir / "Alist.txt")
+    asins_y = _read_item_list(scenario_dir / "Blist.txt")
+    return Items(asins_x + asins_y, len(asins_x), len(asins_y))
+
+
+def read_sequences(path: Path, num_items: int) -> list[list[int]]:
+    """One list of global item ids per line, sorted stably by unix timestamp."""
+    sequences = []
+    for lineno, line in enumerate(_lines(path), 1):
+        if not line.strip():
+            continue
+        fields = [f for f in line.split("\t") if f.strip()]
+        events = []
+        for token in fields[2:]:
+            parts = token.split("|")
+            if len(parts) < 2 or not parts[0].strip().isdigit() or not parts[1].strip().lstrip("-").isdigit():
+                raise DataError(f"{path}:{lineno}: expected an interaction 'item|unix_ts|date|', found {token!r}.")
+            item, ts = int(parts[0]), int(parts[1])
+            if item >= num_items:
+                raise DataError(f"{path}:{lineno}: item id {item} is out of range; Alist+Blist define "
+                                f"{num_items} items (ids 0..{num_items - 1}). Is this the right scenario?")
+            events.append((ts, item))
+        if len(events) < 2:
+            raise DataError(f"{path}:{lineno}: a sequence needs at least 2 interactions (history + target), "
+                            f"found {len(events)}.")
+        events.sort(key=lambda e: e[0])  # Python's sort is stable: equal timestamps keep file order
+        sequences.append([item for _, item in events])
+    return sequences
+
+
+def load_image_embeddings(path: Path, num_items: int) -> torch.Tensor:
+    if not path.is_file():
+        raise DataError(
+            f"{path}: image embeddings not found. Build them with\n"
+            f"    python clip_loader.py embed --scenario-dir {path.parent} --images {path.parent / 'images'}\n"
+            f"(README 'Getting image embeddings'), or train the ID-only model with --no-image.")
+    try:
+        E = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as err:
+        raise DataError(f"{path}: not a readable .npy array ({err}).") from None
+    if E.ndim != 2 or E.shape[0] != num_items:
+        raise DataError(f"{path}: expected shape ({num_items}, e), one row per item of Alist+Blist; "
+                        f"found {E.shape}. Rebuild it for this scenario.")
+    if not np.issubdtype(E.dtype, np.floating):
+        raise DataError(f"{path}: expected a float32 array, found dtype {E.dtype}.")
+    bad = ~np.isfinite(E).all(axis=1)
+    if bad.any():
+        raise DataError(f"{path}: row {int(np.argmax(bad))} (and {int(bad.sum()) - 1} more) has a non-finite "
+                        f"value; expected finite numbers (an all-zero row means 'no image').")
+    return torch.from_numpy(E.astype(np.float32))
+
+
+# ----------------------------------------------------------------------------- tensors
+
+
+def _left_pad(rows: list[list[int]], length: int, pad: int) -> torch.Tensor:
+    out = np.full((len(rows), length), pad, dtype=np.int64)
+    for r, row in enumerate(rows):
+        if row:
+            out[r, length - len(row):] = row
+    return torch.from_numpy(out)
+
+
+def _views(rows: list[list[int]], num_x: int, length: int, pad: int) -> Views:
+    xs = [[i for i in row if i < num_x] for row in rows]
+    ys = [[i for i in row if i >= num_x] for row in rows]  # domain Y iff id >= |X|
+    return Views(_left_pad(xs, length, pad), _left_pad(ys, length, pad), _left_pad(rows, length, pad))
+
+
+def make_train_set(sequences: list[list[int]], num_x: int, max_len: int, pad: int) -> TrainSet:
+    """Every next-item position of every view: input view[:-1], target view[1:]."""
+    cut = [seq[-(max_len + 1):] for seq in sequences]  # inputs of at most max_len items
+    full = _views(cut, num_x, max_len + 1, pad)  # (S, L+1); left padding keeps view[:, 1:] aligned
+    return TrainSet(inputs=full[:, :-1], targets=full[:, 1:])
+
+
+def make_eval_set(sequences: list[list[int]], num_x: int, max_len: int, pad: int) -> EvalSet:
+    histories = [seq[:-1][-max_len:] for seq in sequences]
+    return EvalSet(_views(histories, num_x, max_len, pad), torch.tensor([seq[-1] for seq in sequences]))
+
+
+def load_scenario(path: str | Path, *, max_len: int, use_images: bool, name: str | None = None) -> Scenario:
+    path = Path(path)
+    if not path.is_dir():
+        raise DataError(f"{path}: scenario directory not found (see README 'Get the real data').")
+    items = read_items(path)
+    pad = items.num_items
+    seqs = {split: read_sequences(path / file, items.num_items) for split, file in SPLIT_FILES.items()}
+    E_img = load_image_embeddings(path / EMBEDDINGS_FILE, items.num_items) if use_images else None
+    return Scenario(
+        name=name or path.name, path=path, items=items,
+        train=make_train_set(seqs["train"], items.num_x, max_len, pad),
+        valid=make_eval_set(seqs["valid"], items.num_x, max_len, pad),
+        test=make_eval_set(seqs["test"], items.num_x, max_len, pad),
+        E_img=E_img,
+    )
+
+
+def resolve_scenario(name: str | None, data_dir: str | None, seed: int) -> tuple[str, Path]:
+    """--scenario NAME or --data-dir DIR -> (name, directory); generates the demo when asked."""
+    if data_dir is not None:
+        return Path(data_dir).name, Path(data_dir)
+    if name == "demo":
+        return "demo", make_demo(ROOT / "data" / f"demo-seed{seed}", seed=seed)
+    if name in SCENARIOS:
+        return name, SCENARIOS[name]
+    raise DataError(f"unknown scenario {name!r}; expected one of demo, {', '.join(SCENARIOS)}, "
+                    f"or --data-dir DIR for any C2DSR-format folder.")
+
+
+# ----------------------------------------------------------------------------- demo scenario
+
+
+@dataclass
+class DemoSpec:
+    """Sizes and strengths of the generated demo scenario (README 'The demo scenario')."""
+
+    num_x: int = 1000  # items in domain X (more than 999, for the sampled protocol)
+    num_y: int = 1200  # items in domain Y
+    num_users: int = 3000  # one sequence each; the latest third become valid/test
+    categories: int = 16  # shared across both domains: a user's taste carries over
+    style_dim: int = 8  # a visual style that users prefer, visible only in the image
+    image_dim: int = 64  # e of the demo's image embeddings (the real CLIP has 512)
+    stay: float = 0.6  # probability that the next item keeps the current category (sequential signal)
+    style_weight: float = 3.0  # how strongly a user's style preference picks items
+    no_image: float = 0.05  # share of items without an image (zero rows)
+    min_len: int = 8
+    max_len: int = 16
+
+
+def make_demo(out: Path, *, seed: int, spec: DemoSpec = DemoSpec()) -> Path:
+    """Write a deterministic two-domain scenario to `out` (once; later calls with the same spec reuse it)."""
+    recipe = json.dumps({"seed": seed, **asdict(spec)}, sort_keys=True)
+    if (out / "demo.json").is_file() and (out / "demo.json").read_text() == recipe:
+        return out
+    rng = np.random.default_rng(seed)
+    N = spec.num_x + spec.num_y
+    domain = np.r_[np.zeros(spec.num_x, int), np.ones(spec.num_y, int)]
+    category = rng.integers(0, spec.categories, N)
+    popularity = rng.lognormal(0.0, 1.2, N)  # long tail
+    style = rng.normal(size=(N, spec.style_dim))
+    style /= np.linalg.norm(style, axis=1, keepdims=True)
+    # image = category prototype + a projection of the item's style + noise (unnormalised, like CLIP)
+    prototypes = rng.normal(size=(spec.categories, spec.image_dim))
+    style_proj = rng.normal(size=(spec.style_dim, spec.image_dim))
+    E_img = prototypes[category] + 0.8 * style @ style_proj + 0.5 * rng.normal(size=(N, spec.image_dim))
+    E_img[rng.random(N) < spec.no_image] = 0.0
+
+    sequences, last_time = [], []
+    for _ in range(spec.num_users):
+        taste = rng.dirichlet(np.full(spec.categories, 0.3))  # few favourite categories, both domains
+        liked_style = rng.normal(size=spec.style_dim)
+        liked_style /= np.linalg.norm(liked_style)
+        share_x = rng.uniform(0.25, 0.75)
+        n = int(rng.integers(spec.min_len, spec.max_len + 1))
+        domains = (rng.random(n) >= share_x).astype(int)
+        domains[rng.permutation(n)[:6]] = [0, 0, 0, 1, 1, 1]  # at least 3 items of each domain
+        current = rng.choice(spec.categories, p=taste)
+        seq = []
+        for d in domains:
+            if rng.random() > spec.stay:
+                current = rng.choice(spec.categories, p=taste)
+                taste = 0.9 * taste + 0.1 * np.eye(spec.categories)[current]  # tastes drift
+            pool = np.flatnonzero((domain == d) & (category == current))
+            if len(pool) == 0:
+                pool = np.flatnonzero(domain == d)
+            w = popularity[pool] * np.exp(spec.style_weight * style[pool] @ liked_style)
+            seq.append(int(rng.choice(pool, p=w / w.sum())))
+        start = int(rng.integers(1_300_000_000, 1_500_000_000))
+        times = start + np.cumsum(rng.integers(3600, 30 * 86400, n))
+        sequences.append(list(zip(seq, times.tolist())))
+        last_time.append(times[-1])
+
+    order = np.argsort(last_time, kind="stable")
+    n_train = len(order) - len(order) // 3
+    held = order[n_train:]  # the latest sequences: alternately valid and test
+    splits = {"train": order[:n_train], "valid": held[0::2], "test": held[1::2]}
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))  # same filesystem: rename is atomic
+    try:
+        for fname, lo, hi, tag in (("Alist.txt", 0, spec.num_x, "A"), ("Blist.txt", spec.num_x, N, "B")):
+            (tmp / fname).write_text("".join(f"{10_000 + g}\tDEMO{tag}{g - lo:06d}\t{g - lo}\n" for g in range(lo, hi)))
+        for split, users in splits.items():
+            with open(tmp / SPLIT_FILES[split], "w") as f:
+                for u in users:
+                    events = "\t".join(
+                        f"{i}|{t}|{datetime.fromtimestamp(t, timezone.utc):%Y-%m-%d %H:%M:%S}|" for i, t in sequences[u])
+                    f.write(f"{u}\t{u}\t{events}\n")
+        np.save(tmp / EMBEDDINGS_FILE, E_img.astype(np.float32))
+        (tmp / "demo.json").write_text(recipe)  # written last: marks a complete scenario
+        if out.exists():  # an earlier, interrupted attempt
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out

@@ -1,0 +1,281 @@
+"""IFCDSR: Image Fusion for Cross-Domain Sequential Recommendation (Wu et al., WWW Companion 2025).
+
+The model and the paper's equations (search for "Eq."); nothing about files or loops.
+
+Dimension letters used in shape comments:
+    B  batch of sequences          L  positions (max_len, left-padded)
+    N  items of both domains       P  prediction positions gathered from a batch
+    q  width of the learnable ID embeddings E_id       e  width of the frozen CLIP embeddings E_img
+Items have one global id space: domain X = 0..|X|-1, domain Y = |X|..N-1, padding id = N.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+VIEWS = ("x", "y", "xy")  # S^X, S^Y, S^{X+Y}
+
+
+@dataclass
+class Config:
+    # model (paper §4 "Implementation Details")
+    q: int = 256  # q, width of the learnable ID embedding E_id
+    e: int = 512  # e, width of E_img; always taken from the embedding file
+    alpha: float = 0.7  # α in Eq. 5: weight of the ID branch
+    lambda1: float = 0.1  # λ1 in Eq. 7/8: weight of the source-domain view
+    lambda2: float = 0.4  # λ2 in Eq. 7/8: weight of the merged view S^{X+Y}
+    dropout: float = 0.3  # dropout rate
+    max_len: int = 15  # L, the last 15 items of a history are kept
+    n_blocks: int = 2  # Note: not stated in the paper; C2DSR's (whose settings §4 adopts) value
+    n_heads: int = 1  # Note: not stated in the paper; C2DSR's value
+    temperature: float = 0.1  # Note: τ divides Eq. 2 before the softmax; τ = 1 is the paper literally (README "τ")
+    use_image: bool = True  # False = --no-image: ID branch only (α = 1)
+    multi_attention: bool = True  # False = --no-multi-attention: only the S^{X+Y} view
+    target: str = "X"  # the target domain of Eq. 7-9; "Y" swaps the roles of the domains
+    # training
+    batch_size: int = 256  # mini-batch size
+    lr: float = 1e-3  # learning rate, from the paper's grid {1e-3, 5e-4, 1e-4} on validation
+    weight_decay: float = 1e-5  # L2 coefficient, from the paper's grid {1e-4, 5e-5, 1e-5} on validation
+    epochs: int = 100  # training epochs
+    patience: int = 10  # early stopping: evaluations without a better validation MRR
+    eval_every: int = 1  # validate every this many epochs
+    score_chunk: int = 2**25  # Note: positions x items scored at once in the loss (bounds memory, not results)
+    seed: int = 0  # one seed for everything, evaluation negatives included
+
+    def replace(self, **overrides) -> "Config":
+        known = {f.name for f in fields(self)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ValueError(f"unknown config field(s) {unknown}; known: {sorted(known)}")
+        cfg = Config(**{**asdict(self), **overrides})
+        cfg.check()
+        return cfg
+
+    def check(self) -> None:
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"alpha must lie in [0, 1] (α in Eq. 5), got {self.alpha}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.lambda1 < 0 or self.lambda2 < 0:
+            raise ValueError(f"lambda1 and lambda2 must be >= 0, got {self.lambda1}, {self.lambda2}")
+        if self.target not in ("X", "Y"):
+            raise ValueError(f"target must be 'X' or 'Y', got {self.target!r}")
+
+    def view_weights(self) -> dict[str, float]:
+        """Weights of Eq. 7/8: 1 for the target view, λ1 for the source view, λ2 for the merged view."""
+        if not self.multi_attention:  # Table 4 row 1/2: all behaviour combined into one representation
+            return {"xy": 1.0}
+        target, source = ("x", "y") if self.target == "X" else ("y", "x")
+        return {target: 1.0, source: self.lambda1, "xy": self.lambda2}
+
+
+# ----------------------------------------------------------------------------- Eq. 1: attention layer
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, width: int, n_heads: int, dropout: float):
+        super().__init__()
+        assert width % n_heads == 0, f"width {width} must be divisible by n_heads {n_heads}"
+        self.n_heads, self.dropout = n_heads, dropout
+        self.qkv = nn.Linear(width, 3 * width)
+        self.out = nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        B, L, d = x.shape
+        q, k, v = self.qkv(x).view(B, L, 3, self.n_heads, d // self.n_heads).unbind(2)  # each (B, L, h, d/h)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, h, L, d/h)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None],
+                                           dropout_p=self.dropout if self.training else 0.0)
+        return self.out(y.transpose(1, 2).reshape(B, L, d))  # (B, L, d)
+
+
+class Block(nn.Module):
+    """A pre-LayerNorm transformer block, as in SASRec: attention, then a point-wise feed-forward."""
+
+    def __init__(self, width: int, n_heads: int, dropout: float):
+        super().__init__()
+        self.ln_1, self.ln_2 = nn.LayerNorm(width), nn.LayerNorm(width)
+        self.attn = SelfAttention(width, n_heads, dropout)
+        self.ffn = nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Dropout(dropout), nn.Linear(width, width))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop(self.attn(self.ln_1(x), allowed))
+        return x + self.drop(self.ffn(self.ln_2(x)))
+
+
+class AttentionEncoder(nn.Module):
+    """(Eq. 1) H = Attention(F): causal self-attention over one view of one modality.
+
+    Note: the paper does not specify the attention layer; this is SASRec's (causal,
+    learnable positions, padding masked), the encoder of the C2DSR line of work.
+    """
+
+    def __init__(self, width: int, cfg: Config):
+        super().__init__()
+        self.positions = nn.Embedding(cfg.max_len, width)
+        nn.init.normal_(self.positions.weight, std=0.02)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(width, cfg.n_heads, cfg.dropout) for _ in range(cfg.n_blocks))
+        self.ln_f = nn.LayerNorm(width)
+
+    def forward(self, F_seq: torch.Tensor, is_pad: torch.Tensor) -> torch.Tensor:
+        """F_seq (B, L, d) item embeddings in sequence order, is_pad (B, L) -> H (B, L, d)."""
+        B, L, _ = F_seq.shape
+        # positions count from each sequence's first real item, so left padding changes nothing
+        pos = (torch.cumsum(~is_pad, dim=1) - 1).clamp(min=0)  # (B, L)
+        x = self.drop(F_seq + self.positions(pos))
+        causal = torch.ones(L, L, dtype=torch.bool, device=x.device).tril()  # query i sees keys j <= i
+        allowed = causal & ~is_pad[:, None, :]  # (B, L, L) and never a padding key ...
+        allowed = allowed | torch.eye(L, dtype=torch.bool, device=x.device)  # ... except itself (no empty row)
+        for block in self.blocks:
+            x = block(x, allowed)
+        return self.ln_f(x)  # (B, L, d)
+
+
+# ----------------------------------------------------------------------------- Eq. 2-6: scoring
+
+
+def similarity(h: torch.Tensor, E: torch.Tensor, temperature: float) -> torch.Tensor:
+    """(Eq. 2) Sim(h, E) = h·E^T / (‖h‖‖E‖), divided by τ.  h (P, d), E (N, d) -> (P, N).
+
+    Normalisation uses an epsilon, so a zero vector (an item without an image) has similarity 0.
+    """
+    return F.normalize(h, dim=-1) @ F.normalize(E, dim=-1).T / temperature  # (P, N)
+
+
+def log_prob(h_id: torch.Tensor, E_id: torch.Tensor, h_img: torch.Tensor | None, E_img: torch.Tensor | None,
+             alpha: float, temperature: float) -> torch.Tensor:
+    """log P(· | S) over all N items for P positions of one view (Eq. 3-5) -> (P, N)."""
+    # (Eq. 3) P_id = softmax(Sim(h_id, E_id))
+    log_P_id = F.log_softmax(similarity(h_id, E_id, temperature).float(), dim=-1)  # (P, N)
+    if h_img is None:
+        return log_P_id
+    # (Eq. 4) P_img = softmax(Sim(h_img, E_img))
+    log_P_img = F.log_softmax(similarity(h_img, E_img, temperature).float(), dim=-1)  # (P, N)
+    # (Eq. 5) P = α·P_id + (1-α)·P_img, in log space: logsumexp(log α + log P_id, log(1-α) + log P_img)
+    log_alpha = torch.tensor([alpha, 1.0 - alpha], device=log_P_id.device).log()  # log 0 = -inf is fine
+    return torch.logsumexp(torch.stack([log_P_id, log_P_img]) + log_alpha[:, None, None], dim=0)  # (P, N)
+
+
+def _nll_sum(h_id, E_id, h_img, E_img, target, alpha, temperature):
+    log_P = log_prob(h_id, E_id, h_img, E_img, alpha, temperature)  # (P, N)
+    return -log_P.gather(1, target[:, None]).sum()
+
+
+def nll(h_id: torch.Tensor, E_id: torch.Tensor, h_img: torch.Tensor | None, E_img: torch.Tensor | None,
+        target: torch.Tensor, alpha: float, temperature: float, chunk: int) -> torch.Tensor:
+    """Σ_t -log P(target_t | S) over P positions (the sum of Eq. 6).
+
+    When P x N exceeds `chunk`, positions are scored in chunks whose (chunk, N) tensors are
+    recomputed in the backward pass (activation checkpointing), so peak memory does not
+    grow with P x N. The result and the gradients are the same as unchunked.
+    """
+    P, N = h_id.shape[0], E_id.shape[0]
+    if P * N <= chunk:
+        return _nll_sum(h_id, E_id, h_img, E_img, target, alpha, temperature)
+    step = max(1, chunk // N)
+    total = h_id.new_zeros(())
+    for i in range(0, P, step):
+        s = slice(i, i + step)
+        total = total + checkpoint(_nll_sum, h_id[s], E_id, None if h_img is None else h_img[s], E_img,
+                                   target[s], alpha, temperature, use_reentrant=False)
+    return total
+
+
+# ----------------------------------------------------------------------------- the model
+
+
+class IFCDSR(nn.Module):
+    def __init__(self, cfg: Config, num_x: int, num_y: int, E_img: torch.Tensor | None = None):
+        super().__init__()
+        cfg.check()
+        assert cfg.use_image == (E_img is not None), "pass E_img exactly when cfg.use_image"
+        self.cfg, self.num_x, self.num_y = cfg, num_x, num_y
+        self.N = self.pad = num_x + num_y
+        self.views = VIEWS if cfg.multi_attention else ("xy",)
+        # §3.1.1: E_id, a learnable (N, q) item matrix (+ one zero row for padding)
+        self.E_id = nn.Embedding(self.N + 1, cfg.q, padding_idx=self.pad)
+        self.enc_id = nn.ModuleDict({v: AttentionEncoder(cfg.q, cfg) for v in self.views})
+        if cfg.use_image:
+            assert E_img.shape[0] == self.N, f"E_img has {E_img.shape[0]} rows, expected N = {self.N}"
+            # §3.1.1: E_img, the frozen (N, e) CLIP image matrix: a buffer, never a parameter
+            self.register_buffer("E_img", torch.cat([E_img.float(), E_img.new_zeros(1, E_img.shape[1])]))
+            self.enc_img = nn.ModuleDict({v: AttentionEncoder(E_img.shape[1], cfg) for v in self.views})
+        else:
+            self.E_img, self.enc_img = None, None
+
+    def encode(self, seq: torch.Tensor, view: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """seq (B, L) item ids of one view -> (H_id (B, L, q), H_img (B, L, e) or None) by Eq. 1."""
+        is_pad = seq == self.pad
+        F_id = self.E_id(seq)  # (B, L, q): E_id rows in sequence order
+        H_id = self.enc_id[view](F_id, is_pad)  # (Eq. 1) H_id = Attention(F_id)
+        if self.E_img is None:
+            return H_id, None
+        F_img = self.E_img[seq]  # (B, L, e): E_img rows in sequence order, no projection
+        return H_id, self.enc_img[view](F_img, is_pad)  # (Eq. 1) H_img = Attention(F_img)
+
+    def trim(self, seq: torch.Tensor, *aligned: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Drop the leading columns that are padding in every row (left padding: the items are at
+        the end). Positions count from each sequence's first item, so no output changes."""
+        width = max(1, int((seq != self.pad).sum(1).max()))
+        return tuple(t[:, -width:] for t in (seq, *aligned))
+
+    def item_matrices(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """E_id and E_img without the padding row: (N, q), (N, e)."""
+        return self.E_id.weight[:-1], None if self.E_img is None else self.E_img[:-1]
+
+    def loss(self, inputs, targets) -> tuple[torch.Tensor, dict[str, float]]:
+        """(Eq. 7) L = L^X + λ1·L^Y + λ2·L^{X+Y} (X the target domain) for one batch of Views.
+
+        Note: each L^v is the mean of -log P^v over the batch's prediction positions, as in C2DSR's
+        cross-entropy; Eq. 6 writes a sum, which only rescales each view's term.
+        """
+        cfg = self.cfg
+        E_id, E_img = self.item_matrices()
+        total, parts = 0.0, {}
+        for view, weight in cfg.view_weights().items():
+            seq, nxt = self.trim(getattr(inputs, view), getattr(targets, view))
+            H_id, H_img = self.encode(seq, view)
+            keep = nxt != self.pad  # every next-item position of the view (Eq. 6's Σ over t)
+            h_img = None if H_img is None else H_img[keep]  # (P, e)
+            # (Eq. 6) L^v = Σ_t -log P^v(v_{t+1} | S), here averaged over the P positions
+            L_v = nll(H_id[keep], E_id, h_img, E_img, nxt[keep], cfg.alpha, cfg.temperature,
+                      cfg.score_chunk) / keep.sum().clamp(min=1)
+            total = total + weight * L_v
+            parts[view] = L_v.item()
+        return total, parts
+
+    @torch.no_grad()
+    def score(self, history) -> torch.Tensor:
+        """(Eq. 8) log P(x_i | S) = log(P^X + λ1·P^Y + λ2·P^{X+Y}) for every item -> (B, N).
+
+        Each view is read at its last position (the most recent item, Eq. 1's h); an empty
+        view contributes the uniform distribution 1/N.
+        """
+        cfg = self.cfg
+        E_id, E_img = self.item_matrices()
+        terms = []
+        for view, weight in cfg.view_weights().items():
+            (seq,) = self.trim(getattr(history, view))
+            H_id, H_img = self.encode(seq, view)
+            h_img = None if H_img is None else H_img[:, -1]  # (B, e)
+            log_P = log_prob(H_id[:, -1], E_id, h_img, E_img, cfg.alpha, cfg.temperature)  # (B, N)
+            empty = (seq == self.pad).all(dim=1, keepdim=True)  # (B, 1)
+            log_P = torch.where(empty, torch.full_like(log_P, -math.log(self.N)), log_P)
+            terms.append(log_P + math.log(weight) if weight > 0 else torch.full_like(log_P, -math.inf))
+        return torch.logsumexp(torch.stack(terms), dim=0)  # (B, N)
+
+    def target_items(self) -> slice:
+        """The global ids of the target domain: Eq. 9 ranks only these."""
+        return slice(0, self.num_x) if self.cfg.target == "X" else slice(self.num_x, self.N)
+
+    def recommend(self, history) -> torch.Tensor:
+        """(Eq. 9) argmax over x_i in the target domain of P(x_i | S) -> (B,) global item ids."""
+        target = self.target_items()
+        return self.score(history)[:, target].argmax(dim=1) + target.start
