@@ -343,7 +343,9 @@ def read_state_dict(path) -> dict:
             f"download is the usual cause (OpenAI's ViT-B-32.pt is 353,976,522 bytes): delete it and download "
             f"it again") from None
     if not (isinstance(state_dict, dict) and all(isinstance(v, torch.Tensor) for v in state_dict.values())):
-        found = f"a dict with keys {list(state_dict)[:8]}" if isinstance(state_dict, dict) else type(state_dict).__name__
+        found = type(state_dict).__name__
+        if isinstance(state_dict, dict):
+            found = f"a dict with keys {list(state_dict)[:8]}"
         raise CLIPError(f"{path}: expected a state dict (parameter name -> tensor), found {found}")
     return state_dict
 
@@ -463,8 +465,9 @@ def make_preprocess(resolution=224):
 # -------------------------------------------------------------------------- tokenizer
 
 SOT, EOT = "<|startoftext|>", "<|endoftext|>"
-_SPLIT = regex.compile(r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""",
-                       regex.IGNORECASE)
+_SPLIT = regex.compile(  # special tokens, English contractions, letter runs, single digits, other symbol runs
+    r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""",
+    regex.IGNORECASE)
 
 
 def _byte_symbols() -> dict[int, str]:
@@ -615,14 +618,13 @@ def _default_workers():
 
 def embed(scenario_dir, images_dir, *, weights="ViT-B/32", batch_size=64, device="auto", missing="zero",
           workers=None, offline=False, chunk_size=4096, after_chunk=None) -> Path:
-    """Writes E_img = `<scenario>/image_embeddings.npy`, (N, E) float32, row = global item id.
-
-    Work is saved per chunk of `chunk_size` items in `image_embeddings.partial/`, so a rerun
-    continues where a killed run stopped; `after_chunk(chunk_index)` runs after each save.
-    """
+    """Writes E_img = `<scenario>/image_embeddings.npy`, (N, E) float32, row = global item id, plus
+    `image_embeddings.missing.tsv` (id, ASIN, reason, whether the row is zero or from the title)."""
     scenario_dir, images_dir = Path(scenario_dir), Path(images_dir)
     if batch_size < 1:
         raise CLIPError(f"--batch-size must be at least 1, found {batch_size}")
+    if missing not in ("zero", "text"):
+        raise CLIPError(f"--missing must be zero or text, found {missing!r}")
     if not images_dir.is_dir():
         raise CLIPError(f"--images {images_dir}: no such folder; it should hold <ASIN>.jpg files")
     items = read_items(scenario_dir)
@@ -635,68 +637,15 @@ def embed(scenario_dir, images_dir, *, weights="ViT-B/32", batch_size=64, device
     device = resolve_device(device)
     weights_path = resolve_weights(weights, offline=offline)
     model, preprocess = load(weights_path, device)
-    E = model.config.embed_dim
-
-    # Resume: chunk c covers global ids [c·chunk_size, (c+1)·chunk_size); a saved chunk is final.
     partial = scenario_dir / "image_embeddings.partial"
     meta = {"weights_sha256": file_sha256(weights_path), "items": N, "chunk_size": chunk_size,
             "asins_sha256": hashlib.sha256("\n".join(items.asins).encode()).hexdigest()}
-    partial.mkdir(exist_ok=True)
-    if (partial / "meta.json").exists():
-        saved = json.loads((partial / "meta.json").read_text())
-        if saved != meta:
-            raise CLIPError(f"{partial} holds partial results of a run with other weights or another item list "
-                            f"({saved}); rerun with the same --weights to continue it, or delete the folder to "
-                            f"start over")
-    else:
-        _write_atomic(partial / "meta.json", lambda f: f.write(json.dumps(meta).encode()))
-    E_img = np.zeros((N, E), dtype=np.float32)  # (N, E)
-    reasons = np.array(["" if p else "no image file" for p in paths], dtype=object)
-    chunks = range(math.ceil(N / chunk_size))
-    pending = []
-    for c in chunks:
-        file = partial / f"chunk_{c:06d}.npz"
-        if file.exists():
-            with np.load(file) as saved:
-                E_img[c * chunk_size:(c + 1) * chunk_size] = saved["E_img"]
-                reasons[c * chunk_size:(c + 1) * chunk_size] = saved["reasons"]
-        else:
-            pending.append(c)
-    todo = {c: sum(p is not None for p in paths[c * chunk_size:(c + 1) * chunk_size]) for c in pending}
-    gids = [g for c in pending for g in range(c * chunk_size, min((c + 1) * chunk_size, N)) if paths[g]]
+    E_img, reasons = _embed_images(model, preprocess, paths, device, partial, meta, batch_size=batch_size,
+                                   workers=_default_workers() if workers is None else workers,
+                                   after_chunk=after_chunk)
 
-    def save_finished_chunks():
-        while pending and todo[pending[0]] == 0:
-            c = pending.pop(0)
-            rows = slice(c * chunk_size, (c + 1) * chunk_size)
-            _write_atomic(partial / f"chunk_{c:06d}.npz",
-                          lambda f: np.savez(f, E_img=E_img[rows], reasons=reasons[rows].astype(str)))
-            if after_chunk:
-                after_chunk(c)
-
-    loader = torch.utils.data.DataLoader(
-        ItemImages(gids, [paths[g] for g in gids], preprocess), batch_size=batch_size,
-        num_workers=_default_workers() if workers is None else workers, pin_memory=device.type == "cuda")
-    print(f"embedding {len(gids):,} images of {N:,} items on {device} "
-          f"({len(chunks) - len(pending)} of {len(chunks)} chunks already done)", file=sys.stderr)
-    progress, start, done = Progress(), time.monotonic(), 0
-    save_finished_chunks()
-    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
-        for batch_gids, pixels, errors in loader:  # (B,), (B, 3, R, R), B messages
-            ok = torch.tensor([not e for e in errors])
-            if ok.any():
-                E_img[batch_gids[ok].numpy()] = model.encode_image(pixels[ok].to(device, non_blocking=True)).float().cpu().numpy()
-            for g, error in zip(batch_gids.tolist(), errors):
-                reasons[g] = error
-                todo[g // chunk_size] -= 1
-            done += len(errors)
-            save_finished_chunks()
-            rate = done / (time.monotonic() - start)
-            eta = (len(gids) - done) / rate
-            progress(f"{done:,}/{len(gids):,} images, {rate:.1f} images/s, ETA {eta // 60:.0f}m{eta % 60:02.0f}s")
-    progress(f"{done:,}/{len(gids):,} images in {time.monotonic() - start:.0f} s", final=True)
-
-    # Note: rows are the raw encode_image vectors, as the paper's frozen CLIP gives them (no L2 normalisation).
+    # Note: rows are the raw encode_image vectors, as the paper's frozen CLIP gives them (no L2
+    # normalisation); text rows are raw encode_text vectors, the same treatment.
     row_kind = np.array(["zero" if r else "" for r in reasons], dtype=object)
     if titles is not None:
         fill = [g for g in range(N) if reasons[g] and titles[g]]
@@ -719,6 +668,70 @@ def embed(scenario_dir, images_dir, *, weights="ViT-B/32", batch_size=64, device
               f"stay zero (no title)")
     print(f"wrote {output} {E_img.shape} float32 and {missing_path}")
     return output
+
+
+def _embed_images(model, preprocess, paths, device, partial: Path, meta, *, batch_size, workers, after_chunk):
+    """(E_img (N, E), reason per item: '' when encoded) with resumable progress in the folder `partial`.
+
+    Chunk c covers global ids [c·chunk_size, (c+1)·chunk_size) and is saved as one file once all its
+    images are done, so a killed run loses at most one chunk; `after_chunk(c)` runs after each save.
+    """
+    N, chunk_size = len(paths), meta["chunk_size"]
+    partial.mkdir(exist_ok=True)
+    if (partial / "meta.json").exists():
+        saved = json.loads((partial / "meta.json").read_text())
+        if saved != meta:
+            raise CLIPError(f"{partial} holds partial results of a run with other weights or another item list "
+                            f"({saved}); rerun with the same --weights to continue it, or delete the folder to "
+                            f"start over")
+    else:
+        _write_atomic(partial / "meta.json", lambda f: f.write(json.dumps(meta).encode()))
+    E_img = np.zeros((N, model.config.embed_dim), dtype=np.float32)  # (N, E)
+    reasons = np.array(["" if p else "no image file" for p in paths], dtype=object)
+    chunks = range(math.ceil(N / chunk_size))
+    pending = []
+    for c in chunks:
+        rows = slice(c * chunk_size, (c + 1) * chunk_size)
+        if (partial / f"chunk_{c:06d}.npz").exists():
+            with np.load(partial / f"chunk_{c:06d}.npz") as saved:
+                E_img[rows], reasons[rows] = saved["E_img"], saved["reasons"]
+        else:
+            pending.append(c)
+    todo = {c: sum(p is not None for p in paths[c * chunk_size:(c + 1) * chunk_size]) for c in pending}
+    gids = [g for c in pending for g in range(c * chunk_size, min((c + 1) * chunk_size, N)) if paths[g]]
+
+    def save_finished_chunks():
+        while pending and todo[pending[0]] == 0:
+            c = pending.pop(0)
+            rows = slice(c * chunk_size, (c + 1) * chunk_size)
+            _write_atomic(partial / f"chunk_{c:06d}.npz",
+                          lambda f: np.savez(f, E_img=E_img[rows], reasons=reasons[rows].astype(str)))
+            if after_chunk:
+                after_chunk(c)
+
+    loader = torch.utils.data.DataLoader(ItemImages(gids, [paths[g] for g in gids], preprocess),
+                                         batch_size=batch_size, num_workers=workers,
+                                         pin_memory=device.type == "cuda")
+    print(f"embedding {len(gids):,} images of {N:,} items on {device} "
+          f"({len(chunks) - len(pending)} of {len(chunks)} chunks already done)", file=sys.stderr)
+    progress, start, done = Progress(), time.monotonic(), 0
+    save_finished_chunks()
+    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
+        for batch_gids, pixels, errors in loader:  # (B,), (B, 3, R, R), B messages
+            ok = torch.tensor([not e for e in errors])  # (B,)
+            if ok.any():
+                features = model.encode_image(pixels[ok].to(device, non_blocking=True))  # (B_ok, E)
+                E_img[batch_gids[ok].numpy()] = features.float().cpu().numpy()
+            for g, error in zip(batch_gids.tolist(), errors):
+                reasons[g] = error
+                todo[g // chunk_size] -= 1
+            done += len(errors)
+            save_finished_chunks()
+            rate = done / (time.monotonic() - start)
+            eta = (len(gids) - done) / rate
+            progress(f"{done:,}/{len(gids):,} images, {rate:.1f} images/s, ETA {eta // 60:.0f}m{eta % 60:02.0f}s")
+    progress(f"{done:,}/{len(gids):,} images in {time.monotonic() - start:.0f} s", final=True)
+    return E_img, reasons
 
 
 def embed_texts(model, texts, batch_size, device) -> np.ndarray:
@@ -762,8 +775,8 @@ def bench(*, images=2000, repeats=3, batch_sizes=(1, 16, 64), device="auto", wor
             line = f"encode_image batch {B:3d}: {B / best['ours']:6.1f} images/s"
             if reference:
                 diff = (model.encode_image(x) - reference.encode_image(x)).abs().max().item()
-                line += (f", open_clip {B / best['open_clip']:6.1f} images/s, ratio {best['open_clip'] / best['ours']:.2f}"
-                         f" (max |difference| {diff:.1e})")
+                line += (f", open_clip {B / best['open_clip']:6.1f} images/s, "
+                         f"ratio {best['open_clip'] / best['ours']:.2f} (max |difference| {diff:.1e})")
         print(line, flush=True)
 
     with tempfile.TemporaryDirectory() as tmp:
