@@ -16,16 +16,31 @@ item of every view is at position L-1).
 """
 from __future__ import annotations
 
+import argparse
+import ast
+import collections
+import gzip
+import http.client
+import io
 import json
 import os
 import shutil
+import sys
 import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import zlib
+from array import array
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parent
 SCENARIOS = {"food_kitchen": ROOT / "data" / "Food-Kitchen", "movie_book": ROOT / "data" / "Movie-Book"}
@@ -203,7 +218,11 @@ def make_train_set(sequences: list[list[int]], num_x: int, max_len: int, pad: in
     """Every next-item position of every view: input view[:-1], target view[1:]."""
     cut = [seq[-(max_len + 1):] for seq in sequences]  # inputs of at most max_len items
     full = _views(cut, num_x, max_len + 1, pad)  # (S, L+1); left padding keeps view[:, 1:] aligned
-    return TrainSet(inputs=full[:, :-1], targets=full[:, 1:])
+    inputs, targets = full[:, :-1], full[:, 1:]
+    # a view's first item is no target: nothing precedes it (its input position is padding)
+    for v in ("x", "y", "xy"):
+        setattr(targets, v, getattr(targets, v).masked_fill(getattr(inputs, v) == pad, pad))
+    return TrainSet(inputs, targets)
 
 
 def make_eval_set(sequences: list[list[int]], num_x: int, max_len: int, pad: int) -> EvalSet:
@@ -238,6 +257,23 @@ def resolve_scenario(name: str | None, data_dir: str | None, seed: int) -> tuple
         return name, SCENARIOS[name]
     raise DataError(f"unknown scenario {name!r}; expected one of demo, {', '.join(SCENARIOS)}, "
                     f"or --data-dir DIR for any C2DSR-format folder.")
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def write_item_list(path: Path, asins: list[str], first_raw_id: int) -> None:
+    """Alist/Blist: raw_id<TAB>ASIN<TAB>local_index, with raw_id = first_raw_id + local_index."""
+    with open(path, "w", encoding="utf-8") as f:
+        f.writelines(f"{first_raw_id + j}\t{asin}\t{j}\n" for j, asin in enumerate(asins))
+
+
+def write_sequences(path: Path, rows) -> None:
+    """rows: (user, inter_id, [(global item id, unix_ts), ...] in time order) -> one sequence line each."""
+    with open(path, "w", encoding="utf-8") as f:
+        for user, inter_id, events in rows:
+            f.write(f"{user}\t{inter_id}\t" + "\t".join(
+                f"{i}|{t}|{datetime.fromtimestamp(t, timezone.utc):%Y-%m-%d %H:%M:%S}|" for i, t in events) + "\n")
 
 
 # ----------------------------------------------------------------------------- demo scenario
@@ -312,13 +348,9 @@ def make_demo(out: Path, *, seed: int, spec: DemoSpec = DemoSpec()) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))  # same filesystem: rename is atomic
     try:
         for fname, lo, hi, tag in (("Alist.txt", 0, spec.num_x, "A"), ("Blist.txt", spec.num_x, N, "B")):
-            (tmp / fname).write_text("".join(f"{10_000 + g}\tDEMO{tag}{g - lo:06d}\t{g - lo}\n" for g in range(lo, hi)))
+            write_item_list(tmp / fname, [f"DEMO{tag}{j:06d}" for j in range(hi - lo)], 10_000 + lo)
         for split, users in splits.items():
-            with open(tmp / SPLIT_FILES[split], "w") as f:
-                for u in users:
-                    events = "\t".join(
-                        f"{i}|{t}|{datetime.fromtimestamp(t, timezone.utc):%Y-%m-%d %H:%M:%S}|" for i, t in sequences[u])
-                    f.write(f"{u}\t{u}\t{events}\n")
+            write_sequences(tmp / SPLIT_FILES[split], ((u, u, sequences[u]) for u in users))
         np.save(tmp / EMBEDDINGS_FILE, E_img.astype(np.float32))
         (tmp / "demo.json").write_text(recipe)  # written last: marks a complete scenario
         if out.exists():  # an earlier, interrupted attempt

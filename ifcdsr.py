@@ -141,17 +141,24 @@ class AttentionEncoder(nn.Module):
 # ----------------------------------------------------------------------------- Eq. 2-6: scoring
 
 
-def similarity(h: torch.Tensor, E: torch.Tensor, temperature: float) -> torch.Tensor:
-    """(Eq. 2) Sim(h, E) = h·E^T / (‖h‖‖E‖), divided by τ.  h (P, d), E (N, d) -> (P, N).
+def unit(x: torch.Tensor) -> torch.Tensor:
+    """x / ‖x‖ along the last dimension, with an epsilon: a zero row (an item without an image) stays zero."""
+    return F.normalize(x, dim=-1)
 
-    Normalisation uses an epsilon, so a zero vector (an item without an image) has similarity 0.
+
+def similarity(h: torch.Tensor, E_unit: torch.Tensor, temperature: float) -> torch.Tensor:
+    """(Eq. 2) Sim(h, E) = h·E^T / (‖h‖‖E‖), divided by τ.  h (P, d), E_unit (N, d) -> (P, N).
+
+    E_unit = unit(E) is normalised once per step by the caller, not once per position; a zero
+    row has similarity 0 with everything. 1/τ scales h, the smaller operand.
     """
-    return F.normalize(h, dim=-1) @ F.normalize(E, dim=-1).T / temperature  # (P, N)
+    return (unit(h) / temperature) @ E_unit.T  # (P, N)
 
 
 def log_prob(h_id: torch.Tensor, E_id: torch.Tensor, h_img: torch.Tensor | None, E_img: torch.Tensor | None,
              alpha: float, temperature: float) -> torch.Tensor:
-    """log P(· | S) over all N items for P positions of one view (Eq. 3-5) -> (P, N)."""
+    """log P(· | S) over all N items for P positions of one view (Eq. 3-5) -> (P, N).
+    E_id, E_img: the item matrices with unit rows (see `similarity`)."""
     # (Eq. 3) P_id = softmax(Sim(h_id, E_id))
     log_P_id = F.log_softmax(similarity(h_id, E_id, temperature).float(), dim=-1)  # (P, N)
     if h_img is None:
@@ -170,7 +177,7 @@ def _nll_sum(h_id, E_id, h_img, E_img, target, alpha, temperature):
 
 def nll(h_id: torch.Tensor, E_id: torch.Tensor, h_img: torch.Tensor | None, E_img: torch.Tensor | None,
         target: torch.Tensor, alpha: float, temperature: float, chunk: int) -> torch.Tensor:
-    """Σ_t -log P(target_t | S) over P positions (the sum of Eq. 6).
+    """Σ_t -log P(target_t | S) over P positions (the sum of Eq. 6); E_id, E_img with unit rows.
 
     When P x N exceeds `chunk`, positions are scored in chunks whose (chunk, N) tensors are
     recomputed in the backward pass (activation checkpointing), so peak memory does not
@@ -205,7 +212,8 @@ class IFCDSR(nn.Module):
         if cfg.use_image:
             assert E_img.shape[0] == self.N, f"E_img has {E_img.shape[0]} rows, expected N = {self.N}"
             # §3.1.1: E_img, the frozen (N, e) CLIP image matrix: a buffer, never a parameter
-            self.register_buffer("E_img", torch.cat([E_img.float(), E_img.new_zeros(1, E_img.shape[1])]))
+            self.register_buffer("E_img", torch.cat([E_img.float(), E_img.new_zeros(1, E_img.shape[1])]),
+                                 persistent=False)  # not in checkpoints: it is the data's
             self.enc_img = nn.ModuleDict({v: AttentionEncoder(E_img.shape[1], cfg) for v in self.views})
         else:
             self.E_img, self.enc_img = None, None
@@ -227,8 +235,8 @@ class IFCDSR(nn.Module):
         return tuple(t[:, -width:] for t in (seq, *aligned))
 
     def item_matrices(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """E_id and E_img without the padding row: (N, q), (N, e)."""
-        return self.E_id.weight[:-1], None if self.E_img is None else self.E_img[:-1]
+        """E_id and E_img without the padding row, rows normalised for Eq. 2: (N, q), (N, e)."""
+        return unit(self.E_id.weight[:-1]), None if self.E_img is None else unit(self.E_img[:-1])
 
     def loss(self, inputs, targets) -> tuple[torch.Tensor, dict[str, float]]:
         """(Eq. 7) L = L^X + λ1·L^Y + λ2·L^{X+Y} (X the target domain) for one batch of Views.
