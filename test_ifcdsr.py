@@ -277,9 +277,10 @@ def test_rank_counts_only_strictly_higher_candidates():
 def test_negatives_are_deterministic_in_domain_and_never_the_target():
     cases = EvalSet(views([[1]] * 50, num_x=10, pad=30), torch.arange(10, 30).repeat(3)[:50])
     items = slice(10, 30)
-    a, b = train.negatives(cases, items, seed=3, stream=1), train.negatives(cases, items, seed=3, stream=1)
+    a, b = (train.negatives(cases, items, 3, "test", "Y") for _ in range(2))
     assert torch.equal(a, b) and a.shape == (50, 999)
-    assert not torch.equal(a, train.negatives(cases, items, seed=4, stream=1))
+    assert not torch.equal(a, train.negatives(cases, items, 4, "test", "Y"))
+    assert not torch.equal(a, train.negatives(cases, items, 3, "valid", "Y"))
     local_target = (cases.target - 10)[:, None]
     assert (a != local_target).all() and a.min() >= 0 and a.max() <= 19
     assert len(torch.unique(a)) == 20  # every other item of the domain gets drawn

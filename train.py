@@ -77,10 +77,10 @@ def eval_cases(split: EvalSet, scen: Scenario, domain: str) -> EvalSet:
     return split.subset(is_y if domain == "Y" else ~is_y)
 
 
-def negatives(cases: EvalSet, items: slice, seed: int, stream: int) -> torch.Tensor:
+def negatives(cases: EvalSet, items: slice, seed: int, split: str, target: str) -> torch.Tensor:
     """999 negatives per case, uniform over the target domain without the ground truth (C2DSR),
-    drawn with replacement from one seed -> (S, 999) local item indices."""
-    rng = np.random.default_rng([seed, stream])
+    drawn with replacement, once per (seed, split, target) -> (S, 999) local item indices."""
+    rng = np.random.default_rng([seed, ("valid", "test").index(split), ("X", "Y").index(target)])
     n = items.stop - items.start
     local = rng.integers(0, n - 1, size=(len(cases), NUM_NEGATIVES))
     target = (cases.target - items.start).numpy()[:, None]
@@ -138,7 +138,7 @@ class Trainer:
         self.epoch, self.best_valid, self.bad, self.history = 0, -1.0, 0, []
         items = domain_items(scen, cfg.target)
         self.valid = eval_cases(scen.valid, scen, cfg.target)
-        self.valid_neg = negatives(self.valid, items, cfg.seed, stream=0 if cfg.target == "X" else 1)
+        self.valid_neg = negatives(self.valid, items, cfg.seed, "valid", cfg.target)
         if resume and self.last.is_file():
             self._restore(torch.load(self.last, map_location=device, weights_only=False))
 
@@ -253,7 +253,7 @@ def train_target(cfg: Config, scen: Scenario, device, folder: Path, args, prefix
     items = domain_items(scen, cfg.target)
     result = {"config": state["config"], "best_epoch": state["epoch"], "checkpoint": str(best.best),
               "history": best.history, "valid": state["valid"],
-              "test": best.evaluate(test, negatives(test, items, cfg.seed, stream=2 if cfg.target == "X" else 3))}
+              "test": best.evaluate(test, negatives(test, items, cfg.seed, "test", cfg.target))}
     if args.grid:
         result["grid"] = grid
     return result
@@ -262,7 +262,7 @@ def train_target(cfg: Config, scen: Scenario, device, folder: Path, args, prefix
 def popularity(scen: Scenario, target: str, seed: int) -> dict:
     scores = popularity_scores(scen)
     cases, items = eval_cases(scen.test, scen, target), domain_items(scen, target)
-    neg = negatives(cases, items, seed, stream=2 if target == "X" else 3)
+    neg = negatives(cases, items, seed, "test", target)
     return evaluate(lambda h: scores.expand(h.xy.shape[0], -1), cases, items, neg, "cpu", 1024)
 
 
@@ -380,9 +380,9 @@ def eval_only(args, cfg_cli: Config, device) -> int:
     model.load_state_dict(state["model"], strict=False)
     model.eval()
     items, res = domain_items(scen, cfg.target), {}
-    for split, stream in (("valid", 0), ("test", 2)):
+    for split in ("valid", "test"):
         cases = eval_cases(getattr(scen, split), scen, cfg.target)
-        neg = negatives(cases, items, cfg.seed, stream + (cfg.target == "Y"))
+        neg = negatives(cases, items, cfg.seed, split, cfg.target)
         res[split] = evaluate(model.score, cases, items, neg, device, max(1, min(1024, cfg.score_chunk // model.N)))
         print(f"{split} ({cfg.target}, epoch {state['epoch']}): " + ", ".join(
             f"{p}: " + " ".join(f"{m} {v:.2f}" for m, v in res[split][p].items()) for p in PROTOCOLS))
