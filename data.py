@@ -587,18 +587,19 @@ def _as_image_file(data: bytes) -> tuple[str, bytes]:
         raise _Failure(f"corrupt image: {err}") from None
 
 
-def _get_image(asin: str, url: str, no_url: str, images_dir: Path, opener, settings: dict) -> tuple[bool, str]:
-    """Makes images/<ASIN>.<ext> a valid image: (True, 'downloaded' or 'already present') or (False, reason)."""
+def _get_image(asin: str, url: str, no_url: str, files: list[Path], images_dir: Path, opener,
+               settings: dict) -> tuple[bool, str]:
+    """Makes images/<ASIN>.<ext> a valid image, unless one of its `files` already is one:
+    (True, 'downloaded' or 'already present') or (False, the reason; `no_url` when there is no URL)."""
     if not (asin.isascii() and asin.isalnum()):
         return False, "ASIN is not a safe file name"
     stale = []  # files of this item that do not decode: replaced by a good download
-    for path in (images_dir / f"{asin}{suffix}" for suffix in (".jpg", ".jpeg", ".png", ".webp")):
-        if path.is_file():
-            try:
-                _as_image_file(path.read_bytes())
-                return True, "already present"
-            except _Failure:
-                stale.append(path)
+    for path in files:
+        try:
+            _as_image_file(path.read_bytes())
+            return True, "already present"
+        except _Failure:
+            stale.append(path)
     if not url:
         return False, no_url
     try:
@@ -636,28 +637,36 @@ def download_images(scenario_dir, meta_paths, *, workers: int = 16, timeout: flo
 
     opener = urllib.request.build_opener(_HttpOnlyRedirects)
     settings = dict(timeout=timeout, retries=retries, backoff=backoff, max_bytes=max_bytes)
+    on_disk = {entry.name for entry in os.scandir(images_dir)}
     counts = {"X": collections.Counter(), "Y": collections.Counter()}
     failures = []  # (global id, reason)
-    tty = sys.stderr.isatty()
-    start = shown = time.monotonic()
-    lead = "\r" if tty else ""
+
+    def record(g: int, ok: bool, outcome: str) -> None:
+        counts["X" if g < items.num_x else "Y"][outcome if ok else outcome.split(":")[0]] += 1
+        if not ok:
+            failures.append((g, outcome))
+
     pool = ThreadPoolExecutor(workers)
     try:
-        futures = {pool.submit(_get_image, asin, products.get(asin, ("", ""))[1],
-                               "no image URL" if asin in products else "not in metadata",
-                               images_dir, opener, settings): g for g, asin in enumerate(items.asins)}
-        for done, future in enumerate(as_completed(futures), 1):
-            g = futures[future]
-            ok, outcome = future.result()
-            counts["X" if g < items.num_x else "Y"][outcome if ok else outcome.split(":")[0]] += 1
-            if not ok:
-                failures.append((g, outcome))
+        futures = {}
+        for g, asin in enumerate(items.asins):
+            url = products.get(asin, ("", ""))[1]
+            no_url = "no image URL" if asin in products else "not in metadata"
+            files = [images_dir / f"{asin}{s}" for s in (".jpg", ".jpeg", ".png", ".webp") if f"{asin}{s}" in on_disk]
+            if url or files:
+                futures[pool.submit(_get_image, asin, url, no_url, files, images_dir, opener, settings)] = g
+            else:
+                record(g, False, no_url)  # nothing to check or fetch
+        tty, start = sys.stderr.isatty(), time.monotonic()
+        shown, lead = start, "\r" if tty else ""
+        for done, future in enumerate(as_completed(futures), items.num_items - len(futures) + 1):
+            record(futures[future], *future.result())
             now = time.monotonic()
-            if now - shown > (1 if tty else 30) or done == len(futures):
+            if now - shown > (1 if tty else 30) or done == items.num_items:
                 shown = now
-                print(f"{lead}images: {done:,}/{len(futures):,} done, "
-                      f"{done / max(now - start, 1e-6):.1f}/s, {len(failures):,} failed",
-                      end="" if tty and done < len(futures) else "\n", file=sys.stderr, flush=True)
+                print(f"{lead}images: {done:,}/{items.num_items:,} done, {len(failures):,} failed, "
+                      f"{(done - items.num_items + len(futures)) / max(now - start, 1e-6):.1f} checked or fetched/s",
+                      end="" if tty and done < items.num_items else "\n", file=sys.stderr, flush=True)
     finally:
         pool.shutdown(cancel_futures=True)  # after Ctrl-C: no new downloads, the running ones finish
 
@@ -787,7 +796,9 @@ def _select(user, item, ms, num_x: int, *, min_count: int, min_per_domain: int, 
           f"{len(np.unique(user[rows])):,} users, {int((np.unique(item[rows]) < num_x).sum()):,} X + "
           f"{int((np.unique(item[rows]) >= num_x).sum()):,} Y items, {len(rows):,} reviews", flush=True)
 
-    rows = rows[np.lexsort((rows, ms[rows], user[rows]))]  # by user, then time, then file order (X first)
+    # Note: the paper orders by time; equal times (2014/2018 stamps are whole days) keep domain X before Y, then
+    # the order of the review files.
+    rows = rows[np.lexsort((rows, ms[rows], user[rows]))]  # by user, then time, then row (X rows come first)
     u = user[rows]
     starts = np.flatnonzero(np.r_[True, u[1:] != u[:-1]])
     group_end = np.repeat(np.r_[starts[1:], len(rows)], np.diff(np.r_[starts, len(rows)]))  # per review
@@ -832,7 +843,9 @@ def build_scenario(reviews_a, reviews_b, meta_a, meta_b, out, *, min_count: int 
         raise DataError("no user is left after the filters above; lower --min-count or --min-per-domain, or use "
                         "bigger review files.")
 
-    # one sequence per user: rows[starts[s]:ends[s]] in time order; ids by reviewer id, items by ASIN
+    # One sequence per user: rows[starts[s]:ends[s]] in time order. User ids follow the reviewer ids' order.
+    # Note: Alist/Blist hold the items that occur in the written sequences (an item that passed the filter
+    # only in cut-off parts of histories is left out), sorted by ASIN; raw_id = global id.
     u = user[rows]
     starts = np.flatnonzero(np.r_[True, u[1:] != u[:-1]])
     ends = np.r_[starts[1:], len(rows)]
@@ -867,12 +880,15 @@ def build_scenario(reviews_a, reviews_b, meta_a, meta_b, out, *, min_count: int 
     print(f"metadata: {len(x_meta) + len(y_meta):,} of {items.num_items:,} items found, "
           f"{sum(bool(url) for _, url in products):,} with an image URL", flush=True)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))  # rename is atomic
+    tmp = out.parent / f".{out.name}.{os.getpid()}.tmp"  # beside `out`, so that the rename is atomic
+    shutil.rmtree(tmp, ignore_errors=True)  # left by a killed build that had the same process id
+    tmp.mkdir(parents=True)  # not mkdtemp: the folder gets the user's usual permissions, not 0700
     try:
         write_item_list(tmp / "Alist.txt", items.asins[:items.num_x], 0)
         write_item_list(tmp / "Blist.txt", items.asins[items.num_x:], items.num_x)
         for split, seqs in splits.items():
+            # Note: the files hold unix seconds; 2023 milliseconds are cut, and the lines keep their ms order,
+            # which the reader's stable sort preserves for events within one second.
             write_sequences(tmp / SPLIT_FILES[split], (
                 (user_id[s], user_id[s], [(gid[item[r]], ms[r] // 1000) for r in rows[starts[s]:ends[s]]])
                 for s in seqs[np.argsort(user_id[seqs])]))

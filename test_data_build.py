@@ -431,3 +431,28 @@ def test_images_cli_errors(tmp_path, capsys):
     assert data.main(["images", "--scenario-dir", str(folder), "--meta", str(other)]) == 2
     assert "none of the 15 ASINs" in capsys.readouterr().err
     assert not (folder / "images").exists()
+
+
+REAL = ROOT.parent / "shared" / "data" / "c2dsr" / "Food-Kitchen"
+
+
+@pytest.mark.skipif(not (REAL / "Alist.txt").is_file(), reason="needs ../shared/data (the C2DSR Food-Kitchen lists)")
+def test_images_on_the_real_food_kitchen_item_lists(tmp_path, server, capsys):
+    """All 64,093 items of the real scenario: items.tsv has one row per item in global id order (as clip_loader.py
+    reads it), the three items in the 2014 metadata get their image, the others 'not in metadata'."""
+    folder = tmp_path / "Food-Kitchen"
+    folder.mkdir()
+    for name in ("Alist.txt", "Blist.txt"):
+        (folder / name).write_bytes((REAL / name).read_bytes())
+    items = data.read_items(folder)
+    picked = {items.asins[0]: "/a.jpg", items.asins[items.num_x - 1]: "/b.png", items.asins[-1]: "/c.gif"}
+    meta = write_lines(tmp_path / "meta.json.gz", [repr({"asin": a, "title": f"real {a}", "imUrl": server.url + p})
+                                                    for a, p in picked.items()], gz=True)
+    counts = data.download_images(folder, [meta], workers=8, timeout=5)
+    assert counts["X"] == {"downloaded": 2, "not in metadata": items.num_x - 2}
+    assert counts["Y"] == {"downloaded": 1, "not in metadata": items.num_y - 1}
+    titles = clip_loader.read_titles(folder, items)
+    assert titles[0] == f"real {items.asins[0]}" and titles[-1] == f"real {items.asins[-1]}"
+    assert sum(t is not None for t in titles) == 3 and len(titles) == 64_093
+    assert sorted(p.name for p in (folder / "images").glob("*.*g")) == sorted(
+        [f"{items.asins[0]}.jpg", f"{items.asins[items.num_x - 1]}.png", f"{items.asins[-1]}.png"])
