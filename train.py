@@ -136,9 +136,7 @@ class Trainer:
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.shuffle = torch.Generator().manual_seed(cfg.seed)
         self.epoch, self.best_valid, self.bad, self.history = 0, -1.0, 0, []
-        items = domain_items(scen, cfg.target)
-        self.valid = eval_cases(scen.valid, scen, cfg.target)
-        self.valid_neg = negatives(self.valid, items, cfg.seed, "valid", cfg.target)
+        self.items, self.cases = domain_items(scen, cfg.target), {}
         if resume and self.last.is_file():
             self._restore(torch.load(self.last, map_location=device, weights_only=False))
 
@@ -154,7 +152,7 @@ class Trainer:
         if state["config"] != asdict(self.cfg):
             raise UsageError(f"{self.last}: was written with a different config; resume with the same "
                              f"flags, or start a new run with another --out.")
-        self.model.load_state_dict(state["model"], strict=False)  # E_img is not stored: it is the data's
+        self.model.load_state_dict(state["model"])  # E_img is not stored: it is the data's
         self.opt.load_state_dict(state["optimizer"])
         self.epoch, self.best_valid, self.bad, self.history = (state[k] for k in ("epoch", "best_valid", "bad", "history"))
         torch.set_rng_state(state["rng"]["torch"])
@@ -166,11 +164,16 @@ class Trainer:
     def autocast(self):
         return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
 
-    def evaluate(self, cases: EvalSet, neg: torch.Tensor) -> dict:
+    def evaluate(self, split: str) -> dict:
+        """Metrics on the valid or test cases of this target domain, under both protocols."""
+        if split not in self.cases:
+            cases = eval_cases(getattr(self.scen, split), self.scen, self.cfg.target)
+            self.cases[split] = cases, negatives(cases, self.items, self.cfg.seed, split, self.cfg.target)
+        cases, neg = self.cases[split]
         self.model.eval()
-        batch = max(1, min(1024, self.cfg.score_chunk // self.model.N))
+        batch = max(1, min(1024, self.cfg.score_chunk // self.model.N))  # (batch, N) scores at a time
         with self.autocast():
-            return evaluate(self.model.score, cases, domain_items(self.scen, self.cfg.target), neg, self.device, batch)
+            return evaluate(self.model.score, cases, self.items, neg, self.device, batch)
 
     def train_epoch(self) -> dict:
         self.model.train()
@@ -200,13 +203,11 @@ class Trainer:
             self.epoch += 1
             row["epoch"] = self.epoch
             if self.epoch % cfg.eval_every == 0 or self.epoch == cfg.epochs:
-                row["valid"] = self.evaluate(self.valid, self.valid_neg)
+                row["valid"] = self.evaluate("valid")
                 score = row["valid"][SELECT[0]][SELECT[1]]
                 if score > self.best_valid:
                     self.best_valid, self.bad = score, 0
-                    atomic_save({"model": self.model.state_dict(), "config": asdict(cfg), "epoch": self.epoch,
-                                 "scenario": self.scen.name, "num_x": self.scen.items.num_x,
-                                 "num_y": self.scen.items.num_y, "valid": row["valid"]}, self.best)
+                    atomic_save({**self._state(), "valid": row["valid"]}, self.best)
                 else:
                     self.bad += 1
             self.history.append(row)
@@ -219,7 +220,7 @@ class Trainer:
 
     def load_best(self) -> dict:
         state = torch.load(self.best, map_location=self.device, weights_only=False)
-        self.model.load_state_dict(state["model"], strict=False)
+        self.model.load_state_dict(state["model"])
         return state
 
 
@@ -249,11 +250,8 @@ def train_target(cfg: Config, scen: Scenario, device, folder: Path, args, prefix
         if best is None or trainer.best_valid > best.best_valid:
             best = trainer
     state = best.load_best()
-    test = eval_cases(scen.test, scen, cfg.target)
-    items = domain_items(scen, cfg.target)
     result = {"config": state["config"], "best_epoch": state["epoch"], "checkpoint": str(best.best),
-              "history": best.history, "valid": state["valid"],
-              "test": best.evaluate(test, negatives(test, items, cfg.seed, "test", cfg.target))}
+              "history": best.history, "valid": state["valid"], "test": best.evaluate("test")}
     if args.grid:
         result["grid"] = grid
     return result
@@ -376,16 +374,15 @@ def eval_only(args, cfg_cli: Config, device) -> int:
     name, folder = resolve_scenario(args.scenario, args.data_dir, cfg_cli.seed)
     scen = load_scenario(folder, max_len=cfg.max_len, use_images=cfg.use_image, name=name)
     check_checkpoint(state, scen, path)
-    model = IFCDSR(cfg, scen.items.num_x, scen.items.num_y, scen.E_img).to(device)
-    model.load_state_dict(state["model"], strict=False)
-    model.eval()
-    items, res = domain_items(scen, cfg.target), {}
+    trainer = Trainer(cfg, scen, device, path.parent, resume=False)
+    try:
+        trainer.model.load_state_dict(state["model"])
+    except RuntimeError as err:
+        raise UsageError(f"{path}: its weights do not fit this model ({str(err).splitlines()[0]}).") from None
     for split in ("valid", "test"):
-        cases = eval_cases(getattr(scen, split), scen, cfg.target)
-        neg = negatives(cases, items, cfg.seed, split, cfg.target)
-        res[split] = evaluate(model.score, cases, items, neg, device, max(1, min(1024, cfg.score_chunk // model.N)))
+        res = trainer.evaluate(split)
         print(f"{split} ({cfg.target}, epoch {state['epoch']}): " + ", ".join(
-            f"{p}: " + " ".join(f"{m} {v:.2f}" for m, v in res[split][p].items()) for p in PROTOCOLS))
+            f"{p}: " + " ".join(f"{m} {v:.2f}" for m, v in res[p].items()) for p in PROTOCOLS))
     return 0
 
 
