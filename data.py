@@ -374,7 +374,8 @@ def make_demo(out: Path, *, seed: int, spec: DemoSpec = DemoSpec()) -> Path:
 
 ITEMS_FILE = "items.tsv"  # read by `clip_loader.py embed --missing text`
 ITEMS_HEADER = "global_id\tdomain\tasin\ttitle\timage_url"
-IMAGE_SUFFIXES = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp"}  # saved as downloaded; other formats become PNG
+SAVED_FORMATS = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp"}  # saved as downloaded; other formats become PNG
+FOUND_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")  # the image files that clip_loader.py embed finds
 REVIEW_LAYOUTS = ("Amazon reviews in one of three layouts: the 2014 ratings CSV 'user,item,rating,timestamp', "
                   "2014/2018 JSON lines with reviewerID, asin, unixReviewTime, or 2023 JSON lines with user_id, "
                   "parent_asin, timestamp (ms)")
@@ -576,8 +577,8 @@ def _as_image_file(data: bytes) -> tuple[str, bytes]:
     try:
         with Image.open(io.BytesIO(data)) as image:
             image.load()  # decodes every pixel: a truncated file fails here rather than in clip_loader.py
-            if image.format in IMAGE_SUFFIXES:
-                return IMAGE_SUFFIXES[image.format], data
+            if image.format in SAVED_FORMATS:
+                return SAVED_FORMATS[image.format], data
             converted = io.BytesIO()
             image.convert("RGB").save(converted, "PNG")  # e.g. a GIF, whose suffix clip_loader.py does not read
             return ".png", converted.getvalue()
@@ -652,7 +653,7 @@ def download_images(scenario_dir, meta_paths, *, workers: int = 16, timeout: flo
         for g, asin in enumerate(items.asins):
             url = products.get(asin, ("", ""))[1]
             no_url = "no image URL" if asin in products else "not in metadata"
-            files = [images_dir / f"{asin}{s}" for s in (".jpg", ".jpeg", ".png", ".webp") if f"{asin}{s}" in on_disk]
+            files = [images_dir / f"{asin}{s}" for s in FOUND_SUFFIXES if f"{asin}{s}" in on_disk]
             if url or files:
                 futures[pool.submit(_get_image, asin, url, no_url, files, images_dir, opener, settings)] = g
             else:
@@ -676,7 +677,7 @@ def download_images(scenario_dir, meta_paths, *, workers: int = 16, timeout: flo
         for g, reason in sorted(failures):
             asin = items.asins[g]
             f.write(f"{g}\t{'X' if g < items.num_x else 'Y'}\t{asin}\t{_one_line(reason)}\t"
-                    f"{products.get(asin, ('', ''))[1]}\n")
+                    f"{_one_line(products.get(asin, ('', ''))[1])}\n")
     os.replace(tmp, images_dir / "failures.tsv")
 
     have = sum(counts[d]["downloaded"] + counts[d]["already present"] for d in counts)
