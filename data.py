@@ -346,6 +346,7 @@ def make_demo(out: Path, *, seed: int, spec: DemoSpec = DemoSpec()) -> Path:
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))  # same filesystem: rename is atomic
+    tmp.chmod(0o755)  # mkdtemp makes it private
     try:
         for fname, lo, hi, tag in (("Alist.txt", 0, spec.num_x, "A"), ("Blist.txt", spec.num_x, N, "B")):
             write_item_list(tmp / fname, [f"DEMO{tag}{j:06d}" for j in range(hi - lo)], 10_000 + lo)
