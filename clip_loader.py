@@ -750,7 +750,7 @@ VIT_B_32 = CLIPConfig(embed_dim=512, image_resolution=224, vision_layers=12, vis
                       context_length=77, vocab_size=49408, transformer_width=512, transformer_layers=12)
 
 
-def bench(*, images=2000, repeats=3, batch_sizes=(1, 16, 64), device="auto", workers=None):
+def bench(*, images=2000, repeats=5, batch_sizes=(1, 16, 64), device="auto", workers=None):
     """images/s of encode_image (random ViT-B/32 weights; vs open_clip when installed) and of `embed`."""
     torch.manual_seed(0)
     model = CLIP(VIT_B_32).eval()
@@ -767,11 +767,13 @@ def bench(*, images=2000, repeats=3, batch_sizes=(1, 16, 64), device="auto", wor
         encoders = {"ours": model.encode_image, **({"open_clip": reference.encode_image} if reference else {})}
         best = dict.fromkeys(encoders, math.inf)
         with torch.inference_mode():
-            for _ in range(repeats + 1):  # the first round warms up and is dropped
-                for name, encode in encoders.items():  # alternating, so both see the same machine load
+            for encode in encoders.values():  # warm-up
+                encode(x)
+            for turn in range(repeats):  # alternating, in turn first, so both see the same machine load
+                for name in sorted(encoders, reverse=turn % 2 == 1):
                     start = time.perf_counter()
-                    encode(x)
-                    best[name] = min(best[name], time.perf_counter() - start) if _ else math.inf
+                    encoders[name](x)
+                    best[name] = min(best[name], time.perf_counter() - start)
             line = f"encode_image batch {B:3d}: {B / best['ours']:6.1f} images/s"
             if reference:
                 diff = (model.encode_image(x) - reference.encode_image(x)).abs().max().item()
@@ -779,6 +781,8 @@ def bench(*, images=2000, repeats=3, batch_sizes=(1, 16, 64), device="auto", wor
                          f"ratio {best['open_clip'] / best['ours']:.2f} (max |difference| {diff:.1e})")
         print(line, flush=True)
 
+    if not images:
+        return
     with tempfile.TemporaryDirectory() as tmp:
         scenario = Path(tmp)
         (scenario / "images").mkdir()
@@ -817,8 +821,8 @@ def main(argv=None):
     e.add_argument("--workers", type=int, help="image decoding processes (default: cores - 1, at most 8)")
     e.add_argument("--offline", action="store_true", help="never download weights; say where to put them")
     b = commands.add_parser("bench", help="measure encode_image and embed throughput with random ViT-B/32 weights")
-    b.add_argument("--images", type=int, default=2000, help="JPEGs generated for the embed measurement")
-    b.add_argument("--repeats", type=int, default=3)
+    b.add_argument("--images", type=int, default=2000, help="JPEGs generated for the embed measurement (0: skip it)")
+    b.add_argument("--repeats", type=int, default=5, help="timed runs per batch size; the best counts")
     b.add_argument("--device", default="auto")
     b.add_argument("--workers", type=int)
     args = parser.parse_args(argv)
