@@ -16,7 +16,6 @@ from dataclasses import asdict, dataclass, fields
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 VIEWS = ("x", "y", "xy")  # S^X, S^Y, S^{X+Y}
 
@@ -171,28 +170,109 @@ def log_prob(h_id: torch.Tensor, E_id: torch.Tensor, h_img: torch.Tensor | None,
 
 
 def _nll_sum(h_id, E_id, h_img, E_img, target, alpha, temperature):
+    """The sum of Eq. 6 computed plainly from `log_prob`, with (P, N) tensors and autograd: the
+    reference that `nll` is tested against."""
     log_P = log_prob(h_id, E_id, h_img, E_img, alpha, temperature)  # (P, N)
     return -log_P.gather(1, target[:, None]).sum()
+
+
+def _log_softmax_scores(a: torch.Tensor, E: torch.Tensor) -> torch.Tensor:
+    """(Eq. 2) s = Sim(h, E) = unit(h)/τ·E^T;  (Eq. 3/4) log P_b = log_softmax(s), in fp32.  a (c, d) -> (c, N)."""
+    return F.log_softmax((a @ E.T).float(), dim=-1)
+
+
+def _nll_chunks(branches, target: torch.Tensor, rows: int, grads: bool):
+    """Σ_t -log P(y_t | S) (Eq. 2-6) for P positions scored `rows` at a time, and, with `grads`, its
+    gradient with respect to every branch's a and E. Peak memory is three (rows, N) tensors.
+
+    branches: [(a, E, log_w)] for the ID and the image branch, a = unit(h)/τ (P, d) the positions,
+    E (N, d) the item matrix with unit rows, log_w = log α (ID) or log(1-α) (image).
+
+    With s = a·E^T (Eq. 2) and softmax(s) = P_b (Eq. 3/4), for one position with target y:
+        -log P_y = -log Σ_b w_b·P_b,y                                          (Eq. 5)
+        d(-log P_y)/ds_b = r_b·(P_b - onehot_y),   r_b = w_b·P_b,y / P_y    (r_id + r_img = 1)
+        d/da_b = r_b·(P_b - onehot_y)·E_b   and   d/dE_b = Σ_t (P_b - onehot_y)^T·(r_b·a_b)
+    """
+    total = torch.zeros((), device=target.device)
+    dA = [torch.zeros_like(a) if grads else None for a, _, _ in branches]
+    dE = [torch.zeros_like(E) if grads and E.requires_grad else None for _, E, _ in branches]
+    for i in range(0, target.shape[0], rows):
+        y = target[i:i + rows]  # (c,)
+        log_wP_y, P = [], []
+        for a, E, log_w in branches:
+            log_P_b = _log_softmax_scores(a[i:i + rows], E)  # (c, N)
+            log_wP_y.append(log_w + log_P_b.gather(1, y[:, None])[:, 0])  # (c,) log w_b·P_b,y
+            P.append(log_P_b.exp_().to(E.dtype) if grads else None)  # (c, N) P_b, in place of log P_b
+            del log_P_b
+        # (Eq. 5) log P_y = log Σ_b w_b·P_b,y;  (Eq. 6) Σ_t -log P_y
+        log_P_y = torch.logsumexp(torch.stack(log_wP_y), dim=0)  # (c,)
+        total = total - log_P_y.sum()
+        if not grads:
+            continue
+        for b, (a, E, _) in enumerate(branches):
+            r = (log_wP_y[b] - log_P_y).exp()[:, None]  # (c, 1) r_b = w_b·P_b,y / P_y
+            G = P[b]
+            G[torch.arange(len(y), device=y.device), y] -= 1  # (c, N) P_b - onehot_y, in place
+            # d/da_b = r_b·(P_b - onehot_y)·E_b
+            dA[b][i:i + rows] = r * (G @ E)  # (c, d)
+            if dE[b] is not None:
+                # d/dE_b += (P_b - onehot_y)^T·(r_b·a_b)
+                if torch.is_autocast_enabled(E.device.type):
+                    dE[b] += G.T @ (r * a[i:i + rows])  # the product in the autocast dtype, the sum in fp32
+                else:
+                    dE[b].addmm_(G.T, r * a[i:i + rows])  # (N, d), accumulated in place
+        P = G = None  # release this chunk's (c, N) tensors before the next chunk's
+    return total, dA, dE
+
+
+def _weighted(log_w: tuple[float, float]) -> list[int]:
+    """The branches (0 = ID, 1 = image) that Eq. 5 weighs with more than 0: α = 0 or 1 leaves one."""
+    return [b for b in (0, 1) if log_w[b] > -math.inf]
+
+
+class _FusedNLL(torch.autograd.Function):
+    """Autograd for `_nll_chunks`. The loss is a scalar, so its whole gradient is formed in the forward
+    pass while each chunk's P_b is at hand, and backward only scales it by the incoming gradient: every
+    logit is computed once, and what is kept between the passes is O(P·d + N·d), never O(P·N)."""
+
+    @staticmethod
+    def forward(ctx, a_id, E_id, a_img, E_img, target, log_w, rows):
+        kept = _weighted(log_w)
+        branches = [((a_id, E_id), (a_img, E_img))[b] + (log_w[b],) for b in kept]
+        total, dA, dE = _nll_chunks(branches, target, rows, grads=True)
+        ctx.grads = [None] * 4  # d/d a_id, E_id, a_img, E_img
+        for b, dA_b, dE_b in zip(kept, dA, dE):
+            ctx.grads[2 * b], ctx.grads[2 * b + 1] = dA_b, dE_b
+        return total
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        grads, ctx.grads = ctx.grads, None
+        return (*(None if d is None else g * d for d in grads), None, None, None)
 
 
 def nll(h_id: torch.Tensor, E_id: torch.Tensor, h_img: torch.Tensor | None, E_img: torch.Tensor | None,
         target: torch.Tensor, alpha: float, temperature: float, chunk: int) -> torch.Tensor:
     """Σ_t -log P(target_t | S) over P positions (the sum of Eq. 6); E_id, E_img with unit rows.
 
-    When P x N exceeds `chunk`, positions are scored in chunks whose (chunk, N) tensors are
-    recomputed in the backward pass (activation checkpointing), so peak memory does not
-    grow with P x N. The result and the gradients are the same as unchunked.
+    Positions are scored in chunks of chunk // N, whose (rows, N) logits are never kept: the gradient
+    is formed as each chunk is scored (`_nll_chunks`), so peak memory does not grow with P x N. The
+    result and the gradients equal those of the plain computation (`_nll_sum`) up to float rounding.
     """
-    P, N = h_id.shape[0], E_id.shape[0]
-    if P * N <= chunk:
-        return _nll_sum(h_id, E_id, h_img, E_img, target, alpha, temperature)
-    step = max(1, chunk // N)
-    total = h_id.new_zeros(())
-    for i in range(0, P, step):
-        s = slice(i, i + step)
-        total = total + checkpoint(_nll_sum, h_id[s], E_id, None if h_img is None else h_img[s], E_img,
-                                   target[s], alpha, temperature, use_reentrant=False)
-    return total
+    rows = max(1, chunk // E_id.shape[0])
+    # (Eq. 2) both branches compare a = unit(h)/τ with the unit rows of E
+    a_id = unit(h_id) / temperature  # (P, q)
+    if h_img is None:  # ID branch only: P = P_id
+        a_img, log_w = None, (0.0, -math.inf)
+    else:
+        a_img = unit(h_img) / temperature  # (P, e)
+        # (Eq. 5) weights α and 1-α, as logarithms (computed as in `log_prob`)
+        log_w = tuple(torch.tensor([alpha, 1.0 - alpha]).log().tolist())
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (a_id, E_id, a_img, E_img)):
+        return _FusedNLL.apply(a_id, E_id, a_img, E_img, target, log_w, rows)
+    branches = [((a_id, E_id), (a_img, E_img))[b] + (log_w[b],) for b in _weighted(log_w)]
+    return _nll_chunks(branches, target, rows, grads=False)[0]
 
 
 # ----------------------------------------------------------------------------- the model

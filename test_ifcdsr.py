@@ -14,7 +14,7 @@ import torch.nn.functional as F
 import data
 import train
 from data import DataError, DemoSpec, EvalSet, Views, make_demo, make_eval_set, make_train_set
-from ifcdsr import IFCDSR, AttentionEncoder, Config, log_prob, nll, similarity, unit
+from ifcdsr import IFCDSR, AttentionEncoder, Config, _nll_sum, log_prob, nll, similarity, unit
 
 SHARED = Path(__file__).resolve().parent.parent / "shared" / "data"
 TINY = DemoSpec(num_x=40, num_y=50, num_users=90, image_dim=8, categories=4)
@@ -102,7 +102,8 @@ def test_eq5_alpha_mixture_by_hand():
 def test_eq6_nll_sums_minus_log_p_of_each_next_item():
     """Two positions, both h_id = (1, 0) (P_id as in Eq. 3's test), targets 0 and 2:
     Σ -log P = -log 0.66524 - log 0.09003 = 0.40760 + 2.40760 = 2.81520.
-    Chunked scoring (one position per chunk, recomputed in backward) gives the same value and gradients."""
+    The fused, chunked loss (gradients formed while scoring, whole or 2 or 1 positions per chunk) gives
+    the value and gradients of the plain computation through log_prob and autograd (`_nll_sum`)."""
     h = torch.tensor([[1.0, 0.0], [1.0, 0.0]], requires_grad=True)
     target = torch.tensor([0, 2])
     loss = nll(h, E3, None, None, target, 1.0, 1.0, chunk=10**9)
@@ -111,12 +112,12 @@ def test_eq6_nll_sums_minus_log_p_of_each_next_item():
     h_id, h_img = torch.randn(9, 5, requires_grad=True), torch.randn(9, 3, requires_grad=True)
     E_id, E_img = unit(torch.randn(11, 5)).requires_grad_(), unit(torch.randn(11, 3))
     target = torch.randint(0, 11, (9,))
-    grads = []
-    for chunk in (10**9, 22):  # 22 // 11 = 2 positions per chunk
+    plain = _nll_sum(h_id, E_id, h_img, E_img, target, 0.7, 0.1)
+    expected = (plain.detach(), *torch.autograd.grad(plain, (h_id, h_img, E_id)))
+    for chunk in (10**9, 22, 11):  # 22 // 11 = 2 positions per chunk
         out = nll(h_id, E_id, h_img, E_img, target, 0.7, 0.1, chunk)
-        grads.append((out.detach(), *torch.autograd.grad(out, (h_id, h_img, E_id))))
-    for a, b in zip(*grads):
-        assert torch.allclose(a, b, atol=1e-5)
+        for a, b in zip(expected, (out.detach(), *torch.autograd.grad(out, (h_id, h_img, E_id)))):
+            assert torch.allclose(a, b, atol=1e-5)
 
 
 def test_eq6_training_positions_are_every_next_item_of_each_view():
