@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data import DataError, EvalSet, Scenario, load_scenario, resolve_scenario
+from data import DataError, EvalSet, Scenario, Views, load_scenario, resolve_scenario
 from ifcdsr import IFCDSR, Config
 
 METRICS = ("MRR", "NDCG@5", "NDCG@10", "HR@1", "HR@5", "HR@10")
@@ -98,13 +98,20 @@ def rank_metrics(rank: torch.Tensor) -> dict[str, float]:
     return {m: round(100 * out[m].item(), 4) for m in METRICS}
 
 
+def to_device(batch: Views, device) -> Views:
+    """A batch of views to the device; to CUDA through pinned memory, without blocking the host."""
+    if torch.device(device).type != "cuda":
+        return batch.to(device)
+    return Views(*(v.pin_memory() for v in (batch.x, batch.y, batch.xy))).to(device, non_blocking=True)
+
+
 @torch.no_grad()
 def evaluate(score_fn, cases: EvalSet, items: slice, neg: torch.Tensor, device, batch: int) -> dict:
     """Rank the ground truth (Eq. 9: among target-domain items only) under both protocols.
     Rank = 1 + the number of candidates scoring strictly higher."""
     ranks = {p: [] for p in PROTOCOLS}
     for i in range(0, len(cases), batch):
-        s = score_fn(cases.history[i:i + batch].to(device))[:, items]  # (B, |target domain|)
+        s = score_fn(to_device(cases.history[i:i + batch], device))[:, items]  # (B, |target domain|)
         t = (cases.target[i:i + batch] - items.start).to(device)
         s_t = s.gather(1, t[:, None])  # (B, 1)
         ranks["full"].append(1 + (s > s_t).sum(1))
@@ -182,7 +189,7 @@ class Trainer:
         sums, n_batches, start, shown = {}, math.ceil(len(data) / self.cfg.batch_size), time.time(), time.time()
         for b in range(n_batches):
             idx = order[b * self.cfg.batch_size:(b + 1) * self.cfg.batch_size]
-            inputs, targets = data.inputs[idx].to(self.device), data.targets[idx].to(self.device)
+            inputs, targets = to_device(data.inputs[idx], self.device), to_device(data.targets[idx], self.device)
             with self.autocast():
                 loss, parts = self.model.loss(inputs, targets)
             self.opt.zero_grad(set_to_none=True)
@@ -325,6 +332,11 @@ def parse_args(argv):
     p.add_argument("--out", help="output folder (default runs/<scenario>-<time>)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out (or the latest)")
     p.add_argument("--eval-only", metavar="CKPT", help="evaluate a best_*.pt checkpoint on valid and test")
+    p.add_argument("--benchmark", action="store_true", help="time training and evaluation on a synthetic "
+                   "scenario of Movie-Book's size (benchmark.py); prints throughput, GFLOP/s and memory")
+    p.add_argument("--bench-items", type=int, default=100_782, help="N of the benchmark (Movie-Book: 100,782)")
+    p.add_argument("--bench-seqs", type=int, default=58_515,
+                   help="training sequences of the benchmark (Movie-Book: 58,515)")
     return p.parse_args(argv)
 
 
@@ -394,6 +406,9 @@ def run(args) -> int:
         raise UsageError("--device cuda: no CUDA device is available; use --device cpu.")
     if args.eval_only:
         return eval_only(args, cfg, device)
+    if args.benchmark:
+        import benchmark  # it imports this module's Trainer
+        return benchmark.run(cfg, device, items=args.bench_items, seqs=args.bench_seqs)
     name, folder = resolve_scenario(args.scenario, args.data_dir, cfg.seed)
     variants = choose_variants(args, name)
     scen = load_scenario(folder, max_len=cfg.max_len, name=name,

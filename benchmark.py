@@ -1,0 +1,306 @@
+"""Speed and memory of IFCDSR at Movie-Book size, on a synthetic scenario built in memory.
+
+    python train.py --benchmark [--bench-items 100782] [--bench-seqs 58515] [--device auto]
+
+It times the real training loop (`Trainer.train_epoch`) over a few batches after a warm-up, and
+one evaluation pass (`Trainer.evaluate`) over the test cases of both target domains, then
+prints throughput, achieved GFLOP/s against a plain fp32 matmul of the same shapes measured in
+the same run, peak memory, a projection of 100 epochs, and how a step grows with N and the batch.
+
+Cost model: FLOP counts the matmuls only (a multiply-add is 2 FLOP); elementwise work is the
+difference between the achieved and the matmul-only rate. A training step of B sequences costs,
+per view v (3 views), with P_v prediction positions, T_v = B·L_v encoder tokens (L_v the view's
+width after trimming) and each branch width d in (q, e):
+    scoring (Eq. 2-6, `ifcdsr.nll`)  2·P_v·N·d forward (logits), 2·P_v·N·d for d/dh,
+                                     2·P_v·N·q for d/dE_id (E_img is frozen: no d/dE_img)
+    encoder (Eq. 1), per block       2·T_v·d·(3d + d + d + d) linear layers + 4·B·L_v²·d attention,
+                                     forward; the backward costs twice the forward
+so an epoch of S sequences with p positions per sequence (p ≈ 2·length - 3 over the three views)
+costs about 2·S·p·N·(3q + 2e) FLOP in scoring; at Movie-Book size (S = 58,515, p ≈ 21,
+N = 100,782, q = 256, e = 512) that is 4.4·10^14 FLOP, and the encoders add ~5%.
+Evaluation is the forward alone: 2·N·(q + e) per case and view, plus the encoders' forward.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import resource
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import data
+from data import Items, Scenario, TrainSet, Views
+from ifcdsr import Config
+from train import Trainer
+
+MOVIE_BOOK = {"num_x": 36_845, "num_y": 63_937, "train": 58_515, "valid": 2_032 + 5_612, "test": 1_978 + 5_730,
+              "avg_length": 11.98}  # paper Table 1
+STEPS, WARMUP = 3, 1  # timed training steps, after warm-up steps
+SCALE_ITEMS = (0.1, 0.3, 1.0)  # N of the step-time scaling, as shares of --bench-items (10k, 30k, 100k)
+SCALE_BATCH = (0.25, 0.5, 1.0)  # batch sizes of the step-time scaling, as shares of the batch (64, 128, 256)
+
+
+# ----------------------------------------------------------------------------- the synthetic scenario
+
+
+def synthetic_scenario(num_items: int, num_seqs: int, cfg: Config, image_width: int, seed: int = 0) -> Scenario:
+    """A two-domain scenario of Movie-Book's shape (domain sizes in Movie-Book's ratio, lengths 6..15 with
+    mean 11.98, at least 3 items of each domain), drawn with vectorised numpy; only its sizes matter here.
+    Held-out sequences (valid + test) are added in Movie-Book's proportion to the training sequences."""
+    rng = np.random.default_rng(seed)
+    num_x = max(1, round(num_items * MOVIE_BOOK["num_x"] / (MOVIE_BOOK["num_x"] + MOVIE_BOOK["num_y"])))
+    num_y = num_items - num_x
+    held = [round(num_seqs * MOVIE_BOOK[s] / MOVIE_BOOK["train"]) for s in ("valid", "test")]
+    S, width = num_seqs + sum(held), 15
+    length = 6 + rng.binomial(width - 6, (MOVIE_BOOK["avg_length"] - 6) / (width - 6), S)  # (S,) mean 11.98
+    n_x = rng.integers(3, length - 2)  # (S,) items of domain X: 3 .. length - 3
+    # the n_x smallest random keys of a row mark its domain-X positions; positions >= length are unused
+    keys = np.where(np.arange(width) < length[:, None], rng.random((S, width)), np.inf)
+    in_x = keys.argsort(1).argsort(1) < n_x[:, None]  # (S, width)
+    # a long tail inside each domain: item = floor(n·u³)
+    u = rng.random((S, width)) ** 3
+    items = np.where(in_x, (u * num_x).astype(np.int64), num_x + (u * num_y).astype(np.int64))
+    seqs = [row[:n].tolist() for row, n in zip(items, length)]
+    pad = num_items
+    train, valid, test = seqs[:num_seqs], seqs[num_seqs:num_seqs + held[0]], seqs[num_seqs + held[0]:]
+    E_img = torch.from_numpy(rng.standard_normal((num_items, image_width), dtype=np.float32))
+    return Scenario(name=f"synthetic-{num_items}", path=Path("."), items=Items([""] * num_items, num_x, num_y),
+                    train=data.make_train_set(train, num_x, cfg.max_len, pad),
+                    valid=data.make_eval_set(valid, num_x, cfg.max_len, pad),
+                    test=data.make_eval_set(test, num_x, cfg.max_len, pad), E_img=E_img)
+
+
+def head(train: TrainSet, n: int) -> TrainSet:
+    return TrainSet(train.inputs[:n], train.targets[:n])
+
+
+def copy_generator(g: torch.Generator) -> torch.Generator:
+    """A generator in the same state: it draws the same batch order as `Trainer.train_epoch` will."""
+    return torch.Generator().set_state(g.get_state())
+
+
+# ----------------------------------------------------------------------------- FLOP: the matmuls of a step
+
+
+def trimmed_width(seq: torch.Tensor, pad: int) -> int:
+    """L_v: the width `IFCDSR.trim` keeps (left padding: the items are at the end)."""
+    return max(1, int((seq != pad).sum(1).max()))
+
+
+def encoder_gemms(B: int, L: int, d: int, cfg: Config, train: bool) -> list[tuple]:
+    """(batch, m, k, n, count) of the matmuls of one AttentionEncoder (Eq. 1) over B sequences of L tokens."""
+    T, h = B * L, cfg.n_heads
+    linears = [(d, 3 * d), (d, d), (d, d), (d, d)]  # qkv, out, feed-forward x2 of each block
+    out = []
+    for d_in, d_out in linears:
+        out.append((1, T, d_in, d_out, cfg.n_blocks))  # forward: x·W^T
+        if train:
+            out += [(1, T, d_out, d_in, cfg.n_blocks), (1, d_out, T, d_in, cfg.n_blocks)]  # dx, dW
+    # attention: Q·K^T and softmax·V, per sequence and head
+    for m, k, n in ((L, d // h, L), (L, L, d // h)):
+        out.append((B * h, m, k, n, cfg.n_blocks))
+        if train:
+            out.append((B * h, m, n, k, 2 * cfg.n_blocks))  # two backward matmuls of the same size
+    return out
+
+
+def step_gemms(views: Views, targets: Views | None, N: int, rows: int, cfg: Config, widths: tuple) -> list[tuple]:
+    """The matmuls of one training step (targets given) or one evaluation batch (targets None).
+
+    Scoring runs in chunks of `rows` positions (`ifcdsr.nll`, `Trainer.evaluate`); a chunk count
+    may be fractional, so the count of matmuls times their size is exact."""
+    train, pad, out = targets is not None, N, []
+    for view in cfg.view_weights():
+        seq = getattr(views, view)
+        B, L = seq.shape[0], trimmed_width(seq, pad)
+        P = int((getattr(targets, view) != pad).sum()) if train else B  # prediction positions
+        for b, d in enumerate(widths):
+            out += encoder_gemms(B, L, d, cfg, train)
+            c = min(rows, P)
+            out.append((1, c, d, N, P / c))  # (Eq. 2) logits a·E^T
+            if train:
+                out.append((1, c, N, d, P / c))  # d/da = G·E
+                if b == 0:
+                    out.append((1, N, c, d, P / c))  # d/dE_id = G^T·a
+    return out
+
+
+def flops(gemms: list[tuple]) -> float:
+    return sum(2.0 * batch * m * k * n * count for batch, m, k, n, count in gemms)
+
+
+def matmul_seconds(gemms: list[tuple], device: torch.device, cache: dict, repeats: int = 3) -> float:
+    """The time plain fp32 matmuls of these shapes take on `device` (each shape timed alone, best of
+    `repeats`, cached per shape), times their counts: the matmul-only time of the same work."""
+    total = 0.0
+    for batch, m, k, n, count in gemms:
+        if (batch, m, k, n) not in cache:
+            A, B = torch.randn(batch, m, k, device=device), torch.randn(batch, k, n, device=device)
+            mm = (lambda: torch.mm(A[0], B[0])) if batch == 1 else (lambda: torch.bmm(A, B))
+            mm()
+            best = math.inf
+            for _ in range(repeats):
+                sync(device)
+                t0 = time.perf_counter()
+                mm()
+                sync(device)
+                best = min(best, time.perf_counter() - t0)
+            cache[(batch, m, k, n)] = best
+        total += cache[(batch, m, k, n)] * count
+    return total
+
+
+# ----------------------------------------------------------------------------- measuring
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        with contextlib.suppress(OSError):  # Linux: "5" resets the peak RSS (VmHWM) of this process
+            Path("/proc/self/clear_refs").write_text("5")
+
+
+def peak_memory_gb(device: torch.device) -> float:
+    """Peak memory since `reset_peak_memory`: allocated tensors on CUDA, the process's resident set on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 1e9
+    with contextlib.suppress(OSError, StopIteration):
+        status = Path("/proc/self/status").read_text().splitlines()
+        return int(next(s for s in status if s.startswith("VmHWM:")).split()[1]) * 1024 / 1e9
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9  # lifetime peak elsewhere
+
+
+class Bench:
+    """One synthetic scenario and the trainers that run on it."""
+
+    def __init__(self, scen: Scenario, cfg: Config, device: torch.device, folder: Path):
+        self.scen, self.cfg, self.device, self.folder = scen, cfg, device, folder
+        self.mm_cache = {}
+        self.widths = (cfg.q, scen.E_img.shape[1]) if cfg.use_image else (cfg.q,)
+
+    def trainer(self, cfg: Config):
+        return Trainer(cfg, self.scen, self.device, self.folder / cfg.target, resume=False)
+
+    def train_steps(self, batch_size: int, steps: int, warmup: int) -> dict:
+        """Time `steps` steps of `Trainer.train_epoch` at this batch size, after `warmup` steps."""
+        cfg = self.cfg.replace(batch_size=batch_size)
+        trainer, full = self.trainer(cfg), self.scen.train
+        trainer.scen = replace(self.scen, train=head(full, warmup * batch_size))
+        with contextlib.redirect_stdout(io.StringIO()):  # train_epoch's progress lines
+            trainer.train_epoch()
+            trainer.scen = replace(self.scen, train=head(full, steps * batch_size))
+            order = torch.randperm(steps * batch_size, generator=copy_generator(trainer.shuffle))  # its batches
+            reset_peak_memory(self.device)
+            sync(self.device)
+            t0 = time.perf_counter()
+            trainer.train_epoch()
+            sync(self.device)
+            seconds = time.perf_counter() - t0
+        train = trainer.scen.train
+        rows = max(1, cfg.score_chunk // self.scen.items.num_items)
+        gemms = [g for b in order.split(batch_size) for g in step_gemms(
+            train.inputs[b], train.targets[b], self.scen.items.num_items, rows, cfg, self.widths)]
+        return {"step_s": seconds / steps, "seq_per_s": steps * batch_size / seconds,
+                "peak_gb": peak_memory_gb(self.device),
+                "flop": flops(gemms) / steps, "mm_s": matmul_seconds(gemms, self.device, self.mm_cache) / steps,
+                "positions": sum(int((getattr(train.targets, v) != self.scen.items.num_items).sum())
+                                 for v in cfg.view_weights()) / len(train)}
+
+    def evaluation(self) -> dict:
+        """One `Trainer.evaluate("test")` pass per target domain: every test case, both protocols."""
+        seconds, gemms, cases, N = 0.0, [], 0, self.scen.items.num_items
+        rows = max(1, min(1024, self.cfg.score_chunk // N))  # Trainer.evaluate's batch
+        reset_peak_memory(self.device)
+        for target in ("X", "Y"):
+            trainer = self.trainer(self.cfg.replace(target=target))
+            sync(self.device)
+            t0 = time.perf_counter()
+            trainer.evaluate("test")
+            sync(self.device)
+            seconds += time.perf_counter() - t0
+            in_target = (self.scen.test.target >= self.scen.items.num_x) == (target == "Y")
+            history = self.scen.test.history[in_target]
+            cases += len(history.xy)
+            for i in range(0, len(history.xy), rows):
+                gemms += step_gemms(history[i:i + rows], None, N, rows, trainer.cfg, self.widths)
+        return {"seconds": seconds, "cases": cases, "flop": flops(gemms), "peak_gb": peak_memory_gb(self.device),
+                "mm_s": matmul_seconds(gemms, self.device, self.mm_cache)}
+
+
+# ----------------------------------------------------------------------------- the report
+
+
+def run(cfg: Config, device: torch.device, items: int, seqs: int) -> int:
+    t_start = time.perf_counter()
+    cfg = cfg.replace(use_image=True, multi_attention=True, target="X")  # IFCDSR at the paper's settings
+    e = 512  # CLIP ViT-B/32's width, the paper's e
+    threads = torch.get_num_threads() if device.type == "cpu" else None
+    print(f"benchmark: IFCDSR, q = {cfg.q}, e = {e}, batch {cfg.batch_size}, L = {cfg.max_len}, dropout {cfg.dropout}, "
+          f"{cfg.n_blocks} blocks; device {device}" + (f" ({threads} threads)" if threads else
+                                                      f" ({torch.cuda.get_device_name(device)}, bf16 autocast)"),
+          flush=True)
+    t0 = time.perf_counter()
+    scen = synthetic_scenario(items, seqs, cfg, e, cfg.seed)
+    print(f"synthetic scenario: N = {scen.items.num_items:,} items ({scen.items.num_x:,} + {scen.items.num_y:,}), "
+          f"{len(scen.train):,} training sequences, {len(scen.test):,} test cases; built in "
+          f"{time.perf_counter() - t0:.1f} s", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        bench = Bench(scen, cfg, device, Path(tmp))
+        tr = bench.train_steps(cfg.batch_size, STEPS, WARMUP)
+        ev = bench.evaluation()
+        print(f"\ntraining ({STEPS} steps after {WARMUP} warm-up, {tr['positions']:.1f} prediction positions "
+              f"per sequence)")
+        report("step", tr["step_s"], tr["flop"], tr["mm_s"])
+        print(f"  sequences/s      {tr['seq_per_s']:.1f}")
+        print(f"  peak memory      {tr['peak_gb']:.2f} GB ({'allocated' if device.type == 'cuda' else 'RSS'})")
+        print(f"evaluation ({ev['cases']:,} test cases, both protocols, both target domains)")
+        report("pass", ev["seconds"], ev["flop"], ev["mm_s"])
+        print(f"  cases/s          {ev['cases'] / ev['seconds']:.1f}")
+        print(f"  peak memory      {ev['peak_gb']:.2f} GB")
+
+        steps_per_epoch = math.ceil(len(scen.train) / cfg.batch_size)
+        valid_x = int((scen.valid.target < scen.items.num_x).sum())
+        epoch_s = steps_per_epoch * tr["step_s"] + valid_x * ev["seconds"] / ev["cases"]
+        print(f"projected 100 epochs (target X: {steps_per_epoch} steps and {valid_x:,} validation cases an "
+              f"epoch): {100 * epoch_s / 3600:.1f} h; FLOP per epoch {steps_per_epoch * tr['flop']:.3g}")
+
+        print("\nstep time against N (batch {}, {} steps after {} warm-up)".format(cfg.batch_size, 2, 1))
+        print(f"  {'N':>8} {'step s':>8} {'GFLOP':>8} {'GFLOP/s':>8} {'ratio':>6}")
+        for share in SCALE_ITEMS:
+            n_items = round(share * items)
+            if n_items == items:
+                row = tr
+            else:
+                small = synthetic_scenario(n_items, 2 * cfg.batch_size, cfg, e, cfg.seed)
+                row = Bench(small, cfg, device, Path(tmp)).train_steps(cfg.batch_size, 2, 1)
+            print(f"  {n_items:>8,} {row['step_s']:>8.2f} {row['flop'] / 1e9:>8.0f} "
+                  f"{row['flop'] / row['step_s'] / 1e9:>8.1f} {row['mm_s'] / row['step_s']:>6.2f}", flush=True)
+        print(f"step time against the batch size (N = {scen.items.num_items:,}, 2 steps after 1 warm-up)")
+        print(f"  {'batch':>8} {'step s':>8} {'GFLOP':>8} {'GFLOP/s':>8} {'ratio':>6} {'seq/s':>7}")
+        for share in SCALE_BATCH:
+            batch = max(1, round(share * cfg.batch_size))
+            row = tr if batch == cfg.batch_size else bench.train_steps(batch, 2, 1)
+            print(f"  {batch:>8} {row['step_s']:>8.2f} {row['flop'] / 1e9:>8.0f} "
+                  f"{row['flop'] / row['step_s'] / 1e9:>8.1f} {row['mm_s'] / row['step_s']:>6.2f} "
+                  f"{row['seq_per_s']:>7.1f}", flush=True)
+    print(f"\nbenchmark took {time.perf_counter() - t_start:.0f} s")
+    return 0
+
+
+def report(what: str, seconds: float, flop: float, mm_seconds: float) -> None:
+    print(f"  {what} time        {seconds:.2f} s")
+    print(f"  achieved         {flop / seconds / 1e9:.1f} GFLOP/s ({flop / 1e9:.0f} GFLOP of matmuls)")
+    print(f"  fp32 matmul peak {flop / mm_seconds / 1e9:.1f} GFLOP/s (the same matmul shapes alone, this run)")
+    print(f"  ratio            {mm_seconds / seconds:.2f}")
