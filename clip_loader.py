@@ -337,11 +337,11 @@ def read_state_dict(path) -> dict:
     except Exception as e:
         with open(path, "rb") as f:
             head = f.read(16)
-        raise CLIPError(
-            f"{path} is neither an OpenAI TorchScript archive nor a torch.save'd state dict: it is "
-            f"{path.stat().st_size:,} bytes starting with {head!r} and torch.load says: {e}. An interrupted "
-            f"download is the usual cause (OpenAI's ViT-B-32.pt is 353,976,522 bytes): delete it and download "
-            f"it again") from None
+        raise CLIPError(  # torch's own message is pages long and suggests weights_only=False: not repeated
+            f"{path} is neither an OpenAI TorchScript archive nor a torch.save'd state dict of tensors "
+            f"(torch.load with weights_only=True raised {type(e).__name__}): it is {path.stat().st_size:,} bytes "
+            f"starting with {head!r}. An interrupted download is the usual cause (OpenAI's ViT-B-32.pt is "
+            f"353,976,522 bytes): delete it and download it again") from None
     if not (isinstance(state_dict, dict) and all(isinstance(v, torch.Tensor) for v in state_dict.values())):
         found = type(state_dict).__name__
         if isinstance(state_dict, dict):
