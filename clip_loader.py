@@ -623,6 +623,8 @@ def embed(scenario_dir, images_dir, *, weights="ViT-B/32", batch_size=64, device
     scenario_dir, images_dir = Path(scenario_dir), Path(images_dir)
     if batch_size < 1:
         raise CLIPError(f"--batch-size must be at least 1, found {batch_size}")
+    if workers is not None and workers < 0:
+        raise CLIPError(f"--workers must be 0 (decode in the main process) or more, found {workers}")
     if missing not in ("zero", "text"):
         raise CLIPError(f"--missing must be zero or text, found {missing!r}")
     if not images_dir.is_dir():
