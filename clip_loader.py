@@ -305,7 +305,11 @@ class _ArchiveUnpickler(pickle.Unpickler):
 
 
 def _module_tensors(module: _ScriptModule, prefix=""):
-    """(dotted name, tensor) for every tensor attribute, i.e. the parameters and buffers of a traced archive."""
+    """(dotted name, tensor) for every tensor attribute of the module tree.
+
+    Note: for a traced archive such as OpenAI's these are exactly its parameters and buffers
+    (a traced module keeps other tensors as graph constants, in constants.pkl, not read here).
+    """
     for name, value in module.state.items():
         if isinstance(value, torch.Tensor):
             yield prefix + name, value
@@ -574,7 +578,7 @@ def find_images(images_dir: Path, asins) -> list:
         stem, suffix = os.path.splitext(entry.name)
         if suffix.lower() in IMAGE_SUFFIXES and entry.is_file():
             rank = IMAGE_SUFFIXES.index(suffix.lower())
-            if stem not in found or rank < found[stem][0]:
+            if stem not in found or rank < found[stem][0]:  # Note: .jpg beats .jpeg, .png, .webp
                 found[stem] = (rank, Path(entry.path))
     return [found[asin][1] if asin in found else None for asin in asins]
 
@@ -689,6 +693,7 @@ def _embed_images(model, preprocess, paths, device, partial: Path, meta, *, batc
     else:
         _write_atomic(partial / "meta.json", lambda f: f.write(json.dumps(meta).encode()))
     E_img = np.zeros((N, model.config.embed_dim), dtype=np.float32)  # (N, E)
+    # Note: an item without a usable image keeps a zero row (the paper does not say what it does)
     reasons = np.array(["" if p else "no image file" for p in paths], dtype=object)
     chunks = range(math.ceil(N / chunk_size))
     pending = []
