@@ -288,6 +288,11 @@ class IFCDSR(nn.Module):
         self.views = VIEWS if cfg.multi_attention else ("xy",)
         # §3.1.1: E_id, a learnable (N, q) item matrix (+ one zero row for padding)
         self.E_id = nn.Embedding(self.N + 1, cfg.q, padding_idx=self.pad)
+        # Note: init not stated in the paper; rows of norm ~1 (std q^-1/2) rather than torch's N(0, 1),
+        # so that Adam's steps of ~lr per coordinate turn the directions that Eq. 2 compares quickly
+        nn.init.normal_(self.E_id.weight, std=cfg.q ** -0.5)
+        with torch.no_grad():
+            self.E_id.weight[self.pad].zero_()
         self.enc_id = nn.ModuleDict({v: AttentionEncoder(cfg.q, cfg) for v in self.views})
         if cfg.use_image:
             assert E_img.shape[0] == self.N, f"E_img has {E_img.shape[0]} rows, expected N = {self.N}"
