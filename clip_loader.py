@@ -43,7 +43,7 @@ import torch.nn.functional as F
 import torchvision.transforms as T
 from PIL import Image
 
-from data import DataError, read_items
+from data import IMAGE_SUFFIXES, ITEMS_FILE, ITEMS_HEADER, DataError, read_items
 
 # OpenAI's download URL; its second-to-last segment is the file's SHA256.
 MODELS = {
@@ -53,7 +53,6 @@ MODELS = {
 CACHE_DIR = Path("~/.cache/clip").expanduser()  # where OpenAI's own loader keeps them
 MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI's normalisation constants
 STD = (0.26862954, 0.26130258, 0.27577711)
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")  # searched in this order
 BPE_PATH = Path(__file__).with_name("bpe_simple_vocab_16e6.txt.gz")
 
 
@@ -585,11 +584,11 @@ def find_images(images_dir: Path, asins) -> list:
 
 def read_titles(scenario_dir: Path, items) -> list:
     """Per item, its title from `<scenario>/items.tsv` (written by `python data.py images`), or None."""
-    path = scenario_dir / "items.tsv"
+    path = scenario_dir / ITEMS_FILE
     if not path.is_file():
         raise CLIPError(f"--missing text reads item titles from {path}, which does not exist. `python data.py "
                         f"images` writes it; or use --missing zero to leave image-less rows zero")
-    header = "global_id\tdomain\tasin\ttitle\timage_url"
+    header = ITEMS_HEADER
     titles = [None] * len(items.asins)
     with open(path, encoding="utf-8") as f:
         for number, line in enumerate(f, 1):

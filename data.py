@@ -376,7 +376,7 @@ def make_demo(out: Path, *, seed: int, spec: DemoSpec = DemoSpec()) -> Path:
 ITEMS_FILE = "items.tsv"  # read by `clip_loader.py embed --missing text`
 ITEMS_HEADER = "global_id\tdomain\tasin\ttitle\timage_url"
 SAVED_FORMATS = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp"}  # saved as downloaded; other formats become PNG
-FOUND_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")  # the image files that clip_loader.py embed finds
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")  # the image files that clip_loader.py embed finds, in this order
 REVIEW_LAYOUTS = ("Amazon reviews in one of three layouts: the 2014 ratings CSV 'user,item,rating,timestamp', "
                   "2014/2018 JSON lines with reviewerID, asin, unixReviewTime, or 2023 JSON lines with user_id, "
                   "parent_asin, timestamp (ms)")
@@ -654,7 +654,7 @@ def download_images(scenario_dir, meta_paths, *, workers: int = 16, timeout: flo
         for g, asin in enumerate(items.asins):
             url = products.get(asin, ("", ""))[1]
             no_url = "no image URL" if asin in products else "not in metadata"
-            files = [images_dir / f"{asin}{s}" for s in FOUND_SUFFIXES if f"{asin}{s}" in on_disk]
+            files = [images_dir / f"{asin}{s}" for s in IMAGE_SUFFIXES if f"{asin}{s}" in on_disk]
             if url or files:
                 futures[pool.submit(_get_image, asin, url, no_url, files, images_dir, opener, settings)] = g
             else:
