@@ -156,9 +156,12 @@ class Trainer:
 
     def _restore(self, state: dict) -> None:
         check_checkpoint(state, self.scen, self.last)
-        if state["config"] != asdict(self.cfg):
-            raise UsageError(f"{self.last}: was written with a different config; resume with the same "
-                             f"flags, or start a new run with another --out.")
+        schedule = ("epochs", "patience", "eval_every")  # these may change: e.g. train a finished run longer
+        differs = sorted(k for k, v in asdict(self.cfg).items() if k not in schedule and state["config"].get(k) != v)
+        if differs:
+            raise UsageError(f"{self.last}: was written with a different config ({', '.join(differs)}); resume "
+                             f"with the same flags (only --epochs, --patience, --eval-every may change), or "
+                             f"start a new run with another --out.")
         self.model.load_state_dict(state["model"])  # E_img is not stored: it is the data's
         self.opt.load_state_dict(state["optimizer"])
         self.epoch, self.best_valid, self.bad, self.history = (state[k] for k in ("epoch", "best_valid", "bad", "history"))
@@ -166,7 +169,7 @@ class Trainer:
         self.shuffle.set_state(state["rng"]["shuffle"])
         if state["rng"]["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-        print(f"  resumed from {self.last} after epoch {self.epoch}")
+        print(f"  resumed from {self.last} after epoch {self.epoch}", flush=True)
 
     def autocast(self):
         return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
