@@ -154,6 +154,10 @@ def similarity(h: torch.Tensor, E_unit: torch.Tensor, temperature: float) -> tor
     return (unit(h) / temperature) @ E_unit.T  # (P, N)
 
 
+def _log(w: float) -> float:
+    return math.log(w) if w > 0 else -math.inf  # log 0 = -inf: a branch of weight 0 drops out
+
+
 def log_prob(h_id: torch.Tensor, E_id: torch.Tensor, h_img: torch.Tensor | None, E_img: torch.Tensor | None,
              alpha: float, temperature: float) -> torch.Tensor:
     """log P(· | S) over all N items for P positions of one view (Eq. 3-5) -> (P, N).
@@ -164,9 +168,8 @@ def log_prob(h_id: torch.Tensor, E_id: torch.Tensor, h_img: torch.Tensor | None,
         return log_P_id
     # (Eq. 4) P_img = softmax(Sim(h_img, E_img))
     log_P_img = F.log_softmax(similarity(h_img, E_img, temperature).float(), dim=-1)  # (P, N)
-    # (Eq. 5) P = α·P_id + (1-α)·P_img, in log space: logsumexp(log α + log P_id, log(1-α) + log P_img)
-    log_alpha = torch.tensor([alpha, 1.0 - alpha], device=log_P_id.device).log()  # log 0 = -inf is fine
-    return torch.logsumexp(torch.stack([log_P_id, log_P_img]) + log_alpha[:, None, None], dim=0)  # (P, N)
+    # (Eq. 5) P = α·P_id + (1-α)·P_img, in log space: log(e^(log α + log P_id) + e^(log(1-α) + log P_img))
+    return torch.logaddexp(log_P_id + _log(alpha), log_P_img + _log(1.0 - alpha))  # (P, N)
 
 
 def _nll_sum(h_id, E_id, h_img, E_img, target, alpha, temperature):
@@ -299,6 +302,7 @@ class IFCDSR(nn.Module):
             # §3.1.1: E_img, the frozen (N, e) CLIP image matrix: a buffer, never a parameter
             self.register_buffer("E_img", torch.cat([E_img.float(), E_img.new_zeros(1, E_img.shape[1])]),
                                  persistent=False)  # not in checkpoints: it is the data's
+            self.register_buffer("E_img_unit", unit(self.E_img[:-1]), persistent=False)  # normalised once: frozen
             self.enc_img = nn.ModuleDict({v: AttentionEncoder(E_img.shape[1], cfg) for v in self.views})
         else:
             self.E_img, self.enc_img = None, None
@@ -321,7 +325,7 @@ class IFCDSR(nn.Module):
 
     def item_matrices(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """E_id and E_img without the padding row, rows normalised for Eq. 2: (N, q), (N, e)."""
-        return unit(self.E_id.weight[:-1]), None if self.E_img is None else unit(self.E_img[:-1])
+        return unit(self.E_id.weight[:-1]), None if self.E_img is None else self.E_img_unit
 
     def loss(self, inputs, targets) -> tuple[torch.Tensor, dict[str, float]]:
         """(Eq. 7) L = L^X + λ1·L^Y + λ2·L^{X+Y} (X the target domain) for one batch of Views.
@@ -353,16 +357,18 @@ class IFCDSR(nn.Module):
         """
         cfg = self.cfg
         E_id, E_img = self.item_matrices()
-        terms = []
+        total = None
         for view, weight in cfg.view_weights().items():
+            if weight == 0:
+                continue
             (seq,) = self.trim(getattr(history, view))
             H_id, H_img = self.encode(seq, view)
             h_img = None if H_img is None else H_img[:, -1]  # (B, e)
             log_P = log_prob(H_id[:, -1], E_id, h_img, E_img, cfg.alpha, cfg.temperature)  # (B, N)
             empty = (seq == self.pad).all(dim=1, keepdim=True)  # (B, 1)
-            log_P = torch.where(empty, torch.full_like(log_P, -math.log(self.N)), log_P)
-            terms.append(log_P + math.log(weight) if weight > 0 else torch.full_like(log_P, -math.inf))
-        return torch.logsumexp(torch.stack(terms), dim=0)  # (B, N)
+            log_P.masked_fill_(empty, -math.log(self.N)).add_(math.log(weight))  # log(weight · P^view)
+            total = log_P if total is None else torch.logaddexp(total, log_P, out=total)  # the sum of Eq. 8
+        return total  # (B, N)
 
     def target_items(self) -> slice:
         """The global ids of the target domain: Eq. 9 ranks only these."""
