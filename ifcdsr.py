@@ -179,14 +179,36 @@ def _nll_sum(h_id, E_id, h_img, E_img, target, alpha, temperature):
     return -log_P.gather(1, target[:, None]).sum()
 
 
-def _log_softmax_scores(a: torch.Tensor, E: torch.Tensor) -> torch.Tensor:
-    """(Eq. 2) s = Sim(h, E) = unit(h)/τ·E^T;  (Eq. 3/4) log P_b = log_softmax(s), in fp32.  a (c, d) -> (c, N)."""
-    return F.log_softmax((a @ E.T).float(), dim=-1)
+def _logits(a: torch.Tensor, E: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """(Eq. 2) s = Sim(h, E) = a·E^T with a = unit(h)/τ, written into `out` (c, N) in fp32.
+
+    `out` is reused for every chunk: on CPU a fresh (c, N) tensor costs page faults that take as long
+    as the product itself. Under autocast (bf16 on CUDA) the product runs in its dtype and is copied in.
+    """
+    if torch.is_autocast_enabled(a.device.type):
+        return out.copy_(a @ E.T)
+    return torch.mm(a, E.T, out=out)
 
 
-def _nll_chunks(branches, target: torch.Tensor, rows: int, grads: bool):
+def _exp_(s: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """s <- exp(s - m) in place; returns (m, Z = Σ exp(s - m)), each (c, 1), so that (Eq. 3/4)
+    softmax(s) = s / Z with no second (c, N) tensor.
+
+    Eq. 2 bounds every logit: |s| <= 1/τ. For 1/τ <= 60, exp(s) lies in [e^-60, e^60] and Z stays far
+    inside fp32's range, so m = 0 and the two passes of a row maximum are saved; otherwise m is the
+    row maximum, as in a textbook softmax. Either way the result is the same up to rounding.
+    """
+    if 1 / temperature <= 60:
+        m = s.new_zeros(len(s), 1)
+    else:
+        m = s.amax(dim=-1, keepdim=True)
+        s.sub_(m)
+    return m, s.exp_().sum(dim=-1, keepdim=True)
+
+
+def _nll_chunks(branches, target: torch.Tensor, rows: int, grads: bool, temperature: float):
     """Σ_t -log P(y_t | S) (Eq. 2-6) for P positions scored `rows` at a time, and, with `grads`, its
-    gradient with respect to every branch's a and E. Peak memory is three (rows, N) tensors.
+    gradient with respect to every branch's a and E. Peak memory is one (rows, N) tensor a branch.
 
     branches: [(a, E, log_w)] for the ID and the image branch, a = unit(h)/τ (P, d) the positions,
     E (N, d) the item matrix with unit rows, log_w = log α (ID) or log(1-α) (image).
@@ -199,14 +221,17 @@ def _nll_chunks(branches, target: torch.Tensor, rows: int, grads: bool):
     total = torch.zeros((), device=target.device)
     dA = [torch.zeros_like(a) if grads else None for a, _, _ in branches]
     dE = [torch.zeros_like(E) if grads and E.requires_grad else None for _, E, _ in branches]
+    buffers = [torch.empty(min(rows, len(target)), E.shape[0], device=E.device) for _, E, _ in branches]
     for i in range(0, target.shape[0], rows):
         y = target[i:i + rows]  # (c,)
         log_wP_y, P = [], []
-        for a, E, log_w in branches:
-            log_P_b = _log_softmax_scores(a[i:i + rows], E)  # (c, N)
-            log_wP_y.append(log_w + log_P_b.gather(1, y[:, None])[:, 0])  # (c,) log w_b·P_b,y
-            P.append(log_P_b.exp_().to(E.dtype) if grads else None)  # (c, N) P_b, in place of log P_b
-            del log_P_b
+        for (a, E, log_w), buffer in zip(branches, buffers):
+            s = _logits(a[i:i + rows], E, buffer[:len(y)])  # (c, N) logits of this chunk
+            s_y = s.gather(1, y[:, None])  # (c, 1) the target's logit
+            m, Z = _exp_(s, temperature)  # s <- exp(s - m)
+            # (Eq. 3/4) log P_b,y = s_y - m - log Z;  log w_b·P_b,y
+            log_wP_y.append(log_w + (s_y - m - Z.log())[:, 0])  # (c,)
+            P.append(s.div_(Z) if grads else None)  # (c, N) P_b = softmax(s), in place
         # (Eq. 5) log P_y = log Σ_b w_b·P_b,y;  (Eq. 6) Σ_t -log P_y
         log_P_y = torch.logsumexp(torch.stack(log_wP_y), dim=0)  # (c,)
         total = total - log_P_y.sum()
@@ -224,7 +249,6 @@ def _nll_chunks(branches, target: torch.Tensor, rows: int, grads: bool):
                     dE[b] += G.T @ (r * a[i:i + rows])  # the product in the autocast dtype, the sum in fp32
                 else:
                     dE[b].addmm_(G.T, r * a[i:i + rows])  # (N, d), accumulated in place
-        P = G = None  # release this chunk's (c, N) tensors before the next chunk's
     return total, dA, dE
 
 
@@ -239,10 +263,10 @@ class _FusedNLL(torch.autograd.Function):
     logit is computed once, and what is kept between the passes is O(P·d + N·d), never O(P·N)."""
 
     @staticmethod
-    def forward(ctx, a_id, E_id, a_img, E_img, target, log_w, rows):
+    def forward(ctx, a_id, E_id, a_img, E_img, target, log_w, rows, temperature):
         kept = _weighted(log_w)
         branches = [((a_id, E_id), (a_img, E_img))[b] + (log_w[b],) for b in kept]
-        total, dA, dE = _nll_chunks(branches, target, rows, grads=True)
+        total, dA, dE = _nll_chunks(branches, target, rows, True, temperature)
         ctx.grads = [None] * 4  # d/d a_id, E_id, a_img, E_img
         for b, dA_b, dE_b in zip(kept, dA, dE):
             ctx.grads[2 * b], ctx.grads[2 * b + 1] = dA_b, dE_b
@@ -252,7 +276,7 @@ class _FusedNLL(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, g):
         grads, ctx.grads = ctx.grads, None
-        return (*(None if d is None else g * d for d in grads), None, None, None)
+        return (*(None if d is None else g * d for d in grads), None, None, None, None)
 
 
 def nll(h_id: torch.Tensor, E_id: torch.Tensor, h_img: torch.Tensor | None, E_img: torch.Tensor | None,
@@ -273,9 +297,9 @@ def nll(h_id: torch.Tensor, E_id: torch.Tensor, h_img: torch.Tensor | None, E_im
         # (Eq. 5) weights α and 1-α, as logarithms (computed as in `log_prob`)
         log_w = tuple(torch.tensor([alpha, 1.0 - alpha]).log().tolist())
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (a_id, E_id, a_img, E_img)):
-        return _FusedNLL.apply(a_id, E_id, a_img, E_img, target, log_w, rows)
+        return _FusedNLL.apply(a_id, E_id, a_img, E_img, target, log_w, rows, temperature)
     branches = [((a_id, E_id), (a_img, E_img))[b] + (log_w[b],) for b in _weighted(log_w)]
-    return _nll_chunks(branches, target, rows, grads=False)[0]
+    return _nll_chunks(branches, target, rows, False, temperature)[0]
 
 
 # ----------------------------------------------------------------------------- the model
@@ -349,26 +373,37 @@ class IFCDSR(nn.Module):
         return total, parts
 
     @torch.no_grad()
-    def score(self, history) -> torch.Tensor:
-        """(Eq. 8) log P(x_i | S) = log(P^X + λ1·P^Y + λ2·P^{X+Y}) for every item -> (B, N).
+    def score(self, history, items: slice = slice(None)) -> torch.Tensor:
+        """(Eq. 8) P(x_i | S) = P^X + λ1·P^Y + λ2·P^{X+Y} for the items in `items` (all N by default)
+        -> (B, |items|); the softmax of Eq. 3/4 still runs over all N items.
 
         Each view is read at its last position (the most recent item, Eq. 1's h); an empty
         view contributes the uniform distribution 1/N.
+        Note: computed as written, in probability space (fp32): an item's P underflows to 0 only if
+        its logit is > 87 below the row's best in every branch, impossible for τ > 2/87 (cosines
+        span 2/τ). Eq. 3-5 are formed in place in one (B, N) tensor.
         """
         cfg = self.cfg
         E_id, E_img = self.item_matrices()
-        total = None
+        B = len(history.xy)
+        s = torch.empty(B, self.N, device=E_id.device)  # (B, N) one branch's logits, then exp(logits - m)
+        total = torch.zeros_like(s[:, items])  # (B, |items|) the sum of Eq. 8
+        uniform = torch.zeros(B, 1, device=E_id.device)  # (B, 1) the mass of empty views, 1/N each item
         for view, weight in cfg.view_weights().items():
             if weight == 0:
                 continue
             (seq,) = self.trim(getattr(history, view))
             H_id, H_img = self.encode(seq, view)
-            h_img = None if H_img is None else H_img[:, -1]  # (B, e)
-            log_P = log_prob(H_id[:, -1], E_id, h_img, E_img, cfg.alpha, cfg.temperature)  # (B, N)
             empty = (seq == self.pad).all(dim=1, keepdim=True)  # (B, 1)
-            log_P.masked_fill_(empty, -math.log(self.N)).add_(math.log(weight))  # log(weight · P^view)
-            total = log_P if total is None else torch.logaddexp(total, log_P, out=total)  # the sum of Eq. 8
-        return total  # (B, N)
+            uniform += weight / self.N * empty
+            # (Eq. 5) P^v = α·P_id + (1-α)·P_img, added to the total with the view's weight (Eq. 8)
+            for H, E, w in ((H_id, E_id, cfg.alpha), (H_img, E_img, 1.0 - cfg.alpha)):
+                if H is None or w == 0:
+                    continue
+                _logits(unit(H[:, -1]) / cfg.temperature, E, s)  # (Eq. 2) s = Sim(h, E)
+                _, Z = _exp_(s, cfg.temperature)  # (Eq. 3/4) P_b = s / Z
+                total.addcmul_(s[:, items], weight * w * ~empty / Z)  # += λ_v·w_b·P_b, for non-empty views
+        return total.add_(uniform)  # (B, |items|)
 
     def target_items(self) -> slice:
         """The global ids of the target domain: Eq. 9 ranks only these."""
@@ -377,4 +412,4 @@ class IFCDSR(nn.Module):
     def recommend(self, history) -> torch.Tensor:
         """(Eq. 9) argmax over x_i in the target domain of P(x_i | S) -> (B,) global item ids."""
         target = self.target_items()
-        return self.score(history)[:, target].argmax(dim=1) + target.start
+        return self.score(history, target).argmax(dim=1) + target.start

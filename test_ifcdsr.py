@@ -152,12 +152,15 @@ def test_eq7_loss_weights_target_source_and_merged_views(target, weights):
     assert torch.allclose(total, expected)
 
 
-def test_eq8_combines_views_at_their_last_position_and_empty_view_is_uniform():
+@pytest.mark.parametrize("temperature", [0.1, 0.01])  # exp without and with the row maximum (`_exp_`)
+def test_eq8_combines_views_at_their_last_position_and_empty_view_is_uniform(temperature):
     """Eq. 8: P = P^X + λ1·P^Y + λ2·P^{X+Y}, each view read at its last item. History [0, 1]
-    has no Y item, so P^Y = 1/N = 1/7 for every item; the total mass is 1 + 0.1 + 0.4 = 1.5."""
-    model = tiny_model().eval()
+    has no Y item, so P^Y = 1/N = 1/7 for every item; the total mass is 1 + 0.1 + 0.4 = 1.5.
+    Scoring a slice of the items gives those columns of the whole."""
+    model = tiny_model(temperature=temperature).eval()
     hist = views([[0, 3, 1], [0, 1]])
-    score = model.score(hist).exp()  # (2, 7)
+    score = model.score(hist)  # (2, 7)
+    assert torch.equal(model.score(hist, slice(3, 7)), score[:, 3:])
     E_id, E_img = model.item_matrices()
     parts = {}
     for v in ("x", "y", "xy"):
@@ -172,13 +175,13 @@ def test_eq8_combines_views_at_their_last_position_and_empty_view_is_uniform():
 def test_eq9_recommends_only_target_domain_items():
     """Eq. 9 takes the argmax over the target domain only: with scores (0.1, 0.5, 0.2 | 9, 0.3, 0, 0)
     the best item overall is 3 (domain Y), but target X recommends item 1 and target Y item 3."""
-    scores = torch.tensor([[0.1, 0.5, 0.2, 9.0, 0.3, 0.0, 0.0]]).log()
+    scores = torch.tensor([[0.1, 0.5, 0.2, 9.0, 0.3, 0.0, 0.0]])
     for target, best in (("X", 1), ("Y", 3)):
         model = tiny_model(target=target)
-        model.score = lambda history: scores
+        model.score = lambda history, items: scores[:, items]
         assert model.recommend(views([[0]])).tolist() == [best]
     model = tiny_model(target="X")
-    model.score = lambda history: torch.tensor([[0.0, 0.0, 0.0, 9.0, 9.0, 9.0, 9.0]])
+    model.score = lambda history, items: torch.tensor([[0.0, 0.0, 0.0, 9.0, 9.0, 9.0, 9.0]])[:, items]
     assert model.recommend(views([[0]])).item() < 3
 
 
@@ -233,7 +236,7 @@ def test_each_branch_probability_sums_to_one():
 def test_no_multi_attention_uses_only_the_merged_view():
     model = tiny_model(multi=False)
     assert set(model.enc_id) == {"xy"} and set(model.enc_img) == {"xy"}
-    assert math.isclose(model.score(views([[0, 3]])).exp().sum().item(), 1.0, rel_tol=1e-5)
+    assert math.isclose(model.score(views([[0, 3]])).sum().item(), 1.0, rel_tol=1e-5)
 
 
 def test_a_few_training_steps_lower_the_loss(tmp_path):
@@ -270,7 +273,7 @@ def test_rank_counts_only_strictly_higher_candidates():
     strictly higher (7) and one ties (5), so rank = 2 under full ranking; negatives (2, 2, 3)
     are all lower or tied, so rank = 1 under the sampled protocol."""
     cases = EvalSet(views([[1]], num_x=4, pad=8), torch.tensor([0]))
-    score_fn = lambda history: torch.tensor([[5.0, 7.0, 5.0, 1.0, 99.0, 99.0, 99.0, 99.0]])
+    score_fn = lambda history, items: torch.tensor([[5.0, 7.0, 5.0, 1.0, 99.0, 99.0, 99.0, 99.0]])[:, items]
     res = train.evaluate(score_fn, cases, slice(0, 4), torch.tensor([[2, 2, 3]]), "cpu", 8)
     assert res["full"]["MRR"] == 50.0 and res["sampled999"]["MRR"] == 100.0
 

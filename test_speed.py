@@ -44,6 +44,19 @@ def test_fused_loss_and_gradients_equal_the_plain_computation(use_image, alpha, 
             assert torch.allclose(a, b, rtol=1e-5, atol=1e-5), (chunk, (a - b).abs().max())
 
 
+
+def test_fused_loss_at_a_small_temperature_subtracts_the_row_maximum():
+    """τ = 0.01 (1/τ > 60) takes `_exp_`'s other path, exp(s - max s): logits reach ±100 and exp(100)
+    overflows fp32. Each logit carries rounding of ~1e-5, so the comparison is relative to each
+    tensor's norm."""
+    ex = example(True)
+    expected = value_and_grads(lambda *a: _nll_sum(*a, 0.7, 0.01), *ex)
+    for chunk in (10**9, 11):
+        got = value_and_grads(lambda *a: nll(*a, 0.7, 0.01, chunk), *ex)
+        for a, b in zip(expected, got):
+            assert (a - b).norm() <= 1e-5 * b.norm(), (chunk, (a - b).norm() / b.norm())
+
+
 def test_fused_loss_without_gradients_gives_the_same_value():
     h_id, h_img, E_id_raw, E_img, target = example(True)
     with torch.no_grad():
