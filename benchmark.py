@@ -139,8 +139,7 @@ def matmul_seconds(gemms: list[tuple], device: torch.device, cache: dict, repeat
     """The time plain fp32 matmuls of these shapes take on `device` (each shape timed alone, best of
     `repeats`, cached per shape), times their counts: the matmul-only time of the same work. The output
     is allocated once beforehand, so this is the kernel's time alone: on CPU a fresh (m, n) result
-    would add page faults that cost as much as the product (measured: 0.104 s against 0.056 s for
-    332 x 256 x 100,782), and the ratio would flatter the code."""
+    adds page faults that can cost as much as the product, and the ratio would flatter the code."""
     total = 0.0
     for batch, m, k, n, count in gemms:
         if (batch, m, k, n) not in cache:
