@@ -294,8 +294,7 @@ def nll(h_id: torch.Tensor, E_id: torch.Tensor, h_img: torch.Tensor | None, E_im
         a_img, log_w = None, (0.0, -math.inf)
     else:
         a_img = unit(h_img) / temperature  # (P, e)
-        # (Eq. 5) weights α and 1-α, as logarithms (computed as in `log_prob`)
-        log_w = tuple(torch.tensor([alpha, 1.0 - alpha]).log().tolist())
+        log_w = (_log(alpha), _log(1.0 - alpha))  # (Eq. 5) weights α and 1-α, as logarithms
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (a_id, E_id, a_img, E_img)):
         return _FusedNLL.apply(a_id, E_id, a_img, E_img, target, log_w, rows, temperature)
     branches = [((a_id, E_id), (a_img, E_img))[b] + (log_w[b],) for b in _weighted(log_w)]
