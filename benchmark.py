@@ -1,8 +1,9 @@
-"""Speed and memory of IFCDSR at Movie-Book size, on a synthetic scenario built in memory.
+"""Speed and memory of IFCDSR at Movie-Book size, on a synthetic scenario built in memory, and of CLIP.
 
-    python train.py --benchmark [--bench-items 100782] [--bench-seqs 58515] [--device auto]
+    python benchmark.py [--items 100782] [--seqs 58515] [--batch-size 256] [--device auto]
+    python benchmark.py --clip [--images 2000] [--repeats 5]     # CLIP's encode_image and the embed command
 
-It times the real training loop (`Trainer.train_epoch`) over a few batches after a warm-up, and
+The first times the real training loop (`Trainer.train_epoch`) over a few batches after a warm-up, and
 one evaluation pass (`Trainer.evaluate`) over the test cases of both target domains, then
 prints throughput, achieved GFLOP/s against a plain fp32 matmul of the same shapes measured in
 the same run, peak memory, a projection of 100 epochs, and how a step grows with N and the batch.
@@ -11,7 +12,7 @@ Cost model: FLOP counts the matmuls only (a multiply-add is 2 FLOP); elementwise
 difference between the achieved and the matmul-only rate. A training step of B sequences costs,
 per view v (3 views), with P_v prediction positions, T_v = B·L_v encoder tokens (L_v the view's
 width after trimming) and each branch width d in (q, e):
-    scoring (Eq. 2-6, `ifcdsr.nll`)  2·P_v·N·d forward (logits), 2·P_v·N·d for d/dh,
+    scoring (Eq. 2-6)                2·P_v·N·d forward (logits), 2·P_v·N·d for d/dh,
                                      2·P_v·N·q for d/dE_id (E_img is frozen: no d/dE_img)
     encoder (Eq. 1), per block       2·T_v·d·(3d + d + d + d) linear layers + 4·B·L_v²·d attention,
                                      forward; the backward costs twice the forward
@@ -22,10 +23,12 @@ Evaluation is the forward alone: 2·N·(q + e) per case and view, plus the encod
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import math
 import resource
+import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -33,17 +36,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
+import clip_loader
 import data
 from data import Items, Scenario, TrainSet, Views
-from ifcdsr import Config
-from train import Trainer
+from ifcdsr import Config, trim
+from train import Trainer, eval_batch
 
 MOVIE_BOOK = {"num_x": 36_845, "num_y": 63_937, "train": 58_515, "valid": 2_032 + 5_612, "test": 1_978 + 5_730,
               "avg_length": 11.98}  # paper Table 1
 STEPS, WARMUP = 3, 1  # timed training steps, after warm-up steps
 SCALE_ITEMS = (0.1, 0.3, 1.0)  # N of the step-time scaling, as shares of --bench-items (10k, 30k, 100k)
 SCALE_BATCH = (0.25, 0.5, 1.0)  # batch sizes of the step-time scaling, as shares of the batch (64, 128, 256)
+E_WIDTH = 512  # e of the synthetic E_img: CLIP ViT-B/32's width, the paper's e
 
 
 # ----------------------------------------------------------------------------- the synthetic scenario
@@ -88,11 +94,6 @@ def copy_generator(g: torch.Generator) -> torch.Generator:
 # ----------------------------------------------------------------------------- FLOP: the matmuls of a step
 
 
-def trimmed_width(seq: torch.Tensor, pad: int) -> int:
-    """L_v: the width `IFCDSR.trim` keeps (left padding: the items are at the end)."""
-    return max(1, int((seq != pad).sum(1).max()))
-
-
 def encoder_gemms(B: int, L: int, d: int, cfg: Config, train: bool) -> list[tuple]:
     """(batch, m, k, n, count) of the matmuls of one AttentionEncoder (Eq. 1) over B sequences of L tokens."""
     T, h = B * L, cfg.n_heads
@@ -110,19 +111,19 @@ def encoder_gemms(B: int, L: int, d: int, cfg: Config, train: bool) -> list[tupl
     return out
 
 
-def step_gemms(views: Views, targets: Views | None, N: int, rows: int, cfg: Config, widths: tuple) -> list[tuple]:
+def step_gemms(views: Views, targets: Views | None, N: int, cfg: Config, widths: tuple) -> list[tuple]:
     """The matmuls of one training step (targets given) or one evaluation batch (targets None).
 
-    Scoring runs in chunks of `rows` positions (`ifcdsr.nll`, `Trainer.evaluate`); a chunk count
-    may be fractional, so the count of matmuls times their size is exact."""
+    Scoring runs all P positions at once (the plain path of `IFCDSR.loss`/`score`) or in chunks of
+    score_chunk // N (fused_loss.py); a chunk count may be fractional, so count times size is exact."""
     train, pad, out = targets is not None, N, []
     for view in cfg.view_weights():
         seq = getattr(views, view)
-        B, L = seq.shape[0], trimmed_width(seq, pad)
+        B, L = seq.shape[0], trim(pad, seq)[0].shape[1]
         P = int((getattr(targets, view) != pad).sum()) if train else B  # prediction positions
+        c = max(1, P if P * N <= cfg.plain_logits else min(P, cfg.score_chunk // N))
         for b, d in enumerate(widths):
             out += encoder_gemms(B, L, d, cfg, train)
-            c = min(rows, P)
             out.append((1, c, d, N, P / c))  # (Eq. 2) logits a·E^T
             if train:
                 out.append((1, c, N, d, P / c))  # d/da = G·E
@@ -212,9 +213,8 @@ class Bench:
             sync(self.device)
             seconds = time.perf_counter() - t0
         train = trainer.scen.train
-        rows = max(1, cfg.score_chunk // self.scen.items.num_items)
         gemms = [g for b in order.split(batch_size) for g in step_gemms(
-            train.inputs[b], train.targets[b], self.scen.items.num_items, rows, cfg, self.widths)]
+            train.inputs[b], train.targets[b], self.scen.items.num_items, cfg, self.widths)]
         return {"step_s": seconds / steps, "seq_per_s": steps * batch_size / seconds,
                 "peak_gb": peak_memory_gb(self.device),
                 "flop": flops(gemms) / steps, "mm_s": matmul_seconds(gemms, self.device, self.mm_cache) / steps,
@@ -224,7 +224,7 @@ class Bench:
     def evaluation(self) -> dict:
         """One `Trainer.evaluate("test")` pass per target domain: every test case, both protocols."""
         seconds, gemms, cases, N = 0.0, [], 0, self.scen.items.num_items
-        rows = max(1, min(1024, self.cfg.score_chunk // N))  # Trainer.evaluate's batch
+        rows = eval_batch(self.cfg, N)  # Trainer.evaluate's batch
         reset_peak_memory(self.device)
         for target in ("X", "Y"):
             trainer = self.trainer(self.cfg.replace(target=target))
@@ -237,7 +237,7 @@ class Bench:
             history = self.scen.test.history[in_target]
             cases += len(history.xy)
             for i in range(0, len(history.xy), rows):
-                gemms += step_gemms(history[i:i + rows], None, N, rows, trainer.cfg, self.widths)
+                gemms += step_gemms(history[i:i + rows], None, N, trainer.cfg, self.widths)
         return {"seconds": seconds, "cases": cases, "flop": flops(gemms), "peak_gb": peak_memory_gb(self.device),
                 "mm_s": matmul_seconds(gemms, self.device, self.mm_cache)}
 
@@ -248,7 +248,7 @@ class Bench:
 def run(cfg: Config, device: torch.device, items: int, seqs: int) -> int:
     t_start = time.perf_counter()
     cfg = cfg.replace(use_image=True, multi_attention=True, target="X")  # IFCDSR at the paper's settings
-    e = 512  # CLIP ViT-B/32's width, the paper's e
+    e = E_WIDTH
     threads = torch.get_num_threads() if device.type == "cpu" else None
     print(f"benchmark: IFCDSR, q = {cfg.q}, e = {e}, batch {cfg.batch_size}, L = {cfg.max_len}, dropout {cfg.dropout}, "
           f"{cfg.n_blocks} blocks; device {device}" + (f" ({threads} threads)" if threads else
@@ -307,3 +307,94 @@ def report(what: str, seconds: float, flop: float, mm_seconds: float) -> None:
     print(f"  achieved         {flop / seconds / 1e9:.1f} GFLOP/s ({flop / 1e9:.0f} GFLOP of matmuls)")
     print(f"  fp32 matmul peak {flop / mm_seconds / 1e9:.1f} GFLOP/s (the same matmul shapes alone, this run)")
     print(f"  ratio            {mm_seconds / seconds:.2f}")
+
+
+# ----------------------------------------------------------------------------- CLIP
+
+VIT_B_32 = clip_loader.CLIPConfig(embed_dim=512, image_resolution=224, vision_layers=12, vision_width=768, vision_patch_size=32,
+                      context_length=77, vocab_size=49408, transformer_width=512, transformer_layers=12)
+
+
+def clip(*, images=2000, repeats=5, batch_sizes=(1, 16, 64), device="auto", workers=None):
+    """images/s of encode_image (random ViT-B/32 weights; vs open_clip when installed) and of `embed`."""
+    torch.manual_seed(0)
+    model = clip_loader.CLIP(VIT_B_32).eval()
+    try:  # optional comparison, not a project dependency
+        import open_clip
+        reference = open_clip.model.build_model_from_openai_state_dict(model.state_dict(), cast_dtype=None)
+        reference.float().load_state_dict(model.state_dict())  # it rounded the weights to fp16: undo that
+    except ImportError:
+        reference = None
+        print("open_clip is not installed: no comparison")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, best of {repeats} after a warm-up")
+    for B in batch_sizes:
+        x = torch.randn(B, 3, 224, 224)
+        encoders = {"ours": model.encode_image, **({"open_clip": reference.encode_image} if reference else {})}
+        best = dict.fromkeys(encoders, math.inf)
+        with torch.inference_mode():
+            for encode in encoders.values():  # warm-up
+                encode(x)
+            for turn in range(repeats):  # alternating, in turn first, so both see the same machine load
+                for name in sorted(encoders, reverse=turn % 2 == 1):
+                    start = time.perf_counter()
+                    encoders[name](x)
+                    best[name] = min(best[name], time.perf_counter() - start)
+            line = f"encode_image batch {B:3d}: {B / best['ours']:6.1f} images/s"
+            if reference:
+                diff = (model.encode_image(x) - reference.encode_image(x)).abs().max().item()
+                line += (f", open_clip {B / best['open_clip']:6.1f} images/s, "
+                         f"ratio {best['open_clip'] / best['ours']:.2f} (max |difference| {diff:.1e})")
+        print(line, flush=True)
+
+    if not images:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        scenario = Path(tmp)
+        (scenario / "images").mkdir()
+        rng = np.random.default_rng(0)
+        asins = [f"B{i:09d}" for i in range(images)]
+        for asin in asins:  # smooth random colour fields with noise, roughly like product photos
+            small = Image.fromarray(rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)).resize((500, 500), Image.BICUBIC)
+            noisy = np.asarray(small, dtype=np.int16) + rng.integers(-12, 13, (500, 500, 3))
+            Image.fromarray(noisy.clip(0, 255).astype(np.uint8)).save(scenario / "images" / f"{asin}.jpg", quality=90)
+        half = images // 2
+        for name, part in (("Alist.txt", asins[:half]), ("Blist.txt", asins[half:])):
+            (scenario / name).write_text("".join(f"{i}\t{a}\t{i}\n" for i, a in enumerate(part)))
+        torch.save(model.state_dict(), scenario / "weights.pt")
+        start = time.perf_counter()
+        clip_loader.embed(scenario, scenario / "images", weights=scenario / "weights.pt", device=device, workers=workers)
+        seconds = time.perf_counter() - start
+    print(f"embed command: {images:,} 500x500 JPEGs in {seconds:.1f} s = {images / seconds:.1f} images/s "
+          f"(loading the weights included)")
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description="Speed and memory of IFCDSR at Movie-Book size (default), or of CLIP.")
+    p.add_argument("--items", type=int, default=100_782, help="N of the synthetic scenario (Movie-Book: 100,782)")
+    p.add_argument("--seqs", type=int, default=58_515, help="training sequences (Movie-Book: 58,515)")
+    p.add_argument("--batch-size", type=int, default=Config.batch_size, help="mini-batch size")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--clip", action="store_true", help="measure CLIP's encode_image and the embed command instead")
+    p.add_argument("--images", type=int, default=2000, help="--clip: JPEGs generated for embed (0: skip it)")
+    p.add_argument("--repeats", type=int, default=5, help="--clip: timed runs per batch size; the best counts")
+    p.add_argument("--workers", type=int, help="--clip: image decoding processes of embed")
+    args = p.parse_args(argv)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
+                          else "cpu" if args.device == "auto" else args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda: no CUDA device is available; use --device cpu.", file=sys.stderr)
+        return 2
+    if args.clip:
+        clip(images=args.images, repeats=args.repeats, device=str(device), workers=args.workers)
+        return 0
+    if min(args.items, args.seqs, args.batch_size) < 2:
+        print("error: --items, --seqs and --batch-size must be at least 2.", file=sys.stderr)
+        return 2
+    return run(Config(batch_size=args.batch_size), device, items=args.items, seqs=args.seqs)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

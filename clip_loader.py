@@ -6,7 +6,6 @@ tokenizer, and provides the command that turns a scenario's item images into
 `<scenario>/image_embeddings.npy`:
 
     python clip_loader.py embed --scenario-dir data/Food-Kitchen --images data/Food-Kitchen/images
-    python clip_loader.py bench          # encode and embed throughput on random weights
 
 API: `load(name_or_path, device) -> (model, preprocess)`, `tokenize(texts)`,
 `build_model(state_dict)`. Format facts: OpenAI's published checkpoints (MIT).
@@ -26,7 +25,6 @@ import os
 import pickle
 import shutil
 import sys
-import tempfile
 import time
 import urllib.request
 import zipfile
@@ -43,7 +41,9 @@ import torch.nn.functional as F
 import torchvision.transforms as T
 from PIL import Image
 
-from data import IMAGE_SUFFIXES, ITEMS_FILE, ITEMS_HEADER, DataError, read_items
+from amazon import IMAGE_SUFFIXES, read_titles
+from common import Progress, atomic_write, moved
+from data import DataError, read_items
 
 # OpenAI's download URL; its second-to-last segment is the file's SHA256.
 MODELS = {
@@ -361,47 +361,31 @@ def file_sha256(path) -> str:
     return digest.hexdigest()
 
 
-class Progress:
-    """One status line on stderr: rewritten in place on a terminal, else a new line every 30 s."""
-
-    def __init__(self):
-        self.tty = sys.stderr.isatty()
-        self.last = 0.0
-
-    def __call__(self, line, final=False):
-        now = time.monotonic()
-        if final or now - self.last >= (0.5 if self.tty else 30):
-            self.last = now
-            print(f"\r{line}\033[K" if self.tty else line, end="\n" if final or not self.tty else "",
-                  file=sys.stderr, flush=True)
-
-
 def download(url: str, path: Path, sha256: str):
     """Streams `url` into a temp file beside `path`; renames it to `path` only if its SHA256 matches."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    digest, done, progress, start = hashlib.sha256(), 0, Progress(), time.monotonic()
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
-            total = int(response.headers.get("Content-Length") or 0)
+
+    def write(out):
+        digest, done = hashlib.sha256(), 0
+        with urllib.request.urlopen(url, timeout=60) as response:
+            progress = Progress(f"downloading {path.name}", int(response.headers.get("Content-Length") or 0) or None,
+                                "bytes")
             while block := response.read(1 << 20):
                 out.write(block)
                 digest.update(block)
                 done += len(block)
-                rate = done / max(time.monotonic() - start, 1e-9) / 2**20
-                progress(f"downloading {path.name}: {done / 2**20:.1f} of {total / 2**20:.1f} MiB, {rate:.1f} MiB/s")
-        progress(f"downloaded {path.name}: {done:,} bytes", final=True)
+                progress.update(done)
+        progress.done(f"downloaded {path.name}: {done:,} bytes")
         if digest.hexdigest() != sha256:
             raise CLIPError(f"the download of {url} has SHA256 {digest.hexdigest()} ({done:,} bytes) but should "
                             f"have {sha256}: it is truncated or corrupted, and the temp file was deleted. Run "
                             f"again, or download the file by other means to {path}")
-        os.replace(tmp, path)
+
+    try:
+        atomic_write(path, write)
     except OSError as e:  # includes urllib's URLError and timeouts
         raise CLIPError(f"could not download {url} ({e}). Download it by other means (e.g. a browser or curl on "
                         f"another machine) and put it at {path}, or pass the file's path instead of the name") from None
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def resolve_weights(name_or_path, *, offline=False, cache_dir=CACHE_DIR) -> Path:
@@ -582,39 +566,6 @@ def find_images(images_dir: Path, asins) -> list:
     return [found[asin][1] if asin in found else None for asin in asins]
 
 
-def read_titles(scenario_dir: Path, items) -> list:
-    """Per item, its title from `<scenario>/items.tsv` (written by `python data.py images`), or None."""
-    path = scenario_dir / ITEMS_FILE
-    if not path.is_file():
-        raise CLIPError(f"--missing text reads item titles from {path}, which does not exist. `python data.py "
-                        f"images` writes it; or use --missing zero to leave image-less rows zero")
-    header = ITEMS_HEADER
-    titles = [None] * len(items.asins)
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            fields = line.rstrip("\n").split("\t")
-            if number == 1:
-                if line.rstrip("\n") != header:
-                    raise CLIPError(f"{path}:1: expected the header {header!r}, found {line.rstrip()!r}")
-                continue
-            gid = int(fields[0]) if len(fields) == 5 and fields[0].isdigit() else -1
-            if not 0 <= gid < len(items.asins) or fields[2] != items.asins[gid] or \
-                    fields[1] != ("X" if gid < items.num_x else "Y"):
-                expected = "global_id, domain, ASIN and title of an item of this scenario's Alist/Blist, tab-separated"
-                raise CLIPError(f"{path}:{number}: expected {expected}; found {line.rstrip()[:120]!r}. Was items.tsv "
-                                f"written for another scenario? Rerun `python data.py images` for this one")
-            titles[gid] = fields[3].strip() or None
-    return titles
-
-
-def _write_atomic(path: Path, write):
-    """write(file) into a temp file beside path, then rename: a reader never sees half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-    os.replace(tmp, path)
-
-
 def _default_workers():
     return max(1, min(8, (os.cpu_count() or 2) - 1))  # one core stays with the model
 
@@ -661,8 +612,8 @@ def embed(scenario_dir, images_dir, *, weights="ViT-B/32", batch_size=64, device
     missing_path = scenario_dir / "image_embeddings.missing.tsv"
     lines = ["global_id\tasin\treason\trow\n"] + [
         f"{g}\t{items.asins[g]}\t{reasons[g]}\t{row_kind[g]}\n" for g in range(N) if reasons[g]]
-    _write_atomic(output, lambda f: np.save(f, E_img))
-    _write_atomic(missing_path, lambda f: f.write("".join(lines).encode("utf-8")))
+    atomic_write(output, lambda f: np.save(f, E_img))
+    atomic_write(missing_path, lambda f: f.write("".join(lines).encode("utf-8")))
     shutil.rmtree(partial)
 
     counts = collections.Counter(r.split(":")[0] for r in reasons if r)
@@ -690,7 +641,7 @@ def _embed_images(model, preprocess, paths, device, partial: Path, meta, *, batc
                             f"({saved}); rerun with the same --weights to continue it, or delete the folder to "
                             f"start over")
     else:
-        _write_atomic(partial / "meta.json", lambda f: f.write(json.dumps(meta).encode()))
+        atomic_write(partial / "meta.json", lambda f: f.write(json.dumps(meta).encode()))
     E_img = np.zeros((N, model.config.embed_dim), dtype=np.float32)  # (N, E)
     # Note: an item without a usable image keeps a zero row (the paper does not say what it does)
     reasons = np.array(["" if p else "no image file" for p in paths], dtype=object)
@@ -710,7 +661,7 @@ def _embed_images(model, preprocess, paths, device, partial: Path, meta, *, batc
         while pending and todo[pending[0]] == 0:
             c = pending.pop(0)
             rows = slice(c * chunk_size, (c + 1) * chunk_size)
-            _write_atomic(partial / f"chunk_{c:06d}.npz",
+            atomic_write(partial / f"chunk_{c:06d}.npz",
                           lambda f: np.savez(f, E_img=E_img[rows], reasons=reasons[rows].astype(str)))
             if after_chunk:
                 after_chunk(c)
@@ -720,7 +671,7 @@ def _embed_images(model, preprocess, paths, device, partial: Path, meta, *, batc
                                          pin_memory=device.type == "cuda")
     print(f"embedding {len(gids):,} images of {N:,} items on {device} "
           f"({len(chunks) - len(pending)} of {len(chunks)} chunks already done)", file=sys.stderr)
-    progress, start, done = Progress(), time.monotonic(), 0
+    progress, done = Progress("embed", len(gids), "images"), 0
     save_finished_chunks()
     with torch.inference_mode(), torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
         for batch_gids, pixels, errors in loader:  # (B,), (B, 3, R, R), B messages
@@ -733,10 +684,8 @@ def _embed_images(model, preprocess, paths, device, partial: Path, meta, *, batc
                 todo[g // chunk_size] -= 1
             done += len(errors)
             save_finished_chunks()
-            rate = done / (time.monotonic() - start)
-            eta = (len(gids) - done) / rate
-            progress(f"{done:,}/{len(gids):,} images, {rate:.1f} images/s, ETA {eta // 60:.0f}m{eta % 60:02.0f}s")
-    progress(f"{done:,}/{len(gids):,} images in {time.monotonic() - start:.0f} s", final=True)
+            progress.update(done)
+    progress.done(f"{done:,}/{len(gids):,} images in {time.monotonic() - progress.start:.0f} s")
     return E_img, reasons
 
 
@@ -748,65 +697,6 @@ def embed_texts(model, texts, batch_size, device) -> np.ndarray:
             tokens = tokenize(texts[start:start + batch_size], model.config.context_length, truncate=True)
             rows.append(model.encode_text(tokens.to(device)).float().cpu().numpy())
     return np.concatenate(rows) if rows else np.zeros((0, model.config.embed_dim), np.float32)
-
-
-# -------------------------------------------------------------------------- benchmark
-
-VIT_B_32 = CLIPConfig(embed_dim=512, image_resolution=224, vision_layers=12, vision_width=768, vision_patch_size=32,
-                      context_length=77, vocab_size=49408, transformer_width=512, transformer_layers=12)
-
-
-def bench(*, images=2000, repeats=5, batch_sizes=(1, 16, 64), device="auto", workers=None):
-    """images/s of encode_image (random ViT-B/32 weights; vs open_clip when installed) and of `embed`."""
-    torch.manual_seed(0)
-    model = CLIP(VIT_B_32).eval()
-    try:  # optional comparison, not a project dependency
-        import open_clip
-        reference = open_clip.model.build_model_from_openai_state_dict(model.state_dict(), cast_dtype=None)
-        reference.float().load_state_dict(model.state_dict())  # it rounded the weights to fp16: undo that
-    except ImportError:
-        reference = None
-        print("open_clip is not installed: no comparison")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, best of {repeats} after a warm-up")
-    for B in batch_sizes:
-        x = torch.randn(B, 3, 224, 224)
-        encoders = {"ours": model.encode_image, **({"open_clip": reference.encode_image} if reference else {})}
-        best = dict.fromkeys(encoders, math.inf)
-        with torch.inference_mode():
-            for encode in encoders.values():  # warm-up
-                encode(x)
-            for turn in range(repeats):  # alternating, in turn first, so both see the same machine load
-                for name in sorted(encoders, reverse=turn % 2 == 1):
-                    start = time.perf_counter()
-                    encoders[name](x)
-                    best[name] = min(best[name], time.perf_counter() - start)
-            line = f"encode_image batch {B:3d}: {B / best['ours']:6.1f} images/s"
-            if reference:
-                diff = (model.encode_image(x) - reference.encode_image(x)).abs().max().item()
-                line += (f", open_clip {B / best['open_clip']:6.1f} images/s, "
-                         f"ratio {best['open_clip'] / best['ours']:.2f} (max |difference| {diff:.1e})")
-        print(line, flush=True)
-
-    if not images:
-        return
-    with tempfile.TemporaryDirectory() as tmp:
-        scenario = Path(tmp)
-        (scenario / "images").mkdir()
-        rng = np.random.default_rng(0)
-        asins = [f"B{i:09d}" for i in range(images)]
-        for asin in asins:  # smooth random colour fields with noise, roughly like product photos
-            small = Image.fromarray(rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)).resize((500, 500), Image.BICUBIC)
-            noisy = np.asarray(small, dtype=np.int16) + rng.integers(-12, 13, (500, 500, 3))
-            Image.fromarray(noisy.clip(0, 255).astype(np.uint8)).save(scenario / "images" / f"{asin}.jpg", quality=90)
-        half = images // 2
-        for name, part in (("Alist.txt", asins[:half]), ("Blist.txt", asins[half:])):
-            (scenario / name).write_text("".join(f"{i}\t{a}\t{i}\n" for i, a in enumerate(part)))
-        torch.save(model.state_dict(), scenario / "weights.pt")
-        start = time.perf_counter()
-        embed(scenario, scenario / "images", weights=scenario / "weights.pt", device=device, workers=workers)
-        seconds = time.perf_counter() - start
-    print(f"embed command: {images:,} 500x500 JPEGs in {seconds:.1f} s = {images / seconds:.1f} images/s "
-          f"(loading the weights included)")
 
 
 # -------------------------------------------------------------------------------- CLI
@@ -826,18 +716,13 @@ def main(argv=None):
                         "'a photo of {title}.' from <scenario-dir>/items.tsv")
     e.add_argument("--workers", type=int, help="image decoding processes (default: cores - 1, at most 8)")
     e.add_argument("--offline", action="store_true", help="never download weights; say where to put them")
-    b = commands.add_parser("bench", help="measure encode_image and embed throughput with random ViT-B/32 weights")
-    b.add_argument("--images", type=int, default=2000, help="JPEGs generated for the embed measurement (0: skip it)")
-    b.add_argument("--repeats", type=int, default=5, help="timed runs per batch size; the best counts")
-    b.add_argument("--device", default="auto")
-    b.add_argument("--workers", type=int)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:
+        return moved("python clip_loader.py bench", "python benchmark.py --clip")
     args = parser.parse_args(argv)
     try:
-        if args.command == "embed":
-            embed(args.scenario_dir, args.images, weights=args.weights, batch_size=args.batch_size,
-                  device=args.device, missing=args.missing, workers=args.workers, offline=args.offline)
-        else:
-            bench(images=args.images, repeats=args.repeats, device=args.device, workers=args.workers)
+        embed(args.scenario_dir, args.images, weights=args.weights, batch_size=args.batch_size,
+              device=args.device, missing=args.missing, workers=args.workers, offline=args.offline)
     except (CLIPError, DataError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

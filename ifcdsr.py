@@ -1,6 +1,8 @@
 """IFCDSR: Image Fusion for Cross-Domain Sequential Recommendation (Wu et al., WWW Companion 2025).
 
-The model and the paper's equations (search for "Eq."); nothing about files or loops.
+The model and the paper's equations (search for "Eq."), as the model runs them; nothing about files
+or loops. `fused_loss.py` holds a memory-bounded version of Eq. 2-8 that `IFCDSR.loss` and
+`IFCDSR.score` switch to when the (positions × N) logits are large (`Config.plain_logits`).
 
 Dimension letters used in shape comments:
     B  batch of sequences          L  positions (max_len, left-padded)
@@ -17,6 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import fused_loss
+
 VIEWS = ("x", "y", "xy")  # S^X, S^Y, S^{X+Y}
 
 
@@ -24,7 +28,6 @@ VIEWS = ("x", "y", "xy")  # S^X, S^Y, S^{X+Y}
 class Config:
     # model (paper §4 "Implementation Details")
     q: int = 256  # q, width of the learnable ID embedding E_id
-    e: int = 512  # e, width of E_img; always taken from the embedding file
     alpha: float = 0.7  # α in Eq. 5: weight of the ID branch
     lambda1: float = 0.1  # λ1 in Eq. 7/8: weight of the source-domain view
     lambda2: float = 0.4  # λ2 in Eq. 7/8: weight of the merged view S^{X+Y}
@@ -43,7 +46,10 @@ class Config:
     epochs: int = 100  # training epochs
     patience: int = 10  # early stopping: evaluations without a better validation MRR
     eval_every: int = 1  # validate every this many epochs
-    score_chunk: int = 2**25  # Note: positions x items scored at once in the loss (bounds memory, not results)
+    # how Eq. 2-8 are computed (never what): the plain code below while a view's (positions × N) logits have at
+    # most plain_logits elements (the demo, the tests), else fused_loss.py, score_chunk of them at a time
+    plain_logits: int = 2**24  # Note: above it, memory-bounded code (same numbers up to float rounding)
+    score_chunk: int = 2**25  # positions × items scored at once by fused_loss.py (bounds memory, not results)
     seed: int = 0  # one seed for everything, evaluation negatives included
 
     def replace(self, **overrides) -> "Config":
@@ -163,6 +169,8 @@ def log_prob(h_id: torch.Tensor, E_id: torch.Tensor, h_img: torch.Tensor | None,
     """log P(· | S) over all N items for P positions of one view (Eq. 3-5) -> (P, N).
     E_id, E_img: the item matrices with unit rows (see `similarity`)."""
     # (Eq. 3) P_id = softmax(Sim(h_id, E_id))
+    # Note: the softmax runs over all N items of both domains (§3.1.2: "each item across all domains"), not
+    # only E^X as Eq. 3/4 write; Eq. 9 restricts the ranking to the target domain at test time.
     log_P_id = F.log_softmax(similarity(h_id, E_id, temperature).float(), dim=-1)  # (P, N)
     if h_img is None:
         return log_P_id
@@ -172,136 +180,22 @@ def log_prob(h_id: torch.Tensor, E_id: torch.Tensor, h_img: torch.Tensor | None,
     return torch.logaddexp(log_P_id + _log(alpha), log_P_img + _log(1.0 - alpha))  # (P, N)
 
 
-def _nll_sum(h_id, E_id, h_img, E_img, target, alpha, temperature):
-    """The sum of Eq. 6 computed plainly from `log_prob`, with (P, N) tensors and autograd: the
-    reference that `nll` is tested against."""
-    log_P = log_prob(h_id, E_id, h_img, E_img, alpha, temperature)  # (P, N)
-    return -log_P.gather(1, target[:, None]).sum()
-
-
-def _logits(a: torch.Tensor, E: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """(Eq. 2) s = Sim(h, E) = a·E^T with a = unit(h)/τ, written into `out` (c, N) in fp32.
-
-    `out` is reused for every chunk: on CPU a fresh (c, N) tensor costs page faults that take as long
-    as the product itself. Under autocast (bf16 on CUDA) the product runs in its dtype and is copied in.
-    """
-    if torch.is_autocast_enabled(a.device.type):
-        return out.copy_(a @ E.T)
-    return torch.mm(a, E.T, out=out)
-
-
-def _exp_(s: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """s <- exp(s - m) in place; returns (m, Z = Σ exp(s - m)), each (c, 1), so that (Eq. 3/4)
-    softmax(s) = s / Z with no second (c, N) tensor.
-
-    Eq. 2 bounds every logit: |s| <= 1/τ. For 1/τ <= 60, exp(s) lies in [e^-60, e^60] and Z stays far
-    inside fp32's range, so m = 0 and the two passes of a row maximum are saved; otherwise m is the
-    row maximum, as in a textbook softmax. Either way the result is the same up to rounding.
-    """
-    if 1 / temperature <= 60:
-        m = s.new_zeros(len(s), 1)
-    else:
-        m = s.amax(dim=-1, keepdim=True)
-        s.sub_(m)
-    return m, s.exp_().sum(dim=-1, keepdim=True)
-
-
-def _nll_chunks(branches, target: torch.Tensor, rows: int, grads: bool, temperature: float):
-    """Σ_t -log P(y_t | S) (Eq. 2-6) for P positions scored `rows` at a time, and, with `grads`, its
-    gradient with respect to every branch's a and E. Peak memory is one (rows, N) tensor a branch.
-
-    branches: [(a, E, log_w)] for the ID and the image branch, a = unit(h)/τ (P, d) the positions,
-    E (N, d) the item matrix with unit rows, log_w = log α (ID) or log(1-α) (image).
-
-    With s = a·E^T (Eq. 2) and softmax(s) = P_b (Eq. 3/4), for one position with target y:
-        -log P_y = -log Σ_b w_b·P_b,y                                          (Eq. 5)
-        d(-log P_y)/ds_b = r_b·(P_b - onehot_y),   r_b = w_b·P_b,y / P_y    (r_id + r_img = 1)
-        d/da_b = r_b·(P_b - onehot_y)·E_b   and   d/dE_b = Σ_t (P_b - onehot_y)^T·(r_b·a_b)
-    """
-    total = torch.zeros((), device=target.device)
-    dA = [torch.zeros_like(a) if grads else None for a, _, _ in branches]
-    dE = [torch.zeros_like(E) if grads and E.requires_grad else None for _, E, _ in branches]
-    buffers = [torch.empty(min(rows, len(target)), E.shape[0], device=E.device) for _, E, _ in branches]
-    for i in range(0, target.shape[0], rows):
-        y = target[i:i + rows]  # (c,)
-        log_wP_y, P = [], []
-        for (a, E, log_w), buffer in zip(branches, buffers):
-            s = _logits(a[i:i + rows], E, buffer[:len(y)])  # (c, N) logits of this chunk
-            s_y = s.gather(1, y[:, None])  # (c, 1) the target's logit
-            m, Z = _exp_(s, temperature)  # s <- exp(s - m)
-            # (Eq. 3/4) log P_b,y = s_y - m - log Z;  log w_b·P_b,y
-            log_wP_y.append(log_w + (s_y - m - Z.log())[:, 0])  # (c,)
-            P.append(s.div_(Z) if grads else None)  # (c, N) P_b = softmax(s), in place
-        # (Eq. 5) log P_y = log Σ_b w_b·P_b,y;  (Eq. 6) Σ_t -log P_y
-        log_P_y = torch.logsumexp(torch.stack(log_wP_y), dim=0)  # (c,)
-        total = total - log_P_y.sum()
-        if not grads:
-            continue
-        for b, (a, E, _) in enumerate(branches):
-            r = (log_wP_y[b] - log_P_y).exp()[:, None]  # (c, 1) r_b = w_b·P_b,y / P_y
-            G = P[b]
-            G[torch.arange(len(y), device=y.device), y] -= 1  # (c, N) P_b - onehot_y, in place
-            # d/da_b = r_b·(P_b - onehot_y)·E_b
-            dA[b][i:i + rows] = r * (G @ E)  # (c, d)
-            if dE[b] is not None:
-                # d/dE_b += (P_b - onehot_y)^T·(r_b·a_b)
-                if torch.is_autocast_enabled(E.device.type):
-                    dE[b] += G.T @ (r * a[i:i + rows])  # the product in the autocast dtype, the sum in fp32
-                else:
-                    dE[b].addmm_(G.T, r * a[i:i + rows])  # (N, d), accumulated in place
-    return total, dA, dE
-
-
-def _weighted(log_w: tuple[float, float]) -> list[int]:
-    """The branches (0 = ID, 1 = image) that Eq. 5 weighs with more than 0: α = 0 or 1 leaves one."""
-    return [b for b in (0, 1) if log_w[b] > -math.inf]
-
-
-class _FusedNLL(torch.autograd.Function):
-    """Autograd for `_nll_chunks`. The loss is a scalar, so its whole gradient is formed in the forward
-    pass while each chunk's P_b is at hand, and backward only scales it by the incoming gradient: every
-    logit is computed once, and what is kept between the passes is O(P·d + N·d), never O(P·N)."""
-
-    @staticmethod
-    def forward(ctx, a_id, E_id, a_img, E_img, target, log_w, rows, temperature):
-        kept = _weighted(log_w)
-        branches = [((a_id, E_id), (a_img, E_img))[b] + (log_w[b],) for b in kept]
-        total, dA, dE = _nll_chunks(branches, target, rows, True, temperature)
-        ctx.grads = [None] * 4  # d/d a_id, E_id, a_img, E_img
-        for b, dA_b, dE_b in zip(kept, dA, dE):
-            ctx.grads[2 * b], ctx.grads[2 * b + 1] = dA_b, dE_b
-        return total
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, g):
-        grads, ctx.grads = ctx.grads, None
-        return (*(None if d is None else g * d for d in grads), None, None, None, None)
-
-
-def nll(h_id: torch.Tensor, E_id: torch.Tensor, h_img: torch.Tensor | None, E_img: torch.Tensor | None,
-        target: torch.Tensor, alpha: float, temperature: float, chunk: int) -> torch.Tensor:
-    """Σ_t -log P(target_t | S) over P positions (the sum of Eq. 6); E_id, E_img with unit rows.
-
-    Positions are scored in chunks of chunk // N, whose (rows, N) logits are never kept: the gradient
-    is formed as each chunk is scored (`_nll_chunks`), so peak memory does not grow with P x N. The
-    result and the gradients equal those of the plain computation (`_nll_sum`) up to float rounding.
-    """
-    rows = max(1, chunk // E_id.shape[0])
-    # (Eq. 2) both branches compare a = unit(h)/τ with the unit rows of E
-    a_id = unit(h_id) / temperature  # (P, q)
-    if h_img is None:  # ID branch only: P = P_id
-        a_img, log_w = None, (0.0, -math.inf)
-    else:
-        a_img = unit(h_img) / temperature  # (P, e)
-        log_w = (_log(alpha), _log(1.0 - alpha))  # (Eq. 5) weights α and 1-α, as logarithms
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (a_id, E_id, a_img, E_img)):
-        return _FusedNLL.apply(a_id, E_id, a_img, E_img, target, log_w, rows, temperature)
-    branches = [((a_id, E_id), (a_img, E_img))[b] + (log_w[b],) for b in _weighted(log_w)]
-    return _nll_chunks(branches, target, rows, False, temperature)[0]
-
-
 # ----------------------------------------------------------------------------- the model
+
+
+def trim(pad: int, seq: torch.Tensor, *aligned: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Drop the leading columns of seq (B, L) that are padding in every row, and the same columns of the
+    `aligned` tensors (left padding: the items are at the end). Positions count from each sequence's first
+    item, so no output changes; only the work does."""
+    width = max(1, int((seq != pad).sum(1).max()))
+    return tuple(t[:, -width:] for t in (seq, *aligned))
+
+
+def domain_items(domain: str, num_x: int, N: int) -> slice:
+    """The global ids of domain X (0..|X|-1) or Y (|X|..N-1). Eq. 9 ranks only the target domain's."""
+    return slice(0, num_x) if domain == "X" else slice(num_x, N)
+
+
 
 
 class IFCDSR(nn.Module):
@@ -323,8 +217,9 @@ class IFCDSR(nn.Module):
         if cfg.use_image:
             assert E_img.shape[0] == self.N, f"E_img has {E_img.shape[0]} rows, expected N = {self.N}"
             # §3.1.1: E_img, the frozen (N, e) CLIP image matrix: a buffer, never a parameter
+            # Note: not persistent, so not in checkpoints: E_img is the data's and is re-read from the scenario
             self.register_buffer("E_img", torch.cat([E_img.float(), E_img.new_zeros(1, E_img.shape[1])]),
-                                 persistent=False)  # not in checkpoints: it is the data's
+                                 persistent=False)
             self.register_buffer("E_img_unit", unit(self.E_img[:-1]), persistent=False)  # normalised once: frozen
             self.enc_img = nn.ModuleDict({v: AttentionEncoder(E_img.shape[1], cfg) for v in self.views})
         else:
@@ -337,18 +232,18 @@ class IFCDSR(nn.Module):
         H_id = self.enc_id[view](F_id, is_pad)  # (Eq. 1) H_id = Attention(F_id)
         if self.E_img is None:
             return H_id, None
-        F_img = self.E_img[seq]  # (B, L, e): E_img rows in sequence order, no projection
+        # Note: F_img is E_img's rows as they are, no projection: the paper gives H_img the width e of E_img
+        F_img = self.E_img[seq]  # (B, L, e): E_img rows in sequence order
         return H_id, self.enc_img[view](F_img, is_pad)  # (Eq. 1) H_img = Attention(F_img)
-
-    def trim(self, seq: torch.Tensor, *aligned: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Drop the leading columns that are padding in every row (left padding: the items are at
-        the end). Positions count from each sequence's first item, so no output changes."""
-        width = max(1, int((seq != self.pad).sum(1).max()))
-        return tuple(t[:, -width:] for t in (seq, *aligned))
 
     def item_matrices(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """E_id and E_img without the padding row, rows normalised for Eq. 2: (N, q), (N, e)."""
         return unit(self.E_id.weight[:-1]), None if self.E_img is None else self.E_img_unit
+
+    def plain(self, rows: int) -> bool:
+        """Whether `rows` positions are scored by the plain code of this file: their (rows, N) logits fit
+        within `Config.plain_logits`. Otherwise fused_loss.py computes the same numbers in bounded memory."""
+        return rows * self.N <= self.cfg.plain_logits
 
     def loss(self, inputs, targets) -> tuple[torch.Tensor, dict[str, float]]:
         """(Eq. 7) L = L^X + λ1·L^Y + λ2·L^{X+Y} (X the target domain) for one batch of Views.
@@ -360,13 +255,16 @@ class IFCDSR(nn.Module):
         E_id, E_img = self.item_matrices()
         total, parts = 0.0, {}
         for view, weight in cfg.view_weights().items():
-            seq, nxt = self.trim(getattr(inputs, view), getattr(targets, view))
+            seq, nxt = trim(self.pad, getattr(inputs, view), getattr(targets, view))
             H_id, H_img = self.encode(seq, view)
             keep = nxt != self.pad  # every next-item position of the view (Eq. 6's Σ over t)
-            h_img = None if H_img is None else H_img[keep]  # (P, e)
-            # (Eq. 6) L^v = Σ_t -log P^v(v_{t+1} | S), here averaged over the P positions
-            L_v = nll(H_id[keep], E_id, h_img, E_img, nxt[keep], cfg.alpha, cfg.temperature,
-                      cfg.score_chunk) / keep.sum().clamp(min=1)
+            h_id, h_img, y = H_id[keep], None if H_img is None else H_img[keep], nxt[keep]  # (P, q), (P, e), (P,)
+            if self.plain(len(y)):
+                log_P = log_prob(h_id, E_id, h_img, E_img, cfg.alpha, cfg.temperature)  # (P, N) Eq. 2-5
+                nll = -log_P.gather(1, y[:, None]).sum()  # (Eq. 6) Σ_t -log P^v(v_{t+1} | S)
+            else:  # the same sum, in bounded memory
+                nll = fused_loss.nll(h_id, E_id, h_img, E_img, y, cfg.alpha, cfg.temperature, cfg.score_chunk)
+            L_v = nll / max(len(y), 1)  # averaged over the P positions
             total = total + weight * L_v
             parts[view] = L_v.item()
         return total, parts
@@ -376,39 +274,27 @@ class IFCDSR(nn.Module):
         """(Eq. 8) P(x_i | S) = P^X + λ1·P^Y + λ2·P^{X+Y} for the items in `items` (all N by default)
         -> (B, |items|); the softmax of Eq. 3/4 still runs over all N items.
 
-        Each view is read at its last position (the most recent item, Eq. 1's h); an empty
-        view contributes the uniform distribution 1/N.
-        Note: computed as written, in probability space (fp32): an item's P underflows to 0 only if
-        its logit is > 87 below the row's best in every branch, impossible for τ > 2/87 (cosines
-        span 2/τ). Eq. 3-5 are formed in place in one (B, N) tensor.
+        Each view is read at its last position (the most recent item, Eq. 1's h).
         """
         cfg = self.cfg
         E_id, E_img = self.item_matrices()
-        B = len(history.xy)
-        s = torch.empty(B, self.N, device=E_id.device)  # (B, N) one branch's logits, then exp(logits - m)
-        total = torch.zeros_like(s[:, items])  # (B, |items|) the sum of Eq. 8
-        uniform = torch.zeros(B, 1, device=E_id.device)  # (B, 1) the mass of empty views, 1/N each item
+        views = []  # (λ_v, h_id (B, q), h_img (B, e) or None, empty (B, 1))
         for view, weight in cfg.view_weights().items():
-            if weight == 0:
-                continue
-            (seq,) = self.trim(getattr(history, view))
+            (seq,) = trim(self.pad, getattr(history, view))
             H_id, H_img = self.encode(seq, view)
-            empty = (seq == self.pad).all(dim=1, keepdim=True)  # (B, 1)
-            uniform += weight / self.N * empty
-            # (Eq. 5) P^v = α·P_id + (1-α)·P_img, added to the total with the view's weight (Eq. 8)
-            for H, E, w in ((H_id, E_id, cfg.alpha), (H_img, E_img, 1.0 - cfg.alpha)):
-                if H is None or w == 0:
-                    continue
-                _logits(unit(H[:, -1]) / cfg.temperature, E, s)  # (Eq. 2) s = Sim(h, E)
-                _, Z = _exp_(s, cfg.temperature)  # (Eq. 3/4) P_b = s / Z
-                total.addcmul_(s[:, items], weight * w * ~empty / Z)  # += λ_v·w_b·P_b, for non-empty views
-        return total.add_(uniform)  # (B, |items|)
-
-    def target_items(self) -> slice:
-        """The global ids of the target domain: Eq. 9 ranks only these."""
-        return slice(0, self.num_x) if self.cfg.target == "X" else slice(self.num_x, self.N)
+            empty = (seq == self.pad).all(dim=1, keepdim=True)  # (B, 1) a view without items
+            views.append((weight, H_id[:, -1], None if H_img is None else H_img[:, -1], empty))
+        if not self.plain(len(history.xy)):  # the same sum, in place in one (B, N) buffer
+            return fused_loss.score(views, E_id, E_img, cfg.alpha, cfg.temperature, items)
+        total = 0.0
+        for weight, h_id, h_img, empty in views:
+            P_v = log_prob(h_id, E_id, h_img, E_img, cfg.alpha, cfg.temperature).exp()  # (B, N) Eq. 2-5
+            # Note: a view without items (e.g. a history with no Y item) contributes the uniform 1/N
+            P_v = torch.where(empty, 1.0 / self.N, P_v)
+            total = total + weight * P_v[:, items]  # (Eq. 8) Σ_v λ_v·P^v, (B, |items|)
+        return total
 
     def recommend(self, history) -> torch.Tensor:
         """(Eq. 9) argmax over x_i in the target domain of P(x_i | S) -> (B,) global item ids."""
-        target = self.target_items()
+        target = domain_items(self.cfg.target, self.num_x, self.N)
         return self.score(history, target).argmax(dim=1) + target.start

@@ -24,6 +24,7 @@ from PIL import Image
 
 import clip_loader as cl
 from clip_loader import CLIP, CLIPConfig, CLIPError
+from data import DataError
 
 ROOT = Path(__file__).resolve().parent
 TINY = CLIPConfig(embed_dim=32, image_resolution=32, vision_layers=2, vision_width=128, vision_patch_size=8,
@@ -53,7 +54,7 @@ def save_state_dict(model, path, **extra):
 
 
 def test_tokenizer_known_ids():
-    """The ids in CLIP_FORMAT.md, each framed by SOT 49406 and EOT 49407."""
+    """Token ids that OpenAI's own tokenizer gives for these texts, each framed by SOT 49406 and EOT 49407."""
     tokens = cl.tokenize(["Hello World!", "a diagram", "a dog", "a cat"])
     assert tokens[0, :5].tolist() == [49406, 3306, 1002, 256, 49407]
     assert tokens[1, :4].tolist() == [49406, 320, 22697, 49407]
@@ -84,7 +85,7 @@ def test_tokenizer_cleans_html_entities_mojibake_and_whitespace():
 
 
 def vit_b_32_shapes():
-    """Key -> shape of OpenAI's ViT-B/32, written out from CLIP_FORMAT.md."""
+    """Key -> shape of the tensors in OpenAI's ViT-B-32.pt, written out by hand."""
     shapes = {"visual.conv1.weight": (768, 3, 32, 32), "visual.class_embedding": (768,),
               "visual.positional_embedding": (50, 768), "visual.proj": (768, 512),
               "token_embedding.weight": (49408, 512), "positional_embedding": (77, 512),
@@ -407,7 +408,7 @@ def test_embed_missing_text_fills_rows_from_titles(tmp_path):
     assert [(r[0], r[3]) for r in rows] == [("5", "text"), ("6", "zero"), ("7", "text")]
 
     (tmp_path / "items.tsv").write_text("global_id\tdomain\tasin\ttitle\timage_url\n0\tX\tWRONG\tTea\t\n")
-    with pytest.raises(CLIPError, match=r"items.tsv:2: expected .* found '0\\tX\\tWRONG"):
+    with pytest.raises(DataError, match=r"items.tsv:2: expected .* found '0\\tX\\tWRONG"):
         run_embed(tmp_path, missing="text")
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import random
 import sys
 import time
@@ -19,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import ifcdsr
+from common import Progress, atomic_write, atomic_write_text, moved
 from data import DataError, EvalSet, Scenario, Views, load_scenario, resolve_scenario
 from ifcdsr import IFCDSR, Config
 
@@ -53,22 +54,24 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def atomic_save(obj, path: Path) -> None:
-    """Write through a temp file and rename, so an interruption never leaves half a file."""
-    tmp = path.with_name(path.name + ".tmp")
+def save(obj, path: Path) -> None:
+    """results.json or a checkpoint, written whole or not at all."""
     if path.suffix == ".json":
-        tmp.write_text(json.dumps(obj, indent=1))
+        atomic_write_text(path, json.dumps(obj, indent=1))
     else:
-        torch.save(obj, tmp)
-    os.replace(tmp, path)
+        atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def eval_batch(cfg: Config, N: int) -> int:
+    """Cases scored at once in evaluation: (batch, N) scores within `score_chunk`, at most 1024."""
+    return max(1, min(1024, cfg.score_chunk // N))
 
 
 # ----------------------------------------------------------------------------- evaluation
 
 
 def domain_items(scen: Scenario, domain: str) -> slice:
-    n_x = scen.items.num_x
-    return slice(0, n_x) if domain == "X" else slice(n_x, scen.items.num_items)
+    return ifcdsr.domain_items(domain, scen.items.num_x, scen.items.num_items)
 
 
 def eval_cases(split: EvalSet, scen: Scenario, domain: str) -> EvalSet:
@@ -78,10 +81,11 @@ def eval_cases(split: EvalSet, scen: Scenario, domain: str) -> EvalSet:
 
 
 def negatives(cases: EvalSet, items: slice, seed: int, split: str, target: str) -> torch.Tensor:
-    """999 negatives per case, uniform over the target domain without the ground truth (C2DSR),
-    drawn with replacement, once per (seed, split, target) -> (S, 999) local item indices."""
+    """999 negatives per case, uniform over the target domain without the ground truth (C2DSR), drawn
+    once per (seed, split, target) -> (S, 999) local item indices."""
     rng = np.random.default_rng([seed, ("valid", "test").index(split), ("X", "Y").index(target)])
     n = items.stop - items.start
+    # Note: with replacement, as C2DSR's evaluation draws them; a case may meet the same negative twice
     local = rng.integers(0, n - 1, size=(len(cases), NUM_NEGATIVES))
     target = (cases.target - items.start).numpy()[:, None]
     return torch.from_numpy(local + (local >= target))  # skip over the ground truth
@@ -142,6 +146,8 @@ class Trainer:
         set_seed(cfg.seed)
         E_img = scen.E_img if cfg.use_image else None
         self.model = IFCDSR(cfg, scen.items.num_x, scen.items.num_y, E_img).to(device)
+        # Note: the paper's "L2 regularization coefficient" is Adam's weight_decay (L2 added to the gradient, as
+        # in C2DSR), not decoupled weight decay (AdamW)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.shuffle = torch.Generator().manual_seed(cfg.seed)
         self.epoch, self.best_valid, self.bad, self.history = 0, -1.0, 0, []
@@ -183,15 +189,15 @@ class Trainer:
             self.cases[split] = cases, negatives(cases, self.items, self.cfg.seed, split, self.cfg.target)
         cases, neg = self.cases[split]
         self.model.eval()
-        batch = max(1, min(1024, self.cfg.score_chunk // self.model.N))  # (batch, N) scores at a time
         with self.autocast():
-            return evaluate(self.model.score, cases, self.items, neg, self.device, batch)
+            return evaluate(self.model.score, cases, self.items, neg, self.device, eval_batch(self.cfg, self.model.N))
 
     def train_epoch(self) -> dict:
         self.model.train()
         data = self.scen.train
         order = torch.randperm(len(data), generator=self.shuffle)
-        sums, n_batches, start, shown = {}, math.ceil(len(data) / self.cfg.batch_size), time.time(), time.time()
+        sums, n_batches = {}, math.ceil(len(data) / self.cfg.batch_size)
+        progress = Progress(f"    epoch {self.epoch + 1}", len(data), "sequences")
         for b in range(n_batches):
             idx = order[b * self.cfg.batch_size:(b + 1) * self.cfg.batch_size]
             inputs, targets = to_device(data.inputs[idx], self.device), to_device(data.targets[idx], self.device)
@@ -202,11 +208,10 @@ class Trainer:
             self.opt.step()
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v
-            if time.time() - shown > 10:  # progress inside long epochs
-                shown = time.time()
-                print(f"    epoch {self.epoch + 1}: batch {b + 1}/{n_batches}, "
-                      f"{(b + 1) * self.cfg.batch_size / (shown - start):.0f} seq/s", flush=True)
-        return {"loss": {k: v / n_batches for k, v in sums.items()}, "seq_per_s": len(data) / (time.time() - start)}
+            progress.update(min((b + 1) * self.cfg.batch_size, len(data)))
+        progress.close()
+        return {"loss": {k: v / n_batches for k, v in sums.items()},
+                "seq_per_s": len(data) / (time.monotonic() - progress.start)}
 
     def fit(self, log_prefix: str = "") -> None:
         cfg, t0 = self.cfg, time.time()
@@ -219,11 +224,11 @@ class Trainer:
                 score = row["valid"][SELECT[0]][SELECT[1]]
                 if score > self.best_valid:
                     self.best_valid, self.bad = score, 0
-                    atomic_save({**self._state(), "valid": row["valid"]}, self.best)
+                    save({**self._state(), "valid": row["valid"]}, self.best)
                 else:
                     self.bad += 1
             self.history.append(row)
-            atomic_save(self._state(), self.last)
+            save(self._state(), self.last)
             losses = " ".join(f"L^{ {'x': 'X', 'y': 'Y', 'xy': 'X+Y'}[k]} {v:.4f}" for k, v in row["loss"].items())
             valid = (f" | valid MRR {row['valid']['sampled999']['MRR']:.2f} NDCG@10 "
                      f"{row['valid']['sampled999']['NDCG@10']:.2f}") if "valid" in row else ""
@@ -269,11 +274,12 @@ def train_target(cfg: Config, scen: Scenario, device, folder: Path, args, prefix
     return result
 
 
-def popularity(scen: Scenario, target: str, seed: int) -> dict:
+def popularity(scen: Scenario, target: str, cfg: Config) -> dict:
     scores = popularity_scores(scen)
     cases, items = eval_cases(scen.test, scen, target), domain_items(scen, target)
-    neg = negatives(cases, items, seed, "test", target)
-    return evaluate(lambda h, items: scores[items].expand(h.xy.shape[0], -1), cases, items, neg, "cpu", 1024)
+    neg = negatives(cases, items, cfg.seed, "test", target)
+    return evaluate(lambda h, items: scores[items].expand(h.xy.shape[0], -1), cases, items, neg, "cpu",
+                    eval_batch(cfg, scen.items.num_items))
 
 
 def domain_names(name: str) -> tuple[str, str]:
@@ -337,11 +343,6 @@ def parse_args(argv):
     p.add_argument("--out", help="output folder (default runs/<scenario>-<time>)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out (or the latest)")
     p.add_argument("--eval-only", metavar="CKPT", help="evaluate a best_*.pt checkpoint on valid and test")
-    p.add_argument("--benchmark", action="store_true", help="time training and evaluation on a synthetic "
-                   "scenario of Movie-Book's size (benchmark.py); prints throughput, GFLOP/s and memory")
-    p.add_argument("--bench-items", type=int, default=100_782, help="N of the benchmark (Movie-Book: 100,782)")
-    p.add_argument("--bench-seqs", type=int, default=58_515,
-                   help="training sequences of the benchmark (Movie-Book: 58,515)")
     return p.parse_args(argv)
 
 
@@ -411,9 +412,6 @@ def run(args) -> int:
         raise UsageError("--device cuda: no CUDA device is available; use --device cpu.")
     if args.eval_only:
         return eval_only(args, cfg, device)
-    if args.benchmark:
-        import benchmark  # it imports this module's Trainer
-        return benchmark.run(cfg, device, items=args.bench_items, seqs=args.bench_seqs)
     name, folder = resolve_scenario(args.scenario, args.data_dir, cfg.seed)
     variants = choose_variants(args, name)
     scen = load_scenario(folder, max_len=cfg.max_len, name=name,
@@ -426,7 +424,7 @@ def run(args) -> int:
           f"device {device}; output {out}", flush=True)
 
     results = {"scenario": name, "data_dir": str(folder), "config": asdict(cfg), "variants": variants,
-               "popularity": {t: popularity(scen, t, cfg.seed) for t in targets}, "runs": {}}
+               "popularity": {t: popularity(scen, t, cfg) for t in targets}, "runs": {}}
     for variant in variants:
         use_image, multi = VARIANTS[variant]
         results["runs"][variant] = {"history": {}, "valid": {}, "test": {}, "best_epoch": {}, "config": {}}
@@ -441,10 +439,10 @@ def run(args) -> int:
                 r[key][target] = res[key]
             if "grid" in res:
                 r.setdefault("grid", {})[target] = res["grid"]
-            atomic_save(results, out / "results.json")
+            save(results, out / "results.json")
     main_run = results["runs"][variants[-1]]
     results.update({k: main_run[k] for k in ("history", "valid", "test")})
-    atomic_save(results, out / "results.json")
+    save(results, out / "results.json")
 
     labels = {"original": "ID only, merged view", "image_fusion": "+ image fusion", "id_only": "IFCDSR ID only",
               "full": "IFCDSR"}
@@ -457,6 +455,9 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--benchmark" in argv:
+        return moved("python train.py --benchmark", "python benchmark.py")
     args = parse_args(argv)
     try:
         return run(args)

@@ -1,5 +1,5 @@
-"""Tests of the raw Amazon data tools in data.py: `python data.py images` (metadata -> items.tsv and item images)
-and `python data.py build` (reviews -> a C2DSR-format scenario by the paper's §4). CPU only; the downloader is
+"""Tests of amazon.py and download.py: `python amazon.py images` (metadata -> items.tsv and item images)
+and `python amazon.py build` (reviews -> a C2DSR-format scenario by the paper's §4). CPU only; the downloader is
 tested against an http.server on 127.0.0.1."""
 import collections
 import gzip
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-import clip_loader
+import amazon
 import data
 from data import DataError
 
@@ -57,13 +57,13 @@ def test_read_products_in_the_three_metadata_layouts(tmp_path, capsys):
             {"thumb": "http://x/t1.jpg", "large": "http://x/l1.jpg", "variant": "PT01", "hi_res": None},
             {"thumb": "http://x/t2.jpg", "large": "http://x/l2.jpg", "variant": "MAIN", "hi_res": "http://x/h2.jpg"}]}),
         json.dumps({"parent_asin": "C2", "title": "Lid", "images": []})])
-    found = data.read_products([meta_2014, meta_2018, meta_2023], {"A1", "A2", "B1", "C1", "C2", "ZZ"})
+    found = amazon.read_products([meta_2014, meta_2018, meta_2023], {"A1", "A2", "B1", "C1", "C2", "ZZ"})
     assert found == {"A1": ("Green\ttea\n50 bags", "http://x/a1.jpg"), "A2": ("Honey", "http://x/a2.jpg"),
                      "B1": ("Pan", "http://x/big.jpg"), "C1": ("Pot", "http://x/l2.jpg"), "C2": ("Lid", "")}
     err = capsys.readouterr().err
     assert "meta_2014.json.gz: skipped 1 malformed line(s) (first: line 3)" in err
     with pytest.raises(DataError, match=r"meta_2014\.json\.gz:3: expected an Amazon metadata record"):
-        data.read_products([meta_2014], {"A1"}, strict=True)
+        amazon.read_products([meta_2014], {"A1"}, strict=True)
 
 
 def test_read_reviews_in_the_three_layouts_and_a_wrong_file(tmp_path, capsys):
@@ -77,9 +77,9 @@ def test_read_reviews_in_the_three_layouts_and_a_wrong_file(tmp_path, capsys):
         json.dumps({"reviewerID": "U2", "asin": "I2", "unixReviewTime": "1400000100"})], gz=True)
     json_2023 = write_lines(tmp_path / "reviews_2023.jsonl", [
         json.dumps({"user_id": "AE1", "asin": "C1-red", "parent_asin": "C1", "timestamp": 1600000000123})])
-    assert list(data.read_reviews(csv_2014)) == [("U1", "I1", 1400000000000), ("U2", "I3", 1400000100000)]
-    assert list(data.read_reviews(json_2018)) == [("U1", "I1", 1400000000000), ("U2", "I2", 1400000100000)]
-    assert list(data.read_reviews(json_2023)) == [("AE1", "C1", 1600000000123)]
+    assert list(amazon.read_reviews(csv_2014)) == [("U1", "I1", 1400000000000), ("U2", "I3", 1400000100000)]
+    assert list(amazon.read_reviews(json_2018)) == [("U1", "I1", 1400000000000), ("U2", "I2", 1400000100000)]
+    assert list(amazon.read_reviews(json_2023)) == [("AE1", "C1", 1600000000123)]
     err = capsys.readouterr().err
     assert "ratings.csv: skipped 1 malformed line(s) (first: line 2)" in err
     assert "reviews_2018.json.gz: skipped 2 malformed line(s) (first: line 2, 3)" in err
@@ -87,11 +87,11 @@ def test_read_reviews_in_the_three_layouts_and_a_wrong_file(tmp_path, capsys):
     meta = write_lines(tmp_path / "meta.json", [json.dumps({"asin": "I1", "title": "t"})] * 3)
     with pytest.raises(DataError, match=r"meta\.json: expected Amazon reviews in one of three layouts.*"
                                         r"found no such line among its first 3 lines"):
-        list(data.read_reviews(meta))
+        list(amazon.read_reviews(meta))
     with pytest.raises(DataError, match=r"ratings\.csv:2: expected Amazon reviews"):
-        list(data.read_reviews(csv_2014, strict=True))
+        list(amazon.read_reviews(csv_2014, strict=True))
     with pytest.raises(DataError, match="file not found"):
-        list(data.read_reviews(tmp_path / "absent.csv"))
+        list(amazon.read_reviews(tmp_path / "absent.csv"))
 
 
 # ----------------------------------------------------------------------------- build: the hand-checkable example
@@ -177,7 +177,7 @@ def read_split(path: Path):
 def test_build_filters_and_splits_the_hand_example(tmp_path, capsys):
     ra, rb, ma, mb = write_example(tmp_path / "raw", "2018 json")
     out = tmp_path / "FK"
-    stats = data.build_scenario(ra, rb, ma, mb, out, held_out=1 / 3, seed=0)
+    stats = amazon.build_scenario(ra, rb, ma, mb, out, held_out=1 / 3, seed=0)
     printed = capsys.readouterr()
     assert "stable after 4 round(s)" in printed.out  # the iterated filter: XR, then v, then XW
     assert "reviews_x.gz: skipped 1 malformed line(s) (first: line 6)" in printed.err
@@ -211,7 +211,7 @@ def test_build_filters_and_splits_the_hand_example(tmp_path, capsys):
     assert tsv[1] == "0\tX\tX00\tfood X00\thttp://img/X00.jpg"
     assert tsv[14] == "13\tY\tY0\tkitchen Y0\t" and tsv[19] == "18\tY\tY5\t\t"  # Y5 has no metadata
 
-    titles = clip_loader.read_titles(out, items)  # the reader of `clip_loader.py embed --missing text`
+    titles = amazon.read_titles(out, items)  # what `clip_loader.py embed --missing text` reads
     assert titles[0] == "food X00" and titles[13] == "kitchen Y0" and titles[18] is None
     scenario = data.load_scenario(out, max_len=15, use_images=False)
     assert (len(scenario.train), len(scenario.valid), len(scenario.test)) == (8, 2, 2)
@@ -222,7 +222,7 @@ def test_build_output_has_no_leak_and_is_deterministic(tmp_path):
     """Over every line of the output: no user in two splits, every held-out target is its line's latest
     interaction, and no training interaction is later than any held-out target."""
     raw = write_example(tmp_path / "raw", "2014 csv")
-    data.build_scenario(*raw, tmp_path / "a", held_out=1 / 3, seed=5)
+    amazon.build_scenario(*raw, tmp_path / "a", held_out=1 / 3, seed=5)
     splits = {s: read_split(tmp_path / "a" / f) for s, f in data.SPLIT_FILES.items()}
     users = {s: [u for u, _ in rows] for s, rows in splits.items()}
     assert sum(map(len, users.values())) == len(set().union(*map(set, users.values()))) == 12
@@ -232,8 +232,8 @@ def test_build_output_has_no_leak_and_is_deterministic(tmp_path):
             assert events[-1][1] > max(t for _, t in events[:-1])
     assert max(t for _, events in splits["train"] for _, t in events) <= min(targets)
 
-    data.build_scenario(*raw, tmp_path / "b", held_out=1 / 3, seed=5)
-    data.build_scenario(*raw, tmp_path / "c", held_out=1 / 3, seed=6)
+    amazon.build_scenario(*raw, tmp_path / "b", held_out=1 / 3, seed=5)
+    amazon.build_scenario(*raw, tmp_path / "c", held_out=1 / 3, seed=6)
     files = ["Alist.txt", "Blist.txt", "userlist.txt", "items.tsv", *data.SPLIT_FILES.values()]
     assert all((tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes() for f in files)
 
@@ -246,8 +246,8 @@ def test_build_output_has_no_leak_and_is_deterministic(tmp_path):
 
 def test_build_gives_the_same_scenario_from_2023_reviews(tmp_path):
     """The same reviews in the 2023 layout (ms timestamps, parent_asin) give the same items and sequences."""
-    data.build_scenario(*write_example(tmp_path / "r18", "2018 json"), tmp_path / "s18", held_out=1 / 3)
-    data.build_scenario(*write_example(tmp_path / "r23", "2023 json"), tmp_path / "s23", held_out=1 / 3)
+    amazon.build_scenario(*write_example(tmp_path / "r18", "2018 json"), tmp_path / "s18", held_out=1 / 3)
+    amazon.build_scenario(*write_example(tmp_path / "r23", "2023 json"), tmp_path / "s23", held_out=1 / 3)
     for f in ["Alist.txt", "Blist.txt", "userlist.txt", *data.SPLIT_FILES.values()]:
         assert (tmp_path / "s18" / f).read_text() == (tmp_path / "s23" / f).read_text(), f
 
@@ -257,20 +257,20 @@ def test_build_errors_are_clear_and_never_destroy_output(tmp_path, capsys):
     out = tmp_path / "exists"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    assert data.main(["build", "--reviews-a", str(ra), "--reviews-b", str(rb), "--meta-a", str(ma),
+    assert amazon.main(["build", "--reviews-a", str(ra), "--reviews-b", str(rb), "--meta-a", str(ma),
                       "--meta-b", str(mb), "--out", str(out)]) == 2
     assert "already exists" in capsys.readouterr().err and (out / "keep.txt").read_text() == "mine"
 
     lonely = write_lines(tmp_path / "other_users.csv", ["Q1,Y0,5.0,1400000000"])
     with pytest.raises(DataError, match="no reviewer of .* appears in"):
-        data.build_scenario(ra, lonely, ma, mb, tmp_path / "o1")
+        amazon.build_scenario(ra, lonely, ma, mb, tmp_path / "o1")
     with pytest.raises(DataError, match="no user is left after the filters"):
-        data.build_scenario(ra, rb, ma, mb, tmp_path / "o2", min_count=100)
+        amazon.build_scenario(ra, rb, ma, mb, tmp_path / "o2", min_count=100)
     with pytest.raises(DataError, match="expected --min-count >= 1"):
-        data.build_scenario(ra, rb, ma, mb, tmp_path / "o3", max_len=5)
+        amazon.build_scenario(ra, rb, ma, mb, tmp_path / "o3", max_len=5)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exists", "other_users.csv", "raw"]  # nothing half-written
 
-    result = subprocess.run([sys.executable, str(ROOT / "data.py"), "build", "--reviews-a", str(tmp_path / "no.csv"),
+    result = subprocess.run([sys.executable, str(ROOT / "amazon.py"), "build", "--reviews-a", str(tmp_path / "no.csv"),
                              "--reviews-b", str(rb), "--meta-a", str(ma), "--meta-b", str(mb),
                              "--out", str(tmp_path / "o4")], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and result.stderr.startswith("error: ") and "Traceback" not in result.stderr
@@ -365,7 +365,7 @@ def failures(folder: Path) -> dict:
 
 def test_images_downloads_checks_and_reports(tmp_path, server, capsys):
     folder = make_image_scenario(tmp_path / "S", server.url)
-    counts = data.download_images(folder, [folder / "meta_x", folder / "meta_y.gz"], workers=4, timeout=0.3,
+    counts = amazon.download_images(folder, [folder / "meta_x", folder / "meta_y.gz"], workers=4, timeout=0.3,
                                   retries=1, backoff=0.01, max_bytes=4000)
     images = folder / "images"
     saved = sorted(p.name for p in images.iterdir() if p.name != "failures.tsv")
@@ -394,9 +394,9 @@ def test_images_downloads_checks_and_reports(tmp_path, server, capsys):
     assert tsv[0] == "global_id\tdomain\tasin\ttitle\timage_url" and len(tsv) == 1 + 15
     assert tsv[1] == f"0\tX\tA1\titem A1\t{server.url}/a.jpg" and tsv[7] == "6\tX\tA7\titem A7\t"
     assert tsv[14] == "13\tY\tB6\t\t"
-    assert clip_loader.read_titles(folder, data.read_items(folder))[:2] == ["item A1", "item A2"]
+    assert amazon.read_titles(folder, data.read_items(folder))[:2] == ["item A1", "item A2"]
     printed = capsys.readouterr()
-    assert "images: 15/15 done" in printed.err
+    assert "images: 13/13 checked or fetched" in printed.err and "9 failed" in printed.err
     assert "6 of 15 items have an image" in printed.out
 
 
@@ -405,14 +405,14 @@ def test_images_rerun_fetches_only_what_is_missing(tmp_path, server, capsys):
     requests only those two images (and retries the failures), and keeps the rest."""
     folder = make_image_scenario(tmp_path / "S", server.url)
     metas = [folder / "meta_x", folder / "meta_y.gz"]
-    data.download_images(folder, metas, workers=4, timeout=0.3, retries=1, backoff=0.01, max_bytes=4000)
+    amazon.download_images(folder, metas, workers=4, timeout=0.3, retries=1, backoff=0.01, max_bytes=4000)
     images = folder / "images"
     (images / "A1.jpg").unlink()
     (images / "B2.png").write_bytes((images / "B2.png").read_bytes()[:40])
     (images / "A1.jpg.tmp").write_bytes(b"partial")
     kept = (images / "B1.png").stat().st_mtime_ns
     server.hits.clear()
-    counts = data.download_images(folder, metas, workers=4, timeout=0.3, retries=1, backoff=0.01, max_bytes=4000)
+    counts = amazon.download_images(folder, metas, workers=4, timeout=0.3, retries=1, backoff=0.01, max_bytes=4000)
     assert server.hits["/a.jpg"] == 1 and server.hits["/c.gif"] == 1
     assert all(server.hits[p] == 0 for p in ("/b.png", "/flaky.jpg", "/to-http", "/busy.jpg"))
     assert server.hits["/missing.jpg"] == 1  # failures are tried again
@@ -424,11 +424,11 @@ def test_images_rerun_fetches_only_what_is_missing(tmp_path, server, capsys):
 
 
 def test_images_cli_errors(tmp_path, capsys):
-    assert data.main(["images", "--scenario-dir", str(tmp_path), "--meta", str(tmp_path / "m")]) == 2
+    assert amazon.main(["images", "--scenario-dir", str(tmp_path), "--meta", str(tmp_path / "m")]) == 2
     assert capsys.readouterr().err.startswith(f"error: {tmp_path / 'Alist.txt'}: file not found")
     folder = make_image_scenario(tmp_path / "S", "http://127.0.0.1:9")
     other = write_lines(tmp_path / "other_meta", [json.dumps({"asin": "Q1", "title": "t"})])
-    assert data.main(["images", "--scenario-dir", str(folder), "--meta", str(other)]) == 2
+    assert amazon.main(["images", "--scenario-dir", str(folder), "--meta", str(other)]) == 2
     assert "none of the 15 ASINs" in capsys.readouterr().err
     assert not (folder / "images").exists()
 
@@ -448,10 +448,10 @@ def test_images_on_the_real_food_kitchen_item_lists(tmp_path, server, capsys):
     picked = {items.asins[0]: "/a.jpg", items.asins[items.num_x - 1]: "/b.png", items.asins[-1]: "/c.gif"}
     meta = write_lines(tmp_path / "meta.json.gz", [repr({"asin": a, "title": f"real {a}", "imUrl": server.url + p})
                                                     for a, p in picked.items()], gz=True)
-    counts = data.download_images(folder, [meta], workers=8, timeout=5)
+    counts = amazon.download_images(folder, [meta], workers=8, timeout=5)
     assert counts["X"] == {"downloaded": 2, "not in metadata": items.num_x - 2}
     assert counts["Y"] == {"downloaded": 1, "not in metadata": items.num_y - 1}
-    titles = clip_loader.read_titles(folder, items)
+    titles = amazon.read_titles(folder, items)
     assert titles[0] == f"real {items.asins[0]}" and titles[-1] == f"real {items.asins[-1]}"
     assert sum(t is not None for t in titles) == 3 and len(titles) == 64_093
     assert sorted(p.name for p in (folder / "images").glob("*.*g")) == sorted(

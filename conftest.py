@@ -1,0 +1,47 @@
+"""Helpers shared by the tests: tiny models, views, scenario files and a tiny generated scenario."""
+from pathlib import Path
+
+import pytest
+import torch
+
+import data
+import train
+from data import DemoSpec, make_demo
+from ifcdsr import IFCDSR, Config
+
+SHARED = Path(__file__).resolve().parent.parent / "shared" / "data"  # real data beside the checkout, if any
+TINY = DemoSpec(num_x=40, num_y=50, num_users=90, image_dim=8, categories=4)
+
+
+def tiny_model(use_image=True, multi=True, target="X", seed=0, **kw):
+    torch.manual_seed(seed)
+    cfg = Config(q=8, use_image=use_image, multi_attention=multi, target=target, dropout=0.0, **kw)
+    E_img = torch.randn(7, 4) if use_image else None
+    return IFCDSR(cfg, num_x=3, num_y=4, E_img=E_img)
+
+
+def views(rows, num_x=3, length=5, pad=7):
+    return data._views(rows, num_x, length, pad)
+
+
+def write_scenario(folder: Path, train_lines, valid_lines=None, test_lines=None, num_x=3, num_y=4):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "Alist.txt").write_text("".join(f"{100 + i}\tA{i}\t{i}\n" for i in range(num_x)))
+    (folder / "Blist.txt").write_text("".join(f"{200 + i}\tB{i}\t{i}\n" for i in range(num_y)))
+    for name, lines in (("traindata_new.txt", train_lines), ("validdata_new.txt", valid_lines or train_lines),
+                        ("testdata_new.txt", test_lines or train_lines)):
+        (folder / name).write_text("".join(line + "\n" for line in lines))
+    return folder
+
+
+def line(user, *events):
+    return f"{user}\t{user}\t" + "\t".join(f"{i}|{t}|2020-01-01 00:00:00|" for i, t in events)
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return make_demo(tmp_path_factory.mktemp("scen") / "tiny", seed=0, spec=TINY)
+
+
+def run_cli(*args):
+    return train.main([str(a) for a in args])

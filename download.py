@@ -1,0 +1,133 @@
+"""HTTP downloads of item images for `python amazon.py images`: one image per call, retried when the failure
+is transient, checked to decode completely, and saved whole or not at all."""
+from __future__ import annotations
+
+import http.client
+import io
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+from PIL import Image
+
+from common import atomic_write
+
+SAVED_FORMATS = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp"}  # saved as downloaded; other formats become PNG
+
+
+class _Failure(Exception):
+    """Why an item has no image; the message goes to images/failures.tsv, its part before ':' is counted."""
+
+    def __init__(self, reason: str, *, retry: bool = False, wait: float | None = None):
+        super().__init__(reason)
+        self.retry, self.wait = retry, wait  # worth another attempt? after the server's Retry-After seconds?
+
+
+class HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
+    """Follows a redirect only to an http(s) URL (urllib alone also follows ftp://)."""
+
+    def http_error_302(self, req, fp, code, msg, headers):
+        target = urllib.parse.urljoin(req.full_url, headers.get("Location") or headers.get("URI") or "")
+        if urllib.parse.urlsplit(target).scheme not in ("http", "https"):
+            fp.close()
+            raise _Failure(f"redirect refused: to {target[:100]}")
+        return super().http_error_302(req, fp, code, msg, headers)
+
+    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
+
+
+def _get(opener, url: str, *, timeout: float, max_bytes: int) -> bytes:
+    """One GET -> the body; `timeout` bounds every socket wait and the whole download."""
+    deadline = time.monotonic() + timeout
+    request = urllib.request.Request(url, headers={"User-Agent": "IFCDSR-data/1.0 (research; urllib)"})
+    try:
+        with opener.open(request, timeout=timeout) as response:
+            declared = response.headers.get("Content-Length", "")
+            if declared.isdigit() and int(declared) > max_bytes:
+                raise _Failure(f"too large: {int(declared):,} bytes, the limit is {max_bytes:,}")
+            body = bytearray()
+            while chunk := response.read(1 << 16):
+                body += chunk
+                if len(body) > max_bytes:
+                    raise _Failure(f"too large: over {max_bytes:,} bytes")
+                if time.monotonic() > deadline:
+                    raise _Failure(f"timeout: over {timeout:g} s", retry=True)
+            return bytes(body)
+    except urllib.error.HTTPError as err:
+        err.close()
+        wait = err.headers.get("Retry-After", "") if err.headers else ""
+        raise _Failure(f"HTTP {err.code}", retry=err.code == 429 or err.code >= 500,
+                       wait=float(wait) if wait.strip().isdigit() else None) from None
+    except urllib.error.URLError as err:
+        if isinstance(err.reason, TimeoutError):
+            raise _Failure(f"timeout: over {timeout:g} s", retry=True) from None
+        raise _Failure(f"connection error: {err.reason}", retry=True) from None
+    except TimeoutError:
+        raise _Failure(f"timeout: over {timeout:g} s", retry=True) from None
+    except (OSError, http.client.HTTPException) as err:  # reset, incomplete body, bad status line
+        raise _Failure(f"connection error: {err!r}", retry=True) from None
+    except ValueError as err:  # a malformed URL
+        raise _Failure(f"bad URL: {err}") from None
+
+
+def fetch(opener, url: str, *, timeout: float, retries: int, backoff: float, max_bytes: int) -> bytes:
+    """GET an http(s) URL, with up to `retries` more attempts after a 429, a 5xx, a timeout or a dropped
+    connection, waiting backoff·2^k s before attempt k+1 (or the server's Retry-After; at most 60 s)."""
+    # Note: besides 429 and 5xx, timeouts and dropped connections are retried: they are as transient. Other 4xx,
+    # non-images and refused redirects are final.
+    if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+        raise _Failure(f"not an http(s) URL: {url[:100]}")
+    attempt = 0
+    while True:
+        try:
+            return _get(opener, url, timeout=timeout, max_bytes=max_bytes)
+        except _Failure as failure:
+            if not failure.retry or attempt == retries:
+                raise
+            time.sleep(min(60.0, backoff * 2 ** attempt if failure.wait is None else failure.wait))
+            attempt += 1
+
+
+def _as_image_file(data: bytes) -> tuple[str, bytes]:
+    """(suffix, bytes to save) when `data` decodes completely as an image; _Failure otherwise."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()  # decodes every pixel: a truncated file fails here rather than in clip_loader.py
+            if image.format in SAVED_FORMATS:
+                return SAVED_FORMATS[image.format], data
+            converted = io.BytesIO()
+            image.convert("RGB").save(converted, "PNG")  # e.g. a GIF, whose suffix clip_loader.py does not read
+            return ".png", converted.getvalue()
+    except Image.UnidentifiedImageError:
+        raise _Failure("not an image") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise _Failure(f"corrupt image: {err}") from None
+
+
+def get_image(asin: str, url: str, no_url: str, files: list[Path], images_dir: Path, opener,
+               settings: dict) -> tuple[bool, str]:
+    """Makes images/<ASIN>.<ext> a valid image, unless one of its `files` already is one:
+    (True, 'downloaded' or 'already present') or (False, the reason; `no_url` when there is no URL)."""
+    if not (asin.isascii() and asin.isalnum()):
+        return False, "ASIN is not a safe file name"
+    stale = []  # files of this item that do not decode: replaced by a good download
+    for path in files:
+        try:
+            _as_image_file(path.read_bytes())
+            return True, "already present"
+        except _Failure:
+            stale.append(path)
+    if not url:
+        return False, no_url
+    try:
+        suffix, data = _as_image_file(fetch(opener, url, **settings))
+    except _Failure as failure:
+        return False, str(failure)
+    target = images_dir / f"{asin}{suffix}"
+    atomic_write(target, lambda f: f.write(data))  # a reader never sees half an image
+    for path in stale:
+        if path != target:
+            path.unlink()  # undecodable, and it would shadow the new file for clip_loader.py
+    return True, "downloaded"

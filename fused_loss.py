@@ -1,0 +1,177 @@
+"""Eq. 2-6 and Eq. 8 with bounded memory: the code IFCDSR runs when (positions × N) logits are large.
+
+`ifcdsr.py` holds the plain version of these equations (`similarity`, `log_prob`, `IFCDSR.loss`,
+`IFCDSR.score`) and calls this module only when a view's logits would exceed `Config.plain_logits`
+elements (Movie-Book and Food-Kitchen size; never on the demo or in the tests of the model). Both
+give the same numbers up to float rounding (test_fused_loss.py).
+
+    nll    Σ_t -log P(y_t | S) over P positions (the sum of Eq. 6) and its gradient, scoring `rows`
+           positions at a time into one reused (rows, N) buffer per branch
+    score  Eq. 8 for a batch of histories, Eq. 3-5 formed in place in one (B, N) buffer
+
+The derivation of the gradient. With a = unit(h)/τ and unit rows of E, the logits are s = a·E^T
+(Eq. 2), P_b = softmax(s_b) for the ID and the image branch b (Eq. 3/4) and, for one position with
+target y,
+    -log P_y = -log Σ_b w_b·P_b,y                                  (Eq. 5, w_id = α, w_img = 1-α)
+    d(-log P_y)/ds_b = r_b·(P_b - onehot_y),   r_b = w_b·P_b,y / P_y    (r_id + r_img = 1)
+    d/da_b = r_b·(P_b - onehot_y)·E_b,   d/dE_b = Σ_t (P_b - onehot_y)^T·(r_b·a_b)
+The loss is a scalar, so its whole gradient is formed in the forward pass while each chunk's P_b is
+at hand; backward only scales it. Every logit is computed once, and what is kept between the passes
+is O(P·d + N·d), never O(P·N).
+
+Dimension letters: P positions, c positions of one chunk, B batch, N items, d a branch's width.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def _log(w: float) -> float:
+    return math.log(w) if w > 0 else -math.inf  # log 0 = -inf: a branch of weight 0 drops out
+
+
+def _logits(a: torch.Tensor, E: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """(Eq. 2) s = a·E^T, written into `out` (c, N) in fp32.
+
+    `out` is reused for every chunk: on CPU a fresh (c, N) tensor costs page faults that take as long
+    as the product itself. Under autocast (bf16 on CUDA) the product runs in its dtype and is copied in.
+    """
+    if torch.is_autocast_enabled(a.device.type):
+        return out.copy_(a @ E.T)
+    return torch.mm(a, E.T, out=out)
+
+
+def _exp_(s: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """s <- exp(s - m) in place; returns (m, Z = Σ exp(s - m)), each (c, 1), so that (Eq. 3/4)
+    softmax(s) = s / Z with no second (c, N) tensor.
+
+    Eq. 2 bounds every logit: |s| <= 1/τ. For 1/τ <= 60, exp(s) lies in [e^-60, e^60] and Z stays far
+    inside fp32's range, so m = 0 and the two passes of a row maximum are saved; otherwise m is the
+    row maximum, as in a textbook softmax. Either way the result is the same up to rounding.
+    """
+    if 1 / temperature <= 60:
+        m = s.new_zeros(len(s), 1)
+    else:
+        m = s.amax(dim=-1, keepdim=True)
+        s.sub_(m)
+    return m, s.exp_().sum(dim=-1, keepdim=True)
+
+
+def _nll_chunks(branches, target: torch.Tensor, rows: int, grads: bool, temperature: float):
+    """Σ_t -log P(y_t | S) for P positions scored `rows` at a time and, with `grads`, its gradient with
+    respect to every branch's a and E (module docstring). Peak memory is one (rows, N) tensor a branch.
+
+    branches: [(a, E, log_w)]: a = unit(h)/τ (P, d), E (N, d) with unit rows, log_w = log α or log(1-α).
+    """
+    total = torch.zeros((), device=target.device)
+    dA = [torch.zeros_like(a) if grads else None for a, _, _ in branches]
+    dE = [torch.zeros_like(E) if grads and E.requires_grad else None for _, E, _ in branches]
+    buffers = [torch.empty(min(rows, len(target)), E.shape[0], device=E.device) for _, E, _ in branches]
+    for i in range(0, target.shape[0], rows):
+        y = target[i:i + rows]  # (c,)
+        log_wP_y, P = [], []
+        for (a, E, log_w), buffer in zip(branches, buffers):
+            s = _logits(a[i:i + rows], E, buffer[:len(y)])  # (c, N) logits of this chunk
+            s_y = s.gather(1, y[:, None])  # (c, 1) the target's logit
+            m, Z = _exp_(s, temperature)  # s <- exp(s - m)
+            # (Eq. 3/4) log P_b,y = s_y - m - log Z;  log w_b·P_b,y
+            log_wP_y.append(log_w + (s_y - m - Z.log())[:, 0])  # (c,)
+            P.append(s.div_(Z) if grads else None)  # (c, N) P_b = softmax(s), in place
+        # (Eq. 5) log P_y = log Σ_b w_b·P_b,y;  (Eq. 6) Σ_t -log P_y
+        log_P_y = torch.logsumexp(torch.stack(log_wP_y), dim=0)  # (c,)
+        total = total - log_P_y.sum()
+        if not grads:
+            continue
+        for b, (a, E, _) in enumerate(branches):
+            r = (log_wP_y[b] - log_P_y).exp()[:, None]  # (c, 1) r_b = w_b·P_b,y / P_y
+            G = P[b]
+            G[torch.arange(len(y), device=y.device), y] -= 1  # (c, N) P_b - onehot_y, in place
+            # d/da_b = r_b·(P_b - onehot_y)·E_b
+            dA[b][i:i + rows] = r * (G @ E)  # (c, d)
+            if dE[b] is not None:
+                # d/dE_b += (P_b - onehot_y)^T·(r_b·a_b)
+                if torch.is_autocast_enabled(E.device.type):
+                    dE[b] += G.T @ (r * a[i:i + rows])  # the product in the autocast dtype, the sum in fp32
+                else:
+                    dE[b].addmm_(G.T, r * a[i:i + rows])  # (N, d), accumulated in place
+    return total, dA, dE
+
+
+def _weighted(log_w: tuple[float, float]) -> list[int]:
+    """The branches (0 = ID, 1 = image) that Eq. 5 weighs with more than 0: α = 0 or 1 leaves one."""
+    return [b for b in (0, 1) if log_w[b] > -math.inf]
+
+
+class _FusedNLL(torch.autograd.Function):
+    """Autograd for `_nll_chunks`: the gradient is formed in the forward pass, backward scales it."""
+
+    @staticmethod
+    def forward(ctx, a_id, E_id, a_img, E_img, target, log_w, rows, temperature):
+        kept = _weighted(log_w)
+        branches = [((a_id, E_id), (a_img, E_img))[b] + (log_w[b],) for b in kept]
+        total, dA, dE = _nll_chunks(branches, target, rows, True, temperature)
+        ctx.grads = [None] * 4  # d/d a_id, E_id, a_img, E_img
+        for b, dA_b, dE_b in zip(kept, dA, dE):
+            ctx.grads[2 * b], ctx.grads[2 * b + 1] = dA_b, dE_b
+        return total
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        grads, ctx.grads = ctx.grads, None
+        return (*(None if d is None else g * d for d in grads), None, None, None, None)
+
+
+def nll(h_id: torch.Tensor, E_id: torch.Tensor, h_img: torch.Tensor | None, E_img: torch.Tensor | None,
+        target: torch.Tensor, alpha: float, temperature: float, chunk: int) -> torch.Tensor:
+    """Σ_t -log P(target_t | S) over P positions (the sum of Eq. 6); E_id, E_img (N, d) with unit rows.
+
+    Positions are scored in chunks of chunk // N, whose (rows, N) logits are never kept, so peak memory
+    does not grow with P × N. Value and gradients equal those of `ifcdsr.log_prob` + autograd up to
+    float rounding.
+    """
+    rows = max(1, chunk // E_id.shape[0])
+    # (Eq. 2) both branches compare a = unit(h)/τ with the unit rows of E
+    a_id = F.normalize(h_id, dim=-1) / temperature  # (P, q)
+    if h_img is None:  # ID branch only: P = P_id
+        a_img, log_w = None, (0.0, -math.inf)
+    else:
+        a_img = F.normalize(h_img, dim=-1) / temperature  # (P, e)
+        log_w = (_log(alpha), _log(1.0 - alpha))  # (Eq. 5) weights α and 1-α, as logarithms
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (a_id, E_id, a_img, E_img)):
+        return _FusedNLL.apply(a_id, E_id, a_img, E_img, target, log_w, rows, temperature)
+    branches = [((a_id, E_id), (a_img, E_img))[b] + (log_w[b],) for b in _weighted(log_w)]
+    return _nll_chunks(branches, target, rows, False, temperature)[0]
+
+
+@torch.no_grad()
+def score(views, E_id: torch.Tensor, E_img: torch.Tensor | None, alpha: float, temperature: float,
+          items: slice) -> torch.Tensor:
+    """(Eq. 8) P(x_i | S) = Σ_v λ_v·P^v(x_i | S) for the items in `items` -> (B, |items|); the softmax
+    of Eq. 3/4 still runs over all N items.
+
+    views: [(λ_v, h_id (B, q), h_img (B, e) or None, empty (B, 1))], h read at each view's last position;
+    a view without items contributes the uniform 1/N (as in `IFCDSR.score`).
+    Note: computed as written, in probability space (fp32): an item's P underflows to 0 only if its
+    logit is > 87 below the row's best in every branch, impossible for τ > 2/87 (cosines span 2/τ).
+    """
+    N = E_id.shape[0]
+    B = len(views[0][1])
+    s = torch.empty(B, N, device=E_id.device)  # (B, N) one branch's logits, then exp(logits - m)
+    total = torch.zeros_like(s[:, items])  # (B, |items|) the sum of Eq. 8
+    uniform = torch.zeros(B, 1, device=E_id.device)  # (B, 1) the mass of empty views, 1/N each item
+    for weight, h_id, h_img, empty in views:
+        if weight == 0:
+            continue
+        uniform += weight / N * empty
+        # (Eq. 5) P^v = α·P_id + (1-α)·P_img, added to the total with the view's weight (Eq. 8)
+        for h, E, w in ((h_id, E_id, alpha), (h_img, E_img, 1.0 - alpha)):
+            if h is None or w == 0:
+                continue
+            _logits(F.normalize(h, dim=-1) / temperature, E, s)  # (Eq. 2) s = Sim(h, E)
+            _, Z = _exp_(s, temperature)  # (Eq. 3/4) P_b = s / Z
+            total.addcmul_(s[:, items], weight * w * ~empty / Z)  # += λ_v·w_b·P_b, for non-empty views
+    return total.add_(uniform)  # (B, |items|)
