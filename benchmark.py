@@ -195,7 +195,7 @@ class Bench:
         self.widths = (cfg.q, scen.E_img.shape[1]) if cfg.use_image else (cfg.q,)
 
     def trainer(self, cfg: Config):
-        return Trainer(cfg, self.scen, self.device, self.folder / cfg.target, resume=False)
+        return Trainer("ifcdsr", cfg, self.scen, self.device, self.folder / cfg.target, resume=False)
 
     def train_steps(self, batch_size: int, steps: int, warmup: int) -> dict:
         """Time `steps` steps of `Trainer.train_epoch` at this batch size, after `warmup` steps."""

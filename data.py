@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parent
 SCENARIOS = {"food_kitchen": ROOT / "data" / "Food-Kitchen", "movie_book": ROOT / "data" / "Movie-Book"}
 SPLIT_FILES = {"train": "traindata_new.txt", "valid": "validdata_new.txt", "test": "testdata_new.txt"}
 EMBEDDINGS_FILE = "image_embeddings.npy"
+DEMO_SEED = 0  # the generated demo scenario's seed
 
 
 class DataError(Exception):
@@ -213,6 +214,13 @@ def make_train_set(sequences: list[list[int]], num_x: int, max_len: int, pad: in
     return TrainSet(inputs, targets)
 
 
+def item_counts(train: TrainSet, num_items: int) -> torch.Tensor:
+    """(N,) how often each item occurs in the training sequences (popularity; 0 = a cold item)."""
+    # the inputs plus the last target of each sequence hold every training interaction once
+    seen = torch.cat([train.inputs.xy, train.targets.xy[:, -1:]], dim=1)  # (S, L+1)
+    return torch.bincount(seen.flatten(), minlength=num_items + 1)[:-1]
+
+
 def make_eval_set(sequences: list[list[int]], num_x: int, max_len: int, pad: int) -> EvalSet:
     histories = [seq[:-1][-max_len:] for seq in sequences]
     return EvalSet(_views(histories, num_x, max_len, pad), torch.tensor([seq[-1] for seq in sequences]))
@@ -235,12 +243,15 @@ def load_scenario(path: str | Path, *, max_len: int, use_images: bool, name: str
     )
 
 
-def resolve_scenario(name: str | None, data_dir: str | None, seed: int) -> tuple[str, Path]:
-    """--scenario NAME or --data-dir DIR -> (name, directory); generates the demo when asked."""
+def resolve_scenario(name: str | None, data_dir: str | None) -> tuple[str, Path]:
+    """--scenario NAME or --data-dir DIR -> (name, directory); generates the demo when asked.
+
+    The demo's data come from one fixed seed, DEMO_SEED: training seeds vary the model, never the data.
+    """
     if data_dir is not None:
         return Path(data_dir).name, Path(data_dir)
     if name == "demo":
-        return "demo", make_demo(ROOT / "data" / f"demo-seed{seed}", seed=seed)
+        return "demo", make_demo(ROOT / "data" / f"demo-seed{DEMO_SEED}", seed=DEMO_SEED)
     if name in SCENARIOS:
         return name, SCENARIOS[name]
     raise DataError(f"unknown scenario {name!r}; expected one of demo, {', '.join(SCENARIOS)}, "

@@ -50,7 +50,7 @@ class Config:
     # most plain_logits elements (the demo, the tests), else fused_loss.py, score_chunk of them at a time
     plain_logits: int = 2**24  # Note: above it, memory-bounded code (same numbers up to float rounding)
     score_chunk: int = 2**25  # positions × items scored at once by fused_loss.py (bounds memory, not results)
-    seed: int = 0  # one seed for everything, evaluation negatives included
+    seed: int = 0  # the training seed: initialisation and batch order (the data and the negatives are fixed)
 
     def replace(self, **overrides) -> "Config":
         known = {f.name for f in fields(self)}

@@ -1,56 +1,17 @@
-"""Tests of train.py: the evaluation protocols and metrics, the popularity ranking, and the command line."""
+"""Tests of train.py: the command line, seeds, resuming, model selection on validation only, checkpoints."""
 import json
-import math
-from pathlib import Path
 
 import pytest
 import torch
 
-import data
 import train
-from conftest import run_cli, views
-from data import DemoSpec, EvalSet, make_demo, make_train_set
+from conftest import run_cli
+from data import DemoSpec, load_scenario, make_demo
+from evaluate import METRICS, PROTOCOLS
 
 
-def test_metrics_on_known_ranks():
-    """Ranks 1, 2, 10, 11: MRR = (1 + 1/2 + 1/10 + 1/11)/4 = 0.42273;
-    NDCG@5 = (1 + 1/log2 3)/4 = 0.40773; NDCG@10 adds 1/log2 11 = 0.28906 -> 0.47999;
-    HR@1 = 1/4, HR@5 = 2/4, HR@10 = 3/4."""
-    m = train.rank_metrics(torch.tensor([1, 2, 10, 11]))
-    expected = {"MRR": 42.273, "NDCG@5": 40.773, "NDCG@10": 47.999, "HR@1": 25.0, "HR@5": 50.0, "HR@10": 75.0}
-    for k, v in expected.items():
-        assert math.isclose(m[k], v, abs_tol=1e-3), k
-
-
-def test_rank_counts_only_strictly_higher_candidates():
-    """Target-domain scores (5, 7, 5, 1) with ground truth item 0 (score 5): one candidate is
-    strictly higher (7) and one ties (5), so rank = 2 under full ranking; negatives (2, 2, 3)
-    are all lower or tied, so rank = 1 under the sampled protocol."""
-    cases = EvalSet(views([[1]], num_x=4, pad=8), torch.tensor([0]))
-    score_fn = lambda history, items: torch.tensor([[5.0, 7.0, 5.0, 1.0, 99.0, 99.0, 99.0, 99.0]])[:, items]
-    res = train.evaluate(score_fn, cases, slice(0, 4), torch.tensor([[2, 2, 3]]), "cpu", 8)
-    assert res["full"]["MRR"] == 50.0 and res["sampled999"]["MRR"] == 100.0
-
-
-def test_negatives_are_deterministic_in_domain_and_never_the_target():
-    cases = EvalSet(views([[1]] * 50, num_x=10, pad=30), torch.arange(10, 30).repeat(3)[:50])
-    items = slice(10, 30)
-    a, b = (train.negatives(cases, items, 3, "test", "Y") for _ in range(2))
-    assert torch.equal(a, b) and a.shape == (50, 999)
-    assert not torch.equal(a, train.negatives(cases, items, 4, "test", "Y"))
-    assert not torch.equal(a, train.negatives(cases, items, 3, "valid", "Y"))
-    local_target = (cases.target - 10)[:, None]
-    assert (a != local_target).all() and a.min() >= 0 and a.max() <= 19
-    assert len(torch.unique(a)) == 20  # every other item of the domain gets drawn
-
-
-def test_popularity_counts_every_training_interaction_once():
-    t = make_train_set([[0, 3, 0, 4], [0, 1]], num_x=3, max_len=15, pad=7)
-    scen = data.Scenario("t", Path("."), data.Items(["a"] * 7, 3, 4), t, None, None, None)
-    assert train.popularity_scores(scen).tolist() == [3, 1, 0, 1, 1, 0, 0]
-
-
-# ----------------------------------------------------------------------------- command line
+def results(out):
+    return json.loads((out / "results.json").read_text())
 
 
 def test_cli_end_to_end_resume_and_eval_only(tiny_dir, tmp_path, capsys):
@@ -58,14 +19,19 @@ def test_cli_end_to_end_resume_and_eval_only(tiny_dir, tmp_path, capsys):
     common = ("--data-dir", tiny_dir, "--epochs", 2, "--batch-size", 16, "--out", out)
     assert run_cli(*common) == 0
     printed = capsys.readouterr().out
-    assert "Popularity" in printed and "IFCDSR (this run)" in printed
-    res = json.loads((out / "results.json").read_text())
+    assert "Popularity" in printed and "IFCDSR" in printed and "cold X" in printed
+    res = results(out)
+    assert res["models"] == ["popularity", "ifcdsr"] and res["seeds"] == [0] and res["config"]["epochs"] == 2
+    run = res["runs"]["ifcdsr"][0]
     for split in ("valid", "test"):
         for d in ("X", "Y"):
-            assert set(res[split][d]) == set(train.PROTOCOLS)
-            assert set(res[split][d]["full"]) == set(train.METRICS)
-    assert set(res["popularity"]) == {"X", "Y"} and res["config"]["epochs"] == 2
-    assert len(res["history"]["X"]) == 2 and (out / "best_X.pt").is_file() and (out / "best_Y.pt").is_file()
+            assert set(run[split][d]) == set(PROTOCOLS) and set(run[split][d]["full"]) == set(METRICS)
+    cold, warm = (run["test_by_target"][k]["X"] for k in ("cold", "warm"))
+    test = load_scenario(tiny_dir, max_len=15, use_images=False).test
+    assert cold["cases"] + warm["cases"] == int((test.target < 40).sum()) > 0  # the test cases of target X
+    assert len(run["history"]["X"]) == 2 and (out / "ifcdsr" / "seed0" / "best_Y.pt").is_file()
+    assert res["summary"]["ifcdsr"]["test"]["X"]["full"]["MRR"]["mean"] == run["test"]["X"]["full"]["MRR"]
+    assert set(res["significance"]["rows"]) == {"popularity"} and (out / "test_ranks.npz").is_file()
 
     # an existing run is never overwritten without --resume
     before = (out / "results.json").read_bytes()
@@ -74,29 +40,77 @@ def test_cli_end_to_end_resume_and_eval_only(tiny_dir, tmp_path, capsys):
 
     # resuming a finished run retrains nothing and reproduces the same numbers
     assert run_cli(*common, "--resume") == 0
-    assert json.loads((out / "results.json").read_text())["test"] == res["test"]
+    assert results(out)["summary"] == res["summary"]
 
-    assert run_cli("--data-dir", tiny_dir, "--eval-only", out / "best_X.pt") == 0
-    assert f"MRR {res['test']['X']['sampled999']['MRR']:.2f}" in capsys.readouterr().out
+    assert run_cli("--data-dir", tiny_dir, "--eval-only", out / "ifcdsr" / "seed0" / "best_X.pt") == 0
+    assert f"MRR {run['test']['X']['sampled999']['MRR']:.2f}" in capsys.readouterr().out
 
 
 def test_resume_after_interruption_gives_the_same_result(tiny_dir, tmp_path):
-    common = ("--data-dir", tiny_dir, "--target", "X", "--batch-size", 16)
+    common = ("--data-dir", tiny_dir, "--target", "X", "--batch-size", 16, "--no-image")
     assert run_cli(*common, "--epochs", 3, "--out", tmp_path / "straight") == 0
     # as if interrupted after one epoch: a 1-epoch run, resumed (and extended) to 3 epochs
     assert run_cli(*common, "--epochs", 1, "--out", tmp_path / "cut") == 0
     assert run_cli(*common, "--epochs", 3, "--out", tmp_path / "cut", "--resume") == 0
-    a, b = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("straight", "cut"))
+    a, b = (results(tmp_path / d)["runs"]["ifcdsr_id"][0] for d in ("straight", "cut"))
     assert a["test"] == b["test"] and a["valid"] == b["valid"]
     assert [h["loss"] for h in a["history"]["X"]] == [h["loss"] for h in b["history"]["X"]]
     # other settings than the schedule may not change
     assert run_cli(*common, "--epochs", 4, "--lr", 0.5, "--out", tmp_path / "cut", "--resume") == 2
 
 
+def test_seeds_train_each_model_once_per_seed_against_the_same_negatives(tiny_dir, tmp_path, capsys):
+    """--seeds 2 --compare on a scenario without images: the rows that need none, each trained per seed in
+    its own folder; popularity once; per-seed numbers differ, and mean ± std are printed."""
+    out = tmp_path / "run"
+    assert run_cli("--data-dir", tiny_dir, "--compare", "--no-image", "--seeds", 2, "--epochs", 1,
+                   "--batch-size", 32, "--target", "Y", "--out", out) == 0
+    printed = capsys.readouterr().out
+    assert "--no-image: running only the rows that need no image embeddings" in printed
+    res = results(out)
+    assert res["models"] == ["popularity", "gru4rec", "sasrec", "ifcdsr_id"] and res["seeds"] == [0, 1]
+    for model in ("gru4rec", "sasrec", "ifcdsr_id"):
+        assert [r["seed"] for r in res["runs"][model]] == [0, 1]
+        assert all((out / model / f"seed{s}" / "best_Y.pt").is_file() for s in (0, 1))
+        a, b = (r["test"]["Y"]["full"]["MRR"] for r in res["runs"][model])
+        assert a != b and res["summary"][model]["test"]["Y"]["full"]["MRR"]["n"] == 2
+    assert [r["seed"] for r in res["runs"]["popularity"]] == [None]
+    assert set(res["significance"]["rows"]) == {"popularity", "gru4rec", "sasrec"}
+    assert res["significance"]["reference"] == "ifcdsr_id" and " ± " in printed and "mean ± std over 2 seeds" in printed
+
+
+def test_model_selection_keeps_the_best_validation_epoch_and_reads_the_test_set_once(tiny_dir, tmp_path,
+                                                                                     monkeypatch):
+    """The kept checkpoint is the epoch of the best validation MRR (patience high enough to see all epochs),
+    and the test set is ranked exactly once per target, after training ends."""
+    calls = []
+    rank = train.Trainer.rank
+
+    def logged(self, split):
+        calls.append((split, self.epoch))
+        return rank(self, split)
+
+    monkeypatch.setattr(train.Trainer, "rank", logged)
+    out = tmp_path / "run"
+    assert run_cli("--data-dir", tiny_dir, "--models", "sasrec", "--target", "X", "--epochs", 6,
+                   "--batch-size", 8, "--lr", 0.01, "--out", out) == 0
+    history = results(out)["runs"]["sasrec"][0]["history"]["X"]
+    valid = [h["valid"]["sampled999"]["MRR"] for h in history]
+    best = torch.load(out / "sasrec" / "seed0" / "best_X.pt", weights_only=True)
+    assert best["epoch"] == 1 + valid.index(max(valid)) and best["valid"]["sampled999"]["MRR"] == max(valid)
+    assert len(set(valid)) > 1  # a real choice was made
+    assert calls == [("valid", e) for e in range(1, 7)] + [("test", 6)]  # after the last epoch
+
+
 @pytest.mark.parametrize("args,message", [
     (("--alpha", "1.5"), "alpha must lie in [0, 1]"),
     (("--scenario", "nope"), "unknown scenario 'nope'"),
     (("--data-dir", "/nonexistent/x"), "scenario directory not found"),
+    (("--seeds", "0"), "expected a count K >= 1"),
+    (("--seeds", "2", "--seed", "3"), "not both"),
+    (("--models", "sasrec,bert4rec"), "unknown model(s) ['bert4rec']"),
+    (("--models", "ifcdsr", "--no-image"), "need(s) image embeddings"),
+    (("--compare", "--ablation"), "give one of --models, --compare and --ablation"),
 ])
 def test_cli_bad_input_exits_2_with_a_message(args, message, capsys, tmp_path):
     assert run_cli(*args, "--out", tmp_path / "o") == 2
@@ -104,8 +118,23 @@ def test_cli_bad_input_exits_2_with_a_message(args, message, capsys, tmp_path):
     assert message in err and "Traceback" not in err
 
 
+def test_an_image_row_without_embeddings_is_refused(tiny_dir, tmp_path, capsys):
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for f in tiny_dir.iterdir():
+        if f.name != "image_embeddings.npy" and f.is_file():
+            (bare / f.name).write_bytes(f.read_bytes())
+    assert run_cli("--data-dir", bare, "--models", "sasrec,ifcdsr", "--out", tmp_path / "o") == 2
+    assert "the scenario has no image_embeddings.npy" in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
 def test_cli_rejects_a_checkpoint_of_another_scenario(tiny_dir, tmp_path, capsys):
     other = make_demo(tmp_path / "other", seed=1, spec=DemoSpec(num_x=41, num_y=50, num_users=90, image_dim=8))
     assert run_cli("--data-dir", tiny_dir, "--target", "X", "--epochs", 1, "--out", tmp_path / "r") == 0
-    assert run_cli("--data-dir", other, "--eval-only", tmp_path / "r" / "best_X.pt") == 2
+    assert run_cli("--data-dir", other, "--eval-only", tmp_path / "r" / "ifcdsr" / "seed0" / "best_X.pt") == 2
     assert "41+50" in capsys.readouterr().err
+
+
+def test_old_spellings_say_the_new_one(capsys):
+    assert train.main(["--benchmark", "--bench-items", "300"]) == 2
+    assert capsys.readouterr().err.strip() == "error: `python train.py --benchmark` is now `python benchmark.py`"

@@ -1,8 +1,9 @@
-"""Train and evaluate IFCDSR: the loop, the evaluation protocols and the command line.
+"""Train and evaluate IFCDSR and the baselines: the loop, model selection on validation, seeds, the command line.
 
-    python train.py                          # the generated demo scenario, a few minutes on a CPU
-    python train.py --scenario movie_book    # data/Movie-Book, both target domains (Table 3)
-    python train.py --scenario movie_book --ablation   # the three rows of Table 4
+    python train.py                                  # the generated demo scenario, about 2 minutes on a CPU
+    python train.py --scenario movie_book            # data/Movie-Book, both target domains (Table 3)
+    python train.py --scenario movie_book --ablation # the three rows of Table 4
+    python train.py --data-dir DIR --compare --seeds 3   # Tables 2/3 with the baselines, mean ± std, significance
 """
 from __future__ import annotations
 
@@ -12,36 +13,34 @@ import math
 import random
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import numpy as np
 import torch
 
-import ifcdsr
+import baselines
+import report
 from common import Progress, atomic_write, atomic_write_text, moved
-from data import DataError, EvalSet, Scenario, Views, load_scenario, resolve_scenario
+from data import EMBEDDINGS_FILE, DataError, Scenario, load_scenario, resolve_scenario
+from evaluate import (PROTOCOLS, by_target, domain_items, eval_cases, metrics, negatives, rank_cases, to_device,
+                      warm_items)
 from ifcdsr import IFCDSR, Config
 
-METRICS = ("MRR", "NDCG@5", "NDCG@10", "HR@1", "HR@5", "HR@10")
-PROTOCOLS = ("sampled999", "full")  # C2DSR's 999 sampled negatives; full ranking of the target domain
 SELECT = ("sampled999", "MRR")  # the validation number that selects epochs and hyper-parameters
-NUM_NEGATIVES = 999
 DEMO_EPOCHS = 5  # the demo's default, so that `python train.py` ends within 3 minutes on 2 CPU cores
 GRID = [(lr, wd) for lr in (1e-3, 5e-4, 1e-4) for wd in (1e-4, 5e-5, 1e-5)]  # paper §4
-VARIANTS = {  # Table 4 rows and the ID-only switch: (use_image, multi_attention)
-    "original": (False, False),  # original framework: ID only, one merged representation
-    "image_fusion": (True, False),  # + image fusion
-    "full": (True, True),  # + multiple attention = IFCDSR
-    "id_only": (False, True),  # --no-image
+VARIANTS = {  # IFCDSR's rows: (use_image, multi_attention)
+    "original": (False, False),  # Table 4 row 1, original framework: ID only, one merged representation
+    "image_fusion": (True, False),  # Table 4 row 2: + image fusion
+    "ifcdsr_id": (False, True),  # --no-image: ID only, three views
+    "ifcdsr": (True, True),  # IFCDSR; Table 4 row 3: + multiple attention
 }
-PAPER = {  # IFCDSR's published rows: (MRR, NDCG@5, NDCG@10) per domain, Table 4 MRR on Movie
-    "food_kitchen": {"names": ("Food", "Kitchen"), "table": "Table 2",
-                     "X": (9.05, 8.85, 9.92), "Y": (4.95, 4.56, 5.24)},
-    "movie_book": {"names": ("Movie", "Book"), "table": "Table 3",
-                   "X": (6.08, 5.02, 5.86), "Y": (2.75, 2.37, 2.65),
-                   "ablation": {"original": 5.03, "image_fusion": 5.63, "full": 6.08}},
-}
+BASELINES = {"gru4rec": baselines.GRU4Rec, "sasrec": baselines.SASRec}  # popularity needs no training
+MODELS = tuple(report.LABELS)  # every row, in the order of the tables
+COMPARE = ("popularity", "gru4rec", "sasrec", "ifcdsr_id", "ifcdsr")  # --compare: Tables 2/3's rows
+CHECKPOINT = {"model_name", "model", "optimizer", "config", "scenario", "num_x", "num_y", "epoch", "best_valid",
+              "bad", "history", "rng"}  # what every checkpoint holds: tensors, numbers, strings, lists, dicts
 
 
 class UsageError(Exception):
@@ -67,85 +66,59 @@ def eval_batch(cfg: Config, N: int) -> int:
     return max(1, min(1024, cfg.score_chunk // N))
 
 
-# ----------------------------------------------------------------------------- evaluation
+def needs_images(model: str) -> bool:
+    return VARIANTS.get(model, (False,))[0]
 
 
-def domain_items(scen: Scenario, domain: str) -> slice:
-    return ifcdsr.domain_items(domain, scen.items.num_x, scen.items.num_items)
+def build_model(name: str, cfg: Config, scen: Scenario) -> torch.nn.Module:
+    if name in BASELINES:
+        return BASELINES[name](cfg, scen.items.num_x, scen.items.num_y)
+    return IFCDSR(cfg, scen.items.num_x, scen.items.num_y, scen.E_img if cfg.use_image else None)
 
 
-def eval_cases(split: EvalSet, scen: Scenario, domain: str) -> EvalSet:
-    """The cases whose ground truth lies in `domain` (domain Y iff id >= |X|)."""
-    is_y = split.target >= scen.items.num_x
-    return split.subset(is_y if domain == "Y" else ~is_y)
+# ----------------------------------------------------------------------------- checkpoints
 
 
-def negatives(cases: EvalSet, items: slice, seed: int, split: str, target: str) -> torch.Tensor:
-    """999 negatives per case, uniform over the target domain without the ground truth (C2DSR), drawn
-    once per (seed, split, target) -> (S, 999) local item indices."""
-    rng = np.random.default_rng([seed, ("valid", "test").index(split), ("X", "Y").index(target)])
-    n = items.stop - items.start
-    # Note: with replacement, as C2DSR's evaluation draws them; a case may meet the same negative twice
-    local = rng.integers(0, n - 1, size=(len(cases), NUM_NEGATIVES))
-    target = (cases.target - items.start).numpy()[:, None]
-    return torch.from_numpy(local + (local >= target))  # skip over the ground truth
+def load_checkpoint(path: Path, device) -> dict:
+    """A checkpoint read as data (weights_only: tensors, numbers, strings, lists, dicts; nothing in the file
+    is executed), with the keys every checkpoint of this version holds."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as err:  # a pickle that asks for anything else, a truncated or foreign file
+        why = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise UsageError(f"{path}: not an IFCDSR checkpoint ({type(err).__name__}: {why}); nothing in it was "
+                         f"run. Use a best_*.pt or last_*.pt that train.py wrote.") from None
+    if not isinstance(state, dict) or not CHECKPOINT <= state.keys():
+        missing = sorted(CHECKPOINT - state.keys()) if isinstance(state, dict) else type(state).__name__
+        raise UsageError(f"{path}: not an IFCDSR checkpoint of this version (missing {missing}); train again with "
+                         f"the same command to re-create it.")
+    known = {f.name for f in fields(Config)}
+    if state["model_name"] not in MODELS or not isinstance(state["config"], dict) or state["config"].keys() - known:
+        raise UsageError(f"{path}: not an IFCDSR checkpoint of this version (model {state['model_name']!r}, config "
+                         f"fields {sorted(state['config'].keys() - known) if isinstance(state['config'], dict) else '?'} "
+                         f"unknown); train again with the same command to re-create it.")
+    return state
 
 
-def rank_metrics(rank: torch.Tensor) -> dict[str, float]:
-    """rank (S,) 1-based -> MRR, NDCG@k, HR@k in %."""
-    rank = rank.double()
-    out = {"MRR": (1 / rank).mean()}
-    for k in (5, 10):
-        out[f"NDCG@{k}"] = torch.where(rank <= k, 1 / torch.log2(rank + 1), 0.0).mean()
-    for k in (1, 5, 10):
-        out[f"HR@{k}"] = (rank <= k).double().mean()
-    return {m: round(100 * out[m].item(), 4) for m in METRICS}
-
-
-def to_device(batch: Views, device) -> Views:
-    """A batch of views to the device; to CUDA through pinned memory, without blocking the host."""
-    if torch.device(device).type != "cuda":
-        return batch.to(device)
-    return Views(*(v.pin_memory() for v in (batch.x, batch.y, batch.xy))).to(device, non_blocking=True)
-
-
-@torch.no_grad()
-def evaluate(score_fn, cases: EvalSet, items: slice, neg: torch.Tensor, device, batch: int) -> dict:
-    """Rank the ground truth (Eq. 9: among target-domain items only) under both protocols.
-    Rank = 1 + the number of candidates scoring strictly higher."""
-    ranks = {p: [] for p in PROTOCOLS}
-    above = torch.empty(min(batch, len(cases)), items.stop - items.start, device=device)  # reused: see below
-    for i in range(0, len(cases), batch):
-        s = score_fn(to_device(cases.history[i:i + batch], device), items)  # (B, |target domain|)
-        t = (cases.target[i:i + batch] - items.start).to(device)
-        s_t = s.gather(1, t[:, None])  # (B, 1)
-        # counted as 0/1 floats in a reused buffer: summing a new bool tensor is several times slower
-        ranks["full"].append(1 + torch.gt(s, s_t, out=above[:len(t)]).sum(1))
-        ranks["sampled999"].append(1 + (s.gather(1, neg[i:i + batch].to(device)) > s_t).sum(1))
-    return {p: rank_metrics(torch.cat(r).cpu()) for p, r in ranks.items()}
-
-
-def popularity_scores(scen: Scenario) -> torch.Tensor:
-    """Training interaction counts per item: the popularity baseline's score."""
-    # the inputs plus the last target of each sequence hold every training interaction once
-    items = torch.cat([scen.train.inputs.xy, scen.train.targets.xy[:, -1:]], dim=1)  # (S, L+1)
-    return torch.bincount(items.flatten(), minlength=scen.items.num_items + 1)[:-1].float()
+def check_checkpoint(state: dict, scen: Scenario, path: Path) -> None:
+    if (state["num_x"], state["num_y"]) != (scen.items.num_x, scen.items.num_y):
+        raise UsageError(f"{path}: checkpoint of scenario {state['scenario']!r} with {state['num_x']}+"
+                         f"{state['num_y']} items; this scenario ({scen.name}) has {scen.items.num_x}+"
+                         f"{scen.items.num_y}. Pass the scenario it was trained on.")
 
 
 # ----------------------------------------------------------------------------- training
 
 
 class Trainer:
-    """One model for one target domain: train with early stopping on validation, then test once."""
+    """One model for one target domain and one seed: train with early stopping on validation, then test once."""
 
-    def __init__(self, cfg: Config, scen: Scenario, device: torch.device, folder: Path, resume: bool):
-        self.cfg, self.scen, self.device = cfg, scen, device
+    def __init__(self, name: str, cfg: Config, scen: Scenario, device: torch.device, folder: Path, resume: bool):
+        self.name, self.cfg, self.scen, self.device = name, cfg, scen, device
         self.last = folder / f"last_{cfg.target}.pt"
         self.best = folder / f"best_{cfg.target}.pt"
-        folder.mkdir(parents=True, exist_ok=True)
-        set_seed(cfg.seed)
-        E_img = scen.E_img if cfg.use_image else None
-        self.model = IFCDSR(cfg, scen.items.num_x, scen.items.num_y, E_img).to(device)
+        set_seed(cfg.seed)  # the seed sets the initialisation and the order of the batches
+        self.model = build_model(name, cfg, scen).to(device)
         # Note: the paper's "L2 regularization coefficient" is Adam's weight_decay (L2 added to the gradient, as
         # in C2DSR), not decoupled weight decay (AdamW)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -153,12 +126,14 @@ class Trainer:
         self.epoch, self.best_valid, self.bad, self.history = 0, -1.0, 0, []
         self.items, self.cases = domain_items(scen, cfg.target), {}
         if resume and self.last.is_file():
-            self._restore(torch.load(self.last, map_location=device, weights_only=False))
+            self._restore(load_checkpoint(self.last, device))
+        folder.mkdir(parents=True, exist_ok=True)
 
     def _state(self) -> dict:
-        return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(), "config": asdict(self.cfg),
-                "scenario": self.scen.name, "num_x": self.scen.items.num_x, "num_y": self.scen.items.num_y,
-                "epoch": self.epoch, "best_valid": self.best_valid, "bad": self.bad, "history": self.history,
+        return {"model_name": self.name, "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+                "config": asdict(self.cfg), "scenario": self.scen.name, "num_x": self.scen.items.num_x,
+                "num_y": self.scen.items.num_y, "epoch": self.epoch, "best_valid": self.best_valid, "bad": self.bad,
+                "history": self.history,
                 "rng": {"torch": torch.get_rng_state(), "shuffle": self.shuffle.get_state(),
                         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}}
 
@@ -166,10 +141,10 @@ class Trainer:
         check_checkpoint(state, self.scen, self.last)
         schedule = ("epochs", "patience", "eval_every")  # these may change: e.g. train a finished run longer
         differs = sorted(k for k, v in asdict(self.cfg).items() if k not in schedule and state["config"].get(k) != v)
-        if differs:
-            raise UsageError(f"{self.last}: was written with a different config ({', '.join(differs)}); resume "
-                             f"with the same flags (only --epochs, --patience, --eval-every may change), or "
-                             f"start a new run with another --out.")
+        if state["model_name"] != self.name or differs:
+            raise UsageError(f"{self.last}: was written by {state['model_name']} with a different config "
+                             f"({', '.join(differs) or 'model'}); resume with the same flags (only --epochs, "
+                             f"--patience, --eval-every may change), or start a new run with another --out.")
         self.model.load_state_dict(state["model"])  # E_img is not stored: it is the data's
         self.opt.load_state_dict(state["optimizer"])
         self.epoch, self.best_valid, self.bad, self.history = (state[k] for k in ("epoch", "best_valid", "bad", "history"))
@@ -182,15 +157,19 @@ class Trainer:
     def autocast(self):
         return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
 
-    def evaluate(self, split: str) -> dict:
-        """Metrics on the valid or test cases of this target domain, under both protocols."""
+    def rank(self, split: str) -> dict:
+        """{protocol: (S,) ranks} of the valid or test cases of this target domain."""
         if split not in self.cases:
             cases = eval_cases(getattr(self.scen, split), self.scen, self.cfg.target)
-            self.cases[split] = cases, negatives(cases, self.items, self.cfg.seed, split, self.cfg.target)
+            self.cases[split] = cases, negatives(cases, self.items, split, self.cfg.target)
         cases, neg = self.cases[split]
         self.model.eval()
         with self.autocast():
-            return evaluate(self.model.score, cases, self.items, neg, self.device, eval_batch(self.cfg, self.model.N))
+            return rank_cases(self.model.score, cases, self.items, neg, self.device, eval_batch(self.cfg, self.scen.items.num_items))
+
+    def evaluate(self, split: str) -> dict:
+        """Metrics of the valid or test cases of this target domain, under both protocols."""
+        return metrics(self.rank(split))
 
     def train_epoch(self) -> dict:
         self.model.train()
@@ -214,6 +193,11 @@ class Trainer:
                 "seq_per_s": len(data) / (time.monotonic() - progress.start)}
 
     def fit(self, log_prefix: str = "") -> None:
+        """Train until cfg.epochs or early stopping; the best checkpoint is the epoch of the best validation MRR.
+
+        Note: the paper trains 100 epochs; here training also stops after `patience` evaluations without a
+        better validation MRR, and the epoch with the best one is kept: model selection on validation only.
+        """
         cfg, t0 = self.cfg, time.time()
         while self.epoch < cfg.epochs and self.bad < cfg.patience:
             row = self.train_epoch()
@@ -236,98 +220,176 @@ class Trainer:
                   f"{time.strftime('%H:%M:%S', time.gmtime(time.time() - t0))}", flush=True)
 
     def load_best(self) -> dict:
-        state = torch.load(self.best, map_location=self.device, weights_only=False)
+        state = load_checkpoint(self.best, self.device)
         self.model.load_state_dict(state["model"])
         return state
 
 
-def check_checkpoint(state: dict, scen: Scenario, path: Path) -> None:
-    if (state.get("num_x"), state.get("num_y")) != (scen.items.num_x, scen.items.num_y):
-        raise UsageError(f"{path}: checkpoint of scenario {state.get('scenario')!r} with "
-                         f"{state.get('num_x')}+{state.get('num_y')} items; this scenario ({scen.name}) has "
-                         f"{scen.items.num_x}+{scen.items.num_y}. Pass the scenario it was trained on.")
+# ----------------------------------------------------------------------------- runs
 
 
-# ----------------------------------------------------------------------------- runs and reports
-
-
-def train_target(cfg: Config, scen: Scenario, device, folder: Path, args, prefix: str) -> dict:
-    """Train (over the lr x L2 grid with --grid), select on validation, then score the test set once."""
+def train_target(name: str, cfg: Config, scen: Scenario, device, folder: Path, args, prefix: str) -> dict:
+    """Train (over the lr x L2 grid with --grid), select on validation, then rank the test set once."""
     points = GRID if args.grid else [(cfg.lr, cfg.weight_decay)]
     grid, best = [], None
     for i, (lr, wd) in enumerate(points):
-        run_cfg = cfg.replace(lr=lr, weight_decay=wd)
         sub = folder / f"grid{i}" if args.grid else folder
         if args.grid:
             print(f"{prefix}grid point {i + 1}/{len(points)}: lr {lr:g}, L2 {wd:g}", flush=True)
-        trainer = Trainer(run_cfg, scen, device, sub, args.resume)
+        trainer = Trainer(name, cfg.replace(lr=lr, weight_decay=wd), scen, device, sub, args.resume)
         trainer.fit(prefix)
         grid.append({"lr": lr, "weight_decay": wd, "valid_" + "_".join(SELECT): trainer.best_valid,
                      "folder": str(sub)})
         if best is None or trainer.best_valid > best.best_valid:
             best = trainer
     state = best.load_best()
+    ranks = best.rank("test")  # the only time the test set is read
     result = {"config": state["config"], "best_epoch": state["epoch"], "checkpoint": str(best.best),
-              "history": best.history, "valid": state["valid"], "test": best.evaluate("test")}
+              "history": best.history, "valid": state["valid"], "test": metrics(ranks), "ranks": ranks,
+              "cases": best.cases["test"][0]}
     if args.grid:
         result["grid"] = grid
     return result
 
 
 def popularity(scen: Scenario, target: str, cfg: Config) -> dict:
-    scores = popularity_scores(scen)
-    cases, items = eval_cases(scen.test, scen, target), domain_items(scen, target)
-    neg = negatives(cases, items, cfg.seed, "test", target)
-    return evaluate(lambda h, items: scores[items].expand(h.xy.shape[0], -1), cases, items, neg, "cpu",
-                    eval_batch(cfg, scen.items.num_items))
+    """The popularity row: every case ranks the target domain's items by their training interaction counts."""
+    scores, items = baselines.popularity_scores(scen), domain_items(scen, target)
+
+    def rank(split: str):
+        cases = eval_cases(getattr(scen, split), scen, target)
+        return cases, rank_cases(lambda h, items: scores[items].expand(h.xy.shape[0], -1), cases, items,
+                                 negatives(cases, items, split, target), "cpu", eval_batch(cfg, scen.items.num_items))
+
+    (_, valid), (cases, ranks) = rank("valid"), rank("test")
+    return {"valid": metrics(valid), "test": metrics(ranks), "ranks": ranks, "cases": cases}
 
 
-def domain_names(name: str) -> tuple[str, str]:
-    return PAPER[name]["names"] if name in PAPER else ("X", "Y")
+def parse_seeds(args) -> list[int]:
+    """--seeds K (0..K-1) or a list a,b,c; --seed S alone is one seed; the default is seed 0."""
+    if args.seeds is None:
+        return [0 if args.seed is None else args.seed]
+    if args.seed is not None:
+        raise UsageError("give either --seed S or --seeds K|a,b,c, not both.")
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        raise UsageError(f"--seeds {args.seeds!r}: expected a count K (seeds 0..K-1) or a list like 0,3,7.") from None
+    if "," not in args.seeds:
+        seeds = list(range(seeds[0])) if seeds and seeds[0] > 0 else []
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise UsageError(f"--seeds {args.seeds!r}: expected a count K >= 1 or a list of distinct seeds >= 0.")
+    return seeds
 
 
-def print_tables(name: str, rows: list[tuple[str, dict]]) -> None:
-    """Tables 2/3 layout; each cell is 'sampled-999 / full ranking' in %."""
-    names = domain_names(name)
-    for metrics in (("MRR", "NDCG@5", "NDCG@10"), ("HR@1", "HR@5", "HR@10")):
-        head = f"{'Model (' + '-'.join(names) + ')':<28}"
-        for d, dn in zip(("X", "Y"), names):
-            head += "".join(f" | {(m + ' (' + dn + ')') if m == metrics[0] else m:>15}" for m in metrics)
-        print(f"\n{head}\n{'-' * len(head)}")
-        for label, res in rows:
-            line = f"{label:<28}"
-            for d in ("X", "Y"):
-                for m in metrics:
-                    line += f" | {(f'{res[d][PROTOCOLS[0]][m]:.2f} / {res[d][PROTOCOLS[1]][m]:.2f}' if d in res else '-'):>15}"
-            print(line)
-        if name in PAPER and metrics[0] == "MRR":
-            paper = PAPER[name]
-            cells = [f"{v:.2f}".rjust(15) for d in ("X", "Y") for v in paper[d]]
-            print(f"{'IFCDSR (paper, ' + paper['table'] + ')':<28}" + "".join(" | " + c for c in cells))
-    print("(test set, %; each cell: 999 sampled negatives / full ranking of the target domain)")
+def choose_models(args, name: str, has_images: bool) -> list[str]:
+    """The rows to run, in the tables' order."""
+    no_images = args.no_image or not has_images
+    why = "--no-image" if args.no_image else f"the scenario has no {EMBEDDINGS_FILE}"
+    if sum(map(bool, (args.models, args.compare, args.ablation))) > 1:
+        raise UsageError("give one of --models, --compare and --ablation.")
+    if args.models or args.compare:
+        models = COMPARE if args.compare else [m.strip() for m in args.models.split(",") if m.strip()]
+        unknown = [m for m in models if m not in MODELS]
+        if unknown or not models:
+            raise UsageError(f"--models: unknown model(s) {unknown}; expected a comma-separated list of {', '.join(MODELS)}.")
+        if no_images and args.compare:
+            if any(map(needs_images, models)):
+                print(f"{why}: running only the rows that need no image embeddings", flush=True)
+            models = [m for m in models if not needs_images(m)]
+        elif no_images and any(map(needs_images, models)):
+            raise UsageError(f"--models {','.join(m for m in models if needs_images(m))} need(s) image embeddings, "
+                             f"but {why}. Build them (clip_loader.py embed) or leave those rows out.")
+    elif args.ablation:
+        models = ["popularity", "original", "image_fusion", "ifcdsr"]
+    elif args.no_image or args.no_multi_attention:
+        models = ["popularity", {(True, False): "ifcdsr_id", (False, True): "image_fusion",
+                                 (True, True): "original"}[(args.no_image, args.no_multi_attention)]]
+    else:
+        # Note: on the demo, the default run also trains the ID-only model, to show what the images add
+        models = ["popularity", "ifcdsr_id", "ifcdsr"] if name == "demo" else ["popularity", "ifcdsr"]
+    return [m for m in MODELS if m in models]
 
 
-def print_ablation(name: str, results: dict) -> None:
-    """Table 4 layout: MRR (sampled-999) of each ablation row."""
-    labels = {"original": ("✓", " ", " "), "image_fusion": ("✓", "✓", " "), "full": ("✓", "✓", "✓")}
-    names = domain_names(name)
-    paper = PAPER.get(name, {}).get("ablation")
-    head = (f"{'original-framework':>18} | {'image fusion':>12} | {'multiple attention':>18} | "
-            + " | ".join(f"MRR ({n})" for n in names) + (f" | MRR ({names[0]}, paper)" if paper else ""))
-    print(f"\nTable 4 (ablation, test set, 999 sampled negatives, %)\n{head}\n{'-' * len(head)}")
-    for variant, marks in labels.items():
-        line = " | ".join(f"{m:>{w}}" for m, w in zip(marks, (18, 12, 18)))
-        for d, n in zip(("X", "Y"), names):
-            res = results[variant]["test"].get(d)
-            line += f" | {(f'{res[PROTOCOLS[0]][SELECT[1]]:.2f}' if res else '-'):>{len(f'MRR ({n})')}}"
-        print(line + (f" | {paper[variant]:>{len(names[0]) + 13}.2f}" if paper else ""))
+def run(args) -> int:
+    cfg = make_config(args)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
+                          else "cpu" if args.device == "auto" else args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device is available; use --device cpu.")
+    if args.eval_only:
+        return eval_only(args, device)
+    seeds = parse_seeds(args)
+    name, folder = resolve_scenario(args.scenario, args.data_dir)
+    models = choose_models(args, name, (folder / EMBEDDINGS_FILE).is_file())
+    out = output_folder(args, name)
+    if args.resume:
+        check_run_folder(out, device)
+    scen = load_scenario(folder, max_len=cfg.max_len, name=name, use_images=any(map(needs_images, models)))
+    targets = ("X", "Y") if args.target == "both" else (args.target,)
+    print(f"scenario {name} ({folder}): |X| = {scen.items.num_x}, |Y| = {scen.items.num_y}, "
+          f"{len(scen.train)} train / {len(scen.valid)} valid / {len(scen.test)} test sequences; "
+          f"device {device}; models {', '.join(models)}; seeds {', '.join(map(str, seeds))}; output {out}", flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+
+    warm = warm_items(scen)
+    results = {"scenario": name, "data_dir": str(folder), "config": asdict(cfg), "models": models, "seeds": seeds,
+               "runs": {}}
+    ranks = {}  # {model: {domain: {protocol: [(S,) ranks per seed]}}}
+    for model in models:
+        results["runs"][model] = []
+        for seed in ([None] if model == "popularity" else seeds):
+            entry = {"seed": seed}
+            for target in targets:
+                if model == "popularity":
+                    res = popularity(scen, target, cfg)
+                else:
+                    use_image, multi = VARIANTS.get(model, (False, True))
+                    run_cfg = cfg.replace(use_image=use_image, multi_attention=multi, target=target, seed=seed)
+                    prefix = f"[{model} seed {seed} {target}] "
+                    print(f"\n{prefix}training", flush=True)
+                    res = train_target(model, run_cfg, scen, device, out / model / f"seed{seed}", args, prefix)
+                for key, value in res.items():
+                    if key == "ranks":
+                        for p, r in value.items():
+                            ranks.setdefault(model, {}).setdefault(target, {}).setdefault(p, []).append(r)
+                    elif key != "cases":
+                        entry.setdefault(key, {})[target] = value
+                entry.setdefault("test_by_target", {})
+                for kind, part in by_target(res["ranks"], res["cases"], warm).items():
+                    entry["test_by_target"].setdefault(kind, {})[target] = part
+            results["runs"][model].append(entry)
+            save(results, out / "results.json")
+
+    results["summary"] = {m: {k: report.aggregate([e[k] for e in runs]) for k in ("valid", "test", "test_by_target")}
+                          for m, runs in results["runs"].items()}
+    reference = next((m for m in ("ifcdsr", "ifcdsr_id") if m in models), None)
+    sig = report.significance(ranks, reference) if reference else {}
+    results["significance"] = {"reference": reference, "rows": sig}
+    save(results, out / "results.json")
+    atomic_write(out / "test_ranks.npz", lambda f: np.savez(f, **{
+        f"{m}/{seed}/{d}/{p}": r.numpy() for m, by_d in ranks.items() for d, by_p in by_d.items()
+        for p, per_seed in by_p.items()
+        for seed, r in zip([None] if m == "popularity" else seeds, per_seed)}))
+
+    report.print_tables(name, results["summary"], sig, reference, seeds)
+    if args.ablation:
+        report.print_ablation(name, results["summary"])
+    print(f"\nresults: {out / 'results.json'}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- command line
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description="Train and evaluate IFCDSR (README has the details).")
+    p = argparse.ArgumentParser(description="Train and evaluate IFCDSR and the baselines (README has the details).")
     p.add_argument("--scenario", default="demo", help="demo (default), food_kitchen or movie_book")
     p.add_argument("--data-dir", help="any C2DSR-format scenario folder (overrides --scenario)")
     p.add_argument("--target", default="both", choices=("X", "Y", "both"), help="target domain of Eq. 7-9")
+    p.add_argument("--models", help=f"rows to run, comma-separated: {', '.join(MODELS)}")
+    p.add_argument("--compare", action="store_true", help=f"the rows of Tables 2/3: {','.join(COMPARE)}")
+    p.add_argument("--seeds", help="K seeds (0..K-1) or a list a,b,c; every model is trained once per seed")
     p.add_argument("--no-image", action="store_true", help="ID branch only (α = 1)")
     p.add_argument("--no-multi-attention", action="store_true", help="only the merged view S^{X+Y}")
     p.add_argument("--ablation", action="store_true", help="train the three rows of Table 4")
@@ -337,7 +399,8 @@ def parse_args(argv):
                              ("--lambda1", float, "λ1 (Eq. 7/8)"), ("--lambda2", float, "λ2 (Eq. 7/8)"),
                              ("--temperature", float, "τ dividing Eq. 2; 1 = the paper literally"),
                              ("--batch-size", int, "mini-batch size"), ("--patience", int, "early stopping"),
-                             ("--eval-every", int, "validate every N epochs"), ("--seed", int, "the one seed")):
+                             ("--eval-every", int, "validate every N epochs"),
+                             ("--seed", int, "one training seed (initialisation and batch order)")):
         p.add_argument(flag, type=kind, help=f"{what} (default: see ifcdsr.Config)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--out", help="output folder (default runs/<scenario>-<time>)")
@@ -350,22 +413,12 @@ def make_config(args) -> Config:
     if args.epochs is None and args.data_dir is None and args.scenario == "demo" and not args.eval_only:
         args.epochs = DEMO_EPOCHS
     overrides = {k: getattr(args, k) for k in ("epochs", "lr", "weight_decay", "alpha", "lambda1", "lambda2",
-                                               "temperature", "batch_size", "patience", "eval_every", "seed")
+                                               "temperature", "batch_size", "patience", "eval_every")
                  if getattr(args, k) is not None}
     try:
         return Config().replace(**overrides)
     except ValueError as err:
         raise UsageError(str(err)) from None
-
-
-def choose_variants(args, name: str) -> list[str]:
-    if args.ablation:
-        return ["original", "image_fusion", "full"]
-    if args.no_image or args.no_multi_attention:
-        return [{(True, False): "id_only", (False, True): "image_fusion", (True, True): "original"}[
-            (args.no_image, args.no_multi_attention)]]
-    # Note: on the demo, the default run also trains the ID-only model, to show what the images add
-    return ["id_only", "full"] if name == "demo" else ["full"]
 
 
 def output_folder(args, name: str) -> Path:
@@ -380,77 +433,30 @@ def output_folder(args, name: str) -> Path:
     return out
 
 
-def eval_only(args, cfg_cli: Config, device) -> int:
+def check_run_folder(out: Path, device) -> None:
+    """Before --resume writes anything: every checkpoint in the run folder must read as one."""
+    for path in sorted(out.rglob("*.pt")) if out.is_dir() else []:
+        load_checkpoint(path, device)
+
+
+def eval_only(args, device) -> int:
     path = Path(args.eval_only)
     if not path.is_file():
         raise UsageError(f"{path}: checkpoint not found.")
-    try:
-        state = torch.load(path, map_location=device, weights_only=False)
-        cfg = Config(**state["config"])
-    except Exception as err:  # any unreadable file is reported, not raised
-        raise UsageError(f"{path}: not an IFCDSR checkpoint ({type(err).__name__}: {err}).") from None
-    name, folder = resolve_scenario(args.scenario, args.data_dir, cfg_cli.seed)
+    state = load_checkpoint(path, device)
+    cfg = Config(**state["config"])
+    name, folder = resolve_scenario(args.scenario, args.data_dir)
     scen = load_scenario(folder, max_len=cfg.max_len, use_images=cfg.use_image, name=name)
     check_checkpoint(state, scen, path)
-    trainer = Trainer(cfg, scen, device, path.parent, resume=False)
+    trainer = Trainer(state["model_name"], cfg, scen, device, path.parent, resume=False)
     try:
         trainer.model.load_state_dict(state["model"])
     except RuntimeError as err:
         raise UsageError(f"{path}: its weights do not fit this model ({str(err).splitlines()[0]}).") from None
     for split in ("valid", "test"):
         res = trainer.evaluate(split)
-        print(f"{split} ({cfg.target}, epoch {state['epoch']}): " + ", ".join(
+        print(f"{split} ({state['model_name']}, {cfg.target}, epoch {state['epoch']}): " + ", ".join(
             f"{p}: " + " ".join(f"{m} {v:.2f}" for m, v in res[p].items()) for p in PROTOCOLS))
-    return 0
-
-
-def run(args) -> int:
-    cfg = make_config(args)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
-                          else "cpu" if args.device == "auto" else args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA device is available; use --device cpu.")
-    if args.eval_only:
-        return eval_only(args, cfg, device)
-    name, folder = resolve_scenario(args.scenario, args.data_dir, cfg.seed)
-    variants = choose_variants(args, name)
-    scen = load_scenario(folder, max_len=cfg.max_len, name=name,
-                         use_images=any(VARIANTS[v][0] for v in variants))
-    out = output_folder(args, name)
-    out.mkdir(parents=True, exist_ok=True)
-    targets = ("X", "Y") if args.target == "both" else (args.target,)
-    print(f"scenario {name} ({folder}): |X| = {scen.items.num_x}, |Y| = {scen.items.num_y}, "
-          f"{len(scen.train)} train / {len(scen.valid)} valid / {len(scen.test)} test sequences; "
-          f"device {device}; output {out}", flush=True)
-
-    results = {"scenario": name, "data_dir": str(folder), "config": asdict(cfg), "variants": variants,
-               "popularity": {t: popularity(scen, t, cfg) for t in targets}, "runs": {}}
-    for variant in variants:
-        use_image, multi = VARIANTS[variant]
-        results["runs"][variant] = {"history": {}, "valid": {}, "test": {}, "best_epoch": {}, "config": {}}
-        for target in targets:
-            run_cfg = cfg.replace(use_image=use_image, multi_attention=multi, target=target)
-            prefix = f"[{variant} {target}] "
-            print(f"\n{prefix}training ({'image + ID' if use_image else 'ID only'}, "
-                  f"{'three views' if multi else 'merged view only'})", flush=True)
-            res = train_target(run_cfg, scen, device, out / variant if len(variants) > 1 else out, args, prefix)
-            r = results["runs"][variant]
-            for key in ("history", "valid", "test", "best_epoch", "config"):
-                r[key][target] = res[key]
-            if "grid" in res:
-                r.setdefault("grid", {})[target] = res["grid"]
-            save(results, out / "results.json")
-    main_run = results["runs"][variants[-1]]
-    results.update({k: main_run[k] for k in ("history", "valid", "test")})
-    save(results, out / "results.json")
-
-    labels = {"original": "ID only, merged view", "image_fusion": "+ image fusion", "id_only": "IFCDSR ID only",
-              "full": "IFCDSR"}
-    print_tables(name, [("Popularity", results["popularity"])]
-                 + [(labels[v] + " (this run)", results["runs"][v]["test"]) for v in variants])
-    if args.ablation:
-        print_ablation(name, results["runs"])
-    print(f"\nresults: {out / 'results.json'}")
     return 0
 
 

@@ -1,0 +1,106 @@
+"""The evaluation protocols: which test cases a model answers, which candidates it ranks the ground truth
+among, the rank (ties counted fairly), the metrics, and the split into cold and warm targets.
+
+Every model is evaluated the same way: `score_fn(history, items)` -> (B, |items|) scores of the target
+domain's items (Eq. 9 ranks only those), for the cases whose ground truth lies in the target domain.
+Dimension letters: S cases, B a batch of them, n items of the target domain.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+import ifcdsr
+from data import EvalSet, Scenario, Views, item_counts
+
+METRICS = ("MRR", "NDCG@5", "NDCG@10", "HR@1", "HR@5", "HR@10")
+PROTOCOLS = ("sampled999", "full")  # C2DSR's 999 sampled negatives; full ranking of the target domain
+NUM_NEGATIVES = 999
+NEGATIVE_SEED = 0  # Note: negatives come from this one seed, whatever the training seed (see `negatives`)
+
+
+def domain_items(scen: Scenario, domain: str) -> slice:
+    return ifcdsr.domain_items(domain, scen.items.num_x, scen.items.num_items)
+
+
+def eval_cases(split: EvalSet, scen: Scenario, domain: str) -> EvalSet:
+    """The cases whose ground truth lies in `domain` (domain Y iff id >= |X|)."""
+    is_y = split.target >= scen.items.num_x
+    return split.subset(is_y if domain == "Y" else ~is_y)
+
+
+def negatives(cases: EvalSet, items: slice, split: str, target: str) -> torch.Tensor:
+    """999 negatives per case, uniform over the target domain without the ground truth (C2DSR), drawn
+    once per (split, target) -> (S, 999) local item indices.
+
+    Note: drawn from NEGATIVE_SEED, not from the training seed, so that every model and every seed is
+    ranked against the same candidates (what the paired comparison of report.py needs); with replacement,
+    as C2DSR's evaluation draws them, so a case may meet the same negative twice.
+    """
+    rng = np.random.default_rng([NEGATIVE_SEED, ("valid", "test").index(split), ("X", "Y").index(target)])
+    n = items.stop - items.start
+    local = rng.integers(0, n - 1, size=(len(cases), NUM_NEGATIVES))
+    target = (cases.target - items.start).numpy()[:, None]
+    return torch.from_numpy(local + (local >= target))  # skip over the ground truth
+
+
+def rank_metrics(rank: torch.Tensor) -> dict[str, float] | None:
+    """rank (S,) 1-based -> MRR, NDCG@k, HR@k in %; None when there are no cases."""
+    if len(rank) == 0:
+        return None
+    rank = rank.double()
+    out = {"MRR": (1 / rank).mean()}
+    for k in (5, 10):
+        out[f"NDCG@{k}"] = torch.where(rank <= k, 1 / torch.log2(rank + 1), 0.0).mean()
+    for k in (1, 5, 10):
+        out[f"HR@{k}"] = (rank <= k).double().mean()
+    return {m: round(100 * out[m].item(), 4) for m in METRICS}
+
+
+def to_device(batch: Views, device) -> Views:
+    """A batch of views to the device; to CUDA through pinned memory, without blocking the host."""
+    if torch.device(device).type != "cuda":
+        return batch.to(device)
+    return Views(*(v.pin_memory() for v in (batch.x, batch.y, batch.xy))).to(device, non_blocking=True)
+
+
+@torch.no_grad()
+def rank_cases(score_fn, cases: EvalSet, items: slice, neg: torch.Tensor, device, batch: int) -> dict:
+    """The rank of each case's ground truth among the target domain's items (Eq. 9) under both protocols:
+    {protocol: (S,) float64 ranks}.
+
+    Note: rank = 1 + (candidates scoring strictly higher) + ½·(other candidates scoring the same): the
+    expected rank under a random tie-break. C2DSR counts a tie (within 1e-5) as a win, which flatters a
+    model with many equal scores, such as popularity (every unseen item scores 0).
+    """
+    ranks = {p: [] for p in PROTOCOLS}
+    flags = torch.empty(min(batch, len(cases)), items.stop - items.start, device=device)  # reused: see below
+    for i in range(0, len(cases), batch):
+        s = score_fn(to_device(cases.history[i:i + batch], device), items).float()  # (B, n)
+        t = (cases.target[i:i + batch] - items.start).to(device)
+        s_t = s.gather(1, t[:, None])  # (B, 1)
+        # counted as 0/1 floats in a reused buffer: summing a new bool tensor is several times slower
+        higher = torch.gt(s, s_t, out=flags[:len(t)]).sum(1)  # (B,)
+        tied = torch.ge(s, s_t, out=flags[:len(t)]).sum(1) - higher - 1  # (B,) the ground truth ties itself
+        ranks["full"].append(1 + higher + tied / 2)
+        s_neg = s.gather(1, neg[i:i + batch].to(device))  # (B, 999)
+        ranks["sampled999"].append(1 + (s_neg > s_t).sum(1) + (s_neg == s_t).sum(1) / 2)
+    return {p: torch.cat(r).double().cpu() for p, r in ranks.items()}
+
+
+def metrics(ranks: dict) -> dict:
+    """{protocol: (S,) ranks} -> {protocol: {metric: value in %}}."""
+    return {p: rank_metrics(r) for p, r in ranks.items()}
+
+
+def warm_items(scen: Scenario) -> torch.Tensor:
+    """(N,) bool: the items that occur in the training sequences; a test target outside them is cold,
+    something an ID embedding cannot have learnt (an image embedding can)."""
+    return item_counts(scen.train, scen.items.num_items) > 0
+
+
+def by_target(ranks: dict, cases: EvalSet, warm: torch.Tensor) -> dict:
+    """The metrics of the cases with a cold and with a warm target: {"cold"|"warm": {"cases": S, protocol: ...}}."""
+    is_warm = warm[cases.target]  # (S,)
+    return {kind: {"cases": int(mask.sum()), **metrics({p: r[mask] for p, r in ranks.items()})}
+            for kind, mask in (("cold", ~is_warm), ("warm", is_warm))}

@@ -1,0 +1,168 @@
+"""Numbers a researcher can cite: each seed's metrics aggregated to mean ± std, a paired bootstrap of IFCDSR
+against every other row, and the printed tables in the layout of the paper's Tables 2, 3 and 4."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from evaluate import PROTOCOLS
+
+LABELS = {  # the rows of the tables, in the paper's order: baselines first, IFCDSR last
+    "popularity": "Popularity", "gru4rec": "GRU4Rec", "sasrec": "SASRec", "original": "ID only, merged view",
+    "image_fusion": "+ image fusion", "ifcdsr_id": "IFCDSR ID only", "ifcdsr": "IFCDSR"}
+PAPER = {  # the paper's published rows: (MRR, NDCG@5, NDCG@10) of domain X, then of domain Y; Table 4's MRR
+    "food_kitchen": {"names": ("Food", "Kitchen"), "table": "Table 2", "rows": {
+        "GRU4Rec": (5.79, 5.48, 6.13, 3.06, 2.55, 3.10), "SASRec": (7.30, 6.90, 7.79, 3.79, 3.35, 3.93),
+        "SR-GNN": (7.84, 7.58, 8.35, 4.01, 3.47, 4.13), "MIFN": (8.55, 8.28, 9.01, 4.09, 3.57, 4.29),
+        "Tri-CDR": (8.35, 8.18, 8.89, 4.29, 3.63, 4.33), "IFCDSR": (9.05, 8.85, 9.92, 4.95, 4.56, 5.24)}},
+    "movie_book": {"names": ("Movie", "Book"), "table": "Table 3", "rows": {
+        "GRU4Rec": (3.83, 3.14, 3.73, 1.68, 1.34, 1.52), "SASRec": (3.79, 3.23, 3.69, 1.81, 1.41, 1.71),
+        "SR-GNN": (3.85, 3.27, 3.78, 1.78, 1.40, 1.66), "PSJNet": (4.63, 4.06, 4.76, 2.44, 2.07, 2.35),
+        "MIFN": (5.05, 4.21, 5.20, 2.51, 2.12, 2.31), "Tri-CDR": (5.15, 4.62, 5.05, 2.32, 2.08, 2.22),
+        "IFCDSR": (6.08, 5.02, 5.86, 2.75, 2.37, 2.65)},
+        "ablation": {"original": 5.03, "image_fusion": 5.63, "ifcdsr": 6.08}},
+}
+SHOWN = ("MRR", "NDCG@5", "NDCG@10", "HR@10")  # the columns of Tables 2/3, and HR@10
+RESAMPLES, BOOTSTRAP_SEED = 1000, 0
+
+
+def paper(name: str) -> dict | None:
+    """The paper's entry for a scenario named like food_kitchen, Food-Kitchen, movie_book or Movie-Book."""
+    return PAPER.get(name.lower().replace("-", "_"))
+
+
+def domain_names(name: str) -> tuple[str, str]:
+    return paper(name)["names"] if paper(name) else ("X", "Y")
+
+
+# ----------------------------------------------------------------------------- seeds
+
+
+def stats(values: list[float]) -> dict:
+    """{"mean", "std" (sample std; None for one value), "n"}."""
+    v = np.asarray(values, dtype=float)
+    return {"mean": round(float(v.mean()), 4), "std": round(float(v.std(ddof=1)), 4) if len(v) > 1 else None,
+            "n": len(v)}
+
+
+def aggregate(per_seed: list[dict]) -> dict:
+    """Nested dicts of the same shape, one per seed, with numbers at the leaves -> the same shape with
+    `stats` at the leaves ("cases" counts, equal for every seed, are kept as they are; None stays None)."""
+    first = per_seed[0]
+    if isinstance(first, dict):
+        return {k: (first[k] if k == "cases" else aggregate([s[k] for s in per_seed])) for k in first}
+    return None if first is None else stats(per_seed)
+
+
+# ----------------------------------------------------------------------------- significance
+
+
+def paired_bootstrap(rr_ref: np.ndarray, rr_row: np.ndarray, resamples: int = RESAMPLES,
+                     seed: int = BOOTSTRAP_SEED) -> dict:
+    """MRR(ref) - MRR(row) in % from per-case reciprocal ranks of the same cases, with a 95% interval from
+    `resamples` bootstrap resamples of the cases; significant when the interval excludes 0."""
+    diff = 100 * (np.asarray(rr_ref, float) - np.asarray(rr_row, float))  # (S,) paired differences
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, len(diff), size=(resamples, len(diff)))].mean(axis=1)  # (resamples,)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return {"mrr_diff": round(float(diff.mean()), 4), "low": round(float(low), 4), "high": round(float(high), 4),
+            "significant": bool(low > 0 or high < 0), "cases": len(diff), "resamples": resamples}
+
+
+def significance(ranks: dict, reference: str) -> dict:
+    """ranks {model: {domain: {protocol: [(S,) ranks, one per seed]}}} -> {model: {domain: {protocol:
+    paired_bootstrap}}} for every model but the reference, each case's reciprocal rank averaged over seeds."""
+    def rr(model, d, p):
+        return torch.stack([1 / r for r in ranks[model][d][p]]).mean(0).numpy()  # (S,)
+
+    return {m: {d: {p: paired_bootstrap(rr(reference, d, p), rr(m, d, p)) for p in PROTOCOLS}
+                for d in ranks[m] if d in ranks[reference]}
+            for m in ranks if m != reference}
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def cell(s: dict | None, width: int = 13, mark: str = "") -> str:
+    if s is None:
+        return "-".rjust(width)
+    text = f"{s['mean']:.2f}" + (f" ± {s['std']:.2f}" if s["std"] is not None else "") + mark
+    return text.rjust(width)
+
+
+def print_tables(name: str, summary: dict, sig: dict, reference: str | None, seeds: list) -> None:
+    """Tables 2/3: one table per protocol, mean ± std over seeds, * where IFCDSR's difference is significant;
+    under each, MRR of the cases with a cold and a warm target, and the paired intervals."""
+    names, entry, models = domain_names(name), paper(name), [m for m in LABELS if m in summary]
+    domains = [d for d in ("X", "Y") if any(d in summary[m]["test"] for m in models)]
+    over = f"mean ± std over {len(seeds)} seeds" if len(seeds) > 1 else f"seed {seeds[0]}"
+    for p in PROTOCOLS:
+        title = {"sampled999": "999 sampled negatives (C2DSR's protocol, the paper's tables)",
+                 "full": "full ranking of the target domain"}[p]
+        head = f"{'Model (' + '-'.join(names) + ')':<24}" + "".join(
+            f" | {(m + ' (' + names['XY'.index(d)] + ')') if m == 'MRR' else m:>15}" for d in domains for m in SHOWN)
+        print(f"\nTest set, {title}; %, {over}\n{head}\n{'-' * len(head)}")
+        for m in models:
+            line = f"{LABELS[m]:<24}"
+            for d in domains:
+                res = summary[m]["test"].get(d)
+                for metric in SHOWN:
+                    star = " *" if metric == "MRR" and sig.get(m, {}).get(d, {}).get(p, {}).get("significant") else ""
+                    line += " | " + cell(res[p][metric] if res else None, 15, star)
+            print(line)
+        if entry and p == "sampled999":
+            print(f"The paper's {entry['table']} (its own split of the data: not comparable number for number):")
+            for label, row in entry["rows"].items():
+                values = [f"{v:.2f}" for v in row]
+                cells = [values[0], values[1], values[2], "-", values[3], values[4], values[5], "-"]
+                print(f"{'  ' + label + ' (paper)':<24}" + "".join(
+                    f" | {c:>15}" for c, d in zip(cells, ("X",) * 4 + ("Y",) * 4) if d in domains))
+        print_cold_warm(summary, models, domains, names, p)
+        if reference:
+            print_significance(sig, reference, models, domains, names, p)
+
+
+def print_cold_warm(summary: dict, models: list, domains: list, names: tuple, p: str) -> None:
+    """MRR of the test cases whose target never occurs in training (cold) and of the others (warm)."""
+    first = summary[models[-1]]["test_by_target"]
+    head = f"{'MRR by target':<24}" + "".join(
+        f" | {kind + ' ' + names['XY'.index(d)] + ' (' + str(first[kind][d]['cases']) + ')':>19}"
+        for d in domains for kind in ("cold", "warm"))
+    print(f"{head}\n{'-' * len(head)}")
+    for m in models:
+        by = summary[m]["test_by_target"]
+        print(f"{LABELS[m]:<24}" + "".join(
+            " | " + cell(by[kind][d][p]["MRR"] if d in by[kind] and by[kind][d][p] else None, 19)
+            for d in domains for kind in ("cold", "warm")))
+
+
+def print_significance(sig: dict, reference: str, models: list, domains: list, names: tuple, p: str) -> None:
+    head = f"{LABELS[reference] + ' - row, MRR':<24}" + "".join(f" | {names['XY'.index(d)] + ', 95% interval':>28}"
+                                                               for d in domains)
+    print(f"{head}\n{'-' * len(head)}")
+    for m in models:
+        if m == reference:
+            continue
+        cells = []
+        for d in domains:
+            s = sig[m].get(d, {}).get(p)
+            cells.append("-" if s is None else f"{s['mrr_diff']:+.2f} [{s['low']:+.2f}, {s['high']:+.2f}]"
+                                               + (" *" if s["significant"] else "  "))
+        print(f"{LABELS[m]:<24}" + "".join(f" | {c:>28}" for c in cells))
+    print(f"(* the paired bootstrap interval excludes 0: {RESAMPLES:,} resamples of the test cases, each case's "
+          f"reciprocal rank averaged over the seeds)")
+
+
+def print_ablation(name: str, summary: dict) -> None:
+    """Table 4: MRR (999 sampled negatives) of each ablation row, mean ± std over seeds."""
+    marks = {"original": ("✓", " ", " "), "image_fusion": ("✓", "✓", " "), "ifcdsr": ("✓", "✓", "✓")}
+    names, entry = domain_names(name), (paper(name) or {}).get("ablation")
+    head = (f"{'original-framework':>18} | {'image fusion':>12} | {'multiple attention':>18} | "
+            + " | ".join(f"{'MRR (' + n + ')':>15}" for n in names) + (f" | MRR ({names[0]}, paper)" if entry else ""))
+    print(f"\nTable 4 (ablation, test set, 999 sampled negatives, %)\n{head}\n{'-' * len(head)}")
+    for variant, row in marks.items():
+        line = " | ".join(f"{m:>{w}}" for m, w in zip(row, (18, 12, 18)))
+        for d in ("X", "Y"):
+            res = summary[variant]["test"].get(d)
+            line += " | " + cell(res["sampled999"]["MRR"] if res else None, 15)
+        print(line + (f" | {entry[variant]:>{len(names[0]) + 13}.2f}" if entry else ""))

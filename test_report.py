@@ -1,0 +1,55 @@
+"""Tests of report.py: seeds aggregated to mean ± std, the paired bootstrap, and the printed tables."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import report
+
+
+def test_seeds_aggregate_to_mean_sample_std_and_n():
+    """MRR 10, 12, 14 over three seeds: mean 12, sample std sqrt(((-2)² + 0 + 2²) / 2) = 2; case counts
+    are kept, a missing metric stays None, and one seed has no std."""
+    per_seed = [{"X": {"cases": 7, "full": {"MRR": v}, "sampled999": None}} for v in (10.0, 12.0, 14.0)]
+    agg = report.aggregate(per_seed)
+    assert agg == {"X": {"cases": 7, "full": {"MRR": {"mean": 12.0, "std": 2.0, "n": 3}}, "sampled999": None}}
+    assert report.aggregate(per_seed[:1])["X"]["full"]["MRR"] == {"mean": 10.0, "std": None, "n": 1}
+
+
+def test_bootstrap_covers_zero_for_identical_rankings_and_excludes_it_for_a_clearly_better_one():
+    rng = np.random.default_rng(1)
+    rr = 1 / rng.integers(1, 100, size=400)
+    same = report.paired_bootstrap(rr, rr)
+    assert same["mrr_diff"] == 0 and same["low"] <= 0 <= same["high"] and not same["significant"]
+    better = report.paired_bootstrap(np.minimum(1.0, 2 * rr), rr)  # every reciprocal rank doubled
+    assert better["low"] > 0 and better["significant"] and better["mrr_diff"] == pytest.approx(
+        100 * (np.minimum(1.0, 2 * rr) - rr).mean(), abs=1e-4)
+    noise = report.paired_bootstrap(rr, rr[rng.permutation(400)])  # unrelated pairs of the same numbers
+    assert noise["low"] < 0 < noise["high"] and noise["resamples"] == 1000 and noise["cases"] == 400
+
+
+def test_significance_pairs_cases_and_averages_seeds():
+    """Two seeds of the reference with ranks (1, 2) and (1, 4): averaged reciprocal ranks (1, 3/8); the
+    row's ranks (2, 2) give (1/2, 1/2): differences (1/2, -1/8), MRR difference 100·(3/8)/2 = 18.75."""
+    ranks = {"ifcdsr": {"X": {p: [torch.tensor([1.0, 2.0]), torch.tensor([1.0, 4.0])] for p in ("sampled999", "full")}},
+             "sasrec": {"X": {p: [torch.tensor([2.0, 2.0])] for p in ("sampled999", "full")}}}
+    sig = report.significance(ranks, "ifcdsr")
+    assert set(sig) == {"sasrec"} and math.isclose(sig["sasrec"]["X"]["full"]["mrr_diff"], 18.75)
+
+
+def test_tables_show_mean_std_paper_rows_cold_warm_and_significance(capsys):
+    def res(mrr, std):
+        m = {"mean": mrr, "std": std, "n": 3}
+        metrics = {k: m for k in ("MRR", "NDCG@5", "NDCG@10", "HR@10")}
+        return {"test": {"X": {"sampled999": metrics, "full": metrics}},
+                "test_by_target": {kind: {"X": {"cases": 5, "sampled999": metrics, "full": metrics}}
+                                   for kind in ("cold", "warm")}}
+    summary = {"popularity": res(3.0, None), "ifcdsr": res(9.5, 0.25)}
+    bootstrap = {"mrr_diff": 6.5, "low": 5.0, "high": 8.0, "significant": True}
+    sig = {"popularity": {"X": {"sampled999": bootstrap, "full": bootstrap}}}
+    report.print_tables("Food-Kitchen", summary, sig, "ifcdsr", [0, 1, 2])
+    out = capsys.readouterr().out
+    assert "MRR (Food)" in out and "9.50 ± 0.25" in out and "3.00 *" in out and "mean ± std over 3 seeds" in out
+    assert "The paper's Table 2" in out and "Tri-CDR (paper)" in out and "not comparable number for number" in out
+    assert "cold Food (5)" in out and "+6.50 [+5.00, +8.00] *" in out
