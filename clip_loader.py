@@ -91,7 +91,7 @@ class Attention(nn.Module):
     def forward(self, x):  # (B, T, D)
         B, T, D = x.shape
         qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)  # (B, T, 3D)
-        q, k, v = qkv.view(B, T, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)  # 3 × (B, H, T, D/H)
+        q, k, v = qkv.view(B, T, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4).unbind(0)  # 3 × (B, H, T, D/H)
         # softmax(q kᵀ / √(D/H) + mask) v; the text mask is -inf above the diagonal
         x = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)  # (B, H, T, D/H)
         return self.out_proj(x.transpose(1, 2).reshape(B, T, D))  # (B, T, D)
@@ -257,6 +257,9 @@ _STORAGE_DTYPES = {
 }
 
 
+_TYPED_LISTS = ("build_intlist", "build_doublelist", "build_boollist", "build_tensorlist")  # torch.jit._pickle's
+
+
 class _ScriptModule:
     """Stands in for a TorchScript module class: keeps its attributes, runs nothing."""
 
@@ -269,7 +272,7 @@ def _rebuild_tensor(storage, offset, size, stride, requires_grad, backward_hooks
 
 
 class _ArchiveUnpickler(pickle.Unpickler):
-    """Unpickles a TorchScript archive's data.pkl, allowing only what rebuilds modules and tensors.
+    """Unpickles a TorchScript archive's data.pkl, allowing only what rebuilds modules, tensors and typed lists.
 
     Any other global the pickle names (os.system, builtins.eval, ...) is refused, so a
     weight file cannot run code; storages are read from the zip records `<prefix>/data/<key>`.
@@ -289,6 +292,8 @@ class _ArchiveUnpickler(pickle.Unpickler):
             return collections.OrderedDict
         if module == "torch" and name in _STORAGE_DTYPES:
             return _STORAGE_DTYPES[name]
+        if module == "torch.jit._pickle" and name in _TYPED_LISTS:
+            return list  # TorchScript's List[int], List[float], List[bool], List[Tensor] attributes: plain lists
         raise CLIPError(f"{self.path}: the archive's data.pkl asks for the Python object {module}.{name}; a CLIP "
                         f"weight archive needs only modules and tensors, so it was refused and nothing was run. "
                         f"Use weights from a source you trust")

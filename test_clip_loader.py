@@ -2,6 +2,7 @@
 tokenizer, the embed command and the download path. CPU only; every model is tiny
 and random (width 128, 2 layers, patch 8, resolution 32) except ViT-B/32 on the meta device.
 """
+import collections
 import functools
 import hashlib
 import http.server
@@ -14,10 +15,12 @@ import sys
 import threading
 import zipfile
 from pathlib import Path
+from typing import List
 
 import numpy as np
 import pytest
 import torch
+import torch.jit._pickle  # TorchScript's typed-list constructors, for the payload test
 import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
@@ -187,12 +190,12 @@ class Archived(CLIP):
         return x * self.logit_scale
 
 
-def torchscript_archive(path, seed=0):
+def torchscript_archive(path, seed=0, how="trace"):
     model = as_openai_stores(Archived(TINY))
     model.load_state_dict(tiny_model(seed).state_dict(), strict=True)  # keeps the fp16 dtypes
     for name, value in SCALARS.items():
         model.register_buffer(name, torch.tensor(value))
-    torch.jit.save(torch.jit.trace(model, torch.ones(1)), path)
+    torch.jit.save(torch.jit.trace(model, torch.ones(1)) if how == "trace" else torch.jit.script(model), path)
     return model
 
 
@@ -225,6 +228,69 @@ class Exploit:
 
     def __reduce__(self):
         return os.system, (f"touch {self.marker}",)
+
+
+class TypedLists(nn.Module):
+    """A module with TorchScript's typed-list attributes: torch.jit.script pickles them with
+    torch.jit._pickle.build_intlist, build_doublelist, build_boollist and build_tensorlist."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)  # its _reversed_padding_repeated_twice is a List[int]
+        self.sizes: List[int] = [1, 2, 3]
+        self.scales: List[float] = [0.5, 1.5]
+        self.flags: List[bool] = [True, False]
+        self.extra: List[torch.Tensor] = [torch.zeros(2), torch.ones(2)]
+        self.register_buffer("buf", torch.arange(3.0))
+
+    def forward(self, x):
+        return self.conv(x) * self.scales[0] + self.sizes[0]
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+@pytest.mark.parametrize("how", ["trace", "script"])
+def test_archives_written_by_trace_and_script_give_the_tensors_of_torch_jit_load(tmp_path, how):
+    """The tiny CLIP and a module with every typed list, saved by torch.jit.trace or torch.jit.script: the
+    reader's tensors are exactly torch.jit.load(...).state_dict(), and the CLIP loads and computes."""
+    clip = torchscript_archive(tmp_path / "clip.pt", how=how)
+    typed = TypedLists()
+    compiled = torch.jit.trace(typed, torch.ones(1, 3, 4, 4)) if how == "trace" else torch.jit.script(typed)
+    torch.jit.save(compiled, tmp_path / "typed.pt")
+    names = zipfile.ZipFile(tmp_path / "typed.pt").namelist()
+    pickled = zipfile.ZipFile(tmp_path / "typed.pt").read(next(n for n in names if n.endswith("/data.pkl")))
+    assert (b"build_intlist" in pickled) == (how == "script")
+    for path in (tmp_path / "clip.pt", tmp_path / "typed.pt"):
+        read, reference = cl.read_state_dict(path), torch.jit.load(path).state_dict()
+        assert read.keys() == reference.keys() and all(torch.equal(read[k], reference[k]) for k in read)
+    model, _ = cl.load(tmp_path / "clip.pt", "cpu")
+    assert torch.equal(model.visual.proj, clip.visual.proj.float())
+
+
+class Payload:
+    """Unpickles as a call of torch.jit._pickle.build_intlist (or another allowed global) on `args`."""
+
+    def __init__(self, func, *args):
+        self.func, self.args = func, args
+
+    def __reduce__(self):
+        return self.func, self.args
+
+
+@pytest.mark.parametrize("where", ["top", "typed list", "tensor list", "nested dict"])
+def test_a_payload_anywhere_in_data_pkl_is_refused_and_never_called(tmp_path, where):
+    marker = tmp_path / "code-was-run"
+    evil = Exploit(marker)
+    state = {"top": evil,
+             "typed list": Payload(torch.jit._pickle.build_intlist, [1, evil]),
+             "tensor list": Payload(torch.jit._pickle.build_tensorlist, [evil]),
+             "nested dict": collections.OrderedDict(a=collections.OrderedDict(b=[1, 2, evil]))}[where]
+    archive = tmp_path / "evil.pt"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("evil/data.pkl", pickle.dumps({"visual.proj": state}, protocol=2))
+        z.writestr("evil/code/__torch__.py", "")  # makes it look like TorchScript
+    with pytest.raises(CLIPError, match=r"asks for the Python object (os|posix)\.system.*refused"):
+        cl.read_state_dict(archive)
+    assert not marker.exists()
 
 
 def test_restricted_unpickler_refuses_other_globals(tmp_path):
