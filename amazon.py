@@ -34,7 +34,7 @@ import numpy as np
 
 import download
 from common import Progress, atomic_folder, atomic_write_text
-from data import SPLIT_FILES, DataError, Items, read_items, write_item_list, write_sequences
+from data import SPLIT_FILES, DataError, Items, read_items, read_text_lines, write_item_list, write_sequences
 
 ITEMS_FILE = "items.tsv"  # written by images and build; read by `clip_loader.py embed --missing text`
 ITEMS_HEADER = "global_id\tdomain\tasin\ttitle\timage_url"
@@ -160,25 +160,23 @@ def write_items_tsv(path: Path, items: Items, products: list[tuple[str, str]]) -
 def read_titles(scenario_dir: Path, items) -> list:
     """Per item, its title from `<scenario>/items.tsv` (written by `python amazon.py images`), or None."""
     path = scenario_dir / ITEMS_FILE
-    if not path.is_file():
+    if not path.exists():
         raise DataError(f"--missing text reads item titles from {path}, which does not exist. `python amazon.py "
                         f"images` writes it; or use --missing zero to leave image-less rows zero")
-    header = ITEMS_HEADER
     titles = [None] * len(items.asins)
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            fields = line.rstrip("\n").split("\t")
-            if number == 1:
-                if line.rstrip("\n") != header:
-                    raise DataError(f"{path}:1: expected the header {header!r}, found {line.rstrip()!r}")
-                continue
-            gid = int(fields[0]) if len(fields) == 5 and fields[0].isdigit() else -1
-            if not 0 <= gid < len(items.asins) or fields[2] != items.asins[gid] or \
-                    fields[1] != ("X" if gid < items.num_x else "Y"):
-                expected = "global_id, domain, ASIN and title of an item of this scenario's Alist/Blist, tab-separated"
-                raise DataError(f"{path}:{number}: expected {expected}; found {line.rstrip()[:120]!r}. Was items.tsv "
-                                f"written for another scenario? Rerun `python amazon.py images` for this one")
-            titles[gid] = fields[3].strip() or None
+    for number, line in enumerate(read_text_lines(path), 1):
+        fields = line.split("\t")
+        if number == 1:
+            if line != ITEMS_HEADER:
+                raise DataError(f"{path}:1: expected the header {ITEMS_HEADER!r}, found {line[:120]!r}")
+            continue
+        gid = int(fields[0]) if len(fields) == 5 and fields[0].isdecimal() else -1
+        if not 0 <= gid < len(items.asins) or fields[2] != items.asins[gid] or \
+                fields[1] != ("X" if gid < items.num_x else "Y"):
+            expected = "global_id, domain, ASIN and title of an item of this scenario's Alist/Blist, tab-separated"
+            raise DataError(f"{path}:{number}: expected {expected}; found {line[:120]!r}. Was items.tsv "
+                            f"written for another scenario? Rerun `python amazon.py images` for this one")
+        titles[gid] = fields[3].strip() or None
     return titles
 
 

@@ -42,7 +42,7 @@ import torchvision.transforms as T
 from PIL import Image
 
 from amazon import IMAGE_SUFFIXES, read_titles
-from common import Progress, atomic_write, moved
+from common import Progress, atomic_write, check_pixels, moved
 from data import DataError, read_items
 
 # OpenAI's download URL; its second-to-last segment is the file's SHA256.
@@ -553,10 +553,18 @@ class ItemImages(torch.utils.data.Dataset):
     def __getitem__(self, i):
         try:
             with Image.open(self.paths[i]) as image:
+                check_pixels(image)
                 return self.gids[i], self.preprocess(image), ""
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # corrupt, truncated, too big
             message = " ".join(str(e).replace(str(self.paths[i]), self.paths[i].name).split()) or type(e).__name__
             return self.gids[i], torch.zeros(3, self.resolution, self.resolution), f"unreadable image: {message}"
+
+
+def _is_file(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_file()
+    except OSError:  # a symlink loop
+        return False
 
 
 def find_images(images_dir: Path, asins) -> list:
@@ -564,7 +572,7 @@ def find_images(images_dir: Path, asins) -> list:
     found = {}
     for entry in sorted(os.scandir(images_dir), key=lambda e: e.name):
         stem, suffix = os.path.splitext(entry.name)
-        if suffix.lower() in IMAGE_SUFFIXES and entry.is_file():
+        if suffix.lower() in IMAGE_SUFFIXES and _is_file(entry):
             rank = IMAGE_SUFFIXES.index(suffix.lower())
             if stem not in found or rank < found[stem][0]:  # Note: .jpg beats .jpeg, .png, .webp
                 found[stem] = (rank, Path(entry.path))
@@ -640,7 +648,10 @@ def _embed_images(model, preprocess, paths, device, partial: Path, meta, *, batc
     N, chunk_size = len(paths), meta["chunk_size"]
     partial.mkdir(exist_ok=True)
     if (partial / "meta.json").exists():
-        saved = json.loads((partial / "meta.json").read_text())
+        try:
+            saved = json.loads((partial / "meta.json").read_text())
+        except (OSError, ValueError) as err:
+            raise CLIPError(f"{partial / 'meta.json'}: unreadable ({err}); delete {partial} to start over") from None
         if saved != meta:
             raise CLIPError(f"{partial} holds partial results of a run with other weights or another item list "
                             f"({saved}); rerun with the same --weights to continue it, or delete the folder to "
@@ -654,9 +665,14 @@ def _embed_images(model, preprocess, paths, device, partial: Path, meta, *, batc
     pending = []
     for c in chunks:
         rows = slice(c * chunk_size, (c + 1) * chunk_size)
-        if (partial / f"chunk_{c:06d}.npz").exists():
-            with np.load(partial / f"chunk_{c:06d}.npz") as saved:
-                E_img[rows], reasons[rows] = saved["E_img"], saved["reasons"]
+        chunk = partial / f"chunk_{c:06d}.npz"
+        if chunk.exists():
+            try:
+                with np.load(chunk, allow_pickle=False) as saved:
+                    E_img[rows], reasons[rows] = saved["E_img"], saved["reasons"]
+            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+                raise CLIPError(f"{chunk}: unreadable ({type(err).__name__}: {err}); delete it, and rerun to encode "
+                                f"its items again") from None
         else:
             pending.append(c)
     todo = {c: sum(p is not None for p in paths[c * chunk_size:(c + 1) * chunk_size]) for c in pending}
@@ -728,7 +744,7 @@ def main(argv=None):
     try:
         embed(args.scenario_dir, args.images, weights=args.weights, batch_size=args.batch_size,
               device=args.device, missing=args.missing, workers=args.workers, offline=args.offline)
-    except (CLIPError, DataError) as error:
+    except (CLIPError, DataError, OSError) as error:  # OSError: a folder that cannot be written, a full disk
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

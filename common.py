@@ -1,4 +1,5 @@
-"""What every command shares: files written whole or not at all, and progress lines with a rate and an ETA."""
+"""What the commands share: files written whole or not at all, progress lines with a rate and an ETA, and a
+hard limit on the pixels of an image."""
 from __future__ import annotations
 
 import contextlib
@@ -8,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 from typing import BinaryIO, Callable
+
+from PIL import Image
 
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
@@ -99,3 +102,10 @@ class Progress:
             self.open = not final
         else:
             print(text, file=sys.stderr, flush=True)
+
+
+def check_pixels(image: Image.Image) -> None:
+    """Pillow's decompression-bomb limit as a hard limit: Pillow only warns between 1x and 2x of it."""
+    if image.width * image.height > Image.MAX_IMAGE_PIXELS:
+        raise Image.DecompressionBombError(f"{image.width} x {image.height} pixels, more than Pillow's limit of "
+                                           f"{Image.MAX_IMAGE_PIXELS:,}: a possible decompression bomb")

@@ -98,12 +98,32 @@ class Scenario:
 # ----------------------------------------------------------------------------- reading
 
 
+def read_text_lines(path: Path) -> list[str]:
+    """The lines of a UTF-8 text file; a file that cannot be read or is not UTF-8 is a DataError naming it
+    (and the line)."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found.") from None
+    except OSError as err:  # a folder, a symlink loop, no permission
+        raise DataError(f"{path}: cannot be read ({err.strerror or err}); expected a text file.") from None
+    lines = raw.split(b"\n")
+    if lines[-1] == b"":  # the end of the last line, not a line
+        lines.pop()
+    for lineno, line in enumerate(lines, 1):
+        try:
+            lines[lineno - 1] = line.decode("utf-8").rstrip("\r")
+        except UnicodeDecodeError as err:
+            raise DataError(f"{path}:{lineno}: not UTF-8 text (byte {line[err.start]:#04x} at column {err.start + 1});"
+                            f" expected a text file, not a compressed or binary one.") from None
+    return lines
+
+
 def _lines(path: Path) -> list[str]:
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         raise DataError(f"{path}: file not found. A scenario directory needs Alist.txt, Blist.txt, "
                         f"{', '.join(SPLIT_FILES.values())} (see README 'Get the real data').")
-    with open(path, encoding="utf-8") as f:
-        lines = [line.rstrip("\r\n") for line in f]
+    lines = read_text_lines(path)
     if not any(line.strip() for line in lines):
         raise DataError(f"{path}: the file is empty; expected at least one line.")
     return lines
@@ -116,8 +136,8 @@ def _read_item_list(path: Path) -> list[str]:
         if not line.strip():
             continue
         fields = line.split("\t")
-        if len(fields) != 3 or not fields[2].strip().isdigit():
-            raise DataError(f"{path}:{lineno}: expected 'raw_id<TAB>ASIN<TAB>local_index', found {line!r}.")
+        if len(fields) != 3 or not fields[2].strip().isdecimal():
+            raise DataError(f"{path}:{lineno}: expected 'raw_id<TAB>ASIN<TAB>local_index', found {line[:120]!r}.")
         index = int(fields[2])
         if index in rows:
             raise DataError(f"{path}:{lineno}: local index {index} appears twice.")
@@ -145,8 +165,9 @@ def read_sequences(path: Path, num_items: int) -> list[list[int]]:
         events = []
         for token in fields[2:]:
             parts = token.split("|")
-            if len(parts) < 2 or not parts[0].strip().isdigit() or not parts[1].strip().lstrip("-").isdigit():
-                raise DataError(f"{path}:{lineno}: expected an interaction 'item|unix_ts|date|', found {token!r}.")
+            if len(parts) < 2 or not parts[0].strip().isdecimal() or not parts[1].strip().lstrip("-").isdecimal():
+                raise DataError(f"{path}:{lineno}: expected an interaction 'item|unix_ts|date|' with a non-negative "
+                                f"integer item id and an integer time, found {token[:120]!r}.")
             item, ts = int(parts[0]), int(parts[1])
             if item >= num_items:
                 raise DataError(f"{path}:{lineno}: item id {item} is out of range; Alist+Blist define "
@@ -161,25 +182,26 @@ def read_sequences(path: Path, num_items: int) -> list[list[int]]:
 
 
 def load_image_embeddings(path: Path, num_items: int) -> torch.Tensor:
-    if not path.is_file():
+    if not path.exists():
         raise DataError(
             f"{path}: image embeddings not found. Build them with\n"
             f"    python clip_loader.py embed --scenario-dir {path.parent} --images {path.parent / 'images'}\n"
             f"(README 'Getting image embeddings'), or train the ID-only model with --no-image.")
-    try:
-        E = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as err:
-        raise DataError(f"{path}: not a readable .npy array ({err}).") from None
+    try:  # never a pickle; memory-mapped, so that a header that lies about the shape costs nothing
+        E = np.load(path, allow_pickle=False, mmap_mode="r")
+    except (ValueError, OSError, EOFError) as err:  # a pickle, garbage, a truncated file, a folder
+        raise DataError(f"{path}: not a readable .npy array ({err}); rebuild it with clip_loader.py embed.") from None
     if E.ndim != 2 or E.shape[0] != num_items:
         raise DataError(f"{path}: expected shape ({num_items}, e), one row per item of Alist+Blist; "
                         f"found {E.shape}. Rebuild it for this scenario.")
     if not np.issubdtype(E.dtype, np.floating):
         raise DataError(f"{path}: expected a float32 array, found dtype {E.dtype}.")
+    E = np.array(E, dtype=np.float32)  # (N, e), read into memory
     bad = ~np.isfinite(E).all(axis=1)
     if bad.any():
         raise DataError(f"{path}: row {int(np.argmax(bad))} (and {int(bad.sum()) - 1} more) has a non-finite "
                         f"value; expected finite numbers (an all-zero row means 'no image').")
-    return torch.from_numpy(E.astype(np.float32))
+    return torch.from_numpy(E)
 
 
 # ----------------------------------------------------------------------------- tensors

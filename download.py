@@ -12,7 +12,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from common import atomic_write
+from common import atomic_write, check_pixels
 
 SAVED_FORMATS = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp"}  # saved as downloaded; other formats become PNG
 
@@ -45,7 +45,7 @@ def _get(opener, url: str, *, timeout: float, max_bytes: int) -> bytes:
     try:
         with opener.open(request, timeout=timeout) as response:
             declared = response.headers.get("Content-Length", "")
-            if declared.isdigit() and int(declared) > max_bytes:
+            if declared.isdecimal() and int(declared) > max_bytes:
                 raise _Failure(f"too large: {int(declared):,} bytes, the limit is {max_bytes:,}")
             body = bytearray()
             while chunk := response.read(1 << 16):
@@ -59,7 +59,7 @@ def _get(opener, url: str, *, timeout: float, max_bytes: int) -> bytes:
         err.close()
         wait = err.headers.get("Retry-After", "") if err.headers else ""
         raise _Failure(f"HTTP {err.code}", retry=err.code == 429 or err.code >= 500,
-                       wait=float(wait) if wait.strip().isdigit() else None) from None
+                       wait=float(wait) if wait.strip().isdecimal() else None) from None
     except urllib.error.URLError as err:
         if isinstance(err.reason, TimeoutError):
             raise _Failure(f"timeout: over {timeout:g} s", retry=True) from None
@@ -94,6 +94,7 @@ def _as_image_file(data: bytes) -> tuple[str, bytes]:
     """(suffix, bytes to save) when `data` decodes completely as an image; _Failure otherwise."""
     try:
         with Image.open(io.BytesIO(data)) as image:
+            check_pixels(image)
             image.load()  # decodes every pixel: a truncated file fails here rather than in clip_loader.py
             if image.format in SAVED_FORMATS:
                 return SAVED_FORMATS[image.format], data
@@ -112,6 +113,9 @@ def get_image(asin: str, url: str, no_url: str, files: list[Path], images_dir: P
     (True, 'downloaded' or 'already present') or (False, the reason; `no_url` when there is no URL)."""
     if not (asin.isascii() and asin.isalnum()):
         return False, "ASIN is not a safe file name"
+    odd = [path.name for path in files if not path.is_file()]  # a folder, a broken link, a symlink loop
+    if odd:
+        return False, f"not a regular file: images/{odd[0]}; remove it, and rerun to fetch the image"
     stale = []  # files of this item that do not decode: replaced by a good download
     for path in files:
         try:

@@ -321,7 +321,7 @@ def run(args) -> int:
         return eval_only(args, device)
     seeds = parse_seeds(args)
     name, folder = resolve_scenario(args.scenario, args.data_dir)
-    models = choose_models(args, name, (folder / EMBEDDINGS_FILE).is_file())
+    models = choose_models(args, name, (folder / EMBEDDINGS_FILE).exists())
     out = output_folder(args, name)
     if args.resume:
         check_run_folder(out, device)
@@ -428,6 +428,8 @@ def output_folder(args, name: str) -> Path:
             raise UsageError(f"--resume: no earlier run of {name} under runs/; pass --out DIR.")
         return found[-1]
     out = Path(args.out or f"runs/{name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out}: is a file, not a folder; choose another --out.")
     if out.exists() and any(out.iterdir()) and not args.resume:
         raise UsageError(f"{out} already holds a run; pass --resume to continue it, or another --out.")
     return out
@@ -467,7 +469,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         return run(args)
-    except (DataError, UsageError) as err:
+    except (DataError, UsageError, OSError) as err:  # OSError: a folder that cannot be written, a full disk
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,0 +1,480 @@
+"""Files are data, never code, and every command survives hostile input.
+
+Each command (train.py, amazon.py images and build, clip_loader.py embed) is fed bad files that the tests
+write themselves. Every case must end with exit code 2 and a message naming the file (and the line where
+there is one), or, where the command skips bad records by design, exit code 0 and a counted warning; never a
+traceback, never code from a file run, and never an existing output changed (run folders, image embeddings,
+partial embed chunks, built scenarios are compared byte for byte).
+"""
+import gzip
+import hashlib
+import io
+import json
+import os
+import pickle
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import zipfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import amazon
+import clip_loader
+import train
+from conftest import run_cli
+from test_amazon import write_example, write_lines
+from test_clip_loader import make_scenario
+
+pytestmark = pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # the bomb cases
+GARBAGE = bytes(range(256)) * 16  # NUL, control bytes and invalid UTF-8
+OVERLONG = b"9" * (10 << 20)  # a 10 MB line without a newline
+
+
+class Exploit:
+    """Unpickles as os.system('touch MARKER'): if the marker appears, a file ran code."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def snapshot(*paths: Path) -> dict:
+    """relative path -> sha256 (or the link target, or 'dir') of everything under `paths`, links not followed."""
+    out = {}
+    for top in paths:
+        for root, dirs, files in os.walk(top):
+            for name in dirs + files:
+                p = Path(root) / name
+                out[str(p)] = (f"-> {os.readlink(p)}" if p.is_symlink() else "dir" if p.is_dir()
+                               else hashlib.sha256(p.read_bytes()).hexdigest())
+        if top.is_file():
+            out[str(top)] = hashlib.sha256(top.read_bytes()).hexdigest()
+    return out
+
+
+def call(main, argv, capsys, *protected: Path) -> tuple[int, str]:
+    """Runs a command's main in this process: its exit code and its output, after checking that nothing
+    escaped as a traceback and that nothing under `protected` changed."""
+    before = snapshot(*protected)
+    code = main([str(a) for a in argv])
+    printed = capsys.readouterr()
+    text = printed.out + printed.err
+    assert "Traceback" not in text
+    assert snapshot(*protected) == before
+    return code, text
+
+
+def put(path: Path, content) -> None:
+    """Replaces `path` by bytes, a folder ('dir') or a symlink to itself ('loop')."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+    if content == "dir":
+        path.mkdir()
+    elif content == "loop":
+        path.symlink_to(path.name)
+    else:
+        path.write_bytes(content)
+
+
+def torch_file_with_pickle(path: Path, payload) -> Path:
+    """A torch.save zip whose data.pkl is `payload` pickled."""
+    torch.save({"x": torch.zeros(1)}, path)
+    with zipfile.ZipFile(path) as z:
+        entries = {n: z.read(n) for n in z.namelist()}
+    with zipfile.ZipFile(path, "w") as z:
+        for name, content in entries.items():
+            z.writestr(name, pickle.dumps(payload, protocol=2) if name.endswith("data.pkl") else content)
+    return path
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A 1-bit grayscale PNG of width x height whose pixels are all zero (so it compresses to almost nothing)."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    rows = zlib.compress(b"\0" * ((1 + (width + 7) // 8) * height), 9)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
+            + chunk(b"IDAT", rows) + chunk(b"IEND", b""))
+
+
+# ----------------------------------------------------------------------------- train.py
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_dir, tmp_path_factory):
+    """A finished run of SASRec on the tiny scenario: the run folder the bad cases must leave alone."""
+    out = tmp_path_factory.mktemp("run") / "run"
+    assert run_cli("--data-dir", tiny_dir, "--models", "sasrec", "--target", "X", "--epochs", 1,
+                   "--batch-size", 32, "--out", out) == 0
+    return out
+
+
+def valid_line(data: bytes) -> bytes:
+    return data.split(b"\n")[0] + b"\n"
+
+
+TRAIN_DATA = [  # (case, file of the scenario, content from the file's good bytes, expected message)
+    ("empty file", "Alist.txt", lambda good: b"", "Alist.txt: the file is empty"),
+    ("binary garbage", "traindata_new.txt", lambda good: GARBAGE, "traindata_new.txt:2: not UTF-8 text (byte 0x80"),
+    ("truncated .gz", "validdata_new.txt", lambda good: gzip.compress(good)[:60], "validdata_new.txt:1: not UTF-8"),
+    ("valid gzip of garbage", "testdata_new.txt", lambda good: gzip.compress(GARBAGE), "testdata_new.txt:1: not UTF-8"),
+    ("invalid UTF-8 in a sequence file", "traindata_new.txt",
+     lambda good: valid_line(good) + b"7\t7\t1|5|caf\xe9|\t2|6|x|\n", "traindata_new.txt:2: not UTF-8 text (byte 0xe9"),
+    ("overlong line", "traindata_new.txt", lambda good: OVERLONG, "traindata_new.txt:1: a sequence needs at least 2"),
+    ("negative item id", "traindata_new.txt", lambda good: b"7\t7\t-3|5|d|\t2|6|d|\n",
+     "traindata_new.txt:1: expected an interaction 'item|unix_ts|date|' with a non-negative integer item id"),
+    ("non-integer item id", "validdata_new.txt", lambda good: b"7\t7\t1.5|5|d|\t2|6|d|\n",
+     "validdata_new.txt:1: expected an interaction"),
+    ("timestamp that is not a number", "testdata_new.txt", lambda good: b"7\t7\t1|soon|d|\t2|6|d|\n",
+     "testdata_new.txt:1: expected an interaction"),
+    ("item id out of range", "traindata_new.txt", lambda good: b"7\t7\t1|5|d|\t99999|6|d|\n",
+     "traindata_new.txt:1: item id 99999 is out of range"),
+    ("a folder named like the file", "Blist.txt", lambda good: "dir", "Blist.txt: cannot be read (Is a directory)"),
+    ("symlink loop", "Alist.txt", lambda good: "loop", "Alist.txt: cannot be read (Too many levels of symbolic links)"),
+    ("embeddings: binary garbage", "image_embeddings.npy", lambda good: GARBAGE, "image_embeddings.npy: not a readable .npy"),
+    ("embeddings: truncated", "image_embeddings.npy", lambda good: good[:200], "image_embeddings.npy: not a readable .npy"),
+    ("embeddings: wrong dtype", "image_embeddings.npy", lambda good: npy(np.zeros((90, 8), np.int64)), "dtype int64"),
+    ("embeddings: wrong shape", "image_embeddings.npy", lambda good: npy(np.zeros((89, 8), np.float32)),
+     "expected shape (90, e)"),
+    ("embeddings: a folder", "image_embeddings.npy", lambda good: "dir", "image_embeddings.npy: not a readable .npy"),
+]
+
+
+def npy(array, allow_pickle=False) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=allow_pickle)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("case,name,content,message", TRAIN_DATA, ids=[c[0] for c in TRAIN_DATA])
+def test_train_refuses_bad_scenario_files(case, name, content, message, tiny_dir, trained, tmp_path, capsys):
+    scenario = tmp_path / "scenario"
+    shutil.copytree(tiny_dir, scenario)
+    put(scenario / name, content((tiny_dir / name).read_bytes()))
+    code, text = call(train.main, ["--data-dir", scenario, "--models", "sasrec,ifcdsr", "--target", "X",
+                                   "--epochs", 1, "--batch-size", 32, "--out", trained, "--resume"], capsys, trained)
+    assert code == 2 and message in text and str(scenario / name) in text
+
+
+def test_train_never_unpickles_code_from_an_embeddings_file(tiny_dir, trained, tmp_path, capsys):
+    marker = tmp_path / "code-was-run"
+    scenario = tmp_path / "scenario"
+    shutil.copytree(tiny_dir, scenario)
+    put(scenario / "image_embeddings.npy", npy(np.array([Exploit(marker)], dtype=object), allow_pickle=True))
+    code, text = call(train.main, ["--data-dir", scenario, "--models", "ifcdsr", "--out", trained, "--resume"],
+                      capsys, trained)
+    assert code == 2 and "image_embeddings.npy: not a readable .npy array" in text and not marker.exists()
+
+
+CHECKPOINTS = [  # (case, content of the file, expected message)
+    ("a torch.save zip whose pickle runs os.system", "zip payload", "not an IFCDSR checkpoint (UnpicklingError"),
+    ("a bare pickle that runs os.system", "pickle payload", "not an IFCDSR checkpoint (UnpicklingError"),
+    ("empty file", b"", "not an IFCDSR checkpoint"),
+    ("binary garbage", GARBAGE, "not an IFCDSR checkpoint"),
+    ("truncated checkpoint", "truncated", "not an IFCDSR checkpoint"),
+    ("a state dict, not a checkpoint", "state dict", "not an IFCDSR checkpoint of this version (missing"),
+]
+
+
+def write_checkpoint(path: Path, content, good: Path, marker: Path) -> None:
+    if content == "zip payload":
+        torch_file_with_pickle(path, Exploit(marker))
+    elif content == "pickle payload":
+        path.write_bytes(pickle.dumps(Exploit(marker), protocol=2))
+    elif content == "truncated":
+        path.write_bytes(good.read_bytes()[:3000])
+    elif content == "state dict":
+        torch.save({"E.weight": torch.zeros(3, 2)}, path)
+    else:
+        path.write_bytes(content)
+
+
+@pytest.mark.parametrize("case,content,message", CHECKPOINTS, ids=[c[0] for c in CHECKPOINTS])
+def test_a_bad_checkpoint_is_refused_by_eval_only_and_by_resume_and_runs_nothing(case, content, message, tiny_dir,
+                                                                               trained, tmp_path, capsys):
+    marker = tmp_path / "code-was-run"
+    good = trained / "sasrec" / "seed0" / "best_X.pt"
+    write_checkpoint(tmp_path / "best_X.pt", content, good, marker)
+    code, text = call(train.main, ["--data-dir", tiny_dir, "--eval-only", tmp_path / "best_X.pt"], capsys, trained)
+    assert code == 2 and f"error: {tmp_path / 'best_X.pt'}: {message}" in text and not marker.exists()
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    write_checkpoint(run / "sasrec" / "seed0" / "last_X.pt", content, good, marker)
+    code, text = call(train.main, ["--data-dir", tiny_dir, "--models", "sasrec", "--target", "X", "--epochs", 2,
+                                   "--batch-size", 32, "--out", run, "--resume"], capsys, run)
+    assert code == 2 and f"{run / 'sasrec' / 'seed0' / 'last_X.pt'}: {message}" in text and not marker.exists()
+
+
+def test_checkpoints_are_plain_data(trained):
+    """Everything in a checkpoint loads with weights_only=True: tensors, numbers, strings, lists and dicts."""
+    for path in trained.rglob("*.pt"):
+        state = torch.load(path, weights_only=True)
+        assert train.CHECKPOINT <= state.keys() and isinstance(state["config"], dict)
+
+
+# ----------------------------------------------------------------------------- amazon.py
+
+
+@pytest.fixture
+def shop(tmp_path):
+    """A scenario of items A1..A3 | B1, B2 with metadata (no image URLs: nothing to download), and an images
+    folder with one good image."""
+    folder = tmp_path / "shop"
+    folder.mkdir()
+    (folder / "Alist.txt").write_text("".join(f"{i}\tA{i + 1}\t{i}\n" for i in range(3)))
+    (folder / "Blist.txt").write_text("".join(f"{3 + i}\tB{i + 1}\t{i}\n" for i in range(2)))
+    records = [repr({"asin": a, "title": f"item {a}"}) for a in ("A1", "A2", "A3", "B1", "B2")]
+    write_lines(folder / "meta", records)
+    (folder / "images").mkdir()
+    (folder / "images" / "A1.png").write_bytes(png_header_only(4, 4))
+    return folder
+
+
+def good_meta(folder: Path) -> bytes:
+    return (folder / "meta").read_bytes()
+
+
+IMAGES = [  # (case, what to change, content, exit code, expected text)
+    ("empty metadata file", "meta", lambda f: b"", 2, "none of the 5 ASINs"),
+    ("binary garbage metadata", "meta", lambda f: GARBAGE, 2, "skipped"),
+    ("truncated .gz metadata", "meta", lambda f: gzip.compress(good_meta(f))[:50], 2, "unreadable after line"),
+    ("valid gzip of garbage metadata", "meta", lambda f: gzip.compress(GARBAGE), 2, "none of the 5 ASINs"),
+    ("overlong line in metadata", "meta", lambda f: good_meta(f) + OVERLONG + b"\n", 0,
+     "meta: skipped 1 malformed line(s) (first: line 6)"),
+    ("invalid UTF-8 in metadata", "meta", lambda f: b"{'asin': 'A\xff1'}\n" + good_meta(f), 0,
+     "meta: skipped 1 malformed line(s) (first: line 1)"),
+    ("invalid UTF-8 in Alist.txt", "Alist.txt", lambda f: b"0\tA1\t0\n1\tA\xff2\t1\n", 2, "Alist.txt:2: not UTF-8"),
+    ("a directory named like an image", "images/A2.jpg", lambda f: "dir", 0, "not a regular file: images/A2.jpg"),
+    ("a symlink loop named like an image", "images/A3.jpg", lambda f: "loop", 0, "not a regular file: images/A3.jpg"),
+    ("a zero-byte JPEG", "images/B1.jpg", lambda f: b"", 0, "no image URL"),
+    ("a decompression-bomb PNG", "images/B2.png", lambda f: png_header_only(12_000, 12_000), 0, "no image URL"),
+]
+
+
+@pytest.mark.parametrize("case,name,content,code,message", IMAGES, ids=[c[0] for c in IMAGES])
+def test_amazon_images_survives_bad_files(case, name, content, code, message, shop, capsys):
+    put(shop / name, content(shop))
+    protected = [shop / "images" / "A1.png"] + ([shop / "items.tsv"] if code == 2 else [])
+    got, text = call(amazon.main, ["images", "--scenario-dir", shop, "--meta", shop / "meta"], capsys, *protected)
+    reasons = (shop / "images" / "failures.tsv").read_text() if code == 0 else ""
+    assert got == code and message in text + reasons
+    if code == 2:
+        assert f"{shop / name}" in text or f"{shop / 'meta'}" in text
+    elif name.startswith("images/"):
+        asin = name.split("/")[1].split(".")[0]
+        assert f"\t{asin}\t{message}" in reasons and "\tA1\t" not in reasons
+        assert (shop / name).is_symlink() or (shop / name).exists()  # an odd file is reported, never deleted
+
+
+BUILD = [  # (case, content of the domain X review file from its good bytes, exit code, expected text)
+    ("empty review file", lambda good: b"", 2, "found no such line among its first 0 lines"),
+    ("binary garbage reviews", lambda good: GARBAGE, 2, "expected Amazon reviews"),
+    ("truncated .gz reviews", lambda good: good[:len(good) // 2], 2, "unreadable after line"),
+    ("valid gzip of garbage reviews", lambda good: gzip.compress(GARBAGE), 2, "expected Amazon reviews"),
+    ("overlong line in reviews", lambda good: gzip.compress(gzip.decompress(good) + OVERLONG + b"\n"), 0,
+     "skipped 2 malformed line(s)"),
+    ("a timestamp that is not a number", lambda good: gzip.compress(
+        gzip.decompress(good) + b'{"reviewerID": "c00", "asin": "X05", "unixReviewTime": "soon"}\n'), 0,
+     "skipped 2 malformed line(s)"),
+    ("invalid UTF-8 in reviews", lambda good: gzip.compress(gzip.decompress(good) + b"\xff\xfe{\n"), 0,
+     "skipped 2 malformed line(s)"),
+]
+
+
+@pytest.mark.parametrize("case,content,code,message", BUILD, ids=[c[0] for c in BUILD])
+def test_amazon_build_survives_bad_review_files(case, content, code, message, tmp_path, capsys):
+    """The example's domain X file already holds one malformed line; the bad cases add one more."""
+    ra, rb, ma, mb = write_example(tmp_path / "raw", "2018 json")
+    ra.write_bytes(content(ra.read_bytes()))
+    built = tmp_path / "built"
+    built.mkdir()
+    (built / "Alist.txt").write_text("an earlier scenario\n")
+    argv = ["build", "--reviews-a", ra, "--reviews-b", rb, "--meta-a", ma, "--meta-b", mb]
+    got, text = call(amazon.main, argv + ["--out", tmp_path / "new"], capsys, built)
+    assert got == code and message in text and str(ra) in text
+    assert (tmp_path / "new").is_dir() == (code == 0) and not list(tmp_path.glob(".new*"))
+    got, text = call(amazon.main, argv + ["--out", built], capsys, built)  # never over an existing scenario
+    assert got == 2 and "already exists" in text
+
+
+# ----------------------------------------------------------------------------- clip_loader.py embed
+
+
+EMBED = [  # (case, file under the scenario, content, exit code, expected text)
+    ("empty Alist.txt", "Alist.txt", b"", 2, "Alist.txt: the file is empty"),
+    ("binary garbage Blist.txt", "Blist.txt", GARBAGE, 2, "Blist.txt:2: not UTF-8"),
+    ("items.tsv with invalid UTF-8", "items.tsv", b"global_id\tdomain\tasin\ttitle\timage_url\n0\tX\tA\xff\n", 2,
+     "items.tsv:2: not UTF-8"),
+    ("weights: binary garbage", "weights.pt", GARBAGE, 2, "weights.pt is neither"),
+    ("weights: empty", "weights.pt", b"", 2, "weights.pt is neither"),
+    ("a directory named like an image", "images/A000.jpg", "dir", 0, "no image file 2"),
+    ("a symlink loop named like an image", "images/A000.jpg", "loop", 0, "no image file 2"),
+    ("a zero-byte JPEG", "images/A000.jpg", b"", 0, "unreadable image 3"),
+    ("a decompression-bomb PNG", "images/A000.jpg", png_header_only(12_000, 12_000), 0, "unreadable image 3"),
+    ("a partial chunk that is garbage", "image_embeddings.partial/chunk_000000.npz", GARBAGE, 2,
+     "chunk_000000.npz: unreadable"),
+]
+
+
+@pytest.mark.parametrize("case,name,content,code,message", EMBED, ids=[c[0] for c in EMBED])
+def test_embed_survives_bad_files(case, name, content, code, message, tmp_path, capsys):
+    """make_scenario's 8 items: 5 good images (A000's replaced here by the odd file), B001 corrupt, B002
+    truncated, B003 without an image. An earlier image_embeddings.npy and an interrupted run's partial folder
+    (with the same weights and items) must survive a refused run byte for byte."""
+    weights = make_scenario(tmp_path)
+    np.save(tmp_path / "image_embeddings.npy", np.ones((8, 32), np.float32))
+    (tmp_path / "items.tsv").write_text("global_id\tdomain\tasin\ttitle\timage_url\n")
+    partial = tmp_path / "image_embeddings.partial"
+    if code == 2:  # an interrupted run of the same weights and items, with one finished chunk
+        partial.mkdir()
+        meta = {"weights_sha256": clip_loader.file_sha256(weights), "items": 8, "chunk_size": 4096,
+                "asins_sha256": hashlib.sha256("\n".join(clip_loader.read_items(tmp_path).asins).encode()).hexdigest()}
+        (partial / "meta.json").write_text(json.dumps(meta))
+        (partial / "chunk_000000.npz").write_bytes(b"an earlier run's chunk")
+    put(tmp_path / name, content)
+    protected = [tmp_path / "image_embeddings.npy", partial] if code == 2 else [tmp_path / "images" / "A001.jpeg"]
+    got, text = call(clip_loader.main, ["embed", "--scenario-dir", tmp_path, "--images", tmp_path / "images",
+                                        "--weights", weights, "--device", "cpu", "--workers", 0,
+                                        "--missing", "text" if name == "items.tsv" else "zero"], capsys, *protected)
+    assert got == code and message in text
+    if code == 2:
+        assert str(tmp_path / name) in text
+    else:
+        rows = (tmp_path / "image_embeddings.missing.tsv").read_text()
+        assert "0\tA000\t" in rows
+        if "bomb" in case:
+            assert "decompression bomb" in rows
+
+
+# ----------------------------------------------------------------------------- killed at any moment
+
+ROOT = Path(__file__).resolve().parent
+KILLER = """
+import io, os, signal, sys
+import common, torch
+point, n, command = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+calls = 0
+
+
+def tick():
+    global calls
+    calls += 1
+    return calls == n
+
+
+def half_then_kill(write_atomically):
+    def write(path, *args):  # the n-th file write stops half-way, as a kill during a write would leave it
+        if tick():
+            buffer = io.BytesIO()
+            if args and callable(args[0]):
+                args[0](buffer)
+            else:
+                buffer.write(args[0].encode())
+            path.with_name(path.name + ".tmp").write_bytes(buffer.getvalue()[:len(buffer.getvalue()) // 2])
+            os.kill(os.getpid(), signal.SIGKILL)
+        return write_atomically(path, *args)
+    return write
+
+
+if command == "train":
+    import train
+    if point == "step":  # right after the n-th optimiser step
+        step = torch.optim.Adam.step
+        def counted(self, *a, **k):
+            out = step(self, *a, **k)
+            if tick():
+                os.kill(os.getpid(), signal.SIGKILL)
+            return out
+        torch.optim.Adam.step = counted
+    elif point == "checkpoint":
+        train.atomic_write = half_then_kill(common.atomic_write)
+    elif point == "results":
+        train.atomic_write_text = half_then_kill(common.atomic_write_text)
+    sys.exit(train.main(sys.argv[4:]))
+else:
+    import clip_loader
+    if point == "image":  # right after the n-th image is encoded
+        encode = clip_loader.CLIP.encode_image
+        def counted(self, image):
+            out = encode(self, image)
+            if tick():
+                os.kill(os.getpid(), signal.SIGKILL)
+            return out
+        clip_loader.CLIP.encode_image = counted
+    else:  # "write": half-way through the n-th file write
+        clip_loader.atomic_write = half_then_kill(common.atomic_write)
+    folder = sys.argv[4]
+    clip_loader.embed(folder, folder + "/images", weights=folder + "/weights.pt", device="cpu", workers=0,
+                      chunk_size=3, batch_size=1)
+"""
+
+
+def killed(point: str, n: int, command: str, *argv) -> None:
+    """Runs the command in a new process that SIGKILLs itself at the n-th `point`."""
+    result = subprocess.run([sys.executable, "-c", KILLER, point, str(n), command, *map(str, argv)], cwd=ROOT,
+                            capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == -signal.SIGKILL, (point, n, result.returncode, result.stderr[-2000:])
+
+
+def comparable(res: dict) -> dict:
+    """results.json without what differs between two correct runs: timings and the output folder's path."""
+    runs = {m: [{**{k: v for k, v in r.items() if k not in ("history", "checkpoint")},
+                 "history": {d: [{k: v for k, v in h.items() if k != "seq_per_s"} for h in hs]
+                             for d, hs in r.get("history", {}).items()}} for r in rs]
+            for m, rs in res["runs"].items()}
+    return {"runs": runs, "summary": res["summary"], "significance": res["significance"]}
+
+
+@pytest.fixture(scope="module")
+def straight(tiny_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("straight") / "run"
+    assert run_cli(*TRAIN_RUN, "--data-dir", tiny_dir, "--out", out) == 0
+    return json.loads((out / "results.json").read_text())
+
+
+TRAIN_RUN = ("--no-image", "--target", "X", "--epochs", 3, "--batch-size", 16)  # 4 steps an epoch
+
+
+@pytest.mark.parametrize("point,n", [("step", 6), ("checkpoint", 3), ("results", 3)])
+def test_training_killed_at_any_moment_resumes_to_the_same_results(point, n, tiny_dir, straight, tmp_path):
+    """SIGKILL after the 6th optimiser step (mid-epoch 2), half-way through writing the 3rd checkpoint, and
+    half-way through the final write of results.json; the same command with --resume then ends with the
+    results of the uninterrupted run."""
+    out = tmp_path / "run"
+    killed(point, n, "train", *TRAIN_RUN, "--data-dir", tiny_dir, "--out", out)
+    assert run_cli(*TRAIN_RUN, "--data-dir", tiny_dir, "--out", out, "--resume") == 0
+    assert comparable(json.loads((out / "results.json").read_text())) == comparable(straight)
+
+
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory):
+    """The files of an uninterrupted embed of make_scenario's 8 items."""
+    once = tmp_path_factory.mktemp("once")
+    make_scenario(once)
+    clip_loader.embed(once, once / "images", weights=once / "weights.pt", device="cpu", workers=0, chunk_size=3,
+                      batch_size=1)
+    return {name: (once / name).read_bytes() for name in ("image_embeddings.npy", "image_embeddings.missing.tsv")}
+
+
+@pytest.mark.parametrize("point,n", [("image", 5), ("write", 3), ("write", 5)])
+def test_embed_killed_at_any_moment_ends_with_the_same_files_when_run_again(point, n, embedded, tmp_path):
+    """Chunks of 3 items; SIGKILL after the 5th image, half-way through writing a chunk (the 3rd file write:
+    meta.json, chunk 0, chunk 1) or the final image_embeddings.npy (the 5th); running it again gives the files
+    of an uninterrupted run."""
+    make_scenario(tmp_path)
+    killed(point, n, "embed", tmp_path)
+    clip_loader.embed(tmp_path, tmp_path / "images", weights=tmp_path / "weights.pt", device="cpu", workers=0,
+                      chunk_size=3, batch_size=1)
+    assert {name: (tmp_path / name).read_bytes() for name in embedded} == embedded
+    assert not (tmp_path / "image_embeddings.partial").exists()
