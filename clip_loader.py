@@ -311,8 +311,9 @@ class _ArchiveUnpickler(pickle.Unpickler):
 def _module_tensors(module: _ScriptModule, prefix=""):
     """(dotted name, tensor) for every tensor attribute of the module tree.
 
-    Note: for a traced archive such as OpenAI's these are exactly its parameters and buffers
-    (a traced module keeps other tensors as graph constants, in constants.pkl, not read here).
+    Note: for archives written by torch.jit.trace (OpenAI's) or torch.jit.script these are exactly the
+    parameters and buffers; a traced module keeps other tensors as graph constants (constants.pkl, not
+    read here), and tensors in a typed list attribute (List[Tensor]) are not taken.
     """
     for name, value in module.state.items():
         if isinstance(value, torch.Tensor):

@@ -45,3 +45,16 @@ def tiny_dir(tmp_path_factory):
 
 def run_cli(*args):
     return train.main([str(a) for a in args])
+
+
+def full_batch_losses(model, train_set, steps: int = 8, lr: float = 1e-3) -> tuple[list[float], dict]:
+    """Adam on the whole training set for a few steps: the losses, and the last step's per-view parts."""
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss, parts = model.loss(train_set.inputs, train_set.targets)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses, parts

@@ -16,7 +16,7 @@ from data import EvalSet, Scenario, Views, item_counts
 METRICS = ("MRR", "NDCG@5", "NDCG@10", "HR@1", "HR@5", "HR@10")
 PROTOCOLS = ("sampled999", "full")  # C2DSR's 999 sampled negatives; full ranking of the target domain
 NUM_NEGATIVES = 999
-NEGATIVE_SEED = 0  # Note: negatives come from this one seed, whatever the training seed (see `negatives`)
+NEGATIVE_SEED = 0  # the negatives come from this one seed, whatever the training seed (see `negatives`)
 
 
 def domain_items(scen: Scenario, domain: str) -> slice:

@@ -7,7 +7,7 @@ import torch
 
 import data
 from baselines import GRU4Rec, SASRec, popularity_scores
-from conftest import TINY, views
+from conftest import TINY, full_batch_losses, views
 from data import load_scenario, make_demo, make_train_set
 from ifcdsr import Config
 
@@ -55,14 +55,7 @@ def test_a_few_training_steps_lower_the_loss(cls, tmp_path):
     scen = load_scenario(make_demo(tmp_path / "demo", seed=0, spec=TINY), max_len=15, use_images=False)
     torch.manual_seed(0)
     model = cls(Config(q=32, dropout=0.0, target="Y"), scen.items.num_x, scen.items.num_y)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(8):
-        loss, parts = model.loss(scen.train.inputs, scen.train.targets)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses, parts = full_batch_losses(model, scen.train, lr=1e-2)
     assert set(parts) == {"y"} and losses[-1] < losses[0] - 0.1
 
 

@@ -1,13 +1,19 @@
 """Tests of train.py: the command line, seeds, resuming, model selection on validation only, checkpoints."""
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
+import clip_loader
 import train
 from conftest import run_cli
 from data import DemoSpec, load_scenario, make_demo
 from evaluate import METRICS, PROTOCOLS
+
+ROOT = Path(__file__).resolve().parent
 
 
 def results(out):
@@ -138,3 +144,8 @@ def test_cli_rejects_a_checkpoint_of_another_scenario(tiny_dir, tmp_path, capsys
 def test_old_spellings_say_the_new_one(capsys):
     assert train.main(["--benchmark", "--bench-items", "300"]) == 2
     assert capsys.readouterr().err.strip() == "error: `python train.py --benchmark` is now `python benchmark.py`"
+    assert clip_loader.main(["bench", "--images", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "error: `python clip_loader.py bench` is now `python benchmark.py --clip`"
+    old = subprocess.run([sys.executable, str(ROOT / "data.py"), "images", "--meta", "m"], capture_output=True, text=True)
+    assert old.returncode == 2 and old.stderr.strip() == ("error: `python data.py images` is now "
+                                                           "`python amazon.py images|build`")

@@ -301,12 +301,14 @@ def choose_models(args, name: str, has_images: bool) -> list[str]:
             raise UsageError(f"--models {','.join(m for m in models if needs_images(m))} need(s) image embeddings, "
                              f"but {why}. Build them (clip_loader.py embed) or leave those rows out.")
     elif args.ablation:
+        # Note: Table 4's rows read as: "original framework" = ID only and the merged view S^{X+Y} alone;
+        # "+ image fusion" adds the image branch; "+ multiple attention" (the three views) is IFCDSR
         models = ["popularity", "original", "image_fusion", "ifcdsr"]
     elif args.no_image or args.no_multi_attention:
         models = ["popularity", {(True, False): "ifcdsr_id", (False, True): "image_fusion",
                                  (True, True): "original"}[(args.no_image, args.no_multi_attention)]]
     else:
-        # Note: on the demo, the default run also trains the ID-only model, to show what the images add
+        # on the demo, the default run also trains the ID-only model, to show what the images add
         models = ["popularity", "ifcdsr_id", "ifcdsr"] if name == "demo" else ["popularity", "ifcdsr"]
     return [m for m in MODELS if m in models]
 
