@@ -190,7 +190,9 @@ def load_image_embeddings(path: Path, num_items: int) -> torch.Tensor:
     try:  # never a pickle; memory-mapped, so that a header that lies about the shape costs nothing
         E = np.load(path, allow_pickle=False, mmap_mode="r")
     except (ValueError, OSError, EOFError) as err:  # a pickle, garbage, a truncated file, a folder
-        raise DataError(f"{path}: not a readable .npy array ({err}); rebuild it with clip_loader.py embed.") from None
+        pickled = "pickle" in str(err) or "Python objects" in str(err)
+        why = "it holds pickled Python objects, which are never loaded" if pickled else err
+        raise DataError(f"{path}: not a readable .npy array ({why}); rebuild it with clip_loader.py embed.") from None
     if E.ndim != 2 or E.shape[0] != num_items:
         raise DataError(f"{path}: expected shape ({num_items}, e), one row per item of Alist+Blist; "
                         f"found {E.shape}. Rebuild it for this scenario.")

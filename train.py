@@ -85,7 +85,7 @@ def load_checkpoint(path: Path, device) -> dict:
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except Exception as err:  # a pickle that asks for anything else, a truncated or foreign file
-        why = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        why = (str(err).strip().splitlines() or ["the file ends early"])[0][:200]
         raise UsageError(f"{path}: not an IFCDSR checkpoint ({type(err).__name__}: {why}); nothing in it was "
                          f"run. Use a best_*.pt or last_*.pt that train.py wrote.") from None
     if not isinstance(state, dict) or not CHECKPOINT <= state.keys():
