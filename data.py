@@ -1,7 +1,7 @@
 """Files -> tensors for IFCDSR: the C2DSR scenario format, image embeddings, and
 the generated demo scenario.
 
-A scenario directory holds (C2DSR's format, see README "Data format"):
+A scenario directory holds (C2DSR's format, docs/data.md, "The C2DSR scenarios"):
     Alist.txt, Blist.txt     one item a line: raw_id<TAB>ASIN<TAB>local_index
     traindata_new.txt        one user a line: user<TAB>inter_id<TAB>item|unix_ts|date|<TAB>...
     validdata_new.txt        same; the last item (by time) is the ground truth
@@ -122,7 +122,7 @@ def read_text_lines(path: Path) -> list[str]:
 def _lines(path: Path) -> list[str]:
     if not path.exists() and not path.is_symlink():
         raise DataError(f"{path}: file not found. A scenario directory needs Alist.txt, Blist.txt, "
-                        f"{', '.join(SPLIT_FILES.values())} (see README 'Get the real data').")
+                        f"{', '.join(SPLIT_FILES.values())} (docs/data.md says where to get them).")
     lines = read_text_lines(path)
     if not any(line.strip() for line in lines):
         raise DataError(f"{path}: the file is empty; expected at least one line.")
@@ -181,17 +181,24 @@ def read_sequences(path: Path, num_items: int) -> list[list[int]]:
     return sequences
 
 
+def _starts_with(path: Path, magic: bytes) -> bool:
+    with open(path, "rb") as f:
+        return f.read(len(magic)) == magic
+
+
 def load_image_embeddings(path: Path, num_items: int) -> torch.Tensor:
     if not path.exists():
         raise DataError(
             f"{path}: image embeddings not found. Build them with\n"
             f"    python clip_loader.py embed --scenario-dir {path.parent} --images {path.parent / 'images'}\n"
-            f"(README 'Getting image embeddings'), or train the ID-only model with --no-image.")
+            f"(docs/clip.md), or train the ID-only model with --no-image.")
     try:  # never a pickle; memory-mapped, so that a header that lies about the shape costs nothing
         E = np.load(path, allow_pickle=False, mmap_mode="r")
     except (ValueError, OSError, EOFError) as err:  # a pickle, garbage, a truncated file, a folder
-        pickled = "pickle" in str(err) or "Python objects" in str(err)
-        why = "it holds pickled Python objects, which are never loaded" if pickled else err
+        if isinstance(err, OSError) or not _starts_with(path, b"\x93NUMPY"):
+            why = err if isinstance(err, OSError) else "it does not start with NumPy's .npy header"
+        else:
+            why = "pickled Python objects, which are never loaded" if "objects" in str(err) else err
         raise DataError(f"{path}: not a readable .npy array ({why}); rebuild it with clip_loader.py embed.") from None
     if E.ndim != 2 or E.shape[0] != num_items:
         raise DataError(f"{path}: expected shape ({num_items}, e), one row per item of Alist+Blist; "
@@ -253,7 +260,7 @@ def make_eval_set(sequences: list[list[int]], num_x: int, max_len: int, pad: int
 def load_scenario(path: str | Path, *, max_len: int, use_images: bool, name: str | None = None) -> Scenario:
     path = Path(path)
     if not path.is_dir():
-        raise DataError(f"{path}: scenario directory not found (see README 'Get the real data').")
+        raise DataError(f"{path}: scenario directory not found (docs/data.md says where to get them).")
     items = read_items(path)
     pad = items.num_items
     seqs = {split: read_sequences(path / file, items.num_items) for split, file in SPLIT_FILES.items()}
@@ -304,7 +311,7 @@ def write_sequences(path: Path, rows) -> None:
 
 @dataclass
 class DemoSpec:
-    """Sizes and strengths of the generated demo scenario (README 'The demo scenario')."""
+    """Sizes and strengths of the generated demo scenario (docs/data.md, "The demo scenario")."""
 
     num_x: int = 1000  # items in domain X (more than 999, for the sampled protocol)
     num_y: int = 1200  # items in domain Y

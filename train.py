@@ -13,6 +13,7 @@ import math
 import random
 import sys
 import time
+import warnings
 from dataclasses import asdict, fields
 from pathlib import Path
 
@@ -83,9 +84,14 @@ def load_checkpoint(path: Path, device) -> dict:
     """A checkpoint read as data (weights_only: tensors, numbers, strings, lists, dicts; nothing in the file
     is executed), with the keys every checkpoint of this version holds."""
     try:
-        state = torch.load(path, map_location=device, weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols before it refuses a foreign pickle
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location=device, weights_only=True)
     except Exception as err:  # a pickle that asks for anything else, a truncated or foreign file
-        why = (str(err).strip().splitlines() or ["the file ends early"])[0][:200]
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation")
+        why = ([line for line in lines if not line.startswith(boilerplate)] or lines or ["the file ends early"])[0]
+        why = why.split(". ")[0][:200]  # torch's first sentence
         raise UsageError(f"{path}: not an IFCDSR checkpoint ({type(err).__name__}: {why}); nothing in it was "
                          f"run. Use a best_*.pt or last_*.pt that train.py wrote.") from None
     if not isinstance(state, dict) or not CHECKPOINT <= state.keys():
