@@ -311,8 +311,9 @@ def report(what: str, seconds: float, flop: float, mm_seconds: float) -> None:
 
 # ----------------------------------------------------------------------------- CLIP
 
-VIT_B_32 = clip_loader.CLIPConfig(embed_dim=512, image_resolution=224, vision_layers=12, vision_width=768, vision_patch_size=32,
-                      context_length=77, vocab_size=49408, transformer_width=512, transformer_layers=12)
+VIT_B_32 = clip_loader.CLIPConfig(embed_dim=512, image_resolution=224, vision_layers=12, vision_width=768,
+                                  vision_patch_size=32, context_length=77, vocab_size=49408, transformer_width=512,
+                                  transformer_layers=12)
 
 
 def clip(*, images=2000, repeats=5, batch_sizes=(1, 16, 64), device="auto", workers=None):
@@ -362,7 +363,8 @@ def clip(*, images=2000, repeats=5, batch_sizes=(1, 16, 64), device="auto", work
             (scenario / name).write_text("".join(f"{i}\t{a}\t{i}\n" for i, a in enumerate(part)))
         torch.save(model.state_dict(), scenario / "weights.pt")
         start = time.perf_counter()
-        clip_loader.embed(scenario, scenario / "images", weights=scenario / "weights.pt", device=device, workers=workers)
+        clip_loader.embed(scenario, scenario / "images", weights=scenario / "weights.pt", device=device,
+                          workers=workers)
         seconds = time.perf_counter() - start
     print(f"embed command: {images:,} 500x500 JPEGs in {seconds:.1f} s = {images / seconds:.1f} images/s "
           f"(loading the weights included)")

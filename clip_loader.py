@@ -673,7 +673,8 @@ def _embed_images(model, preprocess, paths, device, partial: Path, meta, *, batc
                     E_img[rows], reasons[rows] = saved["E_img"], saved["reasons"]
             except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
                 why = f"{type(err).__name__}: {err}" if zipfile.is_zipfile(chunk) else "not a .npz archive"
-                raise CLIPError(f"{chunk}: unreadable ({why}); delete it, and rerun to encode its items again") from None
+                raise CLIPError(f"{chunk}: unreadable ({why}); delete it, and rerun to encode its items "
+                                f"again") from None
         else:
             pending.append(c)
     todo = {c: sum(p is not None for p in paths[c * chunk_size:(c + 1) * chunk_size]) for c in pending}

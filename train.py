@@ -99,10 +99,10 @@ def load_checkpoint(path: Path, device) -> dict:
         raise UsageError(f"{path}: not an IFCDSR checkpoint of this version (missing {missing}); train again with "
                          f"the same command to re-create it.")
     known = {f.name for f in fields(Config)}
-    if state["model_name"] not in MODELS or not isinstance(state["config"], dict) or state["config"].keys() - known:
+    extra = sorted(state["config"].keys() - known) if isinstance(state["config"], dict) else "?"
+    if state["model_name"] not in MODELS or extra:
         raise UsageError(f"{path}: not an IFCDSR checkpoint of this version (model {state['model_name']!r}, config "
-                         f"fields {sorted(state['config'].keys() - known) if isinstance(state['config'], dict) else '?'} "
-                         f"unknown); train again with the same command to re-create it.")
+                         f"fields {extra} unknown); train again with the same command to re-create it.")
     return state
 
 
@@ -153,7 +153,8 @@ class Trainer:
                              f"--patience, --eval-every may change), or start a new run with another --out.")
         self.model.load_state_dict(state["model"])  # E_img is not stored: it is the data's
         self.opt.load_state_dict(state["optimizer"])
-        self.epoch, self.best_valid, self.bad, self.history = (state[k] for k in ("epoch", "best_valid", "bad", "history"))
+        self.epoch, self.best_valid, self.bad, self.history = (
+            state[k] for k in ("epoch", "best_valid", "bad", "history"))
         torch.set_rng_state(state["rng"]["torch"])
         self.shuffle.set_state(state["rng"]["shuffle"])
         if state["rng"]["cuda"] and torch.cuda.is_available():
@@ -171,7 +172,8 @@ class Trainer:
         cases, neg = self.cases[split]
         self.model.eval()
         with self.autocast():
-            return rank_cases(self.model.score, cases, self.items, neg, self.device, eval_batch(self.cfg, self.scen.items.num_items))
+            batch = eval_batch(self.cfg, self.scen.items.num_items)
+            return rank_cases(self.model.score, cases, self.items, neg, self.device, batch)
 
     def evaluate(self, split: str) -> dict:
         """Metrics of the valid or test cases of this target domain, under both protocols."""
@@ -298,7 +300,8 @@ def choose_models(args, name: str, has_images: bool) -> list[str]:
         models = COMPARE if args.compare else [m.strip() for m in args.models.split(",") if m.strip()]
         unknown = [m for m in models if m not in MODELS]
         if unknown or not models:
-            raise UsageError(f"--models: unknown model(s) {unknown}; expected a comma-separated list of {', '.join(MODELS)}.")
+            raise UsageError(f"--models: unknown model(s) {unknown}; expected a comma-separated list of "
+                             f"{', '.join(MODELS)}.")
         if no_images and args.compare:
             if any(map(needs_images, models)):
                 print(f"{why}: running only the rows that need no image embeddings", flush=True)
