@@ -137,8 +137,8 @@ def print_cold_warm(summary: dict, models: list, domains: list, names: tuple, p:
 
 
 def print_significance(sig: dict, reference: str, models: list, domains: list, names: tuple, p: str) -> None:
-    head = f"{LABELS[reference] + ' - row, MRR':<24}" + "".join(f" | {names['XY'.index(d)] + ', 95% interval':>28}"
-                                                               for d in domains)
+    head = f"{LABELS[reference] + ' - row':<24}" + "".join(
+        f" | {'MRR ' + names['XY'.index(d)] + ', 95% interval':>28}" for d in domains)
     print(f"{head}\n{'-' * len(head)}")
     for m in models:
         if m == reference:
@@ -148,7 +148,7 @@ def print_significance(sig: dict, reference: str, models: list, domains: list, n
             s = sig[m].get(d, {}).get(p)
             cells.append("-" if s is None else f"{s['mrr_diff']:+.2f} [{s['low']:+.2f}, {s['high']:+.2f}]"
                                                + (" *" if s["significant"] else "  "))
-        print(f"{LABELS[m]:<24}" + "".join(f" | {c:>28}" for c in cells))
+        print((f"{LABELS[m]:<24}" + "".join(f" | {c:>28}" for c in cells)).rstrip())
     print(f"(* the paired bootstrap interval excludes 0: {RESAMPLES:,} resamples of the test cases, each case's "
           f"reciprocal rank averaged over the seeds)")
 
