@@ -346,7 +346,7 @@ def read_state_dict(path) -> dict:
     except Exception as e:
         with open(path, "rb") as f:
             head = f.read(16)
-        raise CLIPError(  # torch's own message is pages long and suggests weights_only=False: not repeated
+        raise CLIPError(  # torch's own message is pages long and suggests turning weights_only off: not repeated
             f"{path} is neither an OpenAI TorchScript archive nor a torch.save'd state dict of tensors "
             f"(torch.load with weights_only=True raised {type(e).__name__}): it is {path.stat().st_size:,} bytes "
             f"starting with {head!r}. An interrupted download is the usual cause (OpenAI's ViT-B-32.pt is "
