@@ -195,10 +195,14 @@ def load_image_embeddings(path: Path, num_items: int) -> torch.Tensor:
     try:  # never a pickle; memory-mapped, so that a header that lies about the shape costs nothing
         E = np.load(path, allow_pickle=False, mmap_mode="r")
     except (ValueError, OSError, EOFError) as err:  # a pickle, garbage, a truncated file, a folder
-        if isinstance(err, OSError) or not _starts_with(path, b"\x93NUMPY"):
-            why = err if isinstance(err, OSError) else "it does not start with NumPy's .npy header"
+        if isinstance(err, OSError):
+            why = err
+        elif not _starts_with(path, b"\x93NUMPY"):
+            why = "it does not start with NumPy's .npy header"
+        elif "objects" in str(err):  # an object array: its items are pickles
+            why = "pickled Python objects, which are never loaded"
         else:
-            why = "pickled Python objects, which are never loaded" if "objects" in str(err) else err
+            why = err
         raise DataError(f"{path}: not a readable .npy array ({why}); rebuild it with clip_loader.py embed.") from None
     if E.ndim != 2 or E.shape[0] != num_items:
         raise DataError(f"{path}: expected shape ({num_items}, e), one row per item of Alist+Blist; "
