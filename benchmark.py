@@ -79,7 +79,8 @@ def synthetic_scenario(num_items: int, num_seqs: int, cfg: Config, image_width: 
     return Scenario(name=f"synthetic-{num_items}", path=Path("."), items=Items([""] * num_items, num_x, num_y),
                     train=data.make_train_set(train, num_x, cfg.max_len, pad),
                     valid=data.make_eval_set(valid, num_x, cfg.max_len, pad),
-                    test=data.make_eval_set(test, num_x, cfg.max_len, pad), E_img=E_img)
+                    test=data.make_eval_set(test, num_x, cfg.max_len, pad), E_img=E_img,
+                    data_sha256=f"synthetic-{seed}", images_sha256=None)
 
 
 def head(train: TrainSet, n: int) -> TrainSet:

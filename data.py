@@ -16,6 +16,7 @@ item of every view is at position L-1).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -93,6 +94,8 @@ class Scenario:
     valid: EvalSet
     test: EvalSet
     E_img: torch.Tensor | None  # (N, e) frozen image embeddings, or None with --no-image
+    data_sha256: str  # identifies the data: the sha256 of the item and sequence files (`fingerprint`)
+    images_sha256: str | None  # the sha256 of image_embeddings.npy, when it was read
 
 
 # ----------------------------------------------------------------------------- reading
@@ -136,8 +139,9 @@ def _read_item_list(path: Path) -> list[str]:
         if not line.strip():
             continue
         fields = line.split("\t")
-        if len(fields) != 3 or not fields[2].strip().isdecimal():
-            raise DataError(f"{path}:{lineno}: expected 'raw_id<TAB>ASIN<TAB>local_index', found {line[:120]!r}.")
+        if len(fields) != 3 or not fields[1].strip() or not fields[2].strip().isdecimal():
+            raise DataError(f"{path}:{lineno}: expected 'raw_id<TAB>ASIN<TAB>local_index' with an ASIN and an "
+                            f"integer index, found {line[:120]!r}.")
         index = int(fields[2])
         if index in rows:
             raise DataError(f"{path}:{lineno}: local index {index} appears twice.")
@@ -161,7 +165,10 @@ def read_sequences(path: Path, num_items: int) -> list[list[int]]:
     for lineno, line in enumerate(_lines(path), 1):
         if not line.strip():
             continue
-        fields = [f for f in line.split("\t") if f.strip()]
+        fields = line.rstrip().split("\t")  # trailing whitespace, as C2DSR's reader strips it
+        if len(fields) < 3 or not fields[0].strip() or not fields[1].strip():
+            raise DataError(f"{path}:{lineno}: expected 'user<TAB>inter_id<TAB>item|unix_ts|date|<TAB>...' with a "
+                            f"user and an interaction id, found {line[:120]!r}.")
         events = []
         for token in fields[2:]:
             parts = token.split("|")
@@ -261,11 +268,23 @@ def make_eval_set(sequences: list[list[int]], num_x: int, max_len: int, pad: int
     return EvalSet(_views(histories, num_x, max_len, pad), torch.tensor([seq[-1] for seq in sequences]))
 
 
+def fingerprint(paths: list[Path]) -> str:
+    """sha256 over the names and contents of files: what a run and its checkpoints were trained on."""
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(path.name.encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
 def load_scenario(path: str | Path, *, max_len: int, use_images: bool, name: str | None = None) -> Scenario:
     path = Path(path)
     if not path.is_dir():
         raise DataError(f"{path}: scenario directory not found (docs/data.md says where to get them).")
     items = read_items(path)
+    for domain, n, file in (("X", items.num_x, "Alist.txt"), ("Y", items.num_y, "Blist.txt")):
+        if n < 2:
+            raise DataError(f"{path / file}: domain {domain} has {n} item; a scenario needs at least 2 in each "
+                            f"domain (a ground truth and a candidate to rank it against).")
     pad = items.num_items
     seqs = {split: read_sequences(path / file, items.num_items) for split, file in SPLIT_FILES.items()}
     E_img = load_image_embeddings(path / EMBEDDINGS_FILE, items.num_items) if use_images else None
@@ -275,6 +294,8 @@ def load_scenario(path: str | Path, *, max_len: int, use_images: bool, name: str
         valid=make_eval_set(seqs["valid"], items.num_x, max_len, pad),
         test=make_eval_set(seqs["test"], items.num_x, max_len, pad),
         E_img=E_img,
+        data_sha256=fingerprint([path / f for f in ("Alist.txt", "Blist.txt", *SPLIT_FILES.values())]),
+        images_sha256=fingerprint([path / EMBEDDINGS_FILE]) if use_images else None,
     )
 
 

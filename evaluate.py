@@ -19,6 +19,10 @@ NUM_NEGATIVES = 999
 NEGATIVE_SEED = 0  # the negatives come from this one seed, whatever the training seed (see `negatives`)
 
 
+class NonFiniteScores(ValueError):
+    """A model scored a candidate NaN or ±inf: no rank, and no metric, can be computed from that."""
+
+
 def domain_items(scen: Scenario, domain: str) -> slice:
     return ifcdsr.domain_items(domain, scen.items.num_x, scen.items.num_items)
 
@@ -72,11 +76,15 @@ def rank_cases(score_fn, cases: EvalSet, items: slice, neg: torch.Tensor, device
     Note: rank = 1 + (candidates scoring strictly higher) + ½·(other candidates scoring the same): the
     expected rank under a random tie-break. C2DSR counts a tie (within 1e-5) as a win, which flatters a
     model with many equal scores, such as popularity (every unseen item scores 0).
+    A NaN or infinite score is an error (NonFiniteScores), never a rank.
     """
     ranks = {p: [] for p in PROTOCOLS}
     flags = torch.empty(min(batch, len(cases)), items.stop - items.start, device=device)  # reused: see below
     for i in range(0, len(cases), batch):
         s = score_fn(to_device(cases.history[i:i + batch], device), items).float()  # (B, n)
+        if not torch.isfinite(s).all():  # NaN compares false with everything: it would rank first
+            what = "NaN" if s.isnan().any() else "infinite"
+            raise NonFiniteScores(f"{what} scores among cases {i + 1}-{i + len(s)} of {len(cases)}")
         t = (cases.target[i:i + batch] - items.start).to(device)
         s_t = s.gather(1, t[:, None])  # (B, 1)
         # counted as 0/1 floats in a reused buffer: summing a new bool tensor is several times slower

@@ -150,28 +150,29 @@ def nll(h_id: torch.Tensor, E_id: torch.Tensor, h_img: torch.Tensor | None, E_im
 @torch.no_grad()
 def score(views, E_id: torch.Tensor, E_img: torch.Tensor | None, alpha: float, temperature: float,
           items: slice) -> torch.Tensor:
-    """(Eq. 8) P(x_i | S) = Σ_v λ_v·P^v(x_i | S) for the items in `items` -> (B, |items|); the softmax
-    of Eq. 3/4 still runs over all N items.
+    """(Eq. 8) P(x_i | S) = Σ_v λ_v·P^v(x_i | S) for the items in `items` -> (B, |items|); each view's
+    softmax (Eq. 3/4) runs over its own items, as in `IFCDSR.score`.
 
-    views: [(λ_v, h_id (B, q), h_img (B, e) or None, empty (B, 1))], h read at each view's last position;
-    a view without items contributes the uniform 1/N (as in `IFCDSR.score`).
+    views: [(λ_v, own, into, src, h_id (B, q), h_img (B, e) or None, empty (B, 1))]: `own` the items of the
+    view's softmax, `into` and `src` the columns of the requested items it covers in the result and in P^v;
+    h read at each view's last position; a view without items contributes the uniform 1/|own|.
     Note: computed as written, in probability space (fp32): an item's P underflows to 0 only if its
     logit is > 87 below the row's best in every branch, impossible for τ > 2/87 (cosines span 2/τ).
     """
-    N = E_id.shape[0]
-    B = len(views[0][1])
-    s = torch.empty(B, N, device=E_id.device)  # (B, N) one branch's logits, then exp(logits - m)
-    total = torch.zeros_like(s[:, items])  # (B, |items|) the sum of Eq. 8
-    uniform = torch.zeros(B, 1, device=E_id.device)  # (B, 1) the mass of empty views, 1/N each item
-    for weight, h_id, h_img, empty in views:
+    B = len(views[0][4])
+    buffer = torch.empty(B * E_id.shape[0], device=E_id.device)  # one branch's logits, then exp(logits - m)
+    total = torch.zeros(B, items.stop - items.start, device=E_id.device)  # (B, |items|) the sum of Eq. 8
+    for weight, own, into, src, h_id, h_img, empty in views:
         if weight == 0:
             continue
-        uniform += weight / N * empty
-        # (Eq. 5) P^v = α·P_id + (1-α)·P_img, added to the total with the view's weight (Eq. 8)
-        for h, E, w in ((h_id, E_id, alpha), (h_img, E_img, 1.0 - alpha)):
+        s = buffer[:B * (own.stop - own.start)].view(B, -1)  # (B, |own|)
+        into = total[:, into]  # (B, |covered|) a view of the result
+        into += weight / (own.stop - own.start) * empty  # the uniform mass of an empty view
+        # (Eq. 5) P^v = α·P_id + (1-α)·P_img (the ID branch alone: P_id), added with the view's weight (Eq. 8)
+        for h, E, w in ((h_id, E_id, alpha if h_img is not None else 1.0), (h_img, E_img, 1.0 - alpha)):
             if h is None or w == 0:
                 continue
-            _logits(F.normalize(h, dim=-1) / temperature, E, s)  # (Eq. 2) s = Sim(h, E)
+            _logits(F.normalize(h, dim=-1) / temperature, E[own], s)  # (Eq. 2) s = Sim(h, E)
             _, Z = _exp_(s, temperature)  # (Eq. 3/4) P_b = s / Z
-            total.addcmul_(s[:, items], weight * w * ~empty / Z)  # += λ_v·w_b·P_b, for non-empty views
-    return total.add_(uniform)  # (B, |items|)
+            into.addcmul_(s[:, src], weight * w * ~empty / Z)  # += λ_v·w_b·P_b, for non-empty views
+    return total

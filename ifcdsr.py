@@ -35,7 +35,17 @@ class Config:
     max_len: int = 15  # L, the last 15 items of a history are kept
     n_blocks: int = 2  # Note: not stated in the paper; C2DSR's (whose settings §4 adopts) value
     n_heads: int = 1  # Note: not stated in the paper; C2DSR's value
-    temperature: float = 0.1  # Note: τ divides Eq. 2 before the softmax; τ = 1 is the paper literally
+    # readings of open passages (docs/interpretations.md measures each); --literal sets all three as printed
+    # Note: Eq. 2 prints no temperature (τ = 1); cosines in [-1, 1] give a nearly flat softmax over many items
+    temperature: float = 0.1  # τ dividing Eq. 2 before the softmax
+    # Note: Eq. 6 sums -log P over positions and Eq. 7 weighs the three sums (printed: "sum", the sum divided by
+    # one constant B·L shared by all views, as C2DSR's masked mean); "mean" averages each view over its own
+    # positions, which also changes the balance of the views
+    loss_norm: str = "mean"  # "mean" or "sum"
+    # Note: Eq. 3/4 print the softmax over E^X, "the item matrix computed within S^X" (printed: "domain": S^X over
+    # X's items, S^Y over Y's, S^{X+Y} over both); "all": every view over all N items, after §3.1.2's "each item
+    # across all domains"
+    softmax_over: str = "all"  # "all" or "domain"
     use_image: bool = True  # False = --no-image: ID branch only (α = 1)
     multi_attention: bool = True  # False = --no-multi-attention: only the S^{X+Y} view
     target: str = "X"  # the target domain of Eq. 7-9; "Y" swaps the roles of the domains
@@ -54,6 +64,7 @@ class Config:
     seed: int = 0  # the training seed: initialisation and batch order (the data and the negatives are fixed)
 
     def replace(self, **overrides) -> "Config":
+        """A copy with some fields changed, checked; an unknown field is an error."""
         known = {f.name for f in fields(self)}
         unknown = sorted(set(overrides) - known)
         if unknown:
@@ -63,14 +74,19 @@ class Config:
         return cfg
 
     def check(self) -> None:
-        if not 0.0 <= self.alpha <= 1.0:
-            raise ValueError(f"alpha must lie in [0, 1] (α in Eq. 5), got {self.alpha}")
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        if self.lambda1 < 0 or self.lambda2 < 0:
-            raise ValueError(f"lambda1 and lambda2 must be >= 0, got {self.lambda1}, {self.lambda2}")
-        if self.target not in ("X", "Y"):
-            raise ValueError(f"target must be 'X' or 'Y', got {self.target!r}")
+        """Every field within its accepted values (RANGES, CHOICES); NaN and infinities never are."""
+        for name, (low, high) in RANGES.items():
+            value = getattr(self, name)
+            kind = int if isinstance(low, int) else (int, float)
+            if isinstance(value, bool) or not isinstance(value, kind) or not low <= value <= high:
+                what = "an integer" if kind is int else "a number"
+                raise ConfigError(name, value, f"{what} in [{low:,}, {high:,}]" if kind is int else
+                                  f"{what} in [{low:g}, {high:g}]")
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(name, getattr(self, name), " or ".join(map(repr, allowed)))
+        if self.q % self.n_heads:
+            raise ConfigError("n_heads", self.n_heads, f"a divisor of q = {self.q}")
 
     def view_weights(self) -> dict[str, float]:
         """Weights of Eq. 7/8: 1 for the target view, λ1 for the source view, λ2 for the merged view."""
@@ -79,6 +95,25 @@ class Config:
         # Note: the paper writes X as the target domain; for target Y the roles of X and Y swap
         target, source = ("x", "y") if self.target == "X" else ("y", "x")
         return {target: 1.0, source: self.lambda1, "xy": self.lambda2}
+
+
+RANGES = {  # the accepted values of every numeric Config field, both ends included
+    "q": (1, 4096), "alpha": (0.0, 1.0), "lambda1": (0.0, 100.0), "lambda2": (0.0, 100.0), "dropout": (0.0, 0.9),
+    "max_len": (1, 1024), "n_blocks": (0, 64), "n_heads": (1, 64), "temperature": (0.01, 100.0),
+    "batch_size": (1, 65536), "lr": (1e-8, 1.0), "weight_decay": (0.0, 1.0), "epochs": (1, 100_000),
+    "patience": (1, 100_000), "eval_every": (1, 100_000), "plain_logits": (0, 2**40), "score_chunk": (1, 2**40),
+    "seed": (0, 2**32 - 1)}  # the seed: numpy's range
+CHOICES = {"loss_norm": ("mean", "sum"), "softmax_over": ("all", "domain"), "target": ("X", "Y"),
+           "use_image": (True, False), "multi_attention": (True, False)}
+PRINTED = {"temperature": 1.0, "loss_norm": "sum", "softmax_over": "domain"}  # --literal: Eq. 2-7 as printed
+
+
+class ConfigError(ValueError):
+    """A Config field outside its accepted values."""
+
+    def __init__(self, field: str, value, expected: str):
+        super().__init__(f"{field} = {value!r}: expected {expected}")
+        self.field, self.value, self.expected = field, value, expected
 
 
 # ----------------------------------------------------------------------------- Eq. 1: attention layer
@@ -168,11 +203,9 @@ def _log(w: float) -> float:
 
 def log_prob(h_id: torch.Tensor, E_id: torch.Tensor, h_img: torch.Tensor | None, E_img: torch.Tensor | None,
              alpha: float, temperature: float) -> torch.Tensor:
-    """log P(· | S) over all N items for P positions of one view (Eq. 3-5) -> (P, N).
+    """log P(· | S) over the N items of E_id and E_img for P positions of one view (Eq. 3-5) -> (P, N).
     E_id, E_img: the item matrices with unit rows (see `similarity`)."""
-    # (Eq. 3) P_id = softmax(Sim(h_id, E_id))
-    # Note: the softmax runs over all N items of both domains (§3.1.2: "each item across all domains"), not
-    # only E^X as Eq. 3/4 write; Eq. 9 restricts the ranking to the target domain at test time.
+    # (Eq. 3) P_id = softmax(Sim(h_id, E_id)), over the rows of E_id given (`IFCDSR.view_items` chooses them)
     log_P_id = F.log_softmax(similarity(h_id, E_id, temperature).float(), dim=-1)  # (P, N)
     if h_img is None:
         return log_P_id
@@ -198,6 +231,14 @@ def domain_items(domain: str, num_x: int, N: int) -> slice:
     return slice(0, num_x) if domain == "X" else slice(num_x, N)
 
 
+def overlap(a: slice, b: slice) -> slice:
+    """The items in both a and b (an empty slice when they do not meet)."""
+    return slice(max(a.start, b.start), max(min(a.stop, b.stop), a.start, b.start))
+
+
+def shifted(part: slice, whole: slice) -> slice:
+    """`part`'s columns within a tensor whose columns are the items of `whole`."""
+    return slice(part.start - whole.start, part.stop - whole.start)
 
 
 class IFCDSR(nn.Module):
@@ -247,12 +288,15 @@ class IFCDSR(nn.Module):
         within `Config.plain_logits`. Otherwise fused_loss.py computes the same numbers in bounded memory."""
         return rows * self.N <= self.cfg.plain_logits
 
-    def loss(self, inputs, targets) -> tuple[torch.Tensor, dict[str, float]]:
-        """(Eq. 7) L = L^X + λ1·L^Y + λ2·L^{X+Y} (X the target domain) for one batch of Views.
+    def view_items(self, view: str) -> slice:
+        """The items whose softmax gives P^v (Eq. 3/4): all N, or (softmax_over = "domain") the view's own."""
+        if self.cfg.softmax_over == "all" or view == "xy":
+            return slice(0, self.N)
+        return domain_items("X" if view == "x" else "Y", self.num_x, self.N)
 
-        Note: each L^v is the mean of -log P^v over the batch's prediction positions, as in C2DSR's
-        cross-entropy; Eq. 6 writes a sum, which only rescales each view's term.
-        """
+    def loss(self, inputs, targets) -> tuple[torch.Tensor, dict[str, float]]:
+        """(Eq. 7) L = L^X + λ1·L^Y + λ2·L^{X+Y} (X the target domain) for one batch of Views; the
+        per-view parts (host floats, for the log) come with it."""
         cfg = self.cfg
         E_id, E_img = self.item_matrices()
         total, parts = 0.0, {}
@@ -261,39 +305,50 @@ class IFCDSR(nn.Module):
             H_id, H_img = self.encode(seq, view)
             keep = nxt != self.pad  # every next-item position of the view (Eq. 6's Σ over t)
             h_id, h_img, y = H_id[keep], None if H_img is None else H_img[keep], nxt[keep]  # (P, q), (P, e), (P,)
+            items = self.view_items(view)  # the softmax's items: y is among them
+            E_id_v, E_img_v, y = E_id[items], None if E_img is None else E_img[items], y - items.start
             if self.plain(len(y)):
-                log_P = log_prob(h_id, E_id, h_img, E_img, cfg.alpha, cfg.temperature)  # (P, N) Eq. 2-5
+                log_P = log_prob(h_id, E_id_v, h_img, E_img_v, cfg.alpha, cfg.temperature)  # (P, |items|) Eq. 2-5
                 nll = -log_P.gather(1, y[:, None]).sum()  # (Eq. 6) Σ_t -log P^v(v_{t+1} | S)
             else:  # the same sum, in bounded memory
-                nll = fused_loss.nll(h_id, E_id, h_img, E_img, y, cfg.alpha, cfg.temperature, cfg.score_chunk)
-            L_v = nll / max(len(y), 1)  # averaged over the P positions
-            total = total + weight * L_v
+                nll = fused_loss.nll(h_id, E_id_v, h_img, E_img_v, y, cfg.alpha, cfg.temperature, cfg.score_chunk)
+            if cfg.loss_norm == "sum":  # Eq. 6's sum; one constant, the batch's B·L slots, for every view
+                L_v = nll / (seq.shape[0] * cfg.max_len)
+            else:  # "mean": each view averaged over its own P positions
+                L_v = nll / max(len(y), 1)
+            total = total + weight * L_v  # (Eq. 7)
             parts[view] = L_v.item()
         return total, parts
 
     @torch.no_grad()
     def score(self, history, items: slice = slice(None)) -> torch.Tensor:
         """(Eq. 8) P(x_i | S) = P^X + λ1·P^Y + λ2·P^{X+Y} for the items in `items` (all N by default)
-        -> (B, |items|); the softmax of Eq. 3/4 still runs over all N items.
+        -> (B, |items|); each view's softmax (Eq. 3/4) still runs over its own items (`view_items`).
 
         Each view is read at its last position (the most recent item, Eq. 1's h).
         """
         cfg = self.cfg
+        items = slice(*items.indices(self.N)[:2])
         E_id, E_img = self.item_matrices()
-        views = []  # (λ_v, h_id (B, q), h_img (B, e) or None, empty (B, 1))
+        views = []  # (λ_v, own items, columns in the result, columns in P^v, h_id (B, q), h_img (B, e), empty (B, 1))
         for view, weight in cfg.view_weights().items():
             (seq,) = trim(self.pad, getattr(history, view))
             H_id, H_img = self.encode(seq, view)
             empty = (seq == self.pad).all(dim=1, keepdim=True)  # (B, 1) a view without items
-            views.append((weight, H_id[:, -1], None if H_img is None else H_img[:, -1], empty))
+            own = self.view_items(view)
+            # Note: with softmax_over = "domain", P^Y is a distribution over Y: P^Y(x_i) = 0 for an item of X
+            both = overlap(own, items)  # the requested items that P^v covers
+            views.append((weight, own, shifted(both, items), shifted(both, own), H_id[:, -1],
+                          None if H_img is None else H_img[:, -1], empty))
         if not self.plain(len(history.xy)):  # the same sum, in place in one (B, N) buffer
             return fused_loss.score(views, E_id, E_img, cfg.alpha, cfg.temperature, items)
-        total = 0.0
-        for weight, h_id, h_img, empty in views:
-            P_v = log_prob(h_id, E_id, h_img, E_img, cfg.alpha, cfg.temperature).exp()  # (B, N) Eq. 2-5
-            # Note: a view without items (e.g. a history with no Y item) contributes the uniform 1/N
-            P_v = torch.where(empty, 1.0 / self.N, P_v)
-            total = total + weight * P_v[:, items]  # (Eq. 8) Σ_v λ_v·P^v, (B, |items|)
+        total = torch.zeros(len(history.xy), items.stop - items.start, device=E_id.device)  # (B, |items|)
+        for weight, own, into, src, h_id, h_img, empty in views:
+            E_img_v = None if h_img is None else E_img[own]
+            P_v = log_prob(h_id, E_id[own], h_img, E_img_v, cfg.alpha, cfg.temperature).exp()  # (B, |own|) Eq. 2-5
+            # Note: a view without items (e.g. a history with no Y item) contributes the uniform 1/|own|
+            P_v = torch.where(empty, 1.0 / (own.stop - own.start), P_v)
+            total[:, into] += weight * P_v[:, src]  # (Eq. 8) Σ_v λ_v·P^v, (B, |items|)
         return total
 
     def recommend(self, history) -> torch.Tensor:

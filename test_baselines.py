@@ -61,5 +61,5 @@ def test_a_few_training_steps_lower_the_loss(cls, tmp_path):
 
 def test_popularity_counts_every_training_interaction_once():
     t = make_train_set([[0, 3, 0, 4], [0, 1]], num_x=3, max_len=15, pad=7)
-    scen = data.Scenario("t", Path("."), data.Items(["a"] * 7, 3, 4), t, None, None, None)
+    scen = data.Scenario("t", Path("."), data.Items(["a"] * 7, 3, 4), t, None, None, None, "t", None)
     assert popularity_scores(scen).tolist() == [3, 1, 0, 1, 1, 0, 0]

@@ -7,7 +7,7 @@ from torch.utils._pytree import tree_flatten
 import fused_loss
 from conftest import tiny_model, views
 from data import make_train_set
-from ifcdsr import IFCDSR, Config, log_prob, unit
+from ifcdsr import IFCDSR, PRINTED, Config, log_prob, unit
 
 
 def nll_sum(h_id, E_id, h_img, E_img, target, alpha, temperature):
@@ -108,21 +108,29 @@ def test_fused_loss_never_holds_a_positions_by_items_tensor():
 # ----------------------------------------------------------------------------- the switch in IFCDSR
 
 
-def model_pair(use_image: bool, multi: bool, **kw):
+def model_pair(use_image: bool = True, multi: bool = True, **kw):
     """The same tiny model twice: once on the plain path of ifcdsr.py, once on fused_loss.py in chunks of
     2 positions (score_chunk = 2·N)."""
     return [tiny_model(use_image=use_image, multi=multi, plain_logits=plain, score_chunk=14, **kw)
             for plain in (10**9, 0)]
 
 
-@pytest.mark.parametrize("use_image,multi", [(True, True), (False, True), (True, False)])
-def test_model_loss_and_gradients_are_the_same_on_both_paths(use_image, multi):
+SETTINGS = [dict(use_image=True, multi=True), dict(use_image=False, multi=True), dict(use_image=True, multi=False),
+            dict(use_image=True, multi=True, alpha=0.0), dict(use_image=True, multi=True, alpha=1.0)]
+READINGS = [dict(), dict(softmax_over="domain"), dict(loss_norm="sum"), dict(PRINTED)]
+
+
+@pytest.mark.parametrize("reading", READINGS, ids=["default", "domain", "sum", "printed"])
+@pytest.mark.parametrize("setting", SETTINGS, ids=["full", "no-image", "merged-view", "alpha0", "alpha1"])
+def test_model_loss_and_gradients_are_the_same_on_both_paths(setting, reading):
     t = make_train_set([[0, 3, 1, 4, 2], [5, 0, 6, 1], [1, 4, 2, 6]], num_x=3, max_len=5, pad=7)
     results = []
-    for model in model_pair(use_image, multi):
+    for model in model_pair(**setting, **reading):
         total, parts = model.loss(t.inputs, t.targets)
         total.backward()
-        results.append((total.detach(), parts, {n: p.grad for n, p in model.named_parameters()}))
+        # a branch that Eq. 5 weighs with 0 gets a zero gradient on one path and none on the other
+        results.append((total.detach(), parts, {n: torch.zeros_like(p) if p.grad is None else p.grad
+                                                for n, p in model.named_parameters()}))
     (a, parts_a, grads_a), (b, parts_b, grads_b) = results
     assert torch.allclose(a, b, atol=1e-6) and parts_a.keys() == parts_b.keys()
     assert all(abs(parts_a[v] - parts_b[v]) < 1e-5 for v in parts_a)
@@ -130,13 +138,15 @@ def test_model_loss_and_gradients_are_the_same_on_both_paths(use_image, multi):
         assert torch.allclose(g, grads_b[name], atol=1e-6), name
 
 
+@pytest.mark.parametrize("reading", READINGS, ids=["default", "domain", "sum", "printed"])
+@pytest.mark.parametrize("setting", SETTINGS, ids=["full", "no-image", "merged-view", "alpha0", "alpha1"])
 @pytest.mark.parametrize("temperature", [0.1, 0.01])  # `_exp_` without and with the row maximum
-def test_model_score_is_the_same_on_both_paths(temperature):
-    """Eq. 8 over all items and over the target domain only; history [0, 1] has no Y item (uniform P^Y)."""
+def test_model_score_is_the_same_on_both_paths(temperature, setting, reading):
+    """Eq. 8 over all items and over either domain only; history [0, 1] has no Y item (uniform P^Y)."""
     hist = views([[0, 3, 1], [0, 1], [4, 5]])
-    plain, fused = (m.eval() for m in model_pair(True, True, temperature=temperature))
-    for items in (slice(None), slice(3, 7)):
-        assert torch.allclose(plain.score(hist, items), fused.score(hist, items), atol=1e-6)
+    plain, fused = (m.eval() for m in model_pair(**setting, **{**reading, "temperature": temperature}))
+    for items in (slice(None), slice(0, 3), slice(3, 7)):
+        assert torch.allclose(plain.score(hist, items), fused.score(hist, items), atol=1e-6), items
 
 
 def test_the_demo_runs_the_plain_path_and_movie_book_the_bounded_one(monkeypatch):

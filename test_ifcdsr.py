@@ -65,6 +65,21 @@ def test_eq3_eq4_softmax_over_cosine_by_hand():
     assert torch.allclose(P.sum(), torch.tensor(1.0))
 
 
+def test_eq3_eq4_as_printed_each_view_has_its_own_domains_softmax():
+    """Eq. 3/4 as printed run the softmax over E^X, the items of S^X's domain. With |X| = 3 items at
+    (1,0), (0,1), (-1,0) and one Y item at (0,-1), h = (1, 0) (τ = 1) has cosines (1, 0, -1 | 0):
+    over all N items P(x_0) = e / (e + 1 + 1/e + 1) = 2.71828/5.08616 = 0.53445; over X alone it is
+    0.66524, as in the test above. `view_items` gives S^X the X items, S^Y the Y items, S^{X+Y} all."""
+    E = torch.cat([E3, torch.tensor([[0.0, -1.0]])])
+    h = torch.tensor([[1.0, 0.0]])
+    assert math.isclose(log_prob(h, E, None, None, 1.0, 1.0).exp()[0, 0].item(), 0.53445, rel_tol=1e-4)
+    model = tiny_model(softmax_over="domain")  # |X| = 3, |Y| = 4
+    assert [model.view_items(v) for v in ("x", "y", "xy")] == [slice(0, 3), slice(3, 7), slice(0, 7)]
+    assert math.isclose(log_prob(h, E[model.view_items("x")], None, None, 1.0, 1.0).exp()[0, 0].item(), 0.66524,
+                        rel_tol=1e-5)
+    assert all(tiny_model().view_items(v) == slice(0, 7) for v in ("x", "y", "xy"))
+
+
 def test_eq5_alpha_mixture_by_hand():
     """P_id = (0.66524, 0.24473, 0.09003) from h_id = (1, 0); h_img = (-1, 0) gives the reverse,
     P_img = (0.09003, 0.24473, 0.66524). With α = 0.7:
@@ -99,14 +114,16 @@ def test_eq6_training_positions_are_every_next_item_of_each_view():
     assert pairs == {"x": [(0, 1)], "y": [(3, 4)], "xy": [(0, 3), (3, 1), (1, 4)]}
 
 
+@pytest.mark.parametrize("loss_norm", ["mean", "sum"])
 @pytest.mark.parametrize("target,weights", [("X", {"x": 1.0, "y": 0.1, "xy": 0.4}),
                                             ("Y", {"y": 1.0, "x": 0.1, "xy": 0.4})])
-def test_eq7_loss_weights_target_source_and_merged_views(target, weights):
+def test_eq7_loss_weights_target_source_and_merged_views(target, weights, loss_norm):
     """Eq. 7: L = L^X + λ1·L^Y + λ2·L^{X+Y} with λ1 = 0.1, λ2 = 0.4 when X is the target;
-    the roles swap for target Y. The total equals the weighted sum of per-view mean NLLs
-    recomputed here from Eq. 1-6 directly."""
+    the roles swap for target Y. The total equals the weighted sum of per-view NLLs recomputed here
+    from Eq. 1-6 directly: each view's mean over its positions ("mean"), or each view's sum divided by
+    the same B·L = 2·15 = 30 for every view ("sum", Eq. 6 as printed)."""
     assert Config(target=target).view_weights() == weights
-    model = tiny_model(target=target).eval()
+    model = tiny_model(target=target, loss_norm=loss_norm).eval()
     t = make_train_set([[0, 3, 1, 4, 2], [5, 0, 6, 1]], num_x=3, max_len=5, pad=7)
     total, parts = model.loss(t.inputs, t.targets)
     E_id, E_img = model.item_matrices()
@@ -116,7 +133,8 @@ def test_eq7_loss_weights_target_source_and_merged_views(target, weights):
         H_id, H_img = model.encode(seq, v)
         keep = nxt != 7
         lp = log_prob(H_id[keep], E_id, H_img[keep], E_img, 0.7, model.cfg.temperature)
-        L_v = -lp.gather(1, nxt[keep][:, None]).mean()
+        nll = -lp.gather(1, nxt[keep][:, None])
+        L_v = nll.mean() if loss_norm == "mean" else nll.sum() / 30
         assert math.isclose(parts[v], L_v.item(), rel_tol=1e-5)
         expected = expected + w * L_v
     assert torch.allclose(total, expected)
@@ -140,6 +158,24 @@ def test_eq8_combines_views_at_their_last_position_and_empty_view_is_uniform(tem
     expected = parts["x"] + 0.1 * parts["y"] + 0.4 * parts["xy"]
     assert torch.allclose(score, expected, atol=1e-6)
     assert torch.allclose(score.sum(1), torch.tensor([1.5, 1.5]), atol=1e-5)
+
+
+def test_eq8_as_printed_the_source_view_gives_no_mass_to_target_domain_items():
+    """With softmax_over = "domain", P^Y is a distribution over Y, so for target X, Eq. 8 over the X items
+    is P^X + 0.4·P^{X+Y} (P^Y(x_i) = 0), and over the Y items 0.1·P^Y + 0.4·P^{X+Y}. History [0, 1] has no
+    Y item: its P^Y is uniform over the 4 Y items, 1/4 each. The mass is still 1 + 0.1 + 0.4 = 1.5."""
+    model = tiny_model(softmax_over="domain").eval()
+    hist = views([[0, 3, 1], [0, 1]])
+    E_id, E_img = model.item_matrices()
+    P = {}
+    for v in ("x", "y", "xy"):
+        own = model.view_items(v)
+        H_id, H_img = model.encode(trim(model.pad, getattr(hist, v))[0], v)
+        P[v] = log_prob(H_id[:, -1], E_id[own], H_img[:, -1], E_img[own], 0.7, model.cfg.temperature).exp()
+    P["y"][1] = 1 / 4
+    assert torch.allclose(model.score(hist, slice(0, 3)), P["x"] + 0.4 * P["xy"][:, :3], atol=1e-6)
+    assert torch.allclose(model.score(hist, slice(3, 7)), 0.1 * P["y"] + 0.4 * P["xy"][:, 3:], atol=1e-6)
+    assert torch.allclose(model.score(hist).sum(1), torch.tensor([1.5, 1.5]), atol=1e-5)
 
 
 def test_eq9_recommends_only_target_domain_items():

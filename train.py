@@ -11,6 +11,7 @@ import argparse
 import json
 import math
 import random
+import re
 import sys
 import time
 import warnings
@@ -23,10 +24,10 @@ import torch
 import baselines
 import report
 from common import Progress, atomic_write, atomic_write_text, moved
-from data import EMBEDDINGS_FILE, DataError, Scenario, load_scenario, resolve_scenario
-from evaluate import (PROTOCOLS, by_target, domain_items, eval_cases, metrics, negatives, rank_cases, to_device,
-                      warm_items)
-from ifcdsr import IFCDSR, Config
+from data import EMBEDDINGS_FILE, SPLIT_FILES, DataError, Scenario, load_scenario, resolve_scenario
+from evaluate import (PROTOCOLS, NonFiniteScores, by_target, domain_items, eval_cases, metrics, negatives, rank_cases,
+                      to_device, warm_items)
+from ifcdsr import IFCDSR, PRINTED, RANGES, Config, ConfigError
 
 SELECT = ("sampled999", "MRR")  # the validation number that selects epochs and hyper-parameters
 DEMO_EPOCHS = 5  # the demo's default, so that `python train.py` ends within 3 minutes on 2 CPU cores
@@ -40,8 +41,10 @@ VARIANTS = {  # IFCDSR's rows: (use_image, multi_attention)
 BASELINES = {"gru4rec": baselines.GRU4Rec, "sasrec": baselines.SASRec}  # popularity needs no training
 MODELS = tuple(report.LABELS)  # every row, in the order of the tables
 COMPARE = ("popularity", "gru4rec", "sasrec", "ifcdsr_id", "ifcdsr")  # --compare: Tables 2/3's rows
-CHECKPOINT = {"model_name", "model", "optimizer", "config", "scenario", "num_x", "num_y", "epoch", "best_valid",
-              "bad", "history", "rng"}  # what every checkpoint holds: tensors, numbers, strings, lists, dicts
+CHECKPOINT = {"model_name", "model", "optimizer", "config", "scenario", "data_dir", "data_sha256", "images_sha256",
+              "num_x", "num_y", "epoch", "best_valid", "bad", "history", "rng"}  # tensors, numbers, strings, lists, dicts
+SCHEDULE = ("epochs", "patience", "eval_every")  # the settings a --resume may change: e.g. train a finished run longer
+MAX_SEEDS = 1000
 
 
 class UsageError(Exception):
@@ -56,8 +59,8 @@ def set_seed(seed: int) -> None:
 
 def save(obj, path: Path) -> None:
     """results.json or a checkpoint, written whole or not at all."""
-    if path.suffix == ".json":
-        atomic_write_text(path, json.dumps(obj, indent=1))
+    if path.suffix == ".json":  # strict JSON: a NaN or an infinity is an error, never a bare token
+        atomic_write_text(path, json.dumps(obj, indent=1, allow_nan=False))
     else:
         atomic_write(path, lambda f: torch.save(obj, f))
 
@@ -107,10 +110,26 @@ def load_checkpoint(path: Path, device) -> dict:
 
 
 def check_checkpoint(state: dict, scen: Scenario, path: Path) -> None:
-    if (state["num_x"], state["num_y"]) != (scen.items.num_x, scen.items.num_y):
-        raise UsageError(f"{path}: checkpoint of scenario {state['scenario']!r} with {state['num_x']}+"
-                         f"{state['num_y']} items; this scenario ({scen.name}) has {scen.items.num_x}+"
-                         f"{scen.items.num_y}. Pass the scenario it was trained on.")
+    """The checkpoint was trained on this scenario's data: the same files (and image embeddings, if it used them)."""
+    data_differs = state["data_sha256"] != scen.data_sha256
+    # the embeddings matter where this command reads them, for a checkpoint that uses them
+    images_differ = scen.images_sha256 is not None and state["config"].get("use_image") and \
+        state["images_sha256"] != scen.images_sha256
+    if data_differs or images_differ:
+        what = "item and sequence files" if data_differs else "image embeddings"
+        raise UsageError(f"{path}: trained on other data: scenario {state['scenario']!r} in {state['data_dir']} "
+                         f"({state['num_x']}+{state['num_y']} items), whose {what} differ from those of "
+                         f"{scen.name} in {scen.path} ({scen.items.num_x}+{scen.items.num_y} items). Pass the data "
+                         f"it was trained on (--data-dir {state['data_dir']}), or start a new run with another --out.")
+
+
+def check_same_run(state: dict, name: str, cfg: Config, path: Path) -> None:
+    """A --resume continues the same training: the same model and config, but for the schedule."""
+    differs = sorted(k for k, v in asdict(cfg).items() if k not in SCHEDULE and state["config"].get(k) != v)
+    if state["model_name"] != name or differs:
+        raise UsageError(f"{path}: was written by {state['model_name']} with a different config "
+                         f"({', '.join(differs) or 'model'}); resume with the same flags (only --epochs, "
+                         f"--patience, --eval-every may change), or start a new run with another --out.")
 
 
 # ----------------------------------------------------------------------------- training
@@ -137,7 +156,9 @@ class Trainer:
 
     def _state(self) -> dict:
         return {"model_name": self.name, "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
-                "config": asdict(self.cfg), "scenario": self.scen.name, "num_x": self.scen.items.num_x,
+                "config": asdict(self.cfg), "scenario": self.scen.name, "data_dir": str(self.scen.path),
+                "data_sha256": self.scen.data_sha256, "images_sha256": self.scen.images_sha256,
+                "num_x": self.scen.items.num_x,
                 "num_y": self.scen.items.num_y, "epoch": self.epoch, "best_valid": self.best_valid, "bad": self.bad,
                 "history": self.history,
                 "rng": {"torch": torch.get_rng_state(), "shuffle": self.shuffle.get_state(),
@@ -145,12 +166,7 @@ class Trainer:
 
     def _restore(self, state: dict) -> None:
         check_checkpoint(state, self.scen, self.last)
-        schedule = ("epochs", "patience", "eval_every")  # these may change: e.g. train a finished run longer
-        differs = sorted(k for k, v in asdict(self.cfg).items() if k not in schedule and state["config"].get(k) != v)
-        if state["model_name"] != self.name or differs:
-            raise UsageError(f"{self.last}: was written by {state['model_name']} with a different config "
-                             f"({', '.join(differs) or 'model'}); resume with the same flags (only --epochs, "
-                             f"--patience, --eval-every may change), or start a new run with another --out.")
+        check_same_run(state, self.name, self.cfg, self.last)
         self.model.load_state_dict(state["model"])  # E_img is not stored: it is the data's
         self.opt.load_state_dict(state["optimizer"])
         self.epoch, self.best_valid, self.bad, self.history = (
@@ -165,15 +181,26 @@ class Trainer:
         return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
 
     def rank(self, split: str) -> dict:
-        """{protocol: (S,) ranks} of the valid or test cases of this target domain."""
+        """{protocol: (S,) ranks} of the valid or test cases of this target domain, from fp32 scores on every
+        device: bf16 would round the scores to about 1/32 of their spread and create ties."""
         if split not in self.cases:
             cases = eval_cases(getattr(self.scen, split), self.scen, self.cfg.target)
             self.cases[split] = cases, negatives(cases, self.items, split, self.cfg.target)
         cases, neg = self.cases[split]
         self.model.eval()
-        with self.autocast():
-            batch = eval_batch(self.cfg, self.scen.items.num_items)
-            return rank_cases(self.model.score, cases, self.items, neg, self.device, batch)
+        try:
+            with torch.autocast(self.device.type, enabled=False):
+                return rank_cases(self.model.score, cases, self.items, neg, self.device,
+                                  eval_batch(self.cfg, self.scen.items.num_items))
+        except NonFiniteScores as err:
+            raise UsageError(f"{self.name} (target {self.cfg.target}, seed {self.cfg.seed}) gave {err} of the "
+                             f"{split} set after epoch {self.epoch}: its weights have diverged. {self.advice()}"
+                             ) from None
+
+    def advice(self) -> str:
+        kept = f"the last good checkpoint, {self.last}, is kept" if self.last.is_file() else "no checkpoint was kept"
+        return (f"Lower --lr (now {self.cfg.lr:g}), or check that the image embeddings ({EMBEDDINGS_FILE}) hold "
+                f"values of a sensible size; {kept}.")
 
     def evaluate(self, split: str) -> dict:
         """Metrics of the valid or test cases of this target domain, under both protocols."""
@@ -190,6 +217,10 @@ class Trainer:
             inputs, targets = to_device(data.inputs[idx], self.device), to_device(data.targets[idx], self.device)
             with self.autocast():
                 loss, parts = self.model.loss(inputs, targets)
+            if not all(map(math.isfinite, parts.values())):  # the per-view values are on the host already
+                bad = next(v for v in parts.values() if not math.isfinite(v))
+                raise UsageError(f"the loss became {bad} at epoch {self.epoch + 1}, batch {b + 1} of {n_batches} "
+                                 f"of {self.name} (target {self.cfg.target}, seed {self.cfg.seed}). {self.advice()}")
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()
@@ -238,13 +269,13 @@ class Trainer:
 
 def train_target(name: str, cfg: Config, scen: Scenario, device, folder: Path, args, prefix: str) -> dict:
     """Train (over the lr x L2 grid with --grid), select on validation, then rank the test set once."""
-    points = GRID if args.grid else [(cfg.lr, cfg.weight_decay)]
+    points = trainings(cfg, folder, args.grid)
     grid, best = [], None
-    for i, (lr, wd) in enumerate(points):
-        sub = folder / f"grid{i}" if args.grid else folder
+    for i, (point_cfg, sub) in enumerate(points):
+        lr, wd = point_cfg.lr, point_cfg.weight_decay
         if args.grid:
             print(f"{prefix}grid point {i + 1}/{len(points)}: lr {lr:g}, L2 {wd:g}", flush=True)
-        trainer = Trainer(name, cfg.replace(lr=lr, weight_decay=wd), scen, device, sub, args.resume)
+        trainer = Trainer(name, point_cfg, scen, device, sub, args.resume)
         trainer.fit(prefix)
         grid.append({"lr": lr, "weight_decay": wd, "valid_" + "_".join(SELECT): trainer.best_valid,
                      "folder": str(sub)})
@@ -258,6 +289,18 @@ def train_target(name: str, cfg: Config, scen: Scenario, device, folder: Path, a
     if args.grid:
         result["grid"] = grid
     return result
+
+
+def trainings(cfg: Config, folder: Path, grid: bool) -> list[tuple[Config, Path]]:
+    """The trainings of one model, target and seed: (config, folder) of each --grid point, or the one."""
+    if not grid:
+        return [(cfg, folder)]
+    return [(cfg.replace(lr=lr, weight_decay=wd), folder / f"grid{i}") for i, (lr, wd) in enumerate(GRID)]
+
+
+def model_config(model: str, cfg: Config, target: str, seed: int) -> Config:
+    use_image, multi = VARIANTS.get(model, (False, True))
+    return cfg.replace(use_image=use_image, multi_attention=multi, target=target, seed=seed)
 
 
 def popularity(scen: Scenario, target: str, cfg: Config) -> dict:
@@ -279,14 +322,17 @@ def parse_seeds(args) -> list[int]:
         return [0 if args.seed is None else args.seed]
     if args.seed is not None:
         raise UsageError("give either --seed S or --seeds K|a,b,c, not both.")
+    low, high = RANGES["seed"]
+    expected = (f"expected a count K in [1, {MAX_SEEDS}] (seeds 0..K-1) or a list of at most {MAX_SEEDS} distinct "
+                f"seeds in [{low}, {high:,}], like 0,3,7")
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
-        raise UsageError(f"--seeds {args.seeds!r}: expected a count K (seeds 0..K-1) or a list like 0,3,7.") from None
+        raise UsageError(f"--seeds {args.seeds!r}: {expected}.") from None
     if "," not in args.seeds:
-        seeds = list(range(seeds[0])) if seeds and seeds[0] > 0 else []
-    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
-        raise UsageError(f"--seeds {args.seeds!r}: expected a count K >= 1 or a list of distinct seeds >= 0.")
+        seeds = list(range(seeds[0])) if len(seeds) == 1 and 1 <= seeds[0] <= MAX_SEEDS else []
+    if not 1 <= len(seeds) <= MAX_SEEDS or not low <= min(seeds) <= max(seeds) <= high or len(set(seeds)) != len(seeds):
+        raise UsageError(f"--seeds {args.seeds!r}: {expected}.")
     return seeds
 
 
@@ -334,18 +380,24 @@ def run(args) -> int:
     name, folder = resolve_scenario(args.scenario, args.data_dir)
     models = choose_models(args, name, (folder / EMBEDDINGS_FILE).exists())
     out = output_folder(args, name)
-    if args.resume:
-        check_run_folder(out, device)
     scen = load_scenario(folder, max_len=cfg.max_len, name=name, use_images=any(map(needs_images, models)))
     targets = ("X", "Y") if args.target == "both" else (args.target,)
+    check_cases(scen, targets)
+    if args.resume:  # everything that can refuse a --resume, before anything is written
+        check_run_folder(out, scen, device, {
+            sub / f"last_{target}.pt": (model, point_cfg) for model in models if model != "popularity"
+            for seed in seeds for target in targets
+            for point_cfg, sub in trainings(model_config(model, cfg, target, seed), out / model / f"seed{seed}",
+                                            args.grid)})
     print(f"scenario {name} ({folder}): |X| = {scen.items.num_x}, |Y| = {scen.items.num_y}, "
           f"{len(scen.train)} train / {len(scen.valid)} valid / {len(scen.test)} test sequences; "
-          f"device {device}; models {', '.join(models)}; seeds {', '.join(map(str, seeds))}; output {out}", flush=True)
+          f"device {device}; models {', '.join(models)}; seeds {', '.join(map(str, seeds))}; output {out}\n"
+          f"readings: {readings(cfg)}", flush=True)
     out.mkdir(parents=True, exist_ok=True)
 
     warm = warm_items(scen)
-    results = {"scenario": name, "data_dir": str(folder), "config": asdict(cfg), "models": models, "seeds": seeds,
-               "runs": {}}
+    results = {"scenario": name, "data_dir": str(folder), "data_sha256": scen.data_sha256, "config": asdict(cfg),
+               "literal": args.literal, "models": models, "seeds": seeds, "runs": {}}
     ranks = {}  # {model: {domain: {protocol: [(S,) ranks per seed]}}}
     for model in models:
         results["runs"][model] = []
@@ -355,8 +407,7 @@ def run(args) -> int:
                 if model == "popularity":
                     res = popularity(scen, target, cfg)
                 else:
-                    use_image, multi = VARIANTS.get(model, (False, True))
-                    run_cfg = cfg.replace(use_image=use_image, multi_attention=multi, target=target, seed=seed)
+                    run_cfg = model_config(model, cfg, target, seed)
                     prefix = f"[{model} seed {seed} {target}] "
                     print(f"\n{prefix}training", flush=True)
                     res = train_target(model, run_cfg, scen, device, out / model / f"seed{seed}", args, prefix)
@@ -408,11 +459,17 @@ def parse_args(argv):
     for flag, kind, what in (("--epochs", int, "epochs"), ("--lr", float, "learning rate"),
                              ("--weight-decay", float, "L2 coefficient"), ("--alpha", float, "α (Eq. 5)"),
                              ("--lambda1", float, "λ1 (Eq. 7/8)"), ("--lambda2", float, "λ2 (Eq. 7/8)"),
-                             ("--temperature", float, "τ dividing Eq. 2; 1 = the paper literally"),
+                             ("--temperature", float, "τ dividing Eq. 2; 1 = as printed"),
                              ("--batch-size", int, "mini-batch size"), ("--patience", int, "early stopping"),
                              ("--eval-every", int, "validate every N epochs"),
                              ("--seed", int, "one training seed (initialisation and batch order)")):
-        p.add_argument(flag, type=kind, help=f"{what} (default: see ifcdsr.Config)")
+        low, high = RANGES[flag[2:].replace("-", "_")]
+        p.add_argument(flag, type=kind, help=f"{what}, in [{low:g}, {high:g}] (default: see ifcdsr.Config)")
+    p.add_argument("--loss-norm", choices=("mean", "sum"), help="Eq. 6/7: each view's mean, or the sum as printed")
+    p.add_argument("--softmax-over", choices=("all", "domain"),
+                   help="Eq. 3/4: all N items, or each view's own domain as printed")
+    p.add_argument("--literal", action="store_true",
+                   help=f"the equations as printed: {', '.join(f'{k} {v}' for k, v in PRINTED.items())}")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--out", help="output folder (default runs/<scenario>-<time>)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out (or the latest)")
@@ -424,17 +481,30 @@ def make_config(args) -> Config:
     if args.epochs is None and args.data_dir is None and args.scenario == "demo" and not args.eval_only:
         args.epochs = DEMO_EPOCHS
     overrides = {k: getattr(args, k) for k in ("epochs", "lr", "weight_decay", "alpha", "lambda1", "lambda2",
-                                               "temperature", "batch_size", "patience", "eval_every")
+                                               "temperature", "batch_size", "patience", "eval_every", "seed",
+                                               "loss_norm", "softmax_over")
                  if getattr(args, k) is not None}
+    if args.literal:
+        both = sorted(f"--{k.replace('_', '-')}" for k in PRINTED.keys() & overrides.keys())
+        if both:
+            raise UsageError(f"--literal sets {', '.join(PRINTED)} as printed; drop {' and '.join(both)} or --literal.")
+        overrides.update(PRINTED)
     try:
         return Config().replace(**overrides)
-    except ValueError as err:
-        raise UsageError(str(err)) from None
+    except ConfigError as err:
+        raise UsageError(f"--{err.field.replace('_', '-')} {err.value}: expected {err.expected}.") from None
+
+
+def readings(cfg: Config) -> str:
+    """The open readings of a config, in one line for the run header."""
+    printed = all(getattr(cfg, k) == v for k, v in PRINTED.items())
+    return (f"τ = {cfg.temperature:g}, loss {cfg.loss_norm}, softmax over {cfg.softmax_over} items"
+            + (" (the equations as printed)" if printed else f" (as printed: --literal)"))
 
 
 def output_folder(args, name: str) -> Path:
-    if args.out is None and args.resume:
-        found = sorted(Path("runs").glob(f"{name}-*"))
+    if args.out is None and args.resume:  # runs/<name>-YYYYmmdd-HHMMSS of exactly this scenario name
+        found = sorted(p for p in Path("runs").glob(f"{name}-*") if re.fullmatch(re.escape(name) + r"-\d{8}-\d{6}", p.name))
         if not found:
             raise UsageError(f"--resume: no earlier run of {name} under runs/; pass --out DIR.")
         return found[-1]
@@ -446,10 +516,34 @@ def output_folder(args, name: str) -> Path:
     return out
 
 
-def check_run_folder(out: Path, device) -> None:
-    """Before --resume writes anything: every checkpoint in the run folder must read as one."""
+def check_run_folder(out: Path, scen: Scenario, device, planned: dict[Path, tuple[str, Config]]) -> None:
+    """Before --resume writes anything: the run folder's results and every checkpoint in it belong to this
+    scenario's data, and the checkpoints that this command continues (`planned`: path -> model, config) were
+    written by the same model and config."""
+    results = out / "results.json"
+    if results.is_file():
+        try:
+            recorded = json.loads(results.read_text()).get("data_sha256", scen.data_sha256)
+        except (ValueError, UnicodeDecodeError, AttributeError):
+            recorded = scen.data_sha256  # unreadable: the resumed run rewrites it
+        if recorded != scen.data_sha256:
+            raise UsageError(f"{results}: a run on other data than {scen.name} in {scen.path} (its item and sequence "
+                             f"files differ); resume it with its own --data-dir, or start a new run with another --out.")
     for path in sorted(out.rglob("*.pt")) if out.is_dir() else []:
-        load_checkpoint(path, device)
+        state = load_checkpoint(path, device)
+        check_checkpoint(state, scen, path)
+        if path in planned:
+            check_same_run(state, *planned[path], path)
+
+
+def check_cases(scen: Scenario, targets) -> None:
+    """Every target domain has validation and test cases (a ground truth in that domain)."""
+    for target in targets:
+        for split in ("valid", "test"):
+            if len(eval_cases(getattr(scen, split), scen, target)) == 0:
+                raise DataError(f"{scen.path / SPLIT_FILES[split]}: no sequence ends in an item of domain {target}, "
+                                f"so a model for target {target} could be neither selected nor tested. Pass "
+                                f"--target {'Y' if target == 'X' else 'X'}, or add such sequences.")
 
 
 def eval_only(args, device) -> int:
@@ -457,10 +551,15 @@ def eval_only(args, device) -> int:
     if not path.is_file():
         raise UsageError(f"{path}: checkpoint not found.")
     state = load_checkpoint(path, device)
-    cfg = Config(**state["config"])
+    try:
+        cfg = Config(**state["config"])
+        cfg.check()
+    except ConfigError as err:
+        raise UsageError(f"{path}: not an IFCDSR checkpoint of this version (config {err}).") from None
     name, folder = resolve_scenario(args.scenario, args.data_dir)
     scen = load_scenario(folder, max_len=cfg.max_len, use_images=cfg.use_image, name=name)
     check_checkpoint(state, scen, path)
+    check_cases(scen, (cfg.target,))
     trainer = Trainer(state["model_name"], cfg, scen, device, path.parent, resume=False)
     try:
         trainer.model.load_state_dict(state["model"])
@@ -477,7 +576,10 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if "--benchmark" in argv:
         return moved("python train.py --benchmark", "python benchmark.py")
-    args = parse_args(argv)
+    try:
+        args = parse_args(argv)
+    except SystemExit as exit_:  # argparse has printed what is wrong (or the help)
+        return exit_.code
     try:
         return run(args)
     except (DataError, UsageError, OSError) as err:  # OSError: a folder that cannot be written, a full disk
