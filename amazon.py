@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 import download
-from common import Progress, atomic_folder, atomic_write_text
+from common import Progress, atomic_folder, atomic_write_text, bounded
 from data import SPLIT_FILES, DataError, Items, read_items, read_text_lines, write_item_list, write_sequences
 
 ITEMS_FILE = "items.tsv"  # written by images and build; read by `clip_loader.py embed --missing text`
@@ -475,22 +475,31 @@ def main(argv=None) -> int:
     im.add_argument("--scenario-dir", type=Path, required=True, help="a C2DSR-format folder (Alist.txt, Blist.txt)")
     im.add_argument("--meta", type=Path, nargs="+", required=True,
                     help="metadata files of its domains: 2014, 2018 or 2023 layout, plain or .gz")
-    im.add_argument("--workers", type=int, default=16, help="parallel downloads")
-    im.add_argument("--timeout", type=float, default=30.0, help="seconds allowed for one image request")
+    im.add_argument("--workers", type=bounded(int, 1, 256), default=16, help="parallel downloads")
+    im.add_argument("--timeout", type=bounded(float, 0.1, 3600), default=30.0,
+                    help="seconds allowed for one image request")
     bu = commands.add_parser("build", help="a scenario from two domains' review and metadata files (paper §4)")
     bu.add_argument("--reviews-a", type=Path, required=True, help="reviews of domain X (Alist)")
     bu.add_argument("--reviews-b", type=Path, required=True, help="reviews of domain Y (Blist)")
     bu.add_argument("--meta-a", type=Path, required=True, help="metadata of domain X, for titles and image URLs")
     bu.add_argument("--meta-b", type=Path, required=True, help="metadata of domain Y")
     bu.add_argument("--out", type=Path, required=True, help="the new scenario folder; must not exist")
-    bu.add_argument("--min-count", type=int, default=10, help="fewest interactions of a kept user or item (§4: 10)")
-    bu.add_argument("--min-per-domain", type=int, default=3, help="fewest items of each domain per sequence (§4: 3)")
-    bu.add_argument("--max-len", type=int, default=15, help="a user's sequence is their latest max-len interactions")
-    bu.add_argument("--held-out", type=float, default=0.2, help="share of sequences, the latest, for valid + test")
-    bu.add_argument("--seed", type=int, default=0, help="deals the held-out sequences into valid and test")
+    bu.add_argument("--min-count", type=bounded(int, 1, 10**6), default=10,
+                    help="fewest interactions of a kept user or item (§4: 10)")
+    bu.add_argument("--min-per-domain", type=bounded(int, 1, 1000), default=3,
+                    help="fewest items of each domain per sequence (§4: 3)")
+    bu.add_argument("--max-len", type=bounded(int, 2, 1024), default=15,
+                    help="a user's sequence is their latest max-len interactions")
+    bu.add_argument("--held-out", type=bounded(float, 0.01, 0.99), default=0.2,
+                    help="share of sequences, the latest, for valid + test")
+    bu.add_argument("--seed", type=bounded(int, 0, 2**32 - 1), default=0,
+                    help="deals the held-out sequences into valid and test")
     for p in (im, bu):
         p.add_argument("--strict", action="store_true", help="a malformed input line is an error (default: skipped)")
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # argparse has printed what is wrong (or the help)
+        return exit_.code
     try:
         if args.command == "images":
             download_images(args.scenario_dir, args.meta, workers=args.workers, timeout=args.timeout,

@@ -41,7 +41,8 @@ from PIL import Image
 import clip_loader
 import data
 from data import Items, Scenario, TrainSet, Views
-from ifcdsr import Config, trim
+from common import bounded
+from ifcdsr import RANGES, Config, trim
 from train import Trainer, eval_batch
 
 MOVIE_BOOK = {"num_x": 36_845, "num_y": 63_937, "train": 58_515, "valid": 2_032 + 5_612, "test": 1_978 + 5_730,
@@ -376,15 +377,23 @@ def clip(*, images=2000, repeats=5, batch_sizes=(1, 16, 64), device="auto", work
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="Speed and memory of IFCDSR at Movie-Book size (default), or of CLIP.")
-    p.add_argument("--items", type=int, default=100_782, help="N of the synthetic scenario (Movie-Book: 100,782)")
-    p.add_argument("--seqs", type=int, default=58_515, help="training sequences (Movie-Book: 58,515)")
-    p.add_argument("--batch-size", type=int, default=Config.batch_size, help="mini-batch size")
+    p.add_argument("--items", type=bounded(int, 100, 10**7), default=100_782,
+                   help="N of the synthetic scenario (Movie-Book: 100,782)")
+    p.add_argument("--seqs", type=bounded(int, 40, 10**7), default=58_515,
+                   help="training sequences (Movie-Book: 58,515), at least 3 batches")
+    p.add_argument("--batch-size", type=bounded(int, *RANGES["batch_size"]), default=Config.batch_size,
+                   help="mini-batch size")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--clip", action="store_true", help="measure CLIP's encode_image and the embed command instead")
-    p.add_argument("--images", type=int, default=2000, help="--clip: JPEGs generated for embed (0: skip it)")
-    p.add_argument("--repeats", type=int, default=5, help="--clip: timed runs per batch size; the best counts")
-    p.add_argument("--workers", type=int, help="--clip: image decoding processes of embed")
-    args = p.parse_args(argv)
+    p.add_argument("--images", type=bounded(int, 0, 10**6), default=2000,
+                   help="--clip: JPEGs generated for embed (0: skip it)")
+    p.add_argument("--repeats", type=bounded(int, 1, 100), default=5,
+                   help="--clip: timed runs per batch size; the best counts")
+    p.add_argument("--workers", type=bounded(int, 0, 64), help="--clip: image decoding processes of embed")
+    try:
+        args = p.parse_args(argv)
+    except SystemExit as exit_:  # argparse has printed what is wrong (or the help)
+        return exit_.code
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                           else "cpu" if args.device == "auto" else args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -393,8 +402,9 @@ def main(argv=None) -> int:
     if args.clip:
         clip(images=args.images, repeats=args.repeats, device=str(device), workers=args.workers)
         return 0
-    if min(args.items, args.seqs, args.batch_size) < 2:
-        print("error: --items, --seqs and --batch-size must be at least 2.", file=sys.stderr)
+    if args.seqs < STEPS * args.batch_size:
+        print(f"error: --seqs {args.seqs}: the {STEPS} timed steps need at least {STEPS} batches of --batch-size "
+              f"{args.batch_size}, {STEPS * args.batch_size} sequences.", file=sys.stderr)
         return 2
     return run(Config(batch_size=args.batch_size), device, items=args.items, seqs=args.seqs)
 

@@ -42,7 +42,7 @@ import torchvision.transforms as T
 from PIL import Image
 
 from amazon import IMAGE_SUFFIXES, read_titles
-from common import Progress, atomic_write, check_pixels, moved
+from common import Progress, atomic_write, bounded, check_pixels, moved
 from data import DataError, read_items
 
 # OpenAI's download URL; its second-to-last segment is the file's SHA256.
@@ -420,9 +420,14 @@ def resolve_device(name) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise CLIPError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N") from None
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise CLIPError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise CLIPError(f"--device {name}: CUDA is not available here; use --device cpu")
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise CLIPError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                        f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     return device
 
 
@@ -732,17 +737,21 @@ def main(argv=None):
     e.add_argument("--scenario-dir", type=Path, required=True, help="folder with Alist.txt and Blist.txt")
     e.add_argument("--images", type=Path, required=True, help="folder of <ASIN>.jpg|jpeg|png|webp files")
     e.add_argument("--weights", default="ViT-B/32", help="ViT-B/32 (cached in ~/.cache/clip) or a weight file")
-    e.add_argument("--batch-size", type=int, default=64)
+    e.add_argument("--batch-size", type=bounded(int, 1, 4096), default=64)
     e.add_argument("--device", default="auto", help="auto (cuda when available, else cpu), cpu, cuda or cuda:N")
     e.add_argument("--missing", choices=("zero", "text"), default="zero",
                    help="rows of items without a usable image: zero (the paper) or the CLIP text embedding of "
                         "'a photo of {title}.' from <scenario-dir>/items.tsv")
-    e.add_argument("--workers", type=int, help="image decoding processes (default: cores - 1, at most 8)")
+    e.add_argument("--workers", type=bounded(int, 0, 64),
+                   help="image decoding processes (default: cores - 1, at most 8)")
     e.add_argument("--offline", action="store_true", help="never download weights; say where to put them")
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench"]:
         return moved("python clip_loader.py bench", "python benchmark.py --clip")
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # argparse has printed what is wrong (or the help)
+        return exit_.code
     try:
         embed(args.scenario_dir, args.images, weights=args.weights, batch_size=args.batch_size,
               device=args.device, missing=args.missing, workers=args.workers, offline=args.offline)

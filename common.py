@@ -1,7 +1,8 @@
-"""What the commands share: files written whole or not at all, progress lines with a rate and an ETA, and a
-hard limit on the pixels of an image."""
+"""What the commands share: files written whole or not at all, progress lines with a rate and an ETA, numeric
+flags checked against their range, and a hard limit on the pixels of an image."""
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import shutil
@@ -45,6 +46,23 @@ def atomic_folder(out: Path, *, replace: bool = False):
         os.rename(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def bounded(kind: type, low: int | float, high: int | float) -> Callable[[str], int | float]:
+    """An argparse type: a finite int or float in [low, high]. Anything else (nan, inf, out of range, not a
+    number) stops the command before any work, with exit code 2 and a message that gives the range."""
+    what = f"an integer in [{low:,}, {high:,}]" if kind is int else f"a number in [{low:g}, {high:g}]"
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not low <= value <= high:  # False for nan
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+
+    return parse
 
 
 def moved(old: str, new: str) -> int:

@@ -93,7 +93,7 @@ def rank_cases(score_fn, cases: EvalSet, items: slice, neg: torch.Tensor, device
         ranks["full"].append(1 + higher + tied / 2)
         s_neg = s.gather(1, neg[i:i + batch].to(device))  # (B, 999)
         ranks["sampled999"].append(1 + (s_neg > s_t).sum(1) + (s_neg == s_t).sum(1) / 2)
-    return {p: torch.cat(r).double().cpu() for p, r in ranks.items()}
+    return {p: torch.cat(r).double().cpu() if r else torch.empty(0, dtype=torch.float64) for p, r in ranks.items()}
 
 
 def metrics(ranks: dict) -> dict:

@@ -21,6 +21,13 @@ def test_reader_sorts_by_time_and_splits_domains_at_num_x(tmp_path):
     assert scen.valid.history.x[0, -3:].tolist() == [0, 2, 1] and (scen.valid.history.y == 7).all()
 
 
+def test_a_long_training_sequence_keeps_its_latest_items():
+    """A training sequence of 21 items (ids 0..20, all of domain X) with max_len = 5 trains on its last
+    max_len + 1 = 6 items: inputs 15..19, next items 16..20."""
+    t = data.make_train_set([list(range(21))], num_x=30, max_len=5, pad=30)
+    assert t.inputs.xy[0].tolist() == [15, 16, 17, 18, 19] and t.targets.xy[0].tolist() == [16, 17, 18, 19, 20]
+
+
 def test_histories_are_cut_to_the_last_max_len_items():
     ev = make_eval_set([list(range(20))], num_x=30, max_len=15, pad=30)
     assert ev.history.xy[0].tolist() == list(range(4, 19)) and ev.target.tolist() == [19]

@@ -2,11 +2,12 @@
 items through the whole evaluation path."""
 import math
 
+import pytest
 import torch
 
 import evaluate
 import train
-from conftest import views
+from conftest import line, views, write_scenario
 from data import EvalSet, item_counts, load_scenario, make_train_set
 from evaluate import rank_cases
 
@@ -67,6 +68,30 @@ def test_cold_and_warm_targets():
     split = evaluate.by_target(ranks, cases, warm)
     assert split["cold"]["cases"] == 2 and split["warm"]["cases"] == 1
     assert split["cold"]["full"]["MRR"] == 62.5 and split["warm"]["sampled999"]["MRR"] == 50.0
+
+
+def test_a_target_absent_from_training_is_cold_and_one_present_is_warm(tmp_path):
+    """Training sequences over items 0, 1, 3, 4; test targets 2 (never trained on: cold) and 1 (warm), through
+    `warm_items` of a scenario read from files, as train.py computes the split."""
+    folder = write_scenario(tmp_path / "s", [line(1, (0, 1), (3, 2), (1, 3)), line(2, (4, 1), (0, 2))],
+                            test_lines=[line(3, (0, 1), (2, 2)), line(4, (3, 1), (1, 2))])
+    scen = load_scenario(folder, max_len=15, use_images=False)
+    warm = evaluate.warm_items(scen)
+    assert warm.tolist() == [True, True, False, True, True, False, False]
+    split = evaluate.by_target({p: torch.tensor([1.0, 2.0]) for p in evaluate.PROTOCOLS}, scen.test, warm)
+    assert (split["cold"]["cases"], split["warm"]["cases"]) == (1, 1) and split["cold"]["full"]["MRR"] == 100.0
+
+
+@pytest.mark.parametrize("where", ["the ground truth", "a negative", "an item outside the negatives"])
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_a_non_finite_score_is_an_error_under_both_protocols(where, value):
+    """NaN compares false with everything, so it would rank first; no rank of either protocol is computed
+    from a NaN or infinite score: rank_cases stops with NonFiniteScores."""
+    cases = EvalSet(views([[1]], num_x=4, pad=8), torch.tensor([0]))
+    scores = torch.tensor([[5.0, 7.0, 5.0, 1.0]])
+    scores[0, {"the ground truth": 0, "a negative": 2, "an item outside the negatives": 1}[where]] = value
+    with pytest.raises(evaluate.NonFiniteScores, match="scores among cases 1-1 of 1"):
+        rank_cases(lambda history, items: scores, cases, slice(0, 4), torch.tensor([[2, 3]]), "cpu", 8)
 
 
 def test_evaluation_ranks_only_the_target_domains_items(tiny_dir, tmp_path):

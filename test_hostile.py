@@ -10,6 +10,7 @@ import gzip
 import hashlib
 import io
 import json
+import math
 import os
 import pickle
 import shutil
@@ -28,7 +29,8 @@ import torch
 import amazon
 import clip_loader
 import train
-from conftest import run_cli
+from conftest import line, run_cli
+from data import make_demo
 from test_amazon import write_example, write_lines
 from test_clip_loader import make_scenario
 
@@ -140,6 +142,14 @@ TRAIN_DATA = [  # (case, file of the scenario, content from the file's good byte
      "testdata_new.txt:1: expected an interaction"),
     ("item id out of range", "traindata_new.txt", lambda good: b"7\t7\t1|5|d|\t99999|6|d|\n",
      "traindata_new.txt:1: item id 99999 is out of range"),
+    ("blank user column", "traindata_new.txt", lambda good: b"\t7\t1|5|d|\t2|6|d|\t3|7|d|\n",
+     "traindata_new.txt:1: expected 'user<TAB>inter_id<TAB>item|unix_ts|date|<TAB>...' with a user"),
+    ("blank interaction id column", "validdata_new.txt", lambda good: b"7\t \t1|5|d|\t2|6|d|\t3|7|d|\n",
+     "validdata_new.txt:1: expected 'user<TAB>inter_id<TAB>item|unix_ts|date|<TAB>...' with a user"),
+    ("an empty interaction field", "testdata_new.txt", lambda good: b"7\t7\t1|5|d|\t\t2|6|d|\n",
+     "testdata_new.txt:1: expected an interaction 'item|unix_ts|date|'"),
+    ("a blank ASIN", "Blist.txt", lambda good: b"200\t\t0\n",
+     "Blist.txt:1: expected 'raw_id<TAB>ASIN<TAB>local_index'"),
     ("a folder named like the file", "Blist.txt", lambda good: "dir", "Blist.txt: cannot be read (Is a directory)"),
     ("symlink loop", "Alist.txt", lambda good: "loop", "Alist.txt: cannot be read (Too many levels of symbolic links)"),
     ("embeddings: binary garbage", "image_embeddings.npy", lambda good: GARBAGE, "image_embeddings.npy: not a readable .npy"),
@@ -479,3 +489,169 @@ def test_embed_killed_at_any_moment_ends_with_the_same_files_when_run_again(poin
                       chunk_size=3, batch_size=1)
     assert {name: (tmp_path / name).read_bytes() for name in embedded} == embedded
     assert not (tmp_path / "image_embeddings.partial").exists()
+
+
+# ----------------------------------------------------------------------------- wrong values never look like results
+
+HUGE = "1" + "0" * 30  # an integer literal, and 1e30 as a number
+NUMBERS = ("-1", "nan", "inf", "-inf", HUGE)  # out of range for every numeric flag; "0" too where listed
+FLAGS = [  # (command, flag, bad values besides NUMBERS)
+    *[("train", flag, zero) for flag, zero in (
+        ("--lr", ("0",)), ("--weight-decay", ()), ("--temperature", ("0",)), ("--alpha", ()), ("--lambda1", ()),
+        ("--lambda2", ()), ("--batch-size", ("0", "1.5")), ("--epochs", ("0",)), ("--patience", ("0",)),
+        ("--eval-every", ("0",)), ("--seed", ("4294967296",)))],
+    ("train", "--seeds", ("0", "1001", "1,1", "0,-3", "4294967296,1")),
+    *[("benchmark", flag, zero) for flag, zero in (
+        ("--items", ("0", "99")), ("--seqs", ("0", "39")), ("--batch-size", ("0",)), ("--images", ()),
+        ("--repeats", ("0",)), ("--workers", ()))],
+    ("images", "--workers", ("0",)), ("images", "--timeout", ("0",)),
+    *[("build", flag, zero) for flag, zero in (
+        ("--min-count", ("0",)), ("--min-per-domain", ("0",)), ("--max-len", ("0", "1")), ("--held-out", ("0", "1")),
+        ("--seed", ("4294967296",)))],
+    ("embed", "--batch-size", ("0",)), ("embed", "--workers", ()),
+]
+
+
+@pytest.mark.parametrize("command,flag,extra", FLAGS, ids=[f"{c} {f}" for c, f, _ in FLAGS])
+def test_every_numeric_flag_refuses_non_finite_and_out_of_range_values(command, flag, extra, tiny_dir, shop,
+                                                                        tmp_path, capsys):
+    """0 (where it is out of range), negative, NaN, ±inf and huge values: exit code 2 before any work, a message
+    that names the flag and its accepted range, and nothing written."""
+    import benchmark
+    out = tmp_path / "out"
+    base = {"train": (train.main, ["--data-dir", tiny_dir, "--out", out]),
+            "benchmark": (benchmark.main, ["--device", "cpu"]),
+            "images": (amazon.main, ["images", "--scenario-dir", shop, "--meta", shop / "meta"]),
+            "build": (amazon.main, ["build", "--reviews-a", shop / "meta", "--reviews-b", shop / "meta", "--meta-a",
+                                    shop / "meta", "--meta-b", shop / "meta", "--out", out]),
+            "embed": (clip_loader.main, ["embed", "--scenario-dir", shop, "--images", shop / "images"])}[command]
+    for value in NUMBERS + extra:
+        code, text = call(base[0], base[1] + [f"{flag}={value}"], capsys, tiny_dir, shop)
+        assert code == 2 and flag in text and ("expected a" in text or "expected an" in text), (value, text)
+        assert not out.exists()
+
+
+@pytest.mark.parametrize("device", ["meta", "mps", "gpu", "cuda:x", "cuda:7"])
+def test_embed_refuses_a_device_it_cannot_use(device, tmp_path, capsys):
+    weights = make_scenario(tmp_path)
+    code, text = call(clip_loader.main, ["embed", "--scenario-dir", tmp_path, "--images", tmp_path / "images",
+                                         "--weights", weights, "--device", device, "--workers", 0], capsys, tmp_path)
+    assert code == 2 and "--device" in text and device in text
+
+
+def test_benchmark_refuses_fewer_sequences_than_its_timed_steps(capsys):
+    import benchmark
+    code, text = call(benchmark.main, ["--items", 1000, "--seqs", 200, "--batch-size", 100, "--device", "cpu"], capsys)
+    assert code == 2 and "--seqs 200: the 3 timed steps need at least 3 batches of --batch-size 100" in text
+
+
+def test_literal_and_a_reading_flag_together_are_refused(tiny_dir, tmp_path, capsys):
+    code, text = call(train.main, ["--data-dir", tiny_dir, "--literal", "--temperature", "0.1", "--out",
+                                   tmp_path / "o"], capsys)
+    assert code == 2 and "--literal sets temperature, loss_norm, softmax_over as printed; drop --temperature" in text
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_nan_loss_stops_training_with_exit_2_and_keeps_the_last_good_checkpoint(tiny_dir, tmp_path, capsys,
+                                                                                  monkeypatch):
+    """Image vectors scaled by 1e20 overflow the attention's LayerNorm: the loss is NaN at the first batch.
+    Then a model whose loss turns NaN in epoch 2: the checkpoint of epoch 1 stays, no results are written."""
+    scenario = tmp_path / "scenario"
+    shutil.copytree(tiny_dir, scenario)
+    E = np.load(scenario / "image_embeddings.npy")
+    np.save(scenario / "image_embeddings.npy", E * np.float32(1e20))
+    out = tmp_path / "huge"
+    code, text = call(train.main, ["--data-dir", scenario, "--models", "ifcdsr", "--target", "X", "--epochs", 2,
+                                   "--batch-size", 32, "--out", out], capsys)
+    assert code == 2 and "error: the loss became nan at epoch 1, batch 1 of 2 of ifcdsr (target X, seed 0)" in text
+    assert "Lower --lr (now 0.0005), or check that the image embeddings" in text and "no checkpoint was kept" in text
+    assert not (out / "results.json").exists()
+
+    loss = train.IFCDSR.loss
+    steps = []
+
+    def diverging(self, inputs, targets):
+        total, parts = loss(self, inputs, targets)
+        steps.append(1)
+        return (total * math.nan, {v: math.nan for v in parts}) if len(steps) > 3 else (total, parts)
+
+    monkeypatch.setattr(train.IFCDSR, "loss", diverging)
+    out = tmp_path / "later"
+    code, text = call(train.main, ["--data-dir", tiny_dir, "--models", "ifcdsr", "--target", "X", "--epochs", 3,
+                                   "--batch-size", 32, "--seed", 3, "--out", out], capsys)
+    last = out / "ifcdsr" / "seed3" / "last_X.pt"
+    assert code == 2 and "the loss became nan at epoch 2, batch 2 of 2 of ifcdsr (target X, seed 3)" in text
+    assert f"the last good checkpoint, {last}, is kept" in text
+    assert torch.load(last, weights_only=True)["epoch"] == 1 and not (out / "results.json").exists()
+
+
+def test_a_checkpoint_with_nan_weights_gives_no_metric(trained, tiny_dir, tmp_path, capsys):
+    state = torch.load(trained / "sasrec" / "seed0" / "best_X.pt", weights_only=True)
+    state["model"]["E.weight"][0, 0] = math.nan
+    torch.save(state, tmp_path / "best_X.pt")
+    code, text = call(train.main, ["--data-dir", tiny_dir, "--eval-only", tmp_path / "best_X.pt"], capsys, trained)
+    assert code == 2 and "sasrec (target X, seed 0) gave NaN scores among cases" in text and "MRR" not in text
+
+
+def test_results_are_strict_json(trained):
+    def refuse(token):
+        raise AssertionError(f"{token} in results.json")
+
+    json.loads((trained / "results.json").read_text(), parse_constant=refuse)
+
+
+def test_a_refused_resume_leaves_the_run_folder_as_it_was(trained, tiny_dir, tmp_path, capsys):
+    """A finished run resumed with another learning rate (popularity, which needs no checkpoint, comes first
+    in the tables): refused before any file is written, the folder byte for byte as it was."""
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    code, text = call(train.main, ["--data-dir", tiny_dir, "--models", "popularity,sasrec", "--target", "X",
+                                   "--epochs", 1, "--batch-size", 32, "--lr", 0.01, "--out", run, "--resume"],
+                      capsys, run)
+    assert code == 2 and "with a different config (lr)" in text
+
+
+def test_a_checkpoint_of_other_data_of_the_same_size_is_refused(trained, tmp_path, capsys):
+    """Another demo of the same sizes (40 + 50 items) from another seed: --eval-only and --resume refuse the
+    checkpoints, naming the data they belong to."""
+    from conftest import TINY
+    other = make_demo(tmp_path / "other", seed=1, spec=TINY)
+    code, text = call(train.main, ["--data-dir", other, "--eval-only", trained / "sasrec" / "seed0" / "best_X.pt"],
+                      capsys, trained)
+    assert code == 2 and "trained on other data: scenario 'tiny'" in text and "(40+50 items)" in text
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    resume = ["--data-dir", other, "--models", "sasrec", "--target", "X", "--epochs", 1, "--batch-size", 32, "--out",
+              run, "--resume"]
+    code, text = call(train.main, resume, capsys, run)
+    assert code == 2 and f"{run / 'results.json'}: a run trained on other data: scenario 'tiny'" in text
+    (run / "results.json").unlink()  # as if interrupted before the first results: the checkpoints say it
+    code, text = call(train.main, resume, capsys, run)
+    assert code == 2 and "_X.pt: trained on other data: scenario 'tiny'" in text and "--data-dir" in text
+
+
+def test_resume_without_out_takes_a_run_of_exactly_this_scenario(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name in ("Food-20260101-000000", "Food-Kitchen-20270101-000000", "Food-old"):
+        (tmp_path / "runs" / name).mkdir(parents=True)
+    args = train.parse_args(["--resume"])
+    assert train.output_folder(args, "Food") == Path("runs/Food-20260101-000000")
+    with pytest.raises(train.UsageError, match="no earlier run of Kitchen"):
+        train.output_folder(args, "Kitchen")
+
+
+LOPSIDED = [  # (case, lines of the valid file, item lists (|X|, |Y|), expected message)
+    ("no validation case in the target domain", [line(7, (0, 1), (3, 2))], (3, 4),
+     "validdata_new.txt: no sequence ends in an item of domain X"),
+    ("a domain with one item", None, (1, 4), "Alist.txt: domain X has 1 item; a scenario needs at least 2"),
+]
+
+
+@pytest.mark.parametrize("case,valid,sizes,message", LOPSIDED, ids=[c[0] for c in LOPSIDED])
+def test_small_and_lopsided_scenarios_are_clear_errors(case, valid, sizes, message, tmp_path, capsys):
+    from conftest import write_scenario
+    lines = [line(1, (0, 1), (sizes[0], 2), (0, 3)), line(2, (sizes[0] + 1, 1), (0, 2))]
+    folder = write_scenario(tmp_path / "s", lines, valid, num_x=sizes[0], num_y=sizes[1])
+    code, text = call(train.main, ["--data-dir", folder, "--models", "sasrec", "--target", "X", "--out",
+                                   tmp_path / "o"], capsys, folder)
+    assert code == 2 and message in text and not (tmp_path / "o").exists()

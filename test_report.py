@@ -29,6 +29,18 @@ def test_bootstrap_covers_zero_for_identical_rankings_and_excludes_it_for_a_clea
     assert noise["low"] < 0 < noise["high"] and noise["resamples"] == 1000 and noise["cases"] == 400
 
 
+def test_bootstrap_interval_is_a_95_percent_one():
+    """Paired differences drawn from N(μ = 0.01, σ = 0.05) over n = 2,000 cases (reciprocal ranks, so 100·
+    in %): the mean's 95% interval is close to 100·(mean ± 1.96·σ/√n) = mean ± 0.219, not the ± 0.075 of a
+    50% interval."""
+    rng = np.random.default_rng(3)
+    diff = rng.normal(0.01, 0.05, size=2000)
+    got = report.paired_bootstrap(diff, np.zeros(2000))
+    half = 100 * 1.96 * 0.05 / math.sqrt(2000)
+    assert (got["high"] - got["low"]) / 2 == pytest.approx(half, rel=0.1)
+    assert (got["high"] + got["low"]) / 2 == pytest.approx(100 * diff.mean(), abs=0.03)
+
+
 def test_significance_pairs_cases_and_averages_seeds():
     """Two seeds of the reference with ranks (1, 2) and (1, 4): averaged reciprocal ranks (1, 3/8); the
     row's ranks (2, 2) give (1/2, 1/2): differences (1/2, -1/8), MRR difference 100·(3/8)/2 = 18.75."""

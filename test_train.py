@@ -109,7 +109,7 @@ def test_model_selection_keeps_the_best_validation_epoch_and_reads_the_test_set_
 
 
 @pytest.mark.parametrize("args,message", [
-    (("--alpha", "1.5"), "--alpha 1.5: expected a number in [0, 1]"),
+    (("--alpha", "1.5"), "argument --alpha: expected a number in [0, 1], got '1.5'"),
     (("--scenario", "nope"), "unknown scenario 'nope'"),
     (("--data-dir", "/nonexistent/x"), "scenario directory not found"),
     (("--seeds", "0"), "--seeds '0': expected a count K in [1, 1000]"),

@@ -23,7 +23,7 @@ import torch
 
 import baselines
 import report
-from common import Progress, atomic_write, atomic_write_text, moved
+from common import Progress, atomic_write, atomic_write_text, bounded, moved
 from data import EMBEDDINGS_FILE, SPLIT_FILES, DataError, Scenario, load_scenario, resolve_scenario
 from evaluate import (PROTOCOLS, NonFiniteScores, by_target, domain_items, eval_cases, metrics, negatives, rank_cases,
                       to_device, warm_items)
@@ -42,7 +42,8 @@ BASELINES = {"gru4rec": baselines.GRU4Rec, "sasrec": baselines.SASRec}  # popula
 MODELS = tuple(report.LABELS)  # every row, in the order of the tables
 COMPARE = ("popularity", "gru4rec", "sasrec", "ifcdsr_id", "ifcdsr")  # --compare: Tables 2/3's rows
 CHECKPOINT = {"model_name", "model", "optimizer", "config", "scenario", "data_dir", "data_sha256", "images_sha256",
-              "num_x", "num_y", "epoch", "best_valid", "bad", "history", "rng"}  # tensors, numbers, strings, lists, dicts
+              "num_x", "num_y", "epoch", "best_valid", "bad", "history",
+              "rng"}  # what every checkpoint holds: tensors, numbers, strings, lists, dicts
 SCHEDULE = ("epochs", "patience", "eval_every")  # the settings a --resume may change: e.g. train a finished run longer
 MAX_SEEDS = 1000
 
@@ -463,8 +464,8 @@ def parse_args(argv):
                              ("--batch-size", int, "mini-batch size"), ("--patience", int, "early stopping"),
                              ("--eval-every", int, "validate every N epochs"),
                              ("--seed", int, "one training seed (initialisation and batch order)")):
-        low, high = RANGES[flag[2:].replace("-", "_")]
-        p.add_argument(flag, type=kind, help=f"{what}, in [{low:g}, {high:g}] (default: see ifcdsr.Config)")
+        p.add_argument(flag, type=bounded(kind, *RANGES[flag[2:].replace("-", "_")]),
+                       help=f"{what} (default: see ifcdsr.Config)")
     p.add_argument("--loss-norm", choices=("mean", "sum"), help="Eq. 6/7: each view's mean, or the sum as printed")
     p.add_argument("--softmax-over", choices=("all", "domain"),
                    help="Eq. 3/4: all N items, or each view's own domain as printed")
@@ -489,10 +490,7 @@ def make_config(args) -> Config:
         if both:
             raise UsageError(f"--literal sets {', '.join(PRINTED)} as printed; drop {' and '.join(both)} or --literal.")
         overrides.update(PRINTED)
-    try:
-        return Config().replace(**overrides)
-    except ConfigError as err:
-        raise UsageError(f"--{err.field.replace('_', '-')} {err.value}: expected {err.expected}.") from None
+    return Config().replace(**overrides)  # the flags' types have checked each value against Config's RANGES
 
 
 def readings(cfg: Config) -> str:
@@ -504,7 +502,8 @@ def readings(cfg: Config) -> str:
 
 def output_folder(args, name: str) -> Path:
     if args.out is None and args.resume:  # runs/<name>-YYYYmmdd-HHMMSS of exactly this scenario name
-        found = sorted(p for p in Path("runs").glob(f"{name}-*") if re.fullmatch(re.escape(name) + r"-\d{8}-\d{6}", p.name))
+        stamped = re.compile(re.escape(name) + r"-\d{8}-\d{6}")
+        found = sorted(p for p in Path("runs").glob(f"{name}-*") if stamped.fullmatch(p.name))
         if not found:
             raise UsageError(f"--resume: no earlier run of {name} under runs/; pass --out DIR.")
         return found[-1]
@@ -523,12 +522,15 @@ def check_run_folder(out: Path, scen: Scenario, device, planned: dict[Path, tupl
     results = out / "results.json"
     if results.is_file():
         try:
-            recorded = json.loads(results.read_text()).get("data_sha256", scen.data_sha256)
-        except (ValueError, UnicodeDecodeError, AttributeError):
-            recorded = scen.data_sha256  # unreadable: the resumed run rewrites it
-        if recorded != scen.data_sha256:
-            raise UsageError(f"{results}: a run on other data than {scen.name} in {scen.path} (its item and sequence "
-                             f"files differ); resume it with its own --data-dir, or start a new run with another --out.")
+            recorded = json.loads(results.read_text())
+            recorded = {k: str(recorded[k]) for k in ("scenario", "data_dir", "data_sha256")}
+        except (ValueError, UnicodeDecodeError, TypeError, KeyError):
+            recorded = None  # unreadable: the resumed run rewrites it, and the checkpoints are checked below
+        if recorded and recorded["data_sha256"] != scen.data_sha256:
+            raise UsageError(f"{results}: a run trained on other data: scenario {recorded['scenario']!r} in "
+                             f"{recorded['data_dir']}, whose item and sequence files differ from those of {scen.name} "
+                             f"in {scen.path}. Resume it with --data-dir {recorded['data_dir']}, or start a new run "
+                             f"with another --out.")
     for path in sorted(out.rglob("*.pt")) if out.is_dir() else []:
         state = load_checkpoint(path, device)
         check_checkpoint(state, scen, path)
