@@ -149,3 +149,26 @@ def test_old_spellings_say_the_new_one(capsys):
     old = subprocess.run([sys.executable, str(ROOT / "data.py"), "images", "--meta", "m"], capture_output=True, text=True)
     assert old.returncode == 2 and old.stderr.strip() == ("error: `python data.py images` is now "
                                                            "`python amazon.py images|build`")
+
+
+def test_bf16_autocast_trains_on_the_gpus_branches_and_evaluation_ranks_in_fp32(tiny_dir, tmp_path, monkeypatch):
+    """On CUDA the Trainer trains under bf16 autocast. CPU autocast takes the same branches of fused_loss.py
+    (the bf16 product copied into the fp32 logits, dE accumulated in fp32), here on the bounded path (two
+    positions a chunk). Evaluation runs with autocast off whatever the caller has on: no scoring product runs
+    under autocast, and the ranks are those of a plain fp32 evaluation."""
+    import fused_loss
+    scen = load_scenario(tiny_dir, max_len=15, use_images=True)
+    cfg = train.Config(q=8, plain_logits=0, score_chunk=2 * scen.items.num_items, batch_size=16, target="X")
+    trainer = train.Trainer("ifcdsr", cfg, scen, torch.device("cpu"), tmp_path, resume=False)
+    monkeypatch.setattr(train.Trainer, "autocast", lambda self: torch.autocast("cpu", dtype=torch.bfloat16))
+    logits, calls = fused_loss._logits, []
+    monkeypatch.setattr(fused_loss, "_logits", lambda a, E, out: calls.append(
+        torch.is_autocast_enabled("cpu")) or logits(a, E, out))
+    trainer.train_epoch()
+    assert calls and all(calls)  # every training product under autocast
+    calls.clear()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = trainer.rank("test")
+    assert calls and not any(calls)
+    fp32 = trainer.rank("test")
+    assert all(torch.equal(under_autocast[p], fp32[p]) for p in PROTOCOLS)
