@@ -4,8 +4,8 @@
     SASRec      ID embeddings and causal self-attention (ifcdsr.AttentionEncoder, the same encoder as IFCDSR's)
     GRU4Rec     ID embeddings and a GRU
 
-SASRec and GRU4Rec are single-domain, as the paper's baseline rows are: they read only the target
-domain's sub-sequence (S^X when X is the target) and score only its items, by the dot product of the
+SASRec and GRU4Rec are single-domain models in their own papers, and are run so here (the paper does
+not say how it ran them): they read only the target domain's sub-sequence (S^X when X is the target) and score only its items, by the dot product of the
 last hidden state with each item's embedding. They share IFCDSR's Config (q, dropout, L, blocks, heads,
 target domain) and its whole training loop, optimiser, early stopping and evaluation.
 

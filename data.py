@@ -244,8 +244,8 @@ def _views(rows: list[list[int]], num_x: int, length: int, pad: int) -> Views:
 def make_train_set(sequences: list[list[int]], num_x: int, max_len: int, pad: int) -> TrainSet:
     """Every next-item position of every view: input view[:-1], target view[1:].
 
-    Note: every next-item position of a training sequence is a target (C2DSR's practice); the paper's Eq. 6
-    sums over x_t in S^X without saying which sequences or positions.
+    Note: every next-item position of a training sequence is a target; the paper's Eq. 6 sums over x_t in S^X
+    without saying which sequences or positions (C2DSR trains on the last 10 positions of each sequence only).
     """
     cut = [seq[-(max_len + 1):] for seq in sequences]  # inputs of at most max_len items
     full = _views(cut, num_x, max_len + 1, pad)  # (S, L+1); left padding keeps view[:, 1:] aligned

@@ -256,6 +256,8 @@ class IFCDSR(nn.Module):
         nn.init.normal_(self.E_id.weight, std=cfg.q ** -0.5)
         with torch.no_grad():
             self.E_id.weight[self.pad].zero_()
+        # Note: six encoders with separate weights, one per view and branch (§3.2: "six sequence representations
+        # derived from multiple attention layers"); the paper does not say whether any weights are shared
         self.enc_id = nn.ModuleDict({v: AttentionEncoder(cfg.q, cfg) for v in self.views})
         if cfg.use_image:
             assert E_img.shape[0] == self.N, f"E_img has {E_img.shape[0]} rows, expected N = {self.N}"

@@ -97,7 +97,7 @@ def print_tables(name: str, summary: dict, sig: dict, reference: str | None, see
     domains = [d for d in ("X", "Y") if any(d in summary[m]["test"] for m in models)]
     over = f"mean ± std over {len(seeds)} seeds" if len(seeds) > 1 else f"seed {seeds[0]}"
     for p in PROTOCOLS:
-        title = {"sampled999": "999 sampled negatives (C2DSR's protocol, the paper's tables)",
+        title = {"sampled999": "999 sampled negatives (as C2DSR evaluates; the paper names no protocol)",
                  "full": "full ranking of the target domain"}[p]
         head = f"{'Model (' + '-'.join(names) + ')':<24}" + "".join(
             f" | {(m + ' (' + names['XY'.index(d)] + ')') if m == 'MRR' else m:>15}" for d in domains for m in SHOWN)

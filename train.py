@@ -145,8 +145,8 @@ class Trainer:
         self.best = folder / f"best_{cfg.target}.pt"
         set_seed(cfg.seed)  # the seed sets the initialisation and the order of the batches
         self.model = build_model(name, cfg, scen).to(device)
-        # Note: the paper's "L2 regularization coefficient" is Adam's weight_decay (L2 added to the gradient, as
-        # in C2DSR), not decoupled weight decay (AdamW)
+        # Note: the paper's "L2 regularization coefficient" is Adam's weight_decay (L2 added to the gradient), not
+        # decoupled weight decay (AdamW); C2DSR, whose settings §4 adopts, applies none
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.shuffle = torch.Generator().manual_seed(cfg.seed)
         self.epoch, self.best_valid, self.bad, self.history = 0, -1.0, 0, []
