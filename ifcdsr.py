@@ -201,18 +201,26 @@ def _log(w: float) -> float:
     return math.log(w) if w > 0 else -math.inf  # log 0 = -inf: a branch of weight 0 drops out
 
 
+def branch_log_prob(h: torch.Tensor, E_unit: torch.Tensor, temperature: float) -> torch.Tensor:
+    """(Eq. 3/4) log P_b = log softmax(Sim(h, E_b)) over the rows of E_b, for one branch b (ID or image):
+    h (P, d), E_unit (N, d) -> (P, N). `IFCDSR.view_items` chooses the rows."""
+    return F.log_softmax(similarity(h, E_unit, temperature).float(), dim=-1)  # (P, N)
+
+
+def mixture(log_P_id: torch.Tensor, log_P_img: torch.Tensor, alpha: float) -> torch.Tensor:
+    """(Eq. 5) P = α·P_id + (1-α)·P_img, in log space: log(e^(log α + log P_id) + e^(log(1-α) + log P_img))."""
+    return torch.logaddexp(log_P_id + _log(alpha), log_P_img + _log(1.0 - alpha))  # (P, N)
+
+
 def log_prob(h_id: torch.Tensor, E_id: torch.Tensor, h_img: torch.Tensor | None, E_img: torch.Tensor | None,
              alpha: float, temperature: float) -> torch.Tensor:
     """log P(· | S) over the N items of E_id and E_img for P positions of one view (Eq. 3-5) -> (P, N).
     E_id, E_img: the item matrices with unit rows (see `similarity`)."""
-    # (Eq. 3) P_id = softmax(Sim(h_id, E_id)), over the rows of E_id given (`IFCDSR.view_items` chooses them)
-    log_P_id = F.log_softmax(similarity(h_id, E_id, temperature).float(), dim=-1)  # (P, N)
+    log_P_id = branch_log_prob(h_id, E_id, temperature)  # (Eq. 3) P_id = softmax(Sim(h_id, E_id))
     if h_img is None:
         return log_P_id
-    # (Eq. 4) P_img = softmax(Sim(h_img, E_img))
-    log_P_img = F.log_softmax(similarity(h_img, E_img, temperature).float(), dim=-1)  # (P, N)
-    # (Eq. 5) P = α·P_id + (1-α)·P_img, in log space: log(e^(log α + log P_id) + e^(log(1-α) + log P_img))
-    return torch.logaddexp(log_P_id + _log(alpha), log_P_img + _log(1.0 - alpha))  # (P, N)
+    log_P_img = branch_log_prob(h_img, E_img, temperature)  # (Eq. 4) P_img = softmax(Sim(h_img, E_img))
+    return mixture(log_P_id, log_P_img, alpha)  # (Eq. 5)
 
 
 # ----------------------------------------------------------------------------- the model

@@ -1,0 +1,299 @@
+"""Learn IFCDSR by running it: one user's history followed through Eq. 1-9 with the numbers the model computes.
+
+    python walkthrough.py                      # target domain X (Food), the default settings
+    python walkthrough.py --target Y           # the same history, ranked over Kitchen
+    python walkthrough.py --no-image --temperature 1 --alpha 0.5 --literal ...
+
+A tiny scenario is built in memory (5 Food items, 4 Kitchen items, 3-d "image" vectors), an IFCDSR with
+q = 4 is trained on it for a few full-batch steps, and one history is scored. Every printed value is taken
+from the functions of ifcdsr.py while `IFCDSR.score` and `IFCDSR.loss` run (the functions are wrapped to
+keep what they return; nothing is recomputed by a second implementation), and the program checks that the
+printed pieces add up to what the model returns. docs/walkthrough.md explains each step. It reads no files
+and writes none.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+
+import torch
+
+import ifcdsr
+from common import bounded
+from data import Views, make_eval_set, make_train_set
+from ifcdsr import IFCDSR, PRINTED, RANGES, Config
+
+FOOD = ["espresso", "green tea", "chocolate", "olive oil", "pasta"]  # domain X: ids 0-4
+KITCHEN = ["moka pot", "teapot", "grater", "saucepan"]  # domain Y: ids 5-8
+NAMES = FOOD + KITCHEN
+# a 3-d stand-in for CLIP's image vectors: how brown, how green, how steel-grey the picture is
+E_IMG = torch.tensor([[0.9, 0.1, 0.0], [0.1, 0.9, 0.1], [0.8, 0.2, 0.0], [0.4, 0.8, 0.1], [0.7, 0.5, 0.0],
+                      [0.3, 0.0, 0.9], [0.1, 0.6, 0.6], [0.0, 0.1, 1.0], [0.2, 0.1, 0.9]])
+TRAIN = [  # coffee, tea and cooking habits, in time order; the last one is the user we follow
+    "espresso, moka pot, chocolate, espresso, grater, chocolate, espresso",
+    "chocolate, espresso, moka pot, espresso, chocolate, saucepan, espresso",
+    "espresso, chocolate, moka pot, espresso, teapot, chocolate",
+    "green tea, teapot, green tea, chocolate, teapot, green tea",
+    "teapot, green tea, olive oil, teapot, green tea, moka pot, green tea",
+    "olive oil, saucepan, pasta, grater, olive oil, pasta, saucepan",
+    "pasta, grater, olive oil, saucepan, pasta, grater",
+    "olive oil, pasta, saucepan, grater, pasta, olive oil, saucepan, pasta",
+    "espresso, moka pot, chocolate, grater, olive oil, saucepan, pasta",
+]
+L = 6  # max_len: a history keeps its last 6 items
+STEPS, LR, SEED = 60, 0.03, 0  # full-batch Adam steps on TRAIN before the walk
+VIEW = {"x": "S^X", "y": "S^Y", "xy": "S^{X+Y}"}
+BRANCH = {"id": "ID", "img": "image"}
+
+
+def ids(line: str) -> list[int]:
+    return [NAMES.index(name.strip()) for name in line.split(",")]
+
+
+def short(i: int) -> str:
+    return NAMES[i] if i < len(NAMES) else "·"  # the padding id N
+
+
+def row(values, width: int = 10, digits: int = 3) -> str:
+    return "".join(f"{v:>{width}.{digits}f}" if isinstance(v, float) else f"{v:>{width}}" for v in values)
+
+
+def vector(t: torch.Tensor) -> str:
+    return "(" + ", ".join(f"{v:6.3f}" for v in t.tolist()) + ")"
+
+
+@contextlib.contextmanager
+def recording(model: IFCDSR):
+    """Keeps, in call order, what ifcdsr.py's Eq. 1-5 functions return while the model runs: [(name, value)].
+    The functions are wrapped in place (the model calls them through the module) and restored afterwards."""
+    calls = []
+    names = ("similarity", "branch_log_prob", "mixture", "log_prob")
+    originals = {name: getattr(ifcdsr, name) for name in names}
+
+    def keep(name, fn):
+        def wrapped(*args, **kwargs):
+            out = fn(*args, **kwargs)
+            calls.append((name, out.detach()))
+            return out
+        return wrapped
+
+    def keep_H(key):  # an encoder's input F and output H (Eq. 1)
+        return lambda module, inputs, H: calls.append(("H", key, inputs[0].detach(), H.detach()))
+
+    hooks = [enc.register_forward_hook(keep_H((branch, view)))
+             for branch, encoders in (("id", model.enc_id), ("img", model.enc_img or {}))
+             for view, enc in encoders.items()]
+    for name, fn in originals.items():
+        setattr(ifcdsr, name, keep(name, fn))
+    try:
+        yield calls
+    finally:
+        for name, fn in originals.items():
+            setattr(ifcdsr, name, fn)
+        for hook in hooks:
+            hook.remove()
+
+
+def per_view(calls: list, model: IFCDSR) -> list[dict]:
+    """The recorded calls of one `IFCDSR.score` or `IFCDSR.loss`, by view in the order of `Config.view_weights`
+    (the order in which both compute them): {view, F, H: {branch}, sim: {branch}, log_P_b: {branch}, log_P}."""
+    F = {(key[1], key[0]): F for name, key, F, _ in (c for c in calls if c[0] == "H")}  # (view, branch) -> F
+    H = {(key[1], key[0]): H for name, key, _, H in (c for c in calls if c[0] == "H")}  # (view, branch) -> H
+    views, current = [], {"sim": {}, "log_P_b": {}}
+    for name, *value in calls:
+        if name in ("similarity", "branch_log_prob"):  # the ID branch's, then the image branch's
+            kept = current["sim" if name == "similarity" else "log_P_b"]
+            kept[("id", "img")[len(kept)]] = value[0]
+        elif name == "log_prob":  # closes one view's Eq. 2-5
+            views.append({**current, "log_P": value[0]})
+            current = {"sim": {}, "log_P_b": {}}
+    order = list(model.cfg.view_weights())
+    agree(len(views) == len(order), f"{len(views)} calls of log_prob for the views {order}")
+    return [{**v, "view": view, "F": {b: F[view, b] for b in ("id", "img") if (view, b) in F},
+             "H": {b: H[view, b] for b in ("id", "img") if (view, b) in H}} for v, view in zip(views, order)]
+
+
+def columns(model: IFCDSR, view: str) -> list[int]:
+    own = model.view_items(view)
+    return list(range(own.start, own.stop))
+
+
+def item_table(title: str, rows: list[tuple[str, list[int], torch.Tensor]], digits: int = 3) -> None:
+    """Rows of values over the items, each row over its own item ids (others shown as '-')."""
+    print(f"{title:<24}" + "".join(f"{short(i)[:9]:>10}" for i in range(len(NAMES))))
+    for label, items, values in rows:
+        by_item = dict(zip(items, values.tolist()))
+        print(f"{label:<24}" + row([by_item.get(i, "-") for i in range(len(NAMES))], digits=digits))
+
+
+def train_tiny(cfg: Config) -> IFCDSR:
+    torch.manual_seed(SEED)
+    model = IFCDSR(cfg, len(FOOD), len(KITCHEN), E_IMG if cfg.use_image else None)
+    data = make_train_set([ids(line) for line in TRAIN], len(FOOD), L, model.pad)
+    opt = torch.optim.Adam(model.parameters(), lr=LR)
+    model.train()
+    for _ in range(STEPS):
+        loss, _ = model.loss(data.inputs, data.targets)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+def agree(ok: bool, what: str) -> None:
+    if not ok:
+        raise RuntimeError(f"the printed pieces do not add up to what the model returns: {what}")
+
+
+def walk(cfg: Config) -> dict:
+    """Prints Eq. 1-9 for the user's history; returns what the printed pieces and the model gave, for tests."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the same sums in the same order on every machine
+    try:
+        return _walk(cfg)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _walk(cfg: Config) -> dict:
+    model = train_tiny(cfg)
+    sequence = ids(TRAIN[-1])
+    history, nxt = sequence[:-1], sequence[-1]
+    weights = cfg.view_weights()
+    target_items = list(range(*ifcdsr.domain_items(cfg.target, model.num_x, model.N).indices(model.N)[:2]))
+
+    print(f"A tiny scenario: domain X = Food, ids 0-4: {', '.join(FOOD)}\n"
+          f"                 domain Y = Kitchen, ids 5-8: {', '.join(KITCHEN)}")
+    print(f"q = {cfg.q}, e = {E_IMG.shape[1]}, L = {cfg.max_len}, α = {cfg.alpha:g}, λ1 = {cfg.lambda1:g}, "
+          f"λ2 = {cfg.lambda2:g}, τ = {cfg.temperature:g}; loss {cfg.loss_norm}, softmax over {cfg.softmax_over} "
+          f"items;\nimages {'on' if cfg.use_image else 'off'}, target domain {cfg.target}; ", end="")
+    print(f"trained for {STEPS} full-batch Adam steps (lr {LR:g}) on {len(TRAIN)} sequences; dropout off from here")
+    print(f"\nThe user's history S: {', '.join(short(i) for i in history)}\n")
+
+    # ------------------------------------------------------------------- the views and F
+    ev = make_eval_set([sequence], model.num_x, cfg.max_len, model.pad)
+    hist = ev.history  # the three left-padded views of everything before the ground truth
+    print("§3.1.2 the three views, left-padded to L = 6 (· = padding id N = 9), each read at its last position")
+    for v in ("x", "y", "xy"):
+        print(f"  {VIEW[v]:<8} {[short(i) for i in getattr(hist, v)[0].tolist()]}")
+
+    # ------------------------------------------------------------------- Eq. 1-5 while IFCDSR.score runs
+    with recording(model) as calls:
+        score = model.score(hist, slice(target_items[0], target_items[-1] + 1))  # (1, |target domain|)
+    views = per_view(calls, model)
+    branches = ("id", "img") if cfg.use_image else ("id",)
+    merged = next(v for v in views if v["view"] == "xy")
+    print("\nIFCDSR.encode: F_id = the rows of E_id in sequence order (q = 4)"
+          + (", F_img = the rows of E_img (e = 3)" if cfg.use_image else "") + "; for S^{X+Y}:")
+    for t, i in enumerate(ifcdsr.trim(model.pad, hist.xy)[0][0].tolist()):
+        print(f"  {short(i):<10} F_id {vector(merged['F']['id'][0, t])}"
+              + (f"   F_img {vector(merged['F']['img'][0, t])}" if cfg.use_image else ""))
+    print("\nEq. 1 (AttentionEncoder.forward): H = Attention(F), one encoder per view and branch; h = H's last row")
+    for view in views:
+        for b in branches:
+            H = view["H"][b]
+            print(f"  {VIEW[view['view']]:<8} {BRANCH[b]:<6} H {tuple(H.shape)}  h_{b} = {vector(H[0, -1])}")
+    print("\nEq. 2 (similarity): cos(h, E) for every item of the view's softmax, then divided by τ = "
+          f"{cfg.temperature:g}")
+    rows = []
+    for view in views:
+        items = columns(model, view["view"])
+        for b in branches:
+            E = model.item_matrices()[0 if b == "id" else 1][items]
+            h = view["H"][b][:, -1]
+            rows.append((f"{VIEW[view['view']]} {BRANCH[b]} cos", items, ifcdsr.similarity(h, E, 1.0)[0]))
+            rows.append((f"{VIEW[view['view']]} {BRANCH[b]} cos/τ", items, view["sim"][b][0]))
+    item_table("", rows)
+    print("\nEq. 3/4 (branch_log_prob): P_b = softmax(cos/τ) over those items\n"
+          f"Eq. 5 (mixture): P = α·P_id + (1-α)·P_img with α = {cfg.alpha:g}")
+    rows = []
+    for view in views:
+        items = columns(model, view["view"])
+        for b in branches:
+            rows.append((f"{VIEW[view['view']]} P_{b}", items, view["log_P_b"][b][0].exp()))
+        rows.append((f"{VIEW[view['view']]} P (Eq. 5)", items, view["log_P"][0].exp()))
+    item_table("", rows)
+
+    # ------------------------------------------------------------------- Eq. 6/7 while IFCDSR.loss runs
+    train = make_train_set([sequence], model.num_x, cfg.max_len, model.pad)
+    with recording(model) as calls:
+        total, parts = model.loss(train.inputs, train.targets)
+    print(f"\nEq. 6 (IFCDSR.loss): the user's training sequence, history + {short(nxt)}: every next item of each view,"
+          f" -log P^v(next)")
+    weighted, L = 0.0, {}
+    for view in per_view(calls, model):
+        v = view["view"]
+        seq, targets = ifcdsr.trim(model.pad, getattr(train.inputs, v), getattr(train.targets, v))
+        keep = targets != model.pad
+        start = model.view_items(v).start
+        nll = -view["log_P"].gather(1, (targets[keep] - start)[:, None])[:, 0]  # the target's entry of each row
+        pairs = [f"{short(a)} -> {short(b)} {n:.3f}" for a, b, n in zip(seq[keep].tolist(), targets[keep].tolist(),
+                                                                       nll.tolist())]
+        scale = len(nll) if cfg.loss_norm == "mean" else seq.shape[0] * cfg.max_len
+        L[v] = L_v = nll.sum().item() / scale
+        weighted += weights[v] * L_v
+        how = f"mean of {len(nll)}" if cfg.loss_norm == "mean" else f"sum of {len(nll)} / (B·L = {scale})"
+        print(f"  L^{VIEW[v][2:]:<6} = {how}: {L_v:.3f}")
+        for k in range(0, len(pairs), 3):
+            print("      " + "; ".join(pairs[k:k + 3]))
+    print("Eq. 7: L = " + " + ".join(f"{w:g}·{L[v]:.3f}" for v, w in weights.items()) + f" = {weighted:.3f}")
+    agree(all(abs(L[v] - parts[v]) < 1e-5 for v in L) and abs(weighted - total.item()) < 1e-5,
+          f"the loss: {L} and {weighted} against IFCDSR.loss's {parts} and {total.item()}")
+    print(f"  IFCDSR.loss returns {total.item():.3f}: the same")
+
+    # ------------------------------------------------------------------- Eq. 8 and 9
+    print(f"\nEq. 8 (IFCDSR.score): P(x_i|S) = Σ_v λ_v·P^v(x_i|S) over the target domain {cfg.target}'s items")
+    contributions = {}
+    for view in views:
+        v, own = view["view"], model.view_items(view["view"])
+        P_v = view["log_P"][0].exp()  # (|own|,) P^v over the view's own items; no view of S is empty
+        contributions[v] = torch.tensor([weights[v] * P_v[i - own.start].item() if own.start <= i < own.stop
+                                         else 0.0 for i in target_items])
+    labels = [f"{'' if weights[v] == 1 else f'{weights[v]:g}·'}P^{VIEW[v][2:]}" for v in contributions]
+    print(f"  {'item':<10}" + "".join(f"{label:>14}" for label in labels) + f"{'P(x_i|S)':>14}")
+    eq8 = sum(contributions.values())
+    for k, i in enumerate(target_items):
+        print(f"  {short(i):<10}" + "".join(f"{c[k].item():>14.4f}" for c in contributions.values())
+              + f"{eq8[k].item():>14.4f}")
+    agree(torch.allclose(eq8, score[0], atol=1e-6), f"Eq. 8: {eq8} against IFCDSR.score's {score[0]}")
+    print("  the columns add up to what IFCDSR.score returns")
+    best = target_items[int(eq8.argmax())]
+    recommended = model.recommend(hist).item()
+    agree(recommended == best, f"Eq. 9: {short(best)} against IFCDSR.recommend's {short(recommended)}")
+    truth = (f"the user's next item in the data: {short(nxt)}" if (nxt < model.num_x) == (cfg.target == "X") else
+             f"the user's next item in the data, {short(nxt)}, lies in the other domain")
+    print(f"\nEq. 9 (IFCDSR.recommend): argmax over the target domain -> {short(best)} ({truth})")
+    return {"L": L, "parts": parts, "weighted": weighted, "loss": total.item(), "contributions": contributions,
+            "score": score[0], "best": best, "recommended": recommended}
+
+
+def config(argv) -> Config:
+    """The walkthrough's Config from its command line (the tiny model: q = 4, L = 6)."""
+    p = argparse.ArgumentParser(description="Follow one user's history through IFCDSR's Eq. 1-9.")
+    p.add_argument("--target", default="X", choices=("X", "Y"), help="the target domain of Eq. 7-9")
+    p.add_argument("--no-image", action="store_true", help="the ID branch only (α = 1)")
+    p.add_argument("--temperature", type=bounded(float, *RANGES["temperature"]), help="τ dividing Eq. 2")
+    p.add_argument("--alpha", type=bounded(float, *RANGES["alpha"]), help="α of Eq. 5")
+    p.add_argument("--loss-norm", choices=("mean", "sum"), help="Eq. 6/7: each view's mean, or the sum")
+    p.add_argument("--softmax-over", choices=("all", "domain"), help="Eq. 3/4: all N items or each view's own")
+    p.add_argument("--literal", action="store_true", help="the equations as printed (τ = 1, sum, domain)")
+    args = p.parse_args(argv)
+    overrides = {k: v for k, v in (("temperature", args.temperature), ("alpha", args.alpha),
+                                   ("loss_norm", args.loss_norm), ("softmax_over", args.softmax_over)) if v is not None}
+    if args.literal:
+        overrides.update(PRINTED)
+    return Config(q=4, max_len=L).replace(target=args.target, use_image=not args.no_image, **overrides)
+
+
+def main(argv=None) -> int:
+    try:
+        cfg = config(argv)
+    except SystemExit as exit_:  # argparse has printed what is wrong (or the help)
+        return exit_.code
+    walk(cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
