@@ -1,6 +1,15 @@
 """Numbers a researcher can cite: each seed's metrics aggregated to mean ± std, a paired bootstrap of IFCDSR
-against every other row, and the printed tables in the layout of the paper's Tables 2, 3 and 4."""
+against every other row, the printed tables in the layout of the paper's Tables 2, 3 and 4, and a comparison
+of finished runs that differ in their settings:
+
+    python report.py compare REFERENCE_RUN RUN [RUN ...]     # a Markdown table, paired against the reference
+"""
 from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -166,3 +175,74 @@ def print_ablation(name: str, summary: dict) -> None:
             res = summary[variant]["test"].get(d)
             line += " | " + cell(res["sampled999"]["MRR"] if res else None, 15)
         print(line + (f" | {entry[variant]:>{len(names[0]) + 13}.2f}" if entry else ""))
+
+
+# ----------------------------------------------------------------------------- runs against a reference run
+
+
+class RunError(Exception):
+    """A run folder that cannot be compared: the message says why."""
+
+
+def read_run(folder: Path) -> tuple[dict, dict]:
+    """(results.json, test ranks {key: (S,) array}) of a finished run folder of train.py."""
+    try:
+        results = json.loads((folder / "results.json").read_text())
+        with np.load(folder / "test_ranks.npz", allow_pickle=False) as npz:
+            ranks = {key: npz[key] for key in npz.files}
+    except (OSError, ValueError) as err:
+        raise RunError(f"{folder}: not a finished run of train.py ({err}).") from None
+    if "summary" not in results:
+        raise RunError(f"{folder}: the run has not finished (results.json has no summary); resume it first.")
+    return results, ranks
+
+
+def compare(reference: Path, runs: list[Path]) -> str:
+    """A Markdown table: for every run (the reference first), model and target domain, validation and test MRR
+    (mean ± std over the seeds) under both protocols, and the paired bootstrap of the run's test MRR minus the
+    reference's (each case's reciprocal rank averaged over the seeds, as in `significance`)."""
+    ref, ref_ranks = read_run(reference)
+    head = ("| run | model | target | valid MRR, 999 | valid MRR, full | test MRR, 999 | test MRR, full "
+            "| test − reference, 999 | test − reference, full |")
+    lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
+    for i, folder in enumerate([reference, *runs]):
+        res, ranks = read_run(folder)
+        if res["data_sha256"] != ref["data_sha256"]:
+            raise RunError(f"{folder}: trained on other data than {reference}; only runs of the same data pair up.")
+        for model, summary in res["summary"].items():
+            for d in summary["test"]:
+                cells = [cell(summary[split][d][p]["MRR"], 0).strip() for split in ("valid", "test") for p in PROTOCOLS]
+                for p in PROTOCOLS:
+                    if i == 0:
+                        cells.append("(reference)")
+                        continue
+                    rr = [np.mean([1 / r[f"{model}/{seed}/{d}/{p}"] for seed in run["seeds"]], axis=0)
+                          for r, run in ((ranks, res), (ref_ranks, ref))]
+                    b = paired_bootstrap(*rr)
+                    cells.append(f"{b['mrr_diff']:+.2f} [{b['low']:+.2f}, {b['high']:+.2f}]"
+                                 + (" *" if b["significant"] else ""))
+                lines.append(f"| {folder.name} | {model} | {d} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="report.py", description="Tables of finished runs of train.py.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    c = commands.add_parser("compare", help="runs that differ in their settings, paired against a reference run")
+    c.add_argument("reference", type=Path, help="the reference run folder (its test ranks pair up with the others)")
+    c.add_argument("runs", type=Path, nargs="+", help="run folders of the same data, models, targets and seeds")
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # argparse has printed what is wrong (or the help)
+        return exit_.code
+    try:
+        print(compare(args.reference, args.runs))
+    except (RunError, KeyError) as err:
+        print(f"error: {err}" if isinstance(err, RunError) else
+              f"error: the runs do not hold the same models, targets and seeds (missing {err})", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,4 +1,5 @@
 """Tests of report.py: seeds aggregated to mean ± std, the paired bootstrap, and the printed tables."""
+import json
 import math
 
 import numpy as np
@@ -65,3 +66,26 @@ def test_tables_show_mean_std_paper_rows_cold_warm_and_significance(capsys):
     assert "MRR (Food)" in out and "9.50 ± 0.25" in out and "3.00 *" in out and "mean ± std over 3 seeds" in out
     assert "The paper's Table 2" in out and "Tri-CDR (paper)" in out and "not comparable number for number" in out
     assert "cold Food (5)" in out and "+6.50 [+5.00, +8.00] *" in out
+
+
+def test_compare_pairs_each_run_with_the_reference(tiny_dir, tmp_path, capsys):
+    """A run against a copy of itself differs by exactly 0; a copy whose test ranks are all doubled loses
+    MRR (a negative difference that excludes 0); a run of other data is refused."""
+    import shutil
+    from conftest import run_cli
+    ref = tmp_path / "ref"
+    assert run_cli("--data-dir", tiny_dir, "--models", "sasrec", "--target", "X", "--epochs", 1, "--out", ref) == 0
+    same, worse = tmp_path / "same", tmp_path / "worse"
+    shutil.copytree(ref, same)
+    shutil.copytree(ref, worse)
+    with np.load(ref / "test_ranks.npz") as npz:
+        np.savez(worse / "test_ranks.npz", **{k: 2 * npz[k] for k in npz.files})
+    capsys.readouterr()
+    assert report.main(["compare", str(ref), str(same), str(worse)]) == 0
+    rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines()[2:]]
+    assert [r[0] for r in rows] == ["| ref", "| same", "| worse"] and rows[0][-1] == "(reference) |"
+    assert rows[1][-2] == "+0.00 [+0.00, +0.00]" and rows[2][-2].startswith("-") and rows[2][-2].endswith("*")
+    results = json.loads((same / "results.json").read_text())
+    (same / "results.json").write_text(json.dumps({**results, "data_sha256": "other"}))
+    assert report.main(["compare", str(ref), str(same)]) == 2
+    assert "trained on other data" in capsys.readouterr().err
