@@ -123,12 +123,13 @@ def step_gemms(views: Views, targets: Views | None, N: int, cfg: Config, widths:
         seq = getattr(views, view)
         B, L = seq.shape[0], trim(pad, seq)[0].shape[1]
         P = int((getattr(targets, view) != pad).sum()) if train else B  # prediction positions
-        c = max(1, P if P * N <= cfg.plain_logits else min(P, cfg.score_chunk // N))
+        plain = P * N <= cfg.plain_logits
+        c = max(1, P if plain else min(P, cfg.score_chunk // N))
         for b, d in enumerate(widths):
             out += encoder_gemms(B, L, d, cfg, train)
             out.append((1, c, d, N, P / c))  # (Eq. 2) logits a·E^T
             if train:
-                out.append((1, c, N, d, P / c))  # d/da = G·E
+                out.append((1, c, N, d if plain else d + 1, P / c))  # d/da = G·E (fused_loss: G·[E | 1], with Z)
                 if b == 0:
                     out.append((1, N, c, d, P / c))  # d/dE_id = G^T·a
     return out
@@ -309,6 +310,7 @@ def report(what: str, seconds: float, flop: float, mm_seconds: float) -> None:
     print(f"  achieved         {flop / seconds / 1e9:.1f} GFLOP/s ({flop / 1e9:.0f} GFLOP of matmuls)")
     print(f"  fp32 matmul peak {flop / mm_seconds / 1e9:.1f} GFLOP/s (the same matmul shapes alone, this run)")
     print(f"  ratio            {mm_seconds / seconds:.2f}")
+    print(f"  products         {mm_seconds:.2f} s (those shapes alone); everything else {seconds - mm_seconds:.2f} s")
 
 
 # ----------------------------------------------------------------------------- CLIP

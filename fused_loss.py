@@ -44,9 +44,9 @@ def _logits(a: torch.Tensor, E: torch.Tensor, out: torch.Tensor) -> torch.Tensor
     return torch.mm(a, E.T, out=out)
 
 
-def _exp_(s: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """s <- exp(s - m) in place; returns (m, Z = Σ exp(s - m)), each (c, 1), so that (Eq. 3/4)
-    softmax(s) = s / Z with no second (c, N) tensor.
+def _exp_(s: torch.Tensor, temperature: float) -> torch.Tensor:
+    """s <- exp(s - m) in place; returns m (c, 1), so that (Eq. 3/4) softmax(s) = s / Z with
+    Z = Σ exp(s - m) and no second (c, N) tensor.
 
     Eq. 2 bounds every logit: |s| <= 1/τ. For 1/τ <= 60, exp(s) lies in [e^-60, e^60] and Z stays far
     inside fp32's range, so m = 0 and the two passes of a row maximum are saved; otherwise m is the
@@ -57,7 +57,8 @@ def _exp_(s: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tens
     else:
         m = s.amax(dim=-1, keepdim=True)
         s.sub_(m)
-    return m, s.exp_().sum(dim=-1, keepdim=True)
+    s.exp_()
+    return m
 
 
 def _nll_chunks(branches, target: torch.Tensor, rows: int, grads: bool, temperature: float):
@@ -65,21 +66,37 @@ def _nll_chunks(branches, target: torch.Tensor, rows: int, grads: bool, temperat
     respect to every branch's a and E (module docstring). Peak memory is one (rows, N) tensor a branch.
 
     branches: [(a, E, log_w)]: a = unit(h)/τ (P, d), E (N, d) with unit rows, log_w = log α or log(1-α).
+
+    Each chunk's (c, N) buffer is walked once besides the products that read it: the logits are
+    exponentiated in place (G = exp(s - m)), and the rest folds into the products, with P_b = G / Z:
+        [Σ_i G_i·E_i, Z] = G·[E | 1]                  one product: the sum of the rows and their total Z
+        (P_b - onehot_y)·E = (G·E) / Z - E_y          so d/da_b needs no pass of its own
+        (P_b - onehot_y)^T·v = G^T·(v / Z) - v at the rows y (a scatter-add of c rows), for d/dE_b
+    Under autocast (bf16 products) Z is summed in fp32 instead, so that the loss keeps fp32's precision.
     """
+    autocast = torch.is_autocast_enabled(target.device.type)
     total = torch.zeros((), device=target.device)
     dA = [torch.zeros_like(a) if grads else None for a, _, _ in branches]
     dE = [torch.zeros_like(E) if grads and E.requires_grad else None for _, E, _ in branches]
     buffers = [torch.empty(min(rows, len(target)), E.shape[0], device=E.device) for _, E, _ in branches]
+    # [E | 1] (N, d + 1): E with a column of ones, whose product with G gives Z
+    E1 = [torch.cat([E, E.new_ones(len(E), 1)], dim=1) if grads else None for _, E, _ in branches]
     for i in range(0, target.shape[0], rows):
         y = target[i:i + rows]  # (c,)
-        log_wP_y, P = [], []
-        for (a, E, log_w), buffer in zip(branches, buffers):
+        log_wP_y, G, GE, Z = [], [], [], []
+        for b, ((a, E, log_w), buffer) in enumerate(zip(branches, buffers)):
             s = _logits(a[i:i + rows], E, buffer[:len(y)])  # (c, N) logits of this chunk
             s_y = s.gather(1, y[:, None])  # (c, 1) the target's logit
-            m, Z = _exp_(s, temperature)  # s <- exp(s - m)
+            m = _exp_(s, temperature)  # s <- G = exp(s - m), the only pass over the chunk besides the products
+            if grads:
+                GE1 = s @ E1[b]  # (c, d + 1) [G·E, Z]
+                GE.append(GE1[:, :-1])
+                Z.append(s.sum(dim=-1, keepdim=True) if autocast else GE1[:, -1:])  # (c, 1)
+            else:
+                Z.append(s.sum(dim=-1, keepdim=True))
+            G.append(s)
             # (Eq. 3/4) log P_b,y = s_y - m - log Z;  log w_b·P_b,y
-            log_wP_y.append(log_w + (s_y - m - Z.log())[:, 0])  # (c,)
-            P.append(s.div_(Z) if grads else None)  # (c, N) P_b = softmax(s), in place
+            log_wP_y.append(log_w + (s_y - m - Z[b].log())[:, 0])  # (c,)
         # (Eq. 5) log P_y = log Σ_b w_b·P_b,y;  (Eq. 6) Σ_t -log P_y
         log_P_y = torch.logsumexp(torch.stack(log_wP_y), dim=0)  # (c,)
         total = total - log_P_y.sum()
@@ -87,16 +104,16 @@ def _nll_chunks(branches, target: torch.Tensor, rows: int, grads: bool, temperat
             continue
         for b, (a, E, _) in enumerate(branches):
             r = (log_wP_y[b] - log_P_y).exp()[:, None]  # (c, 1) r_b = w_b·P_b,y / P_y
-            G = P[b]
-            G[torch.arange(len(y), device=y.device), y] -= 1  # (c, N) P_b - onehot_y, in place
-            # d/da_b = r_b·(P_b - onehot_y)·E_b
-            dA[b][i:i + rows] = r * (G @ E)  # (c, d)
+            # d/da_b = r_b·(P_b - onehot_y)·E_b = r_b·((G·E_b) / Z - E_b,y)
+            dA[b][i:i + rows] = r * (GE[b] / Z[b] - E[y])  # (c, d)
             if dE[b] is not None:
-                # d/dE_b += (P_b - onehot_y)^T·(r_b·a_b)
-                if torch.is_autocast_enabled(E.device.type):
-                    dE[b] += G.T @ (r * a[i:i + rows])  # the product in the autocast dtype, the sum in fp32
+                ra = r * a[i:i + rows]  # (c, d) r_b·a_b
+                # d/dE_b += (P_b - onehot_y)^T·(r_b·a_b) = G^T·(r_b·a_b / Z) - (r_b·a_b at the rows y)
+                if autocast:
+                    dE[b] += G[b].T @ (ra / Z[b])  # the product in the autocast dtype, the sum in fp32
                 else:
-                    dE[b].addmm_(G.T, r * a[i:i + rows])  # (N, d), accumulated in place
+                    dE[b].addmm_(G[b].T, ra / Z[b])  # (N, d), accumulated in place
+                dE[b].index_add_(0, y, -ra)
     return total, dA, dE
 
 
@@ -173,6 +190,7 @@ def score(views, E_id: torch.Tensor, E_img: torch.Tensor | None, alpha: float, t
             if h is None or w == 0:
                 continue
             _logits(F.normalize(h, dim=-1) / temperature, E[own], s)  # (Eq. 2) s = Sim(h, E)
-            _, Z = _exp_(s, temperature)  # (Eq. 3/4) P_b = s / Z
+            _exp_(s, temperature)
+            Z = s.sum(dim=-1, keepdim=True)  # (Eq. 3/4) P_b = s / Z
             into.addcmul_(s[:, src], weight * w * ~empty / Z)  # += λ_v·w_b·P_b, for non-empty views
     return total
