@@ -482,8 +482,8 @@ def make_config(args) -> Config:
     if args.epochs is None and args.data_dir is None and args.scenario == "demo" and not args.eval_only:
         args.epochs = DEMO_EPOCHS
     overrides = {k: getattr(args, k) for k in ("epochs", "lr", "weight_decay", "alpha", "lambda1", "lambda2",
-                                               "temperature", "batch_size", "patience", "eval_every", "seed",
-                                               "loss_norm", "softmax_over")
+                                               "temperature", "batch_size", "patience", "eval_every", "loss_norm",
+                                               "softmax_over")
                  if getattr(args, k) is not None}
     if args.literal:
         both = sorted(f"--{k.replace('_', '-')}" for k in PRINTED.keys() & overrides.keys())
@@ -497,7 +497,7 @@ def readings(cfg: Config) -> str:
     """The open readings of a config, in one line for the run header."""
     printed = all(getattr(cfg, k) == v for k, v in PRINTED.items())
     return (f"τ = {cfg.temperature:g}, loss {cfg.loss_norm}, softmax over {cfg.softmax_over} items"
-            + (" (the equations as printed)" if printed else f" (as printed: --literal)"))
+            + (" (the equations as printed)" if printed else " (as printed: --literal)"))
 
 
 def output_folder(args, name: str) -> Path:
