@@ -21,7 +21,7 @@ import torch
 
 import ifcdsr
 from common import bounded
-from data import Views, make_eval_set, make_train_set
+from data import make_eval_set, make_train_set
 from ifcdsr import IFCDSR, PRINTED, RANGES, Config
 
 FOOD = ["espresso", "green tea", "chocolate", "olive oil", "pasta"]  # domain X: ids 0-4
@@ -55,8 +55,8 @@ def short(i: int) -> str:
     return NAMES[i] if i < len(NAMES) else "·"  # the padding id N
 
 
-def row(values, width: int = 10, digits: int = 3) -> str:
-    return "".join(f"{v:>{width}.{digits}f}" if isinstance(v, float) else f"{v:>{width}}" for v in values)
+def row(values) -> str:
+    return "".join(f"{v:>10.3f}" if isinstance(v, float) else f"{v:>10}" for v in values)
 
 
 def vector(t: torch.Tensor) -> str:
@@ -68,7 +68,7 @@ def recording(model: IFCDSR):
     """Keeps, in call order, what ifcdsr.py's Eq. 1-5 functions return while the model runs: [(name, value)].
     The functions are wrapped in place (the model calls them through the module) and restored afterwards."""
     calls = []
-    names = ("similarity", "branch_log_prob", "mixture", "log_prob")
+    names = ("similarity", "branch_log_prob", "log_prob")  # log_prob returns Eq. 5's mixture
     originals = {name: getattr(ifcdsr, name) for name in names}
 
     def keep(name, fn):
@@ -119,12 +119,12 @@ def columns(model: IFCDSR, view: str) -> list[int]:
     return list(range(own.start, own.stop))
 
 
-def item_table(title: str, rows: list[tuple[str, list[int], torch.Tensor]], digits: int = 3) -> None:
+def item_table(title: str, rows: list[tuple[str, list[int], torch.Tensor]]) -> None:
     """Rows of values over the items, each row over its own item ids (others shown as '-')."""
     print(f"{title:<24}" + "".join(f"{short(i)[:9]:>10}" for i in range(len(NAMES))))
     for label, items, values in rows:
         by_item = dict(zip(items, values.tolist()))
-        print(f"{label:<24}" + row([by_item.get(i, "-") for i in range(len(NAMES))], digits=digits))
+        print(f"{label:<24}" + row([by_item.get(i, "-") for i in range(len(NAMES))]))
 
 
 def train_tiny(cfg: Config) -> IFCDSR:
