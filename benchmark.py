@@ -42,7 +42,7 @@ import clip_loader
 import data
 from data import Items, Scenario, TrainSet, Views
 from common import bounded
-from ifcdsr import RANGES, Config, trim
+from ifcdsr import RANGES, Config, trim, view_items
 from train import Trainer, eval_batch
 
 MOVIE_BOOK = {"num_x": 36_845, "num_y": 63_937, "train": 58_515, "valid": 2_032 + 5_612, "test": 1_978 + 5_730,
@@ -113,25 +113,27 @@ def encoder_gemms(B: int, L: int, d: int, cfg: Config, train: bool) -> list[tupl
     return out
 
 
-def step_gemms(views: Views, targets: Views | None, N: int, cfg: Config, widths: tuple) -> list[tuple]:
-    """The matmuls of one training step (targets given) or one evaluation batch (targets None).
+def step_gemms(views: Views, targets: Views | None, items: dict[str, int], cfg: Config, widths: tuple) -> list[tuple]:
+    """The matmuls of one training step (targets given) or one evaluation batch (targets None); `items`: the
+    number of items of each view's softmax (`IFCDSR.view_items`), "xy" all N.
 
     Scoring runs all P positions at once (the plain path of `IFCDSR.loss`/`score`) or in chunks of
-    score_chunk // N (fused_loss.py); a chunk count may be fractional, so count times size is exact."""
-    train, pad, out = targets is not None, N, []
+    score_chunk // (the view's items) (fused_loss.py); a chunk count may be fractional, so count times
+    size is exact."""
+    train, N, out = targets is not None, items["xy"], []
     for view in cfg.view_weights():
-        seq = getattr(views, view)
-        B, L = seq.shape[0], trim(pad, seq)[0].shape[1]
-        P = int((getattr(targets, view) != pad).sum()) if train else B  # prediction positions
+        seq, n = getattr(views, view), items[view]
+        B, L = seq.shape[0], trim(N, seq)[0].shape[1]
+        P = int((getattr(targets, view) != N).sum()) if train else B  # prediction positions
         plain = P * N <= cfg.plain_logits
-        c = max(1, P if plain else min(P, cfg.score_chunk // N))
+        c = max(1, P if plain else min(P, cfg.score_chunk // n))
         for b, d in enumerate(widths):
             out += encoder_gemms(B, L, d, cfg, train)
-            out.append((1, c, d, N, P / c))  # (Eq. 2) logits a·E^T
+            out.append((1, c, d, n, P / c))  # (Eq. 2) logits a·E^T
             if train:
-                out.append((1, c, N, d if plain else d + 1, P / c))  # d/da = G·E (fused_loss: G·[E | 1], with Z)
+                out.append((1, c, n, d if plain else d + 1, P / c))  # d/da = G·E (fused_loss: G·[E | 1], with Z)
                 if b == 0:
-                    out.append((1, N, c, d, P / c))  # d/dE_id = G^T·a
+                    out.append((1, n, c, d, P / c))  # d/dE_id = G^T·a
     return out
 
 
@@ -197,6 +199,11 @@ class Bench:
         self.mm_cache = {}
         self.widths = (cfg.q, scen.E_img.shape[1]) if cfg.use_image else (cfg.q,)
 
+    def view_items(self, cfg: Config) -> dict[str, int]:
+        """The number of items of each view's softmax."""
+        num_x, N = self.scen.items.num_x, self.scen.items.num_items
+        return {v: len(range(N)[view_items(v, cfg.softmax_over, num_x, N)]) for v in ("x", "y", "xy")}
+
     def trainer(self, cfg: Config):
         return Trainer("ifcdsr", cfg, self.scen, self.device, self.folder / cfg.target, resume=False)
 
@@ -217,7 +224,7 @@ class Bench:
             seconds = time.perf_counter() - t0
         train = trainer.scen.train
         gemms = [g for b in order.split(batch_size) for g in step_gemms(
-            train.inputs[b], train.targets[b], self.scen.items.num_items, cfg, self.widths)]
+            train.inputs[b], train.targets[b], self.view_items(cfg), cfg, self.widths)]
         return {"step_s": seconds / steps, "seq_per_s": steps * batch_size / seconds,
                 "peak_gb": peak_memory_gb(self.device),
                 "flop": flops(gemms) / steps, "mm_s": matmul_seconds(gemms, self.device, self.mm_cache) / steps,
@@ -240,7 +247,7 @@ class Bench:
             history = self.scen.test.history[in_target]
             cases += len(history.xy)
             for i in range(0, len(history.xy), rows):
-                gemms += step_gemms(history[i:i + rows], None, N, trainer.cfg, self.widths)
+                gemms += step_gemms(history[i:i + rows], None, self.view_items(trainer.cfg), trainer.cfg, self.widths)
         return {"seconds": seconds, "cases": cases, "flop": flops(gemms), "peak_gb": peak_memory_gb(self.device),
                 "mm_s": matmul_seconds(gemms, self.device, self.mm_cache)}
 

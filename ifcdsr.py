@@ -239,6 +239,14 @@ def domain_items(domain: str, num_x: int, N: int) -> slice:
     return slice(0, num_x) if domain == "X" else slice(num_x, N)
 
 
+def view_items(view: str, softmax_over: str, num_x: int, N: int) -> slice:
+    """The items of a view's softmax (Eq. 3/4): all N, or (softmax_over = "domain") the view's own domain's,
+    both domains' for S^{X+Y}."""
+    if softmax_over == "all" or view == "xy":
+        return slice(0, N)
+    return domain_items("X" if view == "x" else "Y", num_x, N)
+
+
 def overlap(a: slice, b: slice) -> slice:
     """The items in both a and b (an empty slice when they do not meet)."""
     return slice(max(a.start, b.start), max(min(a.stop, b.stop), a.start, b.start))
@@ -299,10 +307,8 @@ class IFCDSR(nn.Module):
         return rows * self.N <= self.cfg.plain_logits
 
     def view_items(self, view: str) -> slice:
-        """The items whose softmax gives P^v (Eq. 3/4): all N, or (softmax_over = "domain") the view's own."""
-        if self.cfg.softmax_over == "all" or view == "xy":
-            return slice(0, self.N)
-        return domain_items("X" if view == "x" else "Y", self.num_x, self.N)
+        """The items whose softmax gives P^v (Eq. 3/4), by `view_items`."""
+        return view_items(view, self.cfg.softmax_over, self.num_x, self.N)
 
     def loss(self, inputs, targets) -> tuple[torch.Tensor, dict[str, float]]:
         """(Eq. 7) L = L^X + λ1·L^Y + λ2·L^{X+Y} (X the target domain) for one batch of Views; the

@@ -27,11 +27,26 @@ def test_scoring_flop_by_hand():
     pad = 10
     inputs = benchmark.Views(*[torch.tensor([[pad, 1, 2, 3]])] * 3)
     targets = benchmark.Views(*[torch.tensor([[pad, 2, 3, 4]])] * 3)
-    assert benchmark.flops(benchmark.step_gemms(inputs, targets, 10, cfg, (4, 2))) == 960
+    items = {"x": 4, "y": 6, "xy": 10}
+    assert benchmark.flops(benchmark.step_gemms(inputs, targets, items, cfg, (4, 2))) == 960
     for rows in (1, 2, 3, 100):
         bounded = cfg.replace(plain_logits=0, score_chunk=10 * rows)
-        assert benchmark.flops(benchmark.step_gemms(inputs, targets, 10, bounded, (4, 2))) == pytest.approx(1080)
-    assert benchmark.flops(benchmark.step_gemms(inputs, None, 10, cfg, (4, 2))) == 2 * 1 * 10 * 6
+        assert benchmark.flops(benchmark.step_gemms(inputs, targets, items, bounded, (4, 2))) == pytest.approx(1080)
+    assert benchmark.flops(benchmark.step_gemms(inputs, None, items, cfg, (4, 2))) == 2 * 1 * 10 * 6
+
+
+def test_scoring_flop_with_each_views_own_items():
+    """softmax_over = "domain" with |X| = 4, |Y| = 6: S^X's one position scores 4 items, S^Y's 6 and S^{X+Y}'s
+    three positions all 10; ID branch only (q = 4), plain path: 2·1·4·4·3 (logits, d/dh, d/dE) = 96,
+    2·1·6·4·3 = 144 and 2·3·10·4·3 = 720: 960 in all."""
+    cfg = Config(n_blocks=0, use_image=False, softmax_over="domain")
+    pad = 10
+    views = benchmark.Views(torch.tensor([[pad, pad, pad, 1]]), torch.tensor([[pad, pad, pad, 5]]),
+                            torch.tensor([[pad, 1, 5, 2]]))
+    targets = benchmark.Views(torch.tensor([[pad, pad, pad, 2]]), torch.tensor([[pad, pad, pad, 6]]),
+                              torch.tensor([[pad, 5, 2, 6]]))
+    items = {"x": 4, "y": 6, "xy": 10}
+    assert benchmark.flops(benchmark.step_gemms(views, targets, items, cfg, (4,))) == 960
 
 
 def test_synthetic_scenario_has_movie_book_shape():
