@@ -37,15 +37,15 @@ class Config:
     n_heads: int = 1  # Note: not stated in the paper; C2DSR's value
     # readings of open passages (docs/interpretations.md measures each); --literal sets all three as printed
     # Note: Eq. 2 prints no temperature (τ = 1); cosines in [-1, 1] give a nearly flat softmax over many items
-    temperature: float = 0.1  # τ dividing Eq. 2 before the softmax
+    temperature: float = 1.0  # τ dividing Eq. 2 before the softmax
     # Note: Eq. 6 sums -log P over positions and Eq. 7 weighs the three sums (printed: "sum", the sum divided by
     # one constant B·L shared by all views, as C2DSR's masked mean); "mean" averages each view over its own
     # positions, which also changes the balance of the views
-    loss_norm: str = "mean"  # "mean" or "sum"
+    loss_norm: str = "sum"  # "sum" or "mean"
     # Note: Eq. 3/4 print the softmax over E^X, "the item matrix computed within S^X" (printed: "domain": S^X over
     # X's items, S^Y over Y's, S^{X+Y} over both); "all": every view over all N items, after §3.1.2's "each item
     # across all domains"
-    softmax_over: str = "all"  # "all" or "domain"
+    softmax_over: str = "domain"  # "domain" or "all"
     use_image: bool = True  # False = --no-image: ID branch only (α = 1)
     multi_attention: bool = True  # False = --no-multi-attention: only the S^{X+Y} view
     target: str = "X"  # the target domain of Eq. 7-9; "Y" swaps the roles of the domains

@@ -73,11 +73,11 @@ def test_eq3_eq4_as_printed_each_view_has_its_own_domains_softmax():
     E = torch.cat([E3, torch.tensor([[0.0, -1.0]])])
     h = torch.tensor([[1.0, 0.0]])
     assert math.isclose(log_prob(h, E, None, None, 1.0, 1.0).exp()[0, 0].item(), 0.53445, rel_tol=1e-4)
-    model = tiny_model(softmax_over="domain")  # |X| = 3, |Y| = 4
+    model = tiny_model()  # |X| = 3, |Y| = 4; softmax_over = "domain" by default
     assert [model.view_items(v) for v in ("x", "y", "xy")] == [slice(0, 3), slice(3, 7), slice(0, 7)]
     assert math.isclose(log_prob(h, E[model.view_items("x")], None, None, 1.0, 1.0).exp()[0, 0].item(), 0.66524,
                         rel_tol=1e-5)
-    assert all(tiny_model().view_items(v) == slice(0, 7) for v in ("x", "y", "xy"))
+    assert all(tiny_model(softmax_over="all").view_items(v) == slice(0, 7) for v in ("x", "y", "xy"))
 
 
 def test_eq5_alpha_mixture_by_hand():
@@ -120,7 +120,7 @@ def test_eq6_training_positions_are_every_next_item_of_each_view():
 def test_eq7_loss_weights_target_source_and_merged_views(target, weights, loss_norm):
     """Eq. 7: L = L^X + λ1·L^Y + λ2·L^{X+Y} with λ1 = 0.1, λ2 = 0.4 when X is the target;
     the roles swap for target Y. The total equals the weighted sum of per-view NLLs recomputed here
-    from Eq. 1-6 directly: each view's mean over its positions ("mean"), or each view's sum divided by
+    from Eq. 1-6 directly, each view over its own items: each view's mean over its positions ("mean"), or its sum divided by
     the same B·L = 2·15 = 30 for every view ("sum", Eq. 6 as printed)."""
     assert Config(target=target).view_weights() == weights
     model = tiny_model(target=target, loss_norm=loss_norm).eval()
@@ -131,9 +131,9 @@ def test_eq7_loss_weights_target_source_and_merged_views(target, weights, loss_n
     for v, w in weights.items():
         seq, nxt = getattr(t.inputs, v), getattr(t.targets, v)
         H_id, H_img = model.encode(seq, v)
-        keep = nxt != 7
-        lp = log_prob(H_id[keep], E_id, H_img[keep], E_img, 0.7, model.cfg.temperature)
-        nll = -lp.gather(1, nxt[keep][:, None])
+        keep, own = nxt != 7, model.view_items(v)
+        lp = log_prob(H_id[keep], E_id[own], H_img[keep], E_img[own], 0.7, model.cfg.temperature)
+        nll = -lp.gather(1, nxt[keep][:, None] - own.start)
         L_v = nll.mean() if loss_norm == "mean" else nll.sum() / 30
         assert math.isclose(parts[v], L_v.item(), rel_tol=1e-5)
         expected = expected + w * L_v
@@ -143,9 +143,9 @@ def test_eq7_loss_weights_target_source_and_merged_views(target, weights, loss_n
 @pytest.mark.parametrize("temperature", [0.1, 0.01])
 def test_eq8_combines_views_at_their_last_position_and_empty_view_is_uniform(temperature):
     """Eq. 8: P = P^X + λ1·P^Y + λ2·P^{X+Y}, each view read at its last item. History [0, 1]
-    has no Y item, so P^Y = 1/N = 1/7 for every item; the total mass is 1 + 0.1 + 0.4 = 1.5.
-    Scoring a slice of the items gives those columns of the whole."""
-    model = tiny_model(temperature=temperature).eval()
+    has no Y item, so P^Y = 1/N = 1/7 for every item (every view's softmax over all N items); the total
+    mass is 1 + 0.1 + 0.4 = 1.5. Scoring a slice of the items gives those columns of the whole."""
+    model = tiny_model(temperature=temperature, softmax_over="all").eval()
     hist = views([[0, 3, 1], [0, 1]])
     score = model.score(hist)  # (2, 7)
     assert torch.equal(model.score(hist, slice(3, 7)), score[:, 3:])
@@ -251,4 +251,4 @@ def test_a_few_training_steps_lower_the_loss(tmp_path):
     model = IFCDSR(Config(q=32), scen.items.num_x, scen.items.num_y, scen.E_img)
     model.eval()  # no dropout, so the loss is a deterministic function of the weights
     losses, _ = full_batch_losses(model, scen.train)
-    assert losses[-1] < losses[0] - 0.1
+    assert losses[-1] < 0.98 * losses[0]

@@ -2,7 +2,7 @@
 
     python walkthrough.py                      # target domain X (Food), the default settings
     python walkthrough.py --target Y           # the same history, ranked over Kitchen
-    python walkthrough.py --no-image --temperature 1 --alpha 0.5 --literal ...
+    python walkthrough.py --no-image --temperature 0.1 --alpha 0.5 --softmax-over all ...
 
 A tiny scenario is built in memory (5 Food items, 4 Kitchen items, 3-d "image" vectors), an IFCDSR with
 q = 4 is trained on it for a few full-batch steps, and one history is scored. Every printed value is taken
@@ -194,16 +194,19 @@ def _walk(cfg: Config) -> dict:
         for b in branches:
             H = view["H"][b]
             print(f"  {VIEW[view['view']]:<8} {BRANCH[b]:<6} H {tuple(H.shape)}  h_{b} = {vector(H[0, -1])}")
-    print("\nEq. 2 (similarity): cos(h, E) for every item of the view's softmax, then divided by τ = "
-          f"{cfg.temperature:g}")
+    print("\nEq. 2 (similarity): cos(h, E) for every item of the view's softmax" +
+          (" (τ = 1, as printed: the cosines themselves)" if cfg.temperature == 1 else
+           f", then divided by τ = {cfg.temperature:g}"))
     rows = []
     for view in views:
         items = columns(model, view["view"])
         for b in branches:
-            E = model.item_matrices()[0 if b == "id" else 1][items]
-            h = view["H"][b][:, -1]
-            rows.append((f"{VIEW[view['view']]} {BRANCH[b]} cos", items, ifcdsr.similarity(h, E, 1.0)[0]))
-            rows.append((f"{VIEW[view['view']]} {BRANCH[b]} cos/τ", items, view["sim"][b][0]))
+            label = f"{VIEW[view['view']]} {BRANCH[b]} cos"
+            if cfg.temperature != 1:  # the cosine before τ, from the same function with τ = 1
+                E = model.item_matrices()[0 if b == "id" else 1][items]
+                rows.append((label, items, ifcdsr.similarity(view["H"][b][:, -1], E, 1.0)[0]))
+                label += "/τ"
+            rows.append((label, items, view["sim"][b][0]))
     item_table("", rows)
     print("\nEq. 3/4 (branch_log_prob): P_b = softmax(cos/τ) over those items\n"
           f"Eq. 5 (mixture): P = α·P_id + (1-α)·P_img with α = {cfg.alpha:g}")
@@ -277,11 +280,13 @@ def config(argv) -> Config:
     p.add_argument("--alpha", type=bounded(float, *RANGES["alpha"]), help="α of Eq. 5")
     p.add_argument("--loss-norm", choices=("mean", "sum"), help="Eq. 6/7: each view's mean, or the sum")
     p.add_argument("--softmax-over", choices=("all", "domain"), help="Eq. 3/4: all N items or each view's own")
-    p.add_argument("--literal", action="store_true", help="the equations as printed (τ = 1, sum, domain)")
+    p.add_argument("--literal", action="store_true", help="the equations as printed (τ = 1, sum, domain: the defaults)")
     args = p.parse_args(argv)
     overrides = {k: v for k, v in (("temperature", args.temperature), ("alpha", args.alpha),
                                    ("loss_norm", args.loss_norm), ("softmax_over", args.softmax_over)) if v is not None}
     if args.literal:
+        if PRINTED.keys() & overrides.keys():
+            p.error("--literal sets temperature, loss_norm and softmax_over as printed; drop one or the other")
         overrides.update(PRINTED)
     return Config(q=4, max_len=L).replace(target=args.target, use_image=not args.no_image, **overrides)
 
