@@ -261,7 +261,8 @@ def run(cfg: Config, device: torch.device, items: int, seqs: int) -> int:
     e = E_WIDTH
     threads = torch.get_num_threads() if device.type == "cpu" else None
     print(f"benchmark: IFCDSR, q = {cfg.q}, e = {e}, batch {cfg.batch_size}, L = {cfg.max_len}, dropout {cfg.dropout}, "
-          f"{cfg.n_blocks} blocks; device {device}" + (f" ({threads} threads)" if threads else
+          f"{cfg.n_blocks} blocks, softmax over {cfg.softmax_over} items; device {device}"
+          + (f" ({threads} threads)" if threads else
                                                       f" ({torch.cuda.get_device_name(device)}, bf16 autocast)"),
           flush=True)
     t0 = time.perf_counter()
@@ -392,6 +393,8 @@ def main(argv=None) -> int:
                    help="training sequences (Movie-Book: 58,515), at least 3 batches")
     p.add_argument("--batch-size", type=bounded(int, *RANGES["batch_size"]), default=Config.batch_size,
                    help="mini-batch size")
+    p.add_argument("--softmax-over", default=Config.softmax_over, choices=("domain", "all"),
+                   help="the items of each view's softmax (Eq. 3/4): each view's own domain, or all N")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--clip", action="store_true", help="measure CLIP's encode_image and the embed command instead")
     p.add_argument("--images", type=bounded(int, 0, 10**6), default=2000,
@@ -415,7 +418,8 @@ def main(argv=None) -> int:
         print(f"error: --seqs {args.seqs}: the {STEPS} timed steps need at least {STEPS} batches of --batch-size "
               f"{args.batch_size}, {STEPS * args.batch_size} sequences.", file=sys.stderr)
         return 2
-    return run(Config(batch_size=args.batch_size), device, items=args.items, seqs=args.seqs)
+    return run(Config(batch_size=args.batch_size, softmax_over=args.softmax_over), device, items=args.items,
+               seqs=args.seqs)
 
 
 if __name__ == "__main__":
