@@ -131,7 +131,7 @@ def step_gemms(views: Views, targets: Views | None, items: dict[str, int], cfg: 
             out += encoder_gemms(B, L, d, cfg, train)
             out.append((1, c, d, n, P / c))  # (Eq. 2) logits a·E^T
             if train:
-                out.append((1, c, n, d if plain else d + 1, P / c))  # d/da = G·E (fused_loss: G·[E | 1], with Z)
+                out.append((1, c, n, d, P / c))  # d/da = G·E
                 if b == 0:
                     out.append((1, n, c, d, P / c))  # d/dE_id = G^T·a
     return out

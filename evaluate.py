@@ -82,7 +82,9 @@ def rank_cases(score_fn, cases: EvalSet, items: slice, neg: torch.Tensor, device
     flags = torch.empty(min(batch, len(cases)), items.stop - items.start, device=device)  # reused: see below
     for i in range(0, len(cases), batch):
         s = score_fn(to_device(cases.history[i:i + batch], device), items).float()  # (B, n)
-        if not torch.isfinite(s).all():  # NaN compares false with everything: it would rank first
+        # NaN compares false with everything: it would rank first. A finite sum says every score is finite in
+        # one cheap pass; only a sum that is not (an overflow, or a bad score) has the scores checked one by one
+        if not s.sum().isfinite() and not s.isfinite().all():
             what = "NaN" if s.isnan().any() else "infinite"
             raise NonFiniteScores(f"{what} scores among cases {i + 1}-{i + len(s)} of {len(cases)}")
         t = (cases.target[i:i + batch] - items.start).to(device)

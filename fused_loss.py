@@ -33,6 +33,19 @@ def _log(w: float) -> float:
     return math.log(w) if w > 0 else -math.inf  # log 0 = -inf: a branch of weight 0 drops out
 
 
+_SCRATCH: dict = {}  # (slot, device) -> a flat fp32 buffer, kept between calls
+
+
+def _scratch(slot: int, rows: int, cols: int, device: torch.device) -> torch.Tensor:
+    """A (rows, cols) fp32 buffer for one branch's logits, reused by every call: on CPU a fresh buffer of
+    this size (134 MB at Movie-Book size) is page-faulted in on first touch, which costs about a third of
+    the product that fills it, once per view and step. Nothing returned by this module refers to it."""
+    buffer = _SCRATCH.get((slot, device))
+    if buffer is None or buffer.numel() < rows * cols:
+        buffer = _SCRATCH[(slot, device)] = torch.empty(rows * cols, device=device)
+    return buffer[:rows * cols].view(rows, cols)
+
+
 def _logits(a: torch.Tensor, E: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """(Eq. 2) s = a·E^T, written into `out` (c, N) in fp32.
 
@@ -61,42 +74,47 @@ def _exp_(s: torch.Tensor, temperature: float) -> torch.Tensor:
     return m
 
 
-def _nll_chunks(branches, target: torch.Tensor, rows: int, grads: bool, temperature: float):
+def _nll_chunks(branches, target: torch.Tensor, rows: int, grads: bool, temperature: float, items: slice):
     """Σ_t -log P(y_t | S) for P positions scored `rows` at a time and, with `grads`, its gradient with
-    respect to every branch's a and E (module docstring). Peak memory is one (rows, N) tensor a branch.
+    respect to every branch's a and E (module docstring). Peak memory is one (rows, N) buffer, and one
+    more for each further branch whose E takes a gradient (none in IFCDSR: E_img is frozen).
 
-    branches: [(a, E, log_w)]: a = unit(h)/τ (P, d), E (N, d) with unit rows, log_w = log α or log(1-α).
+    branches: [(a, E, log_w)]: a = unit(h)/τ (P, d), E (N, d) with unit rows, log_w = log α or log(1-α);
+    the softmax runs over the rows `items` of E, and `target` counts from its first.
 
-    Each chunk's (c, N) buffer is walked once besides the products that read it: the logits are
-    exponentiated in place (G = exp(s - m)), and the rest folds into the products, with P_b = G / Z:
-        [Σ_i G_i·E_i, Z] = G·[E | 1]                  one product: the sum of the rows and their total Z
+    Each chunk's (c, N) buffer is walked twice besides the products that read it: the logits are
+    exponentiated in place (G = exp(s - m)) and summed (Z, a read-only pass); the rest folds into the
+    products, with P_b = G / Z:
         (P_b - onehot_y)·E = (G·E) / Z - E_y          so d/da_b needs no pass of its own
         (P_b - onehot_y)^T·v = G^T·(v / Z) - v at the rows y (a scatter-add of c rows), for d/dE_b
-    Under autocast (bf16 products) Z is summed in fp32 instead, so that the loss keeps fp32's precision.
     """
     autocast = torch.is_autocast_enabled(target.device.type)
     total = torch.zeros((), device=target.device)
     dA = [torch.zeros_like(a) if grads else None for a, _, _ in branches]
+    # d/dE for all N rows, filled at `items`: a gradient of E[items] would cost autograd a second (N, d) tensor
     dE = [torch.zeros_like(E) if grads and E.requires_grad else None for _, E, _ in branches]
-    buffers = [torch.empty(min(rows, len(target)), E.shape[0], device=E.device) for _, E, _ in branches]
-    # [E | 1] (N, d + 1): E with a column of ones, whose product with G gives Z
-    E1 = [torch.cat([E, E.new_ones(len(E), 1)], dim=1) if grads else None for _, E, _ in branches]
+    dE_items = [None if d is None else d[items] for d in dE]
+    branches = [(a, E[items], log_w) for a, E, log_w in branches]  # (n, d) the softmax's items
+    # A branch whose G is needed after the loop below (for d/dE) keeps its buffer; the others are done with
+    # theirs once G·E and Z are taken. So those go first, all in buffer 0, and each keeping branch takes the
+    # next free buffer: one buffer in IFCDSR.
+    order = sorted(range(len(branches)), key=lambda b: dE[b] is not None)
     for i in range(0, target.shape[0], rows):
         y = target[i:i + rows]  # (c,)
-        log_wP_y, G, GE, Z = [], [], [], []
-        for b, ((a, E, log_w), buffer) in enumerate(zip(branches, buffers)):
-            s = _logits(a[i:i + rows], E, buffer[:len(y)])  # (c, N) logits of this chunk
+        log_wP_y, G, GE, Z = ([None] * len(branches) for _ in range(4))
+        kept = 0
+        for b in order:
+            a, E, log_w = branches[b]
+            s = _logits(a[i:i + rows], E, _scratch(kept, len(y), len(E), E.device))  # (c, N) this chunk's logits
+            kept += dE[b] is not None
             s_y = s.gather(1, y[:, None])  # (c, 1) the target's logit
-            m = _exp_(s, temperature)  # s <- G = exp(s - m), the only pass over the chunk besides the products
+            m = _exp_(s, temperature)  # s <- G = exp(s - m)
+            Z[b] = s.sum(dim=-1, keepdim=True)  # (c, 1) Z = Σ_i G_i, in fp32
             if grads:
-                GE1 = s @ E1[b]  # (c, d + 1) [G·E, Z]
-                GE.append(GE1[:, :-1])
-                Z.append(s.sum(dim=-1, keepdim=True) if autocast else GE1[:, -1:])  # (c, 1)
-            else:
-                Z.append(s.sum(dim=-1, keepdim=True))
-            G.append(s)
+                GE[b] = s @ E  # (c, d) G·E
+            G[b] = s
             # (Eq. 3/4) log P_b,y = s_y - m - log Z;  log w_b·P_b,y
-            log_wP_y.append(log_w + (s_y - m - Z[b].log())[:, 0])  # (c,)
+            log_wP_y[b] = log_w + (s_y - m - Z[b].log())[:, 0]  # (c,)
         # (Eq. 5) log P_y = log Σ_b w_b·P_b,y;  (Eq. 6) Σ_t -log P_y
         log_P_y = torch.logsumexp(torch.stack(log_wP_y), dim=0)  # (c,)
         total = total - log_P_y.sum()
@@ -110,10 +128,10 @@ def _nll_chunks(branches, target: torch.Tensor, rows: int, grads: bool, temperat
                 ra = r * a[i:i + rows]  # (c, d) r_b·a_b
                 # d/dE_b += (P_b - onehot_y)^T·(r_b·a_b) = G^T·(r_b·a_b / Z) - (r_b·a_b at the rows y)
                 if autocast:
-                    dE[b] += G[b].T @ (ra / Z[b])  # the product in the autocast dtype, the sum in fp32
+                    dE_items[b] += G[b].T @ (ra / Z[b])  # the product in the autocast dtype, the sum in fp32
                 else:
-                    dE[b].addmm_(G[b].T, ra / Z[b])  # (N, d), accumulated in place
-                dE[b].index_add_(0, y, -ra)
+                    dE_items[b].addmm_(G[b].T, ra / Z[b])  # (n, d), accumulated in place
+                dE_items[b].index_add_(0, y, -ra)
     return total, dA, dE
 
 
@@ -126,10 +144,10 @@ class _FusedNLL(torch.autograd.Function):
     """Autograd for `_nll_chunks`: the gradient is formed in the forward pass, backward scales it."""
 
     @staticmethod
-    def forward(ctx, a_id, E_id, a_img, E_img, target, log_w, rows, temperature):
+    def forward(ctx, a_id, E_id, a_img, E_img, target, log_w, rows, temperature, items):
         kept = _weighted(log_w)
         branches = [((a_id, E_id), (a_img, E_img))[b] + (log_w[b],) for b in kept]
-        total, dA, dE = _nll_chunks(branches, target, rows, True, temperature)
+        total, dA, dE = _nll_chunks(branches, target, rows, True, temperature, items)
         ctx.grads = [None] * 4  # d/d a_id, E_id, a_img, E_img
         for b, dA_b, dE_b in zip(kept, dA, dE):
             ctx.grads[2 * b], ctx.grads[2 * b + 1] = dA_b, dE_b
@@ -139,18 +157,20 @@ class _FusedNLL(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, g):
         grads, ctx.grads = ctx.grads, None
-        return (*(None if d is None else g * d for d in grads), None, None, None, None)
+        # in place: the gradients are this node's own, and a fresh (N, d) result would cost page faults on CPU
+        return (*(None if d is None else d.mul_(g) for d in grads), None, None, None, None, None)
 
 
 def nll(h_id: torch.Tensor, E_id: torch.Tensor, h_img: torch.Tensor | None, E_img: torch.Tensor | None,
-        target: torch.Tensor, alpha: float, temperature: float, chunk: int) -> torch.Tensor:
-    """Σ_t -log P(target_t | S) over P positions (the sum of Eq. 6); E_id, E_img (N, d) with unit rows.
+        target: torch.Tensor, alpha: float, temperature: float, chunk: int, items: slice = slice(None)) -> torch.Tensor:
+    """Σ_t -log P(target_t | S) over P positions (the sum of Eq. 6); E_id, E_img (N, d) with unit rows, the
+    softmax over their rows `items` (n of them), `target` counted from the first of those.
 
-    Positions are scored in chunks of chunk // N, whose (rows, N) logits are never kept, so peak memory
-    does not grow with P × N. Value and gradients equal those of `ifcdsr.log_prob` + autograd up to
-    float rounding.
+    Positions are scored in chunks of chunk // n, whose (rows, n) logits are never kept, so peak memory
+    does not grow with P × n. Value and gradients equal those of `ifcdsr.log_prob` on E[items] + autograd
+    up to float rounding.
     """
-    rows = max(1, chunk // E_id.shape[0])
+    rows = max(1, chunk // len(range(E_id.shape[0])[items]))
     # (Eq. 2) both branches compare a = unit(h)/τ with the unit rows of E
     a_id = F.normalize(h_id, dim=-1) / temperature  # (P, q)
     if h_img is None:  # ID branch only: P = P_id
@@ -159,9 +179,9 @@ def nll(h_id: torch.Tensor, E_id: torch.Tensor, h_img: torch.Tensor | None, E_im
         a_img = F.normalize(h_img, dim=-1) / temperature  # (P, e)
         log_w = (_log(alpha), _log(1.0 - alpha))  # (Eq. 5) weights α and 1-α, as logarithms
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (a_id, E_id, a_img, E_img)):
-        return _FusedNLL.apply(a_id, E_id, a_img, E_img, target, log_w, rows, temperature)
+        return _FusedNLL.apply(a_id, E_id, a_img, E_img, target, log_w, rows, temperature, items)
     branches = [((a_id, E_id), (a_img, E_img))[b] + (log_w[b],) for b in _weighted(log_w)]
-    return _nll_chunks(branches, target, rows, False, temperature)[0]
+    return _nll_chunks(branches, target, rows, False, temperature, items)[0]
 
 
 @torch.no_grad()
@@ -177,12 +197,11 @@ def score(views, E_id: torch.Tensor, E_img: torch.Tensor | None, alpha: float, t
     logit is > 87 below the row's best in every branch, impossible for τ > 2/87 (cosines span 2/τ).
     """
     B = len(views[0][4])
-    buffer = torch.empty(B * E_id.shape[0], device=E_id.device)  # one branch's logits, then exp(logits - m)
     total = torch.zeros(B, items.stop - items.start, device=E_id.device)  # (B, |items|) the sum of Eq. 8
     for weight, own, into, src, h_id, h_img, empty in views:
         if weight == 0:
             continue
-        s = buffer[:B * (own.stop - own.start)].view(B, -1)  # (B, |own|)
+        s = _scratch(0, B, own.stop - own.start, E_id.device)  # (B, |own|) logits, then exp(logits - m)
         into = total[:, into]  # (B, |covered|) a view of the result
         into += weight / (own.stop - own.start) * empty  # the uniform mass of an empty view
         # (Eq. 5) P^v = α·P_id + (1-α)·P_img (the ID branch alone: P_id), added with the view's weight (Eq. 8)

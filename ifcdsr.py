@@ -322,12 +322,13 @@ class IFCDSR(nn.Module):
             keep = nxt != self.pad  # every next-item position of the view (Eq. 6's Σ over t)
             h_id, h_img, y = H_id[keep], None if H_img is None else H_img[keep], nxt[keep]  # (P, q), (P, e), (P,)
             items = self.view_items(view)  # the softmax's items: y is among them
-            E_id_v, E_img_v, y = E_id[items], None if E_img is None else E_img[items], y - items.start
+            y = y - items.start
             if self.plain(len(y)):
-                log_P = log_prob(h_id, E_id_v, h_img, E_img_v, cfg.alpha, cfg.temperature)  # (P, |items|) Eq. 2-5
+                E_img_v = None if E_img is None else E_img[items]
+                log_P = log_prob(h_id, E_id[items], h_img, E_img_v, cfg.alpha, cfg.temperature)  # (P, n) Eq. 2-5
                 nll = -log_P.gather(1, y[:, None]).sum()  # (Eq. 6) Σ_t -log P^v(v_{t+1} | S)
             else:  # the same sum, in bounded memory
-                nll = fused_loss.nll(h_id, E_id_v, h_img, E_img_v, y, cfg.alpha, cfg.temperature, cfg.score_chunk)
+                nll = fused_loss.nll(h_id, E_id, h_img, E_img, y, cfg.alpha, cfg.temperature, cfg.score_chunk, items)
             if cfg.loss_norm == "sum":  # Eq. 6's sum; one constant, the batch's B·L slots, for every view
                 L_v = nll / (seq.shape[0] * cfg.max_len)
             else:  # "mean": each view averaged over its own P positions
@@ -337,15 +338,16 @@ class IFCDSR(nn.Module):
         return total, parts
 
     @torch.no_grad()
-    def score(self, history, items: slice = slice(None)) -> torch.Tensor:
+    def score(self, history, items: slice = slice(None), matrices=None) -> torch.Tensor:
         """(Eq. 8) P(x_i | S) = P^X + λ1·P^Y + λ2·P^{X+Y} for the items in `items` (all N by default)
         -> (B, |items|); each view's softmax (Eq. 3/4) still runs over its own items (`view_items`).
 
-        Each view is read at its last position (the most recent item, Eq. 1's h).
+        Each view is read at its last position (the most recent item, Eq. 1's h). `matrices`: this model's
+        `item_matrices()`, from a caller that scores many batches with the same weights (normalised once).
         """
         cfg = self.cfg
         items = slice(*items.indices(self.N)[:2])
-        E_id, E_img = self.item_matrices()
+        E_id, E_img = matrices or self.item_matrices()
         views = []  # (λ_v, own items, columns in the result, columns in P^v, h_id (B, q), h_img (B, e), empty (B, 1))
         for view, weight in cfg.view_weights().items():
             (seq,) = trim(self.pad, getattr(history, view))

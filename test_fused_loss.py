@@ -48,6 +48,26 @@ def test_fused_loss_and_gradients_equal_the_plain_computation(use_image, alpha, 
             assert torch.allclose(a, b, rtol=1e-5, atol=1e-5), (chunk, (a - b).abs().max())
 
 
+@pytest.mark.parametrize("items", [slice(0, 4), slice(4, 11), slice(2, 9)])
+def test_fused_loss_over_some_items_equals_the_plain_computation_on_those_rows(items):
+    """A view's softmax over its own domain (softmax_over = "domain"): nll over the rows `items` of the full
+    matrices, targets counted from its first, against log_prob on E[items]; the gradient of E_id is zero
+    outside `items`, and chunks of 1 and 3 positions give the same."""
+    h_id, h_img, E_id_raw, E_img, _ = example(True)
+    n = len(range(11)[items])
+    target = torch.arange(9) % n
+    expected = value_and_grads(lambda h, E, hi, Ei, y: nll_sum(h, E[items], hi, Ei[items], y, 0.7, 1.0),
+                               h_id, h_img, E_id_raw, E_img, target)
+    for chunk in (10**9, n, 3 * n):
+        got = value_and_grads(lambda *a: fused_loss.nll(*a, 0.7, 1.0, chunk, items), h_id, h_img, E_id_raw, E_img,
+                              target)
+        for a, b in zip(expected, got):
+            assert torch.allclose(a, b, rtol=1e-5, atol=1e-5), (chunk, (a - b).abs().max())
+    outside = torch.ones(11, dtype=torch.bool)
+    outside[items] = False
+    assert expected[3][outside].abs().max() == 0 and got[3][outside].abs().max() == 0
+
+
 def test_fused_loss_at_a_small_temperature_subtracts_the_row_maximum():
     """τ = 0.01 (1/τ > 60) takes `_exp_`'s other path, exp(s - max s): logits reach ±100 and exp(100)
     overflows fp32. Each logit carries rounding of ~1e-5, so the comparison is relative to each

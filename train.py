@@ -16,6 +16,7 @@ import sys
 import time
 import warnings
 from dataclasses import asdict, fields
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -190,8 +191,11 @@ class Trainer:
         cases, neg = self.cases[split]
         self.model.eval()
         try:
-            with torch.autocast(self.device.type, enabled=False):
-                return rank_cases(self.model.score, cases, self.items, neg, self.device,
+            with torch.autocast(self.device.type, enabled=False), torch.no_grad():
+                score = self.model.score
+                if isinstance(self.model, IFCDSR):  # the same item matrices for every batch: normalised once
+                    score = partial(score, matrices=self.model.item_matrices())
+                return rank_cases(score, cases, self.items, neg, self.device,
                                   eval_batch(self.cfg, self.scen.items.num_items))
         except NonFiniteScores as err:
             raise UsageError(f"{self.name} (target {self.cfg.target}, seed {self.cfg.seed}) gave {err} of the "
