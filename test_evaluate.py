@@ -94,6 +94,15 @@ def test_a_non_finite_score_is_an_error_under_both_protocols(where, value):
         rank_cases(lambda history, items: scores, cases, slice(0, 4), torch.tensor([[2, 3]]), "cpu", 8)
 
 
+
+def test_finite_scores_whose_sum_overflows_are_ranked():
+    """The finiteness check sums the scores first; a sum that overflows to inf from finite scores is checked
+    score by score and ranked, not refused."""
+    cases = EvalSet(views([[1]], num_x=4, pad=8), torch.tensor([0]))
+    scores = torch.tensor([[3e38, 3e38, 1.0, 3e38]])
+    ranks = rank_cases(lambda history, items: scores, cases, slice(0, 4), torch.tensor([[2, 3]]), "cpu", 8)
+    assert ranks["full"].tolist() == [2.0] and ranks["sampled999"].tolist() == [1.5]
+
 def test_evaluation_ranks_only_the_target_domains_items(tiny_dir, tmp_path):
     """Through Trainer.evaluate: scores that put every item of the other domain first must not move any
     rank, and the full-ranking MRR is the one counted over the target domain's items alone."""
@@ -106,7 +115,7 @@ def test_evaluation_ranks_only_the_target_domains_items(tiny_dir, tmp_path):
         rigged = torch.where(other, 10.0, scores)  # the other domain outscores everything
         trainer = train.Trainer("ifcdsr_id", train.Config(use_image=False, target=target, q=8), scen, torch.device("cpu"),
                                 tmp_path, resume=False)
-        trainer.model.score = lambda history, items: rigged[items].expand(len(history.xy), -1)
+        trainer.model.score = lambda history, items, matrices=None: rigged[items].expand(len(history.xy), -1)
         cases = evaluate.eval_cases(scen.test, scen, target)
         expected = 1 + (scores[own][None, :] > scores[cases.target][:, None]).sum(1)  # ranks among the domain
         assert math.isclose(trainer.evaluate("test")["full"]["MRR"], evaluate.rank_metrics(expected)["MRR"])
