@@ -5,9 +5,10 @@
     GRU4Rec     ID embeddings and a GRU
 
 SASRec and GRU4Rec are single-domain models in their own papers, and are run so here (the paper does
-not say how it ran them): they read only the target domain's sub-sequence (S^X when X is the target) and score only its items, by the dot product of the
-last hidden state with each item's embedding. They share IFCDSR's Config (q, dropout, L, blocks, heads,
-target domain) and its whole training loop, optimiser, early stopping and evaluation.
+not say how it ran them): they read only the target domain's sub-sequence (S^X when X is the target)
+and score only its items, by the dot product of the last hidden state with each item's embedding. They
+share IFCDSR's Config (q, dropout, L, blocks, heads, target domain) and its whole training loop,
+optimiser, early stopping and evaluation.
 
 Dimension letters: B batch, L positions (left-padded), P prediction positions, n items of the target
 domain, q embedding width. Inside a model an item has its local id 0..n-1 in the target domain; n pads.

@@ -6,8 +6,8 @@ elements (Movie-Book and Food-Kitchen size; never on the demo or in the tests of
 give the same numbers up to float rounding (test_fused_loss.py).
 
     nll    Σ_t -log P(y_t | S) over P positions (the sum of Eq. 6) and its gradient, scoring `rows`
-           positions at a time into one reused (rows, N) buffer per branch
-    score  Eq. 8 for a batch of histories, Eq. 3-5 formed in place in one (B, N) buffer
+           positions at a time into one reused (rows, n) buffer, n the items of the view's softmax
+    score  Eq. 8 for a batch of histories, Eq. 3-5 formed in place in the same buffer
 
 The derivation of the gradient. With a = unit(h)/τ and unit rows of E, the logits are s = a·E^T
 (Eq. 2), P_b = softmax(s_b) for the ID and the image branch b (Eq. 3/4) and, for one position with
@@ -102,11 +102,11 @@ def _nll_chunks(branches, target: torch.Tensor, rows: int, grads: bool, temperat
     for i in range(0, target.shape[0], rows):
         y = target[i:i + rows]  # (c,)
         log_wP_y, G, GE, Z = ([None] * len(branches) for _ in range(4))
-        kept = 0
+        slot = 0
         for b in order:
             a, E, log_w = branches[b]
-            s = _logits(a[i:i + rows], E, _scratch(kept, len(y), len(E), E.device))  # (c, N) this chunk's logits
-            kept += dE[b] is not None
+            s = _logits(a[i:i + rows], E, _scratch(slot, len(y), len(E), E.device))  # (c, n) this chunk's logits
+            slot += dE[b] is not None
             s_y = s.gather(1, y[:, None])  # (c, 1) the target's logit
             m = _exp_(s, temperature)  # s <- G = exp(s - m)
             Z[b] = s.sum(dim=-1, keepdim=True)  # (c, 1) Z = Σ_i G_i, in fp32

@@ -94,7 +94,6 @@ def test_a_non_finite_score_is_an_error_under_both_protocols(where, value):
         rank_cases(lambda history, items: scores, cases, slice(0, 4), torch.tensor([[2, 3]]), "cpu", 8)
 
 
-
 def test_finite_scores_whose_sum_overflows_are_ranked():
     """The finiteness check sums the scores first; a sum that overflows to inf from finite scores is checked
     score by score and ranked, not refused."""
@@ -102,6 +101,7 @@ def test_finite_scores_whose_sum_overflows_are_ranked():
     scores = torch.tensor([[3e38, 3e38, 1.0, 3e38]])
     ranks = rank_cases(lambda history, items: scores, cases, slice(0, 4), torch.tensor([[2, 3]]), "cpu", 8)
     assert ranks["full"].tolist() == [2.0] and ranks["sampled999"].tolist() == [1.5]
+
 
 def test_evaluation_ranks_only_the_target_domains_items(tiny_dir, tmp_path):
     """Through Trainer.evaluate: scores that put every item of the other domain first must not move any

@@ -120,8 +120,8 @@ def test_eq6_training_positions_are_every_next_item_of_each_view():
 def test_eq7_loss_weights_target_source_and_merged_views(target, weights, loss_norm):
     """Eq. 7: L = L^X + λ1·L^Y + λ2·L^{X+Y} with λ1 = 0.1, λ2 = 0.4 when X is the target;
     the roles swap for target Y. The total equals the weighted sum of per-view NLLs recomputed here
-    from Eq. 1-6 directly, each view over its own items: each view's mean over its positions ("mean"), or its sum divided by
-    the same B·L = 2·15 = 30 for every view ("sum", Eq. 6 as printed)."""
+    from Eq. 1-6 directly, each view over its own items: each view's mean over its positions ("mean"), or
+    its sum divided by the same B·L = 2·15 = 30 for every view ("sum", Eq. 6 as printed)."""
     assert Config(target=target).view_weights() == weights
     model = tiny_model(target=target, loss_norm=loss_norm).eval()
     t = make_train_set([[0, 3, 1, 4, 2], [5, 0, 6, 1]], num_x=3, max_len=5, pad=7)

@@ -280,7 +280,7 @@ def config(argv) -> Config:
     p.add_argument("--alpha", type=bounded(float, *RANGES["alpha"]), help="α of Eq. 5")
     p.add_argument("--loss-norm", choices=("mean", "sum"), help="Eq. 6/7: each view's mean, or the sum")
     p.add_argument("--softmax-over", choices=("all", "domain"), help="Eq. 3/4: all N items or each view's own")
-    p.add_argument("--literal", action="store_true", help="the equations as printed (τ = 1, sum, domain: the defaults)")
+    p.add_argument("--literal", action="store_true", help="as printed: τ = 1, sum, domain (the defaults)")
     args = p.parse_args(argv)
     overrides = {k: v for k, v in (("temperature", args.temperature), ("alpha", args.alpha),
                                    ("loss_norm", args.loss_norm), ("softmax_over", args.softmax_over)) if v is not None}
