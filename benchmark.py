@@ -244,10 +244,10 @@ class Bench:
             sync(self.device)
             seconds += time.perf_counter() - t0
             in_target = (self.scen.test.target >= self.scen.items.num_x) == (target == "Y")
-            history = self.scen.test.history[in_target]
+            history, items = self.scen.test.history[in_target], self.view_items(trainer.cfg)
             cases += len(history.xy)
             for i in range(0, len(history.xy), rows):
-                gemms += step_gemms(history[i:i + rows], None, self.view_items(trainer.cfg), trainer.cfg, self.widths)
+                gemms += step_gemms(history[i:i + rows], None, items, trainer.cfg, self.widths)
         return {"seconds": seconds, "cases": cases, "flop": flops(gemms), "peak_gb": peak_memory_gb(self.device),
                 "mm_s": matmul_seconds(gemms, self.device, self.mm_cache)}
 

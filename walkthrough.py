@@ -98,8 +98,7 @@ def recording(model: IFCDSR):
 def per_view(calls: list, model: IFCDSR) -> list[dict]:
     """The recorded calls of one `IFCDSR.score` or `IFCDSR.loss`, by view in the order of `Config.view_weights`
     (the order in which both compute them): {view, F, H: {branch}, sim: {branch}, log_P_b: {branch}, log_P}."""
-    F = {(key[1], key[0]): F for name, key, F, _ in (c for c in calls if c[0] == "H")}  # (view, branch) -> F
-    H = {(key[1], key[0]): H for name, key, _, H in (c for c in calls if c[0] == "H")}  # (view, branch) -> H
+    FH = {(key[1], key[0]): (F, H) for name, key, F, H in (c for c in calls if c[0] == "H")}  # (view, branch)
     views, current = [], {"sim": {}, "log_P_b": {}}
     for name, *value in calls:
         if name in ("similarity", "branch_log_prob"):  # the ID branch's, then the image branch's
@@ -110,8 +109,8 @@ def per_view(calls: list, model: IFCDSR) -> list[dict]:
             current = {"sim": {}, "log_P_b": {}}
     order = list(model.cfg.view_weights())
     agree(len(views) == len(order), f"{len(views)} calls of log_prob for the views {order}")
-    return [{**v, "view": view, "F": {b: F[view, b] for b in ("id", "img") if (view, b) in F},
-             "H": {b: H[view, b] for b in ("id", "img") if (view, b) in H}} for v, view in zip(views, order)]
+    return [{**v, "view": view, "F": {b: FH[view, b][0] for b in ("id", "img") if (view, b) in FH},
+             "H": {b: FH[view, b][1] for b in ("id", "img") if (view, b) in FH}} for v, view in zip(views, order)]
 
 
 def columns(model: IFCDSR, view: str) -> list[int]:
