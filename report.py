@@ -205,15 +205,15 @@ def compare(reference: Path, runs: list[Path]) -> str:
     head = ("| run | model | target | valid MRR, 999 | valid MRR, full | test MRR, 999 | test MRR, full "
             "| test − reference, 999 | test − reference, full |")
     lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
-    for i, folder in enumerate([reference, *runs]):
-        res, ranks = read_run(folder)
+    for folder in [reference, *runs]:
+        res, ranks = (ref, ref_ranks) if folder is reference else read_run(folder)
         if res["data_sha256"] != ref["data_sha256"]:
             raise RunError(f"{folder}: trained on other data than {reference}; only runs of the same data pair up.")
         for model, summary in res["summary"].items():
             for d in summary["test"]:
                 cells = [cell(summary[split][d][p]["MRR"], 0).strip() for split in ("valid", "test") for p in PROTOCOLS]
                 for p in PROTOCOLS:
-                    if i == 0:
+                    if folder is reference:
                         cells.append("(reference)")
                         continue
                     rr = [np.mean([1 / r[f"{model}/{seed}/{d}/{p}"] for seed in run["seeds"]], axis=0)
