@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from data import Scenario, item_counts
-from ifcdsr import AttentionEncoder, Config, domain_items, trim
+from ifcdsr import AttentionEncoder, Config, domain_items, shapes
 
 
 def popularity_scores(scen: Scenario) -> torch.Tensor:
@@ -78,22 +78,23 @@ class SingleDomain(nn.Module):
         local = torch.where(is_pad, self.n, seq - self.items.start)  # (B, L)
         return self.encoder(self.E(local), is_pad)
 
-    def loss(self, inputs, targets) -> tuple[torch.Tensor, dict[str, float]]:
-        """Mean cross-entropy over every next-item position of the target domain's sub-sequence."""
-        seq, nxt = trim(self.pad, getattr(inputs, self.view), getattr(targets, self.view))
-        H = self.hidden(seq)  # (B, L, q)
-        keep = nxt != self.pad
-        logits = H[keep] @ self.E.weight[:self.n].T  # (P, n) dot products with every item of the domain
-        y = nxt[keep] - self.items.start  # (P,) local ids
-        L = F.cross_entropy(logits.float(), y, reduction="sum") / max(len(y), 1)
-        return L, {self.view: L.item()}
+    def loss(self, inputs, targets, shape=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Mean cross-entropy over every next-item position of the target domain's sub-sequence; `shape` as
+        in `IFCDSR.loss`."""
+        shape = (shape or shapes(self.pad, inputs, targets, self.E.weight.device))[self.view]
+        seq, nxt = getattr(inputs, self.view)[:, -shape.width:], getattr(targets, self.view)[:, -shape.width:]
+        H = self.hidden(seq).flatten(0, 1)[shape.at]  # (P, q) at every next-item position
+        logits = H @ self.E.weight[:self.n].T  # (P, n) dot products with every item of the domain
+        y = nxt.flatten()[shape.at] - self.items.start  # (P,) local ids
+        L = F.cross_entropy(logits.float(), y, reduction="sum") / max(shape.count, 1)
+        return L, {self.view: L.detach()}
 
     @torch.no_grad()
-    def score(self, history, items: slice) -> torch.Tensor:
+    def score(self, history, items: slice, shape=None) -> torch.Tensor:
         """(B, n) dot products of the last hidden state with the target domain's items, its only candidates."""
         if items != self.items:
             raise ValueError(f"a single-domain model scores its target domain's items {self.items}, not {items}")
-        (seq,) = trim(self.pad, getattr(history, self.view))
+        seq = getattr(history, self.view)[:, -(shape or shapes(self.pad, history))[self.view].width:]
         return self.hidden(seq)[:, -1] @ self.E.weight[:self.n].T  # (B, n)
 
 

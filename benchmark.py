@@ -37,12 +37,16 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from torch.utils._pytree import tree_leaves
 
 import clip_loader
 import data
+import fused_loss
+import simulate
 from data import Items, Scenario, TrainSet, Views
+from evaluate import eval_cases, negatives, on_device, rank_batch, rank_cases
 from common import bounded
-from ifcdsr import RANGES, Config, trim, view_items
+from ifcdsr import CPU_CHUNK, RANGES, Config, trim, view_items
 from train import Trainer, eval_batch
 
 MOVIE_BOOK = {"num_x": 36_845, "num_y": 63_937, "train": 58_515, "valid": 2_032 + 5_612, "test": 1_978 + 5_730,
@@ -125,8 +129,8 @@ def step_gemms(views: Views, targets: Views | None, items: dict[str, int], cfg: 
         seq, n = getattr(views, view), items[view]
         B, L = seq.shape[0], trim(N, seq)[0].shape[1]
         P = int((getattr(targets, view) != N).sum()) if train else B  # prediction positions
-        plain = P * N <= cfg.plain_logits
-        c = max(1, P if plain else min(P, cfg.score_chunk // n))
+        chunk = cfg.score_chunk or CPU_CHUNK  # IFCDSR.chunk() and IFCDSR.plain() on a CPU
+        c = max(1, P if 2 * P * N <= chunk else min(P, chunk // n))
         for b, d in enumerate(widths):
             out += encoder_gemms(B, L, d, cfg, train)
             out.append((1, c, d, n, P / c))  # (Eq. 2) logits a·E^T
@@ -234,7 +238,7 @@ class Bench:
     def evaluation(self) -> dict:
         """One `Trainer.evaluate("test")` pass per target domain: every test case, both protocols."""
         seconds, gemms, cases, N = 0.0, [], 0, self.scen.items.num_items
-        rows = eval_batch(self.cfg, N)  # Trainer.evaluate's batch
+        rows = eval_batch(self.cfg.score_chunk or CPU_CHUNK, N)  # Trainer.evaluate's batch
         reset_peak_memory(self.device)
         for target in ("X", "Y"):
             trainer = self.trainer(self.cfg.replace(target=target))
@@ -252,7 +256,89 @@ class Bench:
                 "mm_s": matmul_seconds(gemms, self.device, self.mm_cache)}
 
 
+# ----------------------------------------------------------------------------- a simulated GPU
+
+DISK = 2e9  # bytes/s at which checkpoints are written, for the projection (a local NVMe disk)
+
+
+def simulated(gpu: simulate.GPU, cfg: Config, scen: Scenario) -> dict:
+    """One training step (`Trainer.batch` + `Trainer.step`, as `Trainer.train_epoch` runs them) and one
+    evaluation batch and pass (`evaluate.rank_batch` and `rank_cases`, as `Trainer.rank` runs them) of IFCDSR
+    on a simulated GPU: their counts (`simulate.Counting.totals`) and the projection of 100 epochs."""
+    out = {}
+    with simulate.simulated_gpu(gpu) as counting, tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer("ifcdsr", cfg, scen, torch.device("cuda"), Path(tmp), resume=False)
+        order, B = torch.randperm(len(scen.train), generator=copy_generator(trainer.shuffle)), cfg.batch_size
+        trainer.model.train()
+        trainer.step(*trainer.batch(order[:B]))  # the first step also makes Adam's state and the score buffers
+        counting.keep_on_chip(lambda: fused_loss._SCRATCH.values())
+        counting.reset()
+        counting.start_peak()
+        trainer.step(*trainer.batch(order[B:2 * B]))
+        out["train"], out["casts"] = counting.totals(), dict(counting.casts)
+        cases = eval_cases(scen.valid, scen, cfg.target)
+        rows, neg = trainer.eval_batch(), negatives(cases, trainer.items, "valid", cfg.target)
+        trainer.model.eval()
+        with trainer.exact():
+            resident = on_device(cases, trainer.items, neg, trainer.device, rows)
+            score = trainer.scorer()
+            counting.reset()
+            counting.start_peak()
+            rank_batch(score, cases, resident, trainer.items, slice(0, rows), scen.items.num_items)
+            out["eval"] = counting.totals()
+            counting.reset()
+            rank_cases(score, cases, trainer.items, neg, trainer.device, rows, scen.items.num_items)
+            out["pass"] = counting.totals()
+        state = trainer._state()
+        out["last_bytes"] = sum(simulate.nbytes(t) for t in tree_leaves(state) if isinstance(t, torch.Tensor))
+        out["best_bytes"] = sum(simulate.nbytes(t) for t in tree_leaves(state["model"]) if isinstance(t, torch.Tensor))
+    steps, batches = math.ceil(len(scen.train) / B), math.ceil(len(cases) / rows)
+    for key, seconds in (("projected", "seconds"), ("fused", "fused_seconds")):
+        epoch = steps * out["train"][seconds] + out["pass"][seconds] + (out["last_bytes"] + out["best_bytes"]) / DISK
+        out[key] = {"epoch_s": epoch, "100_min": 100 * epoch / 60}
+    out.update(steps=steps, batches=batches, cases=len(cases), rows=rows)
+    return out
+
+
+def print_simulated(gpu: simulate.GPU, sim: dict, cfg: Config, scen: Scenario) -> None:
+    tr, ev, ps = sim["train"], sim["eval"], sim["pass"]
+    print(f"\nsimulated GPU, an estimate (fake tensors under CUDA autocast, each op's time the larger of bytes / "
+          f"bandwidth and FLOP / rate, plus its launch):\n  {simulate.roofline_note(gpu)}; checkpoints written at "
+          f"{DISK / 1e9:.0f} GB/s")
+    print(f"  {'':<24}{'training step':>16}{'evaluation batch':>18}{'evaluation pass':>18}")
+    rows = (("kernels", "kernels", "{:,}"), ("host syncs", "syncs", "{:,}"), ("product TFLOP", "flop", "{:.2f}"),
+            ("bytes moved, GB", "bytes", "{:.1f}"), ("peak device memory, GB", "peak_bytes", "{:.1f}"),
+            ("roofline time, ms", "seconds", "{:.2f}"))
+    scale = {"flop": 1e-12, "bytes": 1e-9, "peak_bytes": 1e-9, "seconds": 1e3}
+    for label, key, fmt in rows:
+        cells = [fmt.format(t[key] * scale.get(key, 1)) for t in (tr, ev, ps)]
+        print(f"  {label:<24}" + "".join(f"{c:>{w}}" for c, w in zip(cells, (16, 18, 18))))
+    casts = {k: v for k, v in sim["casts"].items() if int(k.split(",")[1].split(")")[0]) in (cfg.q, E_WIDTH)}
+    print(f"  casts of an item matrix in a step: {sum(casts.values())} ({', '.join(casts) or 'none'})")
+    print(f"syncs per step {tr['syncs']}")
+    print(f"syncs per evaluation batch {ev['syncs']} (per pass {ps['syncs']}: the ranks and the finiteness verdicts)")
+    print(f"bytes per step {tr['bytes'] / 1e9:.1f} GB")
+    print(f"checkpoints: last_*.pt {sim['last_bytes'] / 1e9:.2f} GB each epoch, best_*.pt {sim['best_bytes'] / 1e9:.2f} "
+          f"GB when validation improves")
+    print(f"projected 100 epochs {sim['projected']['100_min']:.1f} min (target {cfg.target}: {sim['steps']} steps and "
+          f"{sim['cases']:,} validation cases in {sim['batches']} batches of {sim['rows']} an epoch, "
+          f"{sim['projected']['epoch_s']:.1f} s an epoch)")
+    print(f"a fused linear-softmax kernel (the logits never leave the chip): {tr['fused_bytes'] / 1e9:.1f} GB and "
+          f"{tr['fused_seconds'] * 1e3:.2f} ms a step; projected 100 epochs {sim['fused']['100_min']:.1f} min")
+
+
 # ----------------------------------------------------------------------------- the report
+
+
+def run_simulated(gpu: simulate.GPU, cfg: Config, items: int, seqs: int) -> int:
+    cfg = cfg.replace(use_image=True, multi_attention=True, target="X")  # IFCDSR at the paper's settings
+    print(f"benchmark: IFCDSR, q = {cfg.q}, e = {E_WIDTH}, batch {cfg.batch_size}, L = {cfg.max_len}, "
+          f"{cfg.n_blocks} blocks, softmax over {cfg.softmax_over} items; device: a simulated {gpu.name}", flush=True)
+    scen = synthetic_scenario(items, seqs, cfg, E_WIDTH, cfg.seed)
+    print(f"synthetic scenario: N = {scen.items.num_items:,} items ({scen.items.num_x:,} + {scen.items.num_y:,}), "
+          f"{len(scen.train):,} training sequences, {len(scen.valid):,} validation cases", flush=True)
+    print_simulated(gpu, simulated(gpu, cfg, scen), cfg, scen)
+    return 0
 
 
 def run(cfg: Config, device: torch.device, items: int, seqs: int) -> int:
@@ -396,6 +482,8 @@ def main(argv=None) -> int:
     p.add_argument("--softmax-over", default=Config.softmax_over, choices=("domain", "all"),
                    help="the items of each view's softmax (Eq. 3/4): each view's own domain, or all N")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--simulate", nargs="?", const="h200", choices=sorted(simulate.GPUS),
+                   help="count and estimate a training step and an evaluation on a simulated GPU (default h200)")
     p.add_argument("--clip", action="store_true", help="measure CLIP's encode_image and the embed command instead")
     p.add_argument("--images", type=bounded(int, 0, 10**6), default=2000,
                    help="--clip: JPEGs generated for embed (0: skip it)")
@@ -406,6 +494,10 @@ def main(argv=None) -> int:
         args = p.parse_args(argv)
     except SystemExit as exit_:  # argparse has printed what is wrong (or the help)
         return exit_.code
+    if args.simulate:
+        return run_simulated(simulate.GPUS[args.simulate], Config(batch_size=args.batch_size,
+                                                                  softmax_over=args.softmax_over),
+                             items=args.items, seqs=args.seqs)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                           else "cpu" if args.device == "auto" else args.device)
     if device.type == "cuda" and not torch.cuda.is_available():

@@ -1,13 +1,15 @@
 """Helpers shared by the tests: tiny models, views, scenario files and a tiny generated scenario."""
+import os
 from pathlib import Path
 
-import pytest
-import torch
+os.environ["CUDA_VISIBLE_DEVICES"] = ""  # the suite runs on the CPU, the same with or without a GPU (before torch)
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
-import data
-import train
-from data import DemoSpec, make_demo
-from ifcdsr import IFCDSR, Config
+import data  # noqa: E402
+import train  # noqa: E402
+from data import DemoSpec, make_demo  # noqa: E402
+from ifcdsr import IFCDSR, Config  # noqa: E402
 
 SHARED = Path(__file__).resolve().parent.parent / "shared" / "data"  # real data beside the checkout, if any
 TINY = DemoSpec(num_x=40, num_y=50, num_users=90, image_dim=8, categories=4)

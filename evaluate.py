@@ -63,39 +63,69 @@ def rank_metrics(rank: torch.Tensor) -> dict[str, float] | None:
 
 def to_device(batch: Views, device) -> Views:
     """A batch of views to the device; to CUDA through pinned memory, without blocking the host."""
-    if torch.device(device).type != "cuda":
-        return batch.to(device)
-    return Views(*(v.pin_memory() for v in (batch.x, batch.y, batch.xy))).to(device, non_blocking=True)
+    return Views(*(ifcdsr.host_to(device, v) for v in (batch.x, batch.y, batch.xy)))
 
 
 @torch.no_grad()
-def rank_cases(score_fn, cases: EvalSet, items: slice, neg: torch.Tensor, device, batch: int) -> dict:
+def rank_cases(score_fn, cases: EvalSet, items: slice, neg: torch.Tensor, device, batch: int,
+               pad: int | None = None) -> dict:
     """The rank of each case's ground truth among the target domain's items (Eq. 9) under both protocols:
-    {protocol: (S,) float64 ranks}.
+    {protocol: (S,) float64 ranks}. `score_fn(history, items, shape)` -> (B, |items|) scores, `shape` the
+    batch's `ifcdsr.shapes` read from the CPU copy (None without the padding id `pad`).
+
+    The cases move to the device once (`on_device`); each batch is scored and ranked there (`rank_batch`),
+    and the host waits for the device once per pass, for the ranks and the finiteness verdicts.
+    A NaN or infinite score is an error (NonFiniteScores), never a rank.
+    """
+    resident = on_device(cases, items, neg, device, batch)
+    done = [rank_batch(score_fn, cases, resident, items, slice(i, i + batch), pad) for i in range(0, len(cases), batch)]
+    if done and not torch.stack([finite for *_, finite in done]).all():
+        check_finite(score_fn, resident[0], cases, items, batch, pad)
+    return {p: torch.cat([r[k] for r in done]).double().cpu() if done else torch.empty(0, dtype=torch.float64)
+            for k, p in enumerate(PROTOCOLS)}
+
+
+def on_device(cases: EvalSet, items: slice, neg: torch.Tensor, device, batch: int) -> tuple:
+    """What every batch of a pass reads, moved to the device once: the histories, the ground truths counted
+    from the domain's first item, the negatives, and a reused (batch, n) buffer for the comparisons."""
+    flags = torch.empty(min(batch, len(cases)), items.stop - items.start, device=device)
+    return (to_device(cases.history, device), ifcdsr.host_to(device, cases.target - items.start),
+            ifcdsr.host_to(device, neg), flags)
+
+
+def rank_batch(score_fn, cases: EvalSet, resident: tuple, items: slice, b: slice, pad: int | None) -> tuple:
+    """The cases `b` of a pass: (sampled999 ranks (B,), full ranks (B,), whether their scores' sum is finite),
+    all on the device; nothing here waits for it.
 
     Note: rank = 1 + (candidates scoring strictly higher) + ½·(other candidates scoring the same): the
     expected rank under a random tie-break. C2DSR counts a tie (within 1e-5) as a win, which flatters a
     model with many equal scores, such as popularity (every unseen item scores 0).
-    A NaN or infinite score is an error (NonFiniteScores), never a rank.
     """
-    ranks = {p: [] for p in PROTOCOLS}
-    flags = torch.empty(min(batch, len(cases)), items.stop - items.start, device=device)  # reused: see below
+    history, target, neg, flags = resident
+    s = score_fn(history[b], items, shape_of(pad, cases.history[b])).float()  # (B, n)
+    s_t = s.gather(1, target[b, None])  # (B, 1)
+    # counted as 0/1 floats in a reused buffer: summing a new bool tensor is several times slower
+    higher = torch.gt(s, s_t, out=flags[:len(s_t)]).sum(1)  # (B,)
+    tied = torch.ge(s, s_t, out=flags[:len(s_t)]).sum(1) - higher - 1  # (B,) the ground truth ties itself
+    s_neg = s.gather(1, neg[b])  # (B, 999)
+    # NaN compares false with everything: it would rank first. A finite sum says every score is finite in one
+    # cheap pass; the verdicts are read after the pass
+    return 1 + (s_neg > s_t).sum(1) + (s_neg == s_t).sum(1) / 2, 1 + higher + tied / 2, s.sum().isfinite()
+
+
+def shape_of(pad: int | None, history: Views):
+    return None if pad is None else ifcdsr.shapes(pad, history)
+
+
+def check_finite(score_fn, history: Views, cases: EvalSet, items: slice, batch: int, pad: int | None) -> None:
+    """Scores each batch again, after a pass in which a sum of scores was not finite: NonFiniteScores at the
+    first batch with a score that is not (a sum of finite scores can overflow)."""
     for i in range(0, len(cases), batch):
-        s = score_fn(to_device(cases.history[i:i + batch], device), items).float()  # (B, n)
-        # NaN compares false with everything: it would rank first. A finite sum says every score is finite in
-        # one cheap pass; only a sum that is not (an overflow, or a bad score) has the scores checked one by one
-        if not s.sum().isfinite() and not s.isfinite().all():
+        b = slice(i, i + batch)
+        s = score_fn(history[b], items, shape_of(pad, cases.history[b])).float()
+        if not s.isfinite().all():
             what = "NaN" if s.isnan().any() else "infinite"
-            raise NonFiniteScores(f"{what} scores among cases {i + 1}-{i + len(s)} of {len(cases)}")
-        t = (cases.target[i:i + batch] - items.start).to(device)
-        s_t = s.gather(1, t[:, None])  # (B, 1)
-        # counted as 0/1 floats in a reused buffer: summing a new bool tensor is several times slower
-        higher = torch.gt(s, s_t, out=flags[:len(t)]).sum(1)  # (B,)
-        tied = torch.ge(s, s_t, out=flags[:len(t)]).sum(1) - higher - 1  # (B,) the ground truth ties itself
-        ranks["full"].append(1 + higher + tied / 2)
-        s_neg = s.gather(1, neg[i:i + batch].to(device))  # (B, 999)
-        ranks["sampled999"].append(1 + (s_neg > s_t).sum(1) + (s_neg == s_t).sum(1) / 2)
-    return {p: torch.cat(r).double().cpu() if r else torch.empty(0, dtype=torch.float64) for p, r in ranks.items()}
+            raise NonFiniteScores(f"{what} scores among cases {b.start + 1}-{b.start + len(s)} of {len(cases)}")
 
 
 def metrics(ranks: dict) -> dict:

@@ -1,9 +1,9 @@
 """Eq. 2-6 and Eq. 8 with bounded memory: the code IFCDSR runs when (positions × N) logits are large.
 
 `ifcdsr.py` holds the plain version of these equations (`similarity`, `log_prob`, `IFCDSR.loss`,
-`IFCDSR.score`) and calls this module only when a view's logits would exceed `Config.plain_logits`
-elements (Movie-Book and Food-Kitchen size; never on the demo or in the tests of the model). Both
-give the same numbers up to float rounding (test_fused_loss.py).
+`IFCDSR.score`) and calls this module when a view's logits would not fit in half of `IFCDSR.chunk()`
+(Movie-Book and Food-Kitchen size; never on the demo or in most tests of the model), and always on CUDA.
+Both give the same numbers up to float rounding (test_fused_loss.py).
 
     nll    Σ_t -log P(y_t | S) over P positions (the sum of Eq. 6) and its gradient, scoring `rows`
            positions at a time into one reused (rows, n) buffer, n the items of the view's softmax
@@ -33,28 +33,27 @@ def _log(w: float) -> float:
     return math.log(w) if w > 0 else -math.inf  # log 0 = -inf: a branch of weight 0 drops out
 
 
-_SCRATCH: dict = {}  # (slot, device) -> a flat fp32 buffer, kept between calls
+_SCRATCH: dict = {}  # (slot, device, dtype) -> a flat buffer, kept between calls
 
 
-def _scratch(slot: int, rows: int, cols: int, device: torch.device) -> torch.Tensor:
-    """A (rows, cols) fp32 buffer for one branch's logits, reused by every call: on CPU a fresh buffer of
-    this size (134 MB at Movie-Book size) is page-faulted in on first touch, which costs about a third of
-    the product that fills it, once per view and step. Nothing returned by this module refers to it."""
-    buffer = _SCRATCH.get((slot, device))
+def _scratch(slot: int, rows: int, cols: int, like: torch.Tensor) -> torch.Tensor:
+    """A (rows, cols) buffer for one branch's logits in `like`'s dtype and device, reused by every call: on
+    CPU a fresh buffer of this size (134 MB at Movie-Book size) is page-faulted in on first touch, which costs
+    about a third of the product that fills it, once per view and step. Nothing returned refers to it."""
+    key = (slot, like.device, like.dtype)
+    buffer = _SCRATCH.get(key)
     if buffer is None or buffer.numel() < rows * cols:
-        buffer = _SCRATCH[(slot, device)] = torch.empty(rows * cols, device=device)
+        _SCRATCH.pop(key, None)  # freed before the larger one is made
+        buffer = _SCRATCH[key] = torch.empty(rows * cols, device=like.device, dtype=like.dtype)
     return buffer[:rows * cols].view(rows, cols)
 
 
 def _logits(a: torch.Tensor, E: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """(Eq. 2) s = a·E^T, written into `out` (c, N) in fp32.
-
-    `out` is reused for every chunk: on CPU a fresh (c, N) tensor costs page faults that take as long
-    as the product itself. Under autocast (bf16 on CUDA) the product runs in its dtype and is copied in.
-    """
-    if torch.is_autocast_enabled(a.device.type):
-        return out.copy_(a @ E.T)
-    return torch.mm(a, E.T, out=out)
+    """(Eq. 2) s = a·E^T, written into `out` (c, n) in E's dtype: fp32, or autocast's (bf16 on CUDA), in which
+    the logits are then exponentiated in place (the accuracy that needs fp32 is kept elsewhere: the target's
+    logit and Z, in `_nll_chunks`). `out` is reused for every chunk: on CPU a fresh (c, n) tensor costs page
+    faults that take as long as the product itself."""
+    return torch.mm(a.to(E.dtype), E.T, out=out)
 
 
 def _exp_(s: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -76,25 +75,27 @@ def _exp_(s: torch.Tensor, temperature: float) -> torch.Tensor:
 
 def _nll_chunks(branches, target: torch.Tensor, rows: int, grads: bool, temperature: float, items: slice):
     """Σ_t -log P(y_t | S) for P positions scored `rows` at a time and, with `grads`, its gradient with
-    respect to every branch's a and E (module docstring). Peak memory is one (rows, N) buffer, and one
+    respect to every branch's a and E (module docstring). Peak memory is one (rows, n) buffer, and one
     more for each further branch whose E takes a gradient (none in IFCDSR: E_img is frozen).
 
-    branches: [(a, E, log_w)]: a = unit(h)/τ (P, d), E (N, d) with unit rows, log_w = log α or log(1-α);
-    the softmax runs over the rows `items` of E, and `target` counts from its first.
+    branches: [(a, E, E_p, log_w)]: a = unit(h)/τ (P, d), E (N, d) with unit rows, E_p the same matrix in the
+    products' dtype (E itself, or its bf16 copy under autocast), log_w = log α or log(1-α); the softmax runs
+    over the rows `items` of E, and `target` counts from its first.
 
-    Each chunk's (c, N) buffer is walked twice besides the products that read it: the logits are
+    Each chunk's (c, n) buffer is walked twice besides the products that read it: the logits are
     exponentiated in place (G = exp(s - m)) and summed (Z, a read-only pass); the rest folds into the
     products, with P_b = G / Z:
         (P_b - onehot_y)·E = (G·E) / Z - E_y          so d/da_b needs no pass of its own
         (P_b - onehot_y)^T·v = G^T·(v / Z) - v at the rows y (a scatter-add of c rows), for d/dE_b
+    In bf16 the buffer's values carry 8 bits; what the loss reads exactly is kept in fp32: the target's logit
+    (a·E_y, c dot products), Z (summed in fp32), the gradients' sums.
     """
-    autocast = torch.is_autocast_enabled(target.device.type)
     total = torch.zeros((), device=target.device)
-    dA = [torch.zeros_like(a) if grads else None for a, _, _ in branches]
+    dA = [torch.zeros_like(a) if grads else None for a, *_ in branches]
     # d/dE for all N rows, filled at `items`: a gradient of E[items] would cost autograd a second (N, d) tensor
-    dE = [torch.zeros_like(E) if grads and E.requires_grad else None for _, E, _ in branches]
+    dE = [torch.zeros_like(E) if grads and E.requires_grad else None for _, E, _, _ in branches]
     dE_items = [None if d is None else d[items] for d in dE]
-    branches = [(a, E[items], log_w) for a, E, log_w in branches]  # (n, d) the softmax's items
+    branches = [(a, E[items], E_p[items], log_w) for a, E, E_p, log_w in branches]  # (n, d) the softmax's items
     # A branch whose G is needed after the loop below (for d/dE) keeps its buffer; the others are done with
     # theirs once G·E and Z are taken. So those go first, all in buffer 0, and each keeping branch takes the
     # next free buffer: one buffer in IFCDSR.
@@ -104,14 +105,17 @@ def _nll_chunks(branches, target: torch.Tensor, rows: int, grads: bool, temperat
         log_wP_y, G, GE, Z = ([None] * len(branches) for _ in range(4))
         slot = 0
         for b in order:
-            a, E, log_w = branches[b]
-            s = _logits(a[i:i + rows], E, _scratch(slot, len(y), len(E), E.device))  # (c, n) this chunk's logits
+            a, E, E_p, log_w = branches[b]
+            s = _logits(a[i:i + rows], E_p, _scratch(slot, len(y), len(E), E_p))  # (c, n) this chunk's logits
             slot += dE[b] is not None
-            s_y = s.gather(1, y[:, None])  # (c, 1) the target's logit
+            if s.dtype == torch.float32:
+                s_y = s.gather(1, y[:, None])  # (c, 1) the target's logit
+            else:  # in fp32: the loss reads it directly
+                s_y = (a[i:i + rows] * E[y]).sum(dim=-1, keepdim=True)  # (c, 1)
             m = _exp_(s, temperature)  # s <- G = exp(s - m)
-            Z[b] = s.sum(dim=-1, keepdim=True)  # (c, 1) Z = Σ_i G_i, in fp32
+            Z[b] = s.sum(dim=-1, keepdim=True, dtype=torch.float32)  # (c, 1) Z = Σ_i G_i, in fp32
             if grads:
-                GE[b] = s @ E  # (c, d) G·E
+                GE[b] = s @ E_p  # (c, d) G·E
             G[b] = s
             # (Eq. 3/4) log P_b,y = s_y - m - log Z;  log w_b·P_b,y
             log_wP_y[b] = log_w + (s_y - m - Z[b].log())[:, 0]  # (c,)
@@ -120,17 +124,17 @@ def _nll_chunks(branches, target: torch.Tensor, rows: int, grads: bool, temperat
         total = total - log_P_y.sum()
         if not grads:
             continue
-        for b, (a, E, _) in enumerate(branches):
+        for b, (a, E, _, _) in enumerate(branches):
             r = (log_wP_y[b] - log_P_y).exp()[:, None]  # (c, 1) r_b = w_b·P_b,y / P_y
             # d/da_b = r_b·(P_b - onehot_y)·E_b = r_b·((G·E_b) / Z - E_b,y)
             dA[b][i:i + rows] = r * (GE[b] / Z[b] - E[y])  # (c, d)
             if dE[b] is not None:
                 ra = r * a[i:i + rows]  # (c, d) r_b·a_b
                 # d/dE_b += (P_b - onehot_y)^T·(r_b·a_b) = G^T·(r_b·a_b / Z) - (r_b·a_b at the rows y)
-                if autocast:
-                    dE_items[b] += G[b].T @ (ra / Z[b])  # the product in the autocast dtype, the sum in fp32
-                else:
+                if G[b].dtype == dE_items[b].dtype:
                     dE_items[b].addmm_(G[b].T, ra / Z[b])  # (n, d), accumulated in place
+                else:  # the product in G's dtype, the sum in fp32
+                    dE_items[b] += G[b].T @ (ra / Z[b]).to(G[b].dtype)
                 dE_items[b].index_add_(0, y, -ra)
     return total, dA, dE
 
@@ -144,9 +148,9 @@ class _FusedNLL(torch.autograd.Function):
     """Autograd for `_nll_chunks`: the gradient is formed in the forward pass, backward scales it."""
 
     @staticmethod
-    def forward(ctx, a_id, E_id, a_img, E_img, target, log_w, rows, temperature, items):
+    def forward(ctx, a_id, E_id, a_img, E_img, products, target, log_w, rows, temperature, items):
         kept = _weighted(log_w)
-        branches = [((a_id, E_id), (a_img, E_img))[b] + (log_w[b],) for b in kept]
+        branches = [((a_id, E_id, products[0]), (a_img, E_img, products[1]))[b] + (log_w[b],) for b in kept]
         total, dA, dE = _nll_chunks(branches, target, rows, True, temperature, items)
         ctx.grads = [None] * 4  # d/d a_id, E_id, a_img, E_img
         for b, dA_b, dE_b in zip(kept, dA, dE):
@@ -158,19 +162,22 @@ class _FusedNLL(torch.autograd.Function):
     def backward(ctx, g):
         grads, ctx.grads = ctx.grads, None
         # in place: the gradients are this node's own, and a fresh (N, d) result would cost page faults on CPU
-        return (*(None if d is None else d.mul_(g) for d in grads), None, None, None, None, None)
+        return (*(None if d is None else d.mul_(g) for d in grads), None, None, None, None, None, None)
 
 
 def nll(h_id: torch.Tensor, E_id: torch.Tensor, h_img: torch.Tensor | None, E_img: torch.Tensor | None,
-        target: torch.Tensor, alpha: float, temperature: float, chunk: int, items: slice = slice(None)) -> torch.Tensor:
+        target: torch.Tensor, alpha: float, temperature: float, chunk: int, items: slice = slice(None),
+        products: tuple | None = None) -> torch.Tensor:
     """Σ_t -log P(target_t | S) over P positions (the sum of Eq. 6); E_id, E_img (N, d) with unit rows, the
-    softmax over their rows `items` (n of them), `target` counted from the first of those.
+    softmax over their rows `items` (n of them), `target` counted from the first of those. `products`: E_id
+    and E_img as the products read them (under autocast, cast once by the caller; default: as given).
 
     Positions are scored in chunks of chunk // n, whose (rows, n) logits are never kept, so peak memory
     does not grow with P × n. Value and gradients equal those of `ifcdsr.log_prob` on E[items] + autograd
     up to float rounding.
     """
     rows = max(1, chunk // len(range(E_id.shape[0])[items]))
+    products = products or (E_id, E_img)
     # (Eq. 2) both branches compare a = unit(h)/τ with the unit rows of E
     a_id = F.normalize(h_id, dim=-1) / temperature  # (P, q)
     if h_img is None:  # ID branch only: P = P_id
@@ -179,16 +186,16 @@ def nll(h_id: torch.Tensor, E_id: torch.Tensor, h_img: torch.Tensor | None, E_im
         a_img = F.normalize(h_img, dim=-1) / temperature  # (P, e)
         log_w = (_log(alpha), _log(1.0 - alpha))  # (Eq. 5) weights α and 1-α, as logarithms
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (a_id, E_id, a_img, E_img)):
-        return _FusedNLL.apply(a_id, E_id, a_img, E_img, target, log_w, rows, temperature, items)
-    branches = [((a_id, E_id), (a_img, E_img))[b] + (log_w[b],) for b in _weighted(log_w)]
+        return _FusedNLL.apply(a_id, E_id, a_img, E_img, products, target, log_w, rows, temperature, items)
+    branches = [((a_id, E_id, products[0]), (a_img, E_img, products[1]))[b] + (log_w[b],) for b in _weighted(log_w)]
     return _nll_chunks(branches, target, rows, False, temperature, items)[0]
 
 
 @torch.no_grad()
 def score(views, E_id: torch.Tensor, E_img: torch.Tensor | None, alpha: float, temperature: float,
-          items: slice) -> torch.Tensor:
+          items: slice, chunk: int) -> torch.Tensor:
     """(Eq. 8) P(x_i | S) = Σ_v λ_v·P^v(x_i | S) for the items in `items` -> (B, |items|); each view's
-    softmax (Eq. 3/4) runs over its own items, as in `IFCDSR.score`.
+    softmax (Eq. 3/4) runs over its own items, as in `IFCDSR.score`; chunk // |own| histories at a time.
 
     views: [(λ_v, own, into, src, h_id (B, q), h_img (B, e) or None, empty (B, 1))]: `own` the items of the
     view's softmax, `into` and `src` the columns of the requested items it covers in the result and in P^v;
@@ -201,15 +208,19 @@ def score(views, E_id: torch.Tensor, E_img: torch.Tensor | None, alpha: float, t
     for weight, own, into, src, h_id, h_img, empty in views:
         if weight == 0:
             continue
-        s = _scratch(0, B, own.stop - own.start, E_id.device)  # (B, |own|) logits, then exp(logits - m)
-        into = total[:, into]  # (B, |covered|) a view of the result
-        into += weight / (own.stop - own.start) * empty  # the uniform mass of an empty view
-        # (Eq. 5) P^v = α·P_id + (1-α)·P_img (the ID branch alone: P_id), added with the view's weight (Eq. 8)
-        for h, E, w in ((h_id, E_id, alpha if h_img is not None else 1.0), (h_img, E_img, 1.0 - alpha)):
-            if h is None or w == 0:
-                continue
-            _logits(F.normalize(h, dim=-1) / temperature, E[own], s)  # (Eq. 2) s = Sim(h, E)
-            _exp_(s, temperature)
-            Z = s.sum(dim=-1, keepdim=True)  # (Eq. 3/4) P_b = s / Z
-            into.addcmul_(s[:, src], weight * w * ~empty / Z)  # += λ_v·w_b·P_b, for non-empty views
+        n = own.stop - own.start
+        rows = max(1, chunk // n)
+        for i in range(0, B, rows):
+            c = slice(i, i + rows)
+            s = _scratch(0, len(empty[c]), n, total)  # (c, |own|) logits, then exp(logits - m)
+            into_c = total[c, into]  # (c, |covered|) a view of the result
+            into_c += weight / n * empty[c]  # the uniform mass of an empty view
+            # (Eq. 5) P^v = α·P_id + (1-α)·P_img (the ID branch alone: P_id), added with the view's weight (Eq. 8)
+            for h, E, w in ((h_id, E_id, alpha if h_img is not None else 1.0), (h_img, E_img, 1.0 - alpha)):
+                if h is None or w == 0:
+                    continue
+                _logits(F.normalize(h[c], dim=-1) / temperature, E[own], s)  # (Eq. 2) s = Sim(h, E)
+                _exp_(s, temperature)
+                Z = s.sum(dim=-1, keepdim=True)  # (Eq. 3/4) P_b = s / Z
+                into_c.addcmul_(s[:, src], weight * w * ~empty[c] / Z)  # += λ_v·w_b·P_b, for non-empty views
     return total

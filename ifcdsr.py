@@ -2,7 +2,7 @@
 
 The model and the paper's equations (search for "Eq."), as the model runs them; nothing about files
 or loops. `fused_loss.py` holds a memory-bounded version of Eq. 2-8 that `IFCDSR.loss` and
-`IFCDSR.score` switch to when the (positions × N) logits are large (`Config.plain_logits`).
+`IFCDSR.score` switch to when the (positions × N) logits are large, and always on CUDA (`IFCDSR.plain`).
 
 Dimension letters used in shape comments:
     B  batch of sequences          L  positions (max_len, left-padded)
@@ -22,6 +22,7 @@ import torch.nn.functional as F
 import fused_loss
 
 VIEWS = ("x", "y", "xy")  # S^X, S^Y, S^{X+Y}
+CPU_CHUNK = 2**25  # Config.score_chunk's auto value on a CPU: a (332 × 100,782) fp32 logits buffer, 134 MB
 
 
 @dataclass
@@ -57,10 +58,11 @@ class Config:
     epochs: int = 100  # training epochs
     patience: int = 10  # early stopping: evaluations without a better validation MRR
     eval_every: int = 1  # validate every this many epochs
-    # how Eq. 2-8 are computed (never what): the plain code below while a view's (positions × N) logits have at
-    # most plain_logits elements (the demo, the tests), else fused_loss.py, score_chunk of them at a time
-    plain_logits: int = 2**24  # Note: above it, memory-bounded code (same numbers up to float rounding)
-    score_chunk: int = 2**25  # positions × items scored at once by fused_loss.py (bounds memory, not results)
+    # how Eq. 2-8 are computed (never what), in one memory setting: fused_loss.py scores score_chunk (positions ×
+    # items) logits at a time; on a CPU a view whose logits fit in half of it runs the plain code below instead
+    # (the demo, the tests), which keeps about two such tensors for autograd; on CUDA fused_loss.py always runs
+    # (it moves several times fewer bytes). 0 = auto: 2^25 on a CPU; on CUDA a quarter of the free memory
+    score_chunk: int = 0  # Note: memory only; both codes give the same numbers up to float rounding
     seed: int = 0  # the training seed: initialisation and batch order (the data and the negatives are fixed)
 
     def replace(self, **overrides) -> "Config":
@@ -101,7 +103,7 @@ RANGES = {  # the accepted values of every numeric Config field, both ends inclu
     "q": (1, 4096), "alpha": (0.0, 1.0), "lambda1": (0.0, 100.0), "lambda2": (0.0, 100.0), "dropout": (0.0, 0.9),
     "max_len": (1, 1024), "n_blocks": (0, 64), "n_heads": (1, 64), "temperature": (0.01, 100.0),
     "batch_size": (1, 65536), "lr": (1e-8, 1.0), "weight_decay": (0.0, 1.0), "epochs": (1, 100_000),
-    "patience": (1, 100_000), "eval_every": (1, 100_000), "plain_logits": (0, 2**40), "score_chunk": (1, 2**40),
+    "patience": (1, 100_000), "eval_every": (1, 100_000), "score_chunk": (0, 2**40),
     "seed": (0, 2**32 - 1)}  # the seed: numpy's range
 CHOICES = {"loss_norm": ("mean", "sum"), "softmax_over": ("all", "domain"), "target": ("X", "Y"),
            "use_image": (True, False), "multi_attention": (True, False)}
@@ -229,9 +231,37 @@ def log_prob(h_id: torch.Tensor, E_id: torch.Tensor, h_img: torch.Tensor | None,
 def trim(pad: int, seq: torch.Tensor, *aligned: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Drop the leading columns of seq (B, L) that are padding in every row, and the same columns of the
     `aligned` tensors (left padding: the items are at the end). Positions count from each sequence's first
-    item, so no output changes; only the work does."""
+    item, so no output changes; only the work does. Reads seq's values: give it a CPU tensor (`shapes`)."""
     width = max(1, int((seq != pad).sum(1).max()))
     return tuple(t[:, -width:] for t in (seq, *aligned))
+
+
+@dataclass
+class ViewShape:
+    """What a batch's data decides about one view's work, read on the host from the CPU copy of the batch,
+    so that the device never waits for it."""
+    width: int  # the columns `trim` keeps: the view's longest history in the batch (left padding: the last ones)
+    count: int = 0  # P, the view's prediction positions (Eq. 6's t), in training
+    at: torch.Tensor | None = None  # (P,) their flat indices into the trimmed (B·width), on the model's device
+
+
+def host_to(device, t: torch.Tensor) -> torch.Tensor:
+    """A CPU tensor to the device; to CUDA through page-locked memory, so the host does not wait for the copy."""
+    device = torch.device(device)
+    return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t.to(device)
+
+
+def shapes(pad: int, inputs, targets=None, device="cpu") -> dict[str, ViewShape]:
+    """Each view's ViewShape for a batch of Views (and, in training, their next items), from CPU tensors."""
+    out = {}
+    for view in VIEWS:
+        (seq,) = trim(pad, getattr(inputs, view))
+        if targets is None:
+            out[view] = ViewShape(seq.shape[1])
+            continue
+        at = (getattr(targets, view)[:, -seq.shape[1]:] != pad).flatten().nonzero()[:, 0]  # (P,)
+        out[view] = ViewShape(seq.shape[1], len(at), host_to(device, at))
+    return out
 
 
 def domain_items(domain: str, num_x: int, N: int) -> slice:
@@ -285,6 +315,7 @@ class IFCDSR(nn.Module):
             self.enc_img = nn.ModuleDict({v: AttentionEncoder(E_img.shape[1], cfg) for v in self.views})
         else:
             self.E_img, self.enc_img = None, None
+        self._E_img_low = self._cuda_chunk = None  # E_img_unit in autocast's dtype; chunk() on CUDA (set at first use)
 
     def encode(self, seq: torch.Tensor, view: str) -> tuple[torch.Tensor, torch.Tensor | None]:
         """seq (B, L) item ids of one view -> (H_id (B, L, q), H_img (B, L, e) or None) by Eq. 1."""
@@ -301,56 +332,88 @@ class IFCDSR(nn.Module):
         """E_id and E_img without the padding row, rows normalised for Eq. 2: (N, q), (N, e)."""
         return unit(self.E_id.weight[:-1]), None if self.E_img is None else self.E_img_unit
 
+    def product_matrices(self, E_id: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The item matrices as Eq. 2's products read them: under autocast cast to its dtype once per step
+        (E_id, through autograd) and once per run (the frozen E_img), rather than once per product."""
+        device = E_id.device.type
+        if not torch.is_autocast_enabled(device):
+            return E_id, self.E_img_unit if self.E_img is not None else None
+        low = torch.get_autocast_dtype(device)
+        if self.E_img is not None and (self._E_img_low is None or self._E_img_low.dtype != low
+                                       or self._E_img_low.device != E_id.device):
+            self._E_img_low = self.E_img_unit.to(low)
+        return E_id.to(low), self._E_img_low
+
+    def chunk(self) -> int:
+        """`Config.score_chunk` resolved: the (positions × items) logits that fused_loss.py computes at once."""
+        if self.cfg.score_chunk:
+            return self.cfg.score_chunk
+        device = self.E_id.weight.device
+        if device.type != "cuda":
+            return CPU_CHUNK
+        if self._cuda_chunk is None:  # a quarter of the free memory at the first step, in 4-byte elements
+            self._cuda_chunk = torch.cuda.mem_get_info(device)[0] // 16
+        return self._cuda_chunk
+
     def plain(self, rows: int) -> bool:
-        """Whether `rows` positions are scored by the plain code of this file: their (rows, N) logits fit
-        within `Config.plain_logits`. Otherwise fused_loss.py computes the same numbers in bounded memory."""
-        return rows * self.N <= self.cfg.plain_logits
+        """Whether `rows` positions are scored by the plain code of this file: on a CPU, when their (rows, N)
+        logits fit in half of `chunk()`. Otherwise fused_loss.py computes the same numbers in bounded memory."""
+        return self.E_id.weight.device.type != "cuda" and 2 * rows * self.N <= self.chunk()
 
     def view_items(self, view: str) -> slice:
         """The items whose softmax gives P^v (Eq. 3/4), by `view_items`."""
         return view_items(view, self.cfg.softmax_over, self.num_x, self.N)
 
-    def loss(self, inputs, targets) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, inputs, targets, shape: dict[str, ViewShape] | None = None
+             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(Eq. 7) L = L^X + λ1·L^Y + λ2·L^{X+Y} (X the target domain) for one batch of Views; the
-        per-view parts (host floats, for the log) come with it."""
+        per-view parts (0-d tensors on the device, for the log) come with it. `shape`: the batch's `shapes`,
+        from its CPU copy; without it they are read from `inputs` (on CUDA the host would wait for them)."""
         cfg = self.cfg
         E_id, E_img = self.item_matrices()
+        P_id, P_img = self.product_matrices(E_id)  # what the products read
+        shape = shape or shapes(self.pad, inputs, targets, E_id.device)
         total, parts = 0.0, {}
         for view, weight in cfg.view_weights().items():
-            seq, nxt = trim(self.pad, getattr(inputs, view), getattr(targets, view))
+            width, P, at = shape[view].width, shape[view].count, shape[view].at
+            seq, nxt = getattr(inputs, view)[:, -width:], getattr(targets, view)[:, -width:]  # (B, width)
             H_id, H_img = self.encode(seq, view)
-            keep = nxt != self.pad  # every next-item position of the view (Eq. 6's Σ over t)
-            h_id, h_img, y = H_id[keep], None if H_img is None else H_img[keep], nxt[keep]  # (P, q), (P, e), (P,)
+            # every next-item position of the view (Eq. 6's Σ over t): (P, q), (P, e), (P,)
+            h_id, h_img = H_id.flatten(0, 1)[at], None if H_img is None else H_img.flatten(0, 1)[at]
             items = self.view_items(view)  # the softmax's items: y is among them
-            y = y - items.start
-            if self.plain(len(y)):
-                E_img_v = None if E_img is None else E_img[items]
-                log_P = log_prob(h_id, E_id[items], h_img, E_img_v, cfg.alpha, cfg.temperature)  # (P, n) Eq. 2-5
+            y = nxt.flatten()[at] - items.start
+            if self.plain(P):
+                P_img_v = None if P_img is None else P_img[items]
+                log_P = log_prob(h_id, P_id[items], h_img, P_img_v, cfg.alpha, cfg.temperature)  # (P, n) Eq. 2-5
                 nll = -log_P.gather(1, y[:, None]).sum()  # (Eq. 6) Σ_t -log P^v(v_{t+1} | S)
             else:  # the same sum, in bounded memory
-                nll = fused_loss.nll(h_id, E_id, h_img, E_img, y, cfg.alpha, cfg.temperature, cfg.score_chunk, items)
+                nll = fused_loss.nll(h_id, E_id, h_img, E_img, y, cfg.alpha, cfg.temperature, self.chunk(), items,
+                                     products=(P_id.detach(), P_img))
             if cfg.loss_norm == "sum":  # Eq. 6's sum; one constant, the batch's B·L slots, for every view
                 L_v = nll / (seq.shape[0] * cfg.max_len)
             else:  # "mean": each view averaged over its own P positions
-                L_v = nll / max(len(y), 1)
+                L_v = nll / max(P, 1)
             total = total + weight * L_v  # (Eq. 7)
-            parts[view] = L_v.item()
+            parts[view] = L_v.detach()
         return total, parts
 
     @torch.no_grad()
-    def score(self, history, items: slice = slice(None), matrices=None) -> torch.Tensor:
+    def score(self, history, items: slice = slice(None), matrices=None,
+              shape: dict[str, ViewShape] | None = None) -> torch.Tensor:
         """(Eq. 8) P(x_i | S) = P^X + λ1·P^Y + λ2·P^{X+Y} for the items in `items` (all N by default)
         -> (B, |items|); each view's softmax (Eq. 3/4) still runs over its own items (`view_items`).
 
         Each view is read at its last position (the most recent item, Eq. 1's h). `matrices`: this model's
         `item_matrices()`, from a caller that scores many batches with the same weights (normalised once).
+        `shape`: the batch's `shapes`, from its CPU copy (else read from `history`).
         """
         cfg = self.cfg
         items = slice(*items.indices(self.N)[:2])
         E_id, E_img = matrices or self.item_matrices()
+        shape = shape or shapes(self.pad, history)
         views = []  # (λ_v, own items, columns in the result, columns in P^v, h_id (B, q), h_img (B, e), empty (B, 1))
         for view, weight in cfg.view_weights().items():
-            (seq,) = trim(self.pad, getattr(history, view))
+            seq = getattr(history, view)[:, -shape[view].width:]  # (B, width)
             H_id, H_img = self.encode(seq, view)
             empty = (seq == self.pad).all(dim=1, keepdim=True)  # (B, 1) a view without items
             own = self.view_items(view)
@@ -358,8 +421,8 @@ class IFCDSR(nn.Module):
             both = overlap(own, items)  # the requested items that P^v covers
             views.append((weight, own, shifted(both, items), shifted(both, own), H_id[:, -1],
                           None if H_img is None else H_img[:, -1], empty))
-        if not self.plain(len(history.xy)):  # the same sum, in place in one (B, N) buffer
-            return fused_loss.score(views, E_id, E_img, cfg.alpha, cfg.temperature, items)
+        if not self.plain(len(history.xy)):  # the same sum, in place, chunk() logits at a time
+            return fused_loss.score(views, E_id, E_img, cfg.alpha, cfg.temperature, items, self.chunk())
         total = torch.zeros(len(history.xy), items.stop - items.start, device=E_id.device)  # (B, |items|)
         for weight, own, into, src, h_id, h_img, empty in views:
             E_img_v = None if h_img is None else E_img[own]

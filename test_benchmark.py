@@ -29,7 +29,7 @@ def test_scoring_flop_by_hand():
     items = {"x": 4, "y": 6, "xy": 10}
     assert benchmark.flops(benchmark.step_gemms(inputs, targets, items, cfg, (4, 2))) == 960
     for rows in (1, 2, 3, 100):
-        bounded = cfg.replace(plain_logits=0, score_chunk=10 * rows)
+        bounded = cfg.replace(score_chunk=10 * rows)
         assert benchmark.flops(benchmark.step_gemms(inputs, targets, items, bounded, (4, 2))) == pytest.approx(960)
     assert benchmark.flops(benchmark.step_gemms(inputs, None, items, cfg, (4, 2))) == 2 * 1 * 10 * 6
 

@@ -29,7 +29,7 @@ def test_a_tie_counts_half():
     = scores (5, 5, 1, 5): three ties, rank = 1 + 3/2 = 2.5 under the sampled protocol. Scores of the
     other domain (99) are never candidates."""
     cases = EvalSet(views([[1]], num_x=4, pad=8), torch.tensor([0]))
-    score_fn = lambda history, items: torch.tensor([[5.0, 7.0, 5.0, 1.0, 99.0, 99.0, 99.0, 99.0]])[:, items]
+    score_fn = lambda history, items, shape: torch.tensor([[5.0, 7.0, 5.0, 1.0, 99.0, 99.0, 99.0, 99.0]])[:, items]
     ranks = rank_cases(score_fn, cases, slice(0, 4), torch.tensor([[2, 2, 3, 2]]), "cpu", 8)
     assert ranks["full"].tolist() == [2.5] and ranks["sampled999"].tolist() == [2.5]
     assert evaluate.metrics(ranks)["full"]["MRR"] == 40.0
@@ -39,7 +39,7 @@ def test_popularity_ties_are_not_wins():
     """Every case scores all 4 candidates the same (an unseen item under popularity): the expected rank
     under a random tie-break is (1 + 2 + 3 + 4) / 4 = 2.5 = 1 + 3/2, not 1."""
     cases = EvalSet(views([[1], [2]], num_x=4, pad=8), torch.tensor([0, 3]))
-    ranks = rank_cases(lambda h, items: torch.zeros(len(h.xy), 4), cases, slice(0, 4),
+    ranks = rank_cases(lambda h, items, shape: torch.zeros(len(h.xy), 4), cases, slice(0, 4),
                        torch.tensor([[1, 2, 3], [0, 1, 2]]), "cpu", 1)
     assert ranks["full"].tolist() == [2.5, 2.5] and ranks["sampled999"].tolist() == [2.5, 2.5]
 
@@ -91,7 +91,7 @@ def test_a_non_finite_score_is_an_error_under_both_protocols(where, value):
     scores = torch.tensor([[5.0, 7.0, 5.0, 1.0]])
     scores[0, {"the ground truth": 0, "a negative": 2, "an item outside the negatives": 1}[where]] = value
     with pytest.raises(evaluate.NonFiniteScores, match="scores among cases 1-1 of 1"):
-        rank_cases(lambda history, items: scores, cases, slice(0, 4), torch.tensor([[2, 3]]), "cpu", 8)
+        rank_cases(lambda history, items, shape: scores, cases, slice(0, 4), torch.tensor([[2, 3]]), "cpu", 8)
 
 
 def test_finite_scores_whose_sum_overflows_are_ranked():
@@ -99,7 +99,7 @@ def test_finite_scores_whose_sum_overflows_are_ranked():
     score by score and ranked, not refused."""
     cases = EvalSet(views([[1]], num_x=4, pad=8), torch.tensor([0]))
     scores = torch.tensor([[3e38, 3e38, 1.0, 3e38]])
-    ranks = rank_cases(lambda history, items: scores, cases, slice(0, 4), torch.tensor([[2, 3]]), "cpu", 8)
+    ranks = rank_cases(lambda history, items, shape: scores, cases, slice(0, 4), torch.tensor([[2, 3]]), "cpu", 8)
     assert ranks["full"].tolist() == [2.0] and ranks["sampled999"].tolist() == [1.5]
 
 
@@ -115,7 +115,7 @@ def test_evaluation_ranks_only_the_target_domains_items(tiny_dir, tmp_path):
         rigged = torch.where(other, 10.0, scores)  # the other domain outscores everything
         trainer = train.Trainer("ifcdsr_id", train.Config(use_image=False, target=target, q=8), scen, torch.device("cpu"),
                                 tmp_path, resume=False)
-        trainer.model.score = lambda history, items, matrices=None: rigged[items].expand(len(history.xy), -1)
+        trainer.model.score = lambda history, items, matrices=None, shape=None: rigged[items].expand(len(history.xy), -1)
         cases = evaluate.eval_cases(scen.test, scen, target)
         expected = 1 + (scores[own][None, :] > scores[cases.target][:, None]).sum(1)  # ranks among the domain
         assert math.isclose(trainer.evaluate("test")["full"]["MRR"], evaluate.rank_metrics(expected)["MRR"])

@@ -131,8 +131,7 @@ def test_fused_loss_never_holds_a_positions_by_items_tensor():
 def model_pair(use_image: bool = True, multi: bool = True, **kw):
     """The same tiny model twice: once on the plain path of ifcdsr.py, once on fused_loss.py in chunks of
     2 positions (score_chunk = 2·N)."""
-    return [tiny_model(use_image=use_image, multi=multi, plain_logits=plain, score_chunk=14, **kw)
-            for plain in (10**9, 0)]
+    return [tiny_model(use_image=use_image, multi=multi, score_chunk=chunk, **kw) for chunk in (10**9, 14)]
 
 
 SETTINGS = [dict(use_image=True, multi=True), dict(use_image=False, multi=True), dict(use_image=True, multi=False),
@@ -170,8 +169,8 @@ def test_model_score_is_the_same_on_both_paths(temperature, setting, reading):
 
 
 def test_the_demo_runs_the_plain_path_and_movie_book_the_bounded_one(monkeypatch):
-    """With the default Config, a demo-sized batch (256 sequences x 15 positions, N = 2,200) fits
-    `plain_logits`; Movie-Book's (N = 100,782; 332 cases an evaluation batch) does not."""
+    """With the default Config on a CPU, a demo-sized batch (256 sequences x 15 positions, N = 2,200) fits in
+    half of `score_chunk`'s CPU value; Movie-Book's (N = 100,782; 332 cases an evaluation batch) does not."""
     cfg = Config()
     demo, movie_book = IFCDSR(cfg, 1000, 1200, torch.zeros(2200, 4)), IFCDSR(cfg, 36845, 63937, torch.zeros(100782, 4))
     assert demo.plain(256 * 15) and demo.plain(1024)
@@ -186,6 +185,6 @@ def test_the_demo_runs_the_plain_path_and_movie_book_the_bounded_one(monkeypatch
     model = tiny_model()
     model.loss(t.inputs, t.targets)
     model.score(views([[0, 3]]))
-    model = tiny_model(plain_logits=0)
+    model = tiny_model(score_chunk=1)
     with pytest.raises(AssertionError, match="fused_loss was called"):
         model.loss(t.inputs, t.targets)

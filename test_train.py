@@ -65,6 +65,26 @@ def test_resume_after_interruption_gives_the_same_result(tiny_dir, tmp_path):
     assert run_cli(*common, "--epochs", 4, "--lr", 0.5, "--out", tmp_path / "cut", "--resume") == 2
 
 
+def test_a_checkpoint_written_on_a_gpu_resumes_on_the_cpu(tiny_dir, tmp_path):
+    """A last_*.pt whose tensors name cuda:0, as a CUDA run writes them (storages re-tagged here), is read onto
+    the CPU: weights, Adam's state and the RNG states are restored and the run ends as an uninterrupted one."""
+    common = ("--data-dir", tiny_dir, "--target", "X", "--batch-size", 16, "--no-image", "--models", "ifcdsr_id")
+    assert run_cli(*common, "--epochs", 2, "--out", tmp_path / "straight") == 0
+    assert run_cli(*common, "--epochs", 1, "--out", tmp_path / "cut") == 0
+    last = tmp_path / "cut" / "ifcdsr_id" / "seed0" / "last_X.pt"
+    state = torch.load(last, weights_only=True)
+    tagged, registry = [], list(torch.serialization._package_registry)
+    torch.serialization.register_package(-1, lambda obj: tagged.append(1) or "cuda:0", lambda obj, loc: None)
+    try:
+        torch.save(state, last)
+    finally:
+        torch.serialization._package_registry[:] = registry
+    assert tagged and b"cuda:0" in last.read_bytes()
+    assert run_cli(*common, "--epochs", 2, "--out", tmp_path / "cut", "--resume") == 0
+    a, b = (results(tmp_path / d)["runs"]["ifcdsr_id"][0] for d in ("straight", "cut"))
+    assert a["test"] == b["test"] and [h["loss"] for h in a["history"]["X"]] == [h["loss"] for h in b["history"]["X"]]
+
+
 def test_seeds_train_each_model_once_per_seed_against_the_same_negatives(tiny_dir, tmp_path, capsys):
     """--seeds 2 --compare on a scenario without images: the rows that need none, each trained per seed in
     its own folder; popularity once; per-seed numbers differ, and mean ± std are printed."""
@@ -158,7 +178,7 @@ def test_bf16_autocast_trains_on_the_gpus_branches_and_evaluation_ranks_in_fp32(
     under autocast, and the ranks are those of a plain fp32 evaluation."""
     import fused_loss
     scen = load_scenario(tiny_dir, max_len=15, use_images=True)
-    cfg = train.Config(q=8, plain_logits=0, score_chunk=2 * scen.items.num_items, batch_size=16, target="X")
+    cfg = train.Config(q=8, score_chunk=2 * scen.items.num_items, batch_size=16, target="X")
     trainer = train.Trainer("ifcdsr", cfg, scen, torch.device("cpu"), tmp_path, resume=False)
     monkeypatch.setattr(train.Trainer, "autocast", lambda self: torch.autocast("cpu", dtype=torch.bfloat16))
     logits, calls = fused_loss._logits, []

@@ -8,8 +8,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
+import os
 import random
 import re
 import sys
@@ -25,10 +27,10 @@ import torch
 import baselines
 import report
 from common import Progress, atomic_write, atomic_write_text, bounded, moved
-from data import EMBEDDINGS_FILE, SPLIT_FILES, DataError, Scenario, load_scenario, resolve_scenario
+from data import EMBEDDINGS_FILE, SPLIT_FILES, DataError, Scenario, Views, load_scenario, resolve_scenario
 from evaluate import (PROTOCOLS, NonFiniteScores, by_target, domain_items, eval_cases, metrics, negatives, rank_cases,
                       to_device, warm_items)
-from ifcdsr import IFCDSR, PRINTED, RANGES, Config, ConfigError
+from ifcdsr import CPU_CHUNK, IFCDSR, PRINTED, RANGES, Config, ConfigError, host_to, shapes
 
 SELECT = ("sampled999", "MRR")  # the validation number that selects epochs and hyper-parameters
 DEMO_EPOCHS = 5  # the demo's default, so that `python train.py` ends within 3 minutes on 2 CPU cores
@@ -42,9 +44,9 @@ VARIANTS = {  # IFCDSR's rows: (use_image, multi_attention)
 BASELINES = {"gru4rec": baselines.GRU4Rec, "sasrec": baselines.SASRec}  # popularity needs no training
 MODELS = tuple(report.LABELS)  # every row, in the order of the tables
 COMPARE = ("popularity", "gru4rec", "sasrec", "ifcdsr_id", "ifcdsr")  # --compare: Tables 2/3's rows
-CHECKPOINT = {"model_name", "model", "optimizer", "config", "scenario", "data_dir", "data_sha256", "images_sha256",
-              "num_x", "num_y", "epoch", "best_valid", "bad", "history",
-              "rng"}  # what every checkpoint holds: tensors, numbers, strings, lists, dicts
+CHECKPOINT = {"model_name", "model", "config", "scenario", "data_dir", "data_sha256", "images_sha256", "num_x",
+              "num_y", "epoch", "best_valid"}  # what evaluation needs, in best_*.pt: tensors, numbers, strings, dicts
+RESUME = {"optimizer", "bad", "history", "rng"}  # what a resume needs besides, in last_*.pt only
 SCHEDULE = ("epochs", "patience", "eval_every")  # the settings a --resume may change: e.g. train a finished run longer
 MAX_SEEDS = 1000
 
@@ -67,9 +69,9 @@ def save(obj, path: Path) -> None:
         atomic_write(path, lambda f: torch.save(obj, f))
 
 
-def eval_batch(cfg: Config, N: int) -> int:
-    """Cases scored at once in evaluation: (batch, N) scores within `score_chunk`, at most 1024."""
-    return max(1, min(1024, cfg.score_chunk // N))
+def eval_batch(chunk: int, N: int) -> int:
+    """Cases scored at once in evaluation: (batch, N) scores within `chunk` (`IFCDSR.chunk()`), at most 1024."""
+    return max(1, min(1024, chunk // N))
 
 
 def needs_images(model: str) -> bool:
@@ -85,13 +87,14 @@ def build_model(name: str, cfg: Config, scen: Scenario) -> torch.nn.Module:
 # ----------------------------------------------------------------------------- checkpoints
 
 
-def load_checkpoint(path: Path, device) -> dict:
+def load_checkpoint(path: Path) -> dict:
     """A checkpoint read as data (weights_only: tensors, numbers, strings, lists, dicts; nothing in the file
-    is executed), with the keys every checkpoint of this version holds."""
+    is executed) onto the CPU, whatever device wrote it, with the keys every checkpoint of this version holds.
+    `load_state_dict` then places each tensor where the model and the optimizer are."""
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols before it refuses a foreign pickle
             warnings.simplefilter("ignore")
-            state = torch.load(path, map_location=device, weights_only=True)
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # a pickle that asks for anything else, a truncated or foreign file
         lines = [line.strip() for line in str(err).splitlines() if line.strip()]
         boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation")
@@ -147,13 +150,15 @@ class Trainer:
         set_seed(cfg.seed)  # the seed sets the initialisation and the order of the batches
         self.model = build_model(name, cfg, scen).to(device)
         # Note: the paper's "L2 regularization coefficient" is Adam's weight_decay (L2 added to the gradient), not
-        # decoupled weight decay (AdamW); C2DSR, whose settings §4 adopts, applies none
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        # decoupled weight decay (AdamW); C2DSR, whose settings §4 adopts, applies none. On CUDA one fused kernel
+        # updates all parameters (the same update)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                    fused=True if device.type == "cuda" else None)
         self.shuffle = torch.Generator().manual_seed(cfg.seed)
         self.epoch, self.best_valid, self.bad, self.history = 0, -1.0, 0, []
-        self.items, self.cases = domain_items(scen, cfg.target), {}
+        self.items, self.cases, self.resident = domain_items(scen, cfg.target), {}, None
         if resume and self.last.is_file():
-            self._restore(load_checkpoint(self.last, device))
+            self._restore(load_checkpoint(self.last))
         folder.mkdir(parents=True, exist_ok=True)
 
     def _state(self) -> dict:
@@ -169,6 +174,9 @@ class Trainer:
     def _restore(self, state: dict) -> None:
         check_checkpoint(state, self.scen, self.last)
         check_same_run(state, self.name, self.cfg, self.last)
+        if not RESUME <= state.keys():
+            raise UsageError(f"{self.last}: holds no training state (missing {sorted(RESUME - state.keys())}); "
+                             f"resume needs the last_*.pt that train.py writes, or start a new run with another --out.")
         self.model.load_state_dict(state["model"])  # E_img is not stored: it is the data's
         self.opt.load_state_dict(state["optimizer"])
         self.epoch, self.best_valid, self.bad, self.history = (
@@ -182,6 +190,27 @@ class Trainer:
     def autocast(self):
         return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
 
+    def chunk(self) -> int:
+        """The (positions × items) logits computed at once: the model's `chunk()`, for every row."""
+        model = self.model
+        return model.chunk() if isinstance(model, IFCDSR) else self.cfg.score_chunk or CPU_CHUNK
+
+    def eval_batch(self) -> int:
+        return eval_batch(self.chunk(), self.scen.items.num_items)
+
+    @contextlib.contextmanager
+    def exact(self):
+        """Evaluation's context: no gradients, and fp32 scores even where training runs under autocast."""
+        with torch.autocast(self.device.type, enabled=False), torch.no_grad():
+            yield
+
+    def scorer(self):
+        """`rank_cases`'s score function: the model's scores, its item matrices normalised once a pass."""
+        score = self.model.score
+        if isinstance(self.model, IFCDSR):  # the same item matrices for every batch
+            score = partial(score, matrices=self.model.item_matrices())
+        return lambda history, items, shape: score(history, items, shape=shape)
+
     def rank(self, split: str) -> dict:
         """{protocol: (S,) ranks} of the valid or test cases of this target domain, from fp32 scores on every
         device: bf16 would round the scores to about 1/32 of their spread and create ties."""
@@ -191,12 +220,9 @@ class Trainer:
         cases, neg = self.cases[split]
         self.model.eval()
         try:
-            with torch.autocast(self.device.type, enabled=False), torch.no_grad():
-                score = self.model.score
-                if isinstance(self.model, IFCDSR):  # the same item matrices for every batch: normalised once
-                    score = partial(score, matrices=self.model.item_matrices())
-                return rank_cases(score, cases, self.items, neg, self.device,
-                                  eval_batch(self.cfg, self.scen.items.num_items))
+            with self.exact():
+                return rank_cases(self.scorer(), cases, self.items, neg, self.device, self.eval_batch(),
+                                  self.scen.items.num_items)
         except NonFiniteScores as err:
             raise UsageError(f"{self.name} (target {self.cfg.target}, seed {self.cfg.seed}) gave {err} of the "
                              f"{split} set after epoch {self.epoch}: its weights have diverged. {self.advice()}"
@@ -211,30 +237,70 @@ class Trainer:
         """Metrics of the valid or test cases of this target domain, under both protocols."""
         return metrics(self.rank(split))
 
-    def train_epoch(self) -> dict:
-        self.model.train()
+    def batch(self, idx: torch.Tensor) -> tuple[Views, Views, dict]:
+        """The training sequences `idx` (CPU) as the step reads them: inputs and next items on the device, and
+        their `shapes`, read from the CPU copy. The training set moves to the device once per run."""
         data = self.scen.train
+        inputs, targets = data.inputs[idx], data.targets[idx]
+        shape = shapes(self.scen.items.num_items, inputs, targets, self.device)
+        if self.device.type == "cpu":
+            return inputs, targets, shape
+        if self.resident is None or self.resident[0] is not data:
+            self.resident = data, to_device(data.inputs, self.device), to_device(data.targets, self.device)
+        at = host_to(self.device, idx)
+        return self.resident[1][at], self.resident[2][at], shape
+
+    def step(self, inputs: Views, targets: Views, shape: dict) -> torch.Tensor:
+        """One training step: (Eq. 7) the loss, its gradient, Adam. -> (views,) the per-view losses, on the device;
+        nothing here waits for the device."""
+        with self.autocast():
+            loss, parts = self.model.loss(inputs, targets, shape)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        return torch.stack([torch.as_tensor(v, dtype=torch.float32, device=self.device) for v in parts.values()])
+
+    def train_epoch(self) -> dict:
+        """One pass over the training set. Each step's per-view losses are copied to the host without waiting and
+        checked one step later: a NaN or infinity stops the run there, before anything is saved (the last good
+        checkpoint stays as it was)."""
+        self.model.train()
+        data, views = self.scen.train, list(self.cfg.view_weights())
         order = torch.randperm(len(data), generator=self.shuffle)
-        sums, n_batches = {}, math.ceil(len(data) / self.cfg.batch_size)
+        n_batches = math.ceil(len(data) / self.cfg.batch_size)
+        sums, pending = torch.zeros(len(views), device=self.device), None
         progress = Progress(f"    epoch {self.epoch + 1}", len(data), "sequences")
         for b in range(n_batches):
-            idx = order[b * self.cfg.batch_size:(b + 1) * self.cfg.batch_size]
-            inputs, targets = to_device(data.inputs[idx], self.device), to_device(data.targets[idx], self.device)
-            with self.autocast():
-                loss, parts = self.model.loss(inputs, targets)
-            if not all(map(math.isfinite, parts.values())):  # the per-view values are on the host already
-                bad = next(v for v in parts.values() if not math.isfinite(v))
-                raise UsageError(f"the loss became {bad} at epoch {self.epoch + 1}, batch {b + 1} of {n_batches} "
-                                 f"of {self.name} (target {self.cfg.target}, seed {self.cfg.seed}). {self.advice()}")
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            self.opt.step()
-            for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + v
+            parts = self.step(*self.batch(order[b * self.cfg.batch_size:(b + 1) * self.cfg.batch_size]))
+            self.check_losses(pending, views, n_batches)
+            pending = b, self.to_host(parts)
+            sums += parts
             progress.update(min((b + 1) * self.cfg.batch_size, len(data)))
+        self.check_losses(pending, views, n_batches)
         progress.close()
-        return {"loss": {k: v / n_batches for k, v in sums.items()},
+        return {"loss": dict(zip(views, (sums / n_batches).tolist())),
                 "seq_per_s": len(data) / (time.monotonic() - progress.start)}
+
+    def to_host(self, parts: torch.Tensor):
+        """A host copy of `parts` that the host reads later: on CUDA through page-locked memory, with an event
+        that says when the copy is done."""
+        if self.device.type != "cuda":
+            return parts, None
+        host = torch.empty(parts.shape, pin_memory=True).copy_(parts, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        return host, done
+
+    def check_losses(self, pending, views: list[str], n_batches: int) -> None:
+        if pending is None:
+            return
+        b, (host, done) = pending
+        if done is not None:
+            done.synchronize()  # the step before the one just queued: the device is still busy with that one
+        bad = [v for v in host.tolist() if not math.isfinite(v)]
+        if bad:
+            raise UsageError(f"the loss became {bad[0]} at epoch {self.epoch + 1}, batch {b + 1} of {n_batches} "
+                             f"of {self.name} (target {self.cfg.target}, seed {self.cfg.seed}). {self.advice()}")
 
     def fit(self, log_prefix: str = "") -> None:
         """Train until cfg.epochs or early stopping; the best checkpoint is the epoch of the best validation MRR.
@@ -252,7 +318,8 @@ class Trainer:
                 score = row["valid"][SELECT[0]][SELECT[1]]
                 if score > self.best_valid:
                     self.best_valid, self.bad = score, 0
-                    save({**self._state(), "valid": row["valid"]}, self.best)
+                    state = self._state()
+                    save({**{k: state[k] for k in CHECKPOINT}, "valid": row["valid"]}, self.best)
                 else:
                     self.bad += 1
             self.history.append(row)
@@ -264,7 +331,7 @@ class Trainer:
                   f"{time.strftime('%H:%M:%S', time.gmtime(time.time() - t0))}", flush=True)
 
     def load_best(self) -> dict:
-        state = load_checkpoint(self.best, self.device)
+        state = load_checkpoint(self.best)
         self.model.load_state_dict(state["model"])
         return state
 
@@ -314,8 +381,9 @@ def popularity(scen: Scenario, target: str, cfg: Config) -> dict:
 
     def rank(split: str):
         cases = eval_cases(getattr(scen, split), scen, target)
-        return cases, rank_cases(lambda h, items: scores[items].expand(h.xy.shape[0], -1), cases, items,
-                                 negatives(cases, items, split, target), "cpu", eval_batch(cfg, scen.items.num_items))
+        return cases, rank_cases(lambda h, items, shape: scores[items].expand(h.xy.shape[0], -1), cases, items,
+                                 negatives(cases, items, split, target), "cpu",
+                                 eval_batch(cfg.score_chunk or CPU_CHUNK, scen.items.num_items))
 
     (_, valid), (cases, ranks) = rank("valid"), rank("test")
     return {"valid": metrics(valid), "test": metrics(ranks), "ranks": ranks, "cases": cases}
@@ -379,6 +447,9 @@ def run(args) -> int:
                           else "cpu" if args.device == "auto" else args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: no CUDA device is available; use --device cpu.")
+    if args.deterministic:  # cuBLAS needs its workspace fixed before its first call to be deterministic
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
     if args.eval_only:
         return eval_only(args, device)
     seeds = parse_seeds(args)
@@ -389,7 +460,7 @@ def run(args) -> int:
     targets = ("X", "Y") if args.target == "both" else (args.target,)
     check_cases(scen, targets)
     if args.resume:  # everything that can refuse a --resume, before anything is written
-        check_run_folder(out, scen, device, {
+        check_run_folder(out, scen, {
             sub / f"last_{target}.pt": (model, point_cfg) for model in models if model != "popularity"
             for seed in seeds for target in targets
             for point_cfg, sub in trainings(model_config(model, cfg, target, seed), out / model / f"seed{seed}",
@@ -402,7 +473,7 @@ def run(args) -> int:
 
     warm = warm_items(scen)
     results = {"scenario": name, "data_dir": str(folder), "data_sha256": scen.data_sha256, "config": asdict(cfg),
-               "literal": args.literal, "models": models, "seeds": seeds, "runs": {}}
+               "literal": args.literal, "deterministic": args.deterministic, "models": models, "seeds": seeds, "runs": {}}
     ranks = {}  # {model: {domain: {protocol: [(S,) ranks per seed]}}}
     for model in models:
         results["runs"][model] = []
@@ -476,6 +547,8 @@ def parse_args(argv):
     p.add_argument("--literal", action="store_true",
                    help=f"the equations as printed: {', '.join(f'{k} {v}' for k, v in PRINTED.items())}")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--deterministic", action="store_true",
+                   help="deterministic kernels only: a seeded CUDA run and its resume agree bit for bit (slower)")
     p.add_argument("--out", help="output folder (default runs/<scenario>-<time>)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out (or the latest)")
     p.add_argument("--eval-only", metavar="CKPT", help="evaluate a best_*.pt checkpoint on valid and test")
@@ -519,7 +592,7 @@ def output_folder(args, name: str) -> Path:
     return out
 
 
-def check_run_folder(out: Path, scen: Scenario, device, planned: dict[Path, tuple[str, Config]]) -> None:
+def check_run_folder(out: Path, scen: Scenario, planned: dict[Path, tuple[str, Config]]) -> None:
     """Before --resume writes anything: the run folder's results and every checkpoint in it belong to this
     scenario's data, and the checkpoints that this command continues (`planned`: path -> model, config) were
     written by the same model and config."""
@@ -536,7 +609,7 @@ def check_run_folder(out: Path, scen: Scenario, device, planned: dict[Path, tupl
                              f"in {scen.path}. Resume it with --data-dir {recorded['data_dir']}, or start a new run "
                              f"with another --out.")
     for path in sorted(out.rglob("*.pt")) if out.is_dir() else []:
-        state = load_checkpoint(path, device)
+        state = load_checkpoint(path)
         check_checkpoint(state, scen, path)
         if path in planned:
             check_same_run(state, *planned[path], path)
@@ -556,7 +629,7 @@ def eval_only(args, device) -> int:
     path = Path(args.eval_only)
     if not path.is_file():
         raise UsageError(f"{path}: checkpoint not found.")
-    state = load_checkpoint(path, device)
+    state = load_checkpoint(path)
     try:
         cfg = Config(**state["config"])
         cfg.check()
@@ -586,6 +659,7 @@ def main(argv=None) -> int:
         args = parse_args(argv)
     except SystemExit as exit_:  # argparse has printed what is wrong (or the help)
         return exit_.code
+    deterministic = torch.are_deterministic_algorithms_enabled()
     try:
         return run(args)
     except (DataError, UsageError, OSError) as err:  # OSError: a folder that cannot be written, a full disk
@@ -594,6 +668,8 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted; continue with the same command plus --resume (and --out of this run)", file=sys.stderr)
         return 130
+    finally:  # --deterministic holds for this run only (main may be called again in the same process)
+        torch.use_deterministic_algorithms(deterministic)
 
 
 if __name__ == "__main__":
