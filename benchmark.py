@@ -1,12 +1,15 @@
 """Speed and memory of IFCDSR at Movie-Book size, on a synthetic scenario built in memory, and of CLIP.
 
     python benchmark.py [--items 100782] [--seqs 58515] [--batch-size 256] [--device auto]
+    python benchmark.py --simulate [h200]                        # the same step and evaluation on a simulated GPU
     python benchmark.py --clip [--images 2000] [--repeats 5]     # CLIP's encode_image and the embed command
 
 The first times the real training loop (`Trainer.train_epoch`) over a few batches after a warm-up, and
 one evaluation pass (`Trainer.evaluate`) over the test cases of both target domains, then
-prints throughput, achieved GFLOP/s against a plain fp32 matmul of the same shapes measured in
-the same run, peak memory, a projection of 100 epochs, and how a step grows with N and the batch.
+prints throughput, achieved GFLOP/s against plain matmuls of the same shapes and dtype measured in
+the same run, peak memory, a projection of 100 epochs, and how a step grows with N and the batch; on
+CUDA also the simulated figures. --simulate needs no GPU: it counts a training step's and an evaluation
+batch's kernels, host syncs, FLOP and bytes on fake CUDA tensors (simulate.py) and projects 100 epochs.
 
 Cost model: FLOP counts the matmuls only (a multiply-add is 2 FLOP); elementwise work is the
 difference between the achieved and the matmul-only rate. A training step of B sequences costs,
@@ -47,7 +50,7 @@ from data import Items, Scenario, TrainSet, Views
 from evaluate import eval_cases, negatives, on_device, rank_batch, rank_cases
 from common import bounded
 from ifcdsr import CPU_CHUNK, RANGES, Config, trim, view_items
-from train import Trainer, eval_batch
+from train import Trainer
 
 MOVIE_BOOK = {"num_x": 36_845, "num_y": 63_937, "train": 58_515, "valid": 2_032 + 5_612, "test": 1_978 + 5_730,
               "avg_length": 11.98}  # paper Table 1
@@ -117,20 +120,21 @@ def encoder_gemms(B: int, L: int, d: int, cfg: Config, train: bool) -> list[tupl
     return out
 
 
-def step_gemms(views: Views, targets: Views | None, items: dict[str, int], cfg: Config, widths: tuple) -> list[tuple]:
+def step_gemms(views: Views, targets: Views | None, items: dict[str, int], cfg: Config, widths: tuple,
+               chunk: int | None = None, device: str = "cpu") -> list[tuple]:
     """The matmuls of one training step (targets given) or one evaluation batch (targets None); `items`: the
-    number of items of each view's softmax (`IFCDSR.view_items`), "xy" all N.
+    number of items of each view's softmax (`IFCDSR.view_items`), "xy" all N; `chunk`: `IFCDSR.chunk()`.
 
-    Scoring runs all P positions at once (the plain path of `IFCDSR.loss`/`score`) or in chunks of
-    score_chunk // (the view's items) (fused_loss.py); a chunk count may be fractional, so count times
-    size is exact."""
+    Scoring runs all P positions at once (the plain path of `IFCDSR.loss`/`score`, on a CPU) or in chunks of
+    chunk // (the view's items) (fused_loss.py); a chunk count may be fractional, so count times size is
+    exact."""
     train, N, out = targets is not None, items["xy"], []
     for view in cfg.view_weights():
         seq, n = getattr(views, view), items[view]
         B, L = seq.shape[0], trim(N, seq)[0].shape[1]
         P = int((getattr(targets, view) != N).sum()) if train else B  # prediction positions
-        chunk = cfg.score_chunk or CPU_CHUNK  # IFCDSR.chunk() and IFCDSR.plain() on a CPU
-        c = max(1, P if 2 * P * N <= chunk else min(P, chunk // n))
+        chunk = chunk or cfg.score_chunk or CPU_CHUNK
+        c = max(1, P if device == "cpu" and 2 * P * N <= chunk else min(P, chunk // n))  # IFCDSR.plain()
         for b, d in enumerate(widths):
             out += encoder_gemms(B, L, d, cfg, train)
             out.append((1, c, d, n, P / c))  # (Eq. 2) logits a·E^T
@@ -145,16 +149,18 @@ def flops(gemms: list[tuple]) -> float:
     return sum(2.0 * batch * m * k * n * count for batch, m, k, n, count in gemms)
 
 
-def matmul_seconds(gemms: list[tuple], device: torch.device, cache: dict, repeats: int = 3) -> float:
-    """The time plain fp32 matmuls of these shapes take on `device` (each shape timed alone, best of
-    `repeats`, cached per shape), times their counts: the matmul-only time of the same work. The output
-    is allocated once beforehand, so this is the kernel's time alone: on CPU a fresh (m, n) result
+def matmul_seconds(gemms: list[tuple], device: torch.device, cache: dict, dtype=torch.float32,
+                   repeats: int = 3) -> float:
+    """The time plain matmuls of these shapes take on `device` in `dtype` (each shape timed alone, best of
+    `repeats`, cached per shape), times their counts: the matmul-only time of the same work, in the dtype
+    the trainer's products run in (bf16 under CUDA's autocast in training; fp32 in evaluation and on a CPU).
+    The output is allocated once beforehand, so this is the kernel's time alone: on CPU a fresh (m, n) result
     adds page faults that can cost as much as the product, and the ratio would flatter the code."""
     total = 0.0
     for batch, m, k, n, count in gemms:
-        if (batch, m, k, n) not in cache:
-            A, B = torch.randn(batch, m, k, device=device), torch.randn(batch, k, n, device=device)
-            C = torch.empty(batch, m, n, device=device)
+        if (batch, m, k, n, dtype) not in cache:
+            A, B = (torch.randn(batch, *size, device=device, dtype=dtype) for size in ((m, k), (k, n)))
+            C = torch.empty(batch, m, n, device=device, dtype=dtype)
             mm = (lambda: torch.mm(A[0], B[0], out=C[0])) if batch == 1 else (lambda: torch.bmm(A, B, out=C))
             mm()
             best = math.inf
@@ -164,8 +170,8 @@ def matmul_seconds(gemms: list[tuple], device: torch.device, cache: dict, repeat
                 mm()
                 sync(device)
                 best = min(best, time.perf_counter() - t0)
-            cache[(batch, m, k, n)] = best
-        total += cache[(batch, m, k, n)] * count
+            cache[(batch, m, k, n, dtype)] = best
+        total += cache[(batch, m, k, n, dtype)] * count
     return total
 
 
@@ -226,22 +232,23 @@ class Bench:
             trainer.train_epoch()
             sync(self.device)
             seconds = time.perf_counter() - t0
-        train = trainer.scen.train
+        train, low = trainer.scen.train, torch.bfloat16 if self.device.type == "cuda" else torch.float32
         gemms = [g for b in order.split(batch_size) for g in step_gemms(
-            train.inputs[b], train.targets[b], self.view_items(cfg), cfg, self.widths)]
+            train.inputs[b], train.targets[b], self.view_items(cfg), cfg, self.widths, trainer.chunk(),
+            self.device.type)]
         return {"step_s": seconds / steps, "seq_per_s": steps * batch_size / seconds,
-                "peak_gb": peak_memory_gb(self.device),
-                "flop": flops(gemms) / steps, "mm_s": matmul_seconds(gemms, self.device, self.mm_cache) / steps,
+                "peak_gb": peak_memory_gb(self.device), "flop": flops(gemms) / steps,
+                "mm_s": matmul_seconds(gemms, self.device, self.mm_cache, low) / steps,
                 "positions": sum(int((getattr(train.targets, v) != self.scen.items.num_items).sum())
                                  for v in cfg.view_weights()) / len(train)}
 
     def evaluation(self) -> dict:
         """One `Trainer.evaluate("test")` pass per target domain: every test case, both protocols."""
-        seconds, gemms, cases, N = 0.0, [], 0, self.scen.items.num_items
-        rows = eval_batch(self.cfg.score_chunk or CPU_CHUNK, N)  # Trainer.evaluate's batch
+        seconds, gemms, cases = 0.0, [], 0
         reset_peak_memory(self.device)
         for target in ("X", "Y"):
             trainer = self.trainer(self.cfg.replace(target=target))
+            rows = trainer.eval_batch()
             sync(self.device)
             t0 = time.perf_counter()
             trainer.evaluate("test")
@@ -251,7 +258,8 @@ class Bench:
             history, items = self.scen.test.history[in_target], self.view_items(trainer.cfg)
             cases += len(history.xy)
             for i in range(0, len(history.xy), rows):
-                gemms += step_gemms(history[i:i + rows], None, items, trainer.cfg, self.widths)
+                gemms += step_gemms(history[i:i + rows], None, items, trainer.cfg, self.widths, trainer.chunk(),
+                                    self.device.type)
         return {"seconds": seconds, "cases": cases, "flop": flops(gemms), "peak_gb": peak_memory_gb(self.device),
                 "mm_s": matmul_seconds(gemms, self.device, self.mm_cache)}
 
@@ -313,7 +321,8 @@ def print_simulated(gpu: simulate.GPU, sim: dict, cfg: Config, scen: Scenario) -
     for label, key, fmt in rows:
         cells = [fmt.format(t[key] * scale.get(key, 1)) for t in (tr, ev, ps)]
         print(f"  {label:<24}" + "".join(f"{c:>{w}}" for c, w in zip(cells, (16, 18, 18))))
-    casts = {k: v for k, v in sim["casts"].items() if int(k.split(",")[1].split(")")[0]) in (cfg.q, E_WIDTH)}
+    fewest = min(scen.items.num_x, scen.items.num_y)  # an item matrix has a row per item of a domain at least
+    casts = {k: v for k, v in sim["casts"].items() if int(k[1:].split(",")[0]) >= fewest}
     print(f"  casts of an item matrix in a step: {sum(casts.values())} ({', '.join(casts) or 'none'})")
     print(f"syncs per step {tr['syncs']}")
     print(f"syncs per evaluation batch {ev['syncs']} (per pass {ps['syncs']}: the ranks and the finiteness verdicts)")
@@ -395,6 +404,8 @@ def run(cfg: Config, device: torch.device, items: int, seqs: int) -> int:
             print(f"  {batch:>8} {row['step_s']:>8.2f} {row['flop'] / 1e9:>8.0f} "
                   f"{row['flop'] / row['step_s'] / 1e9:>8.1f} {row['mm_s'] / row['step_s']:>6.2f} "
                   f"{row['seq_per_s']:>7.1f}", flush=True)
+    if device.type == "cuda":  # what the simulation estimates for the same sizes, beside what was measured
+        print_simulated(simulate.H200, simulated(simulate.H200, cfg, scen), cfg, scen)
     print(f"\nbenchmark took {time.perf_counter() - t_start:.0f} s")
     return 0
 

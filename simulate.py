@@ -53,7 +53,7 @@ class GPU:
     sync_s: float  # per host sync: the device idles while the host sees the value and queues the next kernels
 
 
-# Note: effective rates, not datasheet peaks: ~4 of HBM3e's 4.8 TB/s; bf16 products at about half the 989 dense
+# effective rates, not datasheet peaks: ~4 of HBM3e's 4.8 TB/s; bf16 products at about half the 989 dense
 # TFLOP/s; fp32 products (TF32 off) at ~50 of 67 TFLOP/s
 # a kernel queued behind others costs the device ~2 µs of its own (ramp-up and drain)
 H200 = GPU("H200", memory_gb=141, bandwidth=4.0e12,
