@@ -19,7 +19,8 @@ are answered with a neutral value (0, True).
 Roofline: each kernel takes max(bytes / bandwidth, FLOP / peak rate of its dtype) plus a launch cost, and a
 sync adds the time the device idles while the host catches up. These are estimates from stated figures.
 Autograd's C++ engine needs a real CUDA context, so inside the simulation `Tensor.backward` walks the same
-graph in Python: the same backward formulas and kernels, in a valid order.
+graph in Python: the same backward formulas and kernels, in a valid order. Attention runs as the kernel a
+GPU would pick (`efficient_attention`), which a fake device cannot choose by itself.
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch._subclasses.fake_tensor import (DataDependentOutputException, DynamicOutputShapeException, FakeTensor,
                                            FakeTensorMode, unset_fake_temporarily)
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -288,12 +290,26 @@ def python_backward(tensor: torch.Tensor, gradient=None, retain_graph=None, crea
                     ready.append(parent)
 
 
+def efficient_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+    """`F.scaled_dot_product_attention` as a CUDA GPU runs it for a boolean mask: the mask made an additive
+    bias, then the memory-efficient kernel (one kernel forward, one backward). A fake device cannot run
+    PyTorch's choice of kernel, which would otherwise fall back to the unfused math (about ten kernels)."""
+    assert not enable_gqa, "the simulation runs attention with as many key as query heads"
+    bias = attn_mask
+    if bias is not None and bias.dtype == torch.bool:
+        bias = torch.zeros(bias.shape, dtype=q.dtype, device=q.device).masked_fill_(~bias, -math.inf)
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    return aten._scaled_dot_product_efficient_attention(q, k, v, bias, needs_grad, dropout_p, is_causal,
+                                                        scale=scale)[0]
+
+
 @contextlib.contextmanager
 def simulated_gpu(gpu: GPU = H200):
     """Inside: torch.device("cuda") is a fake GPU (no memory, no values) and every op on it is counted by the
     `Counting` mode this yields."""
     saved = (torch.cuda.is_available, torch.cuda.is_bf16_supported, torch.Tensor.backward,
-             torch.cuda.mem_get_info, torch.__future__.get_overwrite_module_params_on_conversion())
+             torch.cuda.mem_get_info, F.scaled_dot_product_attention,
+             torch.__future__.get_overwrite_module_params_on_conversion())
     torch.__future__.set_overwrite_module_params_on_conversion(True)  # module.to("cuda") takes fake tensors
     counting = Counting(gpu)
     try:
@@ -304,11 +320,12 @@ def simulated_gpu(gpu: GPU = H200):
             torch.cuda.mem_get_info = lambda *a, **k: (int(gpu.memory_gb * 1e9) - counting.live,
                                                        int(gpu.memory_gb * 1e9))
             torch.Tensor.backward = python_backward
+            F.scaled_dot_product_attention = efficient_attention
             yield counting
     finally:
         (torch.cuda.is_available, torch.cuda.is_bf16_supported, torch.Tensor.backward,
-         torch.cuda.mem_get_info) = saved[:4]
-        torch.__future__.set_overwrite_module_params_on_conversion(saved[4])
+         torch.cuda.mem_get_info, F.scaled_dot_product_attention) = saved[:5]
+        torch.__future__.set_overwrite_module_params_on_conversion(saved[5])
 
 
 def roofline_note(gpu: GPU) -> str:
