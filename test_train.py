@@ -67,9 +67,11 @@ def test_resume_after_interruption_gives_the_same_result(tiny_dir, tmp_path):
 
 def test_a_checkpoint_written_on_a_gpu_resumes_on_the_cpu(tiny_dir, tmp_path):
     """A last_*.pt whose tensors name cuda:0, as a CUDA run writes them (storages re-tagged here), is read onto
-    the CPU: weights, Adam's state and the RNG states are restored and the run ends as an uninterrupted one."""
+    the CPU: weights, Adam's state and the RNG states are restored and the run ends as an uninterrupted one
+    (which ran with --deterministic: on a CPU the same numbers, and the setting ends with the run)."""
     common = ("--data-dir", tiny_dir, "--target", "X", "--batch-size", 16, "--no-image", "--models", "ifcdsr_id")
-    assert run_cli(*common, "--epochs", 2, "--out", tmp_path / "straight") == 0
+    assert run_cli(*common, "--epochs", 2, "--out", tmp_path / "straight", "--deterministic") == 0
+    assert results(tmp_path / "straight")["deterministic"] and not torch.are_deterministic_algorithms_enabled()
     assert run_cli(*common, "--epochs", 1, "--out", tmp_path / "cut") == 0
     last = tmp_path / "cut" / "ifcdsr_id" / "seed0" / "last_X.pt"
     state = torch.load(last, weights_only=True)
