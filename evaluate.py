@@ -98,6 +98,19 @@ def rank_cases(score_fn, cases: EvalSet, items: slice, neg: torch.Tensor, device
     return {p: torch.cat(r).double().cpu() if r else torch.empty(0, dtype=torch.float64) for p, r in ranks.items()}
 
 
+@torch.no_grad()
+def top_items(score_fn, cases: EvalSet, items: slice, device, batch: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k best-scored items of the target domain for each case, best first (Eq. 9's argmax and the next
+    k - 1): ((S, k) global item ids, (S, k) scores), from the same `score_fn` as `rank_cases`."""
+    ids, scores = [], []
+    for i in range(0, len(cases), batch):
+        s = score_fn(to_device(cases.history[i:i + batch], device), items).float()  # (B, n)
+        top = s.topk(min(k, s.shape[1]), dim=1)  # (B, k)
+        ids.append(top.indices.cpu() + items.start)
+        scores.append(top.values.cpu())
+    return torch.cat(ids), torch.cat(scores)
+
+
 def metrics(ranks: dict) -> dict:
     """{protocol: (S,) ranks} -> {protocol: {metric: value in %}}."""
     return {p: rank_metrics(r) for p, r in ranks.items()}
