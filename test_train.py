@@ -1,6 +1,7 @@
 """Tests of train.py: the command line, seeds, resuming, model selection on validation only, checkpoints."""
 import argparse
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -223,3 +224,10 @@ def test_the_ctrl_c_message_gives_the_command_that_resumes(tmp_path):
     message = train.interrupted(["--epochs", "3", "--out=elsewhere", "--set", "q=32"], args)
     assert message.endswith(f"python train.py --epochs 3 --set q=32 --resume --out {tmp_path}")
     assert "run the same command again" in train.interrupted([], argparse.Namespace(eval_only=None))
+
+
+def test_the_header_counts_the_trainings_and_each_one_gives_the_runs_eta(tiny_run):
+    printed = tiny_run[1]
+    assert f"trainings: 2 (1 model(s) x 1 seed(s) x 2 target(s)); {torch.get_num_threads()} CPU threads" in printed
+    assert "\n[ifcdsr seed 0 X] training 1 of 2\n" in printed
+    assert re.search(r"\n\[ifcdsr seed 0 Y\] training 2 of 2; run ETA \w+ \(\w+ a training\)\n", printed)
