@@ -195,8 +195,8 @@ VIEW_NAMES = {"x": "$L^X$", "y": "$L^Y$", "xy": "$L^{X+Y}$"}  # Eq. 6's losses, 
 
 
 def plot(folder: Path) -> Path:
-    """<folder>/curves.png: for every trained model and target domain (one row each), validation MRR under
-    both protocols and each view's training loss by epoch, one line per seed; a star marks the selected epoch."""
+    """<folder>/curves.png: one row per trained model and target domain; validation MRR under both protocols,
+    then each view's training loss, by epoch; one colour per seed, a star at the selected epoch."""
     try:
         import matplotlib
         matplotlib.use("Agg")  # files only, no window
@@ -208,26 +208,30 @@ def plot(folder: Path) -> Path:
     rows = [(m, d) for m, runs in results["runs"].items() if "history" in runs[0] for d in runs[0]["history"]]
     if not rows:
         raise RunError(f"{folder}: the run trained no model (popularity only): there are no curves to plot.")
-    fig, axes = plt.subplots(len(rows), 2, figsize=(10, 2.4 * len(rows)), squeeze=False)
-    for (model, d), (mrr, loss) in zip(rows, axes):
+    views = [v for v in VIEW_NAMES if any(v in results["runs"][m][0]["history"][d][0]["loss"] for m, d in rows)]
+    fig, axes = plt.subplots(len(rows), 1 + len(views), figsize=(3.4 * (1 + len(views)), 2.4 * len(rows)),
+                             squeeze=False)
+    for (model, d), (mrr, *losses) in zip(rows, axes):
         for i, run in enumerate(results["runs"][model]):
-            history, best = run["history"][d], run["best_epoch"][d]
-            label = (lambda text: text) if i == 0 else (lambda text: None)  # one legend entry per line kind
+            history, best, seed = run["history"][d], run["best_epoch"][d], run["seed"]
             for p, style in zip(PROTOCOLS, ("-", "--")):
                 points = [(h["epoch"], h["valid"][p]["MRR"]) for h in history if "valid" in h]
-                mrr.plot(*zip(*points), style, color=f"C{i}", label=label(f"{p}, seed {run['seed']}"))
+                mrr.plot(*zip(*points), style, color=f"C{i}", label=f"{p}, seed {seed}")
             chosen = [h["valid"][PROTOCOLS[0]]["MRR"] for h in history if h["epoch"] == best]
-            mrr.plot([best], chosen, "*", color=f"C{i}", markersize=12,
-                     label=label(f"selected epoch ({PROTOCOLS[0]} MRR)"))
-            for view, style in zip(history[0]["loss"], ("-", "--", ":")):
-                loss.plot([h["epoch"] for h in history], [h["loss"][view] for h in history], style,
-                          color=f"C{i}", label=label(f"{VIEW_NAMES[view]}, seed {run['seed']}"))
-        title = f"{LABELS[model]}, target {domain_names(results['scenario'])['XY'.index(d)]}"
-        mrr.set(title=f"{title}: validation MRR (%)", xlabel="epoch")
-        loss.set(title=f"{title}: training loss per view", xlabel="epoch")
-        for ax in (mrr, loss):
+            mrr.plot([best], chosen, "*", color=f"C{i}", markersize=12, label="selected epoch" if i == 0 else None)
+            for view, ax in zip(views, losses):
+                if view in history[0]["loss"]:
+                    ax.plot([h["epoch"] for h in history], [h["loss"][view] for h in history], color=f"C{i}")
+        mrr.set_title(f"{LABELS[model]}, target {domain_names(results['scenario'])['XY'.index(d)]}: "
+                      f"valid MRR (%)", fontsize=9)
+        mrr.legend(fontsize=7)
+        for view, ax in zip(views, losses):
+            ax.set_title(f"training loss {VIEW_NAMES[view]} (Eq. 6)", fontsize=9)
+            if not ax.lines:
+                ax.set_axis_off()  # a model without this view (a baseline, or the merged view alone)
+        for ax in (mrr, *losses):
+            ax.set_xlabel("epoch", fontsize=8)
             ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-            ax.legend(fontsize=7)
     fig.tight_layout()
     out = folder / "curves.png"
     atomic_write(out, lambda f: fig.savefig(f, format="png", dpi=72))
