@@ -4,6 +4,8 @@
     python train.py --scenario movie_book            # data/Movie-Book, both target domains (Table 3)
     python train.py --scenario movie_book --ablation # the three rows of Table 4
     python train.py --data-dir DIR --compare --seeds 3   # Tables 2/3 with the baselines, mean ± std, significance
+    python train.py --set q=32 dropout=0.1            # any ifcdsr.Config field
+    python train.py --eval-only RUN/ifcdsr/seed0/best_X.pt --export top.tsv   # each test user's top 10 items
 """
 from __future__ import annotations
 
