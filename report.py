@@ -312,8 +312,8 @@ def main(argv=None) -> int:
             print(f"wrote {plot(args.run)}")
         else:
             print(compare(args.reference, args.runs))
-    except (RunError, KeyError) as err:
-        print(f"error: {err}" if isinstance(err, RunError) else
+    except (RunError, KeyError, OSError) as err:  # OSError: a run folder that cannot be written (plot)
+        print(f"error: {err}" if isinstance(err, (RunError, OSError)) else
               f"error: the runs do not hold the same models, targets and seeds (missing {err})"
               if args.command == "compare" else
               f"error: {args.run / 'results.json'} has no {err}: not a results file of this version of train.py",
