@@ -1,4 +1,7 @@
-"""Helpers shared by the tests: tiny models, views, scenario files and a tiny generated scenario."""
+"""Helpers shared by the tests: tiny models, views, scenario files, a tiny generated scenario and a finished
+run on it."""
+import contextlib
+import io
 import os
 from pathlib import Path
 
@@ -47,6 +50,18 @@ def tiny_dir(tmp_path_factory):
 
 def run_cli(*args):
     return train.main([str(a) for a in args])
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """(run folder, what train.py printed) of IFCDSR and popularity, 2 epochs, on a tiny generated scenario."""
+    folder = tmp_path_factory.mktemp("run")
+    scenario = make_demo(folder / "tiny", seed=0, spec=TINY)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert run_cli("--data-dir", scenario, "--epochs", 2, "--batch-size", 16, "--device", "cpu",
+                       "--out", folder / "out") == 0
+    return folder / "out", printed.getvalue()
 
 
 def full_batch_losses(model, train_set, steps: int = 8, lr: float = 1e-3) -> tuple[list[float], dict]:

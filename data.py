@@ -31,6 +31,13 @@ ROOT = Path(__file__).resolve().parent
 SCENARIOS = {"food_kitchen": ROOT / "data" / "Food-Kitchen", "movie_book": ROOT / "data" / "Movie-Book"}
 SPLIT_FILES = {"train": "traindata_new.txt", "valid": "validdata_new.txt", "test": "testdata_new.txt"}
 EMBEDDINGS_FILE = "image_embeddings.npy"
+SCENARIO_FILES = ("Alist.txt", "Blist.txt", *SPLIT_FILES.values())
+SOURCES = {  # where a named scenario's files come from (docs/data.md): C2DSR's folder, the Amazon categories
+    "food_kitchen": ("Food-Kitchen", ("Grocery_and_Gourmet_Food", "Home_and_Kitchen")),
+    "movie_book": ("Movie-Book", ("Movies_and_TV", "Books"))}
+C2DSR_FILES = ("the Google Drive folder linked from the README of https://github.com/cjx96/C2DSR "
+               "(https://drive.google.com/drive/folders/1xpnp6tH56xz8PF_xuTi9exEptmcvlAVU)")
+AMAZON_2014 = "http://jmcauley.ucsd.edu/data/amazon/"  # McAuley et al., SIGIR 2015; He & McAuley, WWW 2016
 DEMO_SEED = 0  # the generated demo scenario's seed
 
 
@@ -188,17 +195,22 @@ def read_sequences(path: Path, num_items: int) -> list[list[int]]:
     return sequences
 
 
+def read_users(path: Path) -> list[str]:
+    """The user column of a sequence file, one per sequence, in the order of `read_sequences`."""
+    return [line.split("\t")[0].strip() for line in _lines(path) if line.strip()]
+
+
 def _starts_with(path: Path, magic: bytes) -> bool:
     with open(path, "rb") as f:
         return f.read(len(magic)) == magic
 
 
-def load_image_embeddings(path: Path, num_items: int) -> torch.Tensor:
+def load_image_embeddings(path: Path, num_items: int, name: str | None = None) -> torch.Tensor:
     if not path.exists():
         raise DataError(
             f"{path}: image embeddings not found. Build them with\n"
             f"    python clip_loader.py embed --scenario-dir {path.parent} --images {path.parent / 'images'}\n"
-            f"(docs/clip.md), or train the ID-only model with --no-image.")
+            f"(docs/clip.md), or train the ID-only model with --no-image." + fetch_list(name))
     try:  # never a pickle; memory-mapped, so that a header that lies about the shape costs nothing
         E = np.load(path, allow_pickle=False, mmap_mode="r")
     except (ValueError, OSError, EOFError) as err:  # a pickle, garbage, a truncated file, a folder
@@ -287,7 +299,7 @@ def load_scenario(path: str | Path, *, max_len: int, use_images: bool, name: str
                             f"domain (a ground truth and a candidate to rank it against).")
     pad = items.num_items
     seqs = {split: read_sequences(path / file, items.num_items) for split, file in SPLIT_FILES.items()}
-    E_img = load_image_embeddings(path / EMBEDDINGS_FILE, items.num_items) if use_images else None
+    E_img = load_image_embeddings(path / EMBEDDINGS_FILE, items.num_items, name) if use_images else None
     return Scenario(
         name=name or path.name, path=path, items=items,
         train=make_train_set(seqs["train"], items.num_x, max_len, pad),
@@ -306,12 +318,32 @@ def resolve_scenario(name: str | None, data_dir: str | None) -> tuple[str, Path]
     """
     if data_dir is not None:
         return Path(data_dir).name, Path(data_dir)
-    if name == "demo":
+    if name in (None, "demo"):
         return "demo", make_demo(ROOT / "data" / f"demo-seed{DEMO_SEED}", seed=DEMO_SEED)
     if name in SCENARIOS:
+        missing = [f for f in SCENARIO_FILES if not (SCENARIOS[name] / f).exists()]
+        if missing:
+            raise DataError(f"{SCENARIOS[name]}: scenario {name} is missing {', '.join(missing)}."
+                            + fetch_list(name))
         return name, SCENARIOS[name]
     raise DataError(f"unknown scenario {name!r}; expected one of demo, {', '.join(SCENARIOS)}, "
                     f"or --data-dir DIR for any C2DSR-format folder.")
+
+
+def fetch_list(name: str) -> str:
+    """What a named scenario needs, where each file comes from and where it goes ("" for any other name)."""
+    if name not in SOURCES:
+        return ""
+    folder, (cat_x, cat_y) = SCENARIOS[name], SOURCES[name][1]
+    meta = [f"meta_{cat}.json.gz" for cat in (cat_x, cat_y)]
+    return (f"\nScenario {name} needs, in {folder}/:\n"
+            f"  1. {', '.join(SCENARIO_FILES)}: the files of the folder {SOURCES[name][0]} of C2DSR's scenarios, "
+            f"{C2DSR_FILES}.\n"
+            f"  2. {EMBEDDINGS_FILE}, for the rows with images (--no-image trains without): the 2014 Amazon "
+            f"metadata {' and '.join(meta)}, published at {AMAZON_2014}, then\n"
+            f"       python amazon.py images --scenario-dir {folder} --meta {' '.join(meta)}\n"
+            f"       python clip_loader.py embed --scenario-dir {folder} --images {folder / 'images'}\n"
+            f"docs/data.md (\"From nothing to a scenario\") gives the disk each step needs.")
 
 
 # ----------------------------------------------------------------------------- writing

@@ -128,6 +128,21 @@ def check_finite(score_fn, history: Views, cases: EvalSet, items: slice, batch: 
             raise NonFiniteScores(f"{what} scores among cases {b.start + 1}-{b.start + len(s)} of {len(cases)}")
 
 
+@torch.no_grad()
+def top_items(score_fn, cases: EvalSet, items: slice, device, batch: int, k: int,
+              pad: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k best-scored items of the target domain for each case, best first (Eq. 9's argmax and the next
+    k - 1): ((S, k) global item ids, (S, k) scores), from the same `score_fn` as `rank_cases`."""
+    ids, scores, history = [], [], to_device(cases.history, device)
+    for i in range(0, len(cases), batch):
+        b = slice(i, i + batch)
+        s = score_fn(history[b], items, shape_of(pad, cases.history[b])).float()  # (B, n)
+        top = s.topk(min(k, s.shape[1]), dim=1)  # (B, k)
+        ids.append(top.indices.cpu() + items.start)
+        scores.append(top.values.cpu())
+    return torch.cat(ids), torch.cat(scores)
+
+
 def metrics(ranks: dict) -> dict:
     """{protocol: (S,) ranks} -> {protocol: {metric: value in %}}."""
     return {p: rank_metrics(r) for p, r in ranks.items()}

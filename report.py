@@ -1,7 +1,9 @@
 """Numbers a researcher can cite: each seed's metrics aggregated to mean ± std, a paired bootstrap of IFCDSR
-against every other row, the printed tables in the layout of the paper's Tables 2, 3 and 4, and a comparison
-of finished runs that differ in their settings:
+against every other row, the printed tables in the layout of the paper's Tables 2, 3 and 4, a finished run's tables and
+learning curves, and a comparison of finished runs that differ in their settings:
 
+    python report.py RUN                                     # the tables train.py printed at the end of RUN
+    python report.py plot RUN                                # RUN/curves.png: validation MRR and losses by epoch
     python report.py compare REFERENCE_RUN RUN [RUN ...]     # a Markdown table, paired against the reference
 """
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common import atomic_write
 from evaluate import PROTOCOLS
 
 LABELS = {  # the rows of the tables, in the paper's order: baselines first, IFCDSR last
@@ -177,6 +180,65 @@ def print_ablation(name: str, summary: dict) -> None:
         print(line + (f" | {entry[variant]:>{len(names[0]) + 13}.2f}" if entry else ""))
 
 
+def print_run(results: dict) -> None:
+    """The tables that end a run of train.py, from its results.json: Tables 2/3, and Table 4 when the run
+    holds its three rows."""
+    sig = results["significance"]
+    print_tables(results["scenario"], results["summary"], sig["rows"], sig["reference"], results["seeds"])
+    if all(m in results["summary"] for m in ("original", "image_fusion", "ifcdsr")):
+        print_ablation(results["scenario"], results["summary"])
+
+
+# ----------------------------------------------------------------------------- learning curves
+
+VIEW_NAMES = {"x": "$L^X$", "y": "$L^Y$", "xy": "$L^{X+Y}$"}  # Eq. 6's losses, in matplotlib's TeX
+
+
+def plot(folder: Path) -> Path:
+    """<folder>/curves.png: one row per trained model and target domain; validation MRR under both protocols,
+    then each view's training loss, by epoch; one colour per seed, a star at the selected epoch."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")  # files only, no window
+        import matplotlib.pyplot as plt
+        import matplotlib.ticker
+    except ImportError:
+        raise RunError("report.py plot needs matplotlib, an optional dependency: pip install matplotlib") from None
+    results, _ = read_run(folder)
+    rows = [(m, d) for m, runs in results["runs"].items() if "history" in runs[0] for d in runs[0]["history"]]
+    if not rows:
+        raise RunError(f"{folder}: the run trained no model (popularity only): there are no curves to plot.")
+    views = [v for v in VIEW_NAMES if any(v in results["runs"][m][0]["history"][d][0]["loss"] for m, d in rows)]
+    fig, axes = plt.subplots(len(rows), 1 + len(views), figsize=(3.4 * (1 + len(views)), 2.4 * len(rows)),
+                             squeeze=False)
+    for (model, d), (mrr, *losses) in zip(rows, axes):
+        for i, run in enumerate(results["runs"][model]):
+            history, best, seed = run["history"][d], run["best_epoch"][d], run["seed"]
+            for p, style in zip(PROTOCOLS, ("-", "--")):
+                points = [(h["epoch"], h["valid"][p]["MRR"]) for h in history if "valid" in h]
+                mrr.plot(*zip(*points), style, color=f"C{i}", label=f"{p}, seed {seed}")
+            chosen = [h["valid"][PROTOCOLS[0]]["MRR"] for h in history if h["epoch"] == best]
+            mrr.plot([best], chosen, "*", color=f"C{i}", markersize=12, label="selected epoch" if i == 0 else None)
+            for view, ax in zip(views, losses):
+                if view in history[0]["loss"]:
+                    ax.plot([h["epoch"] for h in history], [h["loss"][view] for h in history], color=f"C{i}")
+        mrr.set_title(f"{LABELS[model]}, target {domain_names(results['scenario'])['XY'.index(d)]}: "
+                      f"valid MRR (%)", fontsize=9)
+        mrr.legend(fontsize=7)
+        for view, ax in zip(views, losses):
+            ax.set_title(f"training loss {VIEW_NAMES[view]} (Eq. 6)", fontsize=9)
+            if not ax.lines:
+                ax.set_axis_off()  # a model without this view (a baseline, or the merged view alone)
+        for ax in (mrr, *losses):
+            ax.set_xlabel("epoch", fontsize=8)
+            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    fig.tight_layout()
+    out = folder / "curves.png"
+    atomic_write(out, lambda f: fig.savefig(f, format="png", dpi=72))
+    plt.close(fig)
+    return out
+
+
 # ----------------------------------------------------------------------------- runs against a reference run
 
 
@@ -226,8 +288,16 @@ def compare(reference: Path, runs: list[Path]) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="report.py", description="Tables of finished runs of train.py.")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] not in ("compare", "plot", "tables") and not argv[0].startswith("-"):
+        argv = ["tables", *argv]  # python report.py RUN
+    parser = argparse.ArgumentParser(prog="report.py", description="Tables and curves of finished runs of "
+                                     "train.py: report.py RUN reprints a run's tables.")
     commands = parser.add_subparsers(dest="command", required=True)
+    t = commands.add_parser("tables", help="the tables train.py printed at the end of the run (report.py RUN)")
+    t.add_argument("run", type=Path, help="a run folder of train.py")
+    g = commands.add_parser("plot", help="the learning curves of a run, written to RUN/curves.png")
+    g.add_argument("run", type=Path, help="a run folder of train.py")
     c = commands.add_parser("compare", help="runs that differ in their settings, paired against a reference run")
     c.add_argument("reference", type=Path, help="the reference run folder (its test ranks pair up with the others)")
     c.add_argument("runs", type=Path, nargs="+", help="run folders of the same data, models, targets and seeds")
@@ -236,10 +306,18 @@ def main(argv=None) -> int:
     except SystemExit as exit_:  # argparse has printed what is wrong (or the help)
         return exit_.code
     try:
-        print(compare(args.reference, args.runs))
-    except (RunError, KeyError) as err:
-        print(f"error: {err}" if isinstance(err, RunError) else
-              f"error: the runs do not hold the same models, targets and seeds (missing {err})", file=sys.stderr)
+        if args.command == "tables":
+            print_run(read_run(args.run)[0])
+        elif args.command == "plot":
+            print(f"wrote {plot(args.run)}")
+        else:
+            print(compare(args.reference, args.runs))
+    except (RunError, KeyError, OSError) as err:  # OSError: a run folder that cannot be written (plot)
+        print(f"error: {err}" if isinstance(err, (RunError, OSError)) else
+              f"error: the runs do not hold the same models, targets and seeds (missing {err})"
+              if args.command == "compare" else
+              f"error: {args.run / 'results.json'} has no {err}: not a results file of this version of train.py",
+              file=sys.stderr)
         return 2
     return 0
 

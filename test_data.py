@@ -82,3 +82,20 @@ def test_real_food_kitchen_counts():
         assert all(6 <= len(s) <= 15 for s in seqs)
     scen = data.load_scenario(SHARED / "c2dsr-derived" / "Food-Kitchen", max_len=15, use_images=False)
     assert (len(scen.train), len(scen.valid), len(scen.test)) == (13264, 1658, 1657)
+
+
+def test_a_named_scenario_without_its_files_says_what_to_fetch_and_where_it_goes(tmp_path, monkeypatch):
+    folder = write_scenario(tmp_path / "Movie-Book", [line(1, (0, 1), (3, 2))])
+    (folder / "traindata_new.txt").unlink()
+    monkeypatch.setitem(data.SCENARIOS, "movie_book", folder)
+    with pytest.raises(DataError) as err:
+        data.resolve_scenario("movie_book", None)
+    message = str(err.value)
+    assert f"{folder}: scenario movie_book is missing traindata_new.txt." in message
+    assert "https://github.com/cjx96/C2DSR" in message and "the folder Movie-Book of C2DSR's scenarios" in message
+    assert "meta_Movies_and_TV.json.gz and meta_Books.json.gz, published at http://jmcauley.ucsd.edu" in message
+    assert f"python amazon.py images --scenario-dir {folder}" in message
+    write_scenario(folder, [line(1, (0, 1), (3, 2))])  # the five files, but no image embeddings
+    assert data.resolve_scenario("movie_book", None) == ("movie_book", folder)
+    with pytest.raises(DataError, match="(?s)image embeddings not found.*meta_Movies_and_TV.json.gz"):
+        data.load_scenario(folder, max_len=15, use_images=True, name="movie_book")

@@ -1,6 +1,7 @@
 """Tests of report.py: seeds aggregated to mean ± std, the paired bootstrap, and the printed tables."""
 import json
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -89,3 +90,31 @@ def test_compare_pairs_each_run_with_the_reference(tiny_dir, tmp_path, capsys):
     (same / "results.json").write_text(json.dumps({**results, "data_sha256": "other"}))
     assert report.main(["compare", str(ref), str(same)]) == 2
     assert "trained on other data" in capsys.readouterr().err
+
+
+def test_a_run_folder_reprints_the_tables_that_ended_the_run(tiny_run, capsys):
+    out, printed = tiny_run
+    assert report.main([str(out)]) == 0
+    tables = capsys.readouterr().out
+    assert "IFCDSR" in tables and printed.endswith(f"{tables}\nresults: {out / 'results.json'}\n")
+
+
+def test_plot_writes_the_learning_curves_of_every_training(tiny_run, capsys):
+    pytest.importorskip("matplotlib")
+    out, _ = tiny_run
+    assert report.main(["plot", str(out)]) == 0
+    png = out / "curves.png"
+    assert capsys.readouterr().out == f"wrote {png}\n" and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from PIL import Image
+    with Image.open(png) as image:  # a row for each trained model and target (IFCDSR, X and Y): MRR, 3 losses
+        assert abs(image.width - 72 * 3.4 * 4) <= 1 and abs(image.height - 72 * 2.4 * 2) <= 1
+
+
+def test_plot_without_matplotlib_says_how_to_install_it(tiny_run, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
+    assert report.main(["plot", str(tiny_run[0])]) == 2
+    assert "pip install matplotlib" in capsys.readouterr().err
+
+
+def test_a_folder_that_is_no_run_is_refused(tmp_path, capsys):
+    assert report.main([str(tmp_path)]) == 2 and "not a finished run" in capsys.readouterr().err

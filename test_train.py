@@ -1,9 +1,12 @@
 """Tests of train.py: the command line, seeds, resuming, model selection on validation only, checkpoints."""
+import argparse
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -194,3 +197,59 @@ def test_bf16_autocast_trains_on_the_gpus_branches_and_evaluation_ranks_in_fp32(
     assert calls and not any(calls)
     fp32 = trainer.rank("test")
     assert all(torch.equal(under_autocast[p], fp32[p]) for p in PROTOCOLS)
+
+
+def test_set_overrides_any_config_field_and_is_recorded(tiny_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_cli("--data-dir", tiny_dir, "--set", "q=32", "dropout=0.1", "epochs=1", "--epochs", 1, "--target", "X",
+                   "--no-image", "--batch-size", 32, "--device", "cpu", "--out", out) == 0
+    printed = capsys.readouterr().out
+    assert "training 1 of 1" in printed and "trainings: 1 (1 model(s) x 1 seed(s) x 1 target(s))" in printed
+    assert results(out)["config"]["q"] == 32 and results(out)["config"]["dropout"] == 0.1
+    state = train.load_checkpoint(out / "ifcdsr_id" / "seed0" / "best_X.pt", "cpu")
+    assert (state["config"]["q"], state["config"]["dropout"], state["model"]["E_id.weight"].shape[1]) == (32, 0.1, 32)
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--set", "nosuch=1"), "--set nosuch=1: ifcdsr.Config has no field 'nosuch'"),
+    (("--set", "q=0"), "--set: q = 0: expected an integer in [1, 4,096]"),
+    (("--set", "q=1.5"), "q takes an integer (default 256), found '1.5'"),
+    (("--set", "use_image=false"), "use_image is decided for each training; use --no-image or --models"),
+    (("--set", "lr=0.001", "--lr", "0.0005"), "--set lr=0.001 and --lr 0.0005 disagree"),
+    (("--set", "temperature=2", "--literal"), "drop --set temperature or --literal"),
+    (("--export", "x.tsv"), "--export FILE needs --eval-only CKPT")])
+def test_bad_set_values_exit_2_naming_them(args, message, capsys):
+    assert run_cli("--device", "cpu", *args) == 2 and message in capsys.readouterr().err
+
+
+def test_export_writes_the_top_k_with_the_ranks_of_evaluation(tiny_run, tmp_path, capsys):
+    out, _ = tiny_run
+    path = tmp_path / "top.tsv"
+    assert run_cli("--eval-only", out / "ifcdsr" / "seed0" / "best_Y.pt", "--export", path, "--k", 3,
+                   "--device", "cpu") == 0
+    assert "as the checkpoint records" in capsys.readouterr().out  # no --data-dir: the checkpoint's data
+    head, *rows = [line.split("\t") for line in path.read_text().splitlines()]
+    assert head == ["user", "history", "ground_truth", "rank_sampled999", "rank_full",
+                    "item_1", "score_1", "item_2", "score_2", "item_3", "score_3"]
+    with np.load(out / "test_ranks.npz") as npz:
+        for col, p in ((3, "sampled999"), (4, "full")):
+            assert [float(r[col]) for r in rows] == npz[f"ifcdsr/0/Y/{p}"].tolist()
+    scores = [[float(v) for v in r[6::2]] for r in rows]
+    assert all(s == sorted(s, reverse=True) for s in scores)  # best first
+    assert all(r[5] == r[2] for r in rows if r[4] == "1.0")  # rank 1 in full ranking: the ground truth is first
+    assert all(r[5].startswith("DEMOB") and len(r[1].split()) >= 1 for r in rows)  # Y items, as ASINs
+    assert run_cli("--eval-only", out / "ifcdsr" / "seed0" / "best_Y.pt", "--export", path) == 2  # never overwritten
+
+
+def test_the_ctrl_c_message_gives_the_command_that_resumes(tmp_path):
+    args = argparse.Namespace(eval_only=None, run_folder=tmp_path)
+    message = train.interrupted(["--epochs", "3", "--out=elsewhere", "--set", "q=32"], args)
+    assert message.endswith(f"python train.py --epochs 3 --set q=32 --resume --out {tmp_path}")
+    assert "run the same command again" in train.interrupted([], argparse.Namespace(eval_only=None))
+
+
+def test_the_header_counts_the_trainings_and_each_one_gives_the_runs_eta(tiny_run):
+    printed = tiny_run[1]
+    assert f"trainings: 2 (1 model(s) x 1 seed(s) x 2 target(s)); {torch.get_num_threads()} CPU threads" in printed
+    assert "\n[ifcdsr seed 0 X] training 1 of 2\n" in printed
+    assert re.search(r"\n\[ifcdsr seed 0 Y\] training 2 of 2; run ETA \w+ \(\w+ a training\)\n", printed)

@@ -4,6 +4,8 @@
     python train.py --scenario movie_book            # data/Movie-Book, both target domains (Table 3)
     python train.py --scenario movie_book --ablation # the three rows of Table 4
     python train.py --data-dir DIR --compare --seeds 3   # Tables 2/3 with the baselines, mean ± std, significance
+    python train.py --set q=32 dropout=0.1            # any ifcdsr.Config field
+    python train.py --eval-only RUN/ifcdsr/seed0/best_X.pt --export top.tsv   # each test user's top 10 items
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import math
 import os
 import random
 import re
+import shlex
 import sys
 import time
 import warnings
@@ -26,10 +29,11 @@ import torch
 
 import baselines
 import report
-from common import Progress, atomic_write, atomic_write_text, bounded, moved
-from data import EMBEDDINGS_FILE, SPLIT_FILES, DataError, Scenario, Views, load_scenario, resolve_scenario
+from common import Progress, atomic_write, atomic_write_text, bounded, duration, moved
+from data import (EMBEDDINGS_FILE, SPLIT_FILES, DataError, Scenario, Views, fetch_list, load_scenario, read_users,
+                  resolve_scenario)
 from evaluate import (PROTOCOLS, NonFiniteScores, by_target, domain_items, eval_cases, metrics, negatives, rank_cases,
-                      to_device, warm_items)
+                      to_device, top_items, warm_items)
 from ifcdsr import CPU_CHUNK, IFCDSR, PRINTED, RANGES, Config, ConfigError, host_to, shapes
 
 SELECT = ("sampled999", "MRR")  # the validation number that selects epochs and hyper-parameters
@@ -339,6 +343,27 @@ class Trainer:
 # ----------------------------------------------------------------------------- runs
 
 
+class RunProgress:
+    """The run's trainings, one per model (popularity needs none), seed and target domain: their count and
+    the CPU threads in the header, then `training i of n` and, once one has finished, the run's ETA from the
+    trainings of this command so far."""
+
+    def __init__(self, models: list[str], seeds: list[int], targets: tuple, grid: bool):
+        trained = [m for m in models if m != "popularity"]
+        self.n, self.i, self.t0 = len(trained) * len(seeds) * len(targets), 0, 0.0
+        print(f"trainings: {self.n} ({len(trained)} model(s) x {len(seeds)} seed(s) x {len(targets)} target(s)"
+              f"{', each a grid of ' + str(len(GRID)) if grid else ''}); {torch.get_num_threads()} CPU threads "
+              f"(OMP_NUM_THREADS sets them)", flush=True)
+
+    def start(self, prefix: str) -> None:
+        self.i += 1
+        now = time.monotonic()
+        self.t0 = self.t0 or now
+        per = (now - self.t0) / (self.i - 1) if self.i > 1 else None
+        eta = f"; run ETA {duration(per * (self.n - self.i + 1))} ({duration(per)} a training)" if per else ""
+        print(f"\n{prefix}training {self.i} of {self.n}{eta}", flush=True)
+
+
 def train_target(name: str, cfg: Config, scen: Scenario, device, folder: Path, args, prefix: str) -> dict:
     """Train (over the lr x L2 grid with --grid), select on validation, then rank the test set once."""
     points = trainings(cfg, folder, args.grid)
@@ -427,7 +452,8 @@ def choose_models(args, name: str, has_images: bool) -> list[str]:
             models = [m for m in models if not needs_images(m)]
         elif no_images and any(map(needs_images, models)):
             raise UsageError(f"--models {','.join(m for m in models if needs_images(m))} need(s) image embeddings, "
-                             f"but {why}. Build them (clip_loader.py embed) or leave those rows out.")
+                             f"but {why}. Build them (clip_loader.py embed) or leave those rows out."
+                             + fetch_list(name))
     elif args.ablation:
         # Note: Table 4's rows read as: "original framework" = ID only and the merged view S^{X+Y} alone;
         # "+ image fusion" adds the image branch; "+ multiple attention" (the three views) is IFCDSR
@@ -455,7 +481,7 @@ def run(args) -> int:
     seeds = parse_seeds(args)
     name, folder = resolve_scenario(args.scenario, args.data_dir)
     models = choose_models(args, name, (folder / EMBEDDINGS_FILE).exists())
-    out = output_folder(args, name)
+    out = args.run_folder = output_folder(args, name)  # the folder the Ctrl-C message names
     scen = load_scenario(folder, max_len=cfg.max_len, name=name, use_images=any(map(needs_images, models)))
     targets = ("X", "Y") if args.target == "both" else (args.target,)
     check_cases(scen, targets)
@@ -470,6 +496,7 @@ def run(args) -> int:
           f"device {device}; models {', '.join(models)}; seeds {', '.join(map(str, seeds))}; output {out}\n"
           f"readings: {readings(cfg)}", flush=True)
     out.mkdir(parents=True, exist_ok=True)
+    progress = RunProgress(models, seeds, targets, args.grid)
 
     warm = warm_items(scen)
     results = {"scenario": name, "data_dir": str(folder), "data_sha256": scen.data_sha256, "config": asdict(cfg),
@@ -485,7 +512,7 @@ def run(args) -> int:
                 else:
                     run_cfg = model_config(model, cfg, target, seed)
                     prefix = f"[{model} seed {seed} {target}] "
-                    print(f"\n{prefix}training", flush=True)
+                    progress.start(prefix)
                     res = train_target(model, run_cfg, scen, device, out / model / f"seed{seed}", args, prefix)
                 for key, value in res.items():
                     if key == "ranks":
@@ -510,9 +537,7 @@ def run(args) -> int:
         for p, per_seed in by_p.items()
         for seed, r in zip([None] if m == "popularity" else seeds, per_seed)}))
 
-    report.print_tables(name, results["summary"], sig, reference, seeds)
-    if args.ablation:
-        report.print_ablation(name, results["summary"])
+    report.print_run(results)  # the same as `python report.py RUN`
     print(f"\nresults: {out / 'results.json'}")
     return 0
 
@@ -522,7 +547,7 @@ def run(args) -> int:
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description="Train and evaluate IFCDSR and the baselines (README has the details).")
-    p.add_argument("--scenario", default="demo", help="demo (default), food_kitchen or movie_book")
+    p.add_argument("--scenario", help="demo (default), food_kitchen or movie_book")
     p.add_argument("--data-dir", help="any C2DSR-format scenario folder (overrides --scenario)")
     p.add_argument("--target", default="both", choices=("X", "Y", "both"), help="target domain of Eq. 7-9")
     p.add_argument("--models", help=f"rows to run, comma-separated: {', '.join(MODELS)}")
@@ -546,28 +571,77 @@ def parse_args(argv):
                    help="Eq. 3/4: all N items, or each view's own domain as printed")
     p.add_argument("--literal", action="store_true",
                    help=f"the equations as printed: {', '.join(f'{k} {v}' for k, v in PRINTED.items())}")
+    p.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
+                   help="any ifcdsr.Config field, e.g. --set q=32 dropout=0.1 (the flags above are shortcuts)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--deterministic", action="store_true",
                    help="deterministic kernels only: a seeded CUDA run and its resume agree bit for bit (slower)")
     p.add_argument("--out", help="output folder (default runs/<scenario>-<time>)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out (or the latest)")
     p.add_argument("--eval-only", metavar="CKPT", help="evaluate a best_*.pt checkpoint on valid and test")
-    return p.parse_args(argv)
+    p.add_argument("--export", metavar="FILE", help="with --eval-only: each test case's top-k items, as TSV")
+    p.add_argument("--k", type=bounded(int, 1, 10_000), help="--export's k (default 10)")
+    args = p.parse_args(argv)
+    if args.export and not args.eval_only or args.k and not args.export:
+        p.error("--export FILE needs --eval-only CKPT" if args.export else "--k needs --export FILE")
+    if args.export and (Path(args.export).exists() or not Path(args.export).parent.is_dir()):
+        p.error(f"--export {args.export}: {'already exists' if Path(args.export).exists() else 'no such folder'}; "
+                f"choose another file")
+    return args
 
 
 def make_config(args) -> Config:
-    if args.epochs is None and args.data_dir is None and args.scenario == "demo" and not args.eval_only:
+    sets = parse_sets(args.set)
+    if args.epochs is None and "epochs" not in sets and args.data_dir is None and args.scenario in (None, "demo") \
+            and not args.eval_only:
         args.epochs = DEMO_EPOCHS
     overrides = {k: getattr(args, k) for k in ("epochs", "lr", "weight_decay", "alpha", "lambda1", "lambda2",
                                                "temperature", "batch_size", "patience", "eval_every", "loss_norm",
                                                "softmax_over")
                  if getattr(args, k) is not None}
+    differ = sorted(k for k in sets.keys() & overrides.keys() if sets[k] != overrides[k])
+    if differ:
+        raise UsageError(f"--set {differ[0]}={sets[differ[0]]} and --{differ[0].replace('_', '-')} "
+                         f"{overrides[differ[0]]} disagree; give the value once.")
+    overrides.update(sets)
     if args.literal:
-        both = sorted(f"--{k.replace('_', '-')}" for k in PRINTED.keys() & overrides.keys())
+        both = sorted(f"--set {k}" if k in sets else f"--{k.replace('_', '-')}"
+                      for k in PRINTED.keys() & overrides.keys())
         if both:
             raise UsageError(f"--literal sets {', '.join(PRINTED)} as printed; drop {' and '.join(both)} or --literal.")
         overrides.update(PRINTED)
-    return Config().replace(**overrides)  # the flags' types have checked each value against Config's RANGES
+    try:
+        return Config().replace(**overrides)  # the flags' types have checked their values against Config's RANGES
+    except ConfigError as err:  # a --set value outside its range, or n_heads that does not divide q
+        raise UsageError(f"--set: {err}.") from None
+
+
+PER_TRAINING = {"target": "--target", "seed": "--seed or --seeds", "use_image": "--no-image or --models",
+                "multi_attention": "--no-multi-attention or --models"}  # Config fields that each training sets
+
+
+def parse_sets(pairs: list[str]) -> dict:
+    """--set FIELD=VALUE ... -> {field: value}, each value read as the type of the field's default (a bool
+    as true or false); the ranges are Config.check's."""
+    defaults, sets = asdict(Config()), {}
+    for pair in pairs:
+        field, eq, text = pair.partition("=")
+        if field not in defaults or not eq:
+            what = "expected FIELD=VALUE" if not eq else f"ifcdsr.Config has no field {field!r}"
+            raise UsageError(f"--set {pair}: {what}; the fields are {', '.join(defaults)}.")
+        if field in PER_TRAINING:
+            raise UsageError(f"--set {pair}: {field} is decided for each training; use {PER_TRAINING[field]}.")
+        kind = type(defaults[field])
+        try:
+            value = {"true": True, "false": False}[text] if kind is bool else kind(text)
+        except (KeyError, ValueError):
+            expected = {bool: "true or false", int: "an integer", float: "a number"}.get(kind, "text")
+            raise UsageError(f"--set {pair}: {field} takes {expected} (default {defaults[field]}), "
+                             f"found {text!r}.") from None
+        if field in sets and sets[field] != value:
+            raise UsageError(f"--set gives {field} twice ({sets[field]} and {value}); give it once.")
+        sets[field] = value
+    return sets
 
 
 def readings(cfg: Config) -> str:
@@ -635,7 +709,7 @@ def eval_only(args, device) -> int:
         cfg.check()
     except ConfigError as err:
         raise UsageError(f"{path}: not an IFCDSR checkpoint of this version (config {err}).") from None
-    name, folder = resolve_scenario(args.scenario, args.data_dir)
+    name, folder = checkpoint_data(args, state, path)
     scen = load_scenario(folder, max_len=cfg.max_len, use_images=cfg.use_image, name=name)
     check_checkpoint(state, scen, path)
     check_cases(scen, (cfg.target,))
@@ -648,7 +722,45 @@ def eval_only(args, device) -> int:
         res = trainer.evaluate(split)
         print(f"{split} ({state['model_name']}, {cfg.target}, epoch {state['epoch']}): " + ", ".join(
             f"{p}: " + " ".join(f"{m} {v:.2f}" for m, v in res[p].items()) for p in PROTOCOLS))
+    if args.export:
+        export(trainer, Path(args.export), args.k or 10)
     return 0
+
+
+def checkpoint_data(args, state: dict, path: Path) -> tuple[str, Path]:
+    """--eval-only's data: --data-dir or --scenario when given, else the folder the checkpoint records."""
+    if args.data_dir is not None or args.scenario is not None:
+        return resolve_scenario(args.scenario, args.data_dir)
+    folder = Path(state["data_dir"])
+    if not folder.is_dir():
+        raise UsageError(f"{path}: trained on {folder}, which is not there; pass that data with --data-dir DIR "
+                         f"or --scenario NAME.")
+    print(f"data: {folder}, as the checkpoint records (--data-dir DIR reads other data)", flush=True)
+    return state["scenario"], folder
+
+
+def export(trainer: Trainer, path: Path, k: int) -> None:
+    """--export: for every test case of the target domain, the user, the history the model reads (its last
+    max_len items, oldest first), the ground truth, its rank under both protocols (the ranks of evaluation),
+    and the k best-scored items with their scores (Eq. 8 for IFCDSR), as TSV with a header; items as ASINs."""
+    scen, cfg, asins = trainer.scen, trainer.cfg, trainer.scen.items.asins
+    ranks = trainer.rank("test")  # the evaluation's own ranks
+    cases = trainer.cases["test"][0]
+    in_target = (scen.test.target >= scen.items.num_x) == (cfg.target == "Y")  # as evaluate.eval_cases selects
+    users = [u for u, keep in zip(read_users(scen.path / SPLIT_FILES["test"]), in_target.tolist()) if keep]
+    with trainer.exact():
+        top, top_score = top_items(trainer.scorer(), cases, trainer.items, trainer.device, trainer.eval_batch(), k,
+                                   scen.items.num_items)
+    head = ["user", "history", "ground_truth", *(f"rank_{p}" for p in PROTOCOLS),
+            *(f"{c}_{i}" for i in range(1, top.shape[1] + 1) for c in ("item", "score"))]
+    lines = ["\t".join(head)]
+    for j, user in enumerate(users):
+        history = " ".join(asins[i] for i in cases.history.xy[j].tolist() if i != scen.items.num_items)
+        lines.append("\t".join([user, history, asins[cases.target[j]], *(f"{ranks[p][j]:.1f}" for p in PROTOCOLS),
+                                *(x for i, v in zip(top[j].tolist(), top_score[j].tolist())
+                                  for x in (asins[i], f"{v:.6g}"))]))
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    print(f"wrote {path}: the top {top.shape[1]} items of {len(users):,} test cases (target {cfg.target})")
 
 
 def main(argv=None) -> int:
@@ -666,10 +778,23 @@ def main(argv=None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("\ninterrupted; continue with the same command plus --resume (and --out of this run)", file=sys.stderr)
+        print(f"\n{interrupted(argv, args)}", file=sys.stderr)
         return 130
     finally:  # --deterministic holds for this run only (main may be called again in the same process)
         torch.use_deterministic_algorithms(deterministic)
+
+
+def interrupted(argv: list[str], args) -> str:
+    """The Ctrl-C message: the exact command that continues the run, its --out included."""
+    out = getattr(args, "run_folder", None)
+    if args.eval_only or out is None or not out.is_dir():
+        return "interrupted before anything was written; run the same command again"
+    kept, skip = [], False
+    for arg in argv:  # the same flags but --out and --resume, which are given below
+        if not skip and arg not in ("--out", "--resume") and not arg.startswith("--out="):
+            kept.append(arg)
+        skip = arg == "--out"
+    return f"interrupted; continue with\n    {shlex.join(['python', 'train.py', *kept, '--resume', '--out', str(out)])}"
 
 
 if __name__ == "__main__":
