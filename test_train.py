@@ -206,7 +206,7 @@ def test_set_overrides_any_config_field_and_is_recorded(tiny_dir, tmp_path, caps
     printed = capsys.readouterr().out
     assert "training 1 of 1" in printed and "trainings: 1 (1 model(s) x 1 seed(s) x 1 target(s))" in printed
     assert results(out)["config"]["q"] == 32 and results(out)["config"]["dropout"] == 0.1
-    state = train.load_checkpoint(out / "ifcdsr_id" / "seed0" / "best_X.pt", "cpu")
+    state = train.load_checkpoint(out / "ifcdsr_id" / "seed0" / "best_X.pt")
     assert (state["config"]["q"], state["config"]["dropout"], state["model"]["E_id.weight"].shape[1]) == (32, 0.1, 32)
 
 
