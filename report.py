@@ -219,8 +219,8 @@ def at(results: dict, folder: Path, *keys, kind):
         value = value[key]
     kinds = kind if isinstance(kind, tuple) else (kind,)
     if isinstance(value, bool) or not isinstance(value, kinds):
-        expected = " or ".join({dict: "an object", list: "a list", str: "a string", int: "a number",
-                                float: "a number", type(None): "null"}[k] for k in dict.fromkeys(kinds))
+        expected = " or ".join(dict.fromkeys({dict: "an object", list: "a list", str: "a string", int: "a number",
+                                              float: "a number", type(None): "null"}[k] for k in kinds))
         raise RunError(f"{folder / 'results.json'}: {'/'.join(map(str, keys))} should be {expected}, found "
                        f"{json.dumps(value)[:80]}; not a results.json that train.py wrote.")
     return value

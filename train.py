@@ -551,8 +551,9 @@ def parse_args(argv):
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out (or the latest)")
     p.add_argument("--eval-only", metavar="CKPT", help="evaluate a best_*.pt checkpoint on valid and test")
     args = p.parse_args(argv)
-    defaults = vars(p.parse_args([]))
-    args.given = [k for k, v in vars(args).items() if v != defaults[k]]  # the flags that act on this command
+    absent = object()
+    p.set_defaults(**dict.fromkeys(vars(args), absent))  # parsed again, every flag not given is `absent`
+    args.given = [k for k, v in vars(p.parse_args(argv)).items() if v is not absent]
     return args
 
 
