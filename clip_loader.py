@@ -761,6 +761,10 @@ def main(argv=None):
         args = parser.parse_args(argv)
     except SystemExit as exit_:  # argparse has printed what is wrong (or the help)
         return exit_.code
+    if args.offline and args.weights not in MODELS:
+        print(f"error: --offline forbids downloading the weights of a model name, but --weights {args.weights} is "
+              f"a file: nothing to download; drop --offline.", file=sys.stderr)
+        return 2
     try:
         embed(args.scenario_dir, args.images, weights=args.weights, batch_size=args.batch_size,
               device=args.device, missing=args.missing, workers=args.workers, offline=args.offline)

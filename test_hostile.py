@@ -764,6 +764,8 @@ RESUMES = [  # (case, what happens to the copy of the finished run, expected mes
     ("last checkpoint a symlink to /dev/zero", lambda run, mp: put(run / "ifcdsr" / "seed0" / "last_X.pt", "zero"),
      "last_X.pt: not a regular file but a character device"),
     ("a full disk at the final write", full_disk, "error: [Errno 28] No space left on device"),
+    ("last checkpoint deleted", lambda run, mp: (run / "ifcdsr" / "seed0" / "last_X.pt").unlink(),
+     "last_X.pt: missing, though "),
 ]
 
 
@@ -778,7 +780,7 @@ def test_a_refused_or_failed_resume_leaves_every_byte_of_a_finished_run(case, ch
     code, text = call(train.main, [*FINISHED, "--data-dir", tiny_dir, "--out", run, "--resume"], capsys, run)
     assert code == 2 and message in text
     if "missing" in message:
-        assert f"Put it back, or delete {run / 'ifcdsr' / 'seed0'} to train this model again" in text
+        assert f"Put it back, or delete {run / 'ifcdsr' / 'seed0'} to train this model again." in text
 
 
 def test_a_resume_interrupted_by_sigterm_leaves_every_byte_of_a_finished_run(finished, tiny_dir, tmp_path):
@@ -873,6 +875,8 @@ FLAG_PAIRS = [  # (command, flags, expected message): refused before any work, n
     ("train", ("--out", "{dangling}"), "a symlink to nowhere, which does not exist; choose another --out"),
     ("walkthrough", ("--no-image", "--alpha", "0"), "--alpha weighs the image branch of Eq. 5, which --no-image "
      "removes"),
+    ("embed", ("--offline", "--weights", "{tiny}/weights.pt"), "--offline forbids downloading the weights of a "
+     "model name, but --weights"),
 ]
 
 
@@ -885,7 +889,10 @@ def test_flags_that_cannot_both_act_are_refused_before_any_work(command, flags, 
     argv = [f.format(tiny=tiny_dir, dangling=tmp_path / "dangling") for f in flags]
     if command == "train" and not {"--out", "--eval-only"} & set(flags):
         argv += ([] if "--scenario" in flags else ["--data-dir", tiny_dir]) + ["--out", tmp_path / "o"]
-    code, text = call(train.main if command == "train" else walkthrough.main, argv, capsys, tiny_dir)
+    if command == "embed":
+        argv = ["embed", "--scenario-dir", tiny_dir, "--images", tiny_dir, *argv]
+    main = {"train": train.main, "walkthrough": walkthrough.main, "embed": clip_loader.main}[command]
+    code, text = call(main, argv, capsys, tiny_dir)
     assert code == 2 and message in text, text
     assert not (tmp_path / "o").exists() and not (tmp_path / "runs").exists()
 
@@ -899,6 +906,16 @@ def test_held_out_sequences_equal_to_training_ones_and_small_domains_are_counted
     assert code == 0
     assert "warning: 2 of 2 test sequences repeat a training sequence (their last 16 items)" in text
     assert "warning: domain X has 3 items: its 999 sampled negatives repeat some of the other 2" in text
+
+
+def test_item_lists_ignore_trailing_whitespace_as_the_sequence_files_do(tiny_dir, tmp_path):
+    from data import read_items
+    scenario = tmp_path / "scenario"
+    shutil.copytree(tiny_dir, scenario)
+    for name in ("Alist.txt", "Blist.txt"):
+        lines = (scenario / name).read_text().splitlines()
+        (scenario / name).write_text("".join(f"{text}\t \r\n" for text in lines))
+    assert read_items(scenario) == read_items(tiny_dir)
 
 
 # ----------------------------------------------------------------------------- report.py compare

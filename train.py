@@ -637,6 +637,12 @@ def check_run_folder(out: Path, scen: Scenario, device, planned: dict[Path, tupl
                              f"{recorded['data_dir']}, whose item and sequence files differ from those of {scen.name} "
                              f"in {scen.path}. Resume it with --data-dir {recorded['data_dir']}, or start a new run "
                              f"with another --out.")
+    for last in planned if results.exists() else []:  # a finished run: every planned training has its last_*.pt
+        best = last.with_name(last.name.replace("last_", "best_"))
+        if not last.exists() and not last.is_symlink() and (best.exists() or best.is_symlink()):
+            raise UsageError(f"{last}: missing from this finished run, though {best} is there: training could "
+                             f"continue neither from it (no optimiser state) nor anew (that would replace it). Put it "
+                             f"back, or delete {last.parent} to train this model again.")
     for path in sorted(out.rglob("*.pt")) if out.is_dir() else []:
         state = load_checkpoint(path, device)
         check_checkpoint(state, scen, path)
