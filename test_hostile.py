@@ -765,7 +765,7 @@ RESUMES = [  # (case, what happens to the copy of the finished run, expected mes
      "last_X.pt: not a regular file but a character device"),
     ("a full disk at the final write", full_disk, "error: [Errno 28] No space left on device"),
     ("last checkpoint deleted", lambda run, mp: (run / "ifcdsr" / "seed0" / "last_X.pt").unlink(),
-     "last_X.pt: missing, though "),
+     "last_X.pt: missing from this finished run, though "),
 ]
 
 
