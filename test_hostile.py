@@ -764,6 +764,9 @@ RESUMES = [  # (case, what happens to the copy of the finished run, expected mes
     ("last checkpoint a symlink to /dev/zero", lambda run, mp: put(run / "ifcdsr" / "seed0" / "last_X.pt", "zero"),
      "last_X.pt: not a regular file but a character device"),
     ("a full disk at the final write", full_disk, "error: [Errno 28] No space left on device"),
+    ("the lock file a FIFO", lambda run, mp: put(run / train.LOCK, "fifo"), ".lock: not a regular file but a FIFO, "
+     "not the run's lock file; delete it and run again."),
+    ("the lock file a symlink", lambda run, mp: put(run / train.LOCK, "zero"), ".lock: a symlink, not the run's lock"),
     ("last checkpoint deleted", lambda run, mp: (run / "ifcdsr" / "seed0" / "last_X.pt").unlink(),
      "last_X.pt: missing from this finished run, though "),
 ]

@@ -606,7 +606,11 @@ def lock_run_folder(out: Path, resume: bool):
     holder ends, however it ends, so the lock of a killed run never blocks. Without --resume the folder must
     still hold nothing but the lock file: another run may have filled it since `output_folder` looked."""
     out.mkdir(parents=True, exist_ok=True)
-    lock = open(out / LOCK, "ab")  # created once, never written: a finished run's files stay as they were
+    path = out / LOCK
+    problem = "a symlink" if path.is_symlink() else path.exists() and file_problem(path)
+    if problem:  # opening a FIFO to write would block; a symlink could point anywhere
+        raise UsageError(f"{path}: {problem}, not the run's lock file; delete it and run again.")
+    lock = open(path, "ab")  # created once, never written: a finished run's files stay as they were
     try:
         fcntl.lockf(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
