@@ -33,8 +33,8 @@ from pathlib import Path
 import numpy as np
 
 import download
-from common import Progress, atomic_folder, atomic_write_text, bounded
-from data import SPLIT_FILES, DataError, Items, read_items, read_text_lines, write_item_list, write_sequences
+from common import Progress, atomic_folder, atomic_write_text, bounded, file_problem, safe_output
+from data import NATURAL, SPLIT_FILES, DataError, Items, read_items, read_text_lines, write_item_list, write_sequences
 
 ITEMS_FILE = "items.tsv"  # written by images and build; read by `clip_loader.py embed --missing text`
 ITEMS_HEADER = "global_id\tdomain\tasin\ttitle\timage_url"
@@ -42,6 +42,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")  # the image files that clip
 REVIEW_LAYOUTS = ("Amazon reviews in one of three layouts: the 2014 ratings CSV 'user,item,rating,timestamp', "
                   "2014/2018 JSON lines with reviewerID, asin, unixReviewTime, or 2023 JSON lines with user_id, "
                   "parent_asin, timestamp (ms)")
+MAX_LINE = 1 << 24  # 16 MiB: longer lines of raw files are malformed
 REVIEW_TIMES_MS = (788_918_400_000, 2_208_988_800_000)  # 1995-01-01 .. 2040-01-01: anything else is a wrong unit
 
 
@@ -69,15 +70,22 @@ class BadLines:
 
 
 def _raw_lines(path: Path, what: str):
-    """(line number, bytes) of a plain or gzipped file, streamed, with a progress line every 10 s."""
-    if not path.is_file():
+    """(line number, bytes) of a plain or gzipped file, streamed, with a progress line every 10 s. A line
+    longer than MAX_LINE bytes stands as its first MAX_LINE bytes (malformed, then), so that a file without
+    newlines is never read into memory whole."""
+    if not path.exists():
         raise DataError(f"{path}: file not found; expected {what}.")
+    if problem := file_problem(path):  # a FIFO would block the read, /dev/zero be read for ever
+        raise DataError(f"{path}: cannot be read ({problem}); expected {what}.")
     with open(path, "rb") as f:
         gzipped = f.read(2) == b"\x1f\x8b"
     lineno, progress = 0, Progress(f"  {path.name}", None, "lines")
     with (gzip.open if gzipped else open)(path, "rb") as f:
         try:
-            for lineno, raw in enumerate(f, 1):
+            while raw := f.readline(MAX_LINE):
+                lineno += 1
+                while len(raw) == MAX_LINE and not raw.endswith(b"\n") and (rest := f.readline(MAX_LINE)):
+                    raw = raw[:MAX_LINE - 1] + rest[-1:]  # the rest of an overlong line is skipped
                 yield lineno, raw
                 if lineno % 65536 == 0:
                     progress.update(lineno)
@@ -170,7 +178,7 @@ def read_titles(scenario_dir: Path, items) -> list:
             if line != ITEMS_HEADER:
                 raise DataError(f"{path}:1: expected the header {ITEMS_HEADER!r}, found {line[:120]!r}")
             continue
-        gid = int(fields[0]) if len(fields) == 5 and fields[0].isdecimal() else -1
+        gid = int(fields[0]) if len(fields) == 5 and NATURAL.fullmatch(fields[0]) else -1
         if not 0 <= gid < len(items.asins) or fields[2] != items.asins[gid] or \
                 fields[1] != ("X" if gid < items.num_x else "Y"):
             expected = "global_id, domain, ASIN and title of an item of this scenario's Alist/Blist, tab-separated"
@@ -271,9 +279,11 @@ def _review(raw: bytes) -> tuple[str, str, str, int] | None:
         except ValueError:  # not 4 fields, not UTF-8, or no rating
             return None
         layout, scale = "2014 ratings CSV", 1000
+    if isinstance(stamp, str) and not NATURAL.fullmatch(stamp.strip()):
+        return None  # ASCII digits only, as in the sequence files
     try:
         ms = int(stamp) * scale
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: a JSON Infinity or 1e400
         return None
     ids_ok = all(isinstance(s, str) and s.split() == [s] for s in (user, item))  # non-empty, no whitespace
     return (layout, user, item, ms) if ids_ok and REVIEW_TIMES_MS[0] <= ms <= REVIEW_TIMES_MS[1] else None
@@ -520,4 +530,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    safe_output()
     sys.exit(main())

@@ -42,7 +42,7 @@ import torchvision.transforms as T
 from PIL import Image
 
 from amazon import IMAGE_SUFFIXES, read_titles
-from common import Progress, atomic_write, bounded, check_pixels, moved
+from common import Progress, atomic_write, bounded, check_pixels, file_problem, moved, safe_output
 from data import DataError, read_items
 
 # OpenAI's download URL; its second-to-last segment is the file's SHA256.
@@ -398,11 +398,15 @@ def resolve_weights(name_or_path, *, offline=False, cache_dir=CACHE_DIR) -> Path
     """A model name (see MODELS) becomes its cached file, downloaded and verified if absent; a path stays."""
     if name_or_path not in MODELS:
         path = Path(name_or_path).expanduser()
-        if not path.is_file():
-            raise CLIPError(f"weights {name_or_path!r}: no such file, and not one of the names {list(MODELS)}")
+        problem = file_problem(path)  # a FIFO would block the read, /dev/zero fill memory
+        if problem:
+            raise CLIPError(f"weights {name_or_path!r}: {problem}; expected a weight file or one of the names "
+                            f"{list(MODELS)}")
         return path
     url = MODELS[name_or_path]
     sha256, path = url.rsplit("/", 2)[-2], Path(cache_dir) / url.rsplit("/", 1)[-1]
+    if path.exists() and file_problem(path):
+        raise CLIPError(f"{path}: {file_problem(path)}; expected the cached weight file: delete it and run again")
     if not path.exists():
         if offline:
             raise CLIPError(f"{name_or_path} is not in the cache and --offline forbids downloading it: download "
@@ -559,7 +563,7 @@ class ItemImages(torch.utils.data.Dataset):
     def __getitem__(self, i):
         try:
             with Image.open(self.paths[i]) as image:
-                check_pixels(image)
+                check_pixels(image, self.resolution)  # the resize to R must not allocate more than the limit
                 return self.gids[i], self.preprocess(image), ""
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # corrupt, truncated, too big
             message = " ".join(str(e).replace(str(self.paths[i]), self.paths[i].name).split()) or type(e).__name__
@@ -655,6 +659,8 @@ def _embed_images(model, preprocess, paths, device, partial: Path, meta, *, batc
     partial.mkdir(exist_ok=True)
     if (partial / "meta.json").exists():
         try:
+            if problem := file_problem(partial / "meta.json"):  # a FIFO would block the read
+                raise OSError(problem)
             saved = json.loads((partial / "meta.json").read_text())
         except (OSError, ValueError) as err:
             raise CLIPError(f"{partial / 'meta.json'}: unreadable ({err}); delete {partial} to start over") from None
@@ -673,11 +679,14 @@ def _embed_images(model, preprocess, paths, device, partial: Path, meta, *, batc
         rows = slice(c * chunk_size, (c + 1) * chunk_size)
         chunk = partial / f"chunk_{c:06d}.npz"
         if chunk.exists():
+            problem = file_problem(chunk)  # a FIFO would block np.load
             try:
+                if problem:
+                    raise OSError(problem)
                 with np.load(chunk, allow_pickle=False) as saved:
                     E_img[rows], reasons[rows] = saved["E_img"], saved["reasons"]
             except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
-                why = f"{type(err).__name__}: {err}" if zipfile.is_zipfile(chunk) else "not a .npz archive"
+                why = problem or (f"{type(err).__name__}: {err}" if zipfile.is_zipfile(chunk) else "not a .npz archive")
                 raise CLIPError(f"{chunk}: unreadable ({why}); delete it, and rerun to encode its items "
                                 f"again") from None
         else:
@@ -752,6 +761,10 @@ def main(argv=None):
         args = parser.parse_args(argv)
     except SystemExit as exit_:  # argparse has printed what is wrong (or the help)
         return exit_.code
+    if args.offline and args.weights not in MODELS:
+        print(f"error: --offline forbids downloading the weights of a model name, but --weights {args.weights} is "
+              f"a file: nothing to download; drop --offline.", file=sys.stderr)
+        return 2
     try:
         embed(args.scenario_dir, args.images, weights=args.weights, batch_size=args.batch_size,
               device=args.device, missing=args.missing, workers=args.workers, offline=args.offline)
@@ -766,4 +779,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    safe_output()
     sys.exit(main())

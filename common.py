@@ -1,11 +1,13 @@
-"""What the commands share: files written whole or not at all, progress lines with a rate and an ETA, numeric
-flags checked against their range, and a hard limit on the pixels of an image."""
+"""What the commands share: files written whole or not at all, only regular files read, progress lines with a
+rate and an ETA, numeric flags checked against their range, and a hard limit on the pixels of an image."""
 from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import os
 import shutil
+import stat
 import sys
 import time
 from pathlib import Path
@@ -17,18 +19,46 @@ from PIL import Image
 def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
     """write(file) into a temp file beside `path`, then rename it to `path`: a reader, or a run killed at any
     moment, sees the old file or the new one, never half of one."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write_all({Path(path): write})
 
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def atomic_write_all(writes: dict[Path, Callable[[BinaryIO], object]]) -> None:
+    """Several files, each written into a temp file first; only when all are written whole are they renamed
+    into place, one after another: a full disk or an error leaves every old file as it was."""
+    tmps = {path: Path(path).with_name(Path(path).name + ".tmp") for path in writes}
+    try:
+        for path, write in writes.items():
+            with open(tmps[path], "wb") as f:
+                write(f)
+        for path, tmp in tmps.items():
+            os.replace(tmp, path)
+    finally:
+        for tmp in tmps.values():
+            tmp.unlink(missing_ok=True)
+
+
+KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+         (stat.S_ISSOCK, "a socket"))
+
+
+def file_problem(path: Path) -> str | None:
+    """None when `path` is a regular file (after following symlinks); else why it cannot be read as one, for
+    a message: 'No such file or directory', 'Is a directory', 'not a regular file but a FIFO', ... A FIFO
+    would block the reader for ever and a device like /dev/zero would be read until memory runs out, so
+    every command stats a file before it opens it."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as err:  # missing, a dangling link, a symlink loop
+        return err.strerror or str(err)
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return os.strerror(errno.EISDIR)
+    return "not a regular file but " + next((kind for test, kind in KINDS if test(mode)), "a special file")
 
 
 @contextlib.contextmanager
@@ -46,6 +76,14 @@ def atomic_folder(out: Path, *, replace: bool = False):
         os.rename(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def safe_output() -> None:
+    """A terminal or file whose encoding cannot write τ, α or ± (PYTHONIOENCODING=ascii, a C locale) gets
+    them as escapes like \\u03c4 instead of ending the command with a UnicodeEncodeError."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
 
 
 def bounded(kind: type, low: int | float, high: int | float) -> Callable[[str], int | float]:
@@ -122,8 +160,13 @@ class Progress:
             print(text, file=sys.stderr, flush=True)
 
 
-def check_pixels(image: Image.Image) -> None:
-    """Pillow's decompression-bomb limit as a hard limit: Pillow only warns between 1x and 2x of it."""
-    if image.width * image.height > Image.MAX_IMAGE_PIXELS:
-        raise Image.DecompressionBombError(f"{image.width} x {image.height} pixels, more than Pillow's limit of "
-                                           f"{Image.MAX_IMAGE_PIXELS:,}: a possible decompression bomb")
+def check_pixels(image: Image.Image, short_side: int | None = None) -> None:
+    """Pillow's decompression-bomb limit as a hard limit (Pillow only warns between 1x and 2x of it), on the
+    image and, with `short_side`, on the image resized to that shorter side: 60000 x 1 pixels pass the first
+    test, but resized to CLIP's 224 they would be 13,440,000 x 224, about 9 GB of RGB."""
+    w, h = image.width, image.height
+    sizes = [(w, h)] + ([(max(w, h) * short_side // max(min(w, h), 1), short_side)] if short_side else [])
+    for (width, height), what in zip(sizes, ("", f" once resized to a shorter side of {short_side}")):
+        if width * height > Image.MAX_IMAGE_PIXELS:
+            raise Image.DecompressionBombError(f"{w} x {h} pixels, {width * height:,}{what}: more than Pillow's "
+                                               f"limit of {Image.MAX_IMAGE_PIXELS:,} (a possible decompression bomb)")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import atomic_folder
+from common import atomic_folder, file_problem
 
 ROOT = Path(__file__).resolve().parent
 SCENARIOS = {"food_kitchen": ROOT / "data" / "Food-Kitchen", "movie_book": ROOT / "data" / "Movie-Book"}
@@ -39,6 +40,7 @@ C2DSR_FILES = ("the Google Drive folder linked from the README of https://github
                "(https://drive.google.com/drive/folders/1xpnp6tH56xz8PF_xuTi9exEptmcvlAVU)")
 AMAZON_2014 = "http://jmcauley.ucsd.edu/data/amazon/"  # McAuley et al., SIGIR 2015; He & McAuley, WWW 2016
 DEMO_SEED = 0  # the generated demo scenario's seed
+NATURAL, INTEGER = re.compile(r"[0-9]+"), re.compile(r"-?[0-9]+")  # ids, times: ASCII digits (not '１２' or '٣')
 
 
 class DataError(Exception):
@@ -112,10 +114,13 @@ def read_text_lines(path: Path) -> list[str]:
     """The lines of a UTF-8 text file; a file that cannot be read or is not UTF-8 is a DataError naming it
     (and the line)."""
     try:
+        problem = path.exists() and file_problem(path)  # a FIFO would block the read, /dev/zero fill memory
+        if problem:
+            raise OSError(problem)
         raw = path.read_bytes()
     except FileNotFoundError:
         raise DataError(f"{path}: file not found.") from None
-    except OSError as err:  # a folder, a symlink loop, no permission
+    except OSError as err:  # a folder, a symlink loop, a FIFO or a device, no permission
         raise DataError(f"{path}: cannot be read ({err.strerror or err}); expected a text file.") from None
     lines = raw.split(b"\n")
     if lines[-1] == b"":  # the end of the last line, not a line
@@ -141,18 +146,21 @@ def _lines(path: Path) -> list[str]:
 
 def _read_item_list(path: Path) -> list[str]:
     """Alist/Blist: raw_id<TAB>ASIN<TAB>local_index; returns ASINs ordered by local index."""
-    rows = {}
+    rows, seen = {}, {}
     for lineno, line in enumerate(_lines(path), 1):
         if not line.strip():
             continue
-        fields = line.split("\t")
-        if len(fields) != 3 or not fields[1].strip() or not fields[2].strip().isdecimal():
+        fields = line.rstrip().split("\t")  # trailing whitespace, as in the sequence files
+        if len(fields) != 3 or not fields[1].strip() or not NATURAL.fullmatch(fields[2].strip()):
             raise DataError(f"{path}:{lineno}: expected 'raw_id<TAB>ASIN<TAB>local_index' with an ASIN and an "
                             f"integer index, found {line[:120]!r}.")
-        index = int(fields[2])
+        index, asin = int(fields[2]), fields[1].strip()
         if index in rows:
             raise DataError(f"{path}:{lineno}: local index {index} appears twice.")
-        rows[index] = fields[1].strip()
+        if asin in seen:  # two items would share one image (images/<ASIN>.jpg)
+            raise DataError(f"{path}:{lineno}: ASIN {asin} appears twice (also line {seen[asin]}); each item needs "
+                            f"an ASIN of its own.")
+        rows[index], seen[asin] = asin, lineno
     if sorted(rows) != list(range(len(rows))):
         missing = next(i for i in range(len(rows)) if i not in rows)
         raise DataError(f"{path}: local indices must be 0..{len(rows) - 1} without gaps; {missing} is missing.")
@@ -163,6 +171,10 @@ def read_items(scenario_dir: str | Path) -> Items:
     scenario_dir = Path(scenario_dir)
     asins_x = _read_item_list(scenario_dir / "Alist.txt")
     asins_y = _read_item_list(scenario_dir / "Blist.txt")
+    both = sorted(set(asins_x) & set(asins_y))
+    if both:
+        raise DataError(f"{scenario_dir / 'Blist.txt'}: ASIN {both[0]} (and {len(both) - 1} more) is also in "
+                        f"Alist.txt; an item belongs to one domain, and each item needs an ASIN of its own.")
     return Items(asins_x + asins_y, len(asins_x), len(asins_y))
 
 
@@ -179,7 +191,7 @@ def read_sequences(path: Path, num_items: int) -> list[list[int]]:
         events = []
         for token in fields[2:]:
             parts = token.split("|")
-            if len(parts) < 2 or not parts[0].strip().isdecimal() or not parts[1].strip().lstrip("-").isdecimal():
+            if len(parts) < 2 or not NATURAL.fullmatch(parts[0].strip()) or not INTEGER.fullmatch(parts[1].strip()):
                 raise DataError(f"{path}:{lineno}: expected an interaction 'item|unix_ts|date|' with a non-negative "
                                 f"integer item id and an integer time, found {token[:120]!r}.")
             item, ts = int(parts[0]), int(parts[1])
@@ -212,6 +224,9 @@ def load_image_embeddings(path: Path, num_items: int, name: str | None = None) -
             f"    python clip_loader.py embed --scenario-dir {path.parent} --images {path.parent / 'images'}\n"
             f"(docs/clip.md), or train the ID-only model with --no-image." + fetch_list(name))
     try:  # never a pickle; memory-mapped, so that a header that lies about the shape costs nothing
+        problem = file_problem(path)  # a FIFO would block np.load
+        if problem:
+            raise OSError(problem)
         E = np.load(path, allow_pickle=False, mmap_mode="r")
     except (ValueError, OSError, EOFError) as err:  # a pickle, garbage, a truncated file, a folder
         if isinstance(err, OSError):
@@ -228,11 +243,20 @@ def load_image_embeddings(path: Path, num_items: int, name: str | None = None) -
                         f"found {E.shape}. Rebuild it for this scenario.")
     if not np.issubdtype(E.dtype, np.floating):
         raise DataError(f"{path}: expected a float32 array, found dtype {E.dtype}.")
+    if E.shape[1] == 0:
+        raise DataError(f"{path}: expected e >= 1 values per item, found shape {E.shape}; rebuild it with "
+                        f"clip_loader.py embed, or train the ID-only model with --no-image.")
+    for bad, what in ((~np.isfinite(E), "a non-finite value"),
+                      (np.isfinite(E) & (np.abs(E) > np.finfo(np.float32).max), "a value beyond float32's range "
+                                                                                 "(±3.4e38)")):
+        rows = bad.any(axis=1)
+        if rows.any():
+            raise DataError(f"{path}: row {int(np.argmax(rows))} (and {int(rows.sum()) - 1} more) has {what}; "
+                            f"expected finite float32 numbers (an all-zero row means 'no image').")
     E = np.array(E, dtype=np.float32)  # (N, e), read into memory
-    bad = ~np.isfinite(E).all(axis=1)
-    if bad.any():
-        raise DataError(f"{path}: row {int(np.argmax(bad))} (and {int(bad.sum()) - 1} more) has a non-finite "
-                        f"value; expected finite numbers (an all-zero row means 'no image').")
+    if not E.any():
+        raise DataError(f"{path}: every row is zero, so no item has an image and the image branch would add "
+                        f"nothing; rebuild it with clip_loader.py embed, or train the ID-only model with --no-image.")
     return torch.from_numpy(E)
 
 

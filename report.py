@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import atomic_write
+from common import atomic_write, file_problem, safe_output
 from evaluate import PROTOCOLS
 
 LABELS = {  # the rows of the tables, in the paper's order: baselines first, IFCDSR last
@@ -249,14 +249,54 @@ class RunError(Exception):
 def read_run(folder: Path) -> tuple[dict, dict]:
     """(results.json, test ranks {key: (S,) array}) of a finished run folder of train.py."""
     try:
+        for name in ("results.json", "test_ranks.npz"):
+            problem = file_problem(folder / name)  # a FIFO would block the read, /dev/zero fill memory
+            if problem:
+                raise OSError(f"{folder / name}: {problem}")
         results = json.loads((folder / "results.json").read_text())
         with np.load(folder / "test_ranks.npz", allow_pickle=False) as npz:
             ranks = {key: npz[key] for key in npz.files}
     except (OSError, ValueError) as err:
         raise RunError(f"{folder}: not a finished run of train.py ({err}).") from None
-    if "summary" not in results:
+    if isinstance(results, dict) and "summary" not in results:
         raise RunError(f"{folder}: the run has not finished (results.json has no summary); resume it first.")
     return results, ranks
+
+
+NUMBER = (int, float)
+
+
+def at(results: dict, folder: Path, *keys, kind):
+    """results[k1][k2]... of a run's results.json, of type `kind`; a hand-edited or foreign file whose key is
+    missing or of another type is a RunError that names the key and the expected type."""
+    value = results
+    for i, key in enumerate(keys):
+        inside = key in value if isinstance(value, dict) else (isinstance(value, list) and isinstance(key, int)
+                                                                and key < len(value))
+        if not inside:
+            where = "/".join(map(str, keys[:i])) or "the top level"
+            raise RunError(f"{folder / 'results.json'}: {where} has no key {key!r}; not a results.json that "
+                           f"train.py wrote.")
+        value = value[key]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        expected = " or ".join(dict.fromkeys({dict: "an object", list: "a list", str: "a string", int: "a number",
+                                              float: "a number", type(None): "null"}[k] for k in kinds))
+        raise RunError(f"{folder / 'results.json'}: {'/'.join(map(str, keys))} should be {expected}, found "
+                       f"{json.dumps(value)[:80]}; not a results.json that train.py wrote.")
+    return value
+
+
+def mrr_cell(res: dict, folder: Path, model: str, split: str, d: str, p: str) -> str:
+    s = {k: at(res, folder, "summary", model, split, d, p, "MRR", k, kind=kinds)
+         for k, kinds in (("mean", NUMBER), ("std", NUMBER + (type(None),)))}
+    return cell(s, 0).strip()
+
+
+def seeds(res: dict, folder: Path, model: str) -> list:
+    """The seeds of a model's entries in a run: popularity's one entry has seed None."""
+    return [at(res, folder, "runs", model, i, "seed", kind=(int, type(None)))
+            for i in range(len(at(res, folder, "runs", model, kind=list)))]
 
 
 def compare(reference: Path, runs: list[Path]) -> str:
@@ -269,17 +309,17 @@ def compare(reference: Path, runs: list[Path]) -> str:
     lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
     for folder in [reference, *runs]:
         res, ranks = (ref, ref_ranks) if folder is reference else read_run(folder)
-        if res["data_sha256"] != ref["data_sha256"]:
+        if at(res, folder, "data_sha256", kind=str) != at(ref, reference, "data_sha256", kind=str):
             raise RunError(f"{folder}: trained on other data than {reference}; only runs of the same data pair up.")
-        for model, summary in res["summary"].items():
-            for d in summary["test"]:
-                cells = [cell(summary[split][d][p]["MRR"], 0).strip() for split in ("valid", "test") for p in PROTOCOLS]
+        for model in at(res, folder, "summary", kind=dict):
+            for d in at(res, folder, "summary", model, "test", kind=dict):
+                cells = [mrr_cell(res, folder, model, split, d, p) for split in ("valid", "test") for p in PROTOCOLS]
                 for p in PROTOCOLS:
                     if folder is reference:
                         cells.append("(reference)")
                         continue
-                    rr = [np.mean([1 / r[f"{model}/{seed}/{d}/{p}"] for seed in run["seeds"]], axis=0)
-                          for r, run in ((ranks, res), (ref_ranks, ref))]
+                    rr = [np.mean([1 / r[f"{model}/{seed}/{d}/{p}"] for seed in seeds(run, path, model)], axis=0)
+                          for r, run, path in ((ranks, res, folder), (ref_ranks, ref, reference))]
                     b = paired_bootstrap(*rr)
                     cells.append(f"{b['mrr_diff']:+.2f} [{b['low']:+.2f}, {b['high']:+.2f}]"
                                  + (" *" if b["significant"] else ""))
@@ -323,4 +363,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    safe_output()
     sys.exit(main())

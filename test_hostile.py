@@ -6,6 +6,7 @@ there is one), or, where the command skips bad records by design, exit code 0 an
 traceback, never code from a file run, and never an existing output changed (run folders, image embeddings,
 partial embed chunks, built scenarios are compared byte for byte).
 """
+import errno
 import gzip
 import hashlib
 import io
@@ -57,17 +58,28 @@ def snapshot(*paths: Path) -> dict:
             for name in dirs + files:
                 p = Path(root) / name
                 out[str(p)] = (f"-> {os.readlink(p)}" if p.is_symlink() else "dir" if p.is_dir()
-                               else hashlib.sha256(p.read_bytes()).hexdigest())
+                               else hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "special")
         if top.is_file():
             out[str(top)] = hashlib.sha256(top.read_bytes()).hexdigest()
     return out
 
 
+def on_alarm(signum, frame):
+    raise AssertionError("the command hangs: still running after 60 s")
+
+
 def call(main, argv, capsys, *protected: Path) -> tuple[int, str]:
     """Runs a command's main in this process: its exit code and its output, after checking that nothing
-    escaped as a traceback and that nothing under `protected` changed."""
+    escaped as a traceback and that nothing under `protected` changed. A command that hangs (a FIFO read)
+    fails the test after 60 s instead of stopping the suite."""
     before = snapshot(*protected)
-    code = main([str(a) for a in argv])
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.alarm(60)
+    try:
+        code = main([str(a) for a in argv])
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
     printed = capsys.readouterr()
     text = printed.out + printed.err
     assert "Traceback" not in text
@@ -76,7 +88,8 @@ def call(main, argv, capsys, *protected: Path) -> tuple[int, str]:
 
 
 def put(path: Path, content) -> None:
-    """Replaces `path` by bytes, a folder ('dir') or a symlink to itself ('loop')."""
+    """Replaces `path` by bytes, a folder ('dir'), a symlink to itself ('loop'), a FIFO ('fifo') or a symlink
+    to /dev/zero ('zero')."""
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
     elif path.exists() or path.is_symlink():
@@ -85,6 +98,10 @@ def put(path: Path, content) -> None:
         path.mkdir()
     elif content == "loop":
         path.symlink_to(path.name)
+    elif content == "fifo":
+        os.mkfifo(path)
+    elif content == "zero":
+        path.symlink_to("/dev/zero")
     else:
         path.write_bytes(content)
 
@@ -158,6 +175,30 @@ TRAIN_DATA = [  # (case, file of the scenario, content from the file's good byte
     ("embeddings: wrong shape", "image_embeddings.npy", lambda good: npy(np.zeros((89, 8), np.float32)),
      "expected shape (90, e)"),
     ("embeddings: a folder", "image_embeddings.npy", lambda good: "dir", "image_embeddings.npy: not a readable .npy"),
+    ("a FIFO", "traindata_new.txt", lambda good: "fifo", "traindata_new.txt: cannot be read (not a regular file but "
+     "a FIFO)"),
+    ("a symlink to /dev/zero", "Alist.txt", lambda good: "zero", "Alist.txt: cannot be read (not a regular file but a "
+     "character device)"),
+    ("embeddings: a FIFO", "image_embeddings.npy", lambda good: "fifo", "not a readable .npy array (not a regular "
+     "file but a FIFO)"),
+    ("embeddings: a symlink to /dev/zero", "image_embeddings.npy", lambda good: "zero", "not a regular file but a "
+     "character device"),
+    ("embeddings: 0 columns", "image_embeddings.npy", lambda good: npy(np.zeros((90, 0), np.float32)),
+     "expected e >= 1 values per item, found shape (90, 0)"),
+    ("embeddings: every row zero", "image_embeddings.npy", lambda good: npy(np.zeros((90, 8), np.float32)),
+     "every row is zero, so no item has an image"),
+    ("embeddings: float64 beyond float32", "image_embeddings.npy", lambda good: npy(np.full((90, 8), 1e300)),
+     "row 0 (and 89 more) has a value beyond float32's range"),
+    ("a time with two minus signs", "testdata_new.txt", lambda good: b"7\t7\t1|--1400663940|d|\t2|6|d|\n",
+     "testdata_new.txt:1: expected an interaction 'item|unix_ts|date|'"),
+    ("full-width digits as an item id", "traindata_new.txt", lambda good: "7\t7\t\uff11|5|d|\t2|6|d|\n".encode(),
+     "traindata_new.txt:1: expected an interaction 'item|unix_ts|date|' with a non-negative integer item id"),
+    ("full-width digits as a local index", "Alist.txt", lambda good: "0\tA0\t\uff10\n".encode(),
+     "Alist.txt:1: expected 'raw_id<TAB>ASIN<TAB>local_index'"),
+    ("two items sharing an ASIN", "Blist.txt", lambda good: b"200\tB1\t0\n201\tB1\t1\n",
+     "Blist.txt:2: ASIN B1 appears twice (also line 1)"),
+    ("an ASIN in both item lists", "Blist.txt", lambda good: valid_line(good) + b"201\tDEMOA000003\t1\n",
+     "Blist.txt: ASIN DEMOA000003 (and 0 more) is also in Alist.txt"),
 ]
 
 
@@ -194,6 +235,8 @@ CHECKPOINTS = [  # (case, content of the file, expected message)
     ("binary garbage", GARBAGE, "not an IFCDSR checkpoint"),
     ("truncated checkpoint", "truncated", "not an IFCDSR checkpoint"),
     ("a state dict, not a checkpoint", "state dict", "not an IFCDSR checkpoint of this version (missing"),
+    ("a FIFO", "fifo", "not a regular file but a FIFO; expected a best_*.pt or last_*.pt file"),
+    ("a symlink to /dev/zero", "zero", "not a regular file but a character device"),
 ]
 
 
@@ -206,6 +249,8 @@ def write_checkpoint(path: Path, content, good: Path, marker: Path) -> None:
         path.write_bytes(good.read_bytes()[:3000])
     elif content == "state dict":
         torch.save({"E.weight": torch.zeros(3, 2)}, path)
+    elif content in ("fifo", "zero"):
+        put(path, content)
     else:
         path.write_bytes(content)
 
@@ -270,6 +315,12 @@ IMAGES = [  # (case, what to change, content, exit code, expected text)
     ("a symlink loop named like an image", "images/A3.jpg", lambda f: "loop", 0, "not a regular file: images/A3.jpg"),
     ("a zero-byte JPEG", "images/B1.jpg", lambda f: b"", 0, "no image URL"),
     ("a decompression-bomb PNG", "images/B2.png", lambda f: png_header_only(12_000, 12_000), 0, "no image URL"),
+    ("a FIFO as the metadata file", "meta", lambda f: "fifo", 2, "meta: cannot be read (not a regular file but a "
+     "FIFO)"),
+    ("a symlink to /dev/zero as metadata", "meta", lambda f: "zero", 2, "not a regular file but a character device"),
+    ("a FIFO named like an image", "images/A2.jpg", lambda f: "fifo", 0, "not a regular file: images/A2.jpg"),
+    ("a symlink to /dev/zero named like an image", "images/A3.jpg", lambda f: "zero", 0,
+     "not a regular file: images/A3.jpg"),
 ]
 
 
@@ -300,6 +351,10 @@ BUILD = [  # (case, content of the domain X review file from its good bytes, exi
      "skipped 2 malformed line(s)"),
     ("invalid UTF-8 in reviews", lambda good: gzip.compress(gzip.decompress(good) + b"\xff\xfe{\n"), 0,
      "skipped 2 malformed line(s)"),
+    *[(f"a review time of {t}", lambda good, t=t: gzip.compress(gzip.decompress(good) + b'{"reviewerID": "c00", '
+       b'"asin": "X05", "unixReviewTime": ' + t.encode() + b'}\n'), 0, "skipped 2 malformed line(s)")
+      for t in ("Infinity", "-Infinity", "NaN", "1e400", '"' + "\uff11\uff14" + "\uff10" * 8 + '"')],
+    ("a FIFO as the review file", lambda good: "fifo", 2, "cannot be read (not a regular file but a FIFO)"),
 ]
 
 
@@ -307,7 +362,7 @@ BUILD = [  # (case, content of the domain X review file from its good bytes, exi
 def test_amazon_build_survives_bad_review_files(case, content, code, message, tmp_path, capsys):
     """The example's domain X file already holds one malformed line; the bad cases add one more."""
     ra, rb, ma, mb = write_example(tmp_path / "raw", "2018 json")
-    ra.write_bytes(content(ra.read_bytes()))
+    put(ra, content(ra.read_bytes()))
     built = tmp_path / "built"
     built.mkdir()
     (built / "Alist.txt").write_text("an earlier scenario\n")
@@ -335,6 +390,15 @@ EMBED = [  # (case, file under the scenario, content, exit code, expected text)
     ("a decompression-bomb PNG", "images/A000.jpg", png_header_only(12_000, 12_000), 0, "unreadable image 3"),
     ("a partial chunk that is garbage", "image_embeddings.partial/chunk_000000.npz", GARBAGE, 2,
      "chunk_000000.npz: unreadable"),
+    ("weights: a FIFO", "weights.pt", "fifo", 2, "weights.pt': not a regular file but a FIFO"),
+    ("weights: a symlink to /dev/zero", "weights.pt", "zero", 2, "not a regular file but a character device"),
+    ("a FIFO named like an image", "images/A000.jpg", "fifo", 0, "no image file 2"),
+    ("a symlink to /dev/zero named like an image", "images/A000.jpg", "zero", 0, "no image file 2"),
+    ("an image too long to resize", "images/A000.jpg", png_header_only(100_000, 1), 0, "unreadable image 3"),
+    ("a partial chunk that is a FIFO", "image_embeddings.partial/chunk_000000.npz", "fifo", 2,
+     "chunk_000000.npz: unreadable (not a regular file but a FIFO)"),
+    ("a partial meta.json that is a FIFO", "image_embeddings.partial/meta.json", "fifo", 2,
+     "meta.json: unreadable (not a regular file but a FIFO)"),
 ]
 
 
@@ -366,6 +430,8 @@ def test_embed_survives_bad_files(case, name, content, code, message, tmp_path, 
         assert "0\tA000\t" in rows
         if "bomb" in case:
             assert "decompression bomb" in rows
+        if "resize" in case:
+            assert "100000 x 1 pixels, 102,400,000 once resized to a shorter side of 32: more than" in rows
 
 
 # ----------------------------------------------------------------------------- killed at any moment
@@ -410,8 +476,19 @@ if command == "train":
         torch.optim.Adam.step = counted
     elif point == "checkpoint":
         train.atomic_write = half_then_kill(common.atomic_write)
-    elif point == "results":
-        train.atomic_write_text = half_then_kill(common.atomic_write_text)
+    elif point == "term":  # SIGTERM, handled as train.py's __main__ does, while test_ranks.npz is written
+        signal.signal(signal.SIGTERM, train.stop)
+        train.np.savez = lambda *a, **k: os.kill(os.getpid(), signal.SIGTERM)
+    elif point == "results":  # half-way through the final write of results.json and test_ranks.npz
+        def write_all(writes):
+            if tick():
+                for path, write in writes.items():
+                    buffer = io.BytesIO()
+                    write(buffer)
+                    path.with_name(path.name + ".tmp").write_bytes(buffer.getvalue()[:len(buffer.getvalue()) // 2])
+                os.kill(os.getpid(), signal.SIGKILL)
+            return common.atomic_write_all(writes)
+        train.atomic_write_all = write_all
     sys.exit(train.main(sys.argv[4:]))
 else:
     import clip_loader
@@ -431,11 +508,13 @@ else:
 """
 
 
-def killed(point: str, n: int, command: str, *argv) -> None:
-    """Runs the command in a new process that SIGKILLs itself at the n-th `point`."""
+def killed(point: str, n: int, command: str, *argv, code: int = -signal.SIGKILL) -> str:
+    """Runs the command in a new process that SIGKILLs itself at the n-th `point` (or is stopped otherwise,
+    ending with exit code `code`): its stderr."""
     result = subprocess.run([sys.executable, "-c", KILLER, point, str(n), command, *map(str, argv)], cwd=ROOT,
                             capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert result.returncode == -signal.SIGKILL, (point, n, result.returncode, result.stderr[-2000:])
+    assert result.returncode == code, (point, n, result.returncode, result.stderr[-2000:])
+    return result.stderr
 
 
 def comparable(res: dict) -> dict:
@@ -457,11 +536,11 @@ def straight(tiny_dir, tmp_path_factory):
 TRAIN_RUN = ("--no-image", "--target", "X", "--epochs", 3, "--batch-size", 16)  # 4 steps an epoch
 
 
-@pytest.mark.parametrize("point,n", [("step", 6), ("checkpoint", 3), ("results", 3)])
+@pytest.mark.parametrize("point,n", [("step", 6), ("checkpoint", 3), ("results", 1)])
 def test_training_killed_at_any_moment_resumes_to_the_same_results(point, n, tiny_dir, straight, tmp_path):
     """SIGKILL after the 6th optimiser step (mid-epoch 2), half-way through writing the 3rd checkpoint, and
-    half-way through the final write of results.json; the same command with --resume then ends with the
-    results of the uninterrupted run."""
+    half-way through the final write of results.json and test_ranks.npz; the same command with --resume then
+    ends with the results of the uninterrupted run."""
     out = tmp_path / "run"
     killed(point, n, "train", *TRAIN_RUN, "--data-dir", tiny_dir, "--out", out)
     assert run_cli(*TRAIN_RUN, "--data-dir", tiny_dir, "--out", out, "--resume") == 0
@@ -655,3 +734,222 @@ def test_small_and_lopsided_scenarios_are_clear_errors(case, valid, sizes, messa
     code, text = call(train.main, ["--data-dir", folder, "--models", "sasrec", "--target", "X", "--out",
                                    tmp_path / "o"], capsys, folder)
     assert code == 2 and message in text and not (tmp_path / "o").exists()
+
+
+# ----------------------------------------------------------------------------- a finished run is never damaged
+
+FINISHED = ("--target", "X", "--epochs", 1, "--batch-size", 32, "--device", "cpu")  # popularity and IFCDSR
+
+
+@pytest.fixture(scope="module")
+def finished(tiny_dir, tmp_path_factory):
+    """A finished default run (popularity and IFCDSR, target X) on the tiny scenario."""
+    out = tmp_path_factory.mktemp("finished") / "run"
+    assert run_cli(*FINISHED, "--data-dir", tiny_dir, "--out", out) == 0
+    return out
+
+
+def full_disk(run: Path, monkeypatch) -> None:
+    """The disk fills up while test_ranks.npz is written, after results.json's temp file."""
+    def savez(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(train.np, "savez", savez)
+
+
+RESUMES = [  # (case, what happens to the copy of the finished run, expected message)
+    ("best checkpoint deleted", lambda run, mp: (run / "ifcdsr" / "seed0" / "best_X.pt").unlink(),
+     "best_X.pt: missing, though "),
+    ("best checkpoint a FIFO", lambda run, mp: put(run / "ifcdsr" / "seed0" / "best_X.pt", "fifo"),
+     "best_X.pt: not a regular file but a FIFO"),
+    ("last checkpoint a symlink to /dev/zero", lambda run, mp: put(run / "ifcdsr" / "seed0" / "last_X.pt", "zero"),
+     "last_X.pt: not a regular file but a character device"),
+    ("a full disk at the final write", full_disk, "error: [Errno 28] No space left on device"),
+    ("the lock file a FIFO", lambda run, mp: put(run / train.LOCK, "fifo"), ".lock: not a regular file but a FIFO, "
+     "not the run's lock file; delete it and run again."),
+    ("the lock file a symlink", lambda run, mp: put(run / train.LOCK, "zero"), ".lock: a symlink, not the run's lock"),
+    ("last checkpoint deleted", lambda run, mp: (run / "ifcdsr" / "seed0" / "last_X.pt").unlink(),
+     "last_X.pt: missing from this finished run, though "),
+]
+
+
+@pytest.mark.parametrize("case,change,message", RESUMES, ids=[c[0] for c in RESUMES])
+def test_a_refused_or_failed_resume_leaves_every_byte_of_a_finished_run(case, change, message, finished, tiny_dir,
+                                                                         tmp_path, capsys, monkeypatch):
+    """The same command plus --resume: refused before anything is restored or written, or failing at the
+    final write; every file of the run folder (results.json and test_ranks.npz included) stays as it was."""
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    change(run, monkeypatch)
+    code, text = call(train.main, [*FINISHED, "--data-dir", tiny_dir, "--out", run, "--resume"], capsys, run)
+    assert code == 2 and message in text
+    if "missing" in message:
+        assert f"Put it back, or delete {run / 'ifcdsr' / 'seed0'} to train this model again." in text
+
+
+def test_a_resume_interrupted_by_sigterm_leaves_every_byte_of_a_finished_run(finished, tiny_dir, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    before = snapshot(run)
+    err = killed("term", 0, "train", *FINISHED, "--data-dir", tiny_dir, "--out", run, "--resume", code=130)
+    assert "interrupted" in err and "Traceback" not in err and snapshot(run) == before
+
+
+def test_a_full_disk_while_a_checkpoint_is_written_is_a_message_and_leaves_the_run(finished, tiny_dir, tmp_path):
+    """A resume that trains one more epoch, in a process that may write files of at most 4 kB (ulimit -f):
+    torch's zip writer fails on the checkpoint; exit code 2 and a message, every file as it was."""
+    import resource
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    before = snapshot(run)
+
+    def small_files():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write beyond the limit fails instead of killing
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+
+    argv = [*FINISHED[:2], "--epochs", 2, *FINISHED[4:], "--data-dir", tiny_dir, "--out", run, "--resume"]
+    result = subprocess.run([sys.executable, ROOT / "train.py", *map(str, argv)], cwd=ROOT, capture_output=True,
+                            text=True, preexec_fn=small_files)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "_X.pt: could not be written (" in result.stderr and "is the disk full?" in result.stderr
+    assert snapshot(run) == before
+
+
+HOLDER = "import fcntl, sys\nlocks = [open(p, 'ab') for p in sys.argv[1:]]\nfor f in locks:\n" \
+         "    fcntl.lockf(f, fcntl.LOCK_EX)\nprint('locked', flush=True)\nsys.stdin.read()"
+
+
+def test_one_process_per_run_folder_and_a_dead_holder_does_not_block(finished, tiny_dir, tmp_path, capsys):
+    """Another process holds the lock of a finished run and of an empty new folder: a --resume into the one
+    and a new run into the other are refused at once, naming the holder; once it is dead, its lock file
+    blocks nothing."""
+    run, new = tmp_path / "run", tmp_path / "new"
+    shutil.copytree(finished, run)
+    new.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, run / train.LOCK, new / train.LOCK],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        for out, extra in ((run, ["--resume"]), (new, ["--seed", 1])):
+            code, text = call(train.main, [*FINISHED, "--data-dir", tiny_dir, "--out", out, *extra], capsys, run, new)
+            assert code == 2 and f"{out}: another train.py (process {holder.pid}) is writing this run folder" in text
+    finally:
+        holder.kill()
+        holder.wait()
+    code, text = call(train.main, [*FINISHED, "--data-dir", tiny_dir, "--out", run, "--resume"], capsys)
+    assert code == 0 and not list(run.glob("*.tmp"))
+
+
+def test_results_refuse_a_nan_and_write_nothing(tmp_path):
+    """results.json is strict JSON: a NaN among the numbers is an error, and neither file is written."""
+    with pytest.raises(ValueError, match="not JSON compliant"):
+        train.save_run(tmp_path, {"summary": {"MRR": math.nan}}, {}, [0])
+    assert list(tmp_path.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------- every flag acts or is refused
+
+CKPT = "run/sasrec/seed0/best_X.pt"  # refused before it is read
+FLAG_PAIRS = [  # (command, flags, expected message): refused before any work, naming both flags
+    ("train", ("--scenario", "demo", "--data-dir", "{tiny}"), "--scenario and --data-dir cannot both act"),
+    ("train", ("--grid", "--lr", "0.01"), "--grid and --lr cannot both act: --grid searches lr and L2 itself"),
+    ("train", ("--grid", "--weight-decay", "0"), "--grid and --weight-decay cannot both act"),
+    ("train", ("--ablation", "--no-image"), "--ablation and --no-image cannot both act"),
+    ("train", ("--ablation", "--no-multi-attention"), "--ablation and --no-multi-attention cannot both act"),
+    ("train", ("--compare", "--no-multi-attention"), "--compare and --no-multi-attention cannot both act"),
+    ("train", ("--models", "ifcdsr", "--no-multi-attention"), "--models and --no-multi-attention cannot both act"),
+    ("train", ("--models", ""), "--models '': names no model; expected a comma-separated list"),
+    ("train", ("--models", " , "), "--models ' , ': names no model"),
+    ("train", ("--no-image", "--alpha", "0.5"), "--alpha: acts on none of the rows of --no-image (popularity, "
+     "ifcdsr_id)"),
+    ("train", ("--no-multi-attention", "--lambda1", "1", "--lambda2", "1"), "--lambda1, --lambda2: act on none of "
+     "the rows of --no-multi-attention (popularity, image_fusion)"),
+    ("train", ("--models", "sasrec", "--temperature", "0.5"), "--temperature: acts on none of the rows of --models "
+     "(sasrec)"),
+    ("train", ("--models", "gru4rec", "--literal"), "--literal: acts on none of the rows of --models (gru4rec)"),
+    ("train", ("--models", "popularity", "--epochs", "2"), "--epochs: acts on none of the rows of --models "
+     "(popularity)"),
+    ("train", ("--models", "popularity", "--seeds", "3"), "--seeds: acts on none of the rows"),
+    ("train", ("--eval-only", CKPT, "--resume"), "--eval-only evaluates the checkpoint as it was trained (its model, "
+     "target, config and folder) and writes nothing; drop --resume"),
+    ("train", ("--eval-only", CKPT, "--target", "X", "--models", "sasrec", "--epochs", "3"),
+     "drop --target, --models, --epochs"),
+    ("train", ("--eval-only", CKPT, "--lr", "0.1", "--no-image", "--seeds", "2"), "drop --seeds, --no-image, --lr"),
+    ("train", ("--eval-only", CKPT, "--out", "elsewhere"), "drop --out"),
+    ("train", ("--out", "{dangling}"), "a symlink to nowhere, which does not exist; choose another --out"),
+    ("walkthrough", ("--no-image", "--alpha", "0"), "--alpha weighs the image branch of Eq. 5, which --no-image "
+     "removes"),
+    ("embed", ("--offline", "--weights", "{tiny}/weights.pt"), "--offline forbids downloading the weights of a "
+     "model name, but --weights"),
+]
+
+
+@pytest.mark.parametrize("command,flags,message", FLAG_PAIRS, ids=[" ".join(c[1]) for c in FLAG_PAIRS])
+def test_flags_that_cannot_both_act_are_refused_before_any_work(command, flags, message, tiny_dir, tmp_path,
+                                                                 capsys, monkeypatch):
+    import walkthrough
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "dangling").symlink_to("nowhere")
+    argv = [f.format(tiny=tiny_dir, dangling=tmp_path / "dangling") for f in flags]
+    if command == "train" and not {"--out", "--eval-only"} & set(flags):
+        argv += ([] if "--scenario" in flags else ["--data-dir", tiny_dir]) + ["--out", tmp_path / "o"]
+    if command == "embed":
+        argv = ["embed", "--scenario-dir", tiny_dir, "--images", tiny_dir, *argv]
+    main = {"train": train.main, "walkthrough": walkthrough.main, "embed": clip_loader.main}[command]
+    code, text = call(main, argv, capsys, tiny_dir)
+    assert code == 2 and message in text, text
+    assert not (tmp_path / "o").exists() and not (tmp_path / "runs").exists()
+
+
+def test_held_out_sequences_equal_to_training_ones_and_small_domains_are_counted_warnings(tmp_path, capsys):
+    from conftest import write_scenario
+    lines = [line(1, (0, 1), (3, 2), (1, 3)), line(2, (4, 1), (0, 2), (2, 3), (5, 4))]
+    folder = write_scenario(tmp_path / "s", lines)  # valid and test hold the training lines
+    code, text = call(train.main, ["--data-dir", folder, "--models", "sasrec", "--target", "X", "--epochs", 1,
+                                   "--device", "cpu", "--out", tmp_path / "o"], capsys, folder)
+    assert code == 0
+    assert "warning: 2 of 2 test sequences repeat a training sequence (their last 16 items)" in text
+    assert "warning: domain X has 3 items: its 999 sampled negatives repeat some of the other 2" in text
+
+
+def test_item_lists_ignore_trailing_whitespace_as_the_sequence_files_do(tiny_dir, tmp_path):
+    from data import read_items
+    scenario = tmp_path / "scenario"
+    shutil.copytree(tiny_dir, scenario)
+    for name in ("Alist.txt", "Blist.txt"):
+        lines = (scenario / name).read_text().splitlines()
+        (scenario / name).write_text("".join(f"{text}\t \r\n" for text in lines))
+    assert read_items(scenario) == read_items(tiny_dir)
+
+
+# ----------------------------------------------------------------------------- report.py compare
+
+REPORTS = [  # (case, results.json of the second run from the finished one's, expected message)
+    ("the summary a list", lambda r: {**r, "summary": []}, "summary should be an object, found []"),
+    ("a metric a string", lambda r: {**r, "summary": {"ifcdsr": {"valid": {"X": {"sampled999": {"MRR": {
+        "mean": "9.1", "std": None}}}}, "test": {"X": {}}}}}, 'summary/ifcdsr/valid/X/sampled999/MRR/mean should be '
+     'a number, found "9.1"'),
+    ("a seed a string", lambda r: {**r, "runs": {**r["runs"], "ifcdsr": [{"seed": "0"}]}},
+     'runs/ifcdsr/0/seed should be a number or null, found "0"'),
+    ("no data_sha256", lambda r: {k: v for k, v in r.items() if k != "data_sha256"},
+     "the top level has no key 'data_sha256'"),
+    ("a list, not an object", lambda r: [r], "the top level has no key 'data_sha256'"),
+    ("a FIFO", lambda r: "fifo", "results.json: not a regular file but a FIFO"),
+]
+
+
+@pytest.mark.parametrize("case,edit,message", REPORTS, ids=[c[0] for c in REPORTS])
+def test_compare_names_the_key_and_type_of_a_foreign_results_file(case, edit, message, finished, tmp_path, capsys):
+    import report
+    other = tmp_path / "other"
+    shutil.copytree(finished, other)
+    edited = edit(json.loads((finished / "results.json").read_text()))
+    put(other / "results.json", edited if edited == "fifo" else json.dumps(edited).encode())
+    code, text = call(report.main, ["compare", finished, other], capsys, finished, other)
+    assert code == 2 and message in text and str(other) in text
+
+
+def test_compare_writes_to_a_terminal_that_cannot_encode_its_signs(finished):
+    result = subprocess.run([sys.executable, ROOT / "report.py", "compare", finished, finished], cwd=ROOT,
+                            capture_output=True, text=True, env={**os.environ, "PYTHONIOENCODING": "ascii"})
+    assert result.returncode == 0 and "Traceback" not in result.stderr
+    assert "test \\u2212 reference" in result.stdout and "| run | popularity | X |" in result.stdout

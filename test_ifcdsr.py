@@ -9,7 +9,7 @@ import torch
 
 from conftest import TINY, full_batch_losses, tiny_model, views
 from data import load_scenario, make_demo, make_train_set
-from ifcdsr import IFCDSR, AttentionEncoder, Config, log_prob, similarity, trim, unit
+from ifcdsr import IFCDSR, RANGES, AttentionEncoder, Config, ConfigError, log_prob, similarity, trim, unit
 
 
 # ----------------------------------------------------------------------------- equations
@@ -252,3 +252,17 @@ def test_a_few_training_steps_lower_the_loss(tmp_path):
     model.eval()  # no dropout, so the loss is a deterministic function of the weights
     losses, _ = full_batch_losses(model, scen.train)
     assert losses[-1] < 0.98 * losses[0]
+
+
+@pytest.mark.parametrize("field", sorted(RANGES))
+def test_config_check_refuses_every_numeric_field_out_of_its_range(field):
+    """Config.check is an API user's only guard (the command line has its own): below, above, NaN, a bool
+    or a string for any numeric field is a ConfigError naming the field, in Config() and in replace()."""
+    low, high = RANGES[field]
+    step = 1 if isinstance(low, int) else abs(high - low) / 10 or 1.0
+    for value in (low - step, high + step, math.nan, True, "1"):
+        with pytest.raises(ConfigError, match=f"^{field} = "):
+            Config(**{field: value}).check()
+        with pytest.raises(ConfigError, match=f"^{field} = "):
+            Config().replace(**{field: value})
+    Config(**{field: low}).replace(**{field: high})  # both ends are accepted

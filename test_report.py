@@ -70,22 +70,31 @@ def test_tables_show_mean_std_paper_rows_cold_warm_and_significance(capsys):
 
 
 def test_compare_pairs_each_run_with_the_reference(tiny_dir, tmp_path, capsys):
-    """A run against a copy of itself differs by exactly 0; a copy whose test ranks are all doubled loses
-    MRR (a negative difference that excludes 0); a run of other data is refused."""
+    """A --compare run (every row, popularity included) against a copy of itself differs by exactly 0; a copy
+    whose test ranks are all doubled loses MRR (a negative difference that excludes 0); a default run of
+    another seed pairs with it row by row; a run of other data is refused."""
     import shutil
     from conftest import run_cli
-    ref = tmp_path / "ref"
-    assert run_cli("--data-dir", tiny_dir, "--models", "sasrec", "--target", "X", "--epochs", 1, "--out", ref) == 0
+    ref, default = tmp_path / "ref", tmp_path / "default"
+    flags = ("--data-dir", tiny_dir, "--target", "X", "--epochs", 1, "--batch-size", 32, "--device", "cpu")
+    assert run_cli(*flags, "--compare", "--out", ref) == 0
+    assert run_cli(*flags, "--seed", 1, "--out", default) == 0
     same, worse = tmp_path / "same", tmp_path / "worse"
     shutil.copytree(ref, same)
     shutil.copytree(ref, worse)
     with np.load(ref / "test_ranks.npz") as npz:
         np.savez(worse / "test_ranks.npz", **{k: 2 * npz[k] for k in npz.files})
     capsys.readouterr()
-    assert report.main(["compare", str(ref), str(same), str(worse)]) == 0
-    rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines()[2:]]
-    assert [r[0] for r in rows] == ["| ref", "| same", "| worse"] and rows[0][-1] == "(reference) |"
-    assert rows[1][-2] == "+0.00 [+0.00, +0.00]" and rows[2][-2].startswith("-") and rows[2][-2].endswith("*")
+    assert report.main(["compare", str(ref), str(same), str(worse), str(default)]) == 0
+    rows = {tuple(r[:2]): r for r in (line.split(" | ") for line in capsys.readouterr().out.splitlines()[2:])}
+    models = ["popularity", "gru4rec", "sasrec", "ifcdsr_id", "ifcdsr"]
+    assert list(rows) == [(f"| {run}", m) for run in ("ref", "same", "worse") for m in models] + [
+        ("| default", "popularity"), ("| default", "ifcdsr")]
+    assert all(rows["| ref", m][-1] == "(reference) |" for m in models)
+    assert all(rows["| same", m][-2] == "+0.00 [+0.00, +0.00]" for m in models)
+    assert rows["| worse", "popularity"][-2].startswith("-") and rows["| worse", "ifcdsr"][-2].endswith("*")
+    assert rows["| default", "popularity"][-2] == "+0.00 [+0.00, +0.00]"  # popularity needs no seed
+    assert rows["| default", "ifcdsr"][-2] != "+0.00 [+0.00, +0.00]"
     results = json.loads((same / "results.json").read_text())
     (same / "results.json").write_text(json.dumps({**results, "data_sha256": "other"}))
     assert report.main(["compare", str(ref), str(same)]) == 2

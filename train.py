@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import json
 import math
 import os
 import random
 import re
 import shlex
+import signal
+import struct
 import sys
 import time
 import warnings
@@ -29,11 +32,11 @@ import torch
 
 import baselines
 import report
-from common import Progress, atomic_write, atomic_write_text, bounded, duration, moved
+from common import Progress, atomic_write, atomic_write_all, bounded, duration, file_problem, moved, safe_output
 from data import (EMBEDDINGS_FILE, SPLIT_FILES, DataError, Scenario, Views, fetch_list, load_scenario, read_users,
                   resolve_scenario)
-from evaluate import (PROTOCOLS, NonFiniteScores, by_target, domain_items, eval_cases, metrics, negatives, rank_cases,
-                      to_device, top_items, warm_items)
+from evaluate import (NUM_NEGATIVES, PROTOCOLS, NonFiniteScores, by_target, domain_items, eval_cases, metrics,
+                      negatives, rank_cases, to_device, top_items, warm_items)
 from ifcdsr import CPU_CHUNK, IFCDSR, PRINTED, RANGES, Config, ConfigError, host_to, shapes
 
 SELECT = ("sampled999", "MRR")  # the validation number that selects epochs and hyper-parameters
@@ -53,6 +56,18 @@ CHECKPOINT = {"model_name", "model", "config", "scenario", "data_dir", "data_sha
 RESUME = {"optimizer", "bad", "history", "rng"}  # what a resume needs besides, in last_*.pt only
 SCHEDULE = ("epochs", "patience", "eval_every")  # the settings a --resume may change: e.g. train a finished run longer
 MAX_SEEDS = 1000
+LOCK = ".lock"  # in every run folder: locked by the process that writes the folder, never read or written
+TRAINING = ("epochs", "lr", "weight_decay", "batch_size", "patience", "eval_every", "seed", "seeds", "grid")
+READINGS = ("temperature", "loss_norm", "softmax_over", "literal")  # IFCDSR's flags besides α, λ1, λ2
+CONFLICTS = {  # pairs of flags refused together, and why
+    ("scenario", "data_dir"): "--data-dir is the scenario folder itself",
+    ("grid", "lr"): "--grid searches lr and L2 itself (paper §4's 3x3 grid)",
+    ("grid", "weight_decay"): "--grid searches lr and L2 itself (paper §4's 3x3 grid)",
+    ("ablation", "no_image"): "--ablation trains Table 4's rows with and without images and views",
+    ("ablation", "no_multi_attention"): "--ablation trains Table 4's rows with and without images and views",
+    ("compare", "no_multi_attention"): "the IFCDSR rows without the three views are --models original,image_fusion",
+    ("models", "no_multi_attention"): "the IFCDSR rows without the three views are --models original,image_fusion",
+}
 
 
 class UsageError(Exception):
@@ -65,12 +80,26 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def save(obj, path: Path) -> None:
-    """results.json or a checkpoint, written whole or not at all."""
-    if path.suffix == ".json":  # strict JSON: a NaN or an infinity is an error, never a bare token
-        atomic_write_text(path, json.dumps(obj, indent=1, allow_nan=False))
-    else:
-        atomic_write(path, lambda f: torch.save(obj, f))
+def save(state: dict, path: Path) -> None:
+    """A checkpoint, written whole or not at all."""
+    def write(f):
+        try:
+            torch.save(state, f)
+        except RuntimeError as err:  # torch's zip writer reports a failed write (a full disk) as a RuntimeError
+            raise OSError(f"{path}: could not be written ({str(err).splitlines()[0][:200]}); is the disk full? "
+                          f"The previous checkpoint is kept: free space and continue with --resume.") from None
+    atomic_write(path, write)
+
+
+def save_run(out: Path, results: dict, ranks: dict, seeds: list) -> None:
+    """results.json and test_ranks.npz of a complete run, both written whole before either replaces an earlier
+    pair: a failed or interrupted run leaves the previous files as they were. Every test case's rank is stored
+    under `<model>/<seed>/<domain>/<protocol>`, popularity's under seed None."""
+    text = json.dumps(results, indent=1, allow_nan=False)  # strict JSON: a NaN or an infinity is an error
+    arrays = {f"{m}/{seed}/{d}/{p}": r.numpy() for m, by_d in ranks.items() for d, by_p in by_d.items()
+              for p, per_seed in by_p.items() for seed, r in zip([None] if m == "popularity" else seeds, per_seed)}
+    atomic_write_all({out / "results.json": lambda f: f.write(text.encode("utf-8")),
+                      out / "test_ranks.npz": lambda f: np.savez(f, **arrays)})
 
 
 def eval_batch(chunk: int, N: int) -> int:
@@ -95,6 +124,7 @@ def load_checkpoint(path: Path) -> dict:
     """A checkpoint read as data (weights_only: tensors, numbers, strings, lists, dicts; nothing in the file
     is executed) onto the CPU, whatever device wrote it, with the keys every checkpoint of this version holds.
     `load_state_dict` then places each tensor where the model and the optimizer are."""
+    check_checkpoint_file(path)
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols before it refuses a foreign pickle
             warnings.simplefilter("ignore")
@@ -116,6 +146,13 @@ def load_checkpoint(path: Path) -> dict:
         raise UsageError(f"{path}: not an IFCDSR checkpoint of this version (model {state['model_name']!r}, config "
                          f"fields {extra} unknown); train again with the same command to re-create it.")
     return state
+
+
+def check_checkpoint_file(path: Path) -> None:
+    """A checkpoint is read only if it is a regular file: a FIFO would block torch.load, /dev/zero fill memory."""
+    problem = file_problem(path)
+    if problem:
+        raise UsageError(f"{path}: {problem}; expected a best_*.pt or last_*.pt file that train.py wrote.")
 
 
 def check_checkpoint(state: dict, scen: Scenario, path: Path) -> None:
@@ -440,12 +477,12 @@ def choose_models(args, name: str, has_images: bool) -> list[str]:
     why = "--no-image" if args.no_image else f"the scenario has no {EMBEDDINGS_FILE}"
     if sum(map(bool, (args.models, args.compare, args.ablation))) > 1:
         raise UsageError("give one of --models, --compare and --ablation.")
-    if args.models or args.compare:
+    if args.models is not None or args.compare:
         models = COMPARE if args.compare else [m.strip() for m in args.models.split(",") if m.strip()]
         unknown = [m for m in models if m not in MODELS]
         if unknown or not models:
-            raise UsageError(f"--models: unknown model(s) {unknown}; expected a comma-separated list of "
-                             f"{', '.join(MODELS)}.")
+            raise UsageError(f"--models {args.models!r}: " + (f"unknown model(s) {unknown}" if unknown else
+                             "names no model") + f"; expected a comma-separated list of {', '.join(MODELS)}.")
         if no_images and args.compare:
             if any(map(needs_images, models)):
                 print(f"{why}: running only the rows that need no image embeddings", flush=True)
@@ -467,7 +504,43 @@ def choose_models(args, name: str, has_images: bool) -> list[str]:
     return [m for m in MODELS if m in models]
 
 
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def check_flags(args) -> None:
+    """Before any work: flags that cannot both act are refused, naming both."""
+    if args.eval_only:
+        dropped = [flag(k) for k in args.given
+                   if k not in ("eval_only", "scenario", "data_dir", "device", "deterministic", "export", "k")]
+        if dropped:
+            raise UsageError(f"--eval-only evaluates the checkpoint as it was trained (its model, target, config "
+                             f"and folder) and writes nothing but --export's file; drop {', '.join(dropped)}.")
+    for (a, b), why in CONFLICTS.items():
+        if a in args.given and b in args.given:
+            raise UsageError(f"{flag(a)} and {flag(b)} cannot both act: {why}; drop one of them.")
+
+
+def check_used(args, models: list[str]) -> None:
+    """Every flag given acts on at least one of the rows run: --alpha on a row with images, λ1 and λ2 on one
+    with the three views, the readings on an IFCDSR row, the training flags on a trained row."""
+    trained = [m for m in models if m != "popularity"]
+    ifcdsr = [m for m in trained if m in VARIANTS]
+    acts_on = {"alpha": [m for m in ifcdsr if VARIANTS[m][0]], "lambda1": [m for m in ifcdsr if VARIANTS[m][1]],
+               "lambda2": [m for m in ifcdsr if VARIANTS[m][1]], **dict.fromkeys(READINGS, ifcdsr),
+               **dict.fromkeys(TRAINING, trained)}
+    idle = [flag(k) for k, rows in acts_on.items() if k in args.given and not rows]
+    if idle:
+        chosen = next((flag(k) for k in ("models", "compare", "ablation", "no_image", "no_multi_attention")
+                       if k in args.given), "the default rows")
+        one = len(idle) == 1
+        raise UsageError(f"{', '.join(idle)}: act{'s' if one else ''} on none of the rows of {chosen} "
+                         f"({', '.join(models)}); drop {'it' if one else 'them'}, or choose rows "
+                         f"{'it acts' if one else 'they act'} on with --models.")
+
+
 def run(args) -> int:
+    check_flags(args)
     cfg = make_config(args)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                           else "cpu" if args.device == "auto" else args.device)
@@ -481,10 +554,12 @@ def run(args) -> int:
     seeds = parse_seeds(args)
     name, folder = resolve_scenario(args.scenario, args.data_dir)
     models = choose_models(args, name, (folder / EMBEDDINGS_FILE).exists())
+    check_used(args, models)
     out = args.run_folder = output_folder(args, name)  # the folder the Ctrl-C message names
     scen = load_scenario(folder, max_len=cfg.max_len, name=name, use_images=any(map(needs_images, models)))
     targets = ("X", "Y") if args.target == "both" else (args.target,)
     check_cases(scen, targets)
+    lock = lock_run_folder(out, args.resume)  # held until run() ends (its file closes then, or when the process does)
     if args.resume:  # everything that can refuse a --resume, before anything is written
         check_run_folder(out, scen, {
             sub / f"last_{target}.pt": (model, point_cfg) for model in models if model != "popularity"
@@ -495,7 +570,7 @@ def run(args) -> int:
           f"{len(scen.train)} train / {len(scen.valid)} valid / {len(scen.test)} test sequences; "
           f"device {device}; models {', '.join(models)}; seeds {', '.join(map(str, seeds))}; output {out}\n"
           f"readings: {readings(cfg)}", flush=True)
-    out.mkdir(parents=True, exist_ok=True)
+    print("".join(f"warning: {note}\n" for note in data_warnings(scen, targets)), end="", flush=True)
     progress = RunProgress(models, seeds, targets, args.grid)
 
     warm = warm_items(scen)
@@ -524,18 +599,14 @@ def run(args) -> int:
                 for kind, part in by_target(res["ranks"], res["cases"], warm).items():
                     entry["test_by_target"].setdefault(kind, {})[target] = part
             results["runs"][model].append(entry)
-            save(results, out / "results.json")
 
     results["summary"] = {m: {k: report.aggregate([e[k] for e in runs]) for k in ("valid", "test", "test_by_target")}
                           for m, runs in results["runs"].items()}
     reference = next((m for m in ("ifcdsr", "ifcdsr_id") if m in models), None)
     sig = report.significance(ranks, reference) if reference else {}
     results["significance"] = {"reference": reference, "rows": sig}
-    save(results, out / "results.json")
-    atomic_write(out / "test_ranks.npz", lambda f: np.savez(f, **{
-        f"{m}/{seed}/{d}/{p}": r.numpy() for m, by_d in ranks.items() for d, by_p in by_d.items()
-        for p, per_seed in by_p.items()
-        for seed, r in zip([None] if m == "popularity" else seeds, per_seed)}))
+    save_run(out, results, ranks, seeds)
+    lock.close()
 
     report.print_run(results)  # the same as `python report.py RUN`
     print(f"\nresults: {out / 'results.json'}")
@@ -587,6 +658,9 @@ def parse_args(argv):
     if args.export and (Path(args.export).exists() or not Path(args.export).parent.is_dir()):
         p.error(f"--export {args.export}: {'already exists' if Path(args.export).exists() else 'no such folder'}; "
                 f"choose another file")
+    absent = object()
+    p.set_defaults(**dict.fromkeys(vars(args), absent))  # parsed again, every flag not given is `absent`
+    args.given = [k for k, v in vars(p.parse_args(argv)).items() if v is not absent]
     return args
 
 
@@ -659,11 +733,42 @@ def output_folder(args, name: str) -> Path:
             raise UsageError(f"--resume: no earlier run of {name} under runs/; pass --out DIR.")
         return found[-1]
     out = Path(args.out or f"runs/{name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if out.is_symlink() and not out.exists():
+        raise UsageError(f"--out {out}: a symlink to {os.readlink(out)}, which does not exist; choose another --out.")
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out}: is a file, not a folder; choose another --out.")
-    if out.exists() and any(out.iterdir()) and not args.resume:
+    if not args.resume and holds_a_run(out):
         raise UsageError(f"{out} already holds a run; pass --resume to continue it, or another --out.")
     return out
+
+
+def holds_a_run(out: Path) -> bool:
+    return out.is_dir() and any(p.name != LOCK for p in out.iterdir())
+
+
+def lock_run_folder(out: Path, resume: bool):
+    """An exclusive lock on the run folder `out` (created if need be), held by the returned open file: a second
+    train.py into the same folder is refused at once, naming the holder. The kernel drops the lock when the
+    holder ends, however it ends, so the lock of a killed run never blocks. Without --resume the folder must
+    still hold nothing but the lock file: another run may have filled it since `output_folder` looked."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / LOCK
+    problem = "a symlink" if path.is_symlink() else path.exists() and file_problem(path)
+    if problem:  # opening a FIFO to write would block; a symlink could point anywhere
+        raise UsageError(f"{path}: {problem}, not the run's lock file; delete it and run again.")
+    lock = open(path, "ab")  # created once, never written: a finished run's files stay as they were
+    try:
+        fcntl.lockf(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        query = struct.pack("hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)  # struct flock: type, whence, start,
+        pid = struct.unpack("hhqqi4x", fcntl.fcntl(lock, fcntl.F_GETLK, query))[4]  # length, pid of the holder
+        lock.close()
+        raise UsageError(f"{out}: another train.py (process {pid}) is writing this run folder; wait until it ends "
+                         f"(or stop it), or choose another --out.") from None
+    if not resume and holds_a_run(out):
+        lock.close()
+        raise UsageError(f"{out} already holds a run; pass --resume to continue it, or another --out.")
+    return lock
 
 
 def check_run_folder(out: Path, scen: Scenario, planned: dict[Path, tuple[str, Config]]) -> None:
@@ -682,11 +787,22 @@ def check_run_folder(out: Path, scen: Scenario, planned: dict[Path, tuple[str, C
                              f"{recorded['data_dir']}, whose item and sequence files differ from those of {scen.name} "
                              f"in {scen.path}. Resume it with --data-dir {recorded['data_dir']}, or start a new run "
                              f"with another --out.")
+    for last in planned if results.exists() else []:  # a finished run: every planned training has its last_*.pt
+        best = last.with_name(last.name.replace("last_", "best_"))
+        if not last.exists() and not last.is_symlink() and (best.exists() or best.is_symlink()):
+            raise UsageError(f"{last}: missing from this finished run, though {best} is there: training could "
+                             f"continue neither from it (no optimiser state) nor anew (that would replace it). Put it "
+                             f"back, or delete {last.parent} to train this model again.")
     for path in sorted(out.rglob("*.pt")) if out.is_dir() else []:
         state = load_checkpoint(path)
         check_checkpoint(state, scen, path)
         if path in planned:
             check_same_run(state, *planned[path], path)
+            best = path.with_name(path.name.replace("last_", "best_"))
+            if state["best_valid"] >= 0 and not best.exists() and not best.is_symlink():
+                raise UsageError(f"{best}: missing, though {path} records the validation MRR of its best epoch "
+                                 f"({state['best_valid']:.2f}). Put it back, or delete {path.parent} to train "
+                                 f"this model again.")
 
 
 def check_cases(scen: Scenario, targets) -> None:
@@ -699,10 +815,31 @@ def check_cases(scen: Scenario, targets) -> None:
                                 f"--target {'Y' if target == 'X' else 'X'}, or add such sequences.")
 
 
+def data_warnings(scen: Scenario, targets) -> list[str]:
+    """What a run's numbers should be read with: items without an image, held-out sequences that repeat a
+    training sequence, and a domain too small for 999 distinct negatives."""
+    N, notes = scen.items.num_items, []
+    zero = 0 if scen.E_img is None else int((scen.E_img == 0).all(dim=1).sum())
+    if zero:
+        notes.append(f"{zero:,} of {N:,} items ({100 * zero / N:.1f}%) have no image (a zero row in "
+                     f"{EMBEDDINGS_FILE}): only their ID embedding can rank them")
+    seen = {tuple(r) for r in torch.cat([scen.train.inputs.xy, scen.train.targets.xy[:, -1:]], 1).tolist()}
+    for split in ("valid", "test"):
+        cases = getattr(scen, split)
+        repeats = sum(tuple(r) in seen for r in torch.cat([cases.history.xy, cases.target[:, None]], 1).tolist())
+        if repeats:
+            notes.append(f"{repeats:,} of {len(cases):,} {split} sequences repeat a training sequence (their "
+                         f"last {scen.train.inputs.xy.shape[1] + 1} items): their targets were trained on")
+    for target in targets:
+        n = len(range(N)[domain_items(scen, target)])
+        if n - 1 < NUM_NEGATIVES:
+            notes.append(f"domain {target} has {n:,} items: its {NUM_NEGATIVES} sampled negatives repeat some of "
+                         f"the other {n - 1:,}, which makes the sampled999 protocol harder than full ranking")
+    return notes
+
+
 def eval_only(args, device) -> int:
     path = Path(args.eval_only)
-    if not path.is_file():
-        raise UsageError(f"{path}: checkpoint not found.")
     state = load_checkpoint(path)
     try:
         cfg = Config(**state["config"])
@@ -797,5 +934,12 @@ def interrupted(argv: list[str], args) -> str:
     return f"interrupted; continue with\n    {shlex.join(['python', 'train.py', *kept, '--resume', '--out', str(out)])}"
 
 
+def stop(signum, frame):
+    """SIGTERM stops a run as Ctrl-C does: temp files are removed, and finished files stay as they were."""
+    raise KeyboardInterrupt
+
+
 if __name__ == "__main__":
+    safe_output()
+    signal.signal(signal.SIGTERM, stop)
     sys.exit(main())

@@ -20,7 +20,7 @@ import sys
 import torch
 
 import ifcdsr
-from common import bounded
+from common import bounded, safe_output
 from data import make_eval_set, make_train_set
 from ifcdsr import IFCDSR, PRINTED, RANGES, Config
 
@@ -282,6 +282,8 @@ def config(argv) -> Config:
     p.add_argument("--softmax-over", choices=("all", "domain"), help="Eq. 3/4: all N items or each view's own")
     p.add_argument("--literal", action="store_true", help="as printed: τ = 1, sum, domain (the defaults)")
     args = p.parse_args(argv)
+    if args.no_image and args.alpha is not None:
+        p.error("--alpha weighs the image branch of Eq. 5, which --no-image removes (α = 1); drop one of them")
     overrides = {k: v for k, v in (("temperature", args.temperature), ("alpha", args.alpha),
                                    ("loss_norm", args.loss_norm), ("softmax_over", args.softmax_over)) if v is not None}
     if args.literal:
@@ -301,4 +303,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    safe_output()
     sys.exit(main())
