@@ -870,7 +870,7 @@ FLAG_PAIRS = [  # (command, flags, expected message): refused before any work, n
      "(popularity)"),
     ("train", ("--models", "popularity", "--seeds", "3"), "--seeds: acts on none of the rows"),
     ("train", ("--eval-only", CKPT, "--resume"), "--eval-only evaluates the checkpoint as it was trained (its model, "
-     "target, config and folder) and writes nothing; drop --resume"),
+     "target, config and folder) and writes nothing but --export's file; drop --resume"),
     ("train", ("--eval-only", CKPT, "--target", "X", "--models", "sasrec", "--epochs", "3"),
      "drop --target, --models, --epochs"),
     ("train", ("--eval-only", CKPT, "--lr", "0.1", "--no-image", "--seeds", "2"), "drop --seeds, --no-image, --lr"),

@@ -32,7 +32,8 @@ import torch
 
 import baselines
 import report
-from common import Progress, atomic_write, atomic_write_all, bounded, duration, file_problem, moved, safe_output
+from common import (Progress, atomic_write, atomic_write_all, atomic_write_text, bounded, duration, file_problem, moved,
+                    safe_output)
 from data import (EMBEDDINGS_FILE, SPLIT_FILES, DataError, Scenario, Views, fetch_list, load_scenario, read_users,
                   resolve_scenario)
 from evaluate import (NUM_NEGATIVES, PROTOCOLS, NonFiniteScores, by_target, domain_items, eval_cases, metrics,
