@@ -91,13 +91,13 @@ class Counting(TorchDispatchMode):
         super().__init__()
         self.gpu = gpu
         self.shadow = WeakTensorKeyDictionary()  # fake integer tensor -> its real values
-        self.transient = list
+        self.transient = tuple  # keep_on_chip's callable: nothing by default
         self.reset()
         self.live = self.peak = 0
 
     def reset(self) -> None:
         self.kernels, self.flop, self.bytes, self.seconds = 0, 0.0, 0, 0.0
-        self.syncs, self.by_op, self.casts = Counter(), Counter(), Counter()
+        self.syncs, self.casts = Counter(), Counter()  # {what and where: count}, {(n, d) cast: count}
         # the same work if the buffers in `self.transient` never left the chip (a fused kernel): bytes, seconds
         self.fused_bytes, self.fused_seconds = 0, 0.0
 
@@ -229,7 +229,6 @@ class Counting(TorchDispatchMode):
         self.kernels += 1
         self.flop += flop
         self.bytes += read + written
-        self.by_op[func.__name__] += read + written
         self.seconds += max((read + written) / self.gpu.bandwidth, flop / peak) + self.gpu.launch_s
         transient = {t.untyped_storage()._cdata for t in self.transient()}
         on_chip = sum(nbytes(t) for t in inputs + outputs if t.untyped_storage()._cdata in transient)
