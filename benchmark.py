@@ -327,8 +327,8 @@ def print_simulated(gpu: simulate.GPU, sim: dict, cfg: Config, scen: Scenario) -
     print(f"syncs per step {tr['syncs']}")
     print(f"syncs per evaluation batch {ev['syncs']} (per pass {ps['syncs']}: the ranks and the finiteness verdicts)")
     print(f"bytes per step {tr['bytes'] / 1e9:.1f} GB")
-    print(f"checkpoints: last_*.pt {sim['last_bytes'] / 1e9:.2f} GB each epoch, best_*.pt {sim['best_bytes'] / 1e9:.2f} "
-          f"GB when validation improves")
+    print(f"checkpoints: last_*.pt {sim['last_bytes'] / 1e9:.2f} GB each epoch, "
+          f"best_*.pt {sim['best_bytes'] / 1e9:.2f} GB when validation improves")
     print(f"projected 100 epochs {sim['projected']['100_min']:.1f} min (target {cfg.target}: {sim['steps']} steps and "
           f"{sim['cases']:,} validation cases in {sim['batches']} batches of {sim['rows']} an epoch, "
           f"{sim['projected']['epoch_s']:.1f} s an epoch)")

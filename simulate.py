@@ -196,9 +196,9 @@ class Counting(TorchDispatchMode):
     def record(self, func, args, kwargs, out) -> None:
         inputs = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
         outputs = [t for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
+        fresh = not func.is_view and func not in (aten.detach.default, aten.alias.default)
         for t in outputs:  # device memory: every fresh output (not a view, not an input written in place) until freed
-            if isinstance(t, FakeTensor) and not func.is_view and func not in (aten.detach.default, aten.alias.default) \
-                    and not any(t is i for i in inputs):
+            if isinstance(t, FakeTensor) and fresh and not any(t is i for i in inputs):
                 size = nbytes(t)
                 self.live += size
                 self.peak = max(self.peak, self.live)

@@ -115,7 +115,8 @@ def test_evaluation_ranks_only_the_target_domains_items(tiny_dir, tmp_path):
         rigged = torch.where(other, 10.0, scores)  # the other domain outscores everything
         trainer = train.Trainer("ifcdsr_id", train.Config(use_image=False, target=target, q=8), scen, torch.device("cpu"),
                                 tmp_path, resume=False)
-        trainer.model.score = lambda history, items, matrices=None, shape=None: rigged[items].expand(len(history.xy), -1)
+        trainer.model.score = lambda history, items, matrices=None, shape=None: \
+            rigged[items].expand(len(history.xy), -1)
         cases = evaluate.eval_cases(scen.test, scen, target)
         expected = 1 + (scores[own][None, :] > scores[cases.target][:, None]).sum(1)  # ranks among the domain
         assert math.isclose(trainer.evaluate("test")["full"]["MRR"], evaluate.rank_metrics(expected)["MRR"])

@@ -576,7 +576,8 @@ def run(args) -> int:
 
     warm = warm_items(scen)
     results = {"scenario": name, "data_dir": str(folder), "data_sha256": scen.data_sha256, "config": asdict(cfg),
-               "literal": args.literal, "deterministic": args.deterministic, "models": models, "seeds": seeds, "runs": {}}
+               "literal": args.literal, "deterministic": args.deterministic, "models": models, "seeds": seeds,
+               "runs": {}}
     ranks = {}  # {model: {domain: {protocol: [(S,) ranks per seed]}}}
     for model in models:
         results["runs"][model] = []
