@@ -248,7 +248,9 @@ class ViewShape:
 def host_to(device, t: torch.Tensor) -> torch.Tensor:
     """A CPU tensor to the device; to CUDA through page-locked memory, so the host does not wait for the copy."""
     device = torch.device(device)
-    return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t.to(device)
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
 
 
 def shapes(pad: int, inputs, targets=None, device="cpu") -> dict[str, ViewShape]:
