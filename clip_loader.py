@@ -42,7 +42,7 @@ import torchvision.transforms as T
 from PIL import Image
 
 from amazon import IMAGE_SUFFIXES, read_titles
-from common import Progress, atomic_write, bounded, check_pixels, file_problem, moved, safe_output
+from common import Progress, atomic_write, bounded, check_pixels, file_problem, safe_output
 from data import DataError, read_items
 
 # OpenAI's download URL; its second-to-last segment is the file's SHA256.
@@ -755,8 +755,6 @@ def main(argv=None):
                    help="image decoding processes (default: cores - 1, at most 8)")
     e.add_argument("--offline", action="store_true", help="never download weights; say where to put them")
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["bench"]:
-        return moved("python clip_loader.py bench", "python benchmark.py --clip")
     try:
         args = parser.parse_args(argv)
     except SystemExit as exit_:  # argparse has printed what is wrong (or the help)

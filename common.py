@@ -103,12 +103,6 @@ def bounded(kind: type, low: int | float, high: int | float) -> Callable[[str], 
     return parse
 
 
-def moved(old: str, new: str) -> int:
-    """An old command spelling: one line that gives the new one, and exit code 2."""
-    print(f"error: `{old}` is now `{new}`", file=sys.stderr)
-    return 2
-
-
 def duration(seconds: float) -> str:
     """1h02m, 4m10s or 12s."""
     seconds = max(0, round(seconds))

@@ -464,9 +464,3 @@ def make_demo(out: Path, *, seed: int, spec: DemoSpec = DemoSpec()) -> Path:
         (tmp / "demo.json").write_text(recipe)  # marks a complete scenario
     return out
 
-
-if __name__ == "__main__":  # the raw Amazon commands live in amazon.py
-    import sys
-
-    from common import moved
-    sys.exit(moved(f"python data.py {' '.join(sys.argv[1:2])}".strip(), "python amazon.py images|build"))

@@ -2,21 +2,15 @@
 import argparse
 import json
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-import clip_loader
 import train
 from conftest import run_cli
 from data import DemoSpec, load_scenario, make_demo
 from evaluate import METRICS, PROTOCOLS
-
-ROOT = Path(__file__).resolve().parent
 
 
 def results(out):
@@ -164,16 +158,6 @@ def test_cli_rejects_a_checkpoint_of_another_scenario(tiny_dir, tmp_path, capsys
     assert run_cli("--data-dir", tiny_dir, "--target", "X", "--epochs", 1, "--out", tmp_path / "r") == 0
     assert run_cli("--data-dir", other, "--eval-only", tmp_path / "r" / "ifcdsr" / "seed0" / "best_X.pt") == 2
     assert "41+50" in capsys.readouterr().err
-
-
-def test_old_spellings_say_the_new_one(capsys):
-    assert train.main(["--benchmark", "--bench-items", "300"]) == 2
-    assert capsys.readouterr().err.strip() == "error: `python train.py --benchmark` is now `python benchmark.py`"
-    assert clip_loader.main(["bench", "--images", "0"]) == 2
-    assert capsys.readouterr().err.strip() == "error: `python clip_loader.py bench` is now `python benchmark.py --clip`"
-    old = subprocess.run([sys.executable, str(ROOT / "data.py"), "images", "--meta", "m"], capture_output=True, text=True)
-    assert old.returncode == 2 and old.stderr.strip() == ("error: `python data.py images` is now "
-                                                           "`python amazon.py images|build`")
 
 
 def test_bf16_autocast_trains_on_the_gpus_branches_and_evaluation_ranks_in_fp32(tiny_dir, tmp_path, monkeypatch):

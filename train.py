@@ -32,7 +32,7 @@ import torch
 
 import baselines
 import report
-from common import (Progress, atomic_write, atomic_write_all, atomic_write_text, bounded, duration, file_problem, moved,
+from common import (Progress, atomic_write, atomic_write_all, atomic_write_text, bounded, duration, file_problem,
                     safe_output)
 from data import (EMBEDDINGS_FILE, SPLIT_FILES, DataError, Scenario, Views, fetch_list, load_scenario, read_users,
                   resolve_scenario)
@@ -904,8 +904,6 @@ def export(trainer: Trainer, path: Path, k: int) -> None:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if "--benchmark" in argv:
-        return moved("python train.py --benchmark", "python benchmark.py")
     try:
         args = parse_args(argv)
     except SystemExit as exit_:  # argparse has printed what is wrong (or the help)
