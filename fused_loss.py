@@ -197,15 +197,15 @@ def score(views, E_id: torch.Tensor, E_img: torch.Tensor | None, alpha: float, t
     """(Eq. 8) P(x_i | S) = Σ_v λ_v·P^v(x_i | S) for the items in `items` -> (B, |items|); each view's
     softmax (Eq. 3/4) runs over its own items, as in `IFCDSR.score`; chunk // |own| histories at a time.
 
-    views: [(λ_v, own, into, src, h_id (B, q), h_img (B, e) or None, empty (B, 1))]: `own` the items of the
-    view's softmax, `into` and `src` the columns of the requested items it covers in the result and in P^v;
-    h read at each view's last position; a view without items contributes the uniform 1/|own|.
+    views: an `ifcdsr.ViewScores` per view (its λ_v, its softmax's items, the columns it covers, its h at the
+    last position, and which histories it has no item for); a view without items contributes 1/|own|.
     Note: computed as written, in probability space (fp32): an item's P underflows to 0 only if its
     logit is > 87 below the row's best in every branch, impossible for τ > 2/87 (cosines span 2/τ).
     """
-    B = len(views[0][4])
+    B = len(views[0].h_id)
     total = torch.zeros(B, items.stop - items.start, device=E_id.device)  # (B, |items|) the sum of Eq. 8
-    for weight, own, into, src, h_id, h_img, empty in views:
+    for view in views:
+        weight, own, into, src, h_id, h_img, empty = view  # the fields of ifcdsr.ViewScores
         if weight == 0:
             continue
         n = own.stop - own.start

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -236,6 +237,17 @@ def trim(pad: int, seq: torch.Tensor, *aligned: torch.Tensor) -> tuple[torch.Ten
     return tuple(t[:, -width:] for t in (seq, *aligned))
 
 
+class ViewScores(NamedTuple):
+    """What Eq. 8 needs of one view of a batch of histories, from `IFCDSR.score` to whichever code sums it."""
+    weight: float  # λ_v of Eq. 8: 1, λ1 or λ2
+    own: slice  # the items of the view's softmax (Eq. 3/4)
+    into: slice  # the columns of the requested items that P^v covers, in the result
+    src: slice  # the same items' columns in P^v
+    h_id: torch.Tensor  # (B, q) the view's h of the ID branch, at its last position
+    h_img: torch.Tensor | None  # (B, e) the image branch's, or None without images
+    empty: torch.Tensor  # (B, 1) True for a history without an item in this view
+
+
 @dataclass
 class ViewShape:
     """What a batch's data decides about one view's work, read on the host from the CPU copy of the batch,
@@ -413,7 +425,7 @@ class IFCDSR(nn.Module):
         items = slice(*items.indices(self.N)[:2])
         E_id, E_img = matrices or self.item_matrices()
         shape = shape or shapes(self.pad, history)
-        views = []  # (λ_v, own items, columns in the result, columns in P^v, h_id (B, q), h_img (B, e), empty (B, 1))
+        views = []  # a ViewScores per view
         for view, weight in cfg.view_weights().items():
             seq = getattr(history, view)[:, -shape[view].width:]  # (B, width)
             H_id, H_img = self.encode(seq, view)
@@ -421,12 +433,12 @@ class IFCDSR(nn.Module):
             own = self.view_items(view)
             # Note: with softmax_over = "domain", P^Y is a distribution over Y: P^Y(x_i) = 0 for an item of X
             both = overlap(own, items)  # the requested items that P^v covers
-            views.append((weight, own, shifted(both, items), shifted(both, own), H_id[:, -1],
-                          None if H_img is None else H_img[:, -1], empty))
+            views.append(ViewScores(weight, own, shifted(both, items), shifted(both, own), H_id[:, -1],
+                                    None if H_img is None else H_img[:, -1], empty))
         if not self.plain(len(history.xy)):  # the same sum, in place, chunk() logits at a time
             return fused_loss.score(views, E_id, E_img, cfg.alpha, cfg.temperature, items, self.chunk())
         total = torch.zeros(len(history.xy), items.stop - items.start, device=E_id.device)  # (B, |items|)
-        for weight, own, into, src, h_id, h_img, empty in views:
+        for weight, own, into, src, h_id, h_img, empty in views:  # the fields of ViewScores
             E_img_v = None if h_img is None else E_img[own]
             P_v = log_prob(h_id, E_id[own], h_img, E_img_v, cfg.alpha, cfg.temperature).exp()  # (B, |own|) Eq. 2-5
             # Note: a view without items (e.g. a history with no Y item) contributes the uniform 1/|own|
