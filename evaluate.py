@@ -78,7 +78,8 @@ def rank_cases(score_fn, cases: EvalSet, items: slice, neg: torch.Tensor, device
     A NaN or infinite score is an error (NonFiniteScores), never a rank.
     """
     resident = on_device(cases, items, neg, device, batch)
-    done = [rank_batch(score_fn, cases, resident, items, slice(i, i + batch), pad) for i in range(0, len(cases), batch)]
+    done = [rank_batch(score_fn, cases, resident, items, slice(i, i + batch), pad)
+            for i in range(0, len(cases), batch)]
     if done and not torch.stack([finite for *_, finite in done]).all():
         check_finite(score_fn, resident[0], cases, items, batch, pad)
     return {p: torch.cat([r[k] for r in done]).double().cpu() if done else torch.empty(0, dtype=torch.float64)
@@ -102,7 +103,7 @@ def rank_batch(score_fn, cases: EvalSet, resident: tuple, items: slice, b: slice
     model with many equal scores, such as popularity (every unseen item scores 0).
     """
     history, target, neg, flags = resident
-    s = score_fn(history[b], items, shape_of(pad, cases.history[b])).float()  # (B, n)
+    s = score_batch(score_fn, history, cases, items, b, pad)  # (B, n)
     s_t = s.gather(1, target[b, None])  # (B, 1)
     # counted as 0/1 floats in a reused buffer: summing a new bool tensor is several times slower
     higher = torch.gt(s, s_t, out=flags[:len(s_t)]).sum(1)  # (B,)
@@ -113,8 +114,10 @@ def rank_batch(score_fn, cases: EvalSet, resident: tuple, items: slice, b: slice
     return 1 + (s_neg > s_t).sum(1) + (s_neg == s_t).sum(1) / 2, 1 + higher + tied / 2, s.sum().isfinite()
 
 
-def shape_of(pad: int | None, history: Views):
-    return None if pad is None else ifcdsr.shapes(pad, history)
+def score_batch(score_fn, history: Views, cases: EvalSet, items: slice, b: slice, pad: int | None) -> torch.Tensor:
+    """(B, |items|) fp32 scores of the cases `b`, `history` their views on the device, their shapes read from
+    the CPU copy in `cases` (none without the padding id `pad`)."""
+    return score_fn(history[b], items, None if pad is None else ifcdsr.shapes(pad, cases.history[b])).float()
 
 
 def check_finite(score_fn, history: Views, cases: EvalSet, items: slice, batch: int, pad: int | None) -> None:
@@ -122,7 +125,7 @@ def check_finite(score_fn, history: Views, cases: EvalSet, items: slice, batch: 
     first batch with a score that is not (a sum of finite scores can overflow)."""
     for i in range(0, len(cases), batch):
         b = slice(i, i + batch)
-        s = score_fn(history[b], items, shape_of(pad, cases.history[b])).float()
+        s = score_batch(score_fn, history, cases, items, b, pad)
         if not s.isfinite().all():
             what = "NaN" if s.isnan().any() else "infinite"
             raise NonFiniteScores(f"{what} scores among cases {b.start + 1}-{b.start + len(s)} of {len(cases)}")
@@ -135,8 +138,7 @@ def top_items(score_fn, cases: EvalSet, items: slice, device, batch: int, k: int
     k - 1): ((S, k) global item ids, (S, k) scores), from the same `score_fn` as `rank_cases`."""
     ids, scores, history = [], [], to_device(cases.history, device)
     for i in range(0, len(cases), batch):
-        b = slice(i, i + batch)
-        s = score_fn(history[b], items, shape_of(pad, cases.history[b])).float()  # (B, n)
+        s = score_batch(score_fn, history, cases, items, slice(i, i + batch), pad)  # (B, n)
         top = s.topk(min(k, s.shape[1]), dim=1)  # (B, k)
         ids.append(top.indices.cpu() + items.start)
         scores.append(top.values.cpu())
