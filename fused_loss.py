@@ -24,6 +24,7 @@ Dimension letters: P positions, c positions of one chunk, B batch, N items, d a 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -73,10 +74,12 @@ def _exp_(s: torch.Tensor, temperature: float) -> torch.Tensor:
     return m
 
 
-def _nll_chunks(branches, target: torch.Tensor, rows: int, grads: bool, temperature: float, items: slice):
-    """Σ_t -log P(y_t | S) for P positions scored `rows` at a time and, with `grads`, its gradient with
-    respect to every branch's a and E (module docstring). Peak memory is one (rows, n) buffer, and one
-    more for each further branch whose E takes a gradient (none in IFCDSR: E_img is frozen).
+def _nll_chunks(branches, target: torch.Tensor, rows: int, temperature: float, items: slice, dE=None,
+                scale: float = 1.0):
+    """Σ_t -log P(y_t | S) for P positions scored `rows` at a time and, with `dE`, `scale` times its gradient
+    with respect to every branch's a (returned) and E (added into dE[b], an (N, d) buffer or None for a
+    branch whose E takes no gradient) (module docstring). Peak memory is one (rows, n) buffer, and one more
+    for each further branch whose E takes a gradient (none in IFCDSR: E_img is frozen).
 
     branches: [(a, E, E_p, log_w)]: a = unit(h)/τ (P, d), E (N, d) with unit rows, E_p the same matrix in the
     products' dtype (E itself, or its bf16 copy under autocast), log_w = log α or log(1-α); the softmax runs
@@ -90,10 +93,10 @@ def _nll_chunks(branches, target: torch.Tensor, rows: int, grads: bool, temperat
     In bf16 the buffer's values carry 8 bits; what the loss reads exactly is kept in fp32: the target's logit
     (a·E_y, c dot products), Z (summed in fp32), the gradients' sums.
     """
-    total = torch.zeros((), device=target.device)
+    total, grads = torch.zeros((), device=target.device), dE is not None
     dA = [torch.zeros_like(a) if grads else None for a, *_ in branches]
     # d/dE for all N rows, filled at `items`: a gradient of E[items] would cost autograd a second (N, d) tensor
-    dE = [torch.zeros_like(E) if grads and E.requires_grad else None for _, E, _, _ in branches]
+    dE = dE if grads else [None] * len(branches)
     dE_items = [None if d is None else d[items] for d in dE]
     branches = [(a, E[items], E_p[items], log_w) for a, E, E_p, log_w in branches]  # (n, d) the softmax's items
     # A branch whose G is needed after the loop below (for d/dE) keeps its buffer; the others are done with
@@ -125,7 +128,7 @@ def _nll_chunks(branches, target: torch.Tensor, rows: int, grads: bool, temperat
         if not grads:
             continue
         for b, (a, E, _, _) in enumerate(branches):
-            r = (log_wP_y[b] - log_P_y).exp()[:, None]  # (c, 1) r_b = w_b·P_b,y / P_y
+            r = scale * (log_wP_y[b] - log_P_y).exp()[:, None]  # (c, 1) r_b = w_b·P_b,y / P_y, times scale
             # d/da_b = r_b·(P_b - onehot_y)·E_b = r_b·((G·E_b) / Z - E_b,y)
             dA[b][i:i + rows] = r * (GE[b] / Z[b] - E[y])  # (c, d)
             if dE[b] is not None:
@@ -136,7 +139,7 @@ def _nll_chunks(branches, target: torch.Tensor, rows: int, grads: bool, temperat
                 else:  # the product in G's dtype, the sum in fp32
                     dE_items[b] += G[b].T @ (ra / Z[b]).to(G[b].dtype)
                 dE_items[b].index_add_(0, y, -ra)
-    return total, dA, dE
+    return total, dA
 
 
 def _weighted(log_w: tuple[float, float]) -> list[int]:
@@ -144,51 +147,121 @@ def _weighted(log_w: tuple[float, float]) -> list[int]:
     return [b for b in (0, 1) if log_w[b] > -math.inf]
 
 
+class ViewNLL(NamedTuple):
+    """One view's part of Eq. 7 for `nll_views`: its positions, their targets, its softmax's items, its weight."""
+    h_id: torch.Tensor  # (P, q) the ID encoder's output at the view's P next-item positions
+    h_img: torch.Tensor | None  # (P, e) the image encoder's, or None without the image branch
+    target: torch.Tensor  # (P,) each position's next item, counted from the first of `items`
+    items: slice  # the rows of E over which the view's softmax runs (Eq. 3/4)
+    scale: float  # the view's weight in Eq. 7 over its normalisation (Eq. 6's B·L slots, or its P)
+
+
+def _view_nll(view: ViewNLL, a_v: list, E_id, E_img, products, log_w, temperature: float, chunk: int, dE=None):
+    """One view's Σ_t by `_nll_chunks`, chunk // n positions at a time; a_v = [a_id] or [a_id, a_img]. With dE
+    (E_id's (N, q) gradient buffer), scale_v times the gradient: into dE, and returned as {branch: d/da}."""
+    a_v, kept = a_v + [None], _weighted(log_w)
+    branches = [((a_v[0], E_id, products[0]), (a_v[1], E_img, products[1]))[b] + (log_w[b],) for b in kept]
+    rows = max(1, chunk // len(range(E_id.shape[0])[view.items]))
+    grads = None if dE is None else [dE if b == 0 else None for b in kept]
+    nll, dA = _nll_chunks(branches, view.target, rows, temperature, view.items, grads, view.scale)
+    return nll, dict(zip(kept, dA))
+
+
 class _FusedNLL(torch.autograd.Function):
-    """Autograd for `_nll_chunks`: the gradient is formed in the forward pass, backward scales it."""
+    """Autograd for `_nll_chunks` over the views of a batch: Σ_v scale_v·nll_v and each nll_v. The gradient is
+    formed in the forward pass, every view's into the same (N, q) gradient of E_id; backward scales it.
+    Inputs: E_id, then each view's a_id (and a_img, with the image branch), then the rest as one tuple (the
+    tensors first, as autograd lists them)."""
 
     @staticmethod
-    def forward(ctx, a_id, E_id, a_img, E_img, products, target, log_w, rows, temperature, items):
-        kept = _weighted(log_w)
-        branches = [((a_id, E_id, products[0]), (a_img, E_img, products[1]))[b] + (log_w[b],) for b in kept]
-        total, dA, dE = _nll_chunks(branches, target, rows, True, temperature, items)
-        ctx.grads = [None] * 4  # d/d a_id, E_id, a_img, E_img
-        for b, dA_b, dE_b in zip(kept, dA, dE):
-            ctx.grads[2 * b], ctx.grads[2 * b + 1] = dA_b, dE_b
-        return total
+    def forward(ctx, E_id, *args):
+        *a, (E_img, products, views, log_w, temperature, chunk) = args
+        per_view = len(a) // len(views)  # 2 with the image branch, else 1
+        dE = torch.zeros_like(E_id)
+        total, nlls, ctx.grads = torch.zeros((), device=E_id.device), [], [dE] + [None] * len(a)
+        for k, view in enumerate(views):
+            nll, dA = _view_nll(view, a[per_view * k:per_view * (k + 1)], E_id, E_img, products, log_w,
+                                temperature, chunk, dE)
+            total = total + view.scale * nll
+            nlls.append(nll)
+            for b, dA_b in dA.items():
+                ctx.grads[1 + per_view * k + b] = dA_b
+        nlls = torch.stack(nlls)
+        ctx.mark_non_differentiable(nlls)
+        return total, nlls
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, g):
+    def backward(ctx, g, _):
         grads, ctx.grads = ctx.grads, None
         # in place: the gradients are this node's own, and a fresh (N, d) result would cost page faults on CPU
-        return (*(None if d is None else d.mul_(g) for d in grads), None, None, None, None, None, None)
+        return (*(None if d is None else d.mul_(g) for d in grads), None)
+
+
+def _branch_inputs(h_id, h_img, alpha: float, temperature: float):
+    """(Eq. 2) a = unit(h)/τ of each branch (None for a missing image branch), and (Eq. 5) log α, log(1-α)."""
+    a_id = F.normalize(h_id, dim=-1) / temperature  # (P, q)
+    if h_img is None:  # ID branch only: P = P_id
+        return a_id, None, (0.0, -math.inf)
+    return a_id, F.normalize(h_img, dim=-1) / temperature, (_log(alpha), _log(1.0 - alpha))  # (P, e)
+
+
+def nll_views(views: list[ViewNLL], E_id: torch.Tensor, E_img: torch.Tensor | None, alpha: float,
+              temperature: float, chunk: int, products: tuple | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Eq. 6/7) Σ_v scale_v·Σ_t -log P^v(target_t | S) and each view's Σ_t (V,): E_id, E_img (N, d) with unit
+    rows, E_img frozen; `products`: E_id and E_img as the products read them (under autocast, cast once by
+    the caller; default: as given). Every view's gradient goes into one (N, q) gradient of E_id, so E_id's
+    backward runs once a step, not once per view.
+
+    Positions are scored in chunks of chunk // n (n the view's items), whose (rows, n) logits are never kept,
+    so peak memory does not grow with P × n. Value and gradients equal those of `ifcdsr.log_prob` on
+    E[items] + autograd up to float rounding.
+    """
+    if E_img is not None and E_img.requires_grad:
+        raise ValueError("fused_loss: E_img is frozen (IFCDSR's image matrix takes no gradient)")
+    products = products or (E_id, E_img)
+    a, log_w = [], None
+    for view in views:
+        a_id, a_img, log_w = _branch_inputs(view.h_id, view.h_img, alpha, temperature)
+        a += [a_id] if a_img is None else [a_id, a_img]
+    per_view = len(a) // len(views)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in [E_id, *a]):
+        return _FusedNLL.apply(E_id, *a, (E_img, products, views, log_w, temperature, chunk))
+    nlls = torch.stack([_view_nll(view, a[per_view * k:per_view * (k + 1)], E_id, E_img, products, log_w,
+                                  temperature, chunk)[0] for k, view in enumerate(views)])
+    return sum(view.scale * nll for view, nll in zip(views, nlls)), nlls
 
 
 def nll(h_id: torch.Tensor, E_id: torch.Tensor, h_img: torch.Tensor | None, E_img: torch.Tensor | None,
         target: torch.Tensor, alpha: float, temperature: float, chunk: int, items: slice = slice(None),
         products: tuple | None = None) -> torch.Tensor:
-    """Σ_t -log P(target_t | S) over P positions (the sum of Eq. 6); E_id, E_img (N, d) with unit rows, the
-    softmax over their rows `items` (n of them), `target` counted from the first of those. `products`: E_id
-    and E_img as the products read them (under autocast, cast once by the caller; default: as given).
+    """Σ_t -log P(target_t | S) over P positions (the sum of Eq. 6) of one view: `nll_views` of it alone."""
+    return nll_views([ViewNLL(h_id, h_img, target, items, 1.0)], E_id, E_img, alpha, temperature, chunk,
+                     products)[0]
 
-    Positions are scored in chunks of chunk // n, whose (rows, n) logits are never kept, so peak memory
-    does not grow with P × n. Value and gradients equal those of `ifcdsr.log_prob` on E[items] + autograd
-    up to float rounding.
-    """
-    rows = max(1, chunk // len(range(E_id.shape[0])[items]))
-    products = products or (E_id, E_img)
-    # (Eq. 2) both branches compare a = unit(h)/τ with the unit rows of E
-    a_id = F.normalize(h_id, dim=-1) / temperature  # (P, q)
-    if h_img is None:  # ID branch only: P = P_id
-        a_img, log_w = None, (0.0, -math.inf)
-    else:
-        a_img = F.normalize(h_img, dim=-1) / temperature  # (P, e)
-        log_w = (_log(alpha), _log(1.0 - alpha))  # (Eq. 5) weights α and 1-α, as logarithms
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (a_id, E_id, a_img, E_img)):
-        return _FusedNLL.apply(a_id, E_id, a_img, E_img, products, target, log_w, rows, temperature, items)
-    branches = [((a_id, E_id, products[0]), (a_img, E_img, products[1]))[b] + (log_w[b],) for b in _weighted(log_w)]
-    return _nll_chunks(branches, target, rows, False, temperature, items)[0]
+
+class _UnitRows(torch.autograd.Function):
+    """unit(E) = E / max(‖E‖, ε) by rows, as `F.normalize`, with a backward of three passes over E (autograd's
+    own takes about ten): d/dE = (g - u·(u·g)) / ‖E‖, u = unit(E), and g / ε for a row of norm <= ε."""
+
+    @staticmethod
+    def forward(ctx, E):
+        norm = torch.linalg.vector_norm(E, dim=-1, keepdim=True).clamp_min_(1e-12)  # (N, 1)
+        u = E / norm
+        ctx.save_for_backward(u, norm)
+        return u
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        u, norm = ctx.saved_tensors
+        along = torch.linalg.vecdot(u, g)[:, None].masked_fill_(norm <= 1e-12, 0)  # (N, 1) u·g; 0 where clamped
+        return torch.addcmul(g, u, along, value=-1).div_(norm)
+
+
+def unit_rows(E: torch.Tensor) -> torch.Tensor:
+    """E's rows normalised for Eq. 2 (N, d), the same values as `ifcdsr.unit`, with a cheaper gradient."""
+    return _UnitRows.apply(E)
 
 
 @torch.no_grad()

@@ -384,10 +384,12 @@ class IFCDSR(nn.Module):
         per-view parts (0-d tensors on the device, for the log) come with it. `shape`: the batch's `shapes`,
         from its CPU copy; without it they are read from `inputs` (on CUDA the host would wait for them)."""
         cfg = self.cfg
-        E_id, E_img = self.item_matrices()
-        P_id, P_img = self.product_matrices(E_id)  # what the products read
-        shape = shape or shapes(self.pad, inputs, targets, E_id.device)
-        total, parts = 0.0, {}
+        shape = shape or shapes(self.pad, inputs, targets, self.E_id.weight.device)
+        plain = {view: self.plain(shape[view].count) for view in cfg.view_weights()}
+        if any(plain.values()):
+            E_id, E_img = self.item_matrices()
+            P_id, P_img = self.product_matrices(E_id)  # what the products read
+        total, parts, bounded = 0.0, {}, {}
         for view, weight in cfg.view_weights().items():
             width, P, at = shape[view].width, shape[view].count, shape[view].at
             seq, nxt = getattr(inputs, view)[:, -width:], getattr(targets, view)[:, -width:]  # (B, width)
@@ -396,19 +398,26 @@ class IFCDSR(nn.Module):
             h_id, h_img = H_id.flatten(0, 1)[at], None if H_img is None else H_img.flatten(0, 1)[at]
             items = self.view_items(view)  # the softmax's items: y is among them
             y = nxt.flatten()[at] - items.start
-            if self.plain(P):
-                P_img_v = None if P_img is None else P_img[items]
-                log_P = log_prob(h_id, P_id[items], h_img, P_img_v, cfg.alpha, cfg.temperature)  # (P, n) Eq. 2-5
-                nll = -log_P.gather(1, y[:, None]).sum()  # (Eq. 6) Σ_t -log P^v(v_{t+1} | S)
-            else:  # the same sum, in bounded memory
-                nll = fused_loss.nll(h_id, E_id, h_img, E_img, y, cfg.alpha, cfg.temperature, self.chunk(), items,
-                                     products=(P_id.detach(), P_img))
-            if cfg.loss_norm == "sum":  # Eq. 6's sum; one constant, the batch's B·L slots, for every view
-                L_v = nll / (seq.shape[0] * cfg.max_len)
-            else:  # "mean": each view averaged over its own P positions
-                L_v = nll / max(P, 1)
+            # "sum": Eq. 6's sum over one constant, the batch's B·L slots, for every view; "mean": each view
+            # averaged over its own P positions
+            norm = seq.shape[0] * cfg.max_len if cfg.loss_norm == "sum" else max(P, 1)
+            if not plain[view]:  # the same sum in bounded memory, for every such view at once after the loop
+                bounded[view] = (fused_loss.ViewNLL(h_id, h_img, y, items, weight / norm), norm)
+                continue
+            P_img_v = None if P_img is None else P_img[items]
+            log_P = log_prob(h_id, P_id[items], h_img, P_img_v, cfg.alpha, cfg.temperature)  # (P, n) Eq. 2-5
+            nll = -log_P.gather(1, y[:, None]).sum()  # (Eq. 6) Σ_t -log P^v(v_{t+1} | S)
+            L_v = nll / norm
             total = total + weight * L_v  # (Eq. 7)
             parts[view] = L_v.detach()
+        if bounded:  # Eq. 7's bounded views: one gradient of E_id for all of them
+            E_id = fused_loss.unit_rows(self.E_id.weight)  # (N + 1, q) with the padding row, which no view scores
+            E_img = self.E_img_unit if self.E_img is not None else None
+            weighted, nlls = fused_loss.nll_views([part for part, _ in bounded.values()], E_id, E_img, cfg.alpha,
+                                                  cfg.temperature, self.chunk(), self.product_matrices(E_id[:-1].detach()))
+            total = total + weighted  # (Eq. 7)
+            parts.update({view: nll / norm for (view, (_, norm)), nll in zip(bounded.items(), nlls)})
+        parts = {view: parts[view] for view in cfg.view_weights()}  # in the order of Eq. 7
         return total, parts
 
     @torch.no_grad()
