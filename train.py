@@ -21,6 +21,7 @@ import shlex
 import signal
 import struct
 import sys
+import threading
 import time
 import warnings
 from dataclasses import asdict, fields
@@ -29,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils._pytree import tree_leaves, tree_map
 
 import baselines
 import report
@@ -90,6 +92,56 @@ def save(state: dict, path: Path) -> None:
             raise OSError(f"{path}: could not be written ({str(err).splitlines()[0][:200]}); is the disk full? "
                           f"The previous checkpoint is kept: free space and continue with --resume.") from None
     atomic_write(path, write)
+
+
+def host_copy(state):
+    """`state` with every tensor copied to host memory and every container rebuilt: what training changes
+    afterwards (parameters, Adam's moments, the history list) no longer reaches it. A device's copies are
+    queued in stream order without waiting, into page-locked memory; `done` is set once they have landed."""
+    def copy(x):
+        if not isinstance(x, torch.Tensor):
+            return x
+        if x.device.type == "cpu":
+            return x.detach().clone()
+        return torch.empty(x.shape, dtype=x.dtype, pin_memory=True).copy_(x.detach(), non_blocking=True)
+    snapshot = tree_map(copy, state)
+    done = torch.cuda.Event() if torch.cuda.is_available() and any(
+        isinstance(t, torch.Tensor) and t.is_cuda for t in tree_leaves(state)) else None
+    if done is not None:
+        done.record()
+    return snapshot, done
+
+
+class Checkpoints:
+    """Checkpoints written by a background thread while the next epoch trains: `write` snapshots the states
+    (`host_copy`) and returns; the thread waits for the copies, then `save`s each file whole. One write is in
+    flight at a time (the next waits for it), and `wait` returns once it is on disk, re-raising its error."""
+
+    def __init__(self):
+        self.thread, self.error = None, None
+
+    def write(self, states: dict[Path, dict]) -> None:
+        self.wait()
+        snapshots = {path: host_copy(state) for path, state in states.items()}
+
+        def work():
+            try:
+                for path, (snapshot, done) in snapshots.items():
+                    if done is not None:
+                        done.synchronize()
+                    save(snapshot, path)
+            except BaseException as err:  # raised in the training thread by the next write or wait
+                self.error = err
+        self.thread = threading.Thread(target=work, name="checkpoints")
+        self.thread.start()
+
+    def wait(self, raise_error: bool = True) -> None:
+        if self.thread is not None:
+            self.thread.join()
+            self.thread = None
+        error, self.error = self.error, None
+        if error is not None and raise_error:
+            raise error
 
 
 def save_run(out: Path, results: dict, ranks: dict, seeds: list) -> None:
@@ -199,6 +251,7 @@ class Trainer:
         self.shuffle = torch.Generator().manual_seed(cfg.seed)
         self.epoch, self.best_valid, self.bad, self.history = 0, -1.0, 0, []
         self.items, self.cases, self.resident = domain_items(scen, cfg.target), {}, None
+        self.checkpoints = Checkpoints()
         if resume and self.last.is_file():
             self._restore(load_checkpoint(self.last))
         folder.mkdir(parents=True, exist_ok=True)
@@ -351,8 +404,17 @@ class Trainer:
         better validation MRR, and the epoch with the best one is kept: model selection on validation only.
         """
         cfg, t0 = self.cfg, time.time()
+        try:
+            self._fit(log_prefix, t0)
+        except BaseException:  # the file being written is finished (or left as it was) before the error goes on
+            self.checkpoints.wait(raise_error=False)
+            raise
+        self.checkpoints.wait()  # both files on disk before anything reads them
+
+    def _fit(self, log_prefix: str, t0: float) -> None:
+        cfg = self.cfg
         while self.epoch < cfg.epochs and self.bad < cfg.patience:
-            row = self.train_epoch()
+            row, writes = self.train_epoch(), {}
             self.epoch += 1
             row["epoch"] = self.epoch
             if self.epoch % cfg.eval_every == 0 or self.epoch == cfg.epochs:
@@ -361,11 +423,12 @@ class Trainer:
                 if score > self.best_valid:
                     self.best_valid, self.bad = score, 0
                     state = self._state()
-                    save({**{k: state[k] for k in CHECKPOINT}, "valid": row["valid"]}, self.best)
+                    writes[self.best] = {**{k: state[k] for k in CHECKPOINT}, "valid": row["valid"]}
                 else:
                     self.bad += 1
             self.history.append(row)
-            save(self._state(), self.last)
+            writes[self.last] = self._state()
+            self.checkpoints.write(writes)  # written while the next epoch trains
             losses = " ".join(f"L^{ {'x': 'X', 'y': 'Y', 'xy': 'X+Y'}[k]} {v:.4f}" for k, v in row["loss"].items())
             valid = (f" | valid MRR {row['valid']['sampled999']['MRR']:.2f} NDCG@10 "
                      f"{row['valid']['sampled999']['NDCG@10']:.2f}") if "valid" in row else ""
