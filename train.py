@@ -403,15 +403,15 @@ class Trainer:
         Note: the paper trains 100 epochs; here training also stops after `patience` evaluations without a
         better validation MRR, and the epoch with the best one is kept: model selection on validation only.
         """
-        cfg, t0 = self.cfg, time.time()
         try:
-            self._fit(log_prefix, t0)
+            self.epochs(log_prefix, time.time())
         except BaseException:  # the file being written is finished (or left as it was) before the error goes on
             self.checkpoints.wait(raise_error=False)
             raise
         self.checkpoints.wait()  # both files on disk before anything reads them
 
-    def _fit(self, log_prefix: str, t0: float) -> None:
+    def epochs(self, log_prefix: str, t0: float) -> None:
+        """`fit`'s loop: an epoch, its validation, its checkpoints and its log line, until the schedule ends."""
         cfg = self.cfg
         while self.epoch < cfg.epochs and self.bad < cfg.patience:
             row, writes = self.train_epoch(), {}
