@@ -2,6 +2,7 @@
 import argparse
 import json
 import re
+import threading
 
 import numpy as np
 import pytest
@@ -237,3 +238,25 @@ def test_the_header_counts_the_trainings_and_each_one_gives_the_runs_eta(tiny_ru
     assert f"trainings: 2 (1 model(s) x 1 seed(s) x 2 target(s)); {torch.get_num_threads()} CPU threads" in printed
     assert "\n[ifcdsr seed 0 X] training 1 of 2\n" in printed
     assert re.search(r"\n\[ifcdsr seed 0 Y\] training 2 of 2; run ETA \w+ \(\w+ a training\)\n", printed)
+
+
+def test_checkpoints_are_written_in_the_background_from_a_snapshot_and_a_failed_write_is_raised(tmp_path,
+                                                                                                monkeypatch):
+    """What `Checkpoints.write` was handed is what the file holds, whatever training changes after it returns
+    and before the thread writes (the tensor in place, the history list); a write that fails is raised by the
+    next `wait`, once."""
+    trained, save = threading.Event(), train.save
+    monkeypatch.setattr(train, "save", lambda state, path: (trained.wait(), save(state, path)))
+    checkpoints = train.Checkpoints()
+    weight, history = torch.zeros(3), [{"epoch": 1}]
+    checkpoints.write({tmp_path / "last_X.pt": {"model": {"w": weight}, "history": history}})
+    weight += 1  # the next epoch trains while the thread waits to write
+    history.append({"epoch": 2})
+    trained.set()
+    checkpoints.wait()
+    saved = torch.load(tmp_path / "last_X.pt", weights_only=True)
+    assert saved["model"]["w"].tolist() == [0, 0, 0] and saved["history"] == [{"epoch": 1}]
+    checkpoints.write({tmp_path / "no such folder" / "last_X.pt": {"w": weight}})
+    with pytest.raises(OSError):
+        checkpoints.wait()
+    checkpoints.wait()  # raised once
