@@ -6,7 +6,7 @@ tokenizer. `embed.py` uses it to turn a scenario's item images into
 `<scenario>/image_embeddings.npy`.
 
 API: `load(name_or_path, device) -> (model, preprocess)`, `tokenize(texts)`,
-`build_model(state_dict)`. Format facts: OpenAI's published checkpoints (MIT).
+`build_clip(state_dict)`. Format facts: OpenAI's published checkpoints (MIT).
 
 Dimension letters: B batch, R image side in pixels, P patch side, G = R / P grid
 side, T tokens (1 + G² for images, C = 77 for text), D transformer width,
@@ -220,7 +220,7 @@ def config_from_state_dict(state_dict) -> CLIPConfig:
     )
 
 
-def build_model(state_dict) -> CLIP:
+def build_clip(state_dict) -> CLIP:
     """A CLIP holding exactly the given tensors (same dtypes and device); any key mismatch is an error."""
     state_dict = {k: v for k, v in state_dict.items() if k not in ("input_resolution", "context_length", "vocab_size")}
     config = config_from_state_dict(state_dict)
@@ -429,7 +429,7 @@ def load(name_or_path="ViT-B/32", device="auto", *, keep_fp16=False, offline=Fal
     device = resolve_device(device) if isinstance(device, str) else device
     if keep_fp16 and device.type != "cuda":
         raise CLIPError("keep_fp16 is for CUDA only: on the CPU fp16 is slow and imprecise, so weights become fp32")
-    model = build_model(read_state_dict(resolve_weights(name_or_path, offline=offline)))
+    model = build_clip(read_state_dict(resolve_weights(name_or_path, offline=offline)))
     if not keep_fp16:
         model = model.float()  # OpenAI stores conv, linear and projection weights in fp16
     return model.to(device), make_preprocess(model.config.image_resolution)

@@ -107,7 +107,7 @@ def test_vit_b_32_keys_shapes_and_hyper_parameters_on_meta():
                                 vision_patch_size=32, context_length=77, vocab_size=49408, transformer_width=512,
                                 transformer_layers=12)
     assert (config.grid, config.vision_heads, config.transformer_heads) == (7, 12, 8)
-    model = cl.build_model({**state_dict, **{k: torch.tensor(v) for k, v in SCALARS.items()}})
+    model = cl.build_clip({**state_dict, **{k: torch.tensor(v) for k, v in SCALARS.items()}})
     built = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     assert built == shapes and len(built) == 302
     counts = {k: v.numel() for k, v in model.state_dict().items()}
@@ -323,12 +323,12 @@ def test_strict_loading_lists_missing_unexpected_and_misshapen_keys():
     state_dict["visual.extra"] = torch.zeros(1)
     state_dict["ln_final.bias"] = torch.zeros(7)
     with pytest.raises(CLIPError) as error:
-        cl.build_model(state_dict)
+        cl.build_clip(state_dict)
     assert "'visual.ln_post.bias'" in str(error.value) and "'visual.extra'" in str(error.value)
     assert "ln_final.bias (7,) (expected (128,))" in str(error.value)
     del state_dict["visual.proj"]
     with pytest.raises(CLIPError, match="not a ViT CLIP"):
-        cl.build_model(state_dict)
+        cl.build_clip(state_dict)
 
 
 # -------------------------------------------------------------------------- preprocess
