@@ -36,9 +36,9 @@ import download
 from common import Progress, atomic_folder, atomic_write_text, bounded, file_problem, safe_output
 from data import NATURAL, SPLIT_FILES, DataError, Items, read_items, read_text_lines, write_item_list, write_sequences
 
-ITEMS_FILE = "items.tsv"  # written by images and build; read by `clip_loader.py embed --missing text`
+ITEMS_FILE = "items.tsv"  # written by images and build; read by `embed.py --missing text`
 ITEMS_HEADER = "global_id\tdomain\tasin\ttitle\timage_url"
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")  # the image files that clip_loader.py embed finds, in this order
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")  # the image files that embed.py finds, in this order
 REVIEW_LAYOUTS = ("Amazon reviews in one of three layouts: the 2014 ratings CSV 'user,item,rating,timestamp', "
                   "2014/2018 JSON lines with reviewerID, asin, unixReviewTime, or 2023 JSON lines with user_id, "
                   "parent_asin, timestamp (ms)")

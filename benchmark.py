@@ -44,6 +44,7 @@ from torch.utils._pytree import tree_leaves
 
 import clip_loader
 import data
+import embed
 import fused_loss
 import simulate
 from data import Items, Scenario, TrainSet, Views
@@ -476,8 +477,8 @@ def clip(*, images=2000, repeats=5, batch_sizes=(1, 16, 64), device="auto", work
             (scenario / name).write_text("".join(f"{i}\t{a}\t{i}\n" for i, a in enumerate(part)))
         torch.save(model.state_dict(), scenario / "weights.pt")
         start = time.perf_counter()
-        clip_loader.embed(scenario, scenario / "images", weights=scenario / "weights.pt", device=device,
-                          workers=workers)
+        embed.embed(scenario, scenario / "images", weights=scenario / "weights.pt", device=device,
+                    workers=workers)
         seconds = time.perf_counter() - start
     print(f"embed command: {images:,} 500x500 JPEGs in {seconds:.1f} s = {images / seconds:.1f} images/s "
           f"(loading the weights included)")

@@ -1,31 +1,23 @@
 """CLIP for IFCDSR: the frozen image encoder that builds E_img (paper §3.1.1).
 
 Reads OpenAI's CLIP weights with code of its own (no TorchScript is run), rebuilds
-the ViT image tower and the text tower, carries OpenAI's preprocessing and BPE
-tokenizer, and provides the command that turns a scenario's item images into
-`<scenario>/image_embeddings.npy`:
-
-    python clip_loader.py embed --scenario-dir data/Food-Kitchen --images data/Food-Kitchen/images
+the ViT image tower and the text tower, and carries OpenAI's preprocessing and BPE
+tokenizer. `embed.py` uses it to turn a scenario's item images into
+`<scenario>/image_embeddings.npy`.
 
 API: `load(name_or_path, device) -> (model, preprocess)`, `tokenize(texts)`,
-`build_model(state_dict)`. Format facts: OpenAI's published checkpoints (MIT).
+`build_clip(state_dict)`. Format facts: OpenAI's published checkpoints (MIT).
 
 Dimension letters: B batch, R image side in pixels, P patch side, G = R / P grid
 side, T tokens (1 + G² for images, C = 77 for text), D transformer width,
-H heads, E joint embedding width (the paper's e = 512), N items.
+H heads, E joint embedding width (the paper's e = 512).
 """
-import argparse
 import collections
 import gzip
 import hashlib
 import html
-import json
 import math
-import os
 import pickle
-import shutil
-import sys
-import time
 import urllib.request
 import zipfile
 from dataclasses import dataclass
@@ -33,7 +25,6 @@ from functools import lru_cache
 from pathlib import Path
 
 import ftfy
-import numpy as np
 import regex
 import torch
 import torch.nn as nn
@@ -41,9 +32,7 @@ import torch.nn.functional as F
 import torchvision.transforms as T
 from PIL import Image
 
-from amazon import IMAGE_SUFFIXES, read_titles
-from common import Progress, atomic_write, bounded, check_pixels, file_problem, safe_output
-from data import DataError, read_items
+from common import Progress, atomic_write, file_problem
 
 # OpenAI's download URL; its second-to-last segment is the file's SHA256.
 MODELS = {
@@ -231,7 +220,7 @@ def config_from_state_dict(state_dict) -> CLIPConfig:
     )
 
 
-def build_model(state_dict) -> CLIP:
+def build_clip(state_dict) -> CLIP:
     """A CLIP holding exactly the given tensors (same dtypes and device); any key mismatch is an error."""
     state_dict = {k: v for k, v in state_dict.items() if k not in ("input_resolution", "context_length", "vocab_size")}
     config = config_from_state_dict(state_dict)
@@ -440,7 +429,7 @@ def load(name_or_path="ViT-B/32", device="auto", *, keep_fp16=False, offline=Fal
     device = resolve_device(device) if isinstance(device, str) else device
     if keep_fp16 and device.type != "cuda":
         raise CLIPError("keep_fp16 is for CUDA only: on the CPU fp16 is slow and imprecise, so weights become fp32")
-    model = build_model(read_state_dict(resolve_weights(name_or_path, offline=offline)))
+    model = build_clip(read_state_dict(resolve_weights(name_or_path, offline=offline)))
     if not keep_fp16:
         model = model.float()  # OpenAI stores conv, linear and projection weights in fp16
     return model.to(device), make_preprocess(model.config.image_resolution)
@@ -546,236 +535,3 @@ def tokenize(texts, context_length=77, truncate=False) -> torch.Tensor:
         result[row, : len(ids)] = torch.tensor(ids)
     return result
 
-
-# ------------------------------------------------------------------------ embed command
-
-
-class ItemImages(torch.utils.data.Dataset):
-    """(global id, preprocessed image or zeros, error message or '') for the items that have an image file."""
-
-    def __init__(self, gids, paths, preprocess):
-        self.gids, self.paths, self.preprocess = gids, paths, preprocess
-        self.resolution = preprocess.transforms[1].size[0]
-
-    def __len__(self):
-        return len(self.gids)
-
-    def __getitem__(self, i):
-        try:
-            with Image.open(self.paths[i]) as image:
-                check_pixels(image, self.resolution)  # the resize to R must not allocate more than the limit
-                return self.gids[i], self.preprocess(image), ""
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # corrupt, truncated, too big
-            message = " ".join(str(e).replace(str(self.paths[i]), self.paths[i].name).split()) or type(e).__name__
-            return self.gids[i], torch.zeros(3, self.resolution, self.resolution), f"unreadable image: {message}"
-
-
-def _is_file(entry: os.DirEntry) -> bool:
-    try:
-        return entry.is_file()
-    except OSError:  # a symlink loop
-        return False
-
-
-def find_images(images_dir: Path, asins) -> list:
-    """Per item, its image `<ASIN>.<jpg|jpeg|png|webp>` (suffix case ignored) or None."""
-    found = {}
-    for entry in sorted(os.scandir(images_dir), key=lambda e: e.name):
-        stem, suffix = os.path.splitext(entry.name)
-        if suffix.lower() in IMAGE_SUFFIXES and _is_file(entry):
-            rank = IMAGE_SUFFIXES.index(suffix.lower())
-            if stem not in found or rank < found[stem][0]:  # Note: .jpg beats .jpeg, .png, .webp
-                found[stem] = (rank, Path(entry.path))
-    return [found[asin][1] if asin in found else None for asin in asins]
-
-
-def _default_workers():
-    return max(1, min(8, (os.cpu_count() or 2) - 1))  # one core stays with the model
-
-
-def embed(scenario_dir, images_dir, *, weights="ViT-B/32", batch_size=64, device="auto", missing="zero",
-          workers=None, offline=False, chunk_size=4096, after_chunk=None) -> Path:
-    """Writes E_img = `<scenario>/image_embeddings.npy`, (N, E) float32, row = global item id, plus
-    `image_embeddings.missing.tsv` (id, ASIN, reason, whether the row is zero or from the title)."""
-    scenario_dir, images_dir = Path(scenario_dir), Path(images_dir)
-    if batch_size < 1:
-        raise CLIPError(f"--batch-size must be at least 1, found {batch_size}")
-    if workers is not None and workers < 0:
-        raise CLIPError(f"--workers must be 0 (decode in the main process) or more, found {workers}")
-    if missing not in ("zero", "text"):
-        raise CLIPError(f"--missing must be zero or text, found {missing!r}")
-    if not images_dir.is_dir():
-        raise CLIPError(f"--images {images_dir}: no such folder; it should hold <ASIN>.jpg files")
-    items = read_items(scenario_dir)
-    N = len(items.asins)
-    titles = read_titles(scenario_dir, items) if missing == "text" else None
-    paths = find_images(images_dir, items.asins)
-    if not any(paths):
-        raise CLIPError(f"{images_dir} holds no image named after any of the {N:,} items (looked for <ASIN>"
-                        f"{'|'.join(IMAGE_SUFFIXES)}, e.g. {items.asins[0]}.jpg); is --images the right folder?")
-    device = resolve_device(device)
-    weights_path = resolve_weights(weights, offline=offline)
-    model, preprocess = load(weights_path, device)
-    partial = scenario_dir / "image_embeddings.partial"
-    meta = {"weights_sha256": file_sha256(weights_path), "items": N, "chunk_size": chunk_size,
-            "asins_sha256": hashlib.sha256("\n".join(items.asins).encode()).hexdigest()}
-    E_img, reasons = _embed_images(model, preprocess, paths, device, partial, meta, batch_size=batch_size,
-                                   workers=_default_workers() if workers is None else workers,
-                                   after_chunk=after_chunk)
-
-    # Note: rows are the raw encode_image vectors, as the paper's frozen CLIP gives them (no L2
-    # normalisation); text rows are raw encode_text vectors, the same treatment.
-    row_kind = np.array(["zero" if r else "" for r in reasons], dtype=object)
-    if titles is not None:
-        fill = [g for g in range(N) if reasons[g] and titles[g]]
-        E_img[fill] = embed_texts(model, [f"a photo of {titles[g]}." for g in fill], batch_size, device)
-        row_kind[fill] = "text"
-
-    output = scenario_dir / "image_embeddings.npy"
-    missing_path = scenario_dir / "image_embeddings.missing.tsv"
-    lines = ["global_id\tasin\treason\trow\n"] + [
-        f"{g}\t{items.asins[g]}\t{reasons[g]}\t{row_kind[g]}\n" for g in range(N) if reasons[g]]
-    atomic_write(output, lambda f: np.save(f, E_img))
-    atomic_write(missing_path, lambda f: f.write("".join(lines).encode("utf-8")))
-    shutil.rmtree(partial)
-
-    counts = collections.Counter(r.split(":")[0] for r in reasons if r)
-    print(f"encoded {N - sum(counts.values()):,} of {N:,} items from images; missing "
-          f"{sum(counts.values()):,}: " + (", ".join(f"{k} {v:,}" for k, v in sorted(counts.items())) or "none"))
-    if titles is not None:
-        print(f"filled {(row_kind == 'text').sum():,} missing rows from titles; {(row_kind == 'zero').sum():,} "
-              f"stay zero (no title)")
-    print(f"wrote {output} {E_img.shape} float32 and {missing_path}")
-    return output
-
-
-def _embed_images(model, preprocess, paths, device, partial: Path, meta, *, batch_size, workers, after_chunk):
-    """(E_img (N, E), reason per item: '' when encoded) with resumable progress in the folder `partial`.
-
-    Chunk c covers global ids [c·chunk_size, (c+1)·chunk_size) and is saved as one file once all its
-    images are done, so a killed run loses at most one chunk; `after_chunk(c)` runs after each save.
-    """
-    N, chunk_size = len(paths), meta["chunk_size"]
-    partial.mkdir(exist_ok=True)
-    if (partial / "meta.json").exists():
-        try:
-            if problem := file_problem(partial / "meta.json"):  # a FIFO would block the read
-                raise OSError(problem)
-            saved = json.loads((partial / "meta.json").read_text())
-        except (OSError, ValueError) as err:
-            raise CLIPError(f"{partial / 'meta.json'}: unreadable ({err}); delete {partial} to start over") from None
-        if saved != meta:
-            raise CLIPError(f"{partial} holds partial results of a run with other weights or another item list "
-                            f"({saved}); rerun with the same --weights to continue it, or delete the folder to "
-                            f"start over")
-    else:
-        atomic_write(partial / "meta.json", lambda f: f.write(json.dumps(meta).encode()))
-    E_img = np.zeros((N, model.config.embed_dim), dtype=np.float32)  # (N, E)
-    # Note: an item without a usable image keeps a zero row (the paper does not say what it does)
-    reasons = np.array(["" if p else "no image file" for p in paths], dtype=object)
-    chunks = range(math.ceil(N / chunk_size))
-    pending = []
-    for c in chunks:
-        rows = slice(c * chunk_size, (c + 1) * chunk_size)
-        chunk = partial / f"chunk_{c:06d}.npz"
-        if chunk.exists():
-            problem = file_problem(chunk)  # a FIFO would block np.load
-            try:
-                if problem:
-                    raise OSError(problem)
-                with np.load(chunk, allow_pickle=False) as saved:
-                    E_img[rows], reasons[rows] = saved["E_img"], saved["reasons"]
-            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
-                why = problem or (f"{type(err).__name__}: {err}" if zipfile.is_zipfile(chunk) else "not a .npz archive")
-                raise CLIPError(f"{chunk}: unreadable ({why}); delete it, and rerun to encode its items "
-                                f"again") from None
-        else:
-            pending.append(c)
-    todo = {c: sum(p is not None for p in paths[c * chunk_size:(c + 1) * chunk_size]) for c in pending}
-    gids = [g for c in pending for g in range(c * chunk_size, min((c + 1) * chunk_size, N)) if paths[g]]
-
-    def save_finished_chunks():
-        while pending and todo[pending[0]] == 0:
-            c = pending.pop(0)
-            rows = slice(c * chunk_size, (c + 1) * chunk_size)
-            atomic_write(partial / f"chunk_{c:06d}.npz",
-                          lambda f: np.savez(f, E_img=E_img[rows], reasons=reasons[rows].astype(str)))
-            if after_chunk:
-                after_chunk(c)
-
-    loader = torch.utils.data.DataLoader(ItemImages(gids, [paths[g] for g in gids], preprocess),
-                                         batch_size=batch_size, num_workers=workers,
-                                         pin_memory=device.type == "cuda")
-    print(f"embedding {len(gids):,} images of {N:,} items on {device} "
-          f"({len(chunks) - len(pending)} of {len(chunks)} chunks already done)", file=sys.stderr)
-    progress, done = Progress("embed", len(gids), "images"), 0
-    save_finished_chunks()
-    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
-        for batch_gids, pixels, errors in loader:  # (B,), (B, 3, R, R), B messages
-            ok = torch.tensor([not e for e in errors])  # (B,)
-            if ok.any():
-                features = model.encode_image(pixels[ok].to(device, non_blocking=True))  # (B_ok, E)
-                E_img[batch_gids[ok].numpy()] = features.float().cpu().numpy()
-            for g, error in zip(batch_gids.tolist(), errors):
-                reasons[g] = error
-                todo[g // chunk_size] -= 1
-            done += len(errors)
-            save_finished_chunks()
-            progress.update(done)
-    progress.done(f"{done:,}/{len(gids):,} images in {time.monotonic() - progress.start:.0f} s")
-    return E_img, reasons
-
-
-def embed_texts(model, texts, batch_size, device) -> np.ndarray:
-    """(len(texts), E) raw encode_text vectors; texts longer than the context are truncated."""
-    rows = []
-    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
-        for start in range(0, len(texts), batch_size):
-            tokens = tokenize(texts[start:start + batch_size], model.config.context_length, truncate=True)
-            rows.append(model.encode_text(tokens.to(device)).float().cpu().numpy())
-    return np.concatenate(rows) if rows else np.zeros((0, model.config.embed_dim), np.float32)
-
-
-# -------------------------------------------------------------------------------- CLI
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    e = commands.add_parser("embed", help="encode a scenario's item images into image_embeddings.npy (E_img)")
-    e.add_argument("--scenario-dir", type=Path, required=True, help="folder with Alist.txt and Blist.txt")
-    e.add_argument("--images", type=Path, required=True, help="folder of <ASIN>.jpg|jpeg|png|webp files")
-    e.add_argument("--weights", default="ViT-B/32", help="ViT-B/32 (cached in ~/.cache/clip) or a weight file")
-    e.add_argument("--batch-size", type=bounded(int, 1, 4096), default=64)
-    e.add_argument("--device", default="auto", help="auto (cuda when available, else cpu), cpu, cuda or cuda:N")
-    e.add_argument("--missing", choices=("zero", "text"), default="zero",
-                   help="rows of items without a usable image: zero (the paper) or the CLIP text embedding of "
-                        "'a photo of {title}.' from <scenario-dir>/items.tsv")
-    e.add_argument("--workers", type=bounded(int, 0, 64),
-                   help="image decoding processes (default: cores - 1, at most 8)")
-    e.add_argument("--offline", action="store_true", help="never download weights; say where to put them")
-    argv = sys.argv[1:] if argv is None else argv
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exit_:  # argparse has printed what is wrong (or the help)
-        return exit_.code
-    if args.offline and args.weights not in MODELS:
-        print(f"error: --offline forbids downloading the weights of a model name, but --weights {args.weights} is "
-              f"a file: nothing to download; drop --offline.", file=sys.stderr)
-        return 2
-    try:
-        embed(args.scenario_dir, args.images, weights=args.weights, batch_size=args.batch_size,
-              device=args.device, missing=args.missing, workers=args.workers, offline=args.offline)
-    except (CLIPError, DataError, OSError) as error:  # OSError: a folder that cannot be written, a full disk
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: finished chunks are kept in <scenario-dir>/image_embeddings.partial; rerun the same "
-              "command to continue", file=sys.stderr)
-        return 130
-    return 0
-
-
-if __name__ == "__main__":
-    safe_output()
-    sys.exit(main())

@@ -221,7 +221,7 @@ def load_image_embeddings(path: Path, num_items: int, name: str | None = None) -
     if not path.exists():
         raise DataError(
             f"{path}: image embeddings not found. Build them with\n"
-            f"    python clip_loader.py embed --scenario-dir {path.parent} --images {path.parent / 'images'}\n"
+            f"    python embed.py --scenario-dir {path.parent} --images {path.parent / 'images'}\n"
             f"(docs/clip.md), or train the ID-only model with --no-image." + fetch_list(name))
     try:  # never a pickle; memory-mapped, so that a header that lies about the shape costs nothing
         problem = file_problem(path)  # a FIFO would block np.load
@@ -237,7 +237,7 @@ def load_image_embeddings(path: Path, num_items: int, name: str | None = None) -
             why = "pickled Python objects, which are never loaded"
         else:
             why = err
-        raise DataError(f"{path}: not a readable .npy array ({why}); rebuild it with clip_loader.py embed.") from None
+        raise DataError(f"{path}: not a readable .npy array ({why}); rebuild it with embed.py.") from None
     if E.ndim != 2 or E.shape[0] != num_items:
         raise DataError(f"{path}: expected shape ({num_items}, e), one row per item of Alist+Blist; "
                         f"found {E.shape}. Rebuild it for this scenario.")
@@ -245,7 +245,7 @@ def load_image_embeddings(path: Path, num_items: int, name: str | None = None) -
         raise DataError(f"{path}: expected a float32 array, found dtype {E.dtype}.")
     if E.shape[1] == 0:
         raise DataError(f"{path}: expected e >= 1 values per item, found shape {E.shape}; rebuild it with "
-                        f"clip_loader.py embed, or train the ID-only model with --no-image.")
+                        f"embed.py, or train the ID-only model with --no-image.")
     for bad, what in ((~np.isfinite(E), "a non-finite value"),
                       (np.isfinite(E) & (np.abs(E) > np.finfo(np.float32).max), "a value beyond float32's range "
                                                                                  "(±3.4e38)")):
@@ -256,7 +256,7 @@ def load_image_embeddings(path: Path, num_items: int, name: str | None = None) -
     E = np.array(E, dtype=np.float32)  # (N, e), read into memory
     if not E.any():
         raise DataError(f"{path}: every row is zero, so no item has an image and the image branch would add "
-                        f"nothing; rebuild it with clip_loader.py embed, or train the ID-only model with --no-image.")
+                        f"nothing; rebuild it with embed.py, or train the ID-only model with --no-image.")
     return torch.from_numpy(E)
 
 
@@ -366,7 +366,7 @@ def fetch_list(name: str) -> str:
             f"  2. {EMBEDDINGS_FILE}, for the rows with images (--no-image trains without): the 2014 Amazon "
             f"metadata {' and '.join(meta)}, published at {AMAZON_2014}, then\n"
             f"       python amazon.py images --scenario-dir {folder} --meta {' '.join(meta)}\n"
-            f"       python clip_loader.py embed --scenario-dir {folder} --images {folder / 'images'}\n"
+            f"       python embed.py --scenario-dir {folder} --images {folder / 'images'}\n"
             f"docs/data.md (\"From nothing to a scenario\") gives the disk each step needs.")
 
 

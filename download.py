@@ -95,11 +95,11 @@ def _as_image_file(data: bytes) -> tuple[str, bytes]:
     try:
         with Image.open(io.BytesIO(data)) as image:
             check_pixels(image)
-            image.load()  # decodes every pixel: a truncated file fails here rather than in clip_loader.py
+            image.load()  # decodes every pixel: a truncated file fails here rather than in embed.py
             if image.format in SAVED_FORMATS:
                 return SAVED_FORMATS[image.format], data
             converted = io.BytesIO()
-            image.convert("RGB").save(converted, "PNG")  # e.g. a GIF, whose suffix clip_loader.py does not read
+            image.convert("RGB").save(converted, "PNG")  # e.g. a GIF, whose suffix embed.py does not read
             return ".png", converted.getvalue()
     except Image.UnidentifiedImageError:
         raise _Failure("not an image") from None
@@ -133,5 +133,5 @@ def get_image(asin: str, url: str, no_url: str, files: list[Path], images_dir: P
     atomic_write(target, lambda f: f.write(data))  # a reader never sees half an image
     for path in stale:
         if path != target:
-            path.unlink()  # undecodable, and it would shadow the new file for clip_loader.py
+            path.unlink()  # undecodable, and it would shadow the new file for embed.py
     return True, "downloaded"

@@ -211,7 +211,7 @@ def test_build_filters_and_splits_the_hand_example(tmp_path, capsys):
     assert tsv[1] == "0\tX\tX00\tfood X00\thttp://img/X00.jpg"
     assert tsv[14] == "13\tY\tY0\tkitchen Y0\t" and tsv[19] == "18\tY\tY5\t\t"  # Y5 has no metadata
 
-    titles = amazon.read_titles(out, items)  # what `clip_loader.py embed --missing text` reads
+    titles = amazon.read_titles(out, items)  # what `embed.py --missing text` reads
     assert titles[0] == "food X00" and titles[13] == "kitchen Y0" and titles[18] is None
     scenario = data.load_scenario(out, max_len=15, use_images=False)
     assert (len(scenario.train), len(scenario.valid), len(scenario.test)) == (8, 2, 2)
@@ -438,7 +438,7 @@ REAL = ROOT.parent / "shared" / "data" / "c2dsr" / "Food-Kitchen"
 
 @pytest.mark.skipif(not (REAL / "Alist.txt").is_file(), reason="needs ../shared/data (the C2DSR Food-Kitchen lists)")
 def test_images_on_the_real_food_kitchen_item_lists(tmp_path, server, capsys):
-    """All 64,093 items of the real scenario: items.tsv has one row per item in global id order (as clip_loader.py
+    """All 64,093 items of the real scenario: items.tsv has one row per item in global id order (as embed.py
     reads it), the three items in the 2014 metadata get their image, the others 'not in metadata'."""
     folder = tmp_path / "Food-Kitchen"
     folder.mkdir()

@@ -47,7 +47,7 @@ def test_bad_lines_name_file_and_line(tmp_path, bad, found):
 
 def test_bad_embeddings_and_missing_files(tmp_path):
     folder = write_scenario(tmp_path / "s", [line(1, (0, 1), (3, 2))])
-    with pytest.raises(DataError, match="(?s)clip_loader.py embed.*--no-image"):
+    with pytest.raises(DataError, match="(?s)embed.py.*--no-image"):
         data.load_scenario(folder, max_len=15, use_images=True)
     for array, found in ((np.zeros((6, 4), np.float32), "found \\(6, 4\\)"),
                          (np.zeros((7, 4), np.int64), "dtype int64"),

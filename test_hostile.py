@@ -1,6 +1,6 @@
 """Files are data, never code, and every command survives hostile input.
 
-Each command (train.py, amazon.py images and build, clip_loader.py embed) is fed bad files that the tests
+Each command (train.py, amazon.py images and build, embed.py) is fed bad files that the tests
 write themselves. Every case must end with exit code 2 and a message naming the file (and the line where
 there is one), or, where the command skips bad records by design, exit code 0 and a counted warning; never a
 traceback, never code from a file run, and never an existing output changed (run folders, image embeddings,
@@ -29,11 +29,12 @@ import torch
 
 import amazon
 import clip_loader
+import embed
 import train
 from conftest import line, run_cli
-from data import make_demo
+from data import make_demo, read_items
 from test_amazon import write_example, write_lines
-from test_clip_loader import make_scenario
+from test_embed import make_scenario
 
 pytestmark = pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # the bomb cases
 GARBAGE = bytes(range(256)) * 16  # NUL, control bytes and invalid UTF-8
@@ -374,7 +375,7 @@ def test_amazon_build_survives_bad_review_files(case, content, code, message, tm
     assert got == 2 and "already exists" in text
 
 
-# ----------------------------------------------------------------------------- clip_loader.py embed
+# ----------------------------------------------------------------------------- embed.py
 
 
 EMBED = [  # (case, file under the scenario, content, exit code, expected text)
@@ -414,14 +415,14 @@ def test_embed_survives_bad_files(case, name, content, code, message, tmp_path, 
     if code == 2:  # an interrupted run of the same weights and items, with one finished chunk
         partial.mkdir()
         meta = {"weights_sha256": clip_loader.file_sha256(weights), "items": 8, "chunk_size": 4096,
-                "asins_sha256": hashlib.sha256("\n".join(clip_loader.read_items(tmp_path).asins).encode()).hexdigest()}
+                "asins_sha256": hashlib.sha256("\n".join(read_items(tmp_path).asins).encode()).hexdigest()}
         (partial / "meta.json").write_text(json.dumps(meta))
         (partial / "chunk_000000.npz").write_bytes(b"an earlier run's chunk")
     put(tmp_path / name, content)
     protected = [tmp_path / "image_embeddings.npy", partial] if code == 2 else [tmp_path / "images" / "A001.jpeg"]
-    got, text = call(clip_loader.main, ["embed", "--scenario-dir", tmp_path, "--images", tmp_path / "images",
-                                        "--weights", weights, "--device", "cpu", "--workers", 0,
-                                        "--missing", "text" if name == "items.tsv" else "zero"], capsys, *protected)
+    got, text = call(embed.main, ["--scenario-dir", tmp_path, "--images", tmp_path / "images",
+                                  "--weights", weights, "--device", "cpu", "--workers", 0,
+                                  "--missing", "text" if name == "items.tsv" else "zero"], capsys, *protected)
     assert got == code and message in text
     if code == 2:
         assert str(tmp_path / name) in text
@@ -491,7 +492,7 @@ if command == "train":
         train.atomic_write_all = write_all
     sys.exit(train.main(sys.argv[4:]))
 else:
-    import clip_loader
+    import clip_loader, embed
     if point == "image":  # right after the n-th image is encoded
         encode = clip_loader.CLIP.encode_image
         def counted(self, image):
@@ -501,10 +502,10 @@ else:
             return out
         clip_loader.CLIP.encode_image = counted
     else:  # "write": half-way through the n-th file write
-        clip_loader.atomic_write = half_then_kill(common.atomic_write)
+        embed.atomic_write = half_then_kill(common.atomic_write)
     folder = sys.argv[4]
-    clip_loader.embed(folder, folder + "/images", weights=folder + "/weights.pt", device="cpu", workers=0,
-                      chunk_size=3, batch_size=1)
+    embed.embed(folder, folder + "/images", weights=folder + "/weights.pt", device="cpu", workers=0,
+                chunk_size=3, batch_size=1)
 """
 
 
@@ -552,8 +553,8 @@ def embedded(tmp_path_factory):
     """The files of an uninterrupted embed of make_scenario's 8 items."""
     once = tmp_path_factory.mktemp("once")
     make_scenario(once)
-    clip_loader.embed(once, once / "images", weights=once / "weights.pt", device="cpu", workers=0, chunk_size=3,
-                      batch_size=1)
+    embed.embed(once, once / "images", weights=once / "weights.pt", device="cpu", workers=0, chunk_size=3,
+                batch_size=1)
     return {name: (once / name).read_bytes() for name in ("image_embeddings.npy", "image_embeddings.missing.tsv")}
 
 
@@ -564,8 +565,8 @@ def test_embed_killed_at_any_moment_ends_with_the_same_files_when_run_again(poin
     of an uninterrupted run."""
     make_scenario(tmp_path)
     killed(point, n, "embed", tmp_path)
-    clip_loader.embed(tmp_path, tmp_path / "images", weights=tmp_path / "weights.pt", device="cpu", workers=0,
-                      chunk_size=3, batch_size=1)
+    embed.embed(tmp_path, tmp_path / "images", weights=tmp_path / "weights.pt", device="cpu", workers=0,
+                chunk_size=3, batch_size=1)
     assert {name: (tmp_path / name).read_bytes() for name in embedded} == embedded
     assert not (tmp_path / "image_embeddings.partial").exists()
 
@@ -603,7 +604,7 @@ def test_every_numeric_flag_refuses_non_finite_and_out_of_range_values(command, 
             "images": (amazon.main, ["images", "--scenario-dir", shop, "--meta", shop / "meta"]),
             "build": (amazon.main, ["build", "--reviews-a", shop / "meta", "--reviews-b", shop / "meta", "--meta-a",
                                     shop / "meta", "--meta-b", shop / "meta", "--out", out]),
-            "embed": (clip_loader.main, ["embed", "--scenario-dir", shop, "--images", shop / "images"])}[command]
+            "embed": (embed.main, ["--scenario-dir", shop, "--images", shop / "images"])}[command]
     for value in NUMBERS + extra:
         code, text = call(base[0], base[1] + [f"{flag}={value}"], capsys, tiny_dir, shop)
         assert code == 2 and flag in text and ("expected a" in text or "expected an" in text), (value, text)
@@ -613,8 +614,8 @@ def test_every_numeric_flag_refuses_non_finite_and_out_of_range_values(command, 
 @pytest.mark.parametrize("device", ["meta", "mps", "gpu", "cuda:x", "cuda:7"])
 def test_embed_refuses_a_device_it_cannot_use(device, tmp_path, capsys):
     weights = make_scenario(tmp_path)
-    code, text = call(clip_loader.main, ["embed", "--scenario-dir", tmp_path, "--images", tmp_path / "images",
-                                         "--weights", weights, "--device", device, "--workers", 0], capsys, tmp_path)
+    code, text = call(embed.main, ["--scenario-dir", tmp_path, "--images", tmp_path / "images",
+                                   "--weights", weights, "--device", device, "--workers", 0], capsys, tmp_path)
     assert code == 2 and "--device" in text and device in text
 
 
@@ -893,8 +894,8 @@ def test_flags_that_cannot_both_act_are_refused_before_any_work(command, flags, 
     if command == "train" and not {"--out", "--eval-only"} & set(flags):
         argv += ([] if "--scenario" in flags else ["--data-dir", tiny_dir]) + ["--out", tmp_path / "o"]
     if command == "embed":
-        argv = ["embed", "--scenario-dir", tiny_dir, "--images", tiny_dir, *argv]
-    main = {"train": train.main, "walkthrough": walkthrough.main, "embed": clip_loader.main}[command]
+        argv = ["--scenario-dir", tiny_dir, "--images", tiny_dir, *argv]
+    main = {"train": train.main, "walkthrough": walkthrough.main, "embed": embed.main}[command]
     code, text = call(main, argv, capsys, tiny_dir)
     assert code == 2 and message in text, text
     assert not (tmp_path / "o").exists() and not (tmp_path / "runs").exists()

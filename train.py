@@ -553,7 +553,7 @@ def choose_models(args, name: str, has_images: bool) -> list[str]:
             models = [m for m in models if not needs_images(m)]
         elif no_images and any(map(needs_images, models)):
             raise UsageError(f"--models {','.join(m for m in models if needs_images(m))} need(s) image embeddings, "
-                             f"but {why}. Build them (clip_loader.py embed) or leave those rows out."
+                             f"but {why}. Build them (embed.py) or leave those rows out."
                              + fetch_list(name))
     elif args.ablation:
         # Note: Table 4's rows read as: "original framework" = ID only and the merged view S^{X+Y} alone;
