@@ -15,6 +15,7 @@ import fcntl
 import json
 import math
 import os
+import pickle
 import random
 import re
 import shlex
@@ -24,6 +25,7 @@ import sys
 import threading
 import time
 import warnings
+import zipfile
 from dataclasses import asdict, fields
 from functools import partial
 from pathlib import Path
@@ -178,17 +180,24 @@ def load_checkpoint(path: Path) -> dict:
     is executed) onto the CPU, whatever device wrote it, with the keys every checkpoint of this version holds.
     `load_state_dict` then places each tensor where the model and the optimizer are."""
     check_checkpoint_file(path)
+    refused = f"{path}: not an IFCDSR checkpoint ({{}}); nothing in it was run. Use a best_*.pt or last_*.pt " \
+              f"that train.py wrote."
+    try:  # torch.save writes a zip archive with the pickled state in <name>/data.pkl
+        with zipfile.ZipFile(path) as archive:
+            if not any(name.endswith("/data.pkl") for name in archive.namelist()):
+                raise UsageError(refused.format("a zip archive without the data.pkl that torch.save writes"))
+    except zipfile.BadZipFile:
+        raise UsageError(refused.format("not the zip archive that torch.save writes: a foreign or truncated "
+                                        "file")) from None
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols before it refuses a foreign pickle
             warnings.simplefilter("ignore")
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a pickle that asks for anything else, a truncated or foreign file
-        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-        boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation")
-        why = ([line for line in lines if not line.startswith(boilerplate)] or lines or ["the file ends early"])[0]
-        why = why.split(". ")[0][:200]  # torch's first sentence
-        raise UsageError(f"{path}: not an IFCDSR checkpoint ({type(err).__name__}: {why}); nothing in it was "
-                         f"run. Use a best_*.pt or last_*.pt that train.py wrote.") from None
+    except pickle.UnpicklingError:
+        raise UsageError(refused.format("UnpicklingError: its pickle asks for more than tensors, numbers, strings, "
+                                        "lists and dicts")) from None
+    except Exception as err:  # a damaged record inside a well-formed archive
+        raise UsageError(refused.format(f"{type(err).__name__}: torch could not read its records")) from None
     if not isinstance(state, dict) or not CHECKPOINT <= state.keys():
         missing = sorted(CHECKPOINT - state.keys()) if isinstance(state, dict) else type(state).__name__
         raise UsageError(f"{path}: not an IFCDSR checkpoint of this version (missing {missing}); train again with "
