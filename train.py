@@ -715,7 +715,8 @@ def parse_args(argv):
     p.add_argument("--softmax-over", choices=("all", "domain"),
                    help="Eq. 3/4: all N items, or each view's own domain as printed")
     p.add_argument("--literal", action="store_true",
-                   help=f"the equations as printed: {', '.join(f'{k} {v}' for k, v in PRINTED.items())}")
+                   help=f"pin the equations as printed ({', '.join(f'{k} {v}' for k, v in PRINTED.items())}) whatever "
+                        f"the defaults, refuse a reading flag that differs, and record it in results.json")
     p.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
                    help="any ifcdsr.Config field, e.g. --set q=32 dropout=0.1 (the flags above are shortcuts)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
@@ -796,7 +797,7 @@ def readings(cfg: Config) -> str:
     """The open readings of a config, in one line for the run header."""
     printed = all(getattr(cfg, k) == v for k, v in PRINTED.items())
     return (f"τ = {cfg.temperature:g}, loss {cfg.loss_norm}, softmax over {cfg.softmax_over} items"
-            + (" (the equations as printed)" if printed else " (as printed: --literal)"))
+            + (" (the equations as printed)" if printed else " (not as printed; --literal pins the printed forms)"))
 
 
 def output_folder(args, name: str) -> Path:
