@@ -1,32 +1,51 @@
 """The simple baselines of the paper's Tables 2/3, trained and evaluated by the same code as IFCDSR.
 
-    Popularity  the target domain's items ranked by their number of training interactions
-    SASRec      ID embeddings and causal self-attention (ifcdsr.AttentionEncoder, the same encoder as IFCDSR's)
-    GRU4Rec     ID embeddings and a GRU
+    popularity      the target domain's items ranked by their number of training interactions
+    sasrec          SASRec [20]: ID embeddings and causal self-attention (ifcdsr.AttentionEncoder, IFCDSR's
+                    encoder) over the merged sequence S^{X+Y}
+    gru4rec         GRU4Rec [13]: ID embeddings and a GRU over S^{X+Y}
+    sasrec_target   SASRec over the target domain's sub-sequence only (S^X when X is the target)
+    gru4rec_target  GRU4Rec over the target domain's sub-sequence only
 
-SASRec and GRU4Rec are single-domain models in their own papers, and are run so here (the paper does
-not say how it ran them): they read only the target domain's sub-sequence (S^X when X is the target)
-and score only its items, by the dot product of the last hidden state with each item's embedding. They
-share IFCDSR's Config (q, dropout, L, blocks, heads, target domain) and its whole training loop,
-optimiser, early stopping and evaluation.
+The paper's §3.2 says how the previous methods [13, 20] read a history: "sequences combining behaviors from
+domain X and domain Y were used without distinction". So `sasrec` and `gru4rec` read S^{X+Y}, embed the items
+of both domains and predict every next item of it, whichever its domain; at test time they rank the target
+domain's items (Eq. 9's candidates) by the dot product of the last hidden state with each item's embedding.
+The `_target` rows are SASRec and GRU4Rec as single-domain models, the way their own papers run them: they read
+and predict only the target domain's items. Both forms share IFCDSR's Config (q, dropout, L, blocks, heads,
+target domain) and its whole training loop, optimiser, early stopping and evaluation.
 
-Dimension letters: B batch, L positions (left-padded), P prediction positions, n items of the target
-domain, q embedding width. Inside a model an item has its local id 0..n-1 in the target domain; n pads.
+Dimension letters: B batch, L positions (left-padded), P prediction positions, n items that a model embeds
+(N, both domains', for the merged rows; the target domain's for the `_target` rows), q embedding width.
+Inside a model an item has its local id 0..n-1 among those (the global id for the merged rows); n pads.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from torch.utils.checkpoint import checkpoint
 
 from data import Scenario, item_counts
-from ifcdsr import AttentionEncoder, Config, domain_items, shapes
+from ifcdsr import CPU_CHUNK, AttentionEncoder, Config, domain_items, shapes, shifted
 
 
 def popularity_scores(scen: Scenario) -> torch.Tensor:
     """(N,) training interaction counts per item: the popularity baseline's score."""
     return item_counts(scen.train, scen.items.num_items).float()
+
+
+def cross_entropy_sum(H: torch.Tensor, E: torch.Tensor, y: torch.Tensor, rows: int) -> torch.Tensor:
+    """Σ_t -log softmax(H_t·E^T)[y_t]: H (P, q), E (n, q), y (P,) local ids -> a 0-d tensor.
+
+    With rows < P the positions go `rows` at a time and each chunk's (rows, n) logits are recomputed in the
+    backward pass instead of kept (torch.utils.checkpoint): memory holds one chunk's logits, not (P, n), for
+    one more product per chunk. Both give the same numbers up to float rounding.
+    """
+    if rows >= len(y):
+        return F.cross_entropy((H @ E.T).float(), y, reduction="sum")  # (P, n) logits
+    return sum(checkpoint(cross_entropy_sum, H[i:i + rows], E, y[i:i + rows], rows, use_reentrant=False)
+               for i in range(0, len(y), rows))
 
 
 class GRUEncoder(nn.Module):
@@ -38,34 +57,48 @@ class GRUEncoder(nn.Module):
         self.drop = nn.Dropout(dropout)
 
     def forward(self, F_seq: torch.Tensor, is_pad: torch.Tensor) -> torch.Tensor:
-        """F_seq (B, L, q) left-padded, is_pad (B, L) -> H (B, L, q), left-padded. The GRU starts at each
-        sequence's first item: padding never enters its state."""
+        """F_seq (B, L, q) left-padded, is_pad (B, L) -> H (B, L, q), left-padded, 0 at the padding. The GRU
+        starts at each sequence's first item: padding never enters its state."""
         B, L, q = F_seq.shape
         length = (~is_pad).sum(1)  # (B,)
-        # left-padded -> right-padded, so that a packed sequence starts at the first item
+        # left-padded -> right-padded: the GRU reads each sequence from its first item, and the padding after
+        # its last item cannot change an earlier output (no packing, so the host never waits for the lengths)
         shift = (torch.arange(L, device=F_seq.device) + (L - length)[:, None]) % L  # (B, L) source positions
         right = self.drop(F_seq).gather(1, shift[..., None].expand(B, L, q))  # (B, L, q)
-        packed = pack_padded_sequence(right, length.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False)
-        H, _ = pad_packed_sequence(self.gru(packed)[0], batch_first=True, total_length=L)  # (B, L, q)
+        H = self.gru(right)[0]  # (B, L, q)
         back = (torch.arange(L, device=F_seq.device) - (L - length)[:, None]) % L  # (B, L) right -> left
-        return self.drop(H.gather(1, back[..., None].expand(B, L, q)))  # (B, L, q)
+        H = H.gather(1, back[..., None].expand(B, L, q)).masked_fill(is_pad[..., None], 0.0)  # (B, L, q)
+        return self.drop(H)
 
 
-class SingleDomain(nn.Module):
-    """What SASRec and GRU4Rec share: the target domain's item embeddings E (n + 1, q), the loss and the scores.
+class SequenceBaseline(nn.Module):
+    """What SASRec and GRU4Rec share, in both forms: the item embeddings E (n + 1, q), the loss and the scores.
 
-    Note: trained with softmax cross-entropy over all the target domain's items at every next-item position
-    (the cross-entropy form of SASRec; SASRec's paper trains with one sampled negative and a binary loss, which
-    is weaker); dot-product scores, as in SASRec and GRU4Rec (IFCDSR's are cosines over τ).
+    Note: trained with softmax cross-entropy at every next-item position of the sequence read (the cross-entropy
+    form of SASRec; SASRec's paper trains with one sampled negative and a binary loss, which is weaker). The
+    merged rows' softmax runs over all N items: the next item of S^{X+Y} can be in either domain, and these
+    models make no distinction between the domains (§3.2); the `_target` rows' runs over the target domain's.
+    At test time both score only the target domain's items (Eq. 9's candidates): for the merged rows their
+    order is that of the softmax over N. Dot-product scores, as in SASRec and GRU4Rec (IFCDSR's are cosines
+    over τ).
+
+    Memory: the loss's (P, n) logits. At Movie-Book size (N = 100,782) a batch of 256 × 15 positions gives
+    1.5 GB of fp32 logits (and as much for their gradient) for the merged rows: on CUDA they are computed at
+    once; on a CPU in chunks that fit in half of `Config.score_chunk` (auto: ifcdsr.CPU_CHUNK), as
+    `IFCDSR.plain` decides for IFCDSR.
     """
+
+    merged = True  # read S^{X+Y} and embed both domains' items; False: the target domain's sub-sequence only
 
     def __init__(self, cfg: Config, num_x: int, num_y: int, encoder: nn.Module):
         super().__init__()
         self.cfg, self.num_x, self.num_y = cfg, num_x, num_y
         self.N = self.pad = num_x + num_y  # the global padding id, as in the data
-        self.items = domain_items(cfg.target, num_x, self.N)  # global ids of the target domain
-        self.n = self.items.stop - self.items.start
-        self.view = "x" if cfg.target == "X" else "y"  # S^X or S^Y: the target domain's sub-sequence
+        self.items = domain_items(cfg.target, num_x, self.N)  # global ids of the target domain: ranked at test
+        self.vocab = slice(0, self.N) if self.merged else self.items  # global ids of the items embedded
+        self.n = self.vocab.stop - self.vocab.start
+        # S^{X+Y}, or S^X / S^Y: the target domain's sub-sequence
+        self.view = "xy" if self.merged else "x" if cfg.target == "X" else "y"
         self.E = nn.Embedding(self.n + 1, cfg.q, padding_idx=self.n)
         nn.init.normal_(self.E.weight, std=cfg.q ** -0.5)  # as IFCDSR's E_id
         with torch.no_grad():
@@ -73,36 +106,50 @@ class SingleDomain(nn.Module):
         self.encoder = encoder
 
     def hidden(self, seq: torch.Tensor) -> torch.Tensor:
-        """seq (B, L) global ids of the target domain's sub-sequence -> H (B, L, q)."""
+        """seq (B, L) global ids of the view this model reads -> H (B, L, q)."""
         is_pad = seq == self.pad
-        local = torch.where(is_pad, self.n, seq - self.items.start)  # (B, L)
+        local = torch.where(is_pad, self.n, seq - self.vocab.start)  # (B, L)
         return self.encoder(self.E(local), is_pad)
 
+    def rows(self, P: int) -> int:
+        """The positions whose (rows, n) logits the loss computes at once: all P on CUDA (unless
+        `Config.score_chunk` is set) and on a CPU when 2·P·n fits in the chunk, else as many as fit."""
+        chunk = self.cfg.score_chunk or (CPU_CHUNK if self.E.weight.device.type != "cuda" else 0)
+        return P if not chunk or 2 * P * self.n <= chunk else max(1, chunk // (2 * self.n))
+
     def loss(self, inputs, targets, shape=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Mean cross-entropy over every next-item position of the target domain's sub-sequence; `shape` as
-        in `IFCDSR.loss`."""
+        """Mean cross-entropy over every next-item position of the view read; `shape` as in `IFCDSR.loss`."""
         shape = (shape or shapes(self.pad, inputs, targets, self.E.weight.device))[self.view]
         seq, nxt = getattr(inputs, self.view)[:, -shape.width:], getattr(targets, self.view)[:, -shape.width:]
         H = self.hidden(seq).flatten(0, 1)[shape.at]  # (P, q) at every next-item position
-        logits = H @ self.E.weight[:self.n].T  # (P, n) dot products with every item of the domain
-        y = nxt.flatten()[shape.at] - self.items.start  # (P,) local ids
-        L = F.cross_entropy(logits.float(), y, reduction="sum") / max(shape.count, 1)
+        y = nxt.flatten()[shape.at] - self.vocab.start  # (P,) local ids
+        nll = cross_entropy_sum(H, self.E.weight[:self.n], y, self.rows(shape.count))  # softmax over the n items
+        L = nll / max(shape.count, 1)
         return L, {self.view: L.detach()}
 
     @torch.no_grad()
     def score(self, history, items: slice, shape=None) -> torch.Tensor:
-        """(B, n) dot products of the last hidden state with the target domain's items, its only candidates."""
+        """(B, |items|) dot products of the last hidden state with the target domain's items, the only
+        candidates."""
         if items != self.items:
-            raise ValueError(f"a single-domain model scores its target domain's items {self.items}, not {items}")
+            raise ValueError(f"{type(self).__name__} scores its target domain's items {self.items}, not {items}")
         seq = getattr(history, self.view)[:, -(shape or shapes(self.pad, history))[self.view].width:]
-        return self.hidden(seq)[:, -1] @ self.E.weight[:self.n].T  # (B, n)
+        return self.hidden(seq)[:, -1] @ self.E.weight[shifted(self.items, self.vocab)].T  # (B, |items|)
 
 
-class SASRec(SingleDomain):
+class SASRec(SequenceBaseline):
     def __init__(self, cfg: Config, num_x: int, num_y: int):
         super().__init__(cfg, num_x, num_y, AttentionEncoder(cfg.q, cfg))
 
 
-class GRU4Rec(SingleDomain):
+class GRU4Rec(SequenceBaseline):
     def __init__(self, cfg: Config, num_x: int, num_y: int):
         super().__init__(cfg, num_x, num_y, GRUEncoder(cfg.q, cfg.dropout))
+
+
+class SASRecTarget(SASRec):
+    merged = False
+
+
+class GRU4RecTarget(GRU4Rec):
+    merged = False

@@ -20,8 +20,9 @@ from common import atomic_write, file_problem, safe_output
 from evaluate import PROTOCOLS
 
 LABELS = {  # the rows of the tables, in the paper's order: baselines first, IFCDSR last
-    "popularity": "Popularity", "gru4rec": "GRU4Rec", "sasrec": "SASRec", "original": "ID only, merged view",
-    "image_fusion": "+ image fusion", "ifcdsr_id": "IFCDSR ID only", "ifcdsr": "IFCDSR"}
+    "popularity": "Popularity", "gru4rec": "GRU4Rec", "sasrec": "SASRec", "gru4rec_target": "GRU4Rec, target only",
+    "sasrec_target": "SASRec, target only", "original": "ID only, merged view", "image_fusion": "+ image fusion",
+    "ifcdsr_id": "IFCDSR ID only", "ifcdsr": "IFCDSR"}
 PAPER = {  # the paper's published rows: (MRR, NDCG@5, NDCG@10) of domain X, then of domain Y; Table 4's MRR
     "food_kitchen": {"names": ("Food", "Kitchen"), "table": "Table 2", "rows": {
         "GRU4Rec": (5.79, 5.48, 6.13, 3.06, 2.55, 3.10), "SASRec": (7.30, 6.90, 7.79, 3.79, 3.35, 3.93),

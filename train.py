@@ -53,7 +53,8 @@ VARIANTS = {  # IFCDSR's rows: (use_image, multi_attention)
     "ifcdsr_id": (False, True),  # --no-image: ID only, three views
     "ifcdsr": (True, True),  # IFCDSR; Table 4 row 3: + multiple attention
 }
-BASELINES = {"gru4rec": baselines.GRU4Rec, "sasrec": baselines.SASRec}  # popularity needs no training
+BASELINES = {"gru4rec": baselines.GRU4Rec, "sasrec": baselines.SASRec, "gru4rec_target": baselines.GRU4RecTarget,
+             "sasrec_target": baselines.SASRecTarget}  # popularity needs no training
 MODELS = tuple(report.LABELS)  # every row, in the order of the tables
 COMPARE = ("popularity", "gru4rec", "sasrec", "ifcdsr_id", "ifcdsr")  # --compare: Tables 2/3's rows
 CHECKPOINT = {"model_name", "model", "config", "scenario", "data_dir", "data_sha256", "images_sha256", "num_x",
@@ -369,7 +370,8 @@ class Trainer:
         checked one step later: a NaN or infinity stops the run there, before anything is saved (the last good
         checkpoint stays as it was)."""
         self.model.train()
-        data, views = self.scen.train, list(self.cfg.view_weights())
+        data = self.scen.train
+        views = [self.model.view] if self.name in BASELINES else list(self.cfg.view_weights())  # the loss's parts
         order = torch.randperm(len(data), generator=self.shuffle)
         n_batches = math.ceil(len(data) / self.cfg.batch_size)
         sums, pending = torch.zeros(len(views), device=self.device), None
