@@ -63,6 +63,21 @@ def test_resume_after_interruption_gives_the_same_result(tiny_dir, tmp_path):
     assert run_cli(*common, "--epochs", 4, "--lr", 0.5, "--out", tmp_path / "cut", "--resume") == 2
 
 
+def test_a_resume_from_weights_of_another_shape_is_a_message(tiny_dir, tmp_path, capsys):
+    """A last_*.pt whose weights do not fit the row's model (an earlier form of the same row) is refused with
+    exit code 2 and the file's name, not a traceback."""
+    common = ("--data-dir", tiny_dir, "--target", "X", "--batch-size", 16, "--models", "sasrec", "--out",
+              tmp_path / "run")
+    assert run_cli(*common, "--epochs", 1) == 0
+    last = tmp_path / "run" / "sasrec" / "seed0" / "last_X.pt"
+    state = torch.load(last, weights_only=True)
+    state["model"]["E.weight"] = state["model"]["E.weight"][:5]
+    torch.save(state, last)
+    capsys.readouterr()
+    assert run_cli(*common, "--epochs", 2, "--resume") == 2
+    assert f"{last}: its weights do not fit this model" in capsys.readouterr().err
+
+
 def test_a_checkpoint_written_on_a_gpu_resumes_on_the_cpu(tiny_dir, tmp_path):
     """A last_*.pt whose tensors name cuda:0, as a CUDA run writes them (storages re-tagged here), is read onto
     the CPU: weights, Adam's state and the RNG states are restored and the run ends as an uninterrupted one

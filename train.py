@@ -211,6 +211,16 @@ def load_checkpoint(path: Path) -> dict:
     return state
 
 
+def load_weights(model: torch.nn.Module, state: dict, path: Path) -> None:
+    """The checkpoint's weights into `model`, or a UsageError naming the file: a checkpoint of an earlier form
+    of the same row (another shape, other parameters) does not fit."""
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as err:
+        raise UsageError(f"{path}: its weights do not fit this model ({str(err).splitlines()[0]}); train again "
+                         f"into another --out.") from None
+
+
 def check_checkpoint_file(path: Path) -> None:
     """A checkpoint is read only if it is a regular file: a FIFO would block torch.load, /dev/zero fill memory."""
     problem = file_problem(path)
@@ -282,7 +292,7 @@ class Trainer:
         if not RESUME <= state.keys():
             raise UsageError(f"{self.last}: holds no training state (missing {sorted(RESUME - state.keys())}); "
                              f"resume needs the last_*.pt that train.py writes, or start a new run with another --out.")
-        self.model.load_state_dict(state["model"])  # E_img is not stored: it is the data's
+        load_weights(self.model, state, self.last)  # E_img is not stored: it is the data's
         self.opt.load_state_dict(state["optimizer"])
         self.epoch, self.best_valid, self.bad, self.history = (
             state[k] for k in ("epoch", "best_valid", "bad", "history"))
@@ -928,10 +938,7 @@ def eval_only(args, device) -> int:
     check_checkpoint(state, scen, path)
     check_cases(scen, (cfg.target,))
     trainer = Trainer(state["model_name"], cfg, scen, device, path.parent, resume=False)
-    try:
-        trainer.model.load_state_dict(state["model"])
-    except RuntimeError as err:
-        raise UsageError(f"{path}: its weights do not fit this model ({str(err).splitlines()[0]}).") from None
+    load_weights(trainer.model, state, path)
     for split in ("valid", "test"):
         res = trainer.evaluate(split)
         print(f"{split} ({state['model_name']}, {cfg.target}, epoch {state['epoch']}): " + ", ".join(
