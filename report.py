@@ -190,18 +190,25 @@ def point_name(values: dict) -> str:
     return ",".join(f"{k}={value_text(v)}" for k, v in values.items())
 
 
+def grid_text(grid: dict) -> str:
+    """--grid's lists as the command line gives them: `temperature=1.0,0.1 lr=0.001,0.0005`."""
+    return " ".join(f"{k}={','.join(map(value_text, values))}" for k, values in grid.items())
+
+
 def print_chosen(results: dict) -> None:
     """With --grid: per row, target domain and seed, the grid point that validation chose and its validation MRR
     ("the only point" for a row that no field of the grid acts on)."""
-    searched = " ".join(f"{k}={','.join(map(value_text, values))}" for k, values in results["grid"].items())
-    rows = [(LABELS[m], d, [next(f"{point_name(p['values']) or 'the only point'} ({p['valid_sampled999_MRR']:.2f})"
-                                 for p in e["grid"][d] if p["values"] == e["chosen"][d]) for e in entries])
-            for m, entries in results["runs"].items() if "chosen" in entries[0] for d in entries[0]["chosen"]]
+    rows = []  # (row, target, one cell per seed)
+    for model, entries in results["runs"].items():
+        for d in entries[0].get("chosen", {}):  # popularity trains at no point
+            kept = [next(p for p in e["grid"][d] if p["values"] == e["chosen"][d]) for e in entries]
+            rows.append((LABELS[model], d, [f"{point_name(p['values']) or 'the only point'} "
+                                            f"({p['valid_sampled999_MRR']:.2f})" for p in kept]))
     seeds = [f"seed {s}" for s in results["seeds"]]
-    widths = [max(len(h), *(len(r[2][i]) for r in rows)) for i, h in enumerate(seeds)]
+    widths = [max([len(h)] + [len(r[2][i]) for r in rows]) for i, h in enumerate(seeds)]
     head = f"{'Row':<24} | target | " + " | ".join(f"{h:<{w}}" for h, w in zip(seeds, widths))
-    print(f"\nGrid points chosen on validation MRR (999 sampled negatives, %) of --grid {searched}; a tie keeps "
-          f"the first point\n{head.rstrip()}\n{'-' * len(head)}")
+    print(f"\nGrid points chosen on validation MRR (999 sampled negatives, %) of --grid {grid_text(results['grid'])}; "
+          f"a tie keeps the first point\n{head.rstrip()}\n{'-' * len(head)}")
     for label, d, cells in rows:
         print(f"{label:<24} | {d:<6} | " + " | ".join(f"{c:<{w}}" for c, w in zip(cells, widths)).rstrip())
 

@@ -601,7 +601,8 @@ def run(args) -> int:
     print(f"scenario {name} ({folder}): |X| = {scen.items.num_x}, |Y| = {scen.items.num_y}, "
           f"{len(scen.train)} train / {len(scen.valid)} valid / {len(scen.test)} test sequences; "
           f"device {device}; models {', '.join(models)}; seeds {', '.join(map(str, seeds))}; output {out}\n"
-          f"readings: {readings(cfg)}", flush=True)
+          f"readings: {readings(cfg)}" + (f"; --grid {report.grid_text(grid)}, chosen per row on validation"
+                                          if grid else ""), flush=True)
     print("".join(f"warning: {note}\n" for note in data_warnings(scen, targets)), end="", flush=True)
     progress = RunProgress(models, seeds, targets, grid)
 
@@ -783,7 +784,7 @@ def parse_grid(args, cfg: Config) -> dict[str, list]:
     grid = grid or GRID
     for field, values in grid.items():
         why = "--grid searches lr and L2 itself (paper §4's 3x3 grid)" if not args.grid else \
-            f"--grid searches {field} itself ({field}={','.join(map(report.value_text, values))})"
+            f"--grid searches {field} itself ({report.grid_text({field: values})})"
         given = [flag(field)] * (field in args.given) + [f"--set {field}"] * (field in sets) + \
             ["--literal"] * (args.literal and field in PRINTED)
         if given:
