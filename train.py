@@ -573,6 +573,7 @@ def check_used(args, models: list[str], grid: dict) -> None:
 def run(args) -> int:
     check_flags(args)
     cfg = make_config(args)
+    grid = parse_grid(args, cfg)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                           else "cpu" if args.device == "auto" else args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -585,7 +586,6 @@ def run(args) -> int:
     seeds = parse_seeds(args)
     name, folder = resolve_scenario(args.scenario, args.data_dir)
     models = choose_models(args, name, (folder / EMBEDDINGS_FILE).exists())
-    grid = parse_grid(args, cfg)
     check_used(args, models, grid)
     out = args.run_folder = output_folder(args, name)  # the folder the Ctrl-C message names
     scen = load_scenario(folder, max_len=cfg.max_len, name=name, use_images=any(map(needs_images, models)))
