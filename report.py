@@ -181,13 +181,48 @@ def print_ablation(name: str, summary: dict) -> None:
         print(line + (f" | {entry[variant]:>{len(names[0]) + 13}.2f}" if entry else ""))
 
 
+def value_text(value) -> str:
+    """A --grid value as --set reads it: true/false for a bool, Python's shortest form for a number."""
+    return {True: "true", False: "false"}[value] if isinstance(value, bool) else str(value)
+
+
+def point_name(values: dict) -> str:
+    """A grid point's values, `temperature=0.1,lr=0.001`: its folder's name and its label in the printouts."""
+    return ",".join(f"{k}={value_text(v)}" for k, v in values.items())
+
+
+def grid_text(grid: dict) -> str:
+    """--grid's lists as the command line gives them: `temperature=1.0,0.1 lr=0.001,0.0005`."""
+    return " ".join(f"{k}={','.join(map(value_text, values))}" for k, values in grid.items())
+
+
+def print_chosen(results: dict) -> None:
+    """With --grid: per row, target domain and seed, the grid point that validation chose and its validation MRR
+    ("the only point" for a row that no field of the grid acts on)."""
+    rows = []  # (row, target, one cell per seed)
+    for model, entries in results["runs"].items():
+        for d in entries[0].get("chosen", {}):  # popularity trains at no point
+            kept = [next(p for p in e["grid"][d] if p["values"] == e["chosen"][d]) for e in entries]
+            rows.append((LABELS[model], d, [f"{point_name(p['values']) or 'the only point'} "
+                                            f"({p['valid_sampled999_MRR']:.2f})" for p in kept]))
+    seeds = [f"seed {s}" for s in results["seeds"]]
+    widths = [max([len(h)] + [len(r[2][i]) for r in rows]) for i, h in enumerate(seeds)]
+    head = f"{'Row':<24} | target | " + " | ".join(f"{h:<{w}}" for h, w in zip(seeds, widths))
+    print(f"\nGrid points chosen on validation MRR (999 sampled negatives, %) of --grid {grid_text(results['grid'])}; "
+          f"a tie keeps the first point\n{head.rstrip()}\n{'-' * len(head)}")
+    for label, d, cells in rows:
+        print(f"{label:<24} | {d:<6} | " + " | ".join(f"{c:<{w}}" for c, w in zip(cells, widths)).rstrip())
+
+
 def print_run(results: dict) -> None:
-    """The tables that end a run of train.py, from its results.json: Tables 2/3, and Table 4 when the run
-    holds its three rows."""
+    """The tables that end a run of train.py, from its results.json: Tables 2/3, Table 4 when the run holds its
+    three rows, and with --grid the point each row used."""
     sig = results["significance"]
     print_tables(results["scenario"], results["summary"], sig["rows"], sig["reference"], results["seeds"])
     if all(m in results["summary"] for m in ("original", "image_fusion", "ifcdsr")):
         print_ablation(results["scenario"], results["summary"])
+    if "grid" in results:
+        print_chosen(results)
 
 
 # ----------------------------------------------------------------------------- learning curves

@@ -127,3 +127,29 @@ def test_plot_without_matplotlib_says_how_to_install_it(tiny_run, capsys, monkey
 
 def test_a_folder_that_is_no_run_is_refused(tmp_path, capsys):
     assert report.main([str(tmp_path)]) == 2 and "not a finished run" in capsys.readouterr().err
+
+
+def test_a_grid_run_prints_the_point_each_row_used_per_target_and_seed(capsys):
+    """--grid temperature=1,0.1, two seeds: IFCDSR's kept points are those whose validation MRR is higher
+    (seed 0: 0.1 with 12.50 > 11.00; seed 1: 1.0 with 13.25 > 12.75); SASRec, on which τ does not act, trained
+    at its only point; popularity trains nowhere and has no line."""
+    def entry(seed, scores, chosen):
+        return {"seed": seed, "chosen": {"X": chosen}, "grid": {"X": [
+            {"values": values, "valid_sampled999_MRR": mrr, "folder": f"f{i}"}
+            for i, (values, mrr) in enumerate(scores)]}}
+    tau = [{"temperature": 1.0}, {"temperature": 0.1}]
+    results = {"grid": {"temperature": [1.0, 0.1]}, "seeds": [0, 1], "runs": {
+        "popularity": [{"seed": None}],
+        "sasrec": [entry(0, [({}, 5.0)], {}), entry(1, [({}, 6.0)], {})],
+        "ifcdsr": [entry(0, zip(tau, (11.0, 12.5)), tau[1]), entry(1, zip(tau, (13.25, 12.75)), tau[0])]}}
+    report.print_chosen(results)
+    assert capsys.readouterr().out.splitlines() == [
+        "",
+        "Grid points chosen on validation MRR (999 sampled negatives, %) of --grid temperature=1.0,0.1; "
+        "a tie keeps the first point",
+        "Row                      | target | seed 0                  | seed 1",
+        "-------------------------------------------------------------------------------------",
+        "SASRec                   | X      | the only point (5.00)   | the only point (6.00)",
+        "IFCDSR                   | X      | temperature=0.1 (12.50) | temperature=1.0 (13.25)"]
+    assert report.point_name({"lr": 0.0005, "weight_decay": 1e-05, "use_image": False}) == \
+        "lr=0.0005,weight_decay=1e-05,use_image=false"

@@ -275,3 +275,108 @@ def test_checkpoints_are_written_in_the_background_from_a_snapshot_and_a_failed_
     with pytest.raises(OSError):
         checkpoints.wait()
     checkpoints.wait()  # raised once
+
+
+def test_grid_trains_each_row_at_the_points_of_its_fields_and_keeps_the_best_on_validation(tiny_dir, tmp_path,
+                                                                                          capsys, monkeypatch):
+    """--grid temperature=1,0.1 with two seeds: IFCDSR ID only trains at both points (τ acts on it), SASRec once
+    (τ does not act on it); per row, seed and target the kept point is the one of the best validation MRR (the
+    first on a tie), its checkpoint is the row's, and the test set is ranked once, with it."""
+    tested = []
+    rank = train.Trainer.rank
+    monkeypatch.setattr(train.Trainer, "rank", lambda self, split: (
+        split == "test" and tested.append(self.best.parent)) or rank(self, split))
+    out = tmp_path / "run"
+    assert run_cli("--data-dir", tiny_dir, "--models", "sasrec,ifcdsr_id", "--target", "X", "--epochs", 1,
+                   "--batch-size", 32, "--seeds", 2, "--set", "q=16", "--grid", "temperature=1,0.1", "--out", out) == 0
+    printed = capsys.readouterr().out
+    assert "trainings: 6 (2 model(s) x 2 seed(s) x 1 target(s); grid points: sasrec 1, ifcdsr_id 2)" in printed
+    assert "\n[ifcdsr_id seed 1 X temperature=0.1] training 6 of 6" in printed
+    res = results(out)
+    assert res["grid"] == {"temperature": [1.0, 0.1]}
+    for model, names in (("sasrec", [""]), ("ifcdsr_id", ["temperature=1.0", "temperature=0.1"])):
+        for seed, entry in zip((0, 1), res["runs"][model]):
+            folder = out / model / f"seed{seed}"
+            points = entry["grid"]["X"]
+            assert [p["folder"] for p in points] == [str(folder / name) if name else str(folder) for name in names]
+            assert all((folder / name / "best_X.pt").is_file() for name in names)
+            scores = [p["valid_sampled999_MRR"] for p in points]
+            kept = points[scores.index(max(scores))]  # the first of the best
+            assert entry["chosen"]["X"] == kept["values"] and entry["checkpoint"]["X"] == kept["folder"] + "/best_X.pt"
+            assert entry["valid"]["X"]["sampled999"]["MRR"] == max(scores)
+            assert entry["config"]["X"]["temperature"] == kept["values"].get("temperature", 1.0)
+    assert [p["values"] for p in res["runs"]["ifcdsr_id"][0]["grid"]["X"]] == [{"temperature": 1.0},
+                                                                               {"temperature": 0.1}]
+    assert sorted(map(str, tested)) == sorted(str(out / m / f"seed{s}" / report_name(res["runs"][m][s]))
+                                              for m in ("sasrec", "ifcdsr_id") for s in (0, 1))
+    chosen = [line for line in printed.splitlines() if line.startswith(("SASRec ", "IFCDSR ID only "))][-2:]
+    assert chosen[0].startswith("SASRec") and "| seed 0: " not in chosen[0] and "the only point" in chosen[0]
+    assert "Grid points chosen on validation MRR" in printed and "of --grid temperature=1.0,0.1" in printed
+    assert all(f"{report_name(e)} ({e['valid']['X']['sampled999']['MRR']:.2f})" in chosen[1]
+               for e in res["runs"]["ifcdsr_id"])
+
+
+def report_name(entry: dict) -> str:
+    return ",".join(f"{k}={v}" for k, v in entry["chosen"]["X"].items())
+
+
+def test_grid_run_interrupted_between_points_resumes_point_by_point(tiny_dir, tmp_path, monkeypatch, capsys):
+    """A --grid run of two points stopped (Ctrl-C) in the second point's second epoch continues with --resume:
+    the finished point is read back from its checkpoints, the second continues after its first epoch, and the
+    results equal those of a run that was never stopped. A resume with other settings is refused, naming a
+    point's checkpoint."""
+    common = ("--data-dir", tiny_dir, "--models", "ifcdsr_id", "--target", "X", "--epochs", 2, "--batch-size", 32,
+              "--grid", "temperature=1,0.1", "dropout=0.0", "--set", "q=16")
+    assert run_cli(*common, "--out", tmp_path / "straight") == 0
+    train_epoch, epochs = train.Trainer.train_epoch, []
+
+    def stopped(self):
+        epochs.append((self.cfg.temperature, self.epoch + 1))
+        if len(epochs) == 4:
+            raise KeyboardInterrupt
+        return train_epoch(self)
+
+    monkeypatch.setattr(train.Trainer, "train_epoch", stopped)
+    cut = tmp_path / "cut"
+    assert run_cli(*common, "--out", cut) == 130 and epochs == [(1.0, 1), (1.0, 2), (0.1, 1), (0.1, 2)]
+    monkeypatch.setattr(train.Trainer, "train_epoch", train_epoch)
+    first, second = (cut / "ifcdsr_id" / "seed0" / f"temperature={t},dropout=0.0" for t in ("1.0", "0.1"))
+    capsys.readouterr()
+    assert run_cli(*common, "n_blocks=1", "--out", cut, "--resume") == 2
+    refused = capsys.readouterr().err
+    assert f"{second / 'last_X.pt'}: was written by ifcdsr_id with a different config (n_blocks)" in refused
+    assert run_cli(*common, "--out", cut, "--resume") == 0
+    printed = capsys.readouterr().out
+    assert f"resumed from {first / 'last_X.pt'} after epoch 2" in printed
+    assert f"resumed from {second / 'last_X.pt'} after epoch 1" in printed
+    a, b = (results(tmp_path / d)["runs"]["ifcdsr_id"][0] for d in ("straight", "cut"))
+    assert a["test"] == b["test"] and a["chosen"] == b["chosen"]
+    assert [h["loss"] for h in a["history"]["X"]] == [h["loss"] for h in b["history"]["X"]]
+    assert [p["valid_sampled999_MRR"] for p in a["grid"]["X"]] == [p["valid_sampled999_MRR"] for p in b["grid"]["X"]]
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--grid", "nosuch=1,2"), "--grid nosuch=1: ifcdsr.Config has no field 'nosuch'"),
+    (("--grid", "temperature"), "--grid temperature: gives no value; expected FIELD=V1,V2,..."),
+    (("--grid", "temperature="), "--grid temperature=: gives no value"),
+    (("--grid", "temperature=1,1.0"), "--grid temperature=1,1.0: lists 1.0 twice"),
+    (("--grid", "temperature=1", "temperature=0.1"), "--grid temperature=0.1: gives temperature twice"),
+    (("--grid", "temperature=1,x"), "--grid temperature=x: temperature takes a number (default 1.0), found 'x'"),
+    (("--grid", "temperature=1,0"), "--grid: at temperature=0.0: temperature = 0.0: expected a number in [0.01, 100]"),
+    (("--grid", "q=6,8", "--set", "n_heads=4"), "--grid: at q=6: n_heads = 4: expected a divisor of q = 6"),
+    (("--grid", "seed=0,1"), "--grid seed=0: seed is decided for each training; use --seed or --seeds"),
+    (("--grid", "use_image=true,false"), "use_image is decided for each training; use --no-image or --models"),
+    (("--grid", "max_len=10,15"), "--grid max_len=10,15: max_len cannot be searched"),
+    (("--grid", "--lr", "0.01"), "--grid and --lr cannot both act: --grid searches lr and L2 itself"),
+    (("--grid", "lr=1e-3,1e-4", "--lr", "0.01"), "--grid and --lr cannot both act: --grid searches lr itself "
+     "(lr=0.001,0.0001)"),
+    (("--grid", "q=16,32", "--set", "q=8"), "--grid and --set q cannot both act"),
+    (("--grid", "temperature=1,0.1", "--literal"), "--grid and --literal cannot both act"),
+    (("--grid", "temperature=1,0.1", "--models", "sasrec"), "--grid temperature: acts on none of the rows of "
+     "--models (sasrec)"),
+    (("--grid", "alpha=0.5,0.7", "--no-image"), "--grid alpha: acts on none of the rows of --no-image"),
+    (("--grid", "--models", "popularity"), "--grid: acts on none of the rows of --models (popularity)")])
+def test_bad_grid_arguments_exit_2_naming_them(args, message, tiny_dir, tmp_path, capsys):
+    assert run_cli("--data-dir", tiny_dir, "--device", "cpu", "--out", tmp_path / "o", *args) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and not (tmp_path / "o").exists()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import itertools
 import json
 import math
 import os
@@ -46,7 +47,11 @@ from ifcdsr import CPU_CHUNK, IFCDSR, PRINTED, RANGES, Config, ConfigError, host
 
 SELECT = ("sampled999", "MRR")  # the validation number that selects epochs and hyper-parameters
 DEMO_EPOCHS = 5  # the demo's default, so that `python train.py` ends within 3 minutes on 2 CPU cores
-GRID = [(lr, wd) for lr in (1e-3, 5e-4, 1e-4) for wd in (1e-4, 5e-5, 1e-5)]  # paper §4
+GRID = {"lr": [1e-3, 5e-4, 1e-4], "weight_decay": [1e-4, 5e-5, 1e-5]}  # paper §4's 3x3 grid: a bare --grid
+NOT_GRIDDED = {  # Config fields that --grid refuses besides the per-training ones, and why
+    "max_len": "the scenario's sequences are cut to max_len once a run; run one command per value "
+               "(--set max_len=N)",
+    "score_chunk": "it sets memory only: every value gives the same numbers; set it with --set score_chunk=N"}
 VARIANTS = {  # IFCDSR's rows: (use_image, multi_attention)
     "original": (False, False),  # Table 4 row 1, original framework: ID only, one merged representation
     "image_fusion": (True, False),  # Table 4 row 2: + image fusion
@@ -67,8 +72,6 @@ TRAINING = ("epochs", "lr", "weight_decay", "batch_size", "patience", "eval_ever
 READINGS = ("temperature", "loss_norm", "softmax_over", "literal")  # IFCDSR's flags besides α, λ1, λ2
 CONFLICTS = {  # pairs of flags refused together, and why
     ("scenario", "data_dir"): "--data-dir is the scenario folder itself",
-    ("grid", "lr"): "--grid searches lr and L2 itself (paper §4's 3x3 grid)",
-    ("grid", "weight_decay"): "--grid searches lr and L2 itself (paper §4's 3x3 grid)",
     ("ablation", "no_image"): "--ablation trains Table 4's rows with and without images and views",
     ("ablation", "no_multi_attention"): "--ablation trains Table 4's rows with and without images and views",
     ("compare", "no_multi_attention"): "the IFCDSR rows without the three views are --models original,image_fusion",
@@ -466,16 +469,16 @@ class Trainer:
 
 
 class RunProgress:
-    """The run's trainings, one per model (popularity needs none), seed and target domain: their count and
-    the CPU threads in the header, then `training i of n` and, once one has finished, the run's ETA from the
-    trainings of this command so far."""
+    """The run's trainings, one per model (popularity needs none), seed, target domain and grid point: their
+    count and the CPU threads in the header, then `training i of n` and, once one has finished, the run's ETA
+    from the trainings of this command so far."""
 
-    def __init__(self, models: list[str], seeds: list[int], targets: tuple, grid: bool):
-        trained = [m for m in models if m != "popularity"]
-        self.n, self.i, self.t0 = len(trained) * len(seeds) * len(targets), 0, 0.0
-        print(f"trainings: {self.n} ({len(trained)} model(s) x {len(seeds)} seed(s) x {len(targets)} target(s)"
-              f"{', each a grid of ' + str(len(GRID)) if grid else ''}); {torch.get_num_threads()} CPU threads "
-              f"(OMP_NUM_THREADS sets them)", flush=True)
+    def __init__(self, models: list[str], seeds: list[int], targets: tuple, grid: dict):
+        points = {m: len(grid_points(m, grid)) for m in models if m != "popularity"}
+        self.n, self.i, self.t0 = sum(points.values()) * len(seeds) * len(targets), 0, 0.0
+        each = "; grid points: " + ", ".join(f"{m} {n}" for m, n in points.items()) if grid else ""
+        print(f"trainings: {self.n} ({len(points)} model(s) x {len(seeds)} seed(s) x {len(targets)} target(s)"
+              f"{each}); {torch.get_num_threads()} CPU threads (OMP_NUM_THREADS sets them)", flush=True)
 
     def start(self, prefix: str) -> None:
         self.i += 1
@@ -486,35 +489,51 @@ class RunProgress:
         print(f"\n{prefix}training {self.i} of {self.n}{eta}", flush=True)
 
 
-def train_target(name: str, cfg: Config, scen: Scenario, device, folder: Path, args, prefix: str) -> dict:
-    """Train (over the lr x L2 grid with --grid), select on validation, then rank the test set once."""
-    points = trainings(cfg, folder, args.grid)
-    grid, best = [], None
-    for i, (point_cfg, sub) in enumerate(points):
-        lr, wd = point_cfg.lr, point_cfg.weight_decay
-        if args.grid:
-            print(f"{prefix}grid point {i + 1}/{len(points)}: lr {lr:g}, L2 {wd:g}", flush=True)
-        trainer = Trainer(name, point_cfg, scen, device, sub, args.resume)
-        trainer.fit(prefix)
-        grid.append({"lr": lr, "weight_decay": wd, "valid_" + "_".join(SELECT): trainer.best_valid,
-                     "folder": str(sub)})
-        if best is None or trainer.best_valid > best.best_valid:
-            best = trainer
-    state = best.load_best()
-    ranks = best.rank("test")  # the only time the test set is read
-    result = {"config": state["config"], "best_epoch": state["epoch"], "checkpoint": str(best.best),
-              "history": best.history, "valid": state["valid"], "test": metrics(ranks), "ranks": ranks,
-              "cases": best.cases["test"][0]}
-    if args.grid:
-        result["grid"] = grid
+def train_target(name: str, cfg: Config, scen: Scenario, device, folder: Path, grid: dict, resume: bool,
+                 progress: RunProgress, label: str) -> dict:
+    """Train at each of the row's grid points (once without --grid), keep the point with the best validation
+    MRR, then rank the test set once, with that point's best checkpoint."""
+    points, best = [], None
+    for point, point_cfg, sub in trainings(name, cfg, folder, grid):
+        trainer = train_point(name, point_cfg, scen, device, sub, resume, progress,
+                              f"[{label} {report.point_name(point)}] " if point else f"[{label}] ")
+        points.append({"values": point, "valid_" + "_".join(SELECT): trainer.best_valid, "folder": str(sub)})
+        # Note: a tie on validation keeps the first of the tied points, in the grid's order (the order of
+        # --grid's fields and values)
+        if best is None or trainer.best_valid > best[1].best_valid:
+            best = point, trainer
+    chosen, trainer = best
+    state = trainer.load_best()
+    ranks = trainer.rank("test")  # the only time the test set is read
+    result = {"config": state["config"], "best_epoch": state["epoch"], "checkpoint": str(trainer.best),
+              "history": trainer.history, "valid": state["valid"], "test": metrics(ranks), "ranks": ranks,
+              "cases": trainer.cases["test"][0]}
+    if grid:
+        result["grid"], result["chosen"] = points, chosen
     return result
 
 
-def trainings(cfg: Config, folder: Path, grid: bool) -> list[tuple[Config, Path]]:
-    """The trainings of one model, target and seed: (config, folder) of each --grid point, or the one."""
-    if not grid:
-        return [(cfg, folder)]
-    return [(cfg.replace(lr=lr, weight_decay=wd), folder / f"grid{i}") for i, (lr, wd) in enumerate(GRID)]
+def train_point(name: str, cfg: Config, scen: Scenario, device, folder: Path, resume: bool, progress: RunProgress,
+                prefix: str) -> Trainer:
+    """One training (a grid point's, or the row's): continued from its last checkpoint with --resume."""
+    progress.start(prefix)
+    trainer = Trainer(name, cfg, scen, device, folder, resume)
+    trainer.fit(prefix)
+    return trainer
+
+
+def grid_points(name: str, grid: dict) -> list[dict]:
+    """The distinct points at which row `name` trains: the product of the lists of the --grid fields that act
+    on it, in the order given; one empty point without --grid, or where no field of it acts on the row."""
+    lists = {k: v for k, v in grid.items() if rows_of(k, [name])}
+    return [dict(zip(lists, values)) for values in itertools.product(*lists.values())]
+
+
+def trainings(name: str, cfg: Config, folder: Path, grid: dict) -> list[tuple[dict, Config, Path]]:
+    """The trainings of one row, target and seed: (point, config, folder) of each of its grid points, the folder
+    named after the point's values (`lr=0.001,weight_decay=0.0001`); without one, the row's own."""
+    return [(point, cfg.replace(**point), folder / report.point_name(point)) if point else (point, cfg, folder)
+            for point in grid_points(name, grid)]
 
 
 def model_config(model: str, cfg: Config, target: str, seed: int) -> Config:
@@ -606,15 +625,26 @@ def check_flags(args) -> None:
             raise UsageError(f"{flag(a)} and {flag(b)} cannot both act: {why}; drop one of them.")
 
 
-def check_used(args, models: list[str]) -> None:
-    """Every flag given acts on at least one of the rows run: --alpha on a row with images, λ1 and λ2 on one
-    with the three views, the readings on an IFCDSR row, the training flags on a trained row."""
+def acts_on(models: list[str]) -> dict[str, list[str]]:
+    """The rows of `models` that each flag acts on: --alpha on a row with images, λ1 and λ2 on one with the three
+    views, the readings on an IFCDSR row, the training flags on a trained row. A Config field not named here
+    (lr, q, dropout, ...) acts on every trained row (`rows_of`)."""
     trained = [m for m in models if m != "popularity"]
     ifcdsr = [m for m in trained if m in VARIANTS]
-    acts_on = {"alpha": [m for m in ifcdsr if VARIANTS[m][0]], "lambda1": [m for m in ifcdsr if VARIANTS[m][1]],
-               "lambda2": [m for m in ifcdsr if VARIANTS[m][1]], **dict.fromkeys(READINGS, ifcdsr),
-               **dict.fromkeys(TRAINING, trained)}
-    idle = [flag(k) for k, rows in acts_on.items() if k in args.given and not rows]
+    return {"alpha": [m for m in ifcdsr if VARIANTS[m][0]], "lambda1": [m for m in ifcdsr if VARIANTS[m][1]],
+            "lambda2": [m for m in ifcdsr if VARIANTS[m][1]], **dict.fromkeys(READINGS, ifcdsr),
+            **dict.fromkeys(TRAINING, trained)}
+
+
+def rows_of(field: str, models: list[str]) -> list[str]:
+    """The rows of `models` that a Config field (a --grid field) acts on."""
+    return acts_on(models).get(field, [m for m in models if m != "popularity"])
+
+
+def check_used(args, models: list[str], grid: dict) -> None:
+    """Every flag given, and every field of --grid, acts on at least one of the rows run (`acts_on`)."""
+    idle = [flag(k) for k, rows in acts_on(models).items() if k in args.given and not rows]
+    idle += [f"--grid {k}" for k in grid if not rows_of(k, models) and "--grid" not in idle]
     if idle:
         chosen = next((flag(k) for k in ("models", "compare", "ablation", "no_image", "no_multi_attention")
                        if k in args.given), "the default rows")
@@ -627,6 +657,7 @@ def check_used(args, models: list[str]) -> None:
 def run(args) -> int:
     check_flags(args)
     cfg = make_config(args)
+    grid = parse_grid(args, cfg)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                           else "cpu" if args.device == "auto" else args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -639,7 +670,7 @@ def run(args) -> int:
     seeds = parse_seeds(args)
     name, folder = resolve_scenario(args.scenario, args.data_dir)
     models = choose_models(args, name, (folder / EMBEDDINGS_FILE).exists())
-    check_used(args, models)
+    check_used(args, models, grid)
     out = args.run_folder = output_folder(args, name)  # the folder the Ctrl-C message names
     scen = load_scenario(folder, max_len=cfg.max_len, name=name, use_images=any(map(needs_images, models)))
     targets = ("X", "Y") if args.target == "both" else (args.target,)
@@ -649,19 +680,20 @@ def run(args) -> int:
         check_run_folder(out, scen, {
             sub / f"last_{target}.pt": (model, point_cfg) for model in models if model != "popularity"
             for seed in seeds for target in targets
-            for point_cfg, sub in trainings(model_config(model, cfg, target, seed), out / model / f"seed{seed}",
-                                            args.grid)})
+            for _, point_cfg, sub in trainings(model, model_config(model, cfg, target, seed),
+                                               out / model / f"seed{seed}", grid)})
     print(f"scenario {name} ({folder}): |X| = {scen.items.num_x}, |Y| = {scen.items.num_y}, "
           f"{len(scen.train)} train / {len(scen.valid)} valid / {len(scen.test)} test sequences; "
           f"device {device}; models {', '.join(models)}; seeds {', '.join(map(str, seeds))}; output {out}\n"
-          f"readings: {readings(cfg)}", flush=True)
+          f"readings: {readings(cfg)}" + (f"; --grid {report.grid_text(grid)}, chosen per row on validation"
+                                          if grid else ""), flush=True)
     print("".join(f"warning: {note}\n" for note in data_warnings(scen, targets)), end="", flush=True)
-    progress = RunProgress(models, seeds, targets, args.grid)
+    progress = RunProgress(models, seeds, targets, grid)
 
     warm = warm_items(scen)
     results = {"scenario": name, "data_dir": str(folder), "data_sha256": scen.data_sha256, "config": asdict(cfg),
                "literal": args.literal, "deterministic": args.deterministic, "models": models, "seeds": seeds,
-               "runs": {}}
+               **({"grid": grid} if grid else {}), "runs": {}}
     ranks = {}  # {model: {domain: {protocol: [(S,) ranks per seed]}}}
     for model in models:
         results["runs"][model] = []
@@ -671,10 +703,9 @@ def run(args) -> int:
                 if model == "popularity":
                     res = popularity(scen, target, cfg)
                 else:
-                    run_cfg = model_config(model, cfg, target, seed)
-                    prefix = f"[{model} seed {seed} {target}] "
-                    progress.start(prefix)
-                    res = train_target(model, run_cfg, scen, device, out / model / f"seed{seed}", args, prefix)
+                    res = train_target(model, model_config(model, cfg, target, seed), scen, device,
+                                       out / model / f"seed{seed}", grid, args.resume, progress,
+                                       f"{model} seed {seed} {target}")
                 for key, value in res.items():
                     if key == "ranks":
                         for p, r in value.items():
@@ -713,7 +744,9 @@ def parse_args(argv):
     p.add_argument("--no-image", action="store_true", help="ID branch only (α = 1)")
     p.add_argument("--no-multi-attention", action="store_true", help="only the merged view S^{X+Y}")
     p.add_argument("--ablation", action="store_true", help="train the three rows of Table 4")
-    p.add_argument("--grid", action="store_true", help="the paper's 3x3 lr x L2 grid, selected on validation")
+    p.add_argument("--grid", nargs="*", metavar="FIELD=V1,V2",
+                   help="train every row at each point of these Config fields' values and keep, per row and seed, "
+                        "the best on validation; bare: the paper's lr x L2 grid")
     for flag, kind, what in (("--epochs", int, "epochs"), ("--lr", float, "learning rate"),
                              ("--weight-decay", float, "L2 coefficient"), ("--alpha", float, "α (Eq. 5)"),
                              ("--lambda1", float, "λ1 (Eq. 7/8)"), ("--lambda2", float, "λ2 (Eq. 7/8)"),
@@ -784,25 +817,69 @@ PER_TRAINING = {"target": "--target", "seed": "--seed or --seeds", "use_image": 
 def parse_sets(pairs: list[str]) -> dict:
     """--set FIELD=VALUE ... -> {field: value}, each value read as the type of the field's default (a bool
     as true or false); the ranges are Config.check's."""
-    defaults, sets = asdict(Config()), {}
+    sets = {}
     for pair in pairs:
-        field, eq, text = pair.partition("=")
-        if field not in defaults or not eq:
-            what = "expected FIELD=VALUE" if not eq else f"ifcdsr.Config has no field {field!r}"
-            raise UsageError(f"--set {pair}: {what}; the fields are {', '.join(defaults)}.")
-        if field in PER_TRAINING:
-            raise UsageError(f"--set {pair}: {field} is decided for each training; use {PER_TRAINING[field]}.")
-        kind = type(defaults[field])
-        try:
-            value = {"true": True, "false": False}[text] if kind is bool else kind(text)
-        except (KeyError, ValueError):
-            expected = {bool: "true or false", int: "an integer", float: "a number"}.get(kind, "text")
-            raise UsageError(f"--set {pair}: {field} takes {expected} (default {defaults[field]}), "
-                             f"found {text!r}.") from None
+        field, value = parse_value(pair, "--set")
         if field in sets and sets[field] != value:
             raise UsageError(f"--set gives {field} twice ({sets[field]} and {value}); give it once.")
         sets[field] = value
     return sets
+
+
+def parse_value(pair: str, option: str) -> tuple[str, object]:
+    """FIELD=VALUE of `option` (--set or --grid) -> (field, value), the value read as the type of the field's
+    default (a bool as true or false); a field that each training sets is refused."""
+    defaults = asdict(Config())
+    field, eq, text = pair.partition("=")
+    if field not in defaults or not eq:
+        what = "expected FIELD=VALUE" if not eq else f"ifcdsr.Config has no field {field!r}"
+        raise UsageError(f"{option} {pair}: {what}; the fields are {', '.join(defaults)}.")
+    if field in PER_TRAINING:
+        raise UsageError(f"{option} {pair}: {field} is decided for each training; use {PER_TRAINING[field]}.")
+    kind = type(defaults[field])
+    try:
+        return field, {"true": True, "false": False}[text] if kind is bool else kind(text)
+    except (KeyError, ValueError):
+        expected = {bool: "true or false", int: "an integer", float: "a number"}.get(kind, "text")
+        raise UsageError(f"{option} {pair}: {field} takes {expected} (default {defaults[field]}), "
+                         f"found {text!r}.") from None
+
+
+def parse_grid(args, cfg: Config) -> dict[str, list]:
+    """--grid FIELD=V1,V2,... -> {field: [values]} in the order given ({} without --grid; a bare --grid is
+    GRID, the paper's lr x L2 grid). Each value is typed as --set types it; every point of the grid (the
+    product of the lists) is checked against Config's ranges on top of `cfg`. A field that the grid searches
+    may not also be given by its flag, by --set or by --literal."""
+    if args.grid is None:
+        return {}
+    grid, sets = {}, parse_sets(args.set)
+    for pair in args.grid:
+        field, eq, text = pair.partition("=")
+        if not eq or not text or field in grid:
+            what = f"gives {field} twice" if field in grid else "gives no value"
+            raise UsageError(f"--grid {pair}: {what}; expected FIELD=V1,V2,... (one list per field), like "
+                             f"--grid temperature=1,0.1.")
+        values = [parse_value(f"{field}={v}", "--grid")[1] for v in text.split(",")]
+        repeated = [v for i, v in enumerate(values) if v in values[:i]]
+        if field in NOT_GRIDDED or repeated:
+            why = f"{field} cannot be searched: {NOT_GRIDDED[field]}" if field in NOT_GRIDDED else \
+                f"lists {repeated[0]} twice; give each value once"
+            raise UsageError(f"--grid {pair}: {why}.")
+        grid[field] = values
+    grid = grid or GRID
+    for field, values in grid.items():
+        why = "--grid searches lr and L2 itself (paper §4's 3x3 grid)" if not args.grid else \
+            f"--grid searches {field} itself ({report.grid_text({field: values})})"
+        given = [flag(field)] * (field in args.given) + [f"--set {field}"] * (field in sets) + \
+            ["--literal"] * (args.literal and field in PRINTED)
+        if given:
+            raise UsageError(f"--grid and {given[0]} cannot both act: {why}; drop one of them.")
+    for point in itertools.product(*grid.values()):
+        try:
+            cfg.replace(**dict(zip(grid, point)))
+        except ConfigError as err:  # a value outside its range, or n_heads that does not divide q
+            raise UsageError(f"--grid: at {report.point_name(dict(zip(grid, point)))}: {err}.") from None
+    return grid
 
 
 def readings(cfg: Config) -> str:
