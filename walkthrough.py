@@ -114,7 +114,7 @@ def per_view(calls: list, model: IFCDSR) -> list[dict]:
 
 
 def columns(model: IFCDSR, view: str) -> list[int]:
-    own = model.view_items(view)
+    own = model.softmax_items(view)
     return list(range(own.start, own.stop))
 
 
@@ -229,7 +229,7 @@ def _walk(cfg: Config) -> dict:
         v = view["view"]
         seq, targets = ifcdsr.trim(model.pad, getattr(train.inputs, v), getattr(train.targets, v))
         keep = targets != model.pad
-        start = model.view_items(v).start
+        start = model.softmax_items(v).start
         nll = -view["log_P"].gather(1, (targets[keep] - start)[:, None])[:, 0]  # the target's entry of each row
         pairs = [f"{short(a)} -> {short(b)} {n:.3f}" for a, b, n in zip(seq[keep].tolist(), targets[keep].tolist(),
                                                                        nll.tolist())]
@@ -249,7 +249,7 @@ def _walk(cfg: Config) -> dict:
     print(f"\nEq. 8 (IFCDSR.score): P(x_i|S) = Σ_v λ_v·P^v(x_i|S) over the target domain {cfg.target}'s items")
     contributions = {}
     for view in views:
-        v, own = view["view"], model.view_items(view["view"])
+        v, own = view["view"], model.softmax_items(view["view"])
         P_v = view["log_P"][0].exp()  # (|own|,) P^v over the view's own items; no view of S is empty
         contributions[v] = torch.tensor([weights[v] * P_v[i - own.start].item() if own.start <= i < own.stop
                                          else 0.0 for i in target_items])
