@@ -178,6 +178,27 @@ def test_eq8_as_printed_the_source_view_gives_no_mass_to_target_domain_items():
     assert torch.allclose(model.score(hist).sum(1), torch.tensor([1.5, 1.5]), atol=1e-5)
 
 
+@pytest.mark.parametrize("softmax_over", ["domain", "all"])
+def test_eq8_the_source_view_moves_target_scores_only_when_its_softmax_covers_the_target(softmax_over):
+    """Eq. 3/4 as printed against Eq. 8: under "domain" P^Y is a distribution over Y, so λ1·P^Y(x_i) = 0 for
+    every X item and perturbing every weight of the two S^Y encoders leaves the target-X scores exactly as
+    they were (the S^Y encoders act on the ranking only through training); under "all" the same
+    perturbation changes them, while S^X and S^{X+Y} are untouched in both."""
+    model = tiny_model(softmax_over=softmax_over).eval()
+    hist = views([[0, 3, 1, 4], [5, 2, 6], [1, 2]])
+    before = model.score(hist, slice(0, 3))  # (3, |X|)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in [*model.enc_id["y"].parameters(), *model.enc_img["y"].parameters()]:
+            p.add_(torch.randn(p.shape, generator=g))
+    after = model.score(hist, slice(0, 3))
+    if softmax_over == "domain":
+        assert torch.equal(before, after)
+    else:
+        assert (before - after)[:2].abs().min() > 1e-4  # the histories with a Y item; [1, 2] has none
+        assert torch.equal(before[2], after[2])
+
+
 def test_eq9_recommends_only_target_domain_items():
     """Eq. 9 takes the argmax over the target domain only: with scores (0.1, 0.5, 0.2 | 9, 0.3, 0, 0)
     the best item overall is 3 (domain Y), but target X recommends item 1 and target Y item 3."""
