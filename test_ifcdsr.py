@@ -183,7 +183,7 @@ def test_eq8_the_source_view_moves_target_scores_only_when_its_softmax_covers_th
     """Eq. 3/4 as printed against Eq. 8: under "domain" P^Y is a distribution over Y, so λ1·P^Y(x_i) = 0 for
     every X item and perturbing every weight of the two S^Y encoders leaves the target-X scores exactly as
     they were (the S^Y encoders act on the ranking only through training); under "all" the same
-    perturbation changes them, while S^X and S^{X+Y} are untouched in both."""
+    perturbation changes them. The S^X and S^{X+Y} encoders are left as they were."""
     model = tiny_model(softmax_over=softmax_over).eval()
     hist = views([[0, 3, 1, 4], [5, 2, 6], [1, 2]])
     before = model.score(hist, slice(0, 3))  # (3, |X|)

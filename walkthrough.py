@@ -188,8 +188,8 @@ def _walk(cfg: Config) -> dict:
     show_eq3_to_5(model, views)
     loss = show_eq6_7(model, sequence[:-1])
     contributions = show_eq8(model, views, score, list(range(target.start, target.stop)))
-    return {**loss, "contributions": contributions, "score": score, **show_eq9(model, hist, contributions,
-                                                                             target, sequence[-1])}
+    eq9 = show_eq9(model, hist, contributions, target, sequence[-1])
+    return {**loss, "contributions": contributions, "score": score, **eq9}
 
 
 def show_setting(cfg: Config, history: list[int]) -> None:
