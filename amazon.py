@@ -29,6 +29,7 @@ import zlib
 from array import array
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -210,8 +211,19 @@ def download_images(scenario_dir, meta_paths, *, workers: int = 16, timeout: flo
     print(f"wrote {scenario_dir / ITEMS_FILE}: {len(products):,} of {items.num_items:,} items found in the "
           f"metadata, {sum(bool(url) for _, url in products.values()):,} with an image URL", flush=True)
 
-    opener = urllib.request.build_opener(download.HttpOnlyRedirects)
     settings = dict(timeout=timeout, retries=retries, backoff=backoff, max_bytes=max_bytes)
+    counts, failures = _fetch_images(items, products, images_dir, workers, settings)
+    atomic_write_text(images_dir / "failures.tsv", "global_id\tdomain\tasin\treason\timage_url\n" + "".join(
+        f"{g}\t{'X' if g < items.num_x else 'Y'}\t{items.asins[g]}\t{_one_line(reason)}\t"
+        f"{_one_line(products.get(items.asins[g], ('', ''))[1])}\n" for g, reason in sorted(failures)))
+    _print_outcomes(counts, items.num_items, images_dir)
+    return counts
+
+
+def _fetch_images(items: Items, products: dict, images_dir: Path, workers: int, settings: dict) -> tuple:
+    """Checks the image on disk or fetches it for every item, `workers` at a time, with progress lines.
+    -> ({'X': Counter(outcome), 'Y': Counter(outcome)}, [(global id, reason)] of the items without one)."""
+    opener = urllib.request.build_opener(download.HttpOnlyRedirects)
     on_disk = {entry.name for entry in os.scandir(images_dir)}
     counts = {"X": collections.Counter(), "Y": collections.Counter()}
     failures = []  # (global id, reason)
@@ -239,20 +251,19 @@ def download_images(scenario_dir, meta_paths, *, workers: int = 16, timeout: flo
         progress.done(progress.line(len(futures), f"{len(failures):,} failed"))
     finally:
         pool.shutdown(cancel_futures=True)  # after Ctrl-C: no new downloads, the running ones finish
+    return counts, failures
 
-    atomic_write_text(images_dir / "failures.tsv", "global_id\tdomain\tasin\treason\timage_url\n" + "".join(
-        f"{g}\t{'X' if g < items.num_x else 'Y'}\t{items.asins[g]}\t{_one_line(reason)}\t"
-        f"{_one_line(products.get(items.asins[g], ('', ''))[1])}\n" for g, reason in sorted(failures)))
 
+def _print_outcomes(counts: dict, num_items: int, images_dir: Path) -> None:
+    """How many items have an image, and the table of outcomes per domain."""
     have = sum(counts[d]["downloaded"] + counts[d]["already present"] for d in counts)
-    print(f"{have:,} of {items.num_items:,} items have an image in {images_dir}")
+    print(f"{have:,} of {num_items:,} items have an image in {images_dir}")
     outcomes = sorted({o for c in counts.values() for o in c},
                       key=lambda o: (o not in ("downloaded", "already present"), o))
     print(f"{'outcome':<24}{'X':>10}{'Y':>10}")
     for outcome in outcomes:
         print(f"{outcome:<24}{counts['X'][outcome]:>10,}{counts['Y'][outcome]:>10,}")
     print(f"reasons per item: {images_dir / 'failures.tsv'}")
-    return counts
 
 
 # ------------------------------------------------ building a scenario from raw reviews (the paper's §4)
@@ -391,56 +402,14 @@ def build_scenario(reviews_a, reviews_b, meta_a, meta_b, out, *, min_count: int 
     if min_count < 1 or min_per_domain < 1 or max_len < 2 * min_per_domain or not 0 < held_out < 1:
         raise DataError(f"expected --min-count >= 1, --min-per-domain >= 1, --max-len >= 2 x --min-per-domain and "
                         f"0 < --held-out < 1; found {min_count}, {min_per_domain}, {max_len}, {held_out}.")
-    users: dict[str, int] = {}
-    print(f"reading domain X reviews {reviews_a}", flush=True)
-    asins_x, user_x, item_x, ms_x = _read_domain(Path(reviews_a), users, add_users=True, strict=strict)
-    print(f"  {len(user_x):,} reviews by {len(users):,} users of {len(asins_x):,} items", flush=True)
-    print(f"reading domain Y reviews {reviews_b}, keeping users who reviewed in X", flush=True)
-    asins_y, user_y, item_y, ms_y = _read_domain(Path(reviews_b), users, add_users=False, strict=strict)
-    print(f"  {len(user_y):,} reviews of {len(asins_y):,} items", flush=True)
-    if len(user_y) == 0:
-        raise DataError(f"no reviewer of {reviews_a} appears in {reviews_b}; expected two domains of the same dump "
-                        f"(the 2023 dump's user ids differ from the 2014/2018 reviewer ids).")
-    names = list(users)  # user index -> reviewer id
-    del users
-    num_x = len(asins_x)
-    user, item, ms = np.r_[user_x, user_y], np.r_[item_x, item_y + num_x], np.r_[ms_x, ms_y]  # X items first
+    names, raw_asins, num_x, user, item, ms = _read_both(Path(reviews_a), Path(reviews_b), strict)
     rows = _select(user, item, ms, num_x, min_count=min_count, min_per_domain=min_per_domain, max_len=max_len)
     if len(rows) == 0:
         raise DataError("no user is left after the filters above; lower --min-count or --min-per-domain, or use "
                         "bigger review files.")
-
-    # One sequence per user: rows[starts[s]:ends[s]] in time order. User ids follow the reviewer ids' order.
-    # Note: Alist/Blist hold the items that occur in the written sequences (an item that passed the filter
-    # only in cut-off parts of histories is left out), sorted by ASIN; raw_id = global id.
-    u = user[rows]
-    starts = np.flatnonzero(np.r_[True, u[1:] != u[:-1]])
-    ends = np.r_[starts[1:], len(rows)]
-    S = len(starts)
-    by_name = sorted(range(S), key=lambda s: names[u[starts[s]]])
-    user_id = np.empty(S, np.int64)
-    user_id[by_name] = np.arange(S)
-    raw_asins = asins_x + asins_y  # raw item index -> ASIN
-    used = np.unique(item[rows])
-    kept = sorted(used[used < num_x], key=raw_asins.__getitem__) + \
-        sorted(used[used >= num_x], key=raw_asins.__getitem__)
-    items = Items([raw_asins[j] for j in kept], int((used < num_x).sum()), int((used >= num_x).sum()))
-    gid = np.full(len(raw_asins), -1, np.int64)
-    gid[kept] = np.arange(len(kept))
-
-    # Note: the paper holds out "the latest interaction sequences" without saying how many; we hold out the share
-    # --held-out (0.2) whose last interaction is latest (ties: by user id), and a seeded shuffle deals them into
-    # equal valid and test halves. With one sequence per user no user is in two splits, and no training
-    # interaction is later than any held-out target (the leak of the π-Net/MIFN splits).
-    last = ms[rows[ends - 1]]
-    order = np.lexsort((user_id, last))
-    n_held = round(S * held_out)
-    if n_held < 2 or n_held >= S:
-        raise DataError(f"{S} sequences with --held-out {held_out} give {n_held} held-out ones; expected at least "
-                        f"2 (one valid, one test) and at least 1 for training.")
-    held = np.random.default_rng(seed).permutation(order[S - n_held:])
-    splits = {"train": order[:S - n_held], "valid": held[:n_held // 2], "test": held[n_held // 2:]}
-
+    seq = _sequences(rows, user, item, names, raw_asins, num_x)
+    splits = _split(ms[rows[seq.ends - 1]], seq.user_id, held_out, seed)
+    items = seq.items
     x_meta = read_products([meta_a], set(items.asins[:items.num_x]), strict=strict)
     y_meta = read_products([meta_b], set(items.asins[items.num_x:]), strict=strict)
     products = [(x_meta if g < items.num_x else y_meta).get(a, ("", "")) for g, a in enumerate(items.asins)]
@@ -454,19 +423,89 @@ def build_scenario(reviews_a, reviews_b, meta_a, meta_b, out, *, min_count: int 
             # Note: the files hold unix seconds; 2023 milliseconds are cut, and the lines keep their ms order,
             # which the reader's stable sort preserves for events within one second.
             write_sequences(tmp / SPLIT_FILES[split], (
-                (user_id[s], user_id[s], [(gid[item[r]], ms[r] // 1000) for r in rows[starts[s]:ends[s]]])
-                for s in seqs[np.argsort(user_id[seqs])]))
+                (seq.user_id[s], seq.user_id[s],
+                 [(seq.gid[item[r]], ms[r] // 1000) for r in rows[seq.starts[s]:seq.ends[s]]])
+                for s in seqs[np.argsort(seq.user_id[seqs])]))
         with open(tmp / "userlist.txt", "w", encoding="utf-8") as f:
-            f.writelines(f"{names[u[starts[s]]]}\t{user_id[s]}\n" for s in by_name)
+            f.writelines(f"{names[user[rows[seq.starts[s]]]]}\t{seq.user_id[s]}\n" for s in seq.by_name)
         write_items_tsv(tmp / ITEMS_FILE, items, products)
+    print(f"wrote {out}")
+    return _statistics(items, splits, seq.ends - seq.starts, item[rows[seq.ends - 1]] < num_x)
 
-    lengths = ends - starts
-    target_x = item[rows[ends - 1]] < num_x  # (S,) the domain of each sequence's last item
+
+def _read_both(reviews_a: Path, reviews_b: Path, strict: bool) -> tuple:
+    """Both domains' reviews, Y's only of users who reviewed in X, as arrays over one user and item index
+    (X items first). -> (reviewer ids by user index, ASINs by item index, |X|, user, item, ms)."""
+    users: dict[str, int] = {}
+    print(f"reading domain X reviews {reviews_a}", flush=True)
+    asins_x, user_x, item_x, ms_x = _read_domain(reviews_a, users, add_users=True, strict=strict)
+    print(f"  {len(user_x):,} reviews by {len(users):,} users of {len(asins_x):,} items", flush=True)
+    print(f"reading domain Y reviews {reviews_b}, keeping users who reviewed in X", flush=True)
+    asins_y, user_y, item_y, ms_y = _read_domain(reviews_b, users, add_users=False, strict=strict)
+    print(f"  {len(user_y):,} reviews of {len(asins_y):,} items", flush=True)
+    if len(user_y) == 0:
+        raise DataError(f"no reviewer of {reviews_a} appears in {reviews_b}; expected two domains of the same dump "
+                        f"(the 2023 dump's user ids differ from the 2014/2018 reviewer ids).")
+    num_x = len(asins_x)
+    return (list(users), asins_x + asins_y, num_x, np.r_[user_x, user_y], np.r_[item_x, item_y + num_x],
+            np.r_[ms_x, ms_y])
+
+
+class Sequences(NamedTuple):
+    """The kept reviews `rows` as one sequence per user, and the ids the scenario's files give them."""
+    starts: np.ndarray  # (S,) sequence s is rows[starts[s]:ends[s]], in time order
+    ends: np.ndarray  # (S,)
+    user_id: np.ndarray  # (S,) each sequence's user id, in the order of the reviewer ids
+    by_name: list  # the sequences in the order of their reviewer ids
+    items: Items  # the scenario's items: X then Y, each sorted by ASIN
+    gid: np.ndarray  # raw item index -> global id (-1 for an item not in the scenario)
+
+
+def _sequences(rows: np.ndarray, user, item, names: list, raw_asins: list, num_x: int) -> Sequences:
+    """One sequence per user from `_select`'s rows (grouped by user, in time order); user ids follow the
+    reviewer ids' order."""
+    # Note: Alist/Blist hold the items that occur in the written sequences (an item that passed the filter
+    # only in cut-off parts of histories is left out), sorted by ASIN; raw_id = global id.
+    u = user[rows]
+    starts = np.flatnonzero(np.r_[True, u[1:] != u[:-1]])
+    ends = np.r_[starts[1:], len(rows)]
+    S = len(starts)
+    by_name = sorted(range(S), key=lambda s: names[u[starts[s]]])
+    user_id = np.empty(S, np.int64)
+    user_id[by_name] = np.arange(S)
+    used = np.unique(item[rows])
+    kept = sorted(used[used < num_x], key=raw_asins.__getitem__) + \
+        sorted(used[used >= num_x], key=raw_asins.__getitem__)
+    items = Items([raw_asins[j] for j in kept], int((used < num_x).sum()), int((used >= num_x).sum()))
+    gid = np.full(len(raw_asins), -1, np.int64)
+    gid[kept] = np.arange(len(kept))
+    return Sequences(starts, ends, user_id, by_name, items, gid)
+
+
+def _split(last: np.ndarray, user_id: np.ndarray, held_out: float, seed: int) -> dict[str, np.ndarray]:
+    """The sequences of each split, {"train"|"valid"|"test": (S_split,) sequence indices}, from each sequence's
+    last interaction time `last` (S,)."""
+    # Note: the paper holds out "the latest interaction sequences" without saying how many; we hold out the share
+    # --held-out (0.2) whose last interaction is latest (ties: by user id), and a seeded shuffle deals them into
+    # equal valid and test halves. With one sequence per user no user is in two splits, and no training
+    # interaction is later than any held-out target (the leak of the π-Net/MIFN splits).
+    S = len(last)
+    order = np.lexsort((user_id, last))
+    n_held = round(S * held_out)
+    if n_held < 2 or n_held >= S:
+        raise DataError(f"{S} sequences with --held-out {held_out} give {n_held} held-out ones; expected at least "
+                        f"2 (one valid, one test) and at least 1 for training.")
+    held = np.random.default_rng(seed).permutation(order[S - n_held:])
+    return {"train": order[:S - n_held], "valid": held[:n_held // 2], "test": held[n_held // 2:]}
+
+
+def _statistics(items: Items, splits: dict, lengths: np.ndarray, target_x: np.ndarray) -> dict:
+    """Table 1's statistics, printed and returned; `target_x` (S,): whether a sequence's last item is in X."""
     stats = {"items": {"X": items.num_x, "Y": items.num_y}, "train": len(splits["train"]),
              "valid": {"X": int(target_x[splits["valid"]].sum()), "Y": int((~target_x[splits["valid"]]).sum())},
              "test": {"X": int(target_x[splits["test"]].sum()), "Y": int((~target_x[splits["test"]]).sum())},
              "avg_length": float(lengths.mean())}
-    print(f"wrote {out}\nTable 1 statistics (#valid and #test by the domain of the target, the last item):")
+    print("Table 1 statistics (#valid and #test by the domain of the target, the last item):")
     print(f"{'domain':<8}{'#items':>10}{'#train':>10}{'#valid':>10}{'#test':>10}{'avg.length':>12}")
     print(f"{'X':<8}{items.num_x:>10,}{stats['train']:>10,}{stats['valid']['X']:>10,}{stats['test']['X']:>10,}"
           f"{stats['avg_length']:>12.2f}")

@@ -50,7 +50,7 @@ import simulate
 from data import Items, Scenario, TrainSet, Views
 from evaluate import eval_cases, negatives, on_device, rank_batch, rank_cases
 from common import bounded
-from ifcdsr import CPU_CHUNK, RANGES, Config, trim, view_items
+from ifcdsr import CPU_CHUNK, RANGES, Config, trim
 from train import Trainer
 
 MOVIE_BOOK = {"num_x": 36_845, "num_y": 63_937, "train": 58_515, "valid": 2_032 + 5_612, "test": 1_978 + 5_730,
@@ -121,10 +121,15 @@ def encoder_gemms(B: int, L: int, d: int, cfg: Config, train: bool) -> list[tupl
     return out
 
 
+def softmax_sizes(model) -> dict[str, int]:
+    """The number of items of each view's softmax (`IFCDSR.softmax_items`), what `step_gemms` takes."""
+    return {v: len(range(model.N)[model.softmax_items(v)]) for v in ("x", "y", "xy")}
+
+
 def step_gemms(views: Views, targets: Views | None, items: dict[str, int], cfg: Config, widths: tuple,
                chunk: int | None = None, device: str = "cpu") -> list[tuple]:
     """The matmuls of one training step (targets given) or one evaluation batch (targets None); `items`: the
-    number of items of each view's softmax (`IFCDSR.view_items`), "xy" all N; `chunk`: `IFCDSR.chunk()`.
+    number of items of each view's softmax (`IFCDSR.softmax_items`), "xy" all N; `chunk`: `IFCDSR.chunk()`.
 
     Scoring runs all P positions at once (the plain path of `IFCDSR.loss`/`score`, on a CPU) or in chunks of
     chunk // (the view's items) (fused_loss.py); a chunk count may be fractional, so count times size is
@@ -210,11 +215,6 @@ class Bench:
         self.mm_cache = {}
         self.widths = (cfg.q, scen.E_img.shape[1]) if cfg.use_image else (cfg.q,)
 
-    def view_items(self, cfg: Config) -> dict[str, int]:
-        """The number of items of each view's softmax."""
-        num_x, N = self.scen.items.num_x, self.scen.items.num_items
-        return {v: len(range(N)[view_items(v, cfg.softmax_over, num_x, N)]) for v in ("x", "y", "xy")}
-
     def trainer(self, cfg: Config):
         return Trainer("ifcdsr", cfg, self.scen, self.device, self.folder / cfg.target, resume=False)
 
@@ -235,7 +235,7 @@ class Bench:
             seconds = time.perf_counter() - t0
         train, low = trainer.scen.train, torch.bfloat16 if self.device.type == "cuda" else torch.float32
         gemms = [g for b in order.split(batch_size) for g in step_gemms(
-            train.inputs[b], train.targets[b], self.view_items(cfg), cfg, self.widths, trainer.chunk(),
+            train.inputs[b], train.targets[b], softmax_sizes(trainer.model), cfg, self.widths, trainer.chunk(),
             self.device.type)]
         return {"step_s": seconds / steps, "seq_per_s": steps * batch_size / seconds,
                 "peak_gb": peak_memory_gb(self.device), "flop": flops(gemms) / steps,
@@ -256,7 +256,7 @@ class Bench:
             sync(self.device)
             seconds += time.perf_counter() - t0
             in_target = (self.scen.test.target >= self.scen.items.num_x) == (target == "Y")
-            history, items = self.scen.test.history[in_target], self.view_items(trainer.cfg)
+            history, items = self.scen.test.history[in_target], softmax_sizes(trainer.model)
             cases += len(history.xy)
             for i in range(0, len(history.xy), rows):
                 gemms += step_gemms(history[i:i + rows], None, items, trainer.cfg, self.widths, trainer.chunk(),

@@ -23,8 +23,9 @@ class NonFiniteScores(ValueError):
     """A model scored a candidate NaN or ±inf: no rank, and no metric, can be computed from that."""
 
 
-def domain_items(scen: Scenario, domain: str) -> slice:
-    return ifcdsr.domain_items(domain, scen.items.num_x, scen.items.num_items)
+def target_items(scen: Scenario, target: str) -> slice:
+    """The global ids of the target domain's items in the scenario, the candidates of Eq. 9."""
+    return ifcdsr.domain_items(target, scen.items.num_x, scen.items.num_items)
 
 
 def eval_cases(split: EvalSet, scen: Scenario, domain: str) -> EvalSet:
@@ -151,8 +152,9 @@ def metrics(ranks: dict) -> dict:
 
 
 def warm_items(scen: Scenario) -> torch.Tensor:
-    """(N,) bool: the items that occur in the training sequences; a test target outside them is cold,
-    something an ID embedding cannot have learnt (an image embedding can)."""
+    """(N,) bool: the items that occur in the training tensors, i.e. in the last max_len + 1 items of a
+    training sequence (an item only in an older, cut part of one counts as cold); a test target outside them
+    is cold, something an ID embedding cannot have learnt (an image embedding can)."""
     return item_counts(scen.train, scen.items.num_items) > 0
 
 

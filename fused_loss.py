@@ -5,9 +5,10 @@
 (Movie-Book and Food-Kitchen size; never on the demo or in most tests of the model), and always on CUDA.
 Both give the same numbers up to float rounding (test_fused_loss.py).
 
-    nll    Σ_t -log P(y_t | S) over P positions (the sum of Eq. 6) and its gradient, scoring `rows`
-           positions at a time into one reused (rows, n) buffer, n the items of the view's softmax
-    score  Eq. 8 for a batch of histories, Eq. 3-5 formed in place in the same buffer
+It holds the two bounded twins, the training loss and the test-time Eq. 8:
+    nll       Σ_t -log P(y_t | S) over P positions (the sum of Eq. 6) and its gradient, scoring `rows`
+              positions at a time into one reused (rows, n) buffer, n the items of the view's softmax
+    view_sum  Eq. 8's Σ_v λ_v·P^v for a batch of histories, Eq. 3-5 formed in place in the same buffer
 
 The derivation of the gradient. With a = unit(h)/τ and unit rows of E, the logits are s = a·E^T
 (Eq. 2), P_b = softmax(s_b) for the ID and the image branch b (Eq. 3/4) and, for one position with
@@ -30,8 +31,9 @@ import torch
 import torch.nn.functional as F
 
 
-def _log(w: float) -> float:
-    return math.log(w) if w > 0 else -math.inf  # log 0 = -inf: a branch of weight 0 drops out
+def log_weight(w: float) -> float:
+    """log w of a weight of Eq. 5 (α or 1-α); log 0 = -inf, so that a branch of weight 0 drops out."""
+    return math.log(w) if w > 0 else -math.inf
 
 
 _SCRATCH: dict = {}  # (slot, device, dtype) -> a flat buffer, kept between calls
@@ -104,24 +106,15 @@ def _nll_chunks(branches, target: torch.Tensor, rows: int, temperature: float, i
     # next free buffer: one buffer in IFCDSR.
     order = sorted(range(len(branches)), key=lambda b: dE[b] is not None)
     for i in range(0, target.shape[0], rows):
-        y = target[i:i + rows]  # (c,)
+        c, y = slice(i, i + rows), target[i:i + rows]  # this chunk's positions, their targets (c,)
         log_wP_y, G, GE, Z = ([None] * len(branches) for _ in range(4))
         slot = 0
         for b in order:
             a, E, E_p, log_w = branches[b]
-            s = _logits(a[i:i + rows], E_p, _scratch(slot, len(y), len(E), E_p))  # (c, n) this chunk's logits
+            log_P_y, G[b], GE[b], Z[b] = _branch_chunk(a[c], E, E_p, y, _scratch(slot, len(y), len(E), E_p),
+                                                       temperature, grads)
             slot += dE[b] is not None
-            if s.dtype == torch.float32:
-                s_y = s.gather(1, y[:, None])  # (c, 1) the target's logit
-            else:  # in fp32: the loss reads it directly
-                s_y = (a[i:i + rows] * E[y]).sum(dim=-1, keepdim=True)  # (c, 1)
-            m = _exp_(s, temperature)  # s <- G = exp(s - m)
-            Z[b] = s.sum(dim=-1, keepdim=True, dtype=torch.float32)  # (c, 1) Z = Σ_i G_i, in fp32
-            if grads:
-                GE[b] = s @ E_p  # (c, d) G·E
-            G[b] = s
-            # (Eq. 3/4) log P_b,y = s_y - m - log Z;  log w_b·P_b,y
-            log_wP_y[b] = log_w + (s_y - m - Z[b].log())[:, 0]  # (c,)
+            log_wP_y[b] = log_w + log_P_y  # (c,) log w_b·P_b,y
         # (Eq. 5) log P_y = log Σ_b w_b·P_b,y;  (Eq. 6) Σ_t -log P_y
         log_P_y = torch.logsumexp(torch.stack(log_wP_y), dim=0)  # (c,)
         total = total - log_P_y.sum()
@@ -129,17 +122,42 @@ def _nll_chunks(branches, target: torch.Tensor, rows: int, temperature: float, i
             continue
         for b, (a, E, _, _) in enumerate(branches):
             r = scale * (log_wP_y[b] - log_P_y).exp()[:, None]  # (c, 1) r_b = w_b·P_b,y / P_y, times scale
-            # d/da_b = r_b·(P_b - onehot_y)·E_b = r_b·((G·E_b) / Z - E_b,y)
-            dA[b][i:i + rows] = r * (GE[b] / Z[b] - E[y])  # (c, d)
-            if dE[b] is not None:
-                ra = r * a[i:i + rows]  # (c, d) r_b·a_b
-                # d/dE_b += (P_b - onehot_y)^T·(r_b·a_b) = G^T·(r_b·a_b / Z) - (r_b·a_b at the rows y)
-                if G[b].dtype == dE_items[b].dtype:
-                    dE_items[b].addmm_(G[b].T, ra / Z[b])  # (n, d), accumulated in place
-                else:  # the product in G's dtype, the sum in fp32
-                    dE_items[b] += G[b].T @ (ra / Z[b]).to(G[b].dtype)
-                dE_items[b].index_add_(0, y, -ra)
+            _add_gradient(a[c], E, y, r, G[b], GE[b], Z[b], dA[b][c], dE_items[b])
     return total, dA
+
+
+def _branch_chunk(a: torch.Tensor, E: torch.Tensor, E_p: torch.Tensor, y: torch.Tensor, out: torch.Tensor,
+                  temperature: float, grads: bool) -> tuple:
+    """One branch on one chunk of c positions: a (c, d), E and E_p (n, d) the softmax's items (E_p in the
+    products' dtype), y (c,) the targets; `out` (c, n) takes the logits. -> (log P_b,y (c,), G (c, n) = `out`
+    holding exp(s - m), G·E (c, d) with `grads` else None, Z (c, 1) in fp32)."""
+    s = _logits(a, E_p, out)  # (c, n) this chunk's logits
+    if s.dtype == torch.float32:
+        s_y = s.gather(1, y[:, None])  # (c, 1) the target's logit
+    else:  # in fp32: the loss reads it directly
+        s_y = (a * E[y]).sum(dim=-1, keepdim=True)  # (c, 1)
+    m = _exp_(s, temperature)  # s <- G = exp(s - m)
+    Z = s.sum(dim=-1, keepdim=True, dtype=torch.float32)  # (c, 1) Z = Σ_i G_i, in fp32
+    GE = s @ E_p if grads else None  # (c, d) G·E
+    # (Eq. 3/4) log P_b,y = s_y - m - log Z
+    return (s_y - m - Z.log())[:, 0], s, GE, Z
+
+
+def _add_gradient(a: torch.Tensor, E: torch.Tensor, y: torch.Tensor, r: torch.Tensor, G: torch.Tensor,
+                  GE: torch.Tensor, Z: torch.Tensor, dA: torch.Tensor, dE: torch.Tensor | None) -> None:
+    """One branch's gradient on one chunk (module docstring), from `_branch_chunk`'s G, G·E and Z and
+    r = r_b (c, 1): d/da_b written into dA (c, d), d/dE_b added to dE (n, d) unless E takes none (None)."""
+    # d/da_b = r_b·(P_b - onehot_y)·E_b = r_b·((G·E_b) / Z - E_b,y)
+    dA.copy_(r * (GE / Z - E[y]))  # (c, d)
+    if dE is None:
+        return
+    ra = r * a  # (c, d) r_b·a_b
+    # d/dE_b += (P_b - onehot_y)^T·(r_b·a_b) = G^T·(r_b·a_b / Z) - (r_b·a_b at the rows y)
+    if G.dtype == dE.dtype:
+        dE.addmm_(G.T, ra / Z)  # (n, d), accumulated in place
+    else:  # the product in G's dtype, the sum in fp32
+        dE += G.T @ (ra / Z).to(G.dtype)
+    dE.index_add_(0, y, -ra)
 
 
 def _weighted(log_w: tuple[float, float]) -> list[int]:
@@ -203,7 +221,7 @@ def _branch_inputs(h_id, h_img, alpha: float, temperature: float):
     a_id = F.normalize(h_id, dim=-1) / temperature  # (P, q)
     if h_img is None:  # ID branch only: P = P_id
         return a_id, None, (0.0, -math.inf)
-    return a_id, F.normalize(h_img, dim=-1) / temperature, (_log(alpha), _log(1.0 - alpha))  # (P, e)
+    return a_id, F.normalize(h_img, dim=-1) / temperature, (log_weight(alpha), log_weight(1.0 - alpha))  # (P, e)
 
 
 def nll_views(views: list[ViewNLL], E_id: torch.Tensor, E_img: torch.Tensor | None, alpha: float,
@@ -265,7 +283,7 @@ def unit_rows(E: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def score(views, E_id: torch.Tensor, E_img: torch.Tensor | None, alpha: float, temperature: float,
+def view_sum(views, E_id: torch.Tensor, E_img: torch.Tensor | None, alpha: float, temperature: float,
           items: slice, chunk: int) -> torch.Tensor:
     """(Eq. 8) P(x_i | S) = Σ_v λ_v·P^v(x_i | S) for the items in `items` -> (B, |items|); each view's
     softmax (Eq. 3/4) runs over its own items, as in `IFCDSR.score`; chunk // |own| histories at a time.

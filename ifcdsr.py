@@ -12,7 +12,6 @@ Items have one global id space: domain X = 0..|X|-1, domain Y = |X|..N-1, paddin
 """
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, fields
 from typing import NamedTuple
 
@@ -21,6 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import fused_loss
+from fused_loss import log_weight
 
 VIEWS = ("x", "y", "xy")  # S^X, S^Y, S^{X+Y}
 CPU_CHUNK = 2**25  # Config.score_chunk's auto value on a CPU: a (332 × 100,782) fp32 logits buffer, 134 MB
@@ -34,7 +34,7 @@ class Config:
     lambda1: float = 0.1  # λ1 in Eq. 7/8: weight of the source-domain view
     lambda2: float = 0.4  # λ2 in Eq. 7/8: weight of the merged view S^{X+Y}
     dropout: float = 0.3  # dropout rate
-    max_len: int = 15  # L, the last 15 items of a history are kept
+    max_len: int = 15  # Note: not stated in the paper (§4 gives no length); C2DSR's L, the last 15 items kept
     n_blocks: int = 2  # Note: not stated in the paper; C2DSR's (whose settings §4 adopts) value
     n_heads: int = 1  # Note: not stated in the paper; C2DSR's value
     # readings of open passages (docs/interpretations.md measures each); --literal sets all three as printed
@@ -46,7 +46,7 @@ class Config:
     loss_norm: str = "sum"  # "sum" or "mean"
     # Note: Eq. 3/4 print the softmax over E^X, "the item matrix computed within S^X" (printed: "domain": S^X over
     # X's items, S^Y over Y's, S^{X+Y} over both); "all": every view over all N items, after §3.1.2's "each item
-    # across all domains"
+    # across all domains"; under "domain" Eq. 8's λ1·P^Y term is 0 for every target-domain item (`IFCDSR.score`)
     softmax_over: str = "domain"  # "domain" or "all"
     use_image: bool = True  # False = --no-image: ID branch only (α = 1)
     multi_attention: bool = True  # False = --no-multi-attention: only the S^{X+Y} view
@@ -200,19 +200,15 @@ def similarity(h: torch.Tensor, E_unit: torch.Tensor, temperature: float) -> tor
     return (unit(h) / temperature) @ E_unit.T  # (P, N)
 
 
-def _log(w: float) -> float:
-    return math.log(w) if w > 0 else -math.inf  # log 0 = -inf: a branch of weight 0 drops out
-
-
 def branch_log_prob(h: torch.Tensor, E_unit: torch.Tensor, temperature: float) -> torch.Tensor:
     """(Eq. 3/4) log P_b = log softmax(Sim(h, E_b)) over the rows of E_b, for one branch b (ID or image):
-    h (P, d), E_unit (N, d) -> (P, N). `IFCDSR.view_items` chooses the rows."""
+    h (P, d), E_unit (N, d) -> (P, N). `IFCDSR.softmax_items` chooses the rows."""
     return F.log_softmax(similarity(h, E_unit, temperature).float(), dim=-1)  # (P, N)
 
 
 def mixture(log_P_id: torch.Tensor, log_P_img: torch.Tensor, alpha: float) -> torch.Tensor:
     """(Eq. 5) P = α·P_id + (1-α)·P_img, in log space: log(e^(log α + log P_id) + e^(log(1-α) + log P_img))."""
-    return torch.logaddexp(log_P_id + _log(alpha), log_P_img + _log(1.0 - alpha))  # (P, N)
+    return torch.logaddexp(log_P_id + log_weight(alpha), log_P_img + log_weight(1.0 - alpha))  # (P, N)
 
 
 def log_prob(h_id: torch.Tensor, E_id: torch.Tensor, h_img: torch.Tensor | None, E_img: torch.Tensor | None,
@@ -281,14 +277,6 @@ def shapes(pad: int, inputs, targets=None, device="cpu") -> dict[str, ViewShape]
 def domain_items(domain: str, num_x: int, N: int) -> slice:
     """The global ids of domain X (0..|X|-1) or Y (|X|..N-1). Eq. 9 ranks only the target domain's."""
     return slice(0, num_x) if domain == "X" else slice(num_x, N)
-
-
-def view_items(view: str, softmax_over: str, num_x: int, N: int) -> slice:
-    """The items of a view's softmax (Eq. 3/4): all N, or (softmax_over = "domain") the view's own domain's,
-    both domains' for S^{X+Y}."""
-    if softmax_over == "all" or view == "xy":
-        return slice(0, N)
-    return domain_items("X" if view == "x" else "Y", num_x, N)
 
 
 def overlap(a: slice, b: slice) -> slice:
@@ -374,9 +362,12 @@ class IFCDSR(nn.Module):
         logits fit in half of `chunk()`. Otherwise fused_loss.py computes the same numbers in bounded memory."""
         return self.E_id.weight.device.type != "cuda" and 2 * rows * self.N <= self.chunk()
 
-    def view_items(self, view: str) -> slice:
-        """The items whose softmax gives P^v (Eq. 3/4), by `view_items`."""
-        return view_items(view, self.cfg.softmax_over, self.num_x, self.N)
+    def softmax_items(self, view: str) -> slice:
+        """The items whose softmax gives P^v (Eq. 3/4): all N, or (softmax_over = "domain") the view's own
+        domain's, both domains' for S^{X+Y}."""
+        if self.cfg.softmax_over == "all" or view == "xy":
+            return slice(0, self.N)
+        return domain_items("X" if view == "x" else "Y", self.num_x, self.N)
 
     def loss(self, inputs, targets, shape: dict[str, ViewShape] | None = None
              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -396,7 +387,7 @@ class IFCDSR(nn.Module):
             H_id, H_img = self.encode(seq, view)
             # every next-item position of the view (Eq. 6's Σ over t): (P, q), (P, e), (P,)
             h_id, h_img = H_id.flatten(0, 1)[at], None if H_img is None else H_img.flatten(0, 1)[at]
-            items = self.view_items(view)  # the softmax's items: y is among them
+            items = self.softmax_items(view)  # the softmax's items: y is among them
             y = nxt.flatten()[at] - items.start
             # "sum": Eq. 6's sum over one constant, the batch's B·L slots, for every view; "mean": each view
             # averaged over its own P positions
@@ -424,7 +415,7 @@ class IFCDSR(nn.Module):
     def score(self, history, items: slice = slice(None), matrices=None,
               shape: dict[str, ViewShape] | None = None) -> torch.Tensor:
         """(Eq. 8) P(x_i | S) = P^X + λ1·P^Y + λ2·P^{X+Y} for the items in `items` (all N by default)
-        -> (B, |items|); each view's softmax (Eq. 3/4) still runs over its own items (`view_items`).
+        -> (B, |items|); each view's softmax (Eq. 3/4) still runs over its own items (`softmax_items`).
 
         Each view is read at its last position (the most recent item, Eq. 1's h). `matrices`: this model's
         `item_matrices()`, from a caller that scores many batches with the same weights (normalised once).
@@ -439,13 +430,15 @@ class IFCDSR(nn.Module):
             seq = getattr(history, view)[:, -shape[view].width:]  # (B, width)
             H_id, H_img = self.encode(seq, view)
             empty = (seq == self.pad).all(dim=1, keepdim=True)  # (B, 1) a view without items
-            own = self.view_items(view)
-            # Note: with softmax_over = "domain", P^Y is a distribution over Y: P^Y(x_i) = 0 for an item of X
+            own = self.softmax_items(view)
+            # Note: with softmax_over = "domain" (Eq. 3/4 as printed) P^Y is a distribution over Y, so Eq. 8's
+            # λ1·P^Y(x_i) is 0 for every item of X: the S^Y encoders move the target ranking only through
+            # training; "all" is the reading under which every printed term of Eq. 8 acts
             both = overlap(own, items)  # the requested items that P^v covers
             views.append(ViewScores(weight, own, shifted(both, items), shifted(both, own), H_id[:, -1],
                                     None if H_img is None else H_img[:, -1], empty))
         if not self.plain(len(history.xy)):  # the same sum, in place, chunk() logits at a time
-            return fused_loss.score(views, E_id, E_img, cfg.alpha, cfg.temperature, items, self.chunk())
+            return fused_loss.view_sum(views, E_id, E_img, cfg.alpha, cfg.temperature, items, self.chunk())
         total = torch.zeros(len(history.xy), items.stop - items.start, device=E_id.device)  # (B, |items|)
         for weight, own, into, src, h_id, h_img, empty in views:  # the fields of ViewScores
             E_img_v = None if h_img is None else E_img[own]

@@ -136,10 +136,20 @@ def model_pair(use_image: bool = True, multi: bool = True, **kw):
 
 SETTINGS = [dict(use_image=True, multi=True), dict(use_image=False, multi=True), dict(use_image=True, multi=False),
             dict(use_image=True, multi=True, alpha=0.0), dict(use_image=True, multi=True, alpha=1.0)]
-READINGS = [dict(), dict(softmax_over="domain"), dict(loss_norm="sum"), dict(PRINTED)]
+# the non-default readings, each alone and all three together, and the printed forms (the defaults)
+READINGS = {"printed": dict(PRINTED), "all": dict(softmax_over="all"), "mean": dict(loss_norm="mean"),
+            "tau0.1": dict(temperature=0.1), "all+mean+tau0.1": dict(softmax_over="all", loss_norm="mean",
+                                                                  temperature=0.1)}
 
 
-@pytest.mark.parametrize("reading", READINGS, ids=["default", "domain", "sum", "printed"])
+def test_the_readings_are_five_different_configurations():
+    """Each id names what its case runs: the printed forms, each other reading switched alone, all three."""
+    chosen = {name: Config().replace(**reading) for name, reading in READINGS.items()}
+    assert chosen["printed"] == Config()
+    assert len({(c.temperature, c.loss_norm, c.softmax_over) for c in chosen.values()}) == len(READINGS)
+
+
+@pytest.mark.parametrize("reading", READINGS.values(), ids=READINGS.keys())
 @pytest.mark.parametrize("setting", SETTINGS, ids=["full", "no-image", "merged-view", "alpha0", "alpha1"])
 def test_model_loss_and_gradients_are_the_same_on_both_paths(setting, reading):
     t = make_train_set([[0, 3, 1, 4, 2], [5, 0, 6, 1], [1, 4, 2, 6]], num_x=3, max_len=5, pad=7)
@@ -157,13 +167,15 @@ def test_model_loss_and_gradients_are_the_same_on_both_paths(setting, reading):
         assert torch.allclose(g, grads_b[name], atol=1e-6), name
 
 
-@pytest.mark.parametrize("reading", READINGS, ids=["default", "domain", "sum", "printed"])
+@pytest.mark.parametrize("reading", READINGS.values(), ids=READINGS.keys())
 @pytest.mark.parametrize("setting", SETTINGS, ids=["full", "no-image", "merged-view", "alpha0", "alpha1"])
-@pytest.mark.parametrize("temperature", [0.1, 0.01])  # `_exp_` without and with the row maximum
+@pytest.mark.parametrize("temperature", [None, 0.01])  # `_exp_` without (the reading's τ) and with the row maximum
 def test_model_score_is_the_same_on_both_paths(temperature, setting, reading):
-    """Eq. 8 over all items and over either domain only; history [0, 1] has no Y item (uniform P^Y)."""
+    """Eq. 8 over all items and over either domain only; history [0, 1] has no Y item (uniform P^Y). τ is
+    the reading's (1 or 0.1) or 0.01."""
     hist = views([[0, 3, 1], [0, 1], [4, 5]])
-    plain, fused = (m.eval() for m in model_pair(**setting, **{**reading, "temperature": temperature}))
+    tau = {} if temperature is None else {"temperature": temperature}
+    plain, fused = (m.eval() for m in model_pair(**setting, **{**reading, **tau}))
     for items in (slice(None), slice(0, 3), slice(3, 7)):
         assert torch.allclose(plain.score(hist, items), fused.score(hist, items), atol=1e-6), items
 
@@ -180,7 +192,7 @@ def test_the_demo_runs_the_plain_path_and_movie_book_the_bounded_one(monkeypatch
         raise AssertionError("fused_loss was called")
 
     monkeypatch.setattr(fused_loss, "nll_views", refuse)
-    monkeypatch.setattr(fused_loss, "score", refuse)
+    monkeypatch.setattr(fused_loss, "view_sum", refuse)
     t = make_train_set([[0, 3, 1, 4, 2]], num_x=3, max_len=5, pad=7)
     model = tiny_model()
     model.loss(t.inputs, t.targets)

@@ -69,15 +69,15 @@ def test_eq3_eq4_as_printed_each_view_has_its_own_domains_softmax():
     """Eq. 3/4 as printed run the softmax over E^X, the items of S^X's domain. With |X| = 3 items at
     (1,0), (0,1), (-1,0) and one Y item at (0,-1), h = (1, 0) (τ = 1) has cosines (1, 0, -1 | 0):
     over all N items P(x_0) = e / (e + 1 + 1/e + 1) = 2.71828/5.08616 = 0.53445; over X alone it is
-    0.66524, as in the test above. `view_items` gives S^X the X items, S^Y the Y items, S^{X+Y} all."""
+    0.66524, as in the test above. `softmax_items` gives S^X the X items, S^Y the Y items, S^{X+Y} all."""
     E = torch.cat([E3, torch.tensor([[0.0, -1.0]])])
     h = torch.tensor([[1.0, 0.0]])
     assert math.isclose(log_prob(h, E, None, None, 1.0, 1.0).exp()[0, 0].item(), 0.53445, rel_tol=1e-4)
     model = tiny_model()  # |X| = 3, |Y| = 4; softmax_over = "domain" by default
-    assert [model.view_items(v) for v in ("x", "y", "xy")] == [slice(0, 3), slice(3, 7), slice(0, 7)]
-    assert math.isclose(log_prob(h, E[model.view_items("x")], None, None, 1.0, 1.0).exp()[0, 0].item(), 0.66524,
+    assert [model.softmax_items(v) for v in ("x", "y", "xy")] == [slice(0, 3), slice(3, 7), slice(0, 7)]
+    assert math.isclose(log_prob(h, E[model.softmax_items("x")], None, None, 1.0, 1.0).exp()[0, 0].item(), 0.66524,
                         rel_tol=1e-5)
-    assert all(tiny_model(softmax_over="all").view_items(v) == slice(0, 7) for v in ("x", "y", "xy"))
+    assert all(tiny_model(softmax_over="all").softmax_items(v) == slice(0, 7) for v in ("x", "y", "xy"))
 
 
 def test_eq5_alpha_mixture_by_hand():
@@ -131,7 +131,7 @@ def test_eq7_loss_weights_target_source_and_merged_views(target, weights, loss_n
     for v, w in weights.items():
         seq, nxt = getattr(t.inputs, v), getattr(t.targets, v)
         H_id, H_img = model.encode(seq, v)
-        keep, own = nxt != 7, model.view_items(v)
+        keep, own = nxt != 7, model.softmax_items(v)
         lp = log_prob(H_id[keep], E_id[own], H_img[keep], E_img[own], 0.7, model.cfg.temperature)
         nll = -lp.gather(1, nxt[keep][:, None] - own.start)
         L_v = nll.mean() if loss_norm == "mean" else nll.sum() / 30
@@ -169,13 +169,34 @@ def test_eq8_as_printed_the_source_view_gives_no_mass_to_target_domain_items():
     E_id, E_img = model.item_matrices()
     P = {}
     for v in ("x", "y", "xy"):
-        own = model.view_items(v)
+        own = model.softmax_items(v)
         H_id, H_img = model.encode(trim(model.pad, getattr(hist, v))[0], v)
         P[v] = log_prob(H_id[:, -1], E_id[own], H_img[:, -1], E_img[own], 0.7, model.cfg.temperature).exp()
     P["y"][1] = 1 / 4
     assert torch.allclose(model.score(hist, slice(0, 3)), P["x"] + 0.4 * P["xy"][:, :3], atol=1e-6)
     assert torch.allclose(model.score(hist, slice(3, 7)), 0.1 * P["y"] + 0.4 * P["xy"][:, 3:], atol=1e-6)
     assert torch.allclose(model.score(hist).sum(1), torch.tensor([1.5, 1.5]), atol=1e-5)
+
+
+@pytest.mark.parametrize("softmax_over", ["domain", "all"])
+def test_eq8_the_source_view_moves_target_scores_only_when_its_softmax_covers_the_target(softmax_over):
+    """Eq. 3/4 as printed against Eq. 8: under "domain" P^Y is a distribution over Y, so λ1·P^Y(x_i) = 0 for
+    every X item and perturbing every weight of the two S^Y encoders leaves the target-X scores exactly as
+    they were (the S^Y encoders act on the ranking only through training); under "all" the same
+    perturbation changes them. The S^X and S^{X+Y} encoders are left as they were."""
+    model = tiny_model(softmax_over=softmax_over).eval()
+    hist = views([[0, 3, 1, 4], [5, 2, 6], [1, 2]])
+    before = model.score(hist, slice(0, 3))  # (3, |X|)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in [*model.enc_id["y"].parameters(), *model.enc_img["y"].parameters()]:
+            p.add_(torch.randn(p.shape, generator=g))
+    after = model.score(hist, slice(0, 3))
+    if softmax_over == "domain":
+        assert torch.equal(before, after)
+    else:
+        assert (before - after)[:2].abs().min() > 1e-4  # the histories with a Y item; [1, 2] has none
+        assert torch.equal(before[2], after[2])
 
 
 def test_eq9_recommends_only_target_domain_items():

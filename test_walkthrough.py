@@ -1,11 +1,13 @@
 """walkthrough.py: every step of Eq. 1-9 for one history, printed pieces that add up to what the model itself
-returns, and docs/walkthrough.md showing exactly what the program prints."""
+returns and follow the paper's formulas, a broken equation stopping it, and docs/walkthrough.md showing exactly
+what the program prints."""
 import re
 from pathlib import Path
 
 import pytest
 import torch
 
+import ifcdsr
 import walkthrough
 
 ROOT = Path(__file__).resolve().parent
@@ -30,6 +32,29 @@ def test_every_step_is_printed_and_the_pieces_add_up_to_the_models_results(argv,
     assert all(abs(got["L"][v] - got["parts"][v]) < 1e-5 for v in got["L"])
     assert abs(sum(w * got["L"][v] for v, w in cfg.view_weights().items()) - got["loss"]) < 1e-5
     assert got["best"] == got["recommended"] and list(tmp_path.iterdir()) == []
+    assert got["hit"] == (got["best"] == walkthrough.ids(walkthrough.USER)[-1])
+    assert walkthrough.USER not in walkthrough.TRAIN  # a user of the test set: Eq. 9 predicts, not recalls
+
+
+mixture, similarity = ifcdsr.mixture, ifcdsr.similarity
+BROKEN = {  # an equation broken in ifcdsr.py, the switches under which it shows, the step that must stop
+    "swapped-alpha": ("mixture", lambda log_P_id, log_P_img, alpha: mixture(log_P_id, log_P_img, 1 - alpha), [],
+                      "Eq. 5 (mixture)"),
+    "softmax-over-the-wrong-items": ("softmax_items", lambda model, view: slice(0, model.N), [],
+                                     "Eq. 3/4 (branch_log_prob)"),
+    "no-tau": ("similarity", lambda h, E_unit, temperature: similarity(h, E_unit, 1.0), ["--temperature", "0.1"],
+               "Eq. 2 (similarity)"),
+}
+
+
+@pytest.mark.parametrize("name,broken,argv,step", BROKEN.values(), ids=BROKEN.keys())
+def test_a_broken_equation_stops_the_walkthrough_at_its_step(name, broken, argv, step, monkeypatch, capsys):
+    """The walkthrough checks each step with the paper's formula, not only that the pieces add up: a swapped
+    α in `mixture`, every view's softmax over all items under the printed `domain`, a τ that Eq. 2 ignores
+    each make `python walkthrough.py` fail (exit 1) with an error naming the step."""
+    monkeypatch.setattr(ifcdsr.IFCDSR if name == "softmax_items" else ifcdsr, name, broken)
+    assert walkthrough.main(argv) == 1
+    assert capsys.readouterr().err.startswith(f"walkthrough.py: {step}: the model's numbers do not follow")
 
 
 def test_the_doc_shows_exactly_what_the_program_prints(capsys):

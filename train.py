@@ -41,7 +41,7 @@ from common import (Progress, atomic_write, atomic_write_all, atomic_write_text,
                     safe_output)
 from data import (EMBEDDINGS_FILE, SPLIT_FILES, DataError, Scenario, Views, fetch_list, load_scenario, read_users,
                   resolve_scenario)
-from evaluate import (NUM_NEGATIVES, PROTOCOLS, NonFiniteScores, by_target, domain_items, eval_cases, metrics,
+from evaluate import (NUM_NEGATIVES, PROTOCOLS, NonFiniteScores, by_target, target_items, eval_cases, metrics,
                       negatives, rank_cases, to_device, top_items, warm_items)
 from ifcdsr import CPU_CHUNK, IFCDSR, PRINTED, RANGES, Config, ConfigError, host_to, shapes
 
@@ -273,7 +273,7 @@ class Trainer:
                                     fused=True if device.type == "cuda" else None)
         self.shuffle = torch.Generator().manual_seed(cfg.seed)
         self.epoch, self.best_valid, self.bad, self.history = 0, -1.0, 0, []
-        self.items, self.cases, self.resident = domain_items(scen, cfg.target), {}, None
+        self.items, self.cases, self.resident = target_items(scen, cfg.target), {}, None
         self.checkpoints = Checkpoints()
         if resume and self.last.is_file():
             self._restore(load_checkpoint(self.last))
@@ -443,9 +443,9 @@ class Trainer:
             row["epoch"] = self.epoch
             if self.epoch % cfg.eval_every == 0 or self.epoch == cfg.epochs:
                 row["valid"] = self.evaluate("valid")
-                score = row["valid"][SELECT[0]][SELECT[1]]
-                if score > self.best_valid:
-                    self.best_valid, self.bad = score, 0
+                valid_mrr = row["valid"][SELECT[0]][SELECT[1]]
+                if valid_mrr > self.best_valid:
+                    self.best_valid, self.bad = valid_mrr, 0
                     state = self._state()
                     writes[self.best] = {**{k: state[k] for k in CHECKPOINT}, "valid": row["valid"]}
                 else:
@@ -543,7 +543,7 @@ def model_config(model: str, cfg: Config, target: str, seed: int) -> Config:
 
 def popularity(scen: Scenario, target: str, cfg: Config) -> dict:
     """The popularity row: every case ranks the target domain's items by their training interaction counts."""
-    scores, items = baselines.popularity_scores(scen), domain_items(scen, target)
+    scores, items = baselines.popularity_scores(scen), target_items(scen, target)
 
     def rank(split: str):
         cases = eval_cases(getattr(scen, split), scen, target)
@@ -995,7 +995,7 @@ def data_warnings(scen: Scenario, targets) -> list[str]:
             notes.append(f"{repeats:,} of {len(cases):,} {split} sequences repeat a training sequence (their "
                          f"last {scen.train.inputs.xy.shape[1] + 1} items): their targets were trained on")
     for target in targets:
-        n = len(range(N)[domain_items(scen, target)])
+        n = len(range(N)[target_items(scen, target)])
         if n - 1 < NUM_NEGATIVES:
             notes.append(f"domain {target} has {n:,} items: its {NUM_NEGATIVES} sampled negatives repeat some of "
                          f"the other {n - 1:,}, which makes the sampled999 protocol harder than full ranking")
