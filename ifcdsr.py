@@ -404,8 +404,9 @@ class IFCDSR(nn.Module):
         if bounded:  # Eq. 7's bounded views: one gradient of E_id for all of them
             E_id = fused_loss.unit_rows(self.E_id.weight)  # (N + 1, q) with the padding row, which no view scores
             E_img = self.E_img_unit if self.E_img is not None else None
+            products = self.product_matrices(E_id[:-1].detach())  # what the products read
             weighted, nlls = fused_loss.nll_views([part for part, _ in bounded.values()], E_id, E_img, cfg.alpha,
-                                                  cfg.temperature, self.chunk(), self.product_matrices(E_id[:-1].detach()))
+                                                  cfg.temperature, self.chunk(), products)
             total = total + weighted  # (Eq. 7)
             parts.update({view: nll / norm for (view, (_, norm)), nll in zip(bounded.items(), nlls)})
         parts = {view: parts[view] for view in cfg.view_weights()}  # in the order of Eq. 7
