@@ -90,9 +90,8 @@ class Trainer:
         return {"model_name": self.name, "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
                 "config": asdict(self.cfg), "scenario": self.scen.name, "data_dir": str(self.scen.path),
                 "data_sha256": self.scen.data_sha256, "images_sha256": self.scen.images_sha256,
-                "num_x": self.scen.items.num_x,
-                "num_y": self.scen.items.num_y, "epoch": self.epoch, "best_valid": self.best_valid, "bad": self.bad,
-                "history": self.history,
+                "num_x": self.scen.items.num_x, "num_y": self.scen.items.num_y, "epoch": self.epoch,
+                "best_valid": self.best_valid, "bad": self.bad, "history": self.history,
                 "rng": {"torch": torch.get_rng_state(), "shuffle": self.shuffle.get_state(),
                         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}}
 
