@@ -26,6 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+import evaluate
 from data import Scenario, item_counts
 from ifcdsr import CPU_CHUNK, AttentionEncoder, Config, domain_items, shapes, shifted
 
@@ -33,6 +34,20 @@ from ifcdsr import CPU_CHUNK, AttentionEncoder, Config, domain_items, shapes, sh
 def popularity_scores(scen: Scenario) -> torch.Tensor:
     """(N,) training interaction counts per item: the popularity baseline's score."""
     return item_counts(scen.train, scen.items.num_items).float()
+
+
+def popularity(scen: Scenario, target: str, batch: int) -> dict:
+    """The popularity row's result: every case ranks the target domain's items by their training interaction
+    counts, `batch` cases at a time."""
+    scores, items = popularity_scores(scen), evaluate.target_items(scen, target)
+
+    def rank(split: str):
+        cases = evaluate.eval_cases(getattr(scen, split), scen, target)
+        return cases, evaluate.rank_cases(lambda h, items, shape: scores[items].expand(h.xy.shape[0], -1), cases,
+                                          items, evaluate.negatives(cases, items, split, target), "cpu", batch)
+
+    (_, valid), (cases, ranks) = rank("valid"), rank("test")
+    return {"valid": evaluate.metrics(valid), "test": evaluate.metrics(ranks), "ranks": ranks, "cases": cases}
 
 
 def cross_entropy_sum(H: torch.Tensor, E: torch.Tensor, y: torch.Tensor, rows: int) -> torch.Tensor:

@@ -1,5 +1,6 @@
 """What the commands share: files written whole or not at all, only regular files read, progress lines with a
-rate and an ETA, numeric flags checked against their range, and a hard limit on the pixels of an image."""
+rate and an ETA, numeric flags checked against their range, the error of a bad command line, and a hard limit
+on the pixels of an image."""
 from __future__ import annotations
 
 import argparse
@@ -84,6 +85,10 @@ def safe_output() -> None:
     for stream in (sys.stdout, sys.stderr):
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
+
+
+class UsageError(Exception):
+    """A bad command line or checkpoint; the message says what to do (train.py prints it and exits with 2)."""
 
 
 def bounded(kind: type, low: int | float, high: int | float) -> Callable[[str], int | float]:

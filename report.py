@@ -1,6 +1,7 @@
-"""Numbers a researcher can cite: each seed's metrics aggregated to mean ± std, a paired bootstrap of IFCDSR
-against every other row, the printed tables in the layout of the paper's Tables 2, 3 and 4, a finished run's tables and
-learning curves, and a comparison of finished runs that differ in their settings:
+"""Numbers a researcher can cite: a run's results assembled from its trainings, each seed's metrics aggregated
+to mean ± std, a paired bootstrap of IFCDSR against every other row, the printed tables in the layout of the
+paper's Tables 2, 3 and 4, --export's top items of each test case, a finished run's tables and learning
+curves, and a comparison of finished runs that differ in their settings:
 
     python report.py RUN                                     # the tables train.py printed at the end of RUN
     python report.py plot RUN                                # RUN/curves.png: validation MRR and losses by epoch
@@ -16,13 +17,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import atomic_write, file_problem, safe_output
-from evaluate import PROTOCOLS
+from common import atomic_write, atomic_write_text, file_problem, safe_output
+from data import SPLIT_FILES, read_users
+from evaluate import PROTOCOLS, by_target, top_items
+from rows import ROWS
 
-LABELS = {  # the rows of the tables, in the paper's order: baselines first, IFCDSR last
-    "popularity": "Popularity", "gru4rec": "GRU4Rec", "sasrec": "SASRec", "gru4rec_target": "GRU4Rec, target only",
-    "sasrec_target": "SASRec, target only", "original": "ID only, merged view", "image_fusion": "+ image fusion",
-    "ifcdsr_id": "IFCDSR ID only", "ifcdsr": "IFCDSR"}
+LABELS = {name: row.label for name, row in ROWS.items()}  # the rows of the tables, in the paper's order
 PAPER = {  # the paper's published rows: (MRR, NDCG@5, NDCG@10) of domain X, then of domain Y; Table 4's MRR
     "food_kitchen": {"names": ("Food", "Kitchen"), "table": "Table 2", "rows": {
         "GRU4Rec": (5.79, 5.48, 6.13, 3.06, 2.55, 3.10), "SASRec": (7.30, 6.90, 7.79, 3.79, 3.35, 3.93),
@@ -91,6 +91,50 @@ def significance(ranks: dict, reference: str) -> dict:
     return {m: {d: {p: paired_bootstrap(rr(reference, d, p), rr(m, d, p)) for p in PROTOCOLS}
                 for d in ranks[m] if d in ranks[reference]}
             for m in ranks if m != reference}
+
+
+# ----------------------------------------------------------------------------- a run's results
+
+
+class RunResults:
+    """A run's results.json and test ranks, gathered one row and seed at a time (`add`), then summarised
+    (`finish`): mean ± std over the seeds, and the paired bootstrap of IFCDSR against every other row."""
+
+    def __init__(self, header: dict, warm: torch.Tensor):
+        self.results, self.warm = {**header, "runs": {}}, warm  # warm: evaluate.warm_items of the scenario
+        self.ranks = {}  # {model: {domain: {protocol: [(S,) ranks, one per seed]}}}
+
+    def add(self, model: str, seed: int | None, per_target: dict[str, dict]) -> None:
+        """One row and seed, {target: its result}, as an entry of runs[model]: {key: {target: value}} of every
+        key but the test ranks and cases, which give `ranks` and the cold/warm split `test_by_target`."""
+        entry = {"seed": seed}
+        for target, res in per_target.items():
+            for key, value in res.items():
+                if key == "ranks":
+                    for p, r in value.items():
+                        self.ranks.setdefault(model, {}).setdefault(target, {}).setdefault(p, []).append(r)
+                elif key != "cases":
+                    entry.setdefault(key, {})[target] = value
+            entry.setdefault("test_by_target", {})
+            for kind, part in by_target(res["ranks"], res["cases"], self.warm).items():
+                entry["test_by_target"].setdefault(kind, {})[target] = part
+        self.results["runs"].setdefault(model, []).append(entry)
+
+    def finish(self) -> tuple[dict, dict]:
+        """(results.json, test_ranks.npz's arrays): every test case's rank under the key
+        `<model>/<seed>/<domain>/<protocol>`, popularity's under seed None."""
+        runs = self.results["runs"]
+        self.results["summary"] = {m: {k: aggregate([e[k] for e in entries])
+                                       for k in ("valid", "test", "test_by_target")} for m, entries in runs.items()}
+        reference = next((m for m in ("ifcdsr", "ifcdsr_id") if m in runs), None)
+        self.results["significance"] = {"reference": reference,
+                                        "rows": significance(self.ranks, reference) if reference else {}}
+        arrays = {}
+        for m, by_domain in self.ranks.items():
+            for d, by_protocol in by_domain.items():
+                arrays.update({f"{m}/{e['seed']}/{d}/{p}": r.numpy() for p, per_seed in by_protocol.items()
+                               for e, r in zip(runs[m], per_seed)})
+        return self.results, arrays
 
 
 # ----------------------------------------------------------------------------- tables
@@ -223,6 +267,31 @@ def print_run(results: dict) -> None:
         print_ablation(results["scenario"], results["summary"])
     if "grid" in results:
         print_chosen(results)
+
+
+def export(trainer, path: Path, k: int) -> None:
+    """train.py --eval-only's --export, from its `Trainer`: for every test case of the target domain, the user,
+    the history the model reads (its last max_len items, oldest first), the ground truth, its rank under both
+    protocols (the ranks of evaluation), and the k best-scored items with their scores (Eq. 8 for IFCDSR), as
+    TSV with a header; items as ASINs."""
+    scen, cfg, asins = trainer.scen, trainer.cfg, trainer.scen.items.asins
+    ranks = trainer.rank("test")  # the evaluation's own ranks
+    cases = trainer.cases["test"][0]
+    in_target = (scen.test.target >= scen.items.num_x) == (cfg.target == "Y")  # as evaluate.eval_cases selects
+    users = [u for u, keep in zip(read_users(scen.path / SPLIT_FILES["test"]), in_target.tolist()) if keep]
+    with trainer.exact():
+        top, top_score = top_items(trainer.scorer(), cases, trainer.items, trainer.device, trainer.eval_batch(), k,
+                                   scen.items.num_items)
+    head = ["user", "history", "ground_truth", *(f"rank_{p}" for p in PROTOCOLS),
+            *(f"{c}_{i}" for i in range(1, top.shape[1] + 1) for c in ("item", "score"))]
+    lines = ["\t".join(head)]
+    for j, user in enumerate(users):
+        history = " ".join(asins[i] for i in cases.history.xy[j].tolist() if i != scen.items.num_items)
+        lines.append("\t".join([user, history, asins[cases.target[j]], *(f"{ranks[p][j]:.1f}" for p in PROTOCOLS),
+                                *(x for i, v in zip(top[j].tolist(), top_score[j].tolist())
+                                  for x in (asins[i], f"{v:.6g}"))]))
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    print(f"wrote {path}: the top {top.shape[1]} items of {len(users):,} test cases (target {cfg.target})")
 
 
 # ----------------------------------------------------------------------------- learning curves

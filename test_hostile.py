@@ -28,8 +28,10 @@ import pytest
 import torch
 
 import amazon
+import checkpoints
 import clip_loader
 import embed
+import run_folder
 import train
 from conftest import line, run_cli
 from data import make_demo, read_items
@@ -277,7 +279,7 @@ def test_checkpoints_are_plain_data(trained):
     """Everything in a checkpoint loads with weights_only=True: tensors, numbers, strings, lists and dicts."""
     for path in trained.rglob("*.pt"):
         state = torch.load(path, weights_only=True)
-        assert train.CHECKPOINT <= state.keys() and isinstance(state["config"], dict)
+        assert checkpoints.CHECKPOINT <= state.keys() and isinstance(state["config"], dict)
 
 
 # ----------------------------------------------------------------------------- amazon.py
@@ -466,7 +468,7 @@ def half_then_kill(write_atomically):
 
 
 if command == "train":
-    import train
+    import checkpoints, run_folder, train
     if point == "step":  # right after the n-th optimiser step
         step = torch.optim.Adam.step
         def counted(self, *a, **k):
@@ -476,10 +478,10 @@ if command == "train":
             return out
         torch.optim.Adam.step = counted
     elif point == "checkpoint":
-        train.atomic_write = half_then_kill(common.atomic_write)
+        checkpoints.atomic_write = half_then_kill(common.atomic_write)
     elif point == "term":  # SIGTERM, handled as train.py's __main__ does, while test_ranks.npz is written
         signal.signal(signal.SIGTERM, train.stop)
-        train.np.savez = lambda *a, **k: os.kill(os.getpid(), signal.SIGTERM)
+        run_folder.np.savez = lambda *a, **k: os.kill(os.getpid(), signal.SIGTERM)
     elif point == "results":  # half-way through the final write of results.json and test_ranks.npz
         def write_all(writes):
             if tick():
@@ -489,7 +491,7 @@ if command == "train":
                     path.with_name(path.name + ".tmp").write_bytes(buffer.getvalue()[:len(buffer.getvalue()) // 2])
                 os.kill(os.getpid(), signal.SIGKILL)
             return common.atomic_write_all(writes)
-        train.atomic_write_all = write_all
+        run_folder.atomic_write_all = write_all
     sys.exit(train.main(sys.argv[4:]))
 else:
     import clip_loader, embed
@@ -714,10 +716,9 @@ def test_resume_without_out_takes_a_run_of_exactly_this_scenario(tmp_path, monke
     monkeypatch.chdir(tmp_path)
     for name in ("Food-20260101-000000", "Food-Kitchen-20270101-000000", "Food-old"):
         (tmp_path / "runs" / name).mkdir(parents=True)
-    args = train.parse_args(["--resume"])
-    assert train.output_folder(args, "Food") == Path("runs/Food-20260101-000000")
+    assert run_folder.output_folder(None, "Food", resume=True) == Path("runs/Food-20260101-000000")
     with pytest.raises(train.UsageError, match="no earlier run of Kitchen"):
-        train.output_folder(args, "Kitchen")
+        run_folder.output_folder(None, "Kitchen", resume=True)
 
 
 LOPSIDED = [  # (case, lines of the valid file, item lists (|X|, |Y|), expected message)
@@ -765,9 +766,9 @@ RESUMES = [  # (case, what happens to the copy of the finished run, expected mes
     ("last checkpoint a symlink to /dev/zero", lambda run, mp: put(run / "ifcdsr" / "seed0" / "last_X.pt", "zero"),
      "last_X.pt: not a regular file but a character device"),
     ("a full disk at the final write", full_disk, "error: [Errno 28] No space left on device"),
-    ("the lock file a FIFO", lambda run, mp: put(run / train.LOCK, "fifo"), ".lock: not a regular file but a FIFO, "
+    ("the lock file a FIFO", lambda run, mp: put(run / run_folder.LOCK, "fifo"), ".lock: not a regular file but a FIFO, "
      "not the run's lock file; delete it and run again."),
-    ("the lock file a symlink", lambda run, mp: put(run / train.LOCK, "zero"), ".lock: a symlink, not the run's lock"),
+    ("the lock file a symlink", lambda run, mp: put(run / run_folder.LOCK, "zero"), ".lock: a symlink, not the run's lock"),
     ("last checkpoint deleted", lambda run, mp: (run / "ifcdsr" / "seed0" / "last_X.pt").unlink(),
      "last_X.pt: missing from this finished run, though "),
 ]
@@ -826,7 +827,7 @@ def test_one_process_per_run_folder_and_a_dead_holder_does_not_block(finished, t
     run, new = tmp_path / "run", tmp_path / "new"
     shutil.copytree(finished, run)
     new.mkdir()
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, run / train.LOCK, new / train.LOCK],
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, run / run_folder.LOCK, new / run_folder.LOCK],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline() == "locked\n"
@@ -843,7 +844,7 @@ def test_one_process_per_run_folder_and_a_dead_holder_does_not_block(finished, t
 def test_results_refuse_a_nan_and_write_nothing(tmp_path):
     """results.json is strict JSON: a NaN among the numbers is an error, and neither file is written."""
     with pytest.raises(ValueError, match="not JSON compliant"):
-        train.save_run(tmp_path, {"summary": {"MRR": math.nan}}, {}, [0])
+        run_folder.save_run(tmp_path, {"summary": {"MRR": math.nan}}, {})
     assert list(tmp_path.iterdir()) == []
 
 

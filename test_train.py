@@ -1,13 +1,12 @@
 """Tests of train.py: the command line, seeds, resuming, model selection on validation only, checkpoints."""
-import argparse
 import json
 import re
-import threading
 
 import numpy as np
 import pytest
 import torch
 
+import checkpoints
 import train
 from conftest import run_cli
 from data import DemoSpec, load_scenario, make_demo
@@ -206,7 +205,7 @@ def test_set_overrides_any_config_field_and_is_recorded(tiny_dir, tmp_path, caps
     printed = capsys.readouterr().out
     assert "training 1 of 1" in printed and "trainings: 1 (1 model(s) x 1 seed(s) x 1 target(s))" in printed
     assert results(out)["config"]["q"] == 32 and results(out)["config"]["dropout"] == 0.1
-    state = train.load_checkpoint(out / "ifcdsr_id" / "seed0" / "best_X.pt")
+    state = checkpoints.load_checkpoint(out / "ifcdsr_id" / "seed0" / "best_X.pt")
     assert (state["config"]["q"], state["config"]["dropout"], state["model"]["E_id.weight"].shape[1]) == (32, 0.1, 32)
 
 
@@ -242,10 +241,9 @@ def test_export_writes_the_top_k_with_the_ranks_of_evaluation(tiny_run, tmp_path
 
 
 def test_the_ctrl_c_message_gives_the_command_that_resumes(tmp_path):
-    args = argparse.Namespace(eval_only=None, run_folder=tmp_path)
-    message = train.interrupted(["--epochs", "3", "--out=elsewhere", "--set", "q=32"], args)
+    message = train.interrupted(["--epochs", "3", "--out=elsewhere", "--set", "q=32"], tmp_path)
     assert message.endswith(f"python train.py --epochs 3 --set q=32 --resume --out {tmp_path}")
-    assert "run the same command again" in train.interrupted([], argparse.Namespace(eval_only=None))
+    assert "run the same command again" in train.interrupted([], None)
 
 
 def test_the_header_counts_the_trainings_and_each_one_gives_the_runs_eta(tiny_run):
@@ -253,28 +251,6 @@ def test_the_header_counts_the_trainings_and_each_one_gives_the_runs_eta(tiny_ru
     assert f"trainings: 2 (1 model(s) x 1 seed(s) x 2 target(s)); {torch.get_num_threads()} CPU threads" in printed
     assert "\n[ifcdsr seed 0 X] training 1 of 2\n" in printed
     assert re.search(r"\n\[ifcdsr seed 0 Y\] training 2 of 2; run ETA \w+ \(\w+ a training\)\n", printed)
-
-
-def test_checkpoints_are_written_in_the_background_from_a_snapshot_and_a_failed_write_is_raised(tmp_path,
-                                                                                                monkeypatch):
-    """What `Checkpoints.write` was handed is what the file holds, whatever training changes after it returns
-    and before the thread writes (the tensor in place, the history list); a write that fails is raised by the
-    next `wait`, once."""
-    trained, save = threading.Event(), train.save
-    monkeypatch.setattr(train, "save", lambda state, path: (trained.wait(), save(state, path)))
-    checkpoints = train.Checkpoints()
-    weight, history = torch.zeros(3), [{"epoch": 1}]
-    checkpoints.write({tmp_path / "last_X.pt": {"model": {"w": weight}, "history": history}})
-    weight += 1  # the next epoch trains while the thread waits to write
-    history.append({"epoch": 2})
-    trained.set()
-    checkpoints.wait()
-    saved = torch.load(tmp_path / "last_X.pt", weights_only=True)
-    assert saved["model"]["w"].tolist() == [0, 0, 0] and saved["history"] == [{"epoch": 1}]
-    checkpoints.write({tmp_path / "no such folder" / "last_X.pt": {"w": weight}})
-    with pytest.raises(OSError):
-        checkpoints.wait()
-    checkpoints.wait()  # raised once
 
 
 def test_grid_trains_each_row_at_the_points_of_its_fields_and_keeps_the_best_on_validation(tiny_dir, tmp_path,
