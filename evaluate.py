@@ -23,6 +23,11 @@ class NonFiniteScores(ValueError):
     """A model scored a candidate NaN or ±inf: no rank, and no metric, can be computed from that."""
 
 
+def eval_batch(chunk: int, N: int) -> int:
+    """Cases scored at once in evaluation: (batch, N) scores within `chunk` (`IFCDSR.chunk()`), at most 1024."""
+    return max(1, min(1024, chunk // N))
+
+
 def target_items(scen: Scenario, target: str) -> slice:
     """The global ids of the target domain's items in the scenario, the candidates of Eq. 9."""
     return ifcdsr.domain_items(target, scen.items.num_x, scen.items.num_items)

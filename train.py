@@ -3,9 +3,7 @@
 
     python train.py                                  # the generated demo scenario, about 2 minutes on a CPU
     python train.py --scenario movie_book            # data/Movie-Book, both target domains (Table 3)
-    python train.py --scenario movie_book --ablation # the three rows of Table 4
     python train.py --data-dir DIR --compare --seeds 3   # Tables 2/3 with the baselines, mean ± std, significance
-    python train.py --set q=32 dropout=0.1            # any ifcdsr.Config field
     python train.py --eval-only RUN/ifcdsr/seed0/best_X.pt --export top.tsv   # each test user's top 10 items
 """
 from __future__ import annotations
@@ -33,8 +31,8 @@ from checkpoints import (CHECKPOINT, RESUME, Checkpoints, check_checkpoint, chec
 from common import Progress, UsageError, duration, safe_output
 from data import EMBEDDINGS_FILE, DataError, Scenario, Views, load_scenario, resolve_scenario
 from data_checks import check_cases, data_warnings
-from evaluate import (PROTOCOLS, NonFiniteScores, eval_cases, metrics, negatives, rank_cases, target_items,
-                      to_device, warm_items)
+from evaluate import (PROTOCOLS, NonFiniteScores, eval_batch, eval_cases, metrics, negatives, rank_cases,
+                      target_items, to_device, warm_items)
 from ifcdsr import CPU_CHUNK, IFCDSR, Config, host_to, shapes
 from rows import ROWS, needs_images
 from run_folder import Interrupted, check_run_folder, interrupted, lock_run_folder, output_folder, save_run
@@ -47,11 +45,6 @@ def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def eval_batch(chunk: int, N: int) -> int:
-    """Cases scored at once in evaluation: (batch, N) scores within `chunk` (`IFCDSR.chunk()`), at most 1024."""
-    return max(1, min(1024, chunk // N))
 
 
 def build_model(name: str, cfg: Config, scen: Scenario) -> torch.nn.Module:
