@@ -17,17 +17,11 @@ from __future__ import annotations
 
 import argparse
 import ast
-import collections
 import gzip
 import json
-import os
 import sys
-import urllib.error
-import urllib.parse
-import urllib.request
 import zlib
 from array import array
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import NamedTuple
 
@@ -212,58 +206,12 @@ def download_images(scenario_dir, meta_paths, *, workers: int = 16, timeout: flo
           f"metadata, {sum(bool(url) for _, url in products.values()):,} with an image URL", flush=True)
 
     settings = dict(timeout=timeout, retries=retries, backoff=backoff, max_bytes=max_bytes)
-    counts, failures = _fetch_images(items, products, images_dir, workers, settings)
+    counts, failures = download.get_images(items, products, images_dir, workers, settings, IMAGE_SUFFIXES)
     atomic_write_text(images_dir / "failures.tsv", "global_id\tdomain\tasin\treason\timage_url\n" + "".join(
         f"{g}\t{'X' if g < items.num_x else 'Y'}\t{items.asins[g]}\t{_one_line(reason)}\t"
         f"{_one_line(products.get(items.asins[g], ('', ''))[1])}\n" for g, reason in sorted(failures)))
-    _print_outcomes(counts, items.num_items, images_dir)
+    download.print_outcomes(counts, items.num_items, images_dir)
     return counts
-
-
-def _fetch_images(items: Items, products: dict, images_dir: Path, workers: int, settings: dict) -> tuple:
-    """Checks the image on disk or fetches it for every item, `workers` at a time, with progress lines.
-    -> ({'X': Counter(outcome), 'Y': Counter(outcome)}, [(global id, reason)] of the items without one)."""
-    opener = urllib.request.build_opener(download.HttpOnlyRedirects)
-    on_disk = {entry.name for entry in os.scandir(images_dir)}
-    counts = {"X": collections.Counter(), "Y": collections.Counter()}
-    failures = []  # (global id, reason)
-
-    def record(g: int, ok: bool, outcome: str) -> None:
-        counts["X" if g < items.num_x else "Y"][outcome if ok else outcome.split(":")[0]] += 1
-        if not ok:
-            failures.append((g, outcome))
-
-    pool = ThreadPoolExecutor(workers)
-    try:
-        futures = {}
-        for g, asin in enumerate(items.asins):
-            url = products.get(asin, ("", ""))[1]
-            no_url = "no image URL" if asin in products else "not in metadata"
-            files = [images_dir / f"{asin}{s}" for s in IMAGE_SUFFIXES if f"{asin}{s}" in on_disk]
-            if url or files:
-                futures[pool.submit(download.get_image, asin, url, no_url, files, images_dir, opener, settings)] = g
-            else:
-                record(g, False, no_url)  # nothing to check or fetch
-        progress = Progress("images", len(futures), "checked or fetched")
-        for done, future in enumerate(as_completed(futures), 1):
-            record(futures[future], *future.result())
-            progress.update(done, f"{len(failures):,} failed")
-        progress.done(progress.line(len(futures), f"{len(failures):,} failed"))
-    finally:
-        pool.shutdown(cancel_futures=True)  # after Ctrl-C: no new downloads, the running ones finish
-    return counts, failures
-
-
-def _print_outcomes(counts: dict, num_items: int, images_dir: Path) -> None:
-    """How many items have an image, and the table of outcomes per domain."""
-    have = sum(counts[d]["downloaded"] + counts[d]["already present"] for d in counts)
-    print(f"{have:,} of {num_items:,} items have an image in {images_dir}")
-    outcomes = sorted({o for c in counts.values() for o in c},
-                      key=lambda o: (o not in ("downloaded", "already present"), o))
-    print(f"{'outcome':<24}{'X':>10}{'Y':>10}")
-    for outcome in outcomes:
-        print(f"{outcome:<24}{counts['X'][outcome]:>10,}{counts['Y'][outcome]:>10,}")
-    print(f"reasons per item: {images_dir / 'failures.tsv'}")
 
 
 # ------------------------------------------------ building a scenario from raw reviews (the paper's §4)

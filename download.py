@@ -1,18 +1,22 @@
 """HTTP downloads of item images for `python amazon.py images`: one image per call, retried when the failure
-is transient, checked to decode completely, and saved whole or not at all."""
+is transient, checked to decode completely, and saved whole or not at all; every item's, `workers` at a time,
+with the count of each outcome."""
 from __future__ import annotations
 
+import collections
 import http.client
 import io
+import os
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 from PIL import Image
 
-from common import atomic_write, check_pixels
+from common import Progress, atomic_write, check_pixels
 
 SAVED_FORMATS = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp"}  # saved as downloaded; other formats become PNG
 
@@ -135,3 +139,50 @@ def get_image(asin: str, url: str, no_url: str, files: list[Path], images_dir: P
         if path != target:
             path.unlink()  # undecodable, and it would shadow the new file for embed.py
     return True, "downloaded"
+
+
+def get_images(items, products: dict, images_dir: Path, workers: int, settings: dict, suffixes: tuple) -> tuple:
+    """Checks the image on disk (images/<ASIN><suffix>) or fetches it for every item of `items` (data.Items),
+    `workers` at a time, with progress lines; `products`: {ASIN: (title, image URL)}.
+    -> ({'X': Counter(outcome), 'Y': Counter(outcome)}, [(global id, reason)] of the items without one)."""
+    opener = urllib.request.build_opener(HttpOnlyRedirects)
+    on_disk = {entry.name for entry in os.scandir(images_dir)}
+    counts = {"X": collections.Counter(), "Y": collections.Counter()}
+    failures = []  # (global id, reason)
+
+    def record(g: int, ok: bool, outcome: str) -> None:
+        counts["X" if g < items.num_x else "Y"][outcome if ok else outcome.split(":")[0]] += 1
+        if not ok:
+            failures.append((g, outcome))
+
+    pool = ThreadPoolExecutor(workers)
+    try:
+        futures = {}
+        for g, asin in enumerate(items.asins):
+            url = products.get(asin, ("", ""))[1]
+            no_url = "no image URL" if asin in products else "not in metadata"
+            files = [images_dir / f"{asin}{s}" for s in suffixes if f"{asin}{s}" in on_disk]
+            if url or files:
+                futures[pool.submit(get_image, asin, url, no_url, files, images_dir, opener, settings)] = g
+            else:
+                record(g, False, no_url)  # nothing to check or fetch
+        progress = Progress("images", len(futures), "checked or fetched")
+        for done, future in enumerate(as_completed(futures), 1):
+            record(futures[future], *future.result())
+            progress.update(done, f"{len(failures):,} failed")
+        progress.done(progress.line(len(futures), f"{len(failures):,} failed"))
+    finally:
+        pool.shutdown(cancel_futures=True)  # after Ctrl-C: no new downloads, the running ones finish
+    return counts, failures
+
+
+def print_outcomes(counts: dict, num_items: int, images_dir: Path) -> None:
+    """How many items have an image, and the table of outcomes per domain."""
+    have = sum(counts[d]["downloaded"] + counts[d]["already present"] for d in counts)
+    print(f"{have:,} of {num_items:,} items have an image in {images_dir}")
+    outcomes = sorted({o for c in counts.values() for o in c},
+                      key=lambda o: (o not in ("downloaded", "already present"), o))
+    print(f"{'outcome':<24}{'X':>10}{'Y':>10}")
+    for outcome in outcomes:
+        print(f"{outcome:<24}{counts['X'][outcome]:>10,}{counts['Y'][outcome]:>10,}")
+    print(f"reasons per item: {images_dir / 'failures.tsv'}")
