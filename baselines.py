@@ -24,9 +24,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 import evaluate
+import fused_loss
 from data import Scenario, item_counts
 from ifcdsr import CPU_CHUNK, AttentionEncoder, Config, domain_items, shapes, shifted
 
@@ -50,17 +50,17 @@ def popularity(scen: Scenario, target: str, batch: int) -> dict:
     return {"valid": evaluate.metrics(valid), "test": evaluate.metrics(ranks), "ranks": ranks, "cases": cases}
 
 
-def cross_entropy_sum(H: torch.Tensor, E: torch.Tensor, y: torch.Tensor, rows: int) -> torch.Tensor:
-    """Σ_t -log softmax(H_t·E^T)[y_t]: H (P, q), E (n, q), y (P,) local ids -> a 0-d tensor.
+def cross_entropy_sum(H: torch.Tensor, E: torch.Tensor, y: torch.Tensor, n: int, chunk: int) -> torch.Tensor:
+    """Σ_t -log softmax(H_t·E[:n]^T)[y_t]: H (P, q), E (n + 1, q) with the padding row, y (P,) local ids ->
+    a 0-d tensor.
 
-    With rows < P the positions go `rows` at a time and each chunk's (rows, n) logits are recomputed in the
-    backward pass instead of kept (torch.utils.checkpoint): memory holds one chunk's logits, not (P, n), for
-    one more product per chunk. Both give the same numbers up to float rounding.
+    When the (P, n) logits and their gradient fit in `chunk` (or chunk = 0) they are formed at once;
+    otherwise `fused_loss.nll_dot` scores chunk // n positions at a time into one reused buffer, with the
+    gradient formed in the forward pass. Both give the same numbers up to float rounding.
     """
-    if rows >= len(y):
-        return F.cross_entropy((H @ E.T).float(), y, reduction="sum")  # (P, n) logits
-    return sum(checkpoint(cross_entropy_sum, H[i:i + rows], E, y[i:i + rows], rows, use_reentrant=False)
-               for i in range(0, len(y), rows))
+    if not chunk or 2 * len(y) * n <= chunk:
+        return F.cross_entropy((H @ E[:n].T).float(), y, reduction="sum")  # (P, n) logits
+    return fused_loss.nll_dot(H, E, y, slice(0, n), chunk)
 
 
 class GRUEncoder(nn.Module):
@@ -99,8 +99,8 @@ class SequenceBaseline(nn.Module):
 
     Memory: the loss's (P, n) logits. At Movie-Book size (N = 100,782) a batch of 256 × 15 positions gives
     1.5 GB of fp32 logits (and as much for their gradient) for the merged rows: on CUDA they are computed at
-    once; on a CPU in chunks that fit in half of `Config.score_chunk` (auto: ifcdsr.CPU_CHUNK), as
-    `IFCDSR.plain` decides for IFCDSR.
+    once; on a CPU, when they do not fit in half of `Config.score_chunk` (auto: ifcdsr.CPU_CHUNK), in chunks
+    of one (rows, n) buffer by `fused_loss.nll_dot`, as `IFCDSR.plain` decides for IFCDSR.
     """
 
     merged = True  # read S^{X+Y} and embed both domains' items; False: the target domain's sub-sequence only
@@ -126,11 +126,10 @@ class SequenceBaseline(nn.Module):
         local = torch.where(is_pad, self.n, seq - self.vocab.start)  # (B, L)
         return self.encoder(self.E(local), is_pad)
 
-    def rows(self, P: int) -> int:
-        """The positions whose (rows, n) logits the loss computes at once: all P on CUDA (unless
-        `Config.score_chunk` is set) and on a CPU when 2·P·n fits in the chunk, else as many as fit."""
-        chunk = self.cfg.score_chunk or (CPU_CHUNK if self.E.weight.device.type != "cuda" else 0)
-        return P if not chunk or 2 * P * self.n <= chunk else max(1, chunk // (2 * self.n))
+    def chunk(self) -> int:
+        """The (positions × items) logits the loss computes at once: all on CUDA (unless `Config.score_chunk`
+        is set); on a CPU `Config.score_chunk` or ifcdsr.CPU_CHUNK."""
+        return self.cfg.score_chunk or (CPU_CHUNK if self.E.weight.device.type != "cuda" else 0)
 
     def loss(self, inputs, targets, shape=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Mean cross-entropy over every next-item position of the view read; `shape` as in `IFCDSR.loss`."""
@@ -138,7 +137,7 @@ class SequenceBaseline(nn.Module):
         seq, nxt = getattr(inputs, self.view)[:, -shape.width:], getattr(targets, self.view)[:, -shape.width:]
         H = self.hidden(seq).flatten(0, 1)[shape.at]  # (P, q) at every next-item position
         y = nxt.flatten()[shape.at] - self.vocab.start  # (P,) local ids
-        nll = cross_entropy_sum(H, self.E.weight[:self.n], y, self.rows(shape.count))  # softmax over the n items
+        nll = cross_entropy_sum(H, self.E.weight, y, self.n, self.chunk())  # softmax over the n items
         L = nll / max(shape.count, 1)
         return L, {self.view: L.detach()}
 

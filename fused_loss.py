@@ -9,6 +9,7 @@ It holds the two bounded twins, the training loss and the test-time Eq. 8:
     nll       Σ_t -log P(y_t | S) over P positions (the sum of Eq. 6) and its gradient, scoring `rows`
               positions at a time into one reused (rows, n) buffer, n the items of the view's softmax
     view_sum  Eq. 8's Σ_v λ_v·P^v for a batch of histories, Eq. 3-5 formed in place in the same buffer
+And `nll_dot`, the same chunked loss for the sequence baselines' dot-product softmax (baselines.py).
 
 The derivation of the gradient. With a = unit(h)/τ and unit rows of E, the logits are s = a·E^T
 (Eq. 2), P_b = softmax(s_b) for the ID and the image branch b (Eq. 3/4) and, for one position with
@@ -59,15 +60,16 @@ def _logits(a: torch.Tensor, E: torch.Tensor, out: torch.Tensor) -> torch.Tensor
     return torch.mm(a.to(E.dtype), E.T, out=out)
 
 
-def _exp_(s: torch.Tensor, temperature: float) -> torch.Tensor:
+def _exp_(s: torch.Tensor, bound: float) -> torch.Tensor:
     """s <- exp(s - m) in place; returns m (c, 1), so that (Eq. 3/4) softmax(s) = s / Z with
-    Z = Σ exp(s - m) and no second (c, N) tensor.
+    Z = Σ exp(s - m) and no second (c, N) tensor. `bound` bounds every logit, |s| <= bound.
 
-    Eq. 2 bounds every logit: |s| <= 1/τ. For 1/τ <= 60, exp(s) lies in [e^-60, e^60] and Z stays far
-    inside fp32's range, so m = 0 and the two passes of a row maximum are saved; otherwise m is the
-    row maximum, as in a textbook softmax. Either way the result is the same up to rounding.
+    Eq. 2 gives bound = 1/τ. For a bound <= 60, exp(s) lies in [e^-60, e^60] and Z stays far inside fp32's
+    range, so m = 0 and the two passes of a row maximum are saved; otherwise (a small τ, or the baselines'
+    unbounded dot products, bound = inf) m is the row maximum, as in a textbook softmax. Either way the
+    result is the same up to rounding.
     """
-    if 1 / temperature <= 60:
+    if bound <= 60:
         m = s.new_zeros(len(s), 1)
     else:
         m = s.amax(dim=-1, keepdim=True)
@@ -76,14 +78,15 @@ def _exp_(s: torch.Tensor, temperature: float) -> torch.Tensor:
     return m
 
 
-def _nll_chunks(branches, target: torch.Tensor, rows: int, temperature: float, items: slice, dE=None,
+def _nll_chunks(branches, target: torch.Tensor, rows: int, bound: float, items: slice, dE=None,
                 scale: float = 1.0):
     """Σ_t -log P(y_t | S) for P positions scored `rows` at a time and, with `dE`, `scale` times its gradient
     with respect to every branch's a (returned) and E (added into dE[b], an (N, d) buffer or None for a
     branch whose E takes no gradient) (module docstring). Peak memory is one (rows, n) buffer, and one more
     for each further branch whose E takes a gradient (none in IFCDSR: E_img is frozen).
 
-    branches: [(a, E, E_p, log_w)]: a = unit(h)/τ (P, d), E (N, d) with unit rows, E_p the same matrix in the
+    branches: [(a, E, E_p, log_w)]: a (P, d), E (N, d) (in IFCDSR a = unit(h)/τ and E has unit rows; in
+    `nll_dot` both are plain), E_p the same matrix in the
     products' dtype (E itself, or its bf16 copy under autocast), log_w = log α or log(1-α); the softmax runs
     over the rows `items` of E, and `target` counts from its first.
 
@@ -112,7 +115,7 @@ def _nll_chunks(branches, target: torch.Tensor, rows: int, temperature: float, i
         for b in order:
             a, E, E_p, log_w = branches[b]
             log_P_y, G[b], GE[b], Z[b] = _branch_chunk(a[c], E, E_p, y, _scratch(slot, len(y), len(E), E_p),
-                                                       temperature, grads)
+                                                       bound, grads)
             slot += dE[b] is not None
             log_wP_y[b] = log_w + log_P_y  # (c,) log w_b·P_b,y
         # (Eq. 5) log P_y = log Σ_b w_b·P_b,y;  (Eq. 6) Σ_t -log P_y
@@ -127,7 +130,7 @@ def _nll_chunks(branches, target: torch.Tensor, rows: int, temperature: float, i
 
 
 def _branch_chunk(a: torch.Tensor, E: torch.Tensor, E_p: torch.Tensor, y: torch.Tensor, out: torch.Tensor,
-                  temperature: float, grads: bool) -> tuple:
+                  bound: float, grads: bool) -> tuple:
     """One branch on one chunk of c positions: a (c, d), E and E_p (n, d) the softmax's items (E_p in the
     products' dtype), y (c,) the targets; `out` (c, n) takes the logits. -> (log P_b,y (c,), G (c, n) = `out`
     holding exp(s - m), G·E (c, d) with `grads` else None, Z (c, 1) in fp32)."""
@@ -136,7 +139,7 @@ def _branch_chunk(a: torch.Tensor, E: torch.Tensor, E_p: torch.Tensor, y: torch.
         s_y = s.gather(1, y[:, None])  # (c, 1) the target's logit
     else:  # in fp32: the loss reads it directly
         s_y = (a * E[y]).sum(dim=-1, keepdim=True)  # (c, 1)
-    m = _exp_(s, temperature)  # s <- G = exp(s - m)
+    m = _exp_(s, bound)  # s <- G = exp(s - m)
     Z = s.sum(dim=-1, keepdim=True, dtype=torch.float32)  # (c, 1) Z = Σ_i G_i, in fp32
     GE = s @ E_p if grads else None  # (c, d) G·E
     # (Eq. 3/4) log P_b,y = s_y - m - log Z
@@ -174,14 +177,15 @@ class ViewNLL(NamedTuple):
     scale: float  # the view's weight in Eq. 7 over its normalisation (Eq. 6's B·L slots, or its P)
 
 
-def _view_nll(view: ViewNLL, a_v: list, E_id, E_img, products, log_w, temperature: float, chunk: int, dE=None):
-    """One view's Σ_t by `_nll_chunks`, chunk // n positions at a time; a_v = [a_id] or [a_id, a_img]. With dE
+def _view_nll(view: ViewNLL, a_v: list, E_id, E_img, products, log_w, bound: float, chunk: int, dE=None):
+    """One view's Σ_t by `_nll_chunks`, chunk // n positions at a time; a_v = [a_id] or [a_id, a_img], whose
+    logits are at most `bound` in size (1/τ: Eq. 2). With dE
     (E_id's (N, q) gradient buffer), scale_v times the gradient: into dE, and returned as {branch: d/da}."""
     a_v, kept = a_v + [None], _weighted(log_w)
     branches = [((a_v[0], E_id, products[0]), (a_v[1], E_img, products[1]))[b] + (log_w[b],) for b in kept]
     rows = max(1, chunk // len(range(E_id.shape[0])[view.items]))
     grads = None if dE is None else [dE if b == 0 else None for b in kept]
-    nll, dA = _nll_chunks(branches, view.target, rows, temperature, view.items, grads, view.scale)
+    nll, dA = _nll_chunks(branches, view.target, rows, bound, view.items, grads, view.scale)
     return nll, dict(zip(kept, dA))
 
 
@@ -193,13 +197,13 @@ class _FusedNLL(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, E_id, *args):
-        *a, (E_img, products, views, log_w, temperature, chunk) = args
+        *a, (E_img, products, views, log_w, bound, chunk) = args
         per_view = len(a) // len(views)  # 2 with the image branch, else 1
         dE = torch.zeros_like(E_id)
         total, nlls, ctx.grads = torch.zeros((), device=E_id.device), [], [dE] + [None] * len(a)
         for k, view in enumerate(views):
             nll, dA = _view_nll(view, a[per_view * k:per_view * (k + 1)], E_id, E_img, products, log_w,
-                                temperature, chunk, dE)
+                                bound, chunk, dE)
             total = total + view.scale * nll
             nlls.append(nll)
             for b, dA_b in dA.items():
@@ -244,9 +248,9 @@ def nll_views(views: list[ViewNLL], E_id: torch.Tensor, E_img: torch.Tensor | No
         a += [a_id] if a_img is None else [a_id, a_img]
     per_view = len(a) // len(views)
     if torch.is_grad_enabled() and any(t.requires_grad for t in [E_id, *a]):
-        return _FusedNLL.apply(E_id, *a, (E_img, products, views, log_w, temperature, chunk))
+        return _FusedNLL.apply(E_id, *a, (E_img, products, views, log_w, 1 / temperature, chunk))
     nlls = torch.stack([_view_nll(view, a[per_view * k:per_view * (k + 1)], E_id, E_img, products, log_w,
-                                  temperature, chunk)[0] for k, view in enumerate(views)])
+                                  1 / temperature, chunk)[0] for k, view in enumerate(views)])
     return sum(view.scale * nll for view, nll in zip(views, nlls)), nlls
 
 
@@ -256,6 +260,16 @@ def nll(h_id: torch.Tensor, E_id: torch.Tensor, h_img: torch.Tensor | None, E_im
     """Σ_t -log P(target_t | S) over P positions (the sum of Eq. 6) of one view: `nll_views` of it alone."""
     return nll_views([ViewNLL(h_id, h_img, target, items, 1.0)], E_id, E_img, alpha, temperature, chunk,
                      products)[0]
+
+
+def nll_dot(h: torch.Tensor, E: torch.Tensor, target: torch.Tensor, items: slice, chunk: int) -> torch.Tensor:
+    """Σ_t -log softmax(h_t·E[items]^T)[target_t], h (P, d), E (N, d): the sequence baselines' cross-entropy
+    (baselines.py) by the same chunks and gradient as Eq. 6, on one branch whose logits are plain dot
+    products (no unit rows, no τ, so no bound: each chunk's row maximum is subtracted)."""
+    view = ViewNLL(h, None, target, items, 1.0)
+    if torch.is_grad_enabled() and (h.requires_grad or E.requires_grad):
+        return _FusedNLL.apply(E, h, (None, (E, None), [view], (0.0, -math.inf), math.inf, chunk))[0]
+    return _view_nll(view, [h], E, None, (E, None), (0.0, -math.inf), math.inf, chunk)[0]
 
 
 class _UnitRows(torch.autograd.Function):
@@ -311,7 +325,7 @@ def view_sum(views, E_id: torch.Tensor, E_img: torch.Tensor | None, alpha: float
                 if h is None or w == 0:
                     continue
                 _logits(F.normalize(h[c], dim=-1) / temperature, E[own], s)  # (Eq. 2) s = Sim(h, E)
-                _exp_(s, temperature)
+                _exp_(s, 1 / temperature)
                 Z = s.sum(dim=-1, keepdim=True)  # (Eq. 3/4) P_b = s / Z
                 into_c.addcmul_(s[:, src], weight * w * ~empty[c] / Z)  # += λ_v·w_b·P_b, for non-empty views
     return total
