@@ -143,12 +143,11 @@ class SequenceBaseline(nn.Module):
 
     @torch.no_grad()
     def score(self, history, items: slice, shape=None) -> torch.Tensor:
-        """(B, |items|) dot products of the last hidden state with the target domain's items, the only
-        candidates."""
-        if items != self.items:
-            raise ValueError(f"{type(self).__name__} scores its target domain's items {self.items}, not {items}")
+        """(B, |items|) dot products of the last hidden state with `items`, a domain's items: the candidates."""
+        if not self.vocab.start <= items.start <= items.stop <= self.vocab.stop:
+            raise ValueError(f"{type(self).__name__} embeds the items {self.vocab}, not {items}")
         seq = getattr(history, self.view)[:, -(shape or shapes(self.pad, history))[self.view].width:]
-        return self.hidden(seq)[:, -1] @ self.E.weight[shifted(self.items, self.vocab)].T  # (B, |items|)
+        return self.hidden(seq)[:, -1] @ self.E.weight[shifted(items, self.vocab)].T  # (B, |items|)
 
 
 class SASRec(SequenceBaseline):

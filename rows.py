@@ -24,6 +24,14 @@ class Row:
     def ifcdsr(self) -> bool:
         return self.trained and self.baseline is None
 
+    @property
+    def shared(self) -> bool:
+        """One training serves every target domain: a merged baseline's loss predicts every next item of
+        S^{X+Y} over all N items, whatever the target; only its validation (so its best epoch), its test and
+        its candidates are the target domain's. IFCDSR's Eq. 7 weighs the views by the target, so it trains
+        once per target domain, as do the `_target` rows."""
+        return self.baseline is not None and self.baseline.merged
+
     def flags(self) -> dict:
         """The Config fields that the row sets for each of its trainings."""
         return {"use_image": self.use_image, "multi_attention": self.multi_attention}

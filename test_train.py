@@ -331,6 +331,65 @@ def test_grid_run_interrupted_between_points_resumes_point_by_point(tiny_dir, tm
     assert [p["valid_sampled999_MRR"] for p in a["grid"]["X"]] == [p["valid_sampled999_MRR"] for p in b["grid"]["X"]]
 
 
+def test_a_merged_baseline_trains_once_for_both_targets_as_one_training_per_target_would(tiny_dir, tmp_path,
+                                                                                        monkeypatch, capsys):
+    """GRU4Rec on S^{X+Y} predicts every next item whatever the target (rows.Row.shared): one training for both
+    target domains, each validated and stopped on its own (here Y stops first and X trains on), gives bit for
+    bit the checkpoints, best epochs, validation and test results of a run per target domain. Stopped (Ctrl-C)
+    in its third epoch, it resumes as one training; a Y checkpoint at another epoch than X's trains apart."""
+    common = ("--data-dir", tiny_dir, "--models", "gru4rec", "--batch-size", 16, "--set", "q=16", "--patience", 1,
+              "--epochs", 6)
+    assert run_cli(*common, "--out", tmp_path / "both") == 0
+    printed = capsys.readouterr().out
+    assert "trainings: 1 (1 model(s) x 1 seed(s) x 2 target(s); gru4rec: one training for both targets)" in printed
+    assert re.search(r"\[gru4rec seed 0 X\+Y\] epoch   1 \| L\^X\+Y \S+ \| X valid MRR .* \| Y valid MRR ", printed)
+    for target in "XY":
+        assert run_cli(*common, "--target", target, "--out", tmp_path / target) == 0
+
+    def same(run, folder, targets="XY"):
+        for t in targets:
+            one = results(folder)["runs"]["gru4rec"][0]
+            assert (one["test"][t], one["valid"][t], one["best_epoch"][t]) == (
+                run["test"][t], run["valid"][t], run["best_epoch"][t])
+            assert [(h["loss"], h.get("valid")) for h in one["history"][t]] == [
+                (h["loss"], h.get("valid")) for h in run["history"][t]]
+            a, b = (checkpoints.load_checkpoint(d / "gru4rec" / "seed0" / f"best_{t}.pt")["model"]
+                    for d in (tmp_path / "both", folder))
+            assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    both = results(tmp_path / "both")["runs"]["gru4rec"][0]
+    assert len(both["history"]["Y"]) < len(both["history"]["X"])
+    for target in "XY":
+        same(both, tmp_path / target, target)
+
+    train_epoch, calls = train.Trainer.train_epoch, []
+
+    def stopped(self):
+        calls.append(self.cfg.target)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return train_epoch(self)
+
+    monkeypatch.setattr(train.Trainer, "train_epoch", stopped)
+    assert run_cli(*common, "--out", tmp_path / "cut") == 130 and calls == ["X", "X", "X"]
+    monkeypatch.setattr(train.Trainer, "train_epoch", train_epoch)
+    capsys.readouterr()
+    assert run_cli(*common, "--out", tmp_path / "cut", "--resume") == 0
+    printed = capsys.readouterr().out
+    for target in "XY":
+        assert f"resumed from {tmp_path / 'cut' / 'gru4rec' / 'seed0' / f'last_{target}.pt'} after epoch 2" in printed
+    assert "X valid MRR" in printed
+    same(both, tmp_path / "cut")
+
+    # X trained alone for 2 epochs, then both: Y (no checkpoint, epoch 0) trains apart, after X
+    assert run_cli(*common[:-1], 2, "--target", "X", "--out", tmp_path / "apart") == 0
+    capsys.readouterr()
+    assert run_cli(*common, "--out", tmp_path / "apart", "--resume") == 0
+    printed = capsys.readouterr().out
+    assert "X valid MRR" not in printed and printed.count("[gru4rec seed 0 X+Y] epoch   1 ") == 1
+    same(both, tmp_path / "apart")
+
+
 @pytest.mark.parametrize("args, message", [
     (("--grid", "nosuch=1,2"), "--grid nosuch=1: ifcdsr.Config has no field 'nosuch'"),
     (("--grid", "temperature"), "--grid temperature: gives no value; expected FIELD=V1,V2,..."),

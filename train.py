@@ -58,25 +58,34 @@ def build_model(name: str, cfg: Config, scen: Scenario) -> torch.nn.Module:
 
 
 class Trainer:
-    """One model for one target domain and one seed: train with early stopping on validation, then test once."""
+    """One model for one target domain and one seed: train with early stopping on validation, then test once.
 
-    def __init__(self, name: str, cfg: Config, scen: Scenario, device: torch.device, folder: Path, resume: bool):
+    With `share`, another target domain's Trainer of the same row and seed, this one trains nothing of its own:
+    it follows `share`'s model, optimiser and batch order (`fit`'s twins), and keeps its own target domain's
+    validation, early stopping, checkpoints and test.
+    """
+
+    def __init__(self, name: str, cfg: Config, scen: Scenario, device: torch.device, folder: Path, resume: bool,
+                 share: Trainer | None = None):
         self.name, self.cfg, self.scen, self.device = name, cfg, scen, device
         self.last = folder / f"last_{cfg.target}.pt"
         self.best = folder / f"best_{cfg.target}.pt"
-        set_seed(cfg.seed)  # the seed sets the initialisation and the order of the batches
-        self.model = build_model(name, cfg, scen).to(device)
-        # Note: the paper's "L2 regularization coefficient" is Adam's weight_decay (L2 added to the gradient), not
-        # decoupled weight decay (AdamW); C2DSR, whose settings §4 adopts, applies none. On CUDA one fused kernel
-        # updates all parameters (the same update)
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                    fused=True if device.type == "cuda" else None)
-        self.shuffle = torch.Generator().manual_seed(cfg.seed)
+        if share is None:
+            set_seed(cfg.seed)  # the seed sets the initialisation and the order of the batches
+            self.model = build_model(name, cfg, scen).to(device)
+            # Note: the paper's "L2 regularization coefficient" is Adam's weight_decay (L2 added to the gradient),
+            # not decoupled weight decay (AdamW); C2DSR, whose settings §4 adopts, applies none. On CUDA one
+            # fused kernel updates all parameters (the same update)
+            self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                        fused=True if device.type == "cuda" else None)
+            self.shuffle = torch.Generator().manual_seed(cfg.seed)
+        else:
+            self.model, self.opt, self.shuffle = share.model, share.opt, share.shuffle
         self.epoch, self.best_valid, self.bad, self.history = 0, -1.0, 0, []
         self.items, self.cases, self.resident = target_items(scen, cfg.target), {}, None
         self.checkpoints = Checkpoints()
         if resume and self.last.is_file():
-            self._restore(load_checkpoint(self.last))
+            self._restore(load_checkpoint(self.last), training=share is None)
         folder.mkdir(parents=True, exist_ok=True)
 
     def _state(self) -> dict:
@@ -88,21 +97,25 @@ class Trainer:
                 "rng": {"torch": torch.get_rng_state(), "shuffle": self.shuffle.get_state(),
                         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}}
 
-    def _restore(self, state: dict) -> None:
+    def _restore(self, state: dict, training: bool = True) -> None:
+        """A last_*.pt's schedule and, with `training` (not for a twin, which shares another's), its weights,
+        optimiser and random states."""
         check_checkpoint(state, self.scen, self.last)
         check_same_run(state, self.name, self.cfg, self.last)
         if not RESUME <= state.keys():
             raise UsageError(f"{self.last}: holds no training state (missing {sorted(RESUME - state.keys())}); "
                              f"resume needs the last_*.pt that train.py writes, or start a new run with another --out.")
-        load_weights(self.model, state, self.last)  # E_img is not stored: it is the data's
-        self.opt.load_state_dict(state["optimizer"])
         self.epoch, self.best_valid, self.bad, self.history = (
             state[k] for k in ("epoch", "best_valid", "bad", "history"))
+        print(f"  resumed from {self.last} after epoch {self.epoch}", flush=True)
+        if not training:
+            return
+        load_weights(self.model, state, self.last)  # E_img is not stored: it is the data's
+        self.opt.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"]["torch"])
         self.shuffle.set_state(state["rng"]["shuffle"])
         if state["rng"]["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-        print(f"  resumed from {self.last} after epoch {self.epoch}", flush=True)
 
     def autocast(self):
         return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
@@ -210,43 +223,62 @@ class Trainer:
             raise UsageError(f"the loss became {bad[0]} at epoch {self.epoch + 1}, batch {b + 1} of {n_batches} "
                              f"of {self.name} (target {self.cfg.target}, seed {self.cfg.seed}). {self.advice()}")
 
-    def fit(self, log_prefix: str = "") -> None:
+    def running(self) -> bool:
+        return self.epoch < self.cfg.epochs and self.bad < self.cfg.patience
+
+    def fit(self, log_prefix: str = "", twins: tuple[Trainer, ...] = ()) -> None:
         """Train until cfg.epochs or early stopping; the best checkpoint is the epoch of the best validation MRR.
+        `twins` (Trainers made with share=self, at this one's epoch) follow the same training, each validated
+        on its own target domain; it goes on while any of them has not stopped, and a stopped one keeps its
+        files as they were, the files a training of its own would have written.
 
         Note: the paper trains 100 epochs; here training also stops after `patience` evaluations without a
         better validation MRR, and the epoch with the best one is kept: model selection on validation only.
         """
+        group = (self, *twins)
         try:
-            self.epochs(log_prefix, time.time())
-        except BaseException:  # the file being written is finished (or left as it was) before the error goes on
-            self.checkpoints.wait(raise_error=False)
+            self.epochs(group, log_prefix, time.time())
+            for trainer in group:
+                trainer.checkpoints.wait()  # every file on disk before anything reads them
+        except BaseException:  # the files being written are finished (or left as they were) before the error goes on
+            for trainer in group:
+                trainer.checkpoints.wait(raise_error=False)
             raise
-        self.checkpoints.wait()  # both files on disk before anything reads them
 
-    def epochs(self, log_prefix: str, t0: float) -> None:
-        """`fit`'s loop: an epoch, its validation, its checkpoints and its log line, until the schedule ends."""
-        cfg = self.cfg
-        while self.epoch < cfg.epochs and self.bad < cfg.patience:
-            row, writes = self.train_epoch(), {}
-            self.epoch += 1
-            row["epoch"] = self.epoch
-            if self.epoch % cfg.eval_every == 0 or self.epoch == cfg.epochs:
-                row["valid"] = self.evaluate("valid")
-                valid_mrr = row["valid"][SELECT[0]][SELECT[1]]
-                if valid_mrr > self.best_valid:
-                    self.best_valid, self.bad = valid_mrr, 0
-                    state = self._state()
-                    writes[self.best] = {**{k: state[k] for k in CHECKPOINT}, "valid": row["valid"]}
-                else:
-                    self.bad += 1
-            self.history.append(row)
-            writes[self.last] = self._state()
-            self.checkpoints.write(writes)  # written while the next epoch trains
+    @staticmethod
+    def epochs(group: tuple[Trainer, ...], log_prefix: str, t0: float) -> None:
+        """`fit`'s loop: an epoch of the group's one training, then each running Trainer's validation,
+        checkpoints and part of the log line, until every schedule ends."""
+        while running := [trainer for trainer in group if trainer.running()]:
+            row = running[0].train_epoch()
             losses = " ".join(f"L^{ {'x': 'X', 'y': 'Y', 'xy': 'X+Y'}[k]} {v:.4f}" for k, v in row["loss"].items())
-            valid = (f" | valid MRR {row['valid']['sampled999']['MRR']:.2f} NDCG@10 "
-                     f"{row['valid']['sampled999']['NDCG@10']:.2f}") if "valid" in row else ""
-            print(f"{log_prefix}epoch {self.epoch:3d} | {losses}{valid} | {row['seq_per_s']:.0f} seq/s | "
+            valid = "".join(trainer.end_epoch(dict(row), len(group) > 1) for trainer in running)
+            print(f"{log_prefix}epoch {running[0].epoch:3d} | {losses}{valid} | {row['seq_per_s']:.0f} seq/s | "
                   f"{time.strftime('%H:%M:%S', time.gmtime(time.time() - t0))}", flush=True)
+
+    def end_epoch(self, row: dict, named: bool) -> str:
+        """An epoch trained: its validation (on the epoch of evaluations), the best checkpoint when it is the
+        best so far, the last one always, written while the next epoch trains -> the log line's part, with the
+        target domain when `named`."""
+        cfg, writes = self.cfg, {}
+        self.epoch += 1
+        row["epoch"] = self.epoch
+        if self.epoch % cfg.eval_every == 0 or self.epoch == cfg.epochs:
+            row["valid"] = self.evaluate("valid")
+            valid_mrr = row["valid"][SELECT[0]][SELECT[1]]
+            if valid_mrr > self.best_valid:
+                self.best_valid, self.bad = valid_mrr, 0
+                state = self._state()
+                writes[self.best] = {**{k: state[k] for k in CHECKPOINT}, "valid": row["valid"]}
+            else:
+                self.bad += 1
+        self.history.append(row)
+        writes[self.last] = self._state()
+        self.checkpoints.write(writes)
+        if "valid" not in row:
+            return ""
+        return (f" | {cfg.target + ' ' if named else ''}valid MRR {row['valid']['sampled999']['MRR']:.2f} NDCG@10 "
+                f"{row['valid']['sampled999']['NDCG@10']:.2f}")
 
     def load_best(self) -> dict:
         state = load_checkpoint(self.best)
@@ -258,16 +290,19 @@ class Trainer:
 
 
 class RunProgress:
-    """The run's trainings, one per model (popularity needs none), seed, target domain and grid point: their
-    count and the CPU threads in the header, then `training i of n` and, once one has finished, the run's ETA
-    from the trainings of this command so far."""
+    """The run's trainings, one per model (popularity needs none), seed, target domain (one for all of them for a
+    `rows.Row.shared` row) and grid point: their count and the CPU threads in the header, then `training i of n`
+    and, once one has finished, the run's ETA from the trainings of this command so far."""
 
     def __init__(self, models: list[str], seeds: list[int], targets: tuple, grid: dict):
         points = {m: len(grid_points(m, grid)) for m in models if ROWS[m].trained}
-        self.n, self.i, self.t0 = sum(points.values()) * len(seeds) * len(targets), 0, 0.0
+        shared = [m for m in points if ROWS[m].shared and len(targets) > 1]
+        self.n = sum(n * len(seeds) * (1 if m in shared else len(targets)) for m, n in points.items())
+        self.i, self.t0 = 0, 0.0
         each = "; grid points: " + ", ".join(f"{m} {n}" for m, n in points.items()) if grid else ""
+        once = f"; {', '.join(shared)}: one training for both targets" if shared else ""
         print(f"trainings: {self.n} ({len(points)} model(s) x {len(seeds)} seed(s) x {len(targets)} target(s)"
-              f"{each}); {torch.get_num_threads()} CPU threads (OMP_NUM_THREADS sets them)", flush=True)
+              f"{each}{once}); {torch.get_num_threads()} CPU threads (OMP_NUM_THREADS sets them)", flush=True)
 
     def start(self, prefix: str) -> None:
         self.i += 1
@@ -278,37 +313,59 @@ class RunProgress:
         print(f"\n{prefix}training {self.i} of {self.n}{eta}", flush=True)
 
 
-def train_target(name: str, cfg: Config, scen: Scenario, device, folder: Path, grid: dict, resume: bool,
-                 progress: RunProgress, label: str) -> dict:
-    """Train at each of the row's grid points (once without --grid), keep the point with the best validation
-    MRR, then rank the test set once, with that point's best checkpoint."""
-    points, best = [], None
-    for point, point_cfg, sub in trainings(name, cfg, folder, grid):
-        trainer = train_point(name, point_cfg, scen, device, sub, resume, progress,
-                              f"[{label} {report.point_name(point)}] " if point else f"[{label}] ")
-        points.append({"values": point, "valid_" + "_".join(SELECT): trainer.best_valid, "folder": str(sub)})
-        # Note: a tie on validation keeps the first of the tied points, in the grid's order (the order of
-        # --grid's fields and values)
-        if best is None or trainer.best_valid > best[1].best_valid:
-            best = point, trainer
-    chosen, trainer = best
+def train_row(name: str, cfgs: dict[str, Config], scen: Scenario, device, folder: Path, grid: dict, resume: bool,
+              progress: RunProgress, label: str) -> dict[str, dict]:
+    """One row and seed for the target domains of `cfgs` (target -> config): trained at each of its grid points
+    (once without --grid), each target domain keeping the point with its best validation MRR, then its test set
+    ranked once, with that point's best checkpoint. A row whose training is the same for every target domain
+    (`rows.Row.shared`) trains once at each point for all of them."""
+    groups = [list(cfgs)] if ROWS[name].shared else [[target] for target in cfgs]
+    results = {}
+    for targets in groups:
+        points, best = {target: [] for target in targets}, {}
+        for point, sub in trainings(name, grid, folder):
+            prefix = f"[{label} {'+'.join(targets)}{' ' + report.point_name(point) if point else ''}] "
+            trainers = train_point(name, {t: cfgs[t].replace(**point) for t in targets}, scen, device, sub, resume,
+                                   progress, prefix)
+            for target, trainer in trainers.items():
+                points[target].append({"values": point, "valid_" + "_".join(SELECT): trainer.best_valid,
+                                       "folder": str(sub)})
+                # Note: a tie on validation keeps the first of the tied points, in the grid's order (the order of
+                # --grid's fields and values)
+                if target not in best or trainer.best_valid > best[target][1].best_valid:
+                    best[target] = point, trainer
+        for target in targets:
+            results[target] = test(*best[target], points[target] if grid else None)
+    return results
+
+
+def test(chosen: dict, trainer: Trainer, points: list | None) -> dict:
+    """A training's result: its best checkpoint's test ranks, with the grid's points and the chosen one."""
     state = trainer.load_best()
     ranks = trainer.rank("test")  # the only time the test set is read
     result = {"config": state["config"], "best_epoch": state["epoch"], "checkpoint": str(trainer.best),
               "history": trainer.history, "valid": state["valid"], "test": metrics(ranks), "ranks": ranks,
               "cases": trainer.cases["test"][0]}
-    if grid:
+    if points is not None:
         result["grid"], result["chosen"] = points, chosen
     return result
 
 
-def train_point(name: str, cfg: Config, scen: Scenario, device, folder: Path, resume: bool, progress: RunProgress,
-                prefix: str) -> Trainer:
-    """One training (a grid point's, or the row's): continued from its last checkpoint with --resume."""
+def train_point(name: str, cfgs: dict[str, Config], scen: Scenario, device, folder: Path, resume: bool,
+                progress: RunProgress, prefix: str) -> dict[str, Trainer]:
+    """One training (a grid point's, or the row's) for the target domains of `cfgs`, each continued from its
+    last checkpoint with --resume; the first domain's Trainer trains, the others follow it as twins. A twin
+    whose checkpoint is at another epoch (a run stopped between two files' writes) trains on its own after."""
     progress.start(prefix)
-    trainer = Trainer(name, cfg, scen, device, folder, resume)
-    trainer.fit(prefix)
-    return trainer
+    (first, cfg), *rest = cfgs.items()
+    lead = Trainer(name, cfg, scen, device, folder, resume)
+    twins = {target: Trainer(name, cfg, scen, device, folder, resume, share=lead) for target, cfg in rest}
+    apart = {target for target, twin in twins.items() if twin.epoch != lead.epoch}
+    lead.fit(prefix, tuple(twin for target, twin in twins.items() if target not in apart))
+    for target in apart:
+        twins[target] = Trainer(name, cfgs[target], scen, device, folder, resume)
+        twins[target].fit(prefix)
+    return {first: lead, **twins}
 
 
 def grid_points(name: str, grid: dict) -> list[dict]:
@@ -318,11 +375,10 @@ def grid_points(name: str, grid: dict) -> list[dict]:
     return [dict(zip(lists, values)) for values in itertools.product(*lists.values())]
 
 
-def trainings(name: str, cfg: Config, folder: Path, grid: dict) -> list[tuple[dict, Config, Path]]:
-    """The trainings of one row, target and seed: (point, config, folder) of each of its grid points, the folder
-    named after the point's values (`lr=0.001,weight_decay=0.0001`); without one, the row's own."""
-    return [(point, cfg.replace(**point), folder / report.point_name(point)) if point else (point, cfg, folder)
-            for point in grid_points(name, grid)]
+def trainings(name: str, grid: dict, folder: Path) -> list[tuple[dict, Path]]:
+    """The trainings of one row and seed: (point, folder) of each of its grid points, the folder named after
+    the point's values (`lr=0.001,weight_decay=0.0001`); without one, the row's own."""
+    return [(point, folder / report.point_name(point) if point else folder) for point in grid_points(name, grid)]
 
 
 def model_config(model: str, cfg: Config, target: str, seed: int) -> Config:
@@ -368,7 +424,7 @@ def train_rows(s: Settings, name: str, folder: Path, models: list[str], out: Pat
         **({"grid": s.grid} if s.grid else {})}, warm_items(scen))
     for model in models:
         for seed in s.seeds if ROWS[model].trained else [None]:
-            collected.add(model, seed, {target: result(model, seed, target) for target in s.targets})
+            collected.add(model, seed, result(model, seed))
     results, ranks = collected.finish()
     save_run(out, results, ranks)
     lock.close()
@@ -377,13 +433,15 @@ def train_rows(s: Settings, name: str, folder: Path, models: list[str], out: Pat
     return 0
 
 
-def row_result(model: str, seed: int | None, target: str, s: Settings, scen: Scenario, out: Path,
-               progress: RunProgress) -> dict:
-    """One row, seed and target domain: popularity ranked, or the row trained (at each grid point) and tested."""
+def row_result(model: str, seed: int | None, s: Settings, scen: Scenario, out: Path,
+               progress: RunProgress) -> dict[str, dict]:
+    """One row and seed, for each target domain: popularity ranked, or the row trained (at each grid point) and
+    tested."""
     if not ROWS[model].trained:
-        return baselines.popularity(scen, target, eval_batch(s.cfg.score_chunk or CPU_CHUNK, scen.items.num_items))
-    return train_target(model, model_config(model, s.cfg, target, seed), scen, s.device, row_folder(out, model, seed),
-                        s.grid, s.resume, progress, f"{model} seed {seed} {target}")
+        batch = eval_batch(s.cfg.score_chunk or CPU_CHUNK, scen.items.num_items)
+        return {target: baselines.popularity(scen, target, batch) for target in s.targets}
+    return train_row(model, {target: model_config(model, s.cfg, target, seed) for target in s.targets}, scen,
+                     s.device, row_folder(out, model, seed), s.grid, s.resume, progress, f"{model} seed {seed}")
 
 
 def planned(s: Settings, models: list[str], out: Path) -> dict[Path, tuple[str, Config]]:
@@ -391,8 +449,8 @@ def planned(s: Settings, models: list[str], out: Path) -> dict[Path, tuple[str, 
     plan = {}
     for model, seed, target in itertools.product([m for m in models if ROWS[m].trained], s.seeds, s.targets):
         cfg = model_config(model, s.cfg, target, seed)
-        for _, point_cfg, sub in trainings(model, cfg, row_folder(out, model, seed), s.grid):
-            plan[sub / f"last_{target}.pt"] = model, point_cfg
+        for point, sub in trainings(model, s.grid, row_folder(out, model, seed)):
+            plan[sub / f"last_{target}.pt"] = model, cfg.replace(**point)
     return plan
 
 
