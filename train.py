@@ -335,11 +335,11 @@ def train_row(name: str, cfgs: dict[str, Config], scen: Scenario, device, folder
                 if target not in best or trainer.best_valid > best[target][1].best_valid:
                     best[target] = point, trainer
         for target in targets:
-            results[target] = test(*best[target], points[target] if grid else None)
+            results[target] = tested(*best[target], points[target] if grid else None)
     return results
 
 
-def test(chosen: dict, trainer: Trainer, points: list | None) -> dict:
+def tested(chosen: dict, trainer: Trainer, points: list | None) -> dict:
     """A training's result: its best checkpoint's test ranks, with the grid's points and the chosen one."""
     state = trainer.load_best()
     ranks = trainer.rank("test")  # the only time the test set is read
@@ -357,9 +357,9 @@ def train_point(name: str, cfgs: dict[str, Config], scen: Scenario, device, fold
     last checkpoint with --resume; the first domain's Trainer trains, the others follow it as twins. A twin
     whose checkpoint is at another epoch (a run stopped between two files' writes) trains on its own after."""
     progress.start(prefix)
-    (first, cfg), *rest = cfgs.items()
-    lead = Trainer(name, cfg, scen, device, folder, resume)
-    twins = {target: Trainer(name, cfg, scen, device, folder, resume, share=lead) for target, cfg in rest}
+    first, *rest = cfgs
+    lead = Trainer(name, cfgs[first], scen, device, folder, resume)
+    twins = {target: Trainer(name, cfgs[target], scen, device, folder, resume, share=lead) for target in rest}
     apart = {target for target, twin in twins.items() if twin.epoch != lead.epoch}
     lead.fit(prefix, tuple(twin for target, twin in twins.items() if target not in apart))
     for target in apart:
