@@ -361,6 +361,11 @@ def test_a_merged_baseline_trains_once_for_both_targets_as_one_training_per_targ
     assert len(both["history"]["Y"]) < len(both["history"]["X"])
     for target in "XY":
         same(both, tmp_path / target, target)
+    capsys.readouterr()
+    assert run_cli(*common, "--out", tmp_path / "both", "--resume") == 0  # finished: read back, nothing trains
+    printed = capsys.readouterr().out
+    assert [printed.count(f"resumed from {tmp_path / 'both' / 'gru4rec' / 'seed0' / f'last_{t}.pt'}") for t in "XY"
+            ] == [1, 1] and "valid MRR" not in printed
 
     train_epoch, calls = train.Trainer.train_epoch, []
 

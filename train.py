@@ -355,12 +355,13 @@ def train_point(name: str, cfgs: dict[str, Config], scen: Scenario, device, fold
                 progress: RunProgress, prefix: str) -> dict[str, Trainer]:
     """One training (a grid point's, or the row's) for the target domains of `cfgs`, each continued from its
     last checkpoint with --resume; the first domain's Trainer trains, the others follow it as twins. A twin
-    whose checkpoint is at another epoch (a run stopped between two files' writes) trains on its own after."""
+    still to train whose checkpoint is at another epoch (a run stopped between two files' writes) trains on
+    its own after."""
     progress.start(prefix)
     first, *rest = cfgs
     lead = Trainer(name, cfgs[first], scen, device, folder, resume)
     twins = {target: Trainer(name, cfgs[target], scen, device, folder, resume, share=lead) for target in rest}
-    apart = {target for target, twin in twins.items() if twin.epoch != lead.epoch}
+    apart = {target for target, twin in twins.items() if twin.running() and twin.epoch != lead.epoch}
     lead.fit(prefix, tuple(twin for target, twin in twins.items() if target not in apart))
     for target in apart:
         twins[target] = Trainer(name, cfgs[target], scen, device, folder, resume)
