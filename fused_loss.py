@@ -86,9 +86,9 @@ def _nll_chunks(branches, target: torch.Tensor, rows: int, bound: float, items: 
     for each further branch whose E takes a gradient (none in IFCDSR: E_img is frozen).
 
     branches: [(a, E, E_p, log_w)]: a (P, d), E (N, d) (in IFCDSR a = unit(h)/τ and E has unit rows; in
-    `nll_dot` both are plain), E_p the same matrix in the
-    products' dtype (E itself, or its bf16 copy under autocast), log_w = log α or log(1-α); the softmax runs
-    over the rows `items` of E, and `target` counts from its first.
+    `nll_dot` both are plain), E_p the same matrix in the products' dtype (E itself, or its bf16 copy under
+    autocast), log_w = log α or log(1-α); the softmax runs over the rows `items` of E, and `target` counts
+    from its first.
 
     Each chunk's (c, n) buffer is walked twice besides the products that read it: the logits are
     exponentiated in place (G = exp(s - m)) and summed (Z, a read-only pass); the rest folds into the
