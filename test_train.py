@@ -253,6 +253,18 @@ def test_the_header_counts_the_trainings_and_each_one_gives_the_runs_eta(tiny_ru
     assert re.search(r"\n\[ifcdsr seed 0 Y\] training 2 of 2; run ETA \w+ \(\w+ a training\)\n", printed)
 
 
+def test_the_runs_eta_counts_only_the_trainings_that_trained(capsys):
+    """A resumed run's finished trainings are read back in no time: they must not make the ETA look short."""
+    progress = train.RunProgress(["ifcdsr"], [0, 1, 2], ("X",), {})
+    progress.start("[a] ")
+    progress.done(False)  # read back
+    progress.start("[b] ")
+    assert "run ETA" not in capsys.readouterr().out
+    progress.done(True)
+    progress.start("[c] ")
+    assert re.search(r"\[c\] training 3 of 3; run ETA \w+ \(\w+ a training\)\n", capsys.readouterr().out)
+
+
 def test_grid_trains_each_row_at_the_points_of_its_fields_and_keeps_the_best_on_validation(tiny_dir, tmp_path,
                                                                                           capsys, monkeypatch):
     """--grid temperature=1,0.1 with two seeds: IFCDSR ID only trains at both points (τ acts on it), SASRec once

@@ -292,13 +292,14 @@ class Trainer:
 class RunProgress:
     """The run's trainings, one per model (popularity needs none), seed, target domain (one for all of them for a
     `rows.Row.shared` row) and grid point: their count and the CPU threads in the header, then `training i of n`
-    and, once one has finished, the run's ETA from the trainings of this command so far."""
+    and, once one has trained, the run's ETA from the trainings that trained in this command (a resumed run's
+    finished ones, read back, do not count)."""
 
     def __init__(self, models: list[str], seeds: list[int], targets: tuple, grid: dict):
         points = {m: len(grid_points(m, grid)) for m in models if ROWS[m].trained}
         shared = [m for m in points if ROWS[m].shared and len(targets) > 1]
         self.n = sum(n * len(seeds) * (1 if m in shared else len(targets)) for m, n in points.items())
-        self.i, self.t0 = 0, 0.0
+        self.i, self.trained, self.spent, self.started = 0, 0, 0.0, 0.0
         each = "; grid points: " + ", ".join(f"{m} {n}" for m, n in points.items()) if grid else ""
         once = f"; {', '.join(shared)}: one training for both targets" if shared else ""
         print(f"trainings: {self.n} ({len(points)} model(s) x {len(seeds)} seed(s) x {len(targets)} target(s)"
@@ -306,11 +307,16 @@ class RunProgress:
 
     def start(self, prefix: str) -> None:
         self.i += 1
-        now = time.monotonic()
-        self.t0 = self.t0 or now
-        per = (now - self.t0) / (self.i - 1) if self.i > 1 else None
+        self.started = time.monotonic()
+        per = self.spent / self.trained if self.trained else None
         eta = f"; run ETA {duration(per * (self.n - self.i + 1))} ({duration(per)} a training)" if per else ""
         print(f"\n{prefix}training {self.i} of {self.n}{eta}", flush=True)
+
+    def done(self, trained: bool) -> None:
+        """The training started last has ended; `trained`: it ran an epoch (not only read back)."""
+        if trained:
+            self.trained += 1
+            self.spent += time.monotonic() - self.started
 
 
 def train_row(name: str, cfgs: dict[str, Config], scen: Scenario, device, folder: Path, grid: dict, resume: bool,
@@ -361,11 +367,13 @@ def train_point(name: str, cfgs: dict[str, Config], scen: Scenario, device, fold
     first, *rest = cfgs
     lead = Trainer(name, cfgs[first], scen, device, folder, resume)
     twins = {target: Trainer(name, cfgs[target], scen, device, folder, resume, share=lead) for target in rest}
+    epochs = lead.epoch + sum(twin.epoch for twin in twins.values())  # before this command's training
     apart = {target for target, twin in twins.items() if twin.running() and twin.epoch != lead.epoch}
     lead.fit(prefix, tuple(twin for target, twin in twins.items() if target not in apart))
     for target in apart:
         twins[target] = Trainer(name, cfgs[target], scen, device, folder, resume)
         twins[target].fit(prefix)
+    progress.done(lead.epoch + sum(twin.epoch for twin in twins.values()) > epochs)
     return {first: lead, **twins}
 
 
