@@ -297,8 +297,8 @@ class RunProgress:
 
     def __init__(self, models: list[str], seeds: list[int], targets: tuple, grid: dict):
         points = {m: len(grid_points(m, grid)) for m in models if ROWS[m].trained}
-        shared = [m for m in points if ROWS[m].shared and len(targets) > 1]
-        self.n = sum(n * len(seeds) * (1 if m in shared else len(targets)) for m, n in points.items())
+        shared = [m for m in points if len(target_groups(m, targets)) < len(targets)]
+        self.n = sum(n * len(seeds) * len(target_groups(m, targets)) for m, n in points.items())
         self.i, self.trained, self.spent, self.started = 0, 0, 0.0, 0.0
         each = "; grid points: " + ", ".join(f"{m} {n}" for m, n in points.items()) if grid else ""
         once = f"; {', '.join(shared)}: one training for both targets" if shared else ""
@@ -325,9 +325,8 @@ def train_row(name: str, cfgs: dict[str, Config], scen: Scenario, device, folder
     (once without --grid), each target domain keeping the point with its best validation MRR, then its test set
     ranked once, with that point's best checkpoint. A row whose training is the same for every target domain
     (`rows.Row.shared`) trains once at each point for all of them."""
-    groups = [list(cfgs)] if ROWS[name].shared else [[target] for target in cfgs]
     results = {}
-    for targets in groups:
+    for targets in target_groups(name, cfgs):
         points, best = {target: [] for target in targets}, {}
         for point, sub in trainings(name, grid, folder):
             prefix = f"[{label} {'+'.join(targets)}{' ' + report.point_name(point) if point else ''}] "
@@ -343,6 +342,12 @@ def train_row(name: str, cfgs: dict[str, Config], scen: Scenario, device, folder
         for target in targets:
             results[target] = tested(*best[target], points[target] if grid else None)
     return results
+
+
+def target_groups(name: str, targets) -> list[list[str]]:
+    """The target domains that train together: all of them in one training for a `rows.Row.shared` row, else
+    each in its own."""
+    return [list(targets)] if ROWS[name].shared else [[target] for target in targets]
 
 
 def tested(chosen: dict, trainer: Trainer, points: list | None) -> dict:
@@ -367,13 +372,13 @@ def train_point(name: str, cfgs: dict[str, Config], scen: Scenario, device, fold
     first, *rest = cfgs
     lead = Trainer(name, cfgs[first], scen, device, folder, resume)
     twins = {target: Trainer(name, cfgs[target], scen, device, folder, resume, share=lead) for target in rest}
-    epochs = lead.epoch + sum(twin.epoch for twin in twins.values())  # before this command's training
+    trains = any(trainer.running() for trainer in (lead, *twins.values()))  # not only read back
     apart = {target for target, twin in twins.items() if twin.running() and twin.epoch != lead.epoch}
     lead.fit(prefix, tuple(twin for target, twin in twins.items() if target not in apart))
     for target in apart:
         twins[target] = Trainer(name, cfgs[target], scen, device, folder, resume)
         twins[target].fit(prefix)
-    progress.done(lead.epoch + sum(twin.epoch for twin in twins.values()) > epochs)
+    progress.done(trains)
     return {first: lead, **twins}
 
 
