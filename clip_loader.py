@@ -2,7 +2,7 @@
 
 Reads OpenAI's CLIP weights with code of its own (no TorchScript is run), rebuilds
 the ViT image tower and the text tower, and carries OpenAI's preprocessing and BPE
-tokenizer. `embed.py` uses it to turn a scenario's item images into
+tokenizer. `tools/embed.py` uses it to turn a scenario's item images into
 `<scenario>/image_embeddings.npy`.
 
 API: `load(name_or_path, device) -> (model, preprocess)`, `tokenize(texts)`,
@@ -32,7 +32,7 @@ import torch.nn.functional as F
 import torchvision.transforms as T
 from PIL import Image
 
-from common import Progress, atomic_write, file_problem
+from data import Progress, atomic_write, file_problem
 
 # OpenAI's download URL; its second-to-last segment is the file's SHA256.
 MODELS = {
@@ -535,3 +535,14 @@ def tokenize(texts, context_length=77, truncate=False) -> torch.Tensor:
         result[row, : len(ids)] = torch.tensor(ids)
     return result
 
+
+def check_pixels(image: Image.Image, short_side: int | None = None) -> None:
+    """Pillow's decompression-bomb limit as a hard limit (Pillow only warns between 1x and 2x of it), on the
+    image and, with `short_side`, on the image resized to that shorter side: 60000 x 1 pixels pass the first
+    test, but resized to CLIP's 224 they would be 13,440,000 x 224, about 9 GB of RGB."""
+    w, h = image.width, image.height
+    sizes = [(w, h)] + ([(max(w, h) * short_side // max(min(w, h), 1), short_side)] if short_side else [])
+    for (width, height), what in zip(sizes, ("", f" once resized to a shorter side of {short_side}")):
+        if width * height > Image.MAX_IMAGE_PIXELS:
+            raise Image.DecompressionBombError(f"{w} x {h} pixels, {width * height:,}{what}: more than Pillow's "
+                                               f"limit of {Image.MAX_IMAGE_PIXELS:,} (a possible decompression bomb)")

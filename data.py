@@ -1,5 +1,6 @@
 """Files -> tensors for IFCDSR: the C2DSR scenario format, image embeddings, and
-the generated demo scenario.
+the generated demo scenario; and what every command shares about files: written whole or not at all,
+read only when regular, and progress lines with a rate and an ETA.
 
 A scenario directory holds (C2DSR's format, docs/data.md, "The C2DSR scenarios"):
     Alist.txt, Blist.txt     one item a line: raw_id<TAB>ASIN<TAB>local_index
@@ -16,17 +17,24 @@ item of every view is at position L-1).
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
+import os
 import re
+import shutil
+import stat
+import sys
+import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import BinaryIO, Callable
 
 import numpy as np
 import torch
 
-from common import atomic_folder, file_problem
 
 ROOT = Path(__file__).resolve().parent
 SCENARIOS = {"food_kitchen": ROOT / "data" / "Food-Kitchen", "movie_book": ROOT / "data" / "Movie-Book"}
@@ -221,7 +229,7 @@ def load_image_embeddings(path: Path, num_items: int, name: str | None = None) -
     if not path.exists():
         raise DataError(
             f"{path}: image embeddings not found. Build them with\n"
-            f"    python embed.py --scenario-dir {path.parent} --images {path.parent / 'images'}\n"
+            f"    python -m tools.embed --scenario-dir {path.parent} --images {path.parent / 'images'}\n"
             f"(docs/clip.md), or train the ID-only model with --no-image." + fetch_list(name))
     try:  # never a pickle; memory-mapped, so that a header that lies about the shape costs nothing
         problem = file_problem(path)  # a FIFO would block np.load
@@ -237,7 +245,7 @@ def load_image_embeddings(path: Path, num_items: int, name: str | None = None) -
             why = "pickled Python objects, which are never loaded"
         else:
             why = err
-        raise DataError(f"{path}: not a readable .npy array ({why}); rebuild it with embed.py.") from None
+        raise DataError(f"{path}: not a readable .npy array ({why}); rebuild it with tools/embed.py.") from None
     if E.ndim != 2 or E.shape[0] != num_items:
         raise DataError(f"{path}: expected shape ({num_items}, e), one row per item of Alist+Blist; "
                         f"found {E.shape}. Rebuild it for this scenario.")
@@ -245,7 +253,7 @@ def load_image_embeddings(path: Path, num_items: int, name: str | None = None) -
         raise DataError(f"{path}: expected a float32 array, found dtype {E.dtype}.")
     if E.shape[1] == 0:
         raise DataError(f"{path}: expected e >= 1 values per item, found shape {E.shape}; rebuild it with "
-                        f"embed.py, or train the ID-only model with --no-image.")
+                        f"tools/embed.py, or train the ID-only model with --no-image.")
     for bad, what in ((~np.isfinite(E), "a non-finite value"),
                       (np.isfinite(E) & (np.abs(E) > np.finfo(np.float32).max), "a value beyond float32's range "
                                                                                  "(±3.4e38)")):
@@ -256,7 +264,7 @@ def load_image_embeddings(path: Path, num_items: int, name: str | None = None) -
     E = np.array(E, dtype=np.float32)  # (N, e), read into memory
     if not E.any():
         raise DataError(f"{path}: every row is zero, so no item has an image and the image branch would add "
-                        f"nothing; rebuild it with embed.py, or train the ID-only model with --no-image.")
+                        f"nothing; rebuild it with tools/embed.py, or train the ID-only model with --no-image.")
     return torch.from_numpy(E)
 
 
@@ -365,8 +373,8 @@ def fetch_list(name: str) -> str:
             f"{C2DSR_FILES}.\n"
             f"  2. {EMBEDDINGS_FILE}, for the rows with images (--no-image trains without): the 2014 Amazon "
             f"metadata {' and '.join(meta)}, published at {AMAZON_2014}, then\n"
-            f"       python amazon.py images --scenario-dir {folder} --meta {' '.join(meta)}\n"
-            f"       python embed.py --scenario-dir {folder} --images {folder / 'images'}\n"
+            f"       python -m tools.amazon images --scenario-dir {folder} --meta {' '.join(meta)}\n"
+            f"       python -m tools.embed --scenario-dir {folder} --images {folder / 'images'}\n"
             f"docs/data.md (\"From nothing to a scenario\") gives the disk each step needs.")
 
 
@@ -464,3 +472,118 @@ def make_demo(out: Path, *, seed: int, spec: DemoSpec = DemoSpec()) -> Path:
         (tmp / "demo.json").write_text(recipe)  # marks a complete scenario
     return out
 
+
+# ----------------------------------------------------------------------------- files and progress
+
+
+def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """write(file) into a temp file beside `path`, then rename it to `path`: a reader, or a run killed at any
+    moment, sees the old file or the new one, never half of one."""
+    atomic_write_all({Path(path): write})
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def atomic_write_all(writes: dict[Path, Callable[[BinaryIO], object]]) -> None:
+    """Several files, each written into a temp file first; only when all are written whole are they renamed
+    into place, one after another: a full disk or an error leaves every old file as it was."""
+    tmps = {path: Path(path).with_name(Path(path).name + ".tmp") for path in writes}
+    try:
+        for path, write in writes.items():
+            with open(tmps[path], "wb") as f:
+                write(f)
+        for path, tmp in tmps.items():
+            os.replace(tmp, path)
+    finally:
+        for tmp in tmps.values():
+            tmp.unlink(missing_ok=True)
+
+
+KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+         (stat.S_ISSOCK, "a socket"))
+
+
+def file_problem(path: Path) -> str | None:
+    """None when `path` is a regular file (after following symlinks); else why it cannot be read as one, for
+    a message: 'No such file or directory', 'Is a directory', 'not a regular file but a FIFO', ... A FIFO
+    would block the reader for ever and a device like /dev/zero would be read until memory runs out, so
+    every command stats a file before it opens it."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as err:  # missing, a dangling link, a symlink loop
+        return err.strerror or str(err)
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return os.strerror(errno.EISDIR)
+    return "not a regular file but " + next((kind for test, kind in KINDS if test(mode)), "a special file")
+
+
+@contextlib.contextmanager
+def atomic_folder(out: Path, *, replace: bool = False):
+    """Yields an empty temp folder beside `out` that becomes `out` when the block ends without an error;
+    after an error or a kill, `out` is as it was. replace=True lets the new folder replace an old `out`."""
+    out = Path(out)
+    tmp = out.parent / f".{out.name}.{os.getpid()}.tmp"  # beside `out`: the rename is atomic
+    shutil.rmtree(tmp, ignore_errors=True)  # left by a killed run that had the same process id
+    tmp.mkdir(parents=True)  # not mkdtemp: the folder gets the user's usual permissions, not 0700
+    try:
+        yield tmp
+        if replace and out.exists():
+            shutil.rmtree(out)
+        os.rename(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def duration(seconds: float) -> str:
+    """1h02m, 4m10s or 12s."""
+    seconds = max(0, round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+class Progress:
+    """A status line of a long job on stderr, `what: done/total unit, rate unit/s, ETA ...`: rewritten in
+    place on a terminal (at most twice a second), else a new line every `every` seconds."""
+
+    def __init__(self, what: str, total: int | None, unit: str, *, every: float = 30.0):
+        self.what, self.total, self.unit = what, total, unit
+        self.tty = sys.stderr.isatty()
+        self.every = 0.5 if self.tty else every
+        self.start = self.shown = time.monotonic()
+        self.open = False  # a terminal line waits to be cleared
+
+    def line(self, done: int, extra: str = "") -> str:
+        rate = done / max(time.monotonic() - self.start, 1e-9)
+        text = f"{self.what}: {done:,}" + (f"/{self.total:,}" if self.total is not None else "") + \
+            f" {self.unit}, {rate:,.1f} {self.unit}/s"
+        if self.total is not None and 0 < rate and done < self.total:
+            text += f", ETA {duration((self.total - done) / rate)}"
+        return text + (f", {extra}" if extra else "")
+
+    def update(self, done: int, extra: str = "") -> None:
+        now = time.monotonic()
+        if now - self.shown >= self.every:
+            self.shown = now
+            self._print(self.line(done, extra))
+
+    def done(self, text: str) -> None:
+        """The job's last line, printed always (and ending a terminal's status line)."""
+        self._print(text, final=True)
+
+    def close(self) -> None:
+        """Clears a terminal's status line, so that the next output starts on a clean line."""
+        if self.open:
+            print("\r\033[K", end="", file=sys.stderr, flush=True)
+            self.open = False
+
+    def _print(self, text: str, final: bool = False) -> None:
+        if self.tty:
+            print(f"\r{text}\033[K", end="\n" if final else "", file=sys.stderr, flush=True)
+            self.open = not final
+        else:
+            print(text, file=sys.stderr, flush=True)

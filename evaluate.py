@@ -1,5 +1,8 @@
 """The evaluation protocols: which test cases a model answers, which candidates it ranks the ground truth
-among, the rank (ties counted fairly), the metrics, and the split into cold and warm targets.
+among, the rank (ties counted fairly), the metrics, and the split into cold and warm targets; what a run checks
+in its scenario first; then a run's numbers a researcher can cite: each seed's metrics aggregated to mean ± std,
+a paired bootstrap of IFCDSR against every other row, and the printed tables in the layout of the paper's
+Tables 2, 3 and 4.
 
 Every model is evaluated the same way: `score_fn(history, items)` -> (B, |items|) scores of the target
 domain's items (Eq. 9 ranks only those), for the cases whose ground truth lies in the target domain.
@@ -11,7 +14,7 @@ import numpy as np
 import torch
 
 import ifcdsr
-from data import EvalSet, Scenario, Views, item_counts
+from data import EMBEDDINGS_FILE, SPLIT_FILES, DataError, EvalSet, Scenario, Views, item_counts
 
 METRICS = ("MRR", "NDCG@5", "NDCG@10", "HR@1", "HR@5", "HR@10")
 PROTOCOLS = ("sampled999", "full")  # C2DSR's 999 sampled negatives; full ranking of the target domain
@@ -44,7 +47,7 @@ def negatives(cases: EvalSet, items: slice, split: str, target: str) -> torch.Te
     once per (split, target) -> (S, 999) local item indices.
 
     Note: drawn from NEGATIVE_SEED, not from the training seed, so that every model and every seed is
-    ranked against the same candidates (what the paired comparison of report.py needs); with replacement,
+    ranked against the same candidates (what the paired comparison of `significance` needs); with replacement,
     as C2DSR's evaluation draws them, so a case may meet the same negative twice.
     """
     rng = np.random.default_rng([NEGATIVE_SEED, ("valid", "test").index(split), ("X", "Y").index(target)])
@@ -168,3 +171,291 @@ def by_target(ranks: dict, cases: EvalSet, warm: torch.Tensor) -> dict:
     is_warm = warm[cases.target]  # (S,)
     return {kind: {"cases": int(mask.sum()), **metrics({p: r[mask] for p, r in ranks.items()})}
             for kind, mask in (("cold", ~is_warm), ("warm", is_warm))}
+
+
+# ----------------------------------------------------------------------------- the scenario, before a run
+
+
+def check_cases(scen: Scenario, targets) -> None:
+    """Every target domain has validation and test cases (a ground truth in that domain)."""
+    for target in targets:
+        for split in ("valid", "test"):
+            if len(eval_cases(getattr(scen, split), scen, target)) == 0:
+                raise DataError(f"{scen.path / SPLIT_FILES[split]}: no sequence ends in an item of domain {target}, "
+                                f"so a model for target {target} could be neither selected nor tested. Pass "
+                                f"--target {'Y' if target == 'X' else 'X'}, or add such sequences.")
+
+
+def data_warnings(scen: Scenario, targets) -> list[str]:
+    """What a run's numbers should be read with: items without an image, held-out sequences that repeat a
+    training sequence, and a domain too small for 999 distinct negatives."""
+    N, notes = scen.items.num_items, []
+    zero = 0 if scen.E_img is None else int((scen.E_img == 0).all(dim=1).sum())
+    if zero:
+        notes.append(f"{zero:,} of {N:,} items ({100 * zero / N:.1f}%) have no image (a zero row in "
+                     f"{EMBEDDINGS_FILE}): only their ID embedding can rank them")
+    seen = {tuple(r) for r in torch.cat([scen.train.inputs.xy, scen.train.targets.xy[:, -1:]], 1).tolist()}
+    for split in ("valid", "test"):
+        cases = getattr(scen, split)
+        repeats = sum(tuple(r) in seen for r in torch.cat([cases.history.xy, cases.target[:, None]], 1).tolist())
+        if repeats:
+            notes.append(f"{repeats:,} of {len(cases):,} {split} sequences repeat a training sequence (their "
+                         f"last {scen.train.inputs.xy.shape[1] + 1} items): their targets were trained on")
+    for target in targets:
+        n = len(range(N)[target_items(scen, target)])
+        if n - 1 < NUM_NEGATIVES:
+            notes.append(f"domain {target} has {n:,} items: its {NUM_NEGATIVES} sampled negatives repeat some of "
+                         f"the other {n - 1:,}, which makes the sampled999 protocol harder than full ranking")
+    return notes
+
+
+# ----------------------------------------------------------------------------- a run's numbers
+
+LABELS = {  # every row of the tables, in the paper's order: baselines first, IFCDSR last (train.ROWS)
+    "popularity": "Popularity", "gru4rec": "GRU4Rec", "sasrec": "SASRec", "gru4rec_target": "GRU4Rec, target only",
+    "sasrec_target": "SASRec, target only", "original": "ID only, merged view", "image_fusion": "+ image fusion",
+    "ifcdsr_id": "IFCDSR ID only", "ifcdsr": "IFCDSR"}
+PAPER = {  # the paper's published rows: (MRR, NDCG@5, NDCG@10) of domain X, then of domain Y; Table 4's MRR
+    "food_kitchen": {"names": ("Food", "Kitchen"), "table": "Table 2", "rows": {
+        "GRU4Rec": (5.79, 5.48, 6.13, 3.06, 2.55, 3.10), "SASRec": (7.30, 6.90, 7.79, 3.79, 3.35, 3.93),
+        "SR-GNN": (7.84, 7.58, 8.35, 4.01, 3.47, 4.13), "MIFN": (8.55, 8.28, 9.01, 4.09, 3.57, 4.29),
+        "Tri-CDR": (8.35, 8.18, 8.89, 4.29, 3.63, 4.33), "IFCDSR": (9.05, 8.85, 9.92, 4.95, 4.56, 5.24)}},
+    "movie_book": {"names": ("Movie", "Book"), "table": "Table 3", "rows": {
+        "GRU4Rec": (3.83, 3.14, 3.73, 1.68, 1.34, 1.52), "SASRec": (3.79, 3.23, 3.69, 1.81, 1.41, 1.71),
+        "SR-GNN": (3.85, 3.27, 3.78, 1.78, 1.40, 1.66), "PSJNet": (4.63, 4.06, 4.76, 2.44, 2.07, 2.35),
+        "MIFN": (5.05, 4.21, 5.20, 2.51, 2.12, 2.31), "Tri-CDR": (5.15, 4.62, 5.05, 2.32, 2.08, 2.22),
+        "IFCDSR": (6.08, 5.02, 5.86, 2.75, 2.37, 2.65)},
+        "ablation": {"original": 5.03, "image_fusion": 5.63, "ifcdsr": 6.08}},
+}
+SHOWN = ("MRR", "NDCG@5", "NDCG@10", "HR@10")  # the columns of Tables 2/3, and HR@10
+RESAMPLES, BOOTSTRAP_SEED = 1000, 0
+
+
+def paper(name: str) -> dict | None:
+    """The paper's entry for a scenario named like food_kitchen, Food-Kitchen, movie_book or Movie-Book."""
+    return PAPER.get(name.lower().replace("-", "_"))
+
+
+def domain_names(name: str) -> tuple[str, str]:
+    return paper(name)["names"] if paper(name) else ("X", "Y")
+
+
+# ----------------------------------------------------------------------------- seeds
+
+
+def stats(values: list[float]) -> dict:
+    """{"mean", "std" (sample std; None for one value), "n"}."""
+    v = np.asarray(values, dtype=float)
+    return {"mean": round(float(v.mean()), 4), "std": round(float(v.std(ddof=1)), 4) if len(v) > 1 else None,
+            "n": len(v)}
+
+
+def aggregate(per_seed: list[dict]) -> dict:
+    """Nested dicts of the same shape, one per seed, with numbers at the leaves -> the same shape with
+    `stats` at the leaves ("cases" counts, equal for every seed, are kept as they are; None stays None)."""
+    first = per_seed[0]
+    if isinstance(first, dict):
+        return {k: (first[k] if k == "cases" else aggregate([s[k] for s in per_seed])) for k in first}
+    return None if first is None else stats(per_seed)
+
+
+# ----------------------------------------------------------------------------- significance
+
+
+def paired_bootstrap(rr_ref: np.ndarray, rr_row: np.ndarray, resamples: int = RESAMPLES,
+                     seed: int = BOOTSTRAP_SEED) -> dict:
+    """MRR(ref) - MRR(row) in % from per-case reciprocal ranks of the same cases, with a 95% interval from
+    `resamples` bootstrap resamples of the cases; significant when the interval excludes 0."""
+    diff = 100 * (np.asarray(rr_ref, float) - np.asarray(rr_row, float))  # (S,) paired differences
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, len(diff), size=(resamples, len(diff)))].mean(axis=1)  # (resamples,)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return {"mrr_diff": round(float(diff.mean()), 4), "low": round(float(low), 4), "high": round(float(high), 4),
+            "significant": bool(low > 0 or high < 0), "cases": len(diff), "resamples": resamples}
+
+
+def significance(ranks: dict, reference: str) -> dict:
+    """ranks {model: {domain: {protocol: [(S,) ranks, one per seed]}}} -> {model: {domain: {protocol:
+    paired_bootstrap}}} for every model but the reference, each case's reciprocal rank averaged over seeds."""
+    def rr(model, d, p):
+        return torch.stack([1 / r for r in ranks[model][d][p]]).mean(0).numpy()  # (S,)
+
+    return {m: {d: {p: paired_bootstrap(rr(reference, d, p), rr(m, d, p)) for p in PROTOCOLS}
+                for d in ranks[m] if d in ranks[reference]}
+            for m in ranks if m != reference}
+
+
+# ----------------------------------------------------------------------------- a run's results
+
+
+class RunResults:
+    """A run's results.json and test ranks, gathered one row and seed at a time (`add`), then summarised
+    (`finish`): mean ± std over the seeds, and the paired bootstrap of IFCDSR against every other row."""
+
+    def __init__(self, header: dict, warm: torch.Tensor):
+        self.results, self.warm = {**header, "runs": {}}, warm  # warm: evaluate.warm_items of the scenario
+        self.ranks = {}  # {model: {domain: {protocol: [(S,) ranks, one per seed]}}}
+
+    def add(self, model: str, seed: int | None, per_target: dict[str, dict]) -> None:
+        """One row and seed, {target: its result}, as an entry of runs[model]: {key: {target: value}} of every
+        key but the test ranks and cases, which give `ranks` and the cold/warm split `test_by_target`."""
+        entry = {"seed": seed}
+        for target, res in per_target.items():
+            for key, value in res.items():
+                if key == "ranks":
+                    for p, r in value.items():
+                        self.ranks.setdefault(model, {}).setdefault(target, {}).setdefault(p, []).append(r)
+                elif key != "cases":
+                    entry.setdefault(key, {})[target] = value
+            entry.setdefault("test_by_target", {})
+            for kind, part in by_target(res["ranks"], res["cases"], self.warm).items():
+                entry["test_by_target"].setdefault(kind, {})[target] = part
+        self.results["runs"].setdefault(model, []).append(entry)
+
+    def finish(self) -> tuple[dict, dict]:
+        """(results.json, test_ranks.npz's arrays): every test case's rank under the key
+        `<model>/<seed>/<domain>/<protocol>`, popularity's under seed None."""
+        runs = self.results["runs"]
+        self.results["summary"] = {m: {k: aggregate([e[k] for e in entries])
+                                       for k in ("valid", "test", "test_by_target")} for m, entries in runs.items()}
+        reference = next((m for m in ("ifcdsr", "ifcdsr_id") if m in runs), None)
+        self.results["significance"] = {"reference": reference,
+                                        "rows": significance(self.ranks, reference) if reference else {}}
+        arrays = {}
+        for m, by_domain in self.ranks.items():
+            for d, by_protocol in by_domain.items():
+                arrays.update({f"{m}/{e['seed']}/{d}/{p}": r.numpy() for p, per_seed in by_protocol.items()
+                               for e, r in zip(runs[m], per_seed)})
+        return self.results, arrays
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def cell(s: dict | None, width: int = 13, mark: str = "") -> str:
+    if s is None:
+        return "-".rjust(width)
+    text = f"{s['mean']:.2f}" + (f" ± {s['std']:.2f}" if s["std"] is not None else "") + mark
+    return text.rjust(width)
+
+
+def print_tables(name: str, summary: dict, sig: dict, reference: str | None, seeds: list) -> None:
+    """Tables 2/3: one table per protocol, mean ± std over seeds, * where IFCDSR's difference is significant;
+    under each, MRR of the cases with a cold and a warm target, and the paired intervals."""
+    names, entry, models = domain_names(name), paper(name), [m for m in LABELS if m in summary]
+    domains = [d for d in ("X", "Y") if any(d in summary[m]["test"] for m in models)]
+    over = f"mean ± std over {len(seeds)} seeds" if len(seeds) > 1 else f"seed {seeds[0]}"
+    for p in PROTOCOLS:
+        title = {"sampled999": "999 sampled negatives (as C2DSR evaluates; the paper names no protocol)",
+                 "full": "full ranking of the target domain"}[p]
+        head = f"{'Model (' + '-'.join(names) + ')':<24}" + "".join(
+            f" | {(m + ' (' + names['XY'.index(d)] + ')') if m == 'MRR' else m:>15}" for d in domains for m in SHOWN)
+        print(f"\nTest set, {title}; %, {over}\n{head}\n{'-' * len(head)}")
+        for m in models:
+            line = f"{LABELS[m]:<24}"
+            for d in domains:
+                res = summary[m]["test"].get(d)
+                for metric in SHOWN:
+                    star = " *" if metric == "MRR" and sig.get(m, {}).get(d, {}).get(p, {}).get("significant") else ""
+                    line += " | " + cell(res[p][metric] if res else None, 15, star)
+            print(line)
+        if entry and p == "sampled999":
+            print(f"The paper's {entry['table']} (its own split of the data: not comparable number for number):")
+            for label, row in entry["rows"].items():
+                values = [f"{v:.2f}" for v in row]
+                cells = [values[0], values[1], values[2], "-", values[3], values[4], values[5], "-"]
+                print(f"{'  ' + label + ' (paper)':<24}" + "".join(
+                    f" | {c:>15}" for c, d in zip(cells, ("X",) * 4 + ("Y",) * 4) if d in domains))
+        print_cold_warm(summary, models, domains, names, p)
+        if reference:
+            print_significance(sig, reference, models, domains, names, p)
+
+
+def print_cold_warm(summary: dict, models: list, domains: list, names: tuple, p: str) -> None:
+    """MRR of the test cases whose target never occurs in training (cold) and of the others (warm)."""
+    first = summary[models[-1]]["test_by_target"]
+    head = f"{'MRR by target':<24}" + "".join(
+        f" | {kind + ' ' + names['XY'.index(d)] + ' (' + str(first[kind][d]['cases']) + ')':>19}"
+        for d in domains for kind in ("cold", "warm"))
+    print(f"{head}\n{'-' * len(head)}")
+    for m in models:
+        by = summary[m]["test_by_target"]
+        print(f"{LABELS[m]:<24}" + "".join(
+            " | " + cell(by[kind][d][p]["MRR"] if d in by[kind] and by[kind][d][p] else None, 19)
+            for d in domains for kind in ("cold", "warm")))
+
+
+def print_significance(sig: dict, reference: str, models: list, domains: list, names: tuple, p: str) -> None:
+    head = f"{LABELS[reference] + ' - row':<24}" + "".join(
+        f" | {'MRR ' + names['XY'.index(d)] + ', 95% interval':>28}" for d in domains)
+    print(f"{head}\n{'-' * len(head)}")
+    for m in models:
+        if m == reference:
+            continue
+        cells = []
+        for d in domains:
+            s = sig[m].get(d, {}).get(p)
+            cells.append("-" if s is None else f"{s['mrr_diff']:+.2f} [{s['low']:+.2f}, {s['high']:+.2f}]"
+                                               + (" *" if s["significant"] else "  "))
+        print((f"{LABELS[m]:<24}" + "".join(f" | {c:>28}" for c in cells)).rstrip())
+    print(f"(* the paired bootstrap interval excludes 0: {RESAMPLES:,} resamples of the test cases, each case's "
+          f"reciprocal rank averaged over the seeds)")
+
+
+def print_ablation(name: str, summary: dict) -> None:
+    """Table 4: MRR (999 sampled negatives) of each ablation row, mean ± std over seeds."""
+    marks = {"original": ("✓", " ", " "), "image_fusion": ("✓", "✓", " "), "ifcdsr": ("✓", "✓", "✓")}
+    names, entry = domain_names(name), (paper(name) or {}).get("ablation")
+    head = (f"{'original-framework':>18} | {'image fusion':>12} | {'multiple attention':>18} | "
+            + " | ".join(f"{'MRR (' + n + ')':>15}" for n in names) + (f" | MRR ({names[0]}, paper)" if entry else ""))
+    print(f"\nTable 4 (ablation, test set, 999 sampled negatives, %)\n{head}\n{'-' * len(head)}")
+    for variant, row in marks.items():
+        line = " | ".join(f"{m:>{w}}" for m, w in zip(row, (18, 12, 18)))
+        for d in ("X", "Y"):
+            res = summary[variant]["test"].get(d)
+            line += " | " + cell(res["sampled999"]["MRR"] if res else None, 15)
+        print(line + (f" | {entry[variant]:>{len(names[0]) + 13}.2f}" if entry else ""))
+
+
+def value_text(value) -> str:
+    """A --grid value as --set reads it: true/false for a bool, Python's shortest form for a number."""
+    return {True: "true", False: "false"}[value] if isinstance(value, bool) else str(value)
+
+
+def point_name(values: dict) -> str:
+    """A grid point's values, `temperature=0.1,lr=0.001`: its folder's name and its label in the printouts."""
+    return ",".join(f"{k}={value_text(v)}" for k, v in values.items())
+
+
+def grid_text(grid: dict) -> str:
+    """--grid's lists as the command line gives them: `temperature=1.0,0.1 lr=0.001,0.0005`."""
+    return " ".join(f"{k}={','.join(map(value_text, values))}" for k, values in grid.items())
+
+
+def print_chosen(results: dict) -> None:
+    """With --grid: per row, target domain and seed, the grid point that validation chose and its validation MRR
+    ("the only point" for a row that no field of the grid acts on)."""
+    rows = []  # (row, target, one cell per seed)
+    for model, entries in results["runs"].items():
+        for d in entries[0].get("chosen", {}):  # popularity trains at no point
+            kept = [next(p for p in e["grid"][d] if p["values"] == e["chosen"][d]) for e in entries]
+            rows.append((LABELS[model], d, [f"{point_name(p['values']) or 'the only point'} "
+                                            f"({p['valid_sampled999_MRR']:.2f})" for p in kept]))
+    seeds = [f"seed {s}" for s in results["seeds"]]
+    widths = [max([len(h)] + [len(r[2][i]) for r in rows]) for i, h in enumerate(seeds)]
+    head = f"{'Row':<24} | target | " + " | ".join(f"{h:<{w}}" for h, w in zip(seeds, widths))
+    print(f"\nGrid points chosen on validation MRR (999 sampled negatives, %) of --grid {grid_text(results['grid'])}; "
+          f"a tie keeps the first point\n{head.rstrip()}\n{'-' * len(head)}")
+    for label, d, cells in rows:
+        print(f"{label:<24} | {d:<6} | " + " | ".join(f"{c:<{w}}" for c, w in zip(cells, widths)).rstrip())
+
+
+def print_run(results: dict) -> None:
+    """The tables that end a run of train.py, from its results.json: Tables 2/3, Table 4 when the run holds its
+    three rows, and with --grid the point each row used."""
+    sig = results["significance"]
+    print_tables(results["scenario"], results["summary"], sig["rows"], sig["reference"], results["seeds"])
+    if all(m in results["summary"] for m in ("original", "image_fusion", "ifcdsr")):
+        print_ablation(results["scenario"], results["summary"])
+    if "grid" in results:
+        print_chosen(results)

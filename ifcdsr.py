@@ -203,7 +203,8 @@ def similarity(h: torch.Tensor, E_unit: torch.Tensor, temperature: float) -> tor
 def branch_log_prob(h: torch.Tensor, E_unit: torch.Tensor, temperature: float) -> torch.Tensor:
     """(Eq. 3/4) log P_b = log softmax(Sim(h, E_b)) over the rows of E_b, for one branch b (ID or image):
     h (P, d), E_unit (N, d) -> (P, N). `IFCDSR.softmax_items` chooses the rows."""
-    return F.log_softmax(similarity(h, E_unit, temperature).float(), dim=-1)  # (P, N)
+    s = similarity(h, E_unit, temperature)  # (P, N)
+    return F.log_softmax(s.to(torch.promote_types(s.dtype, torch.float32)), dim=-1)  # (P, N) never in bf16
 
 
 def mixture(log_P_id: torch.Tensor, log_P_img: torch.Tensor, alpha: float) -> torch.Tensor:

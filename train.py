@@ -1,5 +1,5 @@
 """Train and evaluate IFCDSR and the baselines: the loop, model selection on validation, the run over rows × seeds
-× target domains, and the command (settings.py reads its flags, rows.py lists its rows).
+× target domains, the command line and its rows, checkpoints and the run folder.
 
     python train.py                                  # the generated demo scenario, about 2 minutes on a CPU
     python train.py --scenario movie_book            # data/Movie-Book, both target domains (Table 3)
@@ -8,35 +8,41 @@
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
+import fcntl
 import itertools
+import json
 import math
 import os
+import pickle
 import random
+import re
+import shlex
 import signal
+import struct
 import sys
+import threading
 import time
-from dataclasses import asdict
+import warnings
+import zipfile
+from dataclasses import asdict, dataclass, fields
 from functools import partial
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
+from torch.utils._pytree import tree_leaves, tree_map
 
 import baselines
-import report
-import settings
-from checkpoints import (CHECKPOINT, RESUME, Checkpoints, check_checkpoint, check_same_run, checkpoint_config,
-                         checkpoint_data, host_copy, load_checkpoint, load_weights)
-from common import Progress, UsageError, duration, safe_output
-from data import EMBEDDINGS_FILE, DataError, Scenario, Views, load_scenario, resolve_scenario
-from data_checks import check_cases, data_warnings
-from evaluate import (PROTOCOLS, NonFiniteScores, eval_batch, eval_cases, metrics, negatives, rank_cases,
-                      target_items, to_device, warm_items)
-from ifcdsr import CPU_CHUNK, IFCDSR, Config, host_to, shapes
-from rows import ROWS, needs_images
-from run_folder import Interrupted, check_run_folder, interrupted, lock_run_folder, output_folder, save_run
-from settings import Settings
+from data import (EMBEDDINGS_FILE, SPLIT_FILES, DataError, Progress, Scenario, Views, atomic_write,
+                  atomic_write_all, atomic_write_text, duration, fetch_list, file_problem, load_scenario,
+                  read_users, resolve_scenario)
+from evaluate import (PROTOCOLS, NonFiniteScores, RunResults, check_cases, data_warnings, eval_batch, eval_cases, grid_text,
+                      metrics, negatives, point_name, print_run, rank_cases, target_items, to_device, top_items,
+                      warm_items)
+from ifcdsr import CPU_CHUNK, IFCDSR, PRINTED, RANGES, Config, ConfigError, host_to, shapes
 
 SELECT = ("sampled999", "MRR")  # the validation number that selects epochs and hyper-parameters
 
@@ -329,7 +335,7 @@ def train_row(name: str, cfgs: dict[str, Config], scen: Scenario, device, folder
     for targets in target_groups(name, cfgs):
         points, best = {target: [] for target in targets}, {}
         for point, sub in trainings(name, grid, folder):
-            prefix = f"[{label} {'+'.join(targets)}{' ' + report.point_name(point) if point else ''}] "
+            prefix = f"[{label} {'+'.join(targets)}{' ' + point_name(point) if point else ''}] "
             trainers = train_point(name, {t: cfgs[t].replace(**point) for t in targets}, scen, device, sub, resume,
                                    progress, prefix)
             for target, trainer in trainers.items():
@@ -385,14 +391,14 @@ def train_point(name: str, cfgs: dict[str, Config], scen: Scenario, device, fold
 def grid_points(name: str, grid: dict) -> list[dict]:
     """The distinct points at which row `name` trains: the product of the lists of the --grid fields that act
     on it, in the order given; one empty point without --grid, or where no field of it acts on the row."""
-    lists = {k: v for k, v in grid.items() if settings.rows_of(k, [name])}
+    lists = {k: v for k, v in grid.items() if rows_of(k, [name])}
     return [dict(zip(lists, values)) for values in itertools.product(*lists.values())]
 
 
 def trainings(name: str, grid: dict, folder: Path) -> list[tuple[dict, Path]]:
     """The trainings of one row and seed: (point, folder) of each of its grid points, the folder named after
     the point's values (`lr=0.001,weight_decay=0.0001`); without one, the row's own."""
-    return [(point, folder / report.point_name(point) if point else folder) for point in grid_points(name, grid)]
+    return [(point, folder / point_name(point) if point else folder) for point in grid_points(name, grid)]
 
 
 def model_config(model: str, cfg: Config, target: str, seed: int) -> Config:
@@ -408,9 +414,9 @@ def run(s: Settings) -> int:
     """The rows, seeds and target domains of a run, each trained (or ranked) into the run folder; then
     results.json, test_ranks.npz and the tables. A Ctrl-C from the run folder on names it."""
     name, folder = resolve_scenario(s.scenario, s.data_dir)
-    models = settings.choose_models(s.models, s.no_image, s.no_multi_attention, name,
+    models = choose_models(s.models, s.no_image, s.no_multi_attention, name,
                                     (folder / EMBEDDINGS_FILE).exists())
-    settings.check_used(s.given, models, s.grid)
+    check_used(s.given, models, s.grid)
     out = output_folder(s.out, name, s.resume)
     try:
         return train_rows(s, name, folder, models, out)
@@ -428,11 +434,11 @@ def train_rows(s: Settings, name: str, folder: Path, models: list[str], out: Pat
     print(f"scenario {name} ({folder}): |X| = {scen.items.num_x}, |Y| = {scen.items.num_y}, "
           f"{len(scen.train)} train / {len(scen.valid)} valid / {len(scen.test)} test sequences; "
           f"device {s.device}; models {', '.join(models)}; seeds {', '.join(map(str, s.seeds))}; output {out}\n"
-          f"readings: {settings.readings(s.cfg)}" + (f"; --grid {report.grid_text(s.grid)}, chosen per row on "
+          f"readings: {readings(s.cfg)}" + (f"; --grid {grid_text(s.grid)}, chosen per row on "
                                                       f"validation" if s.grid else ""), flush=True)
     print("".join(f"warning: {note}\n" for note in data_warnings(scen, s.targets)), end="", flush=True)
     result = partial(row_result, s=s, scen=scen, out=out, progress=RunProgress(models, s.seeds, s.targets, s.grid))
-    collected = report.RunResults({
+    collected = RunResults({
         "scenario": name, "data_dir": str(folder), "data_sha256": scen.data_sha256, "config": asdict(s.cfg),
         "literal": s.literal, "deterministic": s.deterministic, "models": models, "seeds": s.seeds,
         **({"grid": s.grid} if s.grid else {})}, warm_items(scen))
@@ -442,7 +448,7 @@ def train_rows(s: Settings, name: str, folder: Path, models: list[str], out: Pat
     results, ranks = collected.finish()
     save_run(out, results, ranks)
     lock.close()
-    report.print_run(results)  # the same as `python report.py RUN`
+    print_run(results)  # the same as `python py RUN`
     print(f"\nresults: {out / 'results.json'}")
     return 0
 
@@ -484,19 +490,738 @@ def eval_only(s: Settings) -> int:
         print(f"{split} ({state['model_name']}, {cfg.target}, epoch {state['epoch']}): " + ", ".join(
             f"{p}: " + " ".join(f"{m} {v:.2f}" for m, v in res[p].items()) for p in PROTOCOLS))
     if s.export:
-        report.export(trainer, s.export, s.k)
+        export(trainer, s.export, s.k)
     return 0
+
+
+# ----------------------------------------------------------------------------- the command line
+
+
+def safe_output() -> None:
+    """A terminal or file whose encoding cannot write τ, α or ± (PYTHONIOENCODING=ascii, a C locale) gets
+    them as escapes like \\u03c4 instead of ending the command with a UnicodeEncodeError."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+
+
+class UsageError(Exception):
+    """A bad command line or checkpoint; the message says what to do (train.py prints it and exits with 2)."""
+
+
+def bounded(kind: type, low: int | float, high: int | float) -> Callable[[str], int | float]:
+    """An argparse type: a finite int or float in [low, high]. Anything else (nan, inf, out of range, not a
+    number) stops the command before any work, with exit code 2 and a message that gives the range."""
+    what = f"an integer in [{low:,}, {high:,}]" if kind is int else f"a number in [{low:g}, {high:g}]"
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not low <= value <= high:  # False for nan
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+
+    return parse
+
+
+DEMO_EPOCHS = 5  # the demo's default, so that `python train.py` ends within 3 minutes on 2 CPU cores
+GRID = {"lr": [1e-3, 5e-4, 1e-4], "weight_decay": [1e-4, 5e-5, 1e-5]}  # paper §4's 3x3 grid: a bare --grid
+NOT_GRIDDED = {  # Config fields that --grid refuses besides the per-training ones, and why
+    "max_len": "the scenario's sequences are cut to max_len once a run; run one command per value "
+               "(--set max_len=N)",
+    "score_chunk": "it sets memory only: every value gives the same numbers; set it with --set score_chunk=N"}
+MAX_SEEDS = 1000
+TRAINING = ("epochs", "lr", "weight_decay", "batch_size", "patience", "eval_every", "seed", "seeds", "grid")
+READINGS = ("temperature", "loss_norm", "softmax_over", "literal")  # IFCDSR's flags besides α, λ1, λ2
+CONFLICTS = {  # pairs of flags refused together, and why
+    ("scenario", "data_dir"): "--data-dir is the scenario folder itself",
+    ("ablation", "no_image"): "--ablation trains Table 4's rows with and without images and views",
+    ("ablation", "no_multi_attention"): "--ablation trains Table 4's rows with and without images and views",
+    ("compare", "no_multi_attention"): "the IFCDSR rows without the three views are --models original,image_fusion",
+    ("models", "no_multi_attention"): "the IFCDSR rows without the three views are --models original,image_fusion",
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What one command does, read once from its flags (`read`); every step receives the fields it uses."""
+    cfg: Config  # every training's config, before its row's flags, its target and its seed
+    grid: dict  # --grid: {field: [values]}, searched on validation; {} without --grid
+    seeds: list  # the training seeds
+    targets: tuple  # the target domains: ("X", "Y") for --target both
+    models: str | None  # --models: a preset of rows.PRESETS or rows, comma-separated; None: the default rows
+    no_image: bool  # --no-image
+    no_multi_attention: bool  # --no-multi-attention
+    scenario: str | None  # --scenario
+    data_dir: str | None  # --data-dir
+    device: torch.device
+    out: str | None  # --out: the run folder; None: runs/<scenario>-<time>
+    resume: bool  # --resume
+    literal: bool  # --literal: the equations as printed, recorded in results.json
+    deterministic: bool  # --deterministic
+    eval_only: Path | None  # --eval-only CKPT
+    export: Path | None  # --export FILE
+    k: int  # --export's k
+    given: tuple  # the flags on the command line (argparse's names), for the messages that name them
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The command line; `given` lists the flags given (argparse's names), whatever their values."""
+    p = argparse.ArgumentParser(description="Train and evaluate IFCDSR and the baselines (README has the details).")
+    p.add_argument("--scenario", help="demo (default), food_kitchen or movie_book")
+    p.add_argument("--data-dir", help="any C2DSR-format scenario folder (overrides --scenario)")
+    p.add_argument("--target", default="both", choices=("X", "Y", "both"), help="target domain of Eq. 7-9")
+    p.add_argument("--models", help=f"rows to run, comma-separated: {', '.join(ROWS)}; or a preset: "
+                                    f"{', '.join(PRESETS)}")
+    p.add_argument("--compare", action="store_true",
+                   help=f"--models compare, the rows of Tables 2/3: {','.join(PRESETS['compare'])}")
+    p.add_argument("--seeds", help="K seeds (0..K-1) or a list a,b,c; every model is trained once per seed")
+    p.add_argument("--no-image", action="store_true", help="ID branch only (α = 1)")
+    p.add_argument("--no-multi-attention", action="store_true", help="only the merged view S^{X+Y}")
+    p.add_argument("--ablation", action="store_true", help="--models ablation: train the three rows of Table 4")
+    p.add_argument("--grid", nargs="*", metavar="FIELD=V1,V2",
+                   help="train every row at each point of these Config fields' values and keep, per row and seed, "
+                        "the best on validation; bare: the paper's lr x L2 grid")
+    for flag, kind, what in (("--epochs", int, "epochs"), ("--lr", float, "learning rate"),
+                             ("--weight-decay", float, "L2 coefficient"), ("--alpha", float, "α (Eq. 5)"),
+                             ("--lambda1", float, "λ1 (Eq. 7/8)"), ("--lambda2", float, "λ2 (Eq. 7/8)"),
+                             ("--temperature", float, "τ dividing Eq. 2; 1 = as printed"),
+                             ("--batch-size", int, "mini-batch size"), ("--patience", int, "early stopping"),
+                             ("--eval-every", int, "validate every N epochs"),
+                             ("--seed", int, "one training seed (initialisation and batch order)")):
+        p.add_argument(flag, type=bounded(kind, *RANGES[flag[2:].replace("-", "_")]),
+                       help=f"{what} (default: see ifcdsr.Config)")
+    p.add_argument("--loss-norm", choices=("mean", "sum"), help="Eq. 6/7: each view's mean, or the sum as printed")
+    p.add_argument("--softmax-over", choices=("all", "domain"),
+                   help="Eq. 3/4: all N items, or each view's own domain as printed")
+    p.add_argument("--literal", action="store_true",
+                   help=f"pin the equations as printed ({', '.join(f'{k} {v}' for k, v in PRINTED.items())}) whatever "
+                        f"the defaults, refuse a reading flag that differs, and record it in results.json")
+    p.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
+                   help="any ifcdsr.Config field, e.g. --set q=32 dropout=0.1 (the flags above are shortcuts)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--deterministic", action="store_true",
+                   help="deterministic kernels only: a seeded CUDA run and its resume agree bit for bit (slower)")
+    p.add_argument("--out", help="output folder (default runs/<scenario>-<time>)")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out (or the latest)")
+    p.add_argument("--eval-only", metavar="CKPT", help="evaluate a best_*.pt checkpoint on valid and test")
+    p.add_argument("--export", metavar="FILE", help="with --eval-only: each test case's top-k items, as TSV")
+    p.add_argument("--k", type=bounded(int, 1, 10_000), help="--export's k (default 10)")
+    args = p.parse_args(argv)
+    if args.export and not args.eval_only or args.k and not args.export:
+        p.error("--export FILE needs --eval-only CKPT" if args.export else "--k needs --export FILE")
+    if args.export and (Path(args.export).exists() or not Path(args.export).parent.is_dir()):
+        p.error(f"--export {args.export}: {'already exists' if Path(args.export).exists() else 'no such folder'}; "
+                f"choose another file")
+    absent = object()
+    p.set_defaults(**dict.fromkeys(vars(args), absent))  # parsed again, every flag not given is `absent`
+    args.given = [k for k, v in vars(p.parse_args(argv)).items() if v is not absent]
+    return args
+
+
+def read(args) -> Settings:
+    """The parsed command line as Settings, every flag checked before any work."""
+    check_flags(args.given, args.eval_only)
+    cfg = make_config(args)
+    grid = parse_grid(args.grid, parse_sets(args.set), args.given, args.literal, cfg)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
+                          else "cpu" if args.device == "auto" else args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device is available; use --device cpu.")
+    if sum(map(bool, (args.models, args.compare, args.ablation))) > 1:
+        raise UsageError("give one of --models, --compare and --ablation.")
+    return Settings(
+        cfg=cfg, grid=grid, seeds=parse_seeds(args.seeds, args.seed),
+        targets=("X", "Y") if args.target == "both" else (args.target,),
+        models="compare" if args.compare else "ablation" if args.ablation else args.models,
+        no_image=args.no_image, no_multi_attention=args.no_multi_attention, scenario=args.scenario,
+        data_dir=args.data_dir, device=device, out=args.out, resume=args.resume, literal=args.literal,
+        deterministic=args.deterministic, eval_only=Path(args.eval_only) if args.eval_only else None,
+        export=Path(args.export) if args.export else None, k=args.k or 10, given=tuple(args.given))
+
+
+def parse_seeds(seeds: str | None, seed: int | None) -> list[int]:
+    """--seeds K (0..K-1) or a list a,b,c; --seed S alone is one seed; the default is seed 0."""
+    if seeds is None:
+        return [0 if seed is None else seed]
+    if seed is not None:
+        raise UsageError("give either --seed S or --seeds K|a,b,c, not both.")
+    low, high = RANGES["seed"]
+    expected = (f"expected a count K in [1, {MAX_SEEDS}] (seeds 0..K-1) or a list of at most {MAX_SEEDS} distinct "
+                f"seeds in [{low}, {high:,}], like 0,3,7")
+    try:
+        chosen = [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        raise UsageError(f"--seeds {seeds!r}: {expected}.") from None
+    if "," not in seeds:
+        chosen = list(range(chosen[0])) if len(chosen) == 1 and 1 <= chosen[0] <= MAX_SEEDS else []
+    if not 1 <= len(chosen) <= MAX_SEEDS or not low <= min(chosen) <= max(chosen) <= high \
+            or len(set(chosen)) != len(chosen):
+        raise UsageError(f"--seeds {seeds!r}: {expected}.")
+    return chosen
+
+
+def choose_models(models: str | None, no_image: bool, no_multi_attention: bool, name: str,
+                  has_images: bool) -> list[str]:
+    """The rows to run, in the tables' order: those of --models (a preset or a list of rows); without it the
+    default preset (on the demo scenario the demo's), whose IFCDSR row is the variant --no-image and
+    --no-multi-attention ask for."""
+    if models is None:
+        preset = "demo" if name == "demo" and not (no_image or no_multi_attention) else "default"
+        chosen = [variant(ROWS[m].use_image and not no_image, ROWS[m].multi_attention and not no_multi_attention)
+                  if ROWS[m].ifcdsr else m for m in PRESETS[preset]]
+        return [m for m in ROWS if m in chosen]
+    chosen = PRESETS.get(models) or [m.strip() for m in models.split(",") if m.strip()]
+    unknown = [m for m in chosen if m not in ROWS]
+    if unknown or not chosen:
+        raise UsageError(f"--models {models!r}: " + (f"unknown model(s) {unknown}" if unknown else "names no model")
+                         + f"; expected a comma-separated list of {', '.join(ROWS)}, or a preset "
+                           f"({', '.join(PRESETS)}).")
+    why = "--no-image" if no_image else f"the scenario has no {EMBEDDINGS_FILE}"
+    if (no_image or not has_images) and models == "compare":
+        if any(map(needs_images, chosen)):
+            print(f"{why}: running only the rows that need no image embeddings", flush=True)
+        chosen = [m for m in chosen if not needs_images(m)]
+    elif (no_image or not has_images and models not in PRESETS) and any(map(needs_images, chosen)):
+        raise UsageError(f"--models {','.join(m for m in chosen if needs_images(m))} need(s) image embeddings, "
+                         f"but {why}. Build them (tools/embed.py) or leave those rows out." + fetch_list(name))
+    return [m for m in ROWS if m in chosen]
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def check_flags(given: list[str], eval_only: str | None) -> None:
+    """Before any work: flags that cannot both act are refused, naming both."""
+    if eval_only:
+        dropped = [flag(k) for k in given
+                   if k not in ("eval_only", "scenario", "data_dir", "device", "deterministic", "export", "k")]
+        if dropped:
+            raise UsageError(f"--eval-only evaluates the checkpoint as it was trained (its model, target, config "
+                             f"and folder) and writes nothing but --export's file; drop {', '.join(dropped)}.")
+    for (a, b), why in CONFLICTS.items():
+        if a in given and b in given:
+            raise UsageError(f"{flag(a)} and {flag(b)} cannot both act: {why}; drop one of them.")
+
+
+def acts_on(models: list[str]) -> dict[str, list[str]]:
+    """The rows of `models` that each flag acts on: --alpha on a row with images, λ1 and λ2 on one with the three
+    views, the readings on an IFCDSR row, the training flags on a trained row. A Config field not named here
+    (lr, q, dropout, ...) acts on every trained row (`rows_of`)."""
+    trained = [m for m in models if ROWS[m].trained]
+    ifcdsr = [m for m in trained if ROWS[m].ifcdsr]
+    views = [m for m in ifcdsr if ROWS[m].multi_attention]
+    return {"alpha": [m for m in ifcdsr if ROWS[m].use_image], "lambda1": views, "lambda2": views,
+            **dict.fromkeys(READINGS, ifcdsr),
+            **dict.fromkeys(TRAINING, trained)}
+
+
+def rows_of(field: str, models: list[str]) -> list[str]:
+    """The rows of `models` that a Config field (a --grid field) acts on."""
+    return acts_on(models).get(field, [m for m in models if ROWS[m].trained])
+
+
+def check_used(given: tuple, models: list[str], grid: dict) -> None:
+    """Every flag given, and every field of --grid, acts on at least one of the rows run (`acts_on`)."""
+    idle = [flag(k) for k, rows in acts_on(models).items() if k in given and not rows]
+    idle += [f"--grid {k}" for k in grid if not rows_of(k, models) and "--grid" not in idle]
+    if idle:
+        chosen = next((flag(k) for k in ("models", "compare", "ablation", "no_image", "no_multi_attention")
+                       if k in given), "the default rows")
+        one = len(idle) == 1
+        raise UsageError(f"{', '.join(idle)}: act{'s' if one else ''} on none of the rows of {chosen} "
+                         f"({', '.join(models)}); drop {'it' if one else 'them'}, or choose rows "
+                         f"{'it acts' if one else 'they act'} on with --models.")
+
+
+def make_config(args) -> Config:
+    """The config of the flags, --set and --literal, on top of Config's defaults (the demo's epochs on the demo)."""
+    sets = parse_sets(args.set)
+    overrides = {k: getattr(args, k) for k in ("epochs", "lr", "weight_decay", "alpha", "lambda1", "lambda2",
+                                               "temperature", "batch_size", "patience", "eval_every", "loss_norm",
+                                               "softmax_over")
+                 if getattr(args, k) is not None}
+    if args.epochs is None and "epochs" not in sets and args.data_dir is None and args.scenario in (None, "demo") \
+            and not args.eval_only:
+        overrides["epochs"] = DEMO_EPOCHS
+    differ = sorted(k for k in sets.keys() & overrides.keys() if sets[k] != overrides[k])
+    if differ:
+        raise UsageError(f"--set {differ[0]}={sets[differ[0]]} and --{differ[0].replace('_', '-')} "
+                         f"{overrides[differ[0]]} disagree; give the value once.")
+    overrides.update(sets)
+    if args.literal:
+        both = sorted(f"--set {k}" if k in sets else f"--{k.replace('_', '-')}"
+                      for k in PRINTED.keys() & overrides.keys())
+        if both:
+            raise UsageError(f"--literal sets {', '.join(PRINTED)} as printed; drop {' and '.join(both)} or --literal.")
+        overrides.update(PRINTED)
+    try:
+        return Config().replace(**overrides)  # the flags' types have checked their values against Config's RANGES
+    except ConfigError as err:  # a --set value outside its range, or n_heads that does not divide q
+        raise UsageError(f"--set: {err}.") from None
+
+
+PER_TRAINING = {"target": "--target", "seed": "--seed or --seeds", "use_image": "--no-image or --models",
+                "multi_attention": "--no-multi-attention or --models"}  # Config fields that each training sets
+
+
+def parse_sets(pairs: list[str]) -> dict:
+    """--set FIELD=VALUE ... -> {field: value}, each value read as the type of the field's default (a bool
+    as true or false); the ranges are Config.check's."""
+    sets = {}
+    for pair in pairs:
+        field, value = parse_value(pair, "--set")
+        if field in sets and sets[field] != value:
+            raise UsageError(f"--set gives {field} twice ({sets[field]} and {value}); give it once.")
+        sets[field] = value
+    return sets
+
+
+def parse_value(pair: str, option: str) -> tuple[str, object]:
+    """FIELD=VALUE of `option` (--set or --grid) -> (field, value), the value read as the type of the field's
+    default (a bool as true or false); a field that each training sets is refused."""
+    defaults = asdict(Config())
+    field, eq, text = pair.partition("=")
+    if field not in defaults or not eq:
+        what = "expected FIELD=VALUE" if not eq else f"ifcdsr.Config has no field {field!r}"
+        raise UsageError(f"{option} {pair}: {what}; the fields are {', '.join(defaults)}.")
+    if field in PER_TRAINING:
+        raise UsageError(f"{option} {pair}: {field} is decided for each training; use {PER_TRAINING[field]}.")
+    kind = type(defaults[field])
+    try:
+        return field, {"true": True, "false": False}[text] if kind is bool else kind(text)
+    except (KeyError, ValueError):
+        expected = {bool: "true or false", int: "an integer", float: "a number"}.get(kind, "text")
+        raise UsageError(f"{option} {pair}: {field} takes {expected} (default {defaults[field]}), "
+                         f"found {text!r}.") from None
+
+
+def parse_grid(pairs: list[str] | None, sets: dict, given: list[str], literal: bool, cfg: Config) -> dict[str, list]:
+    """--grid FIELD=V1,V2,... -> {field: [values]} in the order given ({} without --grid; a bare --grid is
+    GRID, the paper's lr x L2 grid). Each value is typed as --set types it; every point of the grid (the
+    product of the lists) is checked against Config's ranges on top of `cfg`. A field that the grid searches
+    may not also be given by its flag, by --set or by --literal."""
+    if pairs is None:
+        return {}
+    grid = {}
+    for pair in pairs:
+        field, eq, text = pair.partition("=")
+        if not eq or not text or field in grid:
+            what = f"gives {field} twice" if field in grid else "gives no value"
+            raise UsageError(f"--grid {pair}: {what}; expected FIELD=V1,V2,... (one list per field), like "
+                             f"--grid temperature=1,0.1.")
+        values = [parse_value(f"{field}={v}", "--grid")[1] for v in text.split(",")]
+        repeated = [v for i, v in enumerate(values) if v in values[:i]]
+        if field in NOT_GRIDDED or repeated:
+            why = f"{field} cannot be searched: {NOT_GRIDDED[field]}" if field in NOT_GRIDDED else \
+                f"lists {repeated[0]} twice; give each value once"
+            raise UsageError(f"--grid {pair}: {why}.")
+        grid[field] = values
+    grid = grid or GRID
+    for field, values in grid.items():
+        why = "--grid searches lr and L2 itself (paper §4's 3x3 grid)" if not pairs else \
+            f"--grid searches {field} itself ({grid_text({field: values})})"
+        twice = [flag(field)] * (field in given) + [f"--set {field}"] * (field in sets) + \
+            ["--literal"] * (literal and field in PRINTED)
+        if twice:
+            raise UsageError(f"--grid and {twice[0]} cannot both act: {why}; drop one of them.")
+    for point in itertools.product(*grid.values()):
+        try:
+            cfg.replace(**dict(zip(grid, point)))
+        except ConfigError as err:  # a value outside its range, or n_heads that does not divide q
+            raise UsageError(f"--grid: at {point_name(dict(zip(grid, point)))}: {err}.") from None
+    return grid
+
+
+def readings(cfg: Config) -> str:
+    """The open readings of a config, in one line for the run header."""
+    printed = all(getattr(cfg, k) == v for k, v in PRINTED.items())
+    return (f"τ = {cfg.temperature:g}, loss {cfg.loss_norm}, softmax over {cfg.softmax_over} items"
+            + (" (the equations as printed)" if printed else " (not as printed; --literal pins the printed forms)"))
+
+
+# ----------------------------------------------------------------------------- the rows
+
+
+@dataclass(frozen=True)
+class Row:
+    """One model of the tables. An IFCDSR row is its two Config flags; a baseline is its class in baselines.py;
+    popularity trains nothing. A baseline and popularity read neither flag: their configs record the values below.
+
+    Note: Table 4's rows read as: "original framework" = ID only and the merged view S^{X+Y} alone; "+ image
+    fusion" adds the image branch; "+ multiple attention" (the three views) is IFCDSR.
+    """
+    baseline: type | None = None  # a baseline's class; None for an IFCDSR row and for popularity
+    use_image: bool = False  # Config.use_image: the image branch (Eq. 5); a row with it needs image embeddings
+    multi_attention: bool = True  # Config.multi_attention: the three views; False: S^{X+Y} alone
+    trained: bool = True  # False: popularity ranks by training counts, once (seed None), with no checkpoint
+
+    @property
+    def ifcdsr(self) -> bool:
+        return self.trained and self.baseline is None
+
+    @property
+    def shared(self) -> bool:
+        """One training serves every target domain: a merged baseline's loss predicts every next item of
+        S^{X+Y} over all N items, whatever the target; only its validation (so its best epoch), its test and
+        its candidates are the target domain's. IFCDSR's Eq. 7 weighs the views by the target, so it trains
+        once per target domain, as do the `_target` rows."""
+        return self.baseline is not None and self.baseline.merged
+
+    def flags(self) -> dict:
+        """The Config fields that the row sets for each of its trainings."""
+        return {"use_image": self.use_image, "multi_attention": self.multi_attention}
+
+
+ROWS = {  # every row, in the paper's order: baselines first, IFCDSR last
+    "popularity": Row(trained=False),
+    "gru4rec": Row(baselines.GRU4Rec),
+    "sasrec": Row(baselines.SASRec),
+    "gru4rec_target": Row(baselines.GRU4RecTarget),
+    "sasrec_target": Row(baselines.SASRecTarget),
+    "original": Row(use_image=False, multi_attention=False),  # Table 4 row 1
+    "image_fusion": Row(use_image=True, multi_attention=False),  # Table 4 row 2
+    "ifcdsr_id": Row(use_image=False, multi_attention=True),  # --no-image
+    "ifcdsr": Row(use_image=True, multi_attention=True),  # Table 4 row 3: + multiple attention
+}
+PRESETS = {  # --models NAME: a named set of rows
+    "default": ("popularity", "ifcdsr"),
+    "demo": ("popularity", "ifcdsr_id", "ifcdsr"),  # the demo's default: the ID-only model shows what images add
+    "compare": ("popularity", "gru4rec", "sasrec", "ifcdsr_id", "ifcdsr"),  # --compare: Tables 2/3's rows
+    "ablation": ("popularity", "original", "image_fusion", "ifcdsr"),  # --ablation: Table 4's rows
+}
+
+
+def variant(use_image: bool, multi_attention: bool) -> str:
+    """The IFCDSR row of these two flags."""
+    return next(name for name, row in ROWS.items() if row.ifcdsr and row.flags() == {
+        "use_image": use_image, "multi_attention": multi_attention})
+
+
+def needs_images(name: str) -> bool:
+    return ROWS[name].use_image
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+CHECKPOINT = {"model_name", "model", "config", "scenario", "data_dir", "data_sha256", "images_sha256", "num_x",
+              "num_y", "epoch", "best_valid"}  # what evaluation needs, in best_*.pt: tensors, numbers, strings, dicts
+RESUME = {"optimizer", "bad", "history", "rng"}  # what a resume needs besides, in last_*.pt only
+SCHEDULE = ("epochs", "patience", "eval_every")  # the settings a --resume may change: e.g. train a finished run longer
+
+
+def save(state: dict, path: Path) -> None:
+    """A checkpoint, written whole or not at all."""
+    def write(f):
+        try:
+            torch.save(state, f)
+        except RuntimeError as err:  # torch's zip writer reports a failed write (a full disk) as a RuntimeError
+            raise OSError(f"{path}: could not be written ({str(err).splitlines()[0][:200]}); is the disk full? "
+                          f"The previous checkpoint is kept: free space and continue with --resume.") from None
+    atomic_write(path, write)
+
+
+def host_copy(state):
+    """`state` with every tensor copied to host memory and every container rebuilt: what training changes
+    afterwards (parameters, Adam's moments, the history list) no longer reaches it. A device's copies are
+    queued in stream order without waiting, into page-locked memory; `done` is set once they have landed."""
+    def copy(x):
+        if not isinstance(x, torch.Tensor):
+            return x
+        if x.device.type == "cpu":
+            return x.detach().clone()
+        return torch.empty(x.shape, dtype=x.dtype, pin_memory=True).copy_(x.detach(), non_blocking=True)
+    snapshot = tree_map(copy, state)
+    done = torch.cuda.Event() if torch.cuda.is_available() and any(
+        isinstance(t, torch.Tensor) and t.is_cuda for t in tree_leaves(state)) else None
+    if done is not None:
+        done.record()
+    return snapshot, done
+
+
+class Checkpoints:
+    """Checkpoints written by a background thread while the next epoch trains: `write` snapshots the states
+    (`host_copy`) and returns; the thread waits for the copies, then `save`s each file whole. One write is in
+    flight at a time (the next waits for it), and `wait` returns once it is on disk, re-raising its error."""
+
+    def __init__(self):
+        self.thread, self.error = None, None
+
+    def write(self, states: dict[Path, dict]) -> None:
+        self.wait()
+        snapshots = {path: host_copy(state) for path, state in states.items()}
+
+        def work():
+            try:
+                for path, (snapshot, done) in snapshots.items():
+                    if done is not None:
+                        done.synchronize()
+                    save(snapshot, path)
+            except BaseException as err:  # raised in the training thread by the next write or wait
+                self.error = err
+        self.thread = threading.Thread(target=work, name="checkpoints")
+        self.thread.start()
+
+    def wait(self, raise_error: bool = True) -> None:
+        if self.thread is not None:
+            self.thread.join()
+            self.thread = None
+        error, self.error = self.error, None
+        if error is not None and raise_error:
+            raise error
+
+
+def load_checkpoint(path: Path) -> dict:
+    """A checkpoint read as data (weights_only: tensors, numbers, strings, lists, dicts; nothing in the file
+    is executed) onto the CPU, whatever device wrote it, with the keys every checkpoint of this version holds.
+    `load_state_dict` then places each tensor where the model and the optimizer are."""
+    check_checkpoint_file(path)
+    refused = f"{path}: not an IFCDSR checkpoint ({{}}); nothing in it was run. Use a best_*.pt or last_*.pt " \
+              f"that train.py wrote."
+    try:  # torch.save writes a zip archive with the pickled state in <name>/data.pkl
+        with zipfile.ZipFile(path) as archive:
+            if not any(name.endswith("/data.pkl") for name in archive.namelist()):
+                raise UsageError(refused.format("a zip archive without the data.pkl that torch.save writes"))
+    except zipfile.BadZipFile:
+        raise UsageError(refused.format("not the zip archive that torch.save writes: a foreign or truncated "
+                                        "file")) from None
+    try:
+        with warnings.catch_warnings():  # torch warns about pickle protocols before it refuses a foreign pickle
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise UsageError(refused.format("UnpicklingError: its pickle asks for more than tensors, numbers, strings, "
+                                        "lists and dicts")) from None
+    except Exception as err:  # a damaged record inside a well-formed archive
+        raise UsageError(refused.format(f"{type(err).__name__}: torch could not read its records")) from None
+    if not isinstance(state, dict) or not CHECKPOINT <= state.keys():
+        missing = sorted(CHECKPOINT - state.keys()) if isinstance(state, dict) else type(state).__name__
+        raise UsageError(f"{path}: not an IFCDSR checkpoint of this version (missing {missing}); train again with "
+                         f"the same command to re-create it.")
+    known = {f.name for f in fields(Config)}
+    extra = sorted(state["config"].keys() - known) if isinstance(state["config"], dict) else "?"
+    if state["model_name"] not in ROWS or extra:
+        raise UsageError(f"{path}: not an IFCDSR checkpoint of this version (model {state['model_name']!r}, config "
+                         f"fields {extra} unknown); train again with the same command to re-create it.")
+    return state
+
+
+def load_weights(model: torch.nn.Module, state: dict, path: Path) -> None:
+    """The checkpoint's weights into `model`, or a UsageError naming the file: a checkpoint of an earlier form
+    of the same row (another shape, other parameters) does not fit."""
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as err:
+        raise UsageError(f"{path}: its weights do not fit this model ({str(err).splitlines()[0]}); train again "
+                         f"into another --out.") from None
+
+
+def check_checkpoint_file(path: Path) -> None:
+    """A checkpoint is read only if it is a regular file: a FIFO would block torch.load, /dev/zero fill memory."""
+    problem = file_problem(path)
+    if problem:
+        raise UsageError(f"{path}: {problem}; expected a best_*.pt or last_*.pt file that train.py wrote.")
+
+
+def check_checkpoint(state: dict, scen: Scenario, path: Path) -> None:
+    """The checkpoint was trained on this scenario's data: the same files (and image embeddings, if it used them)."""
+    data_differs = state["data_sha256"] != scen.data_sha256
+    # the embeddings matter where this command reads them, for a checkpoint that uses them
+    images_differ = scen.images_sha256 is not None and state["config"].get("use_image") and \
+        state["images_sha256"] != scen.images_sha256
+    if data_differs or images_differ:
+        what = "item and sequence files" if data_differs else "image embeddings"
+        raise UsageError(f"{path}: trained on other data: scenario {state['scenario']!r} in {state['data_dir']} "
+                         f"({state['num_x']}+{state['num_y']} items), whose {what} differ from those of "
+                         f"{scen.name} in {scen.path} ({scen.items.num_x}+{scen.items.num_y} items). Pass the data "
+                         f"it was trained on (--data-dir {state['data_dir']}), or start a new run with another --out.")
+
+
+def check_same_run(state: dict, name: str, cfg: Config, path: Path) -> None:
+    """A --resume continues the same training: the same model and config, but for the schedule."""
+    differs = sorted(k for k, v in asdict(cfg).items() if k not in SCHEDULE and state["config"].get(k) != v)
+    if state["model_name"] != name or differs:
+        raise UsageError(f"{path}: was written by {state['model_name']} with a different config "
+                         f"({', '.join(differs) or 'model'}); resume with the same flags (only --epochs, "
+                         f"--patience, --eval-every may change), or start a new run with another --out.")
+
+
+def checkpoint_config(state: dict, path: Path) -> Config:
+    """The config a checkpoint was trained with, checked against Config's ranges."""
+    try:
+        cfg = Config(**state["config"])
+        cfg.check()
+    except ConfigError as err:
+        raise UsageError(f"{path}: not an IFCDSR checkpoint of this version (config {err}).") from None
+    return cfg
+
+
+def checkpoint_data(scenario: str | None, data_dir: str | None, state: dict, path: Path) -> tuple[str, Path]:
+    """--eval-only's data: --data-dir or --scenario when given, else the folder the checkpoint records."""
+    if data_dir is not None or scenario is not None:
+        return resolve_scenario(scenario, data_dir)
+    folder = Path(state["data_dir"])
+    if not folder.is_dir():
+        raise UsageError(f"{path}: trained on {folder}, which is not there; pass that data with --data-dir DIR "
+                         f"or --scenario NAME.")
+    print(f"data: {folder}, as the checkpoint records (--data-dir DIR reads other data)", flush=True)
+    return state["scenario"], folder
+
+
+# ----------------------------------------------------------------------------- the run folder
+
+
+LOCK = ".lock"  # in every run folder: locked by the process that writes the folder, never read or written
+
+
+def save_run(out: Path, results: dict, ranks: dict) -> None:
+    """results.json and test_ranks.npz of a complete run (`ranks`: its arrays by npz key, `npz_ranks`),
+    both written whole before either replaces an earlier pair: a failed or interrupted run leaves the previous
+    files as they were."""
+    text = json.dumps(results, indent=1, allow_nan=False)  # strict JSON: a NaN or an infinity is an error
+    atomic_write_all({out / "results.json": lambda f: f.write(text.encode("utf-8")),
+                      out / "test_ranks.npz": lambda f: np.savez(f, **ranks)})
+
+
+def output_folder(out: str | None, name: str, resume: bool) -> Path:
+    """--out, or runs/<name>-<time> (with --resume, the latest such folder)."""
+    if out is None and resume:  # runs/<name>-YYYYmmdd-HHMMSS of exactly this scenario name
+        stamped = re.compile(re.escape(name) + r"-\d{8}-\d{6}")
+        found = sorted(p for p in Path("runs").glob(f"{name}-*") if stamped.fullmatch(p.name))
+        if not found:
+            raise UsageError(f"--resume: no earlier run of {name} under runs/; pass --out DIR.")
+        return found[-1]
+    out = Path(out or f"runs/{name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if out.is_symlink() and not out.exists():
+        raise UsageError(f"--out {out}: a symlink to {os.readlink(out)}, which does not exist; choose another --out.")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out}: is a file, not a folder; choose another --out.")
+    if not resume and holds_a_run(out):
+        raise UsageError(f"{out} already holds a run; pass --resume to continue it, or another --out.")
+    return out
+
+
+def holds_a_run(out: Path) -> bool:
+    return out.is_dir() and any(p.name != LOCK for p in out.iterdir())
+
+
+def lock_run_folder(out: Path, resume: bool):
+    """An exclusive lock on the run folder `out` (created if need be), held by the returned open file: a second
+    train.py into the same folder is refused at once, naming the holder. The kernel drops the lock when the
+    holder ends, however it ends, so the lock of a killed run never blocks. Without --resume the folder must
+    still hold nothing but the lock file: another run may have filled it since `output_folder` looked."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / LOCK
+    problem = "a symlink" if path.is_symlink() else path.exists() and file_problem(path)
+    if problem:  # opening a FIFO to write would block; a symlink could point anywhere
+        raise UsageError(f"{path}: {problem}, not the run's lock file; delete it and run again.")
+    lock = open(path, "ab")  # created once, never written: a finished run's files stay as they were
+    try:
+        fcntl.lockf(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        query = struct.pack("hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)  # struct flock: type, whence, start,
+        pid = struct.unpack("hhqqi4x", fcntl.fcntl(lock, fcntl.F_GETLK, query))[4]  # length, pid of the holder
+        lock.close()
+        raise UsageError(f"{out}: another train.py (process {pid}) is writing this run folder; wait until it ends "
+                         f"(or stop it), or choose another --out.") from None
+    if not resume and holds_a_run(out):
+        lock.close()
+        raise UsageError(f"{out} already holds a run; pass --resume to continue it, or another --out.")
+    return lock
+
+
+def check_run_folder(out: Path, scen: Scenario, planned: dict[Path, tuple[str, Config]]) -> None:
+    """Before --resume writes anything: the run folder's results and every checkpoint in it belong to this
+    scenario's data, and the checkpoints that this command continues (`planned`: path -> model, config) were
+    written by the same model and config."""
+    results = out / "results.json"
+    if results.is_file():
+        try:
+            recorded = json.loads(results.read_text())
+            recorded = {k: str(recorded[k]) for k in ("scenario", "data_dir", "data_sha256")}
+        except (ValueError, UnicodeDecodeError, TypeError, KeyError):
+            recorded = None  # unreadable: the resumed run rewrites it, and the checkpoints are checked below
+        if recorded and recorded["data_sha256"] != scen.data_sha256:
+            raise UsageError(f"{results}: a run trained on other data: scenario {recorded['scenario']!r} in "
+                             f"{recorded['data_dir']}, whose item and sequence files differ from those of {scen.name} "
+                             f"in {scen.path}. Resume it with --data-dir {recorded['data_dir']}, or start a new run "
+                             f"with another --out.")
+    for last in planned if results.exists() else []:  # a finished run: every planned training has its last_*.pt
+        best = last.with_name(last.name.replace("last_", "best_"))
+        if not last.exists() and not last.is_symlink() and (best.exists() or best.is_symlink()):
+            raise UsageError(f"{last}: missing from this finished run, though {best} is there: training could "
+                             f"continue neither from it (no optimiser state) nor anew (that would replace it). Put it "
+                             f"back, or delete {last.parent} to train this model again.")
+    for path in sorted(out.rglob("*.pt")) if out.is_dir() else []:
+        state = load_checkpoint(path)
+        check_checkpoint(state, scen, path)
+        if path in planned:
+            check_same_run(state, *planned[path], path)
+            best = path.with_name(path.name.replace("last_", "best_"))
+            if state["best_valid"] >= 0 and not best.exists() and not best.is_symlink():
+                raise UsageError(f"{best}: missing, though {path} records the validation MRR of its best epoch "
+                                 f"({state['best_valid']:.2f}). Put it back, or delete {path.parent} to train "
+                                 f"this model again.")
+
+
+class Interrupted(KeyboardInterrupt):
+    """A Ctrl-C (or SIGTERM) once the run folder `out` is chosen."""
+
+    def __init__(self, out: Path):
+        super().__init__()
+        self.out = out
+
+
+def interrupted(argv: list[str], out: Path | None) -> str:
+    """The Ctrl-C message: the exact command that continues the run in `out`, its --out included."""
+    if out is None or not out.is_dir():
+        return "interrupted before anything was written; run the same command again"
+    kept, skip = [], False
+    for arg in argv:  # the same flags but --out and --resume, which are given below
+        if not skip and arg not in ("--out", "--resume") and not arg.startswith("--out="):
+            kept.append(arg)
+        skip = arg == "--out"
+    return f"interrupted; continue with\n    {shlex.join(['python', 'train.py', *kept, '--resume', '--out', str(out)])}"
+
+
+def export(trainer, path: Path, k: int) -> None:
+    """train.py --eval-only's --export, from its `Trainer`: for every test case of the target domain, the user,
+    the history the model reads (its last max_len items, oldest first), the ground truth, its rank under both
+    protocols (the ranks of evaluation), and the k best-scored items with their scores (Eq. 8 for IFCDSR), as
+    TSV with a header; items as ASINs."""
+    scen, cfg, asins = trainer.scen, trainer.cfg, trainer.scen.items.asins
+    ranks = trainer.rank("test")  # the evaluation's own ranks
+    cases = trainer.cases["test"][0]
+    in_target = (scen.test.target >= scen.items.num_x) == (cfg.target == "Y")  # as evaluate.eval_cases selects
+    users = [u for u, keep in zip(read_users(scen.path / SPLIT_FILES["test"]), in_target.tolist()) if keep]
+    with trainer.exact():
+        top, top_score = top_items(trainer.scorer(), cases, trainer.items, trainer.device, trainer.eval_batch(), k,
+                                   scen.items.num_items)
+    head = ["user", "history", "ground_truth", *(f"rank_{p}" for p in PROTOCOLS),
+            *(f"{c}_{i}" for i in range(1, top.shape[1] + 1) for c in ("item", "score"))]
+    lines = ["\t".join(head)]
+    for j, user in enumerate(users):
+        history = " ".join(asins[i] for i in cases.history.xy[j].tolist() if i != scen.items.num_items)
+        lines.append("\t".join([user, history, asins[cases.target[j]], *(f"{ranks[p][j]:.1f}" for p in PROTOCOLS),
+                                *(x for i, v in zip(top[j].tolist(), top_score[j].tolist())
+                                  for x in (asins[i], f"{v:.6g}"))]))
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    print(f"wrote {path}: the top {top.shape[1]} items of {len(users):,} test cases (target {cfg.target})")
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
-        args = settings.parse_args(argv)
+        args = parse_args(argv)
     except SystemExit as exit_:  # argparse has printed what is wrong (or the help)
         return exit_.code
     deterministic = torch.are_deterministic_algorithms_enabled()
     try:
-        s = settings.read(args)
+        s = read(args)
         if s.deterministic:  # cuBLAS needs its workspace fixed before its first call to be deterministic
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True)

@@ -24,9 +24,9 @@ import sys
 import torch
 
 import ifcdsr
-from common import bounded, safe_output
 from data import make_eval_set, make_train_set
 from ifcdsr import IFCDSR, PRINTED, RANGES, Config
+from train import bounded, safe_output
 
 FOOD = ["espresso", "green tea", "chocolate", "olive oil", "pasta"]  # domain X: ids 0-4
 KITCHEN = ["moka pot", "teapot", "grater", "saucepan"]  # domain Y: ids 5-8

@@ -1,4 +1,4 @@
-"""HTTP downloads of item images for `python amazon.py images`: one image per call, retried when the failure
+"""HTTP downloads of item images for `python -m tools.amazon images`: one image per call, retried when the failure
 is transient, checked to decode completely, and saved whole or not at all; every item's, `workers` at a time,
 with the count of each outcome."""
 from __future__ import annotations
@@ -16,7 +16,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from common import Progress, atomic_write, check_pixels
+from clip_loader import check_pixels
+from data import Progress, atomic_write
 
 SAVED_FORMATS = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp"}  # saved as downloaded; other formats become PNG
 
@@ -99,11 +100,11 @@ def _as_image_file(data: bytes) -> tuple[str, bytes]:
     try:
         with Image.open(io.BytesIO(data)) as image:
             check_pixels(image)
-            image.load()  # decodes every pixel: a truncated file fails here rather than in embed.py
+            image.load()  # decodes every pixel: a truncated file fails here rather than in tools/embed.py
             if image.format in SAVED_FORMATS:
                 return SAVED_FORMATS[image.format], data
             converted = io.BytesIO()
-            image.convert("RGB").save(converted, "PNG")  # e.g. a GIF, whose suffix embed.py does not read
+            image.convert("RGB").save(converted, "PNG")  # e.g. a GIF, whose suffix tools/embed.py does not read
             return ".png", converted.getvalue()
     except Image.UnidentifiedImageError:
         raise _Failure("not an image") from None
@@ -137,7 +138,7 @@ def get_image(asin: str, url: str, no_url: str, files: list[Path], images_dir: P
     atomic_write(target, lambda f: f.write(data))  # a reader never sees half an image
     for path in stale:
         if path != target:
-            path.unlink()  # undecodable, and it would shadow the new file for embed.py
+            path.unlink()  # undecodable, and it would shadow the new file for tools/embed.py
     return True, "downloaded"
 
 

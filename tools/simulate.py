@@ -42,7 +42,7 @@ from torch.utils.flop_counter import flop_registry
 from torch.utils.weak import WeakTensorKeyDictionary
 
 aten = torch.ops.aten
-HERE = str(Path(__file__).resolve().parent)
+HERE = str(Path(__file__).resolve().parent.parent)  # the project: its files, not torch's
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,7 @@ def nbytes(t: torch.Tensor) -> int:
 def where_called() -> str:
     """The project line that led to the current op (outside torch)."""
     for frame in reversed(traceback.extract_stack()):
-        if frame.filename.startswith(HERE) and not frame.filename.endswith("simulate.py"):
+        if frame.filename.startswith(HERE) and not frame.filename.endswith("tools/simulate.py"):
             return f"{Path(frame.filename).name}:{frame.lineno} {frame.line}"
     return "?"
 

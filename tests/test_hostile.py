@@ -1,6 +1,6 @@
 """Files are data, never code, and every command survives hostile input.
 
-Each command (train.py, amazon.py images and build, embed.py) is fed bad files that the tests
+Each command (train.py, tools/amazon.py images and build, tools/embed.py) is fed bad files that the tests
 write themselves. Every case must end with exit code 2 and a message naming the file (and the line where
 there is one), or, where the command skips bad records by design, exit code 0 and a counted warning; never a
 traceback, never code from a file run, and never an existing output changed (run folders, image embeddings,
@@ -27,11 +27,9 @@ import numpy as np
 import pytest
 import torch
 
-import amazon
-import checkpoints
+from tools import amazon
 import clip_loader
-import embed
-import run_folder
+from tools import embed
 import train
 from conftest import line, run_cli
 from data import make_demo, read_items
@@ -279,10 +277,10 @@ def test_checkpoints_are_plain_data(trained):
     """Everything in a checkpoint loads with weights_only=True: tensors, numbers, strings, lists and dicts."""
     for path in trained.rglob("*.pt"):
         state = torch.load(path, weights_only=True)
-        assert checkpoints.CHECKPOINT <= state.keys() and isinstance(state["config"], dict)
+        assert train.CHECKPOINT <= state.keys() and isinstance(state["config"], dict)
 
 
-# ----------------------------------------------------------------------------- amazon.py
+# ----------------------------------------------------------------------------- tools/amazon.py
 
 
 @pytest.fixture
@@ -377,7 +375,7 @@ def test_amazon_build_survives_bad_review_files(case, content, code, message, tm
     assert got == 2 and "already exists" in text
 
 
-# ----------------------------------------------------------------------------- embed.py
+# ----------------------------------------------------------------------------- tools/embed.py
 
 
 EMBED = [  # (case, file under the scenario, content, exit code, expected text)
@@ -439,10 +437,10 @@ def test_embed_survives_bad_files(case, name, content, code, message, tmp_path, 
 
 # ----------------------------------------------------------------------------- killed at any moment
 
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parent.parent  # the project
 KILLER = """
 import io, os, signal, sys
-import common, torch
+import data, torch
 point, n, command = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 calls = 0
 
@@ -468,7 +466,7 @@ def half_then_kill(write_atomically):
 
 
 if command == "train":
-    import checkpoints, run_folder, train
+    import train
     if point == "step":  # right after the n-th optimiser step
         step = torch.optim.Adam.step
         def counted(self, *a, **k):
@@ -478,10 +476,10 @@ if command == "train":
             return out
         torch.optim.Adam.step = counted
     elif point == "checkpoint":
-        checkpoints.atomic_write = half_then_kill(common.atomic_write)
+        train.atomic_write = half_then_kill(data.atomic_write)
     elif point == "term":  # SIGTERM, handled as train.py's __main__ does, while test_ranks.npz is written
         signal.signal(signal.SIGTERM, train.stop)
-        run_folder.np.savez = lambda *a, **k: os.kill(os.getpid(), signal.SIGTERM)
+        train.np.savez = lambda *a, **k: os.kill(os.getpid(), signal.SIGTERM)
     elif point == "results":  # half-way through the final write of results.json and test_ranks.npz
         def write_all(writes):
             if tick():
@@ -490,11 +488,12 @@ if command == "train":
                     write(buffer)
                     path.with_name(path.name + ".tmp").write_bytes(buffer.getvalue()[:len(buffer.getvalue()) // 2])
                 os.kill(os.getpid(), signal.SIGKILL)
-            return common.atomic_write_all(writes)
-        run_folder.atomic_write_all = write_all
+            return data.atomic_write_all(writes)
+        train.atomic_write_all = write_all
     sys.exit(train.main(sys.argv[4:]))
 else:
-    import clip_loader, embed
+    import clip_loader
+    from tools import embed
     if point == "image":  # right after the n-th image is encoded
         encode = clip_loader.CLIP.encode_image
         def counted(self, image):
@@ -504,7 +503,7 @@ else:
             return out
         clip_loader.CLIP.encode_image = counted
     else:  # "write": half-way through the n-th file write
-        embed.atomic_write = half_then_kill(common.atomic_write)
+        embed.atomic_write = half_then_kill(data.atomic_write)
     folder = sys.argv[4]
     embed.embed(folder, folder + "/images", weights=folder + "/weights.pt", device="cpu", workers=0,
                 chunk_size=3, batch_size=1)
@@ -599,7 +598,7 @@ def test_every_numeric_flag_refuses_non_finite_and_out_of_range_values(command, 
                                                                         tmp_path, capsys):
     """0 (where it is out of range), negative, NaN, ±inf and huge values: exit code 2 before any work, a message
     that names the flag and its accepted range, and nothing written."""
-    import benchmark
+    from tools import benchmark
     out = tmp_path / "out"
     base = {"train": (train.main, ["--data-dir", tiny_dir, "--out", out]),
             "benchmark": (benchmark.main, ["--device", "cpu"]),
@@ -622,7 +621,7 @@ def test_embed_refuses_a_device_it_cannot_use(device, tmp_path, capsys):
 
 
 def test_benchmark_refuses_fewer_sequences_than_its_timed_steps(capsys):
-    import benchmark
+    from tools import benchmark
     code, text = call(benchmark.main, ["--items", 1000, "--seqs", 200, "--batch-size", 100, "--device", "cpu"], capsys)
     assert code == 2 and "--seqs 200: the 3 timed steps need at least 3 batches of --batch-size 100" in text
 
@@ -716,9 +715,9 @@ def test_resume_without_out_takes_a_run_of_exactly_this_scenario(tmp_path, monke
     monkeypatch.chdir(tmp_path)
     for name in ("Food-20260101-000000", "Food-Kitchen-20270101-000000", "Food-old"):
         (tmp_path / "runs" / name).mkdir(parents=True)
-    assert run_folder.output_folder(None, "Food", resume=True) == Path("runs/Food-20260101-000000")
+    assert train.output_folder(None, "Food", resume=True) == Path("runs/Food-20260101-000000")
     with pytest.raises(train.UsageError, match="no earlier run of Kitchen"):
-        run_folder.output_folder(None, "Kitchen", resume=True)
+        train.output_folder(None, "Kitchen", resume=True)
 
 
 LOPSIDED = [  # (case, lines of the valid file, item lists (|X|, |Y|), expected message)
@@ -766,9 +765,9 @@ RESUMES = [  # (case, what happens to the copy of the finished run, expected mes
     ("last checkpoint a symlink to /dev/zero", lambda run, mp: put(run / "ifcdsr" / "seed0" / "last_X.pt", "zero"),
      "last_X.pt: not a regular file but a character device"),
     ("a full disk at the final write", full_disk, "error: [Errno 28] No space left on device"),
-    ("the lock file a FIFO", lambda run, mp: put(run / run_folder.LOCK, "fifo"), ".lock: not a regular file but a FIFO, "
+    ("the lock file a FIFO", lambda run, mp: put(run / train.LOCK, "fifo"), ".lock: not a regular file but a FIFO, "
      "not the run's lock file; delete it and run again."),
-    ("the lock file a symlink", lambda run, mp: put(run / run_folder.LOCK, "zero"), ".lock: a symlink, not the run's lock"),
+    ("the lock file a symlink", lambda run, mp: put(run / train.LOCK, "zero"), ".lock: a symlink, not the run's lock"),
     ("last checkpoint deleted", lambda run, mp: (run / "ifcdsr" / "seed0" / "last_X.pt").unlink(),
      "last_X.pt: missing from this finished run, though "),
 ]
@@ -827,7 +826,7 @@ def test_one_process_per_run_folder_and_a_dead_holder_does_not_block(finished, t
     run, new = tmp_path / "run", tmp_path / "new"
     shutil.copytree(finished, run)
     new.mkdir()
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, run / run_folder.LOCK, new / run_folder.LOCK],
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, run / train.LOCK, new / train.LOCK],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline() == "locked\n"
@@ -844,7 +843,7 @@ def test_one_process_per_run_folder_and_a_dead_holder_does_not_block(finished, t
 def test_results_refuse_a_nan_and_write_nothing(tmp_path):
     """results.json is strict JSON: a NaN among the numbers is an error, and neither file is written."""
     with pytest.raises(ValueError, match="not JSON compliant"):
-        run_folder.save_run(tmp_path, {"summary": {"MRR": math.nan}}, {})
+        train.save_run(tmp_path, {"summary": {"MRR": math.nan}}, {})
     assert list(tmp_path.iterdir()) == []
 
 
@@ -923,7 +922,7 @@ def test_item_lists_ignore_trailing_whitespace_as_the_sequence_files_do(tiny_dir
     assert read_items(scenario) == read_items(tiny_dir)
 
 
-# ----------------------------------------------------------------------------- report.py compare
+# ----------------------------------------------------------------------------- tools/report.py compare
 
 REPORTS = [  # (case, results.json of the second run from the finished one's, expected message)
     ("the summary a list", lambda r: {**r, "summary": []}, "summary should be an object, found []"),
@@ -941,7 +940,7 @@ REPORTS = [  # (case, results.json of the second run from the finished one's, ex
 
 @pytest.mark.parametrize("case,edit,message", REPORTS, ids=[c[0] for c in REPORTS])
 def test_compare_names_the_key_and_type_of_a_foreign_results_file(case, edit, message, finished, tmp_path, capsys):
-    import report
+    from tools import report
     other = tmp_path / "other"
     shutil.copytree(finished, other)
     edited = edit(json.loads((finished / "results.json").read_text()))
@@ -951,7 +950,7 @@ def test_compare_names_the_key_and_type_of_a_foreign_results_file(case, edit, me
 
 
 def test_compare_writes_to_a_terminal_that_cannot_encode_its_signs(finished):
-    result = subprocess.run([sys.executable, ROOT / "report.py", "compare", finished, finished], cwd=ROOT,
+    result = subprocess.run([sys.executable, "-m", "tools.report", "compare", finished, finished], cwd=ROOT,
                             capture_output=True, text=True, env={**os.environ, "PYTHONIOENCODING": "ascii"})
     assert result.returncode == 0 and "Traceback" not in result.stderr
     assert "test \\u2212 reference" in result.stdout and "| run | popularity | X |" in result.stdout

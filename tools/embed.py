@@ -1,6 +1,6 @@
 """The embed command: a scenario's item images -> `<scenario>/image_embeddings.npy`, E_img (paper §3.1.1).
 
-    python embed.py --scenario-dir data/Food-Kitchen --images data/Food-Kitchen/images
+    python -m tools.embed --scenario-dir data/Food-Kitchen --images data/Food-Kitchen/images
 
 Finds each item's image, decodes and preprocesses it in DataLoader workers, encodes it with
 the frozen CLIP of `clip_loader.py`, keeps finished chunks in `<scenario>/image_embeddings.partial/`
@@ -26,10 +26,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from amazon import IMAGE_SUFFIXES, read_titles
 from clip_loader import MODELS, CLIPError, file_sha256, load, resolve_device, resolve_weights, tokenize
-from common import Progress, atomic_write, bounded, check_pixels, file_problem, safe_output
-from data import DataError, read_items
+from clip_loader import check_pixels
+from data import DataError, Progress, atomic_write, file_problem, read_items
+from tools.amazon import IMAGE_SUFFIXES, read_titles
+from train import bounded, safe_output
 
 
 class ItemImages(torch.utils.data.Dataset):

@@ -1,4 +1,4 @@
-"""Tests for embed.py: image discovery, encoding into E_img, the missing-image policy, resuming from
+"""Tests for tools/embed.py: image discovery, encoding into E_img, the missing-image policy, resuming from
 partial chunks and the command's exit codes. CPU only, with the tiny random CLIP of test_clip_loader.py.
 """
 import io
@@ -13,12 +13,12 @@ import torch
 from PIL import Image
 
 import clip_loader as cl
-import embed
+from tools import embed
 from clip_loader import CLIPError
 from data import DataError
 from test_clip_loader import save_state_dict, tiny_model
 
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parent.parent  # the project
 
 
 def make_scenario(folder: Path, weights_seed=0):
@@ -139,9 +139,10 @@ def test_embed_bad_input_exits_2_without_traceback_or_damage(tmp_path):
     previous = tmp_path / "image_embeddings.npy"
     np.save(previous, np.ones((8, 32), np.float32))
     before = previous.read_bytes()
-    command = [sys.executable, str(ROOT / "embed.py"), "--scenario-dir", str(tmp_path),
+    command = [sys.executable, "-m", "tools.embed", "--scenario-dir", str(tmp_path),
                "--images", str(tmp_path / "images"), "--weights", str(weights), "--missing", "text"]
-    result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path)
+    result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith("error: --missing text reads item titles from") and "items.tsv" in result.stderr
     assert "Traceback" not in result.stderr and previous.read_bytes() == before

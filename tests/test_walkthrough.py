@@ -4,13 +4,14 @@ what the program prints."""
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 import ifcdsr
 import walkthrough
 
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parent.parent  # the project
 STEPS = ("§3.1.2 the three views", "IFCDSR.encode: F_id", "Eq. 1 (AttentionEncoder.forward)", "Eq. 2 (similarity)",
          "Eq. 3/4 (branch_log_prob)", "Eq. 5 (mixture)", "Eq. 6 (IFCDSR.loss)", "Eq. 7: L = ", "Eq. 8 (IFCDSR.score)",
          "Eq. 9 (IFCDSR.recommend)")
@@ -57,8 +58,16 @@ def test_a_broken_equation_stops_the_walkthrough_at_its_step(name, broken, argv,
     assert capsys.readouterr().err.startswith(f"walkthrough.py: {step}: the model's numbers do not follow")
 
 
-def test_the_doc_shows_exactly_what_the_program_prints(capsys):
+NUMBER = re.compile(r" *[-+]?\d+\.\d+")  # a number and the spaces that align it
+
+
+def test_the_doc_shows_what_the_program_prints(capsys):
+    """The doc's text is the printout's, word for word, and so are its numbers up to one unit of their last digit:
+    the tiny model trains in float64, but another CPU's vectorised kernels (AVX2 or AVX-512) may still round a
+    printed value the other way."""
     assert walkthrough.main([]) == 0
     printed = capsys.readouterr().out.strip()
-    blocks = re.findall(r"```text\n(.*?)\n```", (ROOT / "docs" / "walkthrough.md").read_text(), re.S)
-    assert "\n\n".join(blocks) == printed
+    doc = "\n\n".join(re.findall(r"```text\n(.*?)\n```", (ROOT / "docs" / "walkthrough.md").read_text(), re.S))
+    assert NUMBER.sub("#", doc) == NUMBER.sub("#", printed)
+    shown, got = (np.array([float(x) for x in NUMBER.findall(text)]) for text in (doc, printed))
+    assert np.abs(shown - got).max() <= 0.0011

@@ -47,7 +47,7 @@ def test_bad_lines_name_file_and_line(tmp_path, bad, found):
 
 def test_bad_embeddings_and_missing_files(tmp_path):
     folder = write_scenario(tmp_path / "s", [line(1, (0, 1), (3, 2))])
-    with pytest.raises(DataError, match="(?s)embed.py.*--no-image"):
+    with pytest.raises(DataError, match="(?s)tools.embed.*--no-image"):
         data.load_scenario(folder, max_len=15, use_images=True)
     for array, found in ((np.zeros((6, 4), np.float32), "found \\(6, 4\\)"),
                          (np.zeros((7, 4), np.int64), "dtype int64"),
@@ -94,7 +94,7 @@ def test_a_named_scenario_without_its_files_says_what_to_fetch_and_where_it_goes
     assert f"{folder}: scenario movie_book is missing traindata_new.txt." in message
     assert "https://github.com/cjx96/C2DSR" in message and "the folder Movie-Book of C2DSR's scenarios" in message
     assert "meta_Movies_and_TV.json.gz and meta_Books.json.gz, published at http://jmcauley.ucsd.edu" in message
-    assert f"python amazon.py images --scenario-dir {folder}" in message
+    assert f"python -m tools.amazon images --scenario-dir {folder}" in message
     write_scenario(folder, [line(1, (0, 1), (3, 2))])  # the five files, but no image embeddings
     assert data.resolve_scenario("movie_book", None) == ("movie_book", folder)
     with pytest.raises(DataError, match="(?s)image embeddings not found.*meta_Movies_and_TV.json.gz"):

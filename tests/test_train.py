@@ -1,4 +1,4 @@
-"""Tests of train.py: the command line, seeds, resuming, model selection on validation only, checkpoints."""
+"""Tests of train.py: the command line, seeds, resuming, model selection on validation only, train."""
 import json
 import re
 
@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-import checkpoints
 import train
 from conftest import run_cli
 from data import DemoSpec, load_scenario, make_demo
@@ -205,7 +204,7 @@ def test_set_overrides_any_config_field_and_is_recorded(tiny_dir, tmp_path, caps
     printed = capsys.readouterr().out
     assert "training 1 of 1" in printed and "trainings: 1 (1 model(s) x 1 seed(s) x 1 target(s))" in printed
     assert results(out)["config"]["q"] == 32 and results(out)["config"]["dropout"] == 0.1
-    state = checkpoints.load_checkpoint(out / "ifcdsr_id" / "seed0" / "best_X.pt")
+    state = train.load_checkpoint(out / "ifcdsr_id" / "seed0" / "best_X.pt")
     assert (state["config"]["q"], state["config"]["dropout"], state["model"]["E_id.weight"].shape[1]) == (32, 0.1, 32)
 
 
@@ -345,7 +344,7 @@ def test_grid_run_interrupted_between_points_resumes_point_by_point(tiny_dir, tm
 
 def test_a_merged_baseline_trains_once_for_both_targets_as_one_training_per_target_would(tiny_dir, tmp_path,
                                                                                         monkeypatch, capsys):
-    """GRU4Rec on S^{X+Y} predicts every next item whatever the target (rows.Row.shared): one training for both
+    """GRU4Rec on S^{X+Y} predicts every next item whatever the target (train.Row.shared): one training for both
     target domains, each validated and stopped on its own (here Y stops first and X trains on), gives bit for
     bit the checkpoints, best epochs, validation and test results of a run per target domain. Stopped (Ctrl-C)
     in its third epoch, it resumes as one training; a Y checkpoint at another epoch than X's trains apart."""
@@ -365,7 +364,7 @@ def test_a_merged_baseline_trains_once_for_both_targets_as_one_training_per_targ
                 run["test"][t], run["valid"][t], run["best_epoch"][t])
             assert [(h["loss"], h.get("valid")) for h in one["history"][t]] == [
                 (h["loss"], h.get("valid")) for h in run["history"][t]]
-            a, b = (checkpoints.load_checkpoint(d / "gru4rec" / "seed0" / f"best_{t}.pt")["model"]
+            a, b = (train.load_checkpoint(d / "gru4rec" / "seed0" / f"best_{t}.pt")["model"]
                     for d in (tmp_path / "both", folder))
             assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 

@@ -1,15 +1,15 @@
 """Speed and memory of IFCDSR at Movie-Book size, on a synthetic scenario built in memory, and of CLIP.
 
-    python benchmark.py [--items 100782] [--seqs 58515] [--batch-size 256] [--device auto]
-    python benchmark.py --simulate [h200]                        # the same step and evaluation on a simulated GPU
-    python benchmark.py --clip [--images 2000] [--repeats 5]     # CLIP's encode_image and the embed command
+    python -m tools.benchmark [--items 100782] [--seqs 58515] [--batch-size 256] [--device auto]
+    python -m tools.benchmark --simulate [h200]                        # the same step and evaluation on a simulated GPU
+    python -m tools.benchmark --clip [--images 2000] [--repeats 5]     # CLIP's encode_image and the embed command
 
 The first times the real training loop (`Trainer.train_epoch`) over a few batches after a warm-up, and
 one evaluation pass (`Trainer.evaluate`) over the test cases of both target domains, then
 prints throughput, achieved GFLOP/s against plain matmuls of the same shapes and dtype measured in
 the same run, peak memory, a projection of 100 epochs, and how a step grows with N and the batch; on
 CUDA also the simulated figures. --simulate needs no GPU: it counts a training step's and an evaluation
-batch's kernels, host syncs, FLOP and bytes on fake CUDA tensors (simulate.py) and projects 100 epochs.
+batch's kernels, host syncs, FLOP and bytes on fake CUDA tensors (tools/simulate.py) and projects 100 epochs.
 
 Cost model: FLOP counts the matmuls only (a multiply-add is 2 FLOP); elementwise work is the
 difference between the achieved and the matmul-only rate. A training step of B sequences costs,
@@ -44,14 +44,12 @@ from torch.utils._pytree import tree_leaves
 
 import clip_loader
 import data
-import embed
 import fused_loss
-import simulate
 from data import Items, Scenario, TrainSet, Views
 from evaluate import eval_cases, negatives, on_device, rank_batch, rank_cases
-from common import bounded
 from ifcdsr import CPU_CHUNK, RANGES, Config, trim
-from train import Trainer
+from tools import embed, simulate
+from train import Trainer, bounded
 
 MOVIE_BOOK = {"num_x": 36_845, "num_y": 63_937, "train": 58_515, "valid": 2_032 + 5_612, "test": 1_978 + 5_730,
               "avg_length": 11.98}  # paper Table 1

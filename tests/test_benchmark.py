@@ -1,10 +1,10 @@
-"""Tests of benchmark.py: its FLOP counts worked out by hand, its synthetic scenario, and its command."""
+"""Tests of tools/benchmark.py: its FLOP counts worked out by hand, its synthetic scenario, and its command."""
 import math
 
 import pytest
 import torch
 
-import benchmark
+from tools import benchmark
 from ifcdsr import Config
 
 

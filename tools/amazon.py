@@ -1,7 +1,7 @@
 """Raw Amazon data for IFCDSR: item images for a scenario, and scenarios built from review dumps by the paper's §4.
 
-    python amazon.py images --scenario-dir DIR --meta META_A META_B     # items.tsv and images/<ASIN>.<ext>
-    python amazon.py build --reviews-a R_A --reviews-b R_B --meta-a M_A --meta-b M_B --out DIR
+    python -m tools.amazon images --scenario-dir DIR --meta META_A META_B     # items.tsv and images/<ASIN>.<ext>
+    python -m tools.amazon build --reviews-a R_A --reviews-b R_B --meta-a M_A --meta-b M_B --out DIR
 
 Amazon's dumps come in three generations, one record a line, plain or gzipped:
     metadata 2014       Python-literal dict   {'asin', 'title', 'imUrl'}
@@ -27,13 +27,14 @@ from typing import NamedTuple
 
 import numpy as np
 
-import download
-from common import Progress, atomic_folder, atomic_write_text, bounded, file_problem, safe_output
+from data import Progress, atomic_folder, atomic_write_text, file_problem
+from tools import download
+from train import bounded, safe_output
 from data import NATURAL, SPLIT_FILES, DataError, Items, read_items, read_text_lines, write_item_list, write_sequences
 
-ITEMS_FILE = "items.tsv"  # written by images and build; read by `embed.py --missing text`
+ITEMS_FILE = "items.tsv"  # written by images and build; read by `tools/embed.py --missing text`
 ITEMS_HEADER = "global_id\tdomain\tasin\ttitle\timage_url"
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")  # the image files that embed.py finds, in this order
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")  # the image files that tools/embed.py finds, in this order
 REVIEW_LAYOUTS = ("Amazon reviews in one of three layouts: the 2014 ratings CSV 'user,item,rating,timestamp', "
                   "2014/2018 JSON lines with reviewerID, asin, unixReviewTime, or 2023 JSON lines with user_id, "
                   "parent_asin, timestamp (ms)")
@@ -161,10 +162,10 @@ def write_items_tsv(path: Path, items: Items, products: list[tuple[str, str]]) -
 
 
 def read_titles(scenario_dir: Path, items) -> list:
-    """Per item, its title from `<scenario>/items.tsv` (written by `python amazon.py images`), or None."""
+    """Per item, its title from `<scenario>/items.tsv` (written by `python -m tools.amazon images`), or None."""
     path = scenario_dir / ITEMS_FILE
     if not path.exists():
-        raise DataError(f"--missing text reads item titles from {path}, which does not exist. `python amazon.py "
+        raise DataError(f"--missing text reads item titles from {path}, which does not exist. `python -m tools.amazon "
                         f"images` writes it; or use --missing zero to leave image-less rows zero")
     titles = [None] * len(items.asins)
     for number, line in enumerate(read_text_lines(path), 1):
@@ -178,7 +179,7 @@ def read_titles(scenario_dir: Path, items) -> list:
                 fields[1] != ("X" if gid < items.num_x else "Y"):
             expected = "global_id, domain, ASIN and title of an item of this scenario's Alist/Blist, tab-separated"
             raise DataError(f"{path}:{number}: expected {expected}; found {line[:120]!r}. Was items.tsv "
-                            f"written for another scenario? Rerun `python amazon.py images` for this one")
+                            f"written for another scenario? Rerun `python -m tools.amazon images` for this one")
         titles[gid] = fields[3].strip() or None
     return titles
 
@@ -188,7 +189,7 @@ def read_titles(scenario_dir: Path, items) -> list:
 
 def download_images(scenario_dir, meta_paths, *, workers: int = 16, timeout: float = 30.0, retries: int = 3,
                     backoff: float = 1.0, max_bytes: int = 20 << 20, strict: bool = False) -> dict:
-    """`python amazon.py images`: writes <scenario>/items.tsv and images/<ASIN>.<ext> for every item whose
+    """`python -m tools.amazon images`: writes <scenario>/items.tsv and images/<ASIN>.<ext> for every item whose
     metadata names an image, and images/failures.tsv with the reason for each other item. A rerun fetches
     only what is missing. Returns {'X': Counter(outcome), 'Y': Counter(outcome)}."""
     if workers < 1 or timeout <= 0:
@@ -341,7 +342,7 @@ def _select(user, item, ms, num_x: int, *, min_count: int, min_per_domain: int, 
 
 def build_scenario(reviews_a, reviews_b, meta_a, meta_b, out, *, min_count: int = 10, min_per_domain: int = 3,
                    max_len: int = 15, held_out: float = 0.2, seed: int = 0, strict: bool = False) -> dict:
-    """`python amazon.py build`: a C2DSR-format scenario (Alist, Blist, the three sequence files, userlist.txt,
+    """`python -m tools.amazon build`: a C2DSR-format scenario (Alist, Blist, the three sequence files, userlist.txt,
     items.tsv) from two domains' reviews and metadata, by the paper's §4. Everything is written to a temp
     folder that becomes `out` at the end. Returns (and prints) the Table 1 statistics."""
     out = Path(out)
@@ -465,7 +466,7 @@ def _statistics(items: Items, splits: dict, lengths: np.ndarray, target_x: np.nd
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="amazon.py", description="Raw Amazon data for IFCDSR: item images for a "
+    parser = argparse.ArgumentParser(prog="tools/amazon.py", description="Raw Amazon data for IFCDSR: item images for a "
                                      "scenario (images) and scenarios built from reviews by the paper's §4 (build).")
     commands = parser.add_subparsers(dest="command", required=True)
     im = commands.add_parser("images", help="items.tsv and images/<ASIN>.<ext> for a scenario, from metadata")

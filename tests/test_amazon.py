@@ -1,5 +1,5 @@
-"""Tests of amazon.py and download.py: `python amazon.py images` (metadata -> items.tsv and item images)
-and `python amazon.py build` (reviews -> a C2DSR-format scenario by the paper's §4). CPU only; the downloader is
+"""Tests of tools/amazon.py and tools/download.py: `python -m tools.amazon images` (metadata -> items.tsv and item images)
+and `python -m tools.amazon build` (reviews -> a C2DSR-format scenario by the paper's §4). CPU only; the downloader is
 tested against an http.server on 127.0.0.1."""
 import collections
 import gzip
@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-import amazon
+from tools import amazon
 import data
 from data import DataError
 
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parent.parent  # the project
 DAY = 86_400
 
 
@@ -211,7 +211,7 @@ def test_build_filters_and_splits_the_hand_example(tmp_path, capsys):
     assert tsv[1] == "0\tX\tX00\tfood X00\thttp://img/X00.jpg"
     assert tsv[14] == "13\tY\tY0\tkitchen Y0\t" and tsv[19] == "18\tY\tY5\t\t"  # Y5 has no metadata
 
-    titles = amazon.read_titles(out, items)  # what `embed.py --missing text` reads
+    titles = amazon.read_titles(out, items)  # what `tools/embed.py --missing text` reads
     assert titles[0] == "food X00" and titles[13] == "kitchen Y0" and titles[18] is None
     scenario = data.load_scenario(out, max_len=15, use_images=False)
     assert (len(scenario.train), len(scenario.valid), len(scenario.test)) == (8, 2, 2)
@@ -270,9 +270,9 @@ def test_build_errors_are_clear_and_never_destroy_output(tmp_path, capsys):
         amazon.build_scenario(ra, rb, ma, mb, tmp_path / "o3", max_len=5)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exists", "other_users.csv", "raw"]  # nothing half-written
 
-    result = subprocess.run([sys.executable, str(ROOT / "amazon.py"), "build", "--reviews-a", str(tmp_path / "no.csv"),
+    result = subprocess.run([sys.executable, "-m", "tools.amazon", "build", "--reviews-a", str(tmp_path / "no.csv"),
                              "--reviews-b", str(rb), "--meta-a", str(ma), "--meta-b", str(mb),
-                             "--out", str(tmp_path / "o4")], capture_output=True, text=True, timeout=120)
+                             "--out", str(tmp_path / "o4")], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert result.returncode == 2 and result.stderr.startswith("error: ") and "Traceback" not in result.stderr
     assert "no.csv: file not found" in result.stderr
 
@@ -438,7 +438,7 @@ REAL = ROOT.parent / "shared" / "data" / "c2dsr" / "Food-Kitchen"
 
 @pytest.mark.skipif(not (REAL / "Alist.txt").is_file(), reason="needs ../shared/data (the C2DSR Food-Kitchen lists)")
 def test_images_on_the_real_food_kitchen_item_lists(tmp_path, server, capsys):
-    """All 64,093 items of the real scenario: items.tsv has one row per item in global id order (as embed.py
+    """All 64,093 items of the real scenario: items.tsv has one row per item in global id order (as tools/embed.py
     reads it), the three items in the 2014 metadata get their image, the others 'not in metadata'."""
     folder = tmp_path / "Food-Kitchen"
     folder.mkdir()

@@ -1,11 +1,11 @@
-"""simulate.py and `benchmark.py --simulate`: the trainer's own step and evaluation on fake CUDA tensors under
+"""tools/simulate.py and `tools/benchmark.py --simulate`: the trainer's own step and evaluation on fake CUDA tensors under
 CUDA's autocast, with no GPU: no host sync, one cast of each item matrix, the bytes within a budget."""
 import pytest
 import torch
 
-import benchmark
+from tools import benchmark
 import ifcdsr
-import simulate
+from tools import simulate
 from ifcdsr import Config
 
 CFG = Config(q=32, batch_size=32, use_image=True, multi_attention=True, target="X")

@@ -7,27 +7,28 @@ import numpy as np
 import pytest
 import torch
 
-import report
+import evaluate
+from tools import report
 
 
 def test_seeds_aggregate_to_mean_sample_std_and_n():
     """MRR 10, 12, 14 over three seeds: mean 12, sample std sqrt(((-2)² + 0 + 2²) / 2) = 2; case counts
     are kept, a missing metric stays None, and one seed has no std."""
     per_seed = [{"X": {"cases": 7, "full": {"MRR": v}, "sampled999": None}} for v in (10.0, 12.0, 14.0)]
-    agg = report.aggregate(per_seed)
+    agg = evaluate.aggregate(per_seed)
     assert agg == {"X": {"cases": 7, "full": {"MRR": {"mean": 12.0, "std": 2.0, "n": 3}}, "sampled999": None}}
-    assert report.aggregate(per_seed[:1])["X"]["full"]["MRR"] == {"mean": 10.0, "std": None, "n": 1}
+    assert evaluate.aggregate(per_seed[:1])["X"]["full"]["MRR"] == {"mean": 10.0, "std": None, "n": 1}
 
 
 def test_bootstrap_covers_zero_for_identical_rankings_and_excludes_it_for_a_clearly_better_one():
     rng = np.random.default_rng(1)
     rr = 1 / rng.integers(1, 100, size=400)
-    same = report.paired_bootstrap(rr, rr)
+    same = evaluate.paired_bootstrap(rr, rr)
     assert same["mrr_diff"] == 0 and same["low"] <= 0 <= same["high"] and not same["significant"]
-    better = report.paired_bootstrap(np.minimum(1.0, 2 * rr), rr)  # every reciprocal rank doubled
+    better = evaluate.paired_bootstrap(np.minimum(1.0, 2 * rr), rr)  # every reciprocal rank doubled
     assert better["low"] > 0 and better["significant"] and better["mrr_diff"] == pytest.approx(
         100 * (np.minimum(1.0, 2 * rr) - rr).mean(), abs=1e-4)
-    noise = report.paired_bootstrap(rr, rr[rng.permutation(400)])  # unrelated pairs of the same numbers
+    noise = evaluate.paired_bootstrap(rr, rr[rng.permutation(400)])  # unrelated pairs of the same numbers
     assert noise["low"] < 0 < noise["high"] and noise["resamples"] == 1000 and noise["cases"] == 400
 
 
@@ -37,7 +38,7 @@ def test_bootstrap_interval_is_a_95_percent_one():
     50% interval."""
     rng = np.random.default_rng(3)
     diff = rng.normal(0.01, 0.05, size=2000)
-    got = report.paired_bootstrap(diff, np.zeros(2000))
+    got = evaluate.paired_bootstrap(diff, np.zeros(2000))
     half = 100 * 1.96 * 0.05 / math.sqrt(2000)
     assert (got["high"] - got["low"]) / 2 == pytest.approx(half, rel=0.1)
     assert (got["high"] + got["low"]) / 2 == pytest.approx(100 * diff.mean(), abs=0.03)
@@ -48,7 +49,7 @@ def test_significance_pairs_cases_and_averages_seeds():
     row's ranks (2, 2) give (1/2, 1/2): differences (1/2, -1/8), MRR difference 100·(3/8)/2 = 18.75."""
     ranks = {"ifcdsr": {"X": {p: [torch.tensor([1.0, 2.0]), torch.tensor([1.0, 4.0])] for p in ("sampled999", "full")}},
              "sasrec": {"X": {p: [torch.tensor([2.0, 2.0])] for p in ("sampled999", "full")}}}
-    sig = report.significance(ranks, "ifcdsr")
+    sig = evaluate.significance(ranks, "ifcdsr")
     assert set(sig) == {"sasrec"} and math.isclose(sig["sasrec"]["X"]["full"]["mrr_diff"], 18.75)
 
 
@@ -62,7 +63,7 @@ def test_tables_show_mean_std_paper_rows_cold_warm_and_significance(capsys):
     summary = {"popularity": res(3.0, None), "ifcdsr": res(9.5, 0.25)}
     bootstrap = {"mrr_diff": 6.5, "low": 5.0, "high": 8.0, "significant": True}
     sig = {"popularity": {"X": {"sampled999": bootstrap, "full": bootstrap}}}
-    report.print_tables("Food-Kitchen", summary, sig, "ifcdsr", [0, 1, 2])
+    evaluate.print_tables("Food-Kitchen", summary, sig, "ifcdsr", [0, 1, 2])
     out = capsys.readouterr().out
     assert "MRR (Food)" in out and "9.50 ± 0.25" in out and "3.00 *" in out and "mean ± std over 3 seeds" in out
     assert "The paper's Table 2" in out and "Tri-CDR (paper)" in out and "not comparable number for number" in out
@@ -142,7 +143,7 @@ def test_a_grid_run_prints_the_point_each_row_used_per_target_and_seed(capsys):
         "popularity": [{"seed": None}],
         "sasrec": [entry(0, [({}, 5.0)], {}), entry(1, [({}, 6.0)], {})],
         "ifcdsr": [entry(0, zip(tau, (11.0, 12.5)), tau[1]), entry(1, zip(tau, (13.25, 12.75)), tau[0])]}}
-    report.print_chosen(results)
+    evaluate.print_chosen(results)
     assert capsys.readouterr().out.splitlines() == [
         "",
         "Grid points chosen on validation MRR (999 sampled negatives, %) of --grid temperature=1.0,0.1; "
@@ -151,5 +152,5 @@ def test_a_grid_run_prints_the_point_each_row_used_per_target_and_seed(capsys):
         "-------------------------------------------------------------------------------------",
         "SASRec                   | X      | the only point (5.00)   | the only point (6.00)",
         "IFCDSR                   | X      | temperature=0.1 (12.50) | temperature=1.0 (13.25)"]
-    assert report.point_name({"lr": 0.0005, "weight_decay": 1e-05, "use_image": False}) == \
+    assert evaluate.point_name({"lr": 0.0005, "weight_decay": 1e-05, "use_image": False}) == \
         "lr=0.0005,weight_decay=1e-05,use_image=false"
