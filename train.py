@@ -26,7 +26,7 @@ import threading
 import time
 import warnings
 import zipfile
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from functools import partial
 from pathlib import Path
 from typing import Callable
@@ -63,60 +63,83 @@ def build_model(name: str, cfg: Config, scen: Scenario) -> torch.nn.Module:
 # ----------------------------------------------------------------------------- training
 
 
-class Trainer:
-    """One model for one target domain and one seed: train with early stopping on validation, then test once.
+@dataclass
+class Selection:
+    """What a training keeps for one target domain: its validation, early stopping (`epoch`, `best_valid`,
+    `bad`, `history`), its best and last checkpoints, and its test cases."""
+    cfg: Config  # the training's config, with this target domain
+    folder: Path
+    epoch: int = 0  # epochs trained and validated for this target domain
+    best_valid: float = -1.0  # the best validation MRR so far (selects the best epoch)
+    bad: int = 0  # evaluations since the best one
+    history: list = field(default_factory=list)  # per epoch: losses, speed, validation metrics
+    cases: dict = field(default_factory=dict)  # split -> (its cases, their negatives), made once
 
-    With `share`, another target domain's Trainer of the same row and seed, this one trains nothing of its own:
-    it follows `share`'s model, optimiser and batch order (`fit`'s twins), and keeps its own target domain's
-    validation, early stopping, checkpoints and test.
-    """
+    @property
+    def best(self) -> Path:
+        return self.folder / f"best_{self.cfg.target}.pt"
+
+    @property
+    def last(self) -> Path:
+        return self.folder / f"last_{self.cfg.target}.pt"
+
+    def running(self) -> bool:
+        return self.epoch < self.cfg.epochs and self.bad < self.cfg.patience
+
+
+class Trainer:
+    """One training of a row and seed (a model, its optimiser and its batch order) for one target domain, or for
+    each of `targets` (a `Row.shared` row, whose training is the same for every target domain): each keeps its
+    own validation, early stopping, checkpoints and test (`Selection`), and training goes on while any has not
+    stopped."""
 
     def __init__(self, name: str, cfg: Config, scen: Scenario, device: torch.device, folder: Path, resume: bool,
-                 share: Trainer | None = None):
+                 targets: list[str] | None = None):
         self.name, self.cfg, self.scen, self.device = name, cfg, scen, device
-        self.last = folder / f"last_{cfg.target}.pt"
-        self.best = folder / f"best_{cfg.target}.pt"
-        if share is None:
-            set_seed(cfg.seed)  # the seed sets the initialisation and the order of the batches
-            self.model = build_model(name, cfg, scen).to(device)
-            # Note: the paper's "L2 regularization coefficient" is Adam's weight_decay (L2 added to the gradient),
-            # not decoupled weight decay (AdamW); C2DSR, whose settings §4 adopts, applies none. On CUDA one
-            # fused kernel updates all parameters (the same update)
-            self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                        fused=True if device.type == "cuda" else None)
-            self.shuffle = torch.Generator().manual_seed(cfg.seed)
-        else:
-            self.model, self.opt, self.shuffle = share.model, share.opt, share.shuffle
-        self.epoch, self.best_valid, self.bad, self.history = 0, -1.0, 0, []
-        self.items, self.cases, self.resident = target_items(scen, cfg.target), {}, None
-        self.checkpoints = Checkpoints()
-        if resume and self.last.is_file():
-            self._restore(load_checkpoint(self.last), training=share is None)
+        set_seed(cfg.seed)  # the seed sets the initialisation and the order of the batches
+        self.model = build_model(name, cfg, scen).to(device)
+        # Note: the paper's "L2 regularization coefficient" is Adam's weight_decay (L2 added to the gradient),
+        # not decoupled weight decay (AdamW); C2DSR, whose settings §4 adopts, applies none. On CUDA one
+        # fused kernel updates all parameters (the same update)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                    fused=True if device.type == "cuda" else None)
+        self.shuffle = torch.Generator().manual_seed(cfg.seed)
+        self.targets = [Selection(cfg.replace(target=t), folder) for t in targets or [cfg.target]]
+        self.items, self.resident, self.checkpoints = target_items(scen, cfg.target), None, Checkpoints()
+        for sel in self.targets if resume else []:
+            if sel.last.is_file():  # the first target domain's file holds the training's weights and states
+                self._restore(sel, load_checkpoint(sel.last), training=sel is self.targets[0])
         folder.mkdir(parents=True, exist_ok=True)
 
-    def _state(self) -> dict:
+    @property
+    def epoch(self) -> int:
+        """The epochs trained: those of every target domain still running (a stopped one's are fewer)."""
+        return max(sel.epoch for sel in self.targets)
+
+    def _state(self, sel: Selection | None = None) -> dict:
+        sel = sel or self.targets[0]
         return {"model_name": self.name, "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
-                "config": asdict(self.cfg), "scenario": self.scen.name, "data_dir": str(self.scen.path),
+                "config": asdict(sel.cfg), "scenario": self.scen.name, "data_dir": str(self.scen.path),
                 "data_sha256": self.scen.data_sha256, "images_sha256": self.scen.images_sha256,
-                "num_x": self.scen.items.num_x, "num_y": self.scen.items.num_y, "epoch": self.epoch,
-                "best_valid": self.best_valid, "bad": self.bad, "history": self.history,
+                "num_x": self.scen.items.num_x, "num_y": self.scen.items.num_y, "epoch": sel.epoch,
+                "best_valid": sel.best_valid, "bad": sel.bad, "history": sel.history,
                 "rng": {"torch": torch.get_rng_state(), "shuffle": self.shuffle.get_state(),
                         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}}
 
-    def _restore(self, state: dict, training: bool = True) -> None:
-        """A last_*.pt's schedule and, with `training` (not for a twin, which shares another's), its weights,
-        optimiser and random states."""
-        check_checkpoint(state, self.scen, self.last)
-        check_same_run(state, self.name, self.cfg, self.last)
+    def _restore(self, sel: Selection, state: dict, training: bool = True) -> None:
+        """A last_*.pt's schedule for its target domain and, with `training`, the weights, optimiser and random
+        states of the training."""
+        check_checkpoint(state, self.scen, sel.last)
+        check_same_run(state, self.name, sel.cfg, sel.last)
         if not RESUME <= state.keys():
-            raise UsageError(f"{self.last}: holds no training state (missing {sorted(RESUME - state.keys())}); "
+            raise UsageError(f"{sel.last}: holds no training state (missing {sorted(RESUME - state.keys())}); "
                              f"resume needs the last_*.pt that train.py writes, or start a new run with another --out.")
-        self.epoch, self.best_valid, self.bad, self.history = (
+        sel.epoch, sel.best_valid, sel.bad, sel.history = (
             state[k] for k in ("epoch", "best_valid", "bad", "history"))
-        print(f"  resumed from {self.last} after epoch {self.epoch}", flush=True)
+        print(f"  resumed from {sel.last} after epoch {sel.epoch}", flush=True)
         if not training:
             return
-        load_weights(self.model, state, self.last)  # E_img is not stored: it is the data's
+        load_weights(self.model, state, sel.last)  # E_img is not stored: it is the data's
         self.opt.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"]["torch"])
         self.shuffle.set_state(state["rng"]["shuffle"])
@@ -147,31 +170,33 @@ class Trainer:
             score = partial(score, matrices=self.model.item_matrices())
         return lambda history, items, shape: score(history, items, shape=shape)
 
-    def rank(self, split: str) -> dict:
-        """{protocol: (S,) ranks} of the valid or test cases of this target domain, from fp32 scores on every
-        device: bf16 would round the scores to about 1/32 of their spread and create ties."""
-        if split not in self.cases:
-            cases = eval_cases(getattr(self.scen, split), self.scen, self.cfg.target)
-            self.cases[split] = cases, negatives(cases, self.items, split, self.cfg.target)
-        cases, neg = self.cases[split]
+    def rank(self, split: str, sel: Selection | None = None) -> dict:
+        """{protocol: (S,) ranks} of the valid or test cases of a target domain (the first by default), from fp32
+        scores on every device: bf16 would round the scores to about 1/32 of their spread and create ties."""
+        sel = sel or self.targets[0]
+        target, items = sel.cfg.target, target_items(self.scen, sel.cfg.target)
+        if split not in sel.cases:
+            cases = eval_cases(getattr(self.scen, split), self.scen, target)
+            sel.cases[split] = cases, negatives(cases, items, split, target)
+        cases, neg = sel.cases[split]
         self.model.eval()
         try:
             with self.exact():
-                return rank_cases(self.scorer(), cases, self.items, neg, self.device, self.eval_batch(),
+                return rank_cases(self.scorer(), cases, items, neg, self.device, self.eval_batch(),
                                   self.scen.items.num_items)
         except NonFiniteScores as err:
-            raise UsageError(f"{self.name} (target {self.cfg.target}, seed {self.cfg.seed}) gave {err} of the "
-                             f"{split} set after epoch {self.epoch}: its weights have diverged. {self.advice()}"
-                             ) from None
+            raise UsageError(f"{self.name} (target {target}, seed {self.cfg.seed}) gave {err} of the {split} set "
+                             f"after epoch {sel.epoch}: its weights have diverged. {self.advice()}") from None
 
     def advice(self) -> str:
-        kept = f"the last good checkpoint, {self.last}, is kept" if self.last.is_file() else "no checkpoint was kept"
+        last = self.targets[0].last
+        kept = f"the last good checkpoint, {last}, is kept" if last.is_file() else "no checkpoint was kept"
         return (f"Lower --lr (now {self.cfg.lr:g}), or check that the image embeddings ({EMBEDDINGS_FILE}) hold "
                 f"values of a sensible size; {kept}.")
 
-    def evaluate(self, split: str) -> dict:
-        """Metrics of the valid or test cases of this target domain, under both protocols."""
-        return metrics(self.rank(split))
+    def evaluate(self, split: str, sel: Selection | None = None) -> dict:
+        """Metrics of the valid or test cases of a target domain (the first by default), under both protocols."""
+        return metrics(self.rank(split, sel))
 
     def batch(self, idx: torch.Tensor) -> tuple[Views, Views, dict]:
         """The training sequences `idx` (CPU) as the step reads them: inputs and next items on the device, and
@@ -226,70 +251,68 @@ class Trainer:
             done.synchronize()  # the step before the one just queued: the device is still busy with that one
         bad = [v for v in host.tolist() if not math.isfinite(v)]
         if bad:
+            targets = "+".join(sel.cfg.target for sel in self.targets)
             raise UsageError(f"the loss became {bad[0]} at epoch {self.epoch + 1}, batch {b + 1} of {n_batches} "
-                             f"of {self.name} (target {self.cfg.target}, seed {self.cfg.seed}). {self.advice()}")
+                             f"of {self.name} (target {targets}, seed {self.cfg.seed}). {self.advice()}")
 
-    def running(self) -> bool:
-        return self.epoch < self.cfg.epochs and self.bad < self.cfg.patience
-
-    def fit(self, log_prefix: str = "", twins: tuple[Trainer, ...] = ()) -> None:
-        """Train until cfg.epochs or early stopping; the best checkpoint is the epoch of the best validation MRR.
-        `twins` (Trainers made with share=self, at this one's epoch) follow the same training, each validated
-        on its own target domain; it goes on while any of them has not stopped, and a stopped one keeps its
-        files as they were, the files a training of its own would have written.
+    def fit(self, log_prefix: str = "") -> None:
+        """Train until every target domain has stopped (cfg.epochs or early stopping): an epoch, then each running
+        target domain's validation, checkpoints and part of the log line. A stopped one keeps its files as they
+        were: those a training of its own would have written. Each best checkpoint is the epoch of the target
+        domain's best validation MRR.
 
         Note: the paper trains 100 epochs; here training also stops after `patience` evaluations without a
         better validation MRR, and the epoch with the best one is kept: model selection on validation only.
         """
-        group = (self, *twins)
+        t0 = time.time()
         try:
-            self.epochs(group, log_prefix, time.time())
-            for trainer in group:
-                trainer.checkpoints.wait()  # every file on disk before anything reads them
+            while running := [sel for sel in self.targets if sel.running()]:
+                row, writes, valid = self.train_epoch(), {}, ""
+                for sel in running:
+                    valid += self.end_epoch(sel, dict(row), writes, named=len(self.targets) > 1)
+                self.checkpoints.write(writes)  # written while the next epoch trains
+                losses = " ".join(f"L^{ {'x': 'X', 'y': 'Y', 'xy': 'X+Y'}[k]} {v:.4f}" for k, v in row["loss"].items())
+                print(f"{log_prefix}epoch {self.epoch:3d} | {losses}{valid} | {row['seq_per_s']:.0f} seq/s | "
+                      f"{time.strftime('%H:%M:%S', time.gmtime(time.time() - t0))}", flush=True)
+            self.checkpoints.wait()  # every file on disk before anything reads them
         except BaseException:  # the files being written are finished (or left as they were) before the error goes on
-            for trainer in group:
-                trainer.checkpoints.wait(raise_error=False)
+            self.checkpoints.wait(raise_error=False)
             raise
 
-    @staticmethod
-    def epochs(group: tuple[Trainer, ...], log_prefix: str, t0: float) -> None:
-        """`fit`'s loop: an epoch of the group's one training, then each running Trainer's validation,
-        checkpoints and part of the log line, until every schedule ends."""
-        while running := [trainer for trainer in group if trainer.running()]:
-            row = running[0].train_epoch()
-            losses = " ".join(f"L^{ {'x': 'X', 'y': 'Y', 'xy': 'X+Y'}[k]} {v:.4f}" for k, v in row["loss"].items())
-            valid = "".join(trainer.end_epoch(dict(row), len(group) > 1) for trainer in running)
-            print(f"{log_prefix}epoch {running[0].epoch:3d} | {losses}{valid} | {row['seq_per_s']:.0f} seq/s | "
-                  f"{time.strftime('%H:%M:%S', time.gmtime(time.time() - t0))}", flush=True)
-
-    def end_epoch(self, row: dict, named: bool) -> str:
-        """An epoch trained: its validation (on the epoch of evaluations), the best checkpoint when it is the
-        best so far, the last one always, written while the next epoch trains -> the log line's part, with the
-        target domain when `named`."""
-        cfg, writes = self.cfg, {}
-        self.epoch += 1
-        row["epoch"] = self.epoch
-        if self.epoch % cfg.eval_every == 0 or self.epoch == cfg.epochs:
-            row["valid"] = self.evaluate("valid")
+    def end_epoch(self, sel: Selection, row: dict, writes: dict, named: bool) -> str:
+        """An epoch trained, for one target domain: its validation (on the epoch of evaluations), its best
+        checkpoint when it is the best so far, its last one always, into `writes` -> the log line's part, with
+        the target domain when `named`."""
+        cfg = sel.cfg
+        sel.epoch += 1
+        row["epoch"] = sel.epoch
+        if sel.epoch % cfg.eval_every == 0 or sel.epoch == cfg.epochs:
+            row["valid"] = self.evaluate("valid", sel)
             valid_mrr = row["valid"][SELECT[0]][SELECT[1]]
-            if valid_mrr > self.best_valid:
-                self.best_valid, self.bad = valid_mrr, 0
-                state = self._state()
-                writes[self.best] = {**{k: state[k] for k in CHECKPOINT}, "valid": row["valid"]}
+            if valid_mrr > sel.best_valid:
+                sel.best_valid, sel.bad = valid_mrr, 0
+                state = self._state(sel)
+                writes[sel.best] = {**{k: state[k] for k in CHECKPOINT}, "valid": row["valid"]}
             else:
-                self.bad += 1
-        self.history.append(row)
-        writes[self.last] = self._state()
-        self.checkpoints.write(writes)
+                sel.bad += 1
+        sel.history.append(row)
+        writes[sel.last] = self._state(sel)
         if "valid" not in row:
             return ""
         return (f" | {cfg.target + ' ' if named else ''}valid MRR {row['valid']['sampled999']['MRR']:.2f} NDCG@10 "
                 f"{row['valid']['sampled999']['NDCG@10']:.2f}")
 
-    def load_best(self) -> dict:
-        state = load_checkpoint(self.best)
+    def tested(self, sel: Selection, chosen: dict, points: list | None) -> dict:
+        """A target domain's result: its best checkpoint's test ranks, with the grid's points and the chosen one."""
+        state = load_checkpoint(sel.best)
         self.model.load_state_dict(state["model"])
-        return state
+        ranks = self.rank("test", sel)  # the only time the test set is read
+        result = {"config": state["config"], "best_epoch": state["epoch"], "checkpoint": str(sel.best),
+                  "history": sel.history, "valid": state["valid"], "test": metrics(ranks), "ranks": ranks,
+                  "cases": sel.cases["test"][0]}
+        if points is not None:
+            result["grid"], result["chosen"] = points, chosen
+        return result
 
 
 # ----------------------------------------------------------------------------- runs
@@ -330,62 +353,52 @@ def train_row(name: str, cfgs: dict[str, Config], scen: Scenario, device, folder
     """One row and seed for the target domains of `cfgs` (target -> config): trained at each of its grid points
     (once without --grid), each target domain keeping the point with its best validation MRR, then its test set
     ranked once, with that point's best checkpoint. A row whose training is the same for every target domain
-    (`rows.Row.shared`) trains once at each point for all of them."""
+    (`Row.shared`) trains once at each point for all of them."""
     results = {}
     for targets in target_groups(name, cfgs):
         points, best = {target: [] for target in targets}, {}
         for point, sub in trainings(name, grid, folder):
             prefix = f"[{label} {'+'.join(targets)}{' ' + point_name(point) if point else ''}] "
-            trainers = train_point(name, {t: cfgs[t].replace(**point) for t in targets}, scen, device, sub, resume,
-                                   progress, prefix)
-            for target, trainer in trainers.items():
-                points[target].append({"values": point, "valid_" + "_".join(SELECT): trainer.best_valid,
+            trained = train_point(name, {t: cfgs[t].replace(**point) for t in targets}, scen, device, sub, resume,
+                                  progress, prefix)
+            for target, (trainer, sel) in trained.items():
+                points[target].append({"values": point, "valid_" + "_".join(SELECT): sel.best_valid,
                                        "folder": str(sub)})
                 # Note: a tie on validation keeps the first of the tied points, in the grid's order (the order of
                 # --grid's fields and values)
-                if target not in best or trainer.best_valid > best[target][1].best_valid:
-                    best[target] = point, trainer
+                if target not in best or sel.best_valid > best[target][2].best_valid:
+                    best[target] = point, trainer, sel
         for target in targets:
-            results[target] = tested(*best[target], points[target] if grid else None)
+            point, trainer, sel = best[target]
+            results[target] = trainer.tested(sel, point, points[target] if grid else None)
     return results
 
 
 def target_groups(name: str, targets) -> list[list[str]]:
-    """The target domains that train together: all of them in one training for a `rows.Row.shared` row, else
+    """The target domains that train together: all of them in one training for a `Row.shared` row, else
     each in its own."""
     return [list(targets)] if ROWS[name].shared else [[target] for target in targets]
 
 
-def tested(chosen: dict, trainer: Trainer, points: list | None) -> dict:
-    """A training's result: its best checkpoint's test ranks, with the grid's points and the chosen one."""
-    state = trainer.load_best()
-    ranks = trainer.rank("test")  # the only time the test set is read
-    result = {"config": state["config"], "best_epoch": state["epoch"], "checkpoint": str(trainer.best),
-              "history": trainer.history, "valid": state["valid"], "test": metrics(ranks), "ranks": ranks,
-              "cases": trainer.cases["test"][0]}
-    if points is not None:
-        result["grid"], result["chosen"] = points, chosen
-    return result
-
-
 def train_point(name: str, cfgs: dict[str, Config], scen: Scenario, device, folder: Path, resume: bool,
-                progress: RunProgress, prefix: str) -> dict[str, Trainer]:
-    """One training (a grid point's, or the row's) for the target domains of `cfgs`, each continued from its
-    last checkpoint with --resume; the first domain's Trainer trains, the others follow it as twins. A twin
-    still to train whose checkpoint is at another epoch (a run stopped between two files' writes) trains on
-    its own after."""
+                progress: RunProgress, prefix: str) -> dict[str, tuple[Trainer, Selection]]:
+    """One training (a grid point's, or the row's) for the target domains of `cfgs`, continued from the last
+    checkpoints with --resume -> target -> (its Trainer, its Selection). A target domain still to train whose
+    checkpoint is at another epoch than the first's (a run stopped between two files' writes, or one target
+    domain trained alone before) trains apart, after."""
     progress.start(prefix)
-    first, *rest = cfgs
-    lead = Trainer(name, cfgs[first], scen, device, folder, resume)
-    twins = {target: Trainer(name, cfgs[target], scen, device, folder, resume, share=lead) for target in rest}
-    trains = any(trainer.running() for trainer in (lead, *twins.values()))  # not only read back
-    apart = {target for target, twin in twins.items() if twin.running() and twin.epoch != lead.epoch}
-    lead.fit(prefix, tuple(twin for target, twin in twins.items() if target not in apart))
-    for target in apart:
-        twins[target] = Trainer(name, cfgs[target], scen, device, folder, resume)
-        twins[target].fit(prefix)
+    trainer = Trainer(name, next(iter(cfgs.values())), scen, device, folder, resume, targets=list(cfgs))
+    trains = any(sel.running() for sel in trainer.targets)  # not only read back
+    apart = [sel for sel in trainer.targets if sel.running() and sel.epoch != trainer.targets[0].epoch]
+    trainer.targets = [sel for sel in trainer.targets if sel not in apart]
+    trainer.fit(prefix)
+    done = {sel.cfg.target: (trainer, sel) for sel in trainer.targets}
+    for sel in apart:
+        alone = Trainer(name, sel.cfg, scen, device, folder, resume)
+        alone.fit(prefix)
+        done[sel.cfg.target] = alone, alone.targets[0]
     progress.done(trains)
-    return {first: lead, **twins}
+    return done
 
 
 def grid_points(name: str, grid: dict) -> list[dict]:
@@ -1195,7 +1208,7 @@ def export(trainer, path: Path, k: int) -> None:
     TSV with a header; items as ASINs."""
     scen, cfg, asins = trainer.scen, trainer.cfg, trainer.scen.items.asins
     ranks = trainer.rank("test")  # the evaluation's own ranks
-    cases = trainer.cases["test"][0]
+    cases = trainer.targets[0].cases["test"][0]
     in_target = (scen.test.target >= scen.items.num_x) == (cfg.target == "Y")  # as evaluate.eval_cases selects
     users = [u for u, keep in zip(read_users(scen.path / SPLIT_FILES["test"]), in_target.tolist()) if keep]
     with trainer.exact():

@@ -75,7 +75,7 @@ def test_reads_only_the_target_domain_and_scores_only_its_items(cls, target):
 def test_merged_reads_both_domains_and_scores_either_domains_items(cls, target):
     """The source domain's items in the history change the target domain's scores; the scores are the dot
     products of the last hidden state of S^{X+Y} with a domain's rows of E (3 of X, 4 of Y): the target's, or
-    the other's (a twin Trainer of the other target domain shares the model, train.Trainer)."""
+    the other's (one training serves both target domains, train.Trainer)."""
     model = tiny(cls, target)
     own, other = (slice(0, 3), slice(3, 7)) if target == "X" else (slice(3, 7), slice(0, 3))
     a, b = views([[0, 3, 1, 4]]), views([[0, 5, 1, 6]])  # same X items, other Y items

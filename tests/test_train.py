@@ -125,9 +125,9 @@ def test_model_selection_keeps_the_best_validation_epoch_and_reads_the_test_set_
     calls = []
     rank = train.Trainer.rank
 
-    def logged(self, split):
+    def logged(self, split, sel=None):
         calls.append((split, self.epoch))
-        return rank(self, split)
+        return rank(self, split, sel)
 
     monkeypatch.setattr(train.Trainer, "rank", logged)
     out = tmp_path / "run"
@@ -271,8 +271,8 @@ def test_grid_trains_each_row_at_the_points_of_its_fields_and_keeps_the_best_on_
     first on a tie), its checkpoint is the row's, and the test set is ranked once, with it."""
     tested = []
     rank = train.Trainer.rank
-    monkeypatch.setattr(train.Trainer, "rank", lambda self, split: (
-        split == "test" and tested.append(self.best.parent)) or rank(self, split))
+    monkeypatch.setattr(train.Trainer, "rank", lambda self, split, sel=None: (
+        split == "test" and tested.append(sel.best.parent)) or rank(self, split, sel))
     out = tmp_path / "run"
     assert run_cli("--data-dir", tiny_dir, "--models", "sasrec,ifcdsr_id", "--target", "X", "--epochs", 1,
                    "--batch-size", 32, "--seeds", 2, "--set", "q=16", "--grid", "temperature=1,0.1", "--out", out) == 0
@@ -357,21 +357,10 @@ def test_a_merged_baseline_trains_once_for_both_targets_as_one_training_per_targ
     for target in "XY":
         assert run_cli(*common, "--target", target, "--out", tmp_path / target) == 0
 
-    def same(run, folder, targets="XY"):
-        for t in targets:
-            one = results(folder)["runs"]["gru4rec"][0]
-            assert (one["test"][t], one["valid"][t], one["best_epoch"][t]) == (
-                run["test"][t], run["valid"][t], run["best_epoch"][t])
-            assert [(h["loss"], h.get("valid")) for h in one["history"][t]] == [
-                (h["loss"], h.get("valid")) for h in run["history"][t]]
-            a, b = (train.load_checkpoint(d / "gru4rec" / "seed0" / f"best_{t}.pt")["model"]
-                    for d in (tmp_path / "both", folder))
-            assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
     both = results(tmp_path / "both")["runs"]["gru4rec"][0]
     assert len(both["history"]["Y"]) < len(both["history"]["X"])
     for target in "XY":
-        same(both, tmp_path / target, target)
+        same_results(tmp_path / "both", tmp_path / target, "gru4rec")
     capsys.readouterr()
     assert run_cli(*common, "--out", tmp_path / "both", "--resume") == 0  # finished: read back, nothing trains
     printed = capsys.readouterr().out
@@ -395,7 +384,7 @@ def test_a_merged_baseline_trains_once_for_both_targets_as_one_training_per_targ
     for target in "XY":
         assert f"resumed from {tmp_path / 'cut' / 'gru4rec' / 'seed0' / f'last_{target}.pt'} after epoch 2" in printed
     assert "X valid MRR" in printed
-    same(both, tmp_path / "cut")
+    same_results(tmp_path / "both", tmp_path / "cut", "gru4rec")
 
     # X trained alone for 2 epochs, then both: Y (no checkpoint, epoch 0) trains apart, after X
     assert run_cli(*common[:-1], 2, "--target", "X", "--out", tmp_path / "apart") == 0
@@ -403,7 +392,55 @@ def test_a_merged_baseline_trains_once_for_both_targets_as_one_training_per_targ
     assert run_cli(*common, "--out", tmp_path / "apart", "--resume") == 0
     printed = capsys.readouterr().out
     assert "X valid MRR" not in printed and printed.count("[gru4rec seed 0 X+Y] epoch   1 ") == 1
-    same(both, tmp_path / "apart")
+    same_results(tmp_path / "both", tmp_path / "apart", "gru4rec")
+
+
+def same_results(a, b, model: str) -> None:
+    """Two run folders hold the same results of `model`, seed 0, for every target domain in b: test and
+    validation metrics, best epochs, losses, validation histories, and best_*.pt weights bit for bit."""
+    run, other = (results(d)["runs"][model][0] for d in (a, b))
+    for t in other["test"]:
+        assert (run["test"][t], run["valid"][t], run["best_epoch"][t]) == (
+            other["test"][t], other["valid"][t], other["best_epoch"][t])
+        assert [(h["loss"], h.get("valid")) for h in run["history"][t]] == [
+            (h["loss"], h.get("valid")) for h in other["history"][t]]
+        w, v = (torch.load(d / model / "seed0" / f"best_{t}.pt", weights_only=True)["model"] for d in (a, b))
+        assert w.keys() == v.keys() and all(torch.equal(w[k], v[k]) for k in w)
+
+
+def test_a_merged_baseline_whose_x_stops_first_trains_on_for_y_as_a_training_for_y_alone(tiny_dir, tmp_path):
+    """The other order of stopping (above, Y stops first): X stops at epoch 3 and the training goes on for Y
+    alone, with the same batches, which a training for Y alone also draws."""
+    common = ("--data-dir", tiny_dir, "--models", "gru4rec", "--batch-size", 16, "--set", "q=16", "--patience", 1,
+              "--epochs", 6, "--lr", 0.01)
+    for target in ("both", "X", "Y"):
+        assert run_cli(*common, "--target", target, "--out", tmp_path / target) == 0
+    both = results(tmp_path / "both")["runs"]["gru4rec"][0]
+    assert len(both["history"]["X"]) < len(both["history"]["Y"])
+    for target in "XY":
+        same_results(tmp_path / "both", tmp_path / target, "gru4rec")
+
+
+def test_a_target_only_row_trains_once_per_target_domain(tiny_dir, tmp_path, capsys):
+    """SASRec on the target domain alone reads and predicts other items for each target domain: two trainings,
+    each the same as a run of that target domain alone."""
+    common = ("--data-dir", tiny_dir, "--models", "sasrec_target", "--batch-size", 16, "--set", "q=16", "--epochs", 2)
+    assert run_cli(*common, "--out", tmp_path / "both") == 0
+    assert "trainings: 2 (1 model(s) x 1 seed(s) x 2 target(s))" in capsys.readouterr().out
+    for target in "XY":
+        assert run_cli(*common, "--target", target, "--out", tmp_path / target) == 0
+        same_results(tmp_path / "both", tmp_path / target, "sasrec_target")
+
+
+def test_a_tie_on_validation_in_a_grid_keeps_the_first_point(tiny_dir, tmp_path):
+    """Points that train alike (patience 5 or 6 within 2 epochs) tie on validation: the first, in the grid's
+    order, is kept."""
+    for order in ("5,6", "6,5"):
+        assert run_cli("--data-dir", tiny_dir, "--models", "ifcdsr_id", "--target", "X", "--batch-size", 16,
+                       "--epochs", 2, "--set", "q=8", "--grid", f"patience={order}", "--out", tmp_path / order) == 0
+        run = results(tmp_path / order)["runs"]["ifcdsr_id"][0]
+        assert len({p["valid_sampled999_MRR"] for p in run["grid"]["X"]}) == 1
+        assert run["chosen"]["X"] == {"patience": int(order[0])}
 
 
 @pytest.mark.parametrize("args, message", [
