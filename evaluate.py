@@ -367,7 +367,7 @@ def print_tables(name: str, summary: dict, sig: dict, reference: str | None, see
                 print(f"{'  ' + label + ' (paper)':<24}" + "".join(
                     f" | {c:>15}" for c, d in zip(cells, ("X",) * 4 + ("Y",) * 4) if d in domains))
         print_cold_warm(summary, models, domains, names, p)
-        if reference:
+        if reference and len(models) > 1:  # a row to compare with
             print_significance(sig, reference, models, domains, names, p)
 
 

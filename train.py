@@ -320,32 +320,34 @@ class Trainer:
 
 class RunProgress:
     """The run's trainings, one per model (popularity needs none), seed, target domain (one for all of them for a
-    `rows.Row.shared` row) and grid point: their count and the CPU threads in the header, then `training i of n`
-    and, once one has trained, the run's ETA from the trainings that trained in this command (a resumed run's
-    finished ones, read back, do not count)."""
+    `Row.shared` row) and grid point: their count and the CPU threads in the header, then `training i of n` and
+    the run's ETA, each model's trainings still to come at that model's own time a training, measured on those
+    that trained in this command (a resumed run's finished ones, read back, do not count); no ETA while a model
+    still to come has not trained once."""
 
     def __init__(self, models: list[str], seeds: list[int], targets: tuple, grid: dict):
         points = {m: len(grid_points(m, grid)) for m in models if ROWS[m].trained}
         shared = [m for m in points if len(target_groups(m, targets)) < len(targets)]
-        self.n = sum(n * len(seeds) * len(target_groups(m, targets)) for m, n in points.items())
-        self.i, self.trained, self.spent, self.started = 0, 0, 0.0, 0.0
+        self.left = {m: n * len(seeds) * len(target_groups(m, targets)) for m, n in points.items()}
+        self.n, self.i, self.spent, self.started = sum(self.left.values()), 0, {}, 0.0
         each = "; grid points: " + ", ".join(f"{m} {n}" for m, n in points.items()) if grid else ""
         once = f"; {', '.join(shared)}: one training for both targets" if shared else ""
         print(f"trainings: {self.n} ({len(points)} model(s) x {len(seeds)} seed(s) x {len(targets)} target(s)"
               f"{each}{once}); {torch.get_num_threads()} CPU threads (OMP_NUM_THREADS sets them)", flush=True)
 
-    def start(self, prefix: str) -> None:
-        self.i += 1
-        self.started = time.monotonic()
-        per = self.spent / self.trained if self.trained else None
-        eta = f"; run ETA {duration(per * (self.n - self.i + 1))} ({duration(per)} a training)" if per else ""
+    def start(self, model: str, prefix: str) -> None:
+        self.i, self.started = self.i + 1, time.monotonic()
+        per = {m: sum(times) / len(times) for m, times in self.spent.items()}  # seconds a training, by model
+        coming = {m: n for m, n in self.left.items() if n}
+        eta = f"; run ETA {duration(sum(per[m] * n for m, n in coming.items()))}" if per.keys() >= coming.keys() \
+            else ""
+        self.left[model] -= 1
         print(f"\n{prefix}training {self.i} of {self.n}{eta}", flush=True)
 
-    def done(self, trained: bool) -> None:
+    def done(self, model: str, trained: bool) -> None:
         """The training started last has ended; `trained`: it ran an epoch (not only read back)."""
         if trained:
-            self.trained += 1
-            self.spent += time.monotonic() - self.started
+            self.spent.setdefault(model, []).append(time.monotonic() - self.started)
 
 
 def train_row(name: str, cfgs: dict[str, Config], scen: Scenario, device, folder: Path, grid: dict, resume: bool,
@@ -386,7 +388,7 @@ def train_point(name: str, cfgs: dict[str, Config], scen: Scenario, device, fold
     checkpoints with --resume -> target -> (its Trainer, its Selection). A target domain still to train whose
     checkpoint is at another epoch than the first's (a run stopped between two files' writes, or one target
     domain trained alone before) trains apart, after."""
-    progress.start(prefix)
+    progress.start(name, prefix)
     trainer = Trainer(name, next(iter(cfgs.values())), scen, device, folder, resume, targets=list(cfgs))
     trains = any(sel.running() for sel in trainer.targets)  # not only read back
     apart = [sel for sel in trainer.targets if sel.running() and sel.epoch != trainer.targets[0].epoch]
@@ -397,7 +399,7 @@ def train_point(name: str, cfgs: dict[str, Config], scen: Scenario, device, fold
         alone = Trainer(name, sel.cfg, scen, device, folder, resume)
         alone.fit(prefix)
         done[sel.cfg.target] = alone, alone.targets[0]
-    progress.done(trains)
+    progress.done(name, trains)
     return done
 
 
@@ -444,6 +446,7 @@ def train_rows(s: Settings, name: str, folder: Path, models: list[str], out: Pat
     lock = lock_run_folder(out, s.resume)  # held until the run ends (its file closes then, or when the process does)
     if s.resume:  # everything that can refuse a --resume, before anything is written
         check_run_folder(out, scen, planned(s, models, out))
+        check_kept(out, models, s.seeds, s.targets)
     print(f"scenario {name} ({folder}): |X| = {scen.items.num_x}, |Y| = {scen.items.num_y}, "
           f"{len(scen.train)} train / {len(scen.valid)} valid / {len(scen.test)} test sequences; "
           f"device {s.device}; models {', '.join(models)}; seeds {', '.join(map(str, s.seeds))}; output {out}\n"
@@ -475,6 +478,22 @@ def row_result(model: str, seed: int | None, s: Settings, scen: Scenario, out: P
         return {target: baselines.popularity(scen, target, batch) for target in s.targets}
     return train_row(model, {target: model_config(model, s.cfg, target, seed) for target in s.targets}, scen,
                      s.device, row_folder(out, model, seed), s.grid, s.resume, progress, f"{model} seed {seed}")
+
+
+def check_kept(out: Path, models: list[str], seeds: list[int], targets: tuple) -> None:
+    """A --resume never shrinks a finished run: every row, seed and target domain of its results.json must be in
+    the command, which writes results.json anew from what it runs."""
+    try:
+        runs = json.loads((out / "results.json").read_text())["runs"] if (out / "results.json").is_file() else {}
+        held = {(m, e["seed"], t) for m, entries in runs.items() for e in entries for t in e["test"]}
+    except (ValueError, UnicodeDecodeError, TypeError, KeyError, AttributeError, RecursionError):
+        return  # unreadable: the resumed run writes it anew (its checkpoints were checked)
+    asked = {(m, s if ROWS[m].trained else None, t) for m in models for s in seeds for t in targets}
+    dropped = sorted(held - asked, key=str)
+    if dropped:
+        what = ", ".join(f"{m} seed {s} target {t}" if s is not None else f"{m} target {t}" for m, s, t in dropped)
+        raise UsageError(f"{out / 'results.json'}: holds {what}, which this command would drop from it; resume "
+                         f"with the run's own --models, --seeds and --target, or write to another --out.")
 
 
 def planned(s: Settings, models: list[str], out: Path) -> dict[Path, tuple[str, Config]]:

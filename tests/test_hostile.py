@@ -787,6 +787,21 @@ def test_a_refused_or_failed_resume_leaves_every_byte_of_a_finished_run(case, ch
         assert f"Put it back, or delete {run / 'ifcdsr' / 'seed0'} to train this model again." in text
 
 
+@pytest.mark.parametrize("fewer, message", [
+    (("--models", "ifcdsr"), "holds popularity target X, which this command would drop"),
+    (("--models", "ifcdsr_id"), "holds ifcdsr seed 0 target X, popularity target X, which this command would"),
+    (("--target", "Y"), "holds ifcdsr seed 0 target X, popularity target X, which this command would drop"),
+    (("--seed", 1), "holds ifcdsr seed 0 target X, which this command would drop"),
+])
+def test_a_resume_naming_fewer_rows_seeds_or_targets_is_refused(fewer, message, finished, tiny_dir, tmp_path, capsys):
+    """--resume writes results.json anew from what it runs: one that names fewer rows, seeds or target domains
+    than the finished run holds is refused, and the run stays as it was."""
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    code, text = call(train.main, [*FINISHED, *fewer, "--data-dir", tiny_dir, "--out", run, "--resume"], capsys, run)
+    assert code == 2 and message in text and "Traceback" not in text
+
+
 def test_a_resume_interrupted_by_sigterm_leaves_every_byte_of_a_finished_run(finished, tiny_dir, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(finished, run)
