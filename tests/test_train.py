@@ -475,3 +475,10 @@ def test_bad_grid_arguments_exit_2_naming_them(args, message, tiny_dir, tmp_path
     assert run_cli("--data-dir", tiny_dir, "--device", "cpu", "--out", tmp_path / "o", *args) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and not (tmp_path / "o").exists()
+
+
+def test_a_run_of_one_row_prints_no_significance_table(tiny_dir, tmp_path, capsys):
+    assert run_cli("--data-dir", tiny_dir, "--models", "ifcdsr_id", "--target", "X", "--epochs", 1, "--batch-size", 32,
+                   "--set", "q=8", "--out", tmp_path / "run") == 0
+    printed = capsys.readouterr().out
+    assert "IFCDSR ID only  " in printed and "95% interval" not in printed and "paired bootstrap" not in printed
