@@ -464,7 +464,7 @@ def train_rows(s: Settings, name: str, folder: Path, models: list[str], out: Pat
     results, ranks = collected.finish()
     save_run(out, results, ranks)
     lock.close()
-    print_run(results)  # the same as `python py RUN`
+    print_run(results)  # the same as `python -m tools.report RUN`
     print(f"\nresults: {out / 'results.json'}")
     return 0
 
