@@ -1,4 +1,5 @@
-"""Tests of train.py: the command line, seeds, resuming, model selection on validation only, train."""
+"""Tests of train.py: the command line, seeds, resuming, model selection on validation only, train; and a few
+steps of the model lower its loss."""
 import json
 import re
 
@@ -7,13 +8,23 @@ import pytest
 import torch
 
 import train
-from conftest import run_cli
+from conftest import TINY, full_batch_losses, run_cli
 from data import DemoSpec, load_scenario, make_demo
 from evaluate import METRICS, PROTOCOLS
+from ifcdsr import IFCDSR, Config
 
 
 def results(out):
     return json.loads((out / "results.json").read_text())
+
+
+def test_a_few_training_steps_lower_the_loss(tmp_path):
+    scen = load_scenario(make_demo(tmp_path / "demo", seed=0, spec=TINY), max_len=15, use_images=True)
+    torch.manual_seed(0)
+    model = IFCDSR(Config(q=32), scen.items.num_x, scen.items.num_y, scen.E_img)
+    model.eval()  # no dropout, so the loss is a deterministic function of the weights
+    losses, _ = full_batch_losses(model, scen.train)
+    assert losses[-1] < 0.98 * losses[0]
 
 
 def test_cli_end_to_end_resume_and_eval_only(tiny_dir, tmp_path, capsys):
