@@ -467,6 +467,14 @@ def test_a_body_shorter_than_its_content_length_is_a_connection_error(server):
                        max_bytes=10_000)
 
 
+def test_download_is_no_command_and_says_which_one_uses_it():
+    result = subprocess.run([sys.executable, "-m", "tools.download", "--help"], capture_output=True, text=True,
+                            timeout=120, cwd=ROOT)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr == ("error: tools/download.py is not a command: `python -m tools.amazon images` downloads "
+                             "item images with it (python -m tools.amazon images --help)\n")
+
+
 def test_images_cli_errors(tmp_path, capsys):
     assert amazon.main(["images", "--scenario-dir", str(tmp_path), "--meta", str(tmp_path / "m")]) == 2
     assert capsys.readouterr().err.startswith(f"error: {tmp_path / 'Alist.txt'}: file not found")

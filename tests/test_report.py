@@ -1,7 +1,6 @@
 """Tests of report.py: seeds aggregated to mean ± std, the paired bootstrap, and the printed tables."""
 import json
 import math
-import sys
 
 import numpy as np
 import pytest
