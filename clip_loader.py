@@ -16,6 +16,7 @@ import collections
 import gzip
 import hashlib
 import html
+import importlib.metadata
 import math
 import pickle
 import urllib.request
@@ -29,7 +30,6 @@ import regex
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torchvision.transforms as T
 from PIL import Image
 
 from data import Progress, atomic_write, file_problem
@@ -442,8 +442,31 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def _torchvision_transforms():
+    """torchvision.transforms, imported here only: training, evaluation and every --help run without torchvision.
+    A torchvision that is missing, or built for another torch (its import then fails with e.g. "operator
+    torchvision::nms does not exist"), is a CLIPError naming both versions and the install that matches."""
+    try:
+        import torchvision.transforms as T
+    except Exception as err:
+        try:
+            found = f"torchvision {importlib.metadata.version('torchvision')}"
+        except importlib.metadata.PackageNotFoundError:
+            found = "no torchvision"
+        v = regex.match(r"2\.(\d+)\.(\d+)", torch.__version__)  # torch 2.m.p pairs with torchvision 0.(m+15).p
+        build = torch.__version__.partition("+")[2]  # cpu, cu130, ...: the wheel index torch came from
+        index = f" --index-url https://download.pytorch.org/whl/{build}" if build else ""
+        match = (f"pip install torchvision==0.{int(v[1]) + 15}.{v[2]}{index}" if v else
+                 "pip install the torchvision that https://github.com/pytorch/vision#installation lists for it")
+        raise CLIPError(f"preprocessing images needs torchvision, and its import failed ({type(err).__name__}: "
+                        f"{err}): torch {torch.__version__} is installed with {found}. Install the torchvision made "
+                        f"for this torch: {match}") from None
+    return T
+
+
 def make_preprocess(resolution=224):
     """OpenAI's transform: shorter side to R (bicubic), centre crop R×R, RGB, then normalise."""
+    T = _torchvision_transforms()
     return T.Compose([
         T.Resize(resolution, interpolation=T.InterpolationMode.BICUBIC),
         T.CenterCrop(resolution),

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -421,6 +422,57 @@ def test_images_rerun_fetches_only_what_is_missing(tmp_path, server, capsys):
     assert (images / "B1.png").stat().st_mtime_ns == kept and not list(images.glob("*.tmp"))
     with Image.open(images / "B2.png") as im:
         im.load()
+
+
+def test_a_download_ends_at_its_deadline_however_slowly_the_body_trickles():
+    """The server sends its headers, then one byte of a 1,000-byte body every 0.25 s (for at most 10 s): with a
+    1 s timeout the download ends after about 1 s as a timeout, not when the server gives up."""
+    from tools import download
+
+    class Trickle(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            try:
+                for _ in range(40):
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+                    time.sleep(0.25)
+            except (BrokenPipeError, ConnectionResetError):  # the client gave up: the server's thread ends
+                pass
+
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Trickle)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        start = time.monotonic()
+        with pytest.raises(download._Failure, match=r"^timeout: over 1 s$"):
+            download.fetch(urllib.request.build_opener(), f"http://127.0.0.1:{httpd.server_address[1]}/slow.jpg",
+                           timeout=1, retries=0, backoff=0, max_bytes=4000)
+        assert time.monotonic() - start < 6  # the server trickles for 10 s
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_a_body_shorter_than_its_content_length_is_a_connection_error(server):
+    from tools import download
+    server.routes["/short.jpg"] = lambda hit: (200, {"Content-Length": "5000"}, image_bytes("JPEG"), 0)
+    with pytest.raises(download._Failure, match=r"^connection error: the body ended [\d,]+ bytes short$"):
+        download.fetch(urllib.request.build_opener(), server.url + "/short.jpg", timeout=5, retries=0, backoff=0,
+                       max_bytes=10_000)
+
+
+def test_download_is_no_command_and_says_which_one_uses_it():
+    result = subprocess.run([sys.executable, "-m", "tools.download", "--help"], capture_output=True, text=True,
+                            timeout=120, cwd=ROOT)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr == ("error: tools/download.py is not a command: `python -m tools.amazon images` downloads "
+                             "item images with it (python -m tools.amazon images --help)\n")
 
 
 def test_images_cli_errors(tmp_path, capsys):

@@ -9,8 +9,11 @@ import http.server
 import os
 import pickle
 import shutil
+import subprocess
+import sys
 import threading
 import zipfile
+from pathlib import Path
 from typing import List
 
 import pytest
@@ -362,6 +365,67 @@ def test_preprocess_resizes_the_shorter_side_and_crops_the_centre():
     x = cl.make_preprocess(224)(image)  # (3, 224, 224)
     green = expected_pixel((0, 255, 0))[:, None, None]
     assert torch.allclose(x[:, :, 4:-4], green.expand(3, 224, 216), atol=1e-5)  # bicubic blurs the band edges
+
+
+def without_torchvision(error):
+    """An __import__ under which `import torchvision...` raises `error`, as a missing torchvision or one built
+    for another torch does."""
+    real = __import__
+
+    def imports(name, *args, **kwargs):
+        if name.split(".")[0] == "torchvision":
+            raise error
+        return real(name, *args, **kwargs)
+    return imports
+
+
+@pytest.mark.parametrize("error, torch_version, installed, command", [
+    (RuntimeError("operator torchvision::nms does not exist"), "2.14.1+cpu", "0.28.0",
+     "pip install torchvision==0.29.1 --index-url https://download.pytorch.org/whl/cpu"),
+    (ImportError("No module named 'torchvision'"), "2.14.1", None, "pip install torchvision==0.29.1"),
+    (RuntimeError("operator torchvision::nms does not exist"), "2.5.1+cu124", "0.29.1",
+     "pip install torchvision==0.20.1 --index-url https://download.pytorch.org/whl/cu124"),
+])
+def test_a_torchvision_that_does_not_import_is_one_clear_message(error, torch_version, installed, command,
+                                                                 monkeypatch):
+    """torch 2.m.p pairs with torchvision 0.(m+15).p: 2.14.1 with 0.29.1, 2.5.1 with 0.20.1; the wheel index
+    is the one torch's local version names (+cpu, +cu124), none for PyPI's wheels."""
+    def version(name):
+        if installed is None:
+            raise cl.importlib.metadata.PackageNotFoundError(name)
+        return installed
+    monkeypatch.setattr("builtins.__import__", without_torchvision(error))
+    monkeypatch.setattr(torch, "__version__", torch_version)
+    monkeypatch.setattr(cl.importlib.metadata, "version", version)
+    with pytest.raises(CLIPError) as caught:
+        cl.make_preprocess(32)
+    message = str(caught.value)
+    assert f"({type(error).__name__}: {error})" in message and message.endswith(f"for this torch: {command}")
+    assert f"torch {torch_version} is installed with {f'torchvision {installed}' if installed else 'no torchvision'}" \
+        in message
+
+
+HELP_WITHOUT_TORCHVISION = """
+import runpy, sys
+sys.modules["torchvision"] = None  # import torchvision raises ImportError
+for command in sys.argv[1:]:
+    sys.argv = [command, "--help"]
+    try:
+        (runpy.run_path if command.endswith(".py") else runpy.run_module)(command, run_name="__main__")
+    except SystemExit as exit_:
+        assert exit_.code in (0, None), (command, exit_.code)
+import clip_loader, evaluate, train
+"""
+
+
+def test_every_command_and_the_core_import_without_torchvision():
+    """torchvision is imported only where images are preprocessed: `--help` of every command and the imports
+    of training, evaluation and CLIP work where it is missing or broken."""
+    commands = ["train.py", "walkthrough.py", "tools.amazon", "tools.report", "tools.embed", "tools.benchmark"]
+    result = subprocess.run([sys.executable, "-W", "ignore", "-c", HELP_WITHOUT_TORCHVISION, *commands],
+                            capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    assert result.stdout.count("usage: ") == len(commands)
 
 
 # ---------------------------------------------------------------------------- download

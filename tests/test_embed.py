@@ -151,3 +151,16 @@ def test_embed_bad_input_exits_2_without_traceback_or_damage(tmp_path):
     assert embed.main(["--scenario-dir", str(tmp_path), "--images", str(tmp_path / "nowhere"),
                        "--weights", str(weights)]) == 2
     assert previous.read_bytes() == before
+
+
+def test_embed_without_a_working_torchvision_exits_2_with_the_install_that_matches(tmp_path, monkeypatch, capsys):
+    from test_clip_loader import without_torchvision
+    weights = make_scenario(tmp_path)
+    monkeypatch.setattr("builtins.__import__", without_torchvision(RuntimeError("operator torchvision::nms does not "
+                                                                                "exist")))
+    assert embed.main(["--scenario-dir", str(tmp_path), "--images", str(tmp_path / "images"), "--weights",
+                       str(weights), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: preprocessing images needs torchvision, and its import failed (RuntimeError: "
+                          "operator torchvision::nms does not exist)") and "pip install torchvision==" in err
+    assert not (tmp_path / "image_embeddings.npy").exists()

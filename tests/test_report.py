@@ -1,7 +1,6 @@
 """Tests of report.py: seeds aggregated to mean ± std, the paired bootstrap, and the printed tables."""
 import json
 import math
-import sys
 
 import numpy as np
 import pytest
@@ -120,10 +119,41 @@ def test_plot_writes_the_learning_curves_of_every_training(tiny_run, capsys):
         assert abs(image.width - 72 * 3.4 * 4) <= 1 and abs(image.height - 72 * 2.4 * 2) <= 1
 
 
-def test_plot_without_matplotlib_says_how_to_install_it(tiny_run, capsys, monkeypatch):
-    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
+def broken_import(name, error):
+    """An __import__ under which `import name` raises `error`, as a missing or broken install does."""
+    real = __import__
+
+    def imports(module, *args, **kwargs):
+        if module.split(".")[0] == name:
+            raise error
+        return real(module, *args, **kwargs)
+    return imports
+
+
+@pytest.mark.parametrize("error", [ImportError("No module named 'matplotlib'"), RuntimeError("broken install"),
+                                   AttributeError("module 'numpy' has no attribute 'float'")])
+def test_plot_without_a_working_matplotlib_says_how_to_install_it(error, tiny_run, capsys, monkeypatch):
+    monkeypatch.setattr("builtins.__import__", broken_import("matplotlib", error))
     assert report.main(["plot", str(tiny_run[0])]) == 2
-    assert "pip install matplotlib" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("error: python -m tools.report plot needs matplotlib") and "pip install matplotlib" in err
+    assert f"{type(error).__name__}: {error}" in err
+
+
+@pytest.mark.parametrize("command", [["tables"], ["plot"], ["compare"]])
+@pytest.mark.parametrize("content", ["[" * 200_000, "[]", '"a string"', "1e999999", '{"summary": {}, "runs": 3}'])
+def test_a_hostile_results_file_is_a_clear_error_that_names_it(command, content, tmp_path, capsys):
+    """200,000 nested lists (deeper than json's parser recurses), JSON that is no object, and an object whose
+    values have other types than train.py writes: exit code 2 and a message naming results.json, never a
+    traceback."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "results.json").write_text(content)
+    np.savez(run / "test_ranks.npz", **{"ifcdsr/0/X/full": np.ones(3)})
+    folders = [str(run), str(run)] if command == ["compare"] else [str(run)]
+    assert report.main(command + folders) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {run / 'results.json'}: ") and "Traceback" not in err
 
 
 def test_a_folder_that_is_no_run_is_refused(tmp_path, capsys):

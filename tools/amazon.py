@@ -466,8 +466,9 @@ def _statistics(items: Items, splits: dict, lengths: np.ndarray, target_x: np.nd
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="tools/amazon.py", description="Raw Amazon data for IFCDSR: item images for a "
-                                     "scenario (images) and scenarios built from reviews by the paper's §4 (build).")
+    parser = argparse.ArgumentParser(prog="python -m tools.amazon", description="Raw Amazon data for IFCDSR: item "
+                                     "images for a scenario (images) and scenarios built from reviews by the paper's "
+                                     "§4 (build).")
     commands = parser.add_subparsers(dest="command", required=True)
     im = commands.add_parser("images", help="items.tsv and images/<ASIN>.<ext> for a scenario, from metadata")
     im.add_argument("--scenario-dir", type=Path, required=True, help="a C2DSR-format folder (Alist.txt, Blist.txt)")

@@ -7,6 +7,7 @@ import collections
 import http.client
 import io
 import os
+import sys
 import time
 import urllib.error
 import urllib.parse
@@ -44,7 +45,8 @@ class HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
 
 
 def _get(opener, url: str, *, timeout: float, max_bytes: int) -> bytes:
-    """One GET -> the body; `timeout` bounds every socket wait and the whole download."""
+    """One GET -> the body; `timeout` bounds every socket wait, and the whole download however slowly the server
+    sends its body."""
     deadline = time.monotonic() + timeout
     request = urllib.request.Request(url, headers={"User-Agent": "IFCDSR-data/1.0 (research; urllib)"})
     try:
@@ -53,12 +55,20 @@ def _get(opener, url: str, *, timeout: float, max_bytes: int) -> bytes:
             if declared.isdecimal() and int(declared) > max_bytes:
                 raise _Failure(f"too large: {int(declared):,} bytes, the limit is {max_bytes:,}")
             body = bytearray()
-            while chunk := response.read(1 << 16):
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise _Failure(f"timeout: over {timeout:g} s", retry=True)
+                if response.fp:  # None once the connection has closed
+                    response.fp.raw._sock.settimeout(left)  # the next read waits at most until the deadline
+                chunk = response.read1(1 << 16)  # what has arrived, at most 64 KiB: a trickle returns byte by byte
+                if not chunk:
+                    break
                 body += chunk
                 if len(body) > max_bytes:
                     raise _Failure(f"too large: over {max_bytes:,} bytes")
-                if time.monotonic() > deadline:
-                    raise _Failure(f"timeout: over {timeout:g} s", retry=True)
+            if response.length:  # the bytes of Content-Length that never came
+                raise _Failure(f"connection error: the body ended {response.length:,} bytes short", retry=True)
             return bytes(body)
     except urllib.error.HTTPError as err:
         err.close()
@@ -187,3 +197,9 @@ def print_outcomes(counts: dict, num_items: int, images_dir: Path) -> None:
     for outcome in outcomes:
         print(f"{outcome:<24}{counts['X'][outcome]:>10,}{counts['Y'][outcome]:>10,}")
     print(f"reasons per item: {images_dir / 'failures.tsv'}")
+
+
+if __name__ == "__main__":
+    print("error: tools/download.py is not a command: `python -m tools.amazon images` downloads item images with it "
+          "(python -m tools.amazon images --help)", file=sys.stderr)
+    sys.exit(2)

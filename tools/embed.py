@@ -246,8 +246,8 @@ def embed_texts(model, texts, batch_size, device) -> np.ndarray:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="encode a scenario's item images into image_embeddings.npy "
-                                                 "(E_img) with CLIP")
+    parser = argparse.ArgumentParser(prog="python -m tools.embed", description="encode a scenario's item images into "
+                                     "image_embeddings.npy (E_img) with CLIP")
     parser.add_argument("--scenario-dir", type=Path, required=True, help="folder with Alist.txt and Blist.txt")
     parser.add_argument("--images", type=Path, required=True, help="folder of <ASIN>.jpg|jpeg|png|webp files")
     parser.add_argument("--weights", default="ViT-B/32", help="ViT-B/32 (cached in ~/.cache/clip) or a weight file")

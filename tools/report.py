@@ -30,8 +30,9 @@ def plot(folder: Path) -> Path:
         matplotlib.use("Agg")  # files only, no window
         import matplotlib.pyplot as plt
         import matplotlib.ticker
-    except ImportError:
-        raise RunError("python -m tools.report plot needs matplotlib, an optional dependency: pip install matplotlib") from None
+    except Exception as err:  # not installed, or a broken install that fails its import in its own way
+        raise RunError(f"python -m tools.report plot needs matplotlib, an optional dependency, and its import failed "
+                       f"({type(err).__name__}: {err}): pip install matplotlib") from None
     results, _ = read_run(folder)
     rows = [(m, d) for m, runs in results["runs"].items() if "history" in runs[0] for d in runs[0]["history"]]
     if not rows:
@@ -86,6 +87,9 @@ def read_run(folder: Path) -> tuple[dict, dict]:
             ranks = {key: npz[key] for key in npz.files}
     except (OSError, ValueError) as err:
         raise RunError(f"{folder}: not a finished run of train.py ({err}).") from None
+    except RecursionError:  # json's parser recurses once per level of nesting
+        raise RunError(f"{folder / 'results.json'}: nested too deeply to be a results.json that train.py wrote; "
+                       f"not a finished run of train.py.") from None
     if isinstance(results, dict) and "summary" not in results:
         raise RunError(f"{folder}: the run has not finished (results.json has no summary); resume it first.")
     return results, ranks
@@ -180,11 +184,13 @@ def main(argv=None) -> int:
             print(f"wrote {plot(args.run)}")
         else:
             print(compare(args.reference, args.runs))
-    except (RunError, KeyError, OSError) as err:  # OSError: a run folder that cannot be written (plot)
-        print(f"error: {err}" if isinstance(err, (RunError, OSError)) else
-              f"error: the runs do not hold the same models, targets and seeds (missing {err})"
-              if args.command == "compare" else
-              f"error: {args.run / 'results.json'} has no {err}: not a results file of this version of train.py",
+    except (RunError, OSError) as err:  # OSError: a run folder that cannot be written (plot)
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except (KeyError, TypeError, AttributeError, IndexError, ValueError) as err:  # a hand-edited or foreign file
+        found = f"missing {err}" if isinstance(err, KeyError) else f"{type(err).__name__}: {err}"
+        print(f"error: the runs do not hold the same models, targets and seeds ({found})" if args.command == "compare"
+              else f"error: {args.run / 'results.json'}: not a results file of this version of train.py ({found})",
               file=sys.stderr)
         return 2
     return 0
