@@ -42,7 +42,7 @@ from data import (EMBEDDINGS_FILE, SPLIT_FILES, DataError, Progress, Scenario, V
 from evaluate import (PROTOCOLS, NonFiniteScores, RunResults, check_cases, data_warnings, eval_batch, eval_cases, grid_text,
                       metrics, negatives, point_name, print_run, rank_cases, target_items, to_device, top_items,
                       warm_items)
-from ifcdsr import CPU_CHUNK, IFCDSR, PRINTED, RANGES, Config, ConfigError, host_to, shapes
+from ifcdsr import CHOICES, CPU_CHUNK, IFCDSR, PRINTED, RANGES, Config, ConfigError, host_to, shapes
 
 SELECT = ("sampled999", "MRR")  # the validation number that selects epochs and hyper-parameters
 
@@ -406,7 +406,7 @@ def train_point(name: str, cfgs: dict[str, Config], scen: Scenario, device, fold
 def grid_points(name: str, grid: dict) -> list[dict]:
     """The distinct points at which row `name` trains: the product of the lists of the --grid fields that act
     on it, in the order given; one empty point without --grid, or where no field of it acts on the row."""
-    lists = {k: v for k, v in grid.items() if rows_of(k, [name])}
+    lists = {k: v for k, v in grid.items() if acts(k, name)}
     return [dict(zip(lists, values)) for values in itertools.product(*lists.values())]
 
 
@@ -417,8 +417,9 @@ def trainings(name: str, grid: dict, folder: Path) -> list[tuple[dict, Path]]:
 
 
 def model_config(model: str, cfg: Config, target: str, seed: int) -> Config:
-    """The config of one training of a row: its flags (`rows.Row.flags`), the target domain and the seed."""
-    return cfg.replace(**ROWS[model].flags(), target=target, seed=seed)
+    """The config of one training of a row: its images and views, the target domain and the seed."""
+    row = ROWS[model]
+    return cfg.replace(use_image=row.use_image, multi_attention=row.multi_attention, target=target, seed=seed)
 
 
 def row_folder(out: Path, model: str, seed: int) -> Path:
@@ -429,9 +430,9 @@ def run(s: Settings) -> int:
     """The rows, seeds and target domains of a run, each trained (or ranked) into the run folder; then
     results.json, test_ranks.npz and the tables. A Ctrl-C from the run folder on names it."""
     name, folder = resolve_scenario(s.scenario, s.data_dir)
-    models = choose_models(s.models, s.no_image, s.no_multi_attention, name,
-                                    (folder / EMBEDDINGS_FILE).exists())
-    check_used(s.given, models, s.grid)
+    models = choose_models(s.models, not s.cfg.use_image, not s.cfg.multi_attention, name,
+                           (folder / EMBEDDINGS_FILE).exists())
+    check_acts(s, models)
     out = output_folder(s.out, name, s.resume)
     try:
         return train_rows(s, name, folder, models, out)
@@ -560,138 +561,200 @@ def bounded(kind: type, low: int | float, high: int | float) -> Callable[[str], 
 
 DEMO_EPOCHS = 5  # the demo's default, so that `python train.py` ends within 3 minutes on 2 CPU cores
 GRID = {"lr": [1e-3, 5e-4, 1e-4], "weight_decay": [1e-4, 5e-5, 1e-5]}  # paper §4's 3x3 grid: a bare --grid
-NOT_GRIDDED = {  # Config fields that --grid refuses besides the per-training ones, and why
-    "max_len": "the scenario's sequences are cut to max_len once a run; run one command per value "
-               "(--set max_len=N)",
-    "score_chunk": "it sets memory only: every value gives the same numbers; set it with --set score_chunk=N"}
 MAX_SEEDS = 1000
-TRAINING = ("epochs", "lr", "weight_decay", "batch_size", "patience", "eval_every", "seed", "seeds", "grid")
-READINGS = ("temperature", "loss_norm", "softmax_over", "literal")  # IFCDSR's flags besides α, λ1, λ2
-CONFLICTS = {  # pairs of flags refused together, and why
-    ("scenario", "data_dir"): "--data-dir is the scenario folder itself",
-    ("ablation", "no_image"): "--ablation trains Table 4's rows with and without images and views",
-    ("ablation", "no_multi_attention"): "--ablation trains Table 4's rows with and without images and views",
-    ("compare", "no_multi_attention"): "the IFCDSR rows without the three views are --models original,image_fusion",
-    ("models", "no_multi_attention"): "the IFCDSR rows without the three views are --models original,image_fusion",
-}
+SHORTCUTS = {  # flag: (the Config field it sets as --set FIELD=VALUE does, help); a bool field's flag sets it False
+    "--no-image": ("use_image", "the rows without the image branch (α = 1)"),
+    "--no-multi-attention": ("multi_attention", "the rows with only the merged view S^{X+Y}"),
+    "--epochs": ("epochs", "training epochs"), "--batch-size": ("batch_size", "mini-batch size"),
+    "--lr": ("lr", "learning rate"), "--weight-decay": ("weight_decay", "L2 coefficient"),
+    "--patience": ("patience", "early stopping"), "--eval-every": ("eval_every", "validate every N epochs"),
+    "--seed": ("seed", "one training seed (initialisation and batch order)"),
+    "--alpha": ("alpha", "α (Eq. 5)"), "--lambda1": ("lambda1", "λ1 (Eq. 7/8)"),
+    "--lambda2": ("lambda2", "λ2 (Eq. 7/8)"),
+    "--temperature": ("temperature", "τ dividing Eq. 2; 1 = as printed"),
+    "--loss-norm": ("loss_norm", "Eq. 6/7: each view's mean, or the sum as printed"),
+    "--softmax-over": ("softmax_over", "Eq. 3/4: all N items, or each view's own domain as printed")}
+NOT_SEARCHED = {  # Config fields that --grid refuses, and why
+    "seed": "the seeds are --seeds K or a,b,c", "use_image": "each row has its own; choose rows with --models",
+    "multi_attention": "each row has its own; choose rows with --models",
+    "max_len": "the scenario's sequences are cut to max_len once a run; run one command per value",
+    "score_chunk": "it sets memory only: every value gives the same numbers"}
 
 
-@dataclass(frozen=True)
-class Settings:
-    """What one command does, read once from its flags (`read`); every step receives the fields it uses."""
-    cfg: Config  # every training's config, before its row's flags, its target and its seed
-    grid: dict  # --grid: {field: [values]}, searched on validation; {} without --grid
-    seeds: list  # the training seeds
-    targets: tuple  # the target domains: ("X", "Y") for --target both
-    models: str | None  # --models: a preset of rows.PRESETS or rows, comma-separated; None: the default rows
-    no_image: bool  # --no-image
-    no_multi_attention: bool  # --no-multi-attention
-    scenario: str | None  # --scenario
-    data_dir: str | None  # --data-dir
-    device: torch.device
-    out: str | None  # --out: the run folder; None: runs/<scenario>-<time>
-    resume: bool  # --resume
-    literal: bool  # --literal: the equations as printed, recorded in results.json
-    deterministic: bool  # --deterministic
-    eval_only: Path | None  # --eval-only CKPT
-    export: Path | None  # --export FILE
-    k: int  # --export's k
-    given: tuple  # the flags on the command line (argparse's names), for the messages that name them
+class Once(argparse.Action):
+    """Every flag's action: stores its value and records the flag in `given` (dest -> flag). --set's and --grid's
+    lists merge; a flag given again with another value is refused, where argparse would keep the last."""
+
+    def __call__(self, parser, args, values, option=None):
+        value, old = self.const if self.nargs == 0 else values, getattr(args, self.dest)
+        if isinstance(value, list):
+            value = (old or []) + value
+        elif self.dest in args.given and value != old:
+            parser.error(f"{self.dest} given twice: {old} by {args.given[self.dest]}, {value} by {option}; "
+                         f"give it once")
+        args.given[self.dest] = option
+        setattr(args, self.dest, value)
+
+
+Settings = argparse.Namespace  # one command, read once from its flags (`read`): the flags' values, and cfg, grid,
+# seeds, targets, device, rows_flag (the flag that chose the rows) and labels ((field, flag) of every setting given)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    """The command line; `given` lists the flags given (argparse's names), whatever their values."""
+    """The command line; `given` maps each option given (its dest) to its flag."""
     p = argparse.ArgumentParser(description="Train and evaluate IFCDSR and the baselines (README has the details).")
-    p.add_argument("--scenario", help="demo (default), food_kitchen or movie_book")
-    p.add_argument("--data-dir", help="any C2DSR-format scenario folder (overrides --scenario)")
-    p.add_argument("--target", default="both", choices=("X", "Y", "both"), help="target domain of Eq. 7-9")
-    p.add_argument("--models", help=f"rows to run, comma-separated: {', '.join(ROWS)}; or a preset: "
-                                    f"{', '.join(PRESETS)}")
-    p.add_argument("--compare", action="store_true",
-                   help=f"--models compare, the rows of Tables 2/3: {','.join(PRESETS['compare'])}")
-    p.add_argument("--seeds", help="K seeds (0..K-1) or a list a,b,c; every model is trained once per seed")
-    p.add_argument("--no-image", action="store_true", help="ID branch only (α = 1)")
-    p.add_argument("--no-multi-attention", action="store_true", help="only the merged view S^{X+Y}")
-    p.add_argument("--ablation", action="store_true", help="--models ablation: train the three rows of Table 4")
-    p.add_argument("--grid", nargs="*", metavar="FIELD=V1,V2",
-                   help="train every row at each point of these Config fields' values and keep, per row and seed, "
-                        "the best on validation; bare: the paper's lr x L2 grid")
-    for flag, kind, what in (("--epochs", int, "epochs"), ("--lr", float, "learning rate"),
-                             ("--weight-decay", float, "L2 coefficient"), ("--alpha", float, "α (Eq. 5)"),
-                             ("--lambda1", float, "λ1 (Eq. 7/8)"), ("--lambda2", float, "λ2 (Eq. 7/8)"),
-                             ("--temperature", float, "τ dividing Eq. 2; 1 = as printed"),
-                             ("--batch-size", int, "mini-batch size"), ("--patience", int, "early stopping"),
-                             ("--eval-every", int, "validate every N epochs"),
-                             ("--seed", int, "one training seed (initialisation and batch order)")):
-        p.add_argument(flag, type=bounded(kind, *RANGES[flag[2:].replace("-", "_")]),
-                       help=f"{what} (default: see ifcdsr.Config)")
-    p.add_argument("--loss-norm", choices=("mean", "sum"), help="Eq. 6/7: each view's mean, or the sum as printed")
-    p.add_argument("--softmax-over", choices=("all", "domain"),
-                   help="Eq. 3/4: all N items, or each view's own domain as printed")
-    p.add_argument("--literal", action="store_true",
-                   help=f"pin the equations as printed ({', '.join(f'{k} {v}' for k, v in PRINTED.items())}) whatever "
-                        f"the defaults, refuse a reading flag that differs, and record it in results.json")
-    p.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
-                   help="any ifcdsr.Config field, e.g. --set q=32 dropout=0.1 (the flags above are shortcuts)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--deterministic", action="store_true",
-                   help="deterministic kernels only: a seeded CUDA run and its resume agree bit for bit (slower)")
-    p.add_argument("--out", help="output folder (default runs/<scenario>-<time>)")
-    p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out (or the latest)")
-    p.add_argument("--eval-only", metavar="CKPT", help="evaluate a best_*.pt checkpoint on valid and test")
-    p.add_argument("--export", metavar="FILE", help="with --eval-only: each test case's top-k items, as TSV")
-    p.add_argument("--k", type=bounded(int, 1, 10_000), help="--export's k (default 10)")
-    args = p.parse_args(argv)
+    arg, defaults = partial(p.add_argument, action=Once), asdict(Config())
+    arg("--scenario", help="demo (default), food_kitchen or movie_book")
+    arg("--data-dir", help="any C2DSR-format scenario folder")
+    arg("--target", default="both", choices=("X", "Y", "both"), help="target domain of Eq. 7-9")
+    arg("--models", help=f"rows to run, comma-separated: {', '.join(ROWS)}; or a preset: {', '.join(PRESETS)}")
+    arg("--compare", nargs=0, const="compare", dest="models", help=f"--models compare: {','.join(PRESETS['compare'])}")
+    arg("--ablation", nargs=0, const="ablation", dest="models", help="--models ablation: Table 4's rows")
+    arg("--seeds", help="K seeds (0..K-1) or a list a,b,c; every model is trained once per seed")
+    for option, (field, what) in SHORTCUTS.items():  # each sets its Config field, as --set does
+        default, demo = defaults[field], f"; {DEMO_EPOCHS} on the demo" if field == "epochs" else ""
+        arg(option, dest=field, **dict(nargs=0, const=False, help=what) if isinstance(default, bool) else dict(
+            choices=CHOICES.get(field), help=f"{what} (default {default}{demo})"))
+    arg("--literal", nargs=0, const=True, default=False,
+        help=f"pin the equations as printed ({', '.join(f'{k} {v}' for k, v in PRINTED.items())}), recorded in "
+             f"results.json")
+    arg("--set", nargs="+", default=[], metavar="FIELD=VALUE",
+        help="any ifcdsr.Config field, e.g. --set q=32 dropout=0.1 (the flags above are shortcuts)")
+    arg("--grid", nargs="*", metavar="FIELD=V1,V2", help="train every row at each point of these fields' values and "
+        "keep, per row and seed, the best on validation; bare: the paper's lr x L2 grid")
+    arg("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    arg("--deterministic", nargs=0, const=True, default=False,
+        help="deterministic kernels only: a seeded CUDA run and its resume agree bit for bit (slower)")
+    arg("--out", help="output folder (default runs/<scenario>-<time>)")
+    arg("--resume", nargs=0, const=True, default=False, help="continue the interrupted run in --out (or the latest)")
+    arg("--eval-only", metavar="CKPT", help="evaluate a best_*.pt checkpoint on valid and test")
+    arg("--export", metavar="FILE", help="with --eval-only: each test case's top-k items, as TSV")
+    arg("--k", type=int, help="--export's k (default 10)")
+    args = p.parse_args(argv, argparse.Namespace(given={}))
     if args.export and not args.eval_only or args.k and not args.export:
         p.error("--export FILE needs --eval-only CKPT" if args.export else "--k needs --export FILE")
+    if not 1 <= (args.k or 1) <= 10_000:
+        p.error(f"--k {args.k}: expected an integer in [1, 10,000]")
     if args.export and (Path(args.export).exists() or not Path(args.export).parent.is_dir()):
         p.error(f"--export {args.export}: {'already exists' if Path(args.export).exists() else 'no such folder'}; "
                 f"choose another file")
-    absent = object()
-    p.set_defaults(**dict.fromkeys(vars(args), absent))  # parsed again, every flag not given is `absent`
-    args.given = [k for k, v in vars(p.parse_args(argv)).items() if v is not absent]
     return args
 
 
 def read(args) -> Settings:
     """The parsed command line as Settings, every flag checked before any work."""
-    check_flags(args.given, args.eval_only)
-    cfg = make_config(args)
-    grid = parse_grid(args.grid, parse_sets(args.set), args.given, args.literal, cfg)
+    given = args.given
+    dropped = [given[k] for k in vars(args) if k in given and k not in (
+        "eval_only", "scenario", "data_dir", "device", "deterministic", "export", "k")]
+    if args.eval_only and dropped:
+        raise UsageError(f"--eval-only evaluates the checkpoint as it was trained (its model, target, config and "
+                         f"folder) and writes nothing but --export's file; drop {', '.join(dropped)}.")
+    if args.scenario is not None and args.data_dir is not None:
+        raise UsageError("--scenario and --data-dir cannot both act: --data-dir is the scenario folder itself; drop "
+                         "one of them.")
+    cfg, grid, labels = overrides(args)
+    flags = dict(labels)
+    if args.models and (not cfg.multi_attention or args.models == "ablation" and not cfg.use_image):
+        why = "the IFCDSR rows without the three views are --models original,image_fusion" if not \
+            cfg.multi_attention else "--ablation trains Table 4's rows with and without images and views"
+        raise UsageError(f"{given['models']} and {flags['multi_attention' if not cfg.multi_attention else 'use_image']}"
+                         f" cannot both act: {why}; drop one of them.")
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                           else "cpu" if args.device == "auto" else args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: no CUDA device is available; use --device cpu.")
-    if sum(map(bool, (args.models, args.compare, args.ablation))) > 1:
-        raise UsageError("give one of --models, --compare and --ablation.")
-    return Settings(
-        cfg=cfg, grid=grid, seeds=parse_seeds(args.seeds, args.seed),
-        targets=("X", "Y") if args.target == "both" else (args.target,),
-        models="compare" if args.compare else "ablation" if args.ablation else args.models,
-        no_image=args.no_image, no_multi_attention=args.no_multi_attention, scenario=args.scenario,
-        data_dir=args.data_dir, device=device, out=args.out, resume=args.resume, literal=args.literal,
-        deterministic=args.deterministic, eval_only=Path(args.eval_only) if args.eval_only else None,
-        export=Path(args.export) if args.export else None, k=args.k or 10, given=tuple(args.given))
+    if args.seeds is not None and "seed" in flags:
+        raise UsageError(f"give either {flags['seed']} or --seeds, not both.")
+    return Settings(**{**vars(args), "cfg": cfg, "grid": grid, "device": device, "k": args.k or 10,
+                       "seeds": parse_seeds(args.seeds) if args.seeds else [cfg.seed],
+                       "targets": ("X", "Y") if args.target == "both" else (args.target,),
+                       "rows_flag": given.get("models") or flags.get("use_image") or flags.get("multi_attention")
+                       or "the default rows", "labels": labels + [("seed", "--seeds")] * bool(args.seeds),
+                       "eval_only": args.eval_only and Path(args.eval_only),
+                       "export": args.export and Path(args.export)})
 
 
-def parse_seeds(seeds: str | None, seed: int | None) -> list[int]:
-    """--seeds K (0..K-1) or a list a,b,c; --seed S alone is one seed; the default is seed 0."""
-    if seeds is None:
-        return [0 if seed is None else seed]
-    if seed is not None:
-        raise UsageError("give either --seed S or --seeds K|a,b,c, not both.")
+def overrides(args) -> tuple[Config, dict[str, list], list[tuple[str, str]]]:
+    """The settings of --set, the shortcuts, --literal and --grid, in this order, on Config's defaults (the demo's
+    epochs on the demo): (config, --grid's {field: [values]}, [(field, the flag that set it)]). A field given
+    twice with different values is refused, naming both; so is a grid point outside Config's ranges."""
+    given = [(*parse_value(pair, f"--set {pair}"), f"--set {pair}", f"--set {pair.partition('=')[0]}")
+             for pair in args.set]
+    for option, (field, _) in SHORTCUTS.items():
+        value, shown = getattr(args, field), f"{option} {getattr(args, field)}"
+        if field in args.given:
+            given.append((field, value, option, option) if value is False else
+                         (*parse_value(f"{field}={value}", shown), shown, option))
+    given += [(k, v, f"--literal ({k}={v}, as printed)", "--literal") for k, v in PRINTED.items() if args.literal]
+    searched = list(GRID.items()) if args.grid == [] else [parse_list(pair) for pair in args.grid or []]
+    given += [(k, v, f"--grid {grid_text({k: v})}", f"--grid {k}" if args.grid else "--grid") for k, v in searched]
+    first = {}
+    for field, value, text, _ in given:
+        if field in first and first[field][0] != value:
+            raise UsageError(f"{first[field][1]} and {text} disagree on {field}; drop one of them.")
+        first.setdefault(field, (value, text))
+    grid = dict(searched)
+    sets = {field: value for field, (value, _) in first.items() if field not in grid}
+    if "epochs" not in sets and args.data_dir is None and args.scenario in (None, "demo") and not args.eval_only:
+        sets["epochs"] = DEMO_EPOCHS
+    try:
+        cfg = Config().replace(**sets)
+    except ConfigError as err:  # a value outside its range, or n_heads that does not divide q
+        raise UsageError(f"{first.get(err.field, (None, '--set'))[1]}: {err}.") from None
+    for point in itertools.product(*grid.values()):
+        try:
+            cfg.replace(**dict(zip(grid, point)))
+        except ConfigError as err:
+            raise UsageError(f"--grid: at {point_name(dict(zip(grid, point)))}: {err}.") from None
+    return cfg, grid, [(field, label) for field, _, _, label in given]
+
+
+def parse_value(pair: str, shown: str) -> tuple[str, object]:
+    """FIELD=VALUE -> (field, value), the value read as the type of the field's default (a bool as true or false);
+    `shown`, the setting as the command line gives it, names it in the messages. Config.check checks the ranges."""
+    defaults = asdict(Config())
+    field, eq, text = pair.partition("=")
+    if field not in defaults or not eq:
+        what = "expected FIELD=VALUE" if not eq else f"ifcdsr.Config has no field {field!r}"
+        raise UsageError(f"{shown}: {what}; the fields are {', '.join(defaults)}.")
+    if field == "target":
+        raise UsageError(f"{shown}: target is decided for each training; use --target X, Y or both.")
+    kind = type(defaults[field])
+    try:
+        return field, {"true": True, "false": False}[text] if kind is bool else kind(text)
+    except (KeyError, ValueError):
+        expected = {bool: "true or false", int: "an integer", float: "a number"}.get(kind, "text")
+        raise UsageError(f"{shown}: expected {expected} for {field} (default {defaults[field]}), found {text!r}.") \
+            from None
+
+
+def parse_list(pair: str) -> tuple[str, list]:
+    """--grid's FIELD=V1,V2,... -> (field, [values]), each value typed as --set types it."""
+    field, eq, text = pair.partition("=")
+    if not eq or not text:
+        raise UsageError(f"--grid {pair}: gives no value; expected FIELD=V1,V2,... (one list per field), like "
+                         f"--grid temperature=1,0.1.")
+    values = [parse_value(f"{field}={v}", f"--grid {field}={v}")[1] for v in text.split(",")]
+    repeated = [v for i, v in enumerate(values) if v in values[:i]]
+    if field in NOT_SEARCHED or repeated:
+        why = f"{field} cannot be searched: {NOT_SEARCHED[field]}" if field in NOT_SEARCHED else \
+            f"lists {repeated[0]} twice; give each value once"
+        raise UsageError(f"--grid {pair}: {why}.")
+    return field, values
+
+
+def parse_seeds(seeds: str) -> list[int]:
+    """--seeds K (0..K-1) or a list a,b,c of distinct seeds."""
     low, high = RANGES["seed"]
-    expected = (f"expected a count K in [1, {MAX_SEEDS}] (seeds 0..K-1) or a list of at most {MAX_SEEDS} distinct "
-                f"seeds in [{low}, {high:,}], like 0,3,7")
     try:
         chosen = [int(s) for s in seeds.split(",") if s.strip()]
-    except ValueError:
-        raise UsageError(f"--seeds {seeds!r}: {expected}.") from None
-    if "," not in seeds:
-        chosen = list(range(chosen[0])) if len(chosen) == 1 and 1 <= chosen[0] <= MAX_SEEDS else []
+        chosen = chosen if "," in seeds else list(range(chosen[0])) if chosen[0] <= MAX_SEEDS else []
+    except (ValueError, IndexError):
+        chosen = []
     if not 1 <= len(chosen) <= MAX_SEEDS or not low <= min(chosen) <= max(chosen) <= high \
-            or len(set(chosen)) != len(chosen):
-        raise UsageError(f"--seeds {seeds!r}: {expected}.")
+            or len(set(chosen)) < len(chosen):
+        raise UsageError(f"--seeds {seeds!r}: expected a count K in [1, {MAX_SEEDS}] (seeds 0..K-1) or a list of at "
+                         f"most {MAX_SEEDS} distinct seeds in [{low}, {high:,}], like 0,3,7.")
     return chosen
 
 
@@ -722,150 +785,15 @@ def choose_models(models: str | None, no_image: bool, no_multi_attention: bool, 
     return [m for m in ROWS if m in chosen]
 
 
-def flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def check_flags(given: list[str], eval_only: str | None) -> None:
-    """Before any work: flags that cannot both act are refused, naming both."""
-    if eval_only:
-        dropped = [flag(k) for k in given
-                   if k not in ("eval_only", "scenario", "data_dir", "device", "deterministic", "export", "k")]
-        if dropped:
-            raise UsageError(f"--eval-only evaluates the checkpoint as it was trained (its model, target, config "
-                             f"and folder) and writes nothing but --export's file; drop {', '.join(dropped)}.")
-    for (a, b), why in CONFLICTS.items():
-        if a in given and b in given:
-            raise UsageError(f"{flag(a)} and {flag(b)} cannot both act: {why}; drop one of them.")
-
-
-def acts_on(models: list[str]) -> dict[str, list[str]]:
-    """The rows of `models` that each flag acts on: --alpha on a row with images, λ1 and λ2 on one with the three
-    views, the readings on an IFCDSR row, the training flags on a trained row. A Config field not named here
-    (lr, q, dropout, ...) acts on every trained row (`rows_of`)."""
-    trained = [m for m in models if ROWS[m].trained]
-    ifcdsr = [m for m in trained if ROWS[m].ifcdsr]
-    views = [m for m in ifcdsr if ROWS[m].multi_attention]
-    return {"alpha": [m for m in ifcdsr if ROWS[m].use_image], "lambda1": views, "lambda2": views,
-            **dict.fromkeys(READINGS, ifcdsr),
-            **dict.fromkeys(TRAINING, trained)}
-
-
-def rows_of(field: str, models: list[str]) -> list[str]:
-    """The rows of `models` that a Config field (a --grid field) acts on."""
-    return acts_on(models).get(field, [m for m in models if ROWS[m].trained])
-
-
-def check_used(given: tuple, models: list[str], grid: dict) -> None:
-    """Every flag given, and every field of --grid, acts on at least one of the rows run (`acts_on`)."""
-    idle = [flag(k) for k, rows in acts_on(models).items() if k in given and not rows]
-    idle += [f"--grid {k}" for k in grid if not rows_of(k, models) and "--grid" not in idle]
+def check_acts(s: Settings, models: list[str]) -> None:
+    """Every setting given acts on at least one of the rows run (`acts`): one that would change nothing is refused."""
+    acting = {label for field, label in s.labels if any(acts(field, m) for m in models)}
+    idle = [label for label in dict.fromkeys(label for _, label in s.labels) if label not in acting]
     if idle:
-        chosen = next((flag(k) for k in ("models", "compare", "ablation", "no_image", "no_multi_attention")
-                       if k in given), "the default rows")
         one = len(idle) == 1
-        raise UsageError(f"{', '.join(idle)}: act{'s' if one else ''} on none of the rows of {chosen} "
+        raise UsageError(f"{', '.join(idle)}: act{'s' if one else ''} on none of the rows of {s.rows_flag} "
                          f"({', '.join(models)}); drop {'it' if one else 'them'}, or choose rows "
                          f"{'it acts' if one else 'they act'} on with --models.")
-
-
-def make_config(args) -> Config:
-    """The config of the flags, --set and --literal, on top of Config's defaults (the demo's epochs on the demo)."""
-    sets = parse_sets(args.set)
-    overrides = {k: getattr(args, k) for k in ("epochs", "lr", "weight_decay", "alpha", "lambda1", "lambda2",
-                                               "temperature", "batch_size", "patience", "eval_every", "loss_norm",
-                                               "softmax_over")
-                 if getattr(args, k) is not None}
-    if args.epochs is None and "epochs" not in sets and args.data_dir is None and args.scenario in (None, "demo") \
-            and not args.eval_only:
-        overrides["epochs"] = DEMO_EPOCHS
-    differ = sorted(k for k in sets.keys() & overrides.keys() if sets[k] != overrides[k])
-    if differ:
-        raise UsageError(f"--set {differ[0]}={sets[differ[0]]} and --{differ[0].replace('_', '-')} "
-                         f"{overrides[differ[0]]} disagree; give the value once.")
-    overrides.update(sets)
-    if args.literal:
-        both = sorted(f"--set {k}" if k in sets else f"--{k.replace('_', '-')}"
-                      for k in PRINTED.keys() & overrides.keys())
-        if both:
-            raise UsageError(f"--literal sets {', '.join(PRINTED)} as printed; drop {' and '.join(both)} or --literal.")
-        overrides.update(PRINTED)
-    try:
-        return Config().replace(**overrides)  # the flags' types have checked their values against Config's RANGES
-    except ConfigError as err:  # a --set value outside its range, or n_heads that does not divide q
-        raise UsageError(f"--set: {err}.") from None
-
-
-PER_TRAINING = {"target": "--target", "seed": "--seed or --seeds", "use_image": "--no-image or --models",
-                "multi_attention": "--no-multi-attention or --models"}  # Config fields that each training sets
-
-
-def parse_sets(pairs: list[str]) -> dict:
-    """--set FIELD=VALUE ... -> {field: value}, each value read as the type of the field's default (a bool
-    as true or false); the ranges are Config.check's."""
-    sets = {}
-    for pair in pairs:
-        field, value = parse_value(pair, "--set")
-        if field in sets and sets[field] != value:
-            raise UsageError(f"--set gives {field} twice ({sets[field]} and {value}); give it once.")
-        sets[field] = value
-    return sets
-
-
-def parse_value(pair: str, option: str) -> tuple[str, object]:
-    """FIELD=VALUE of `option` (--set or --grid) -> (field, value), the value read as the type of the field's
-    default (a bool as true or false); a field that each training sets is refused."""
-    defaults = asdict(Config())
-    field, eq, text = pair.partition("=")
-    if field not in defaults or not eq:
-        what = "expected FIELD=VALUE" if not eq else f"ifcdsr.Config has no field {field!r}"
-        raise UsageError(f"{option} {pair}: {what}; the fields are {', '.join(defaults)}.")
-    if field in PER_TRAINING:
-        raise UsageError(f"{option} {pair}: {field} is decided for each training; use {PER_TRAINING[field]}.")
-    kind = type(defaults[field])
-    try:
-        return field, {"true": True, "false": False}[text] if kind is bool else kind(text)
-    except (KeyError, ValueError):
-        expected = {bool: "true or false", int: "an integer", float: "a number"}.get(kind, "text")
-        raise UsageError(f"{option} {pair}: {field} takes {expected} (default {defaults[field]}), "
-                         f"found {text!r}.") from None
-
-
-def parse_grid(pairs: list[str] | None, sets: dict, given: list[str], literal: bool, cfg: Config) -> dict[str, list]:
-    """--grid FIELD=V1,V2,... -> {field: [values]} in the order given ({} without --grid; a bare --grid is
-    GRID, the paper's lr x L2 grid). Each value is typed as --set types it; every point of the grid (the
-    product of the lists) is checked against Config's ranges on top of `cfg`. A field that the grid searches
-    may not also be given by its flag, by --set or by --literal."""
-    if pairs is None:
-        return {}
-    grid = {}
-    for pair in pairs:
-        field, eq, text = pair.partition("=")
-        if not eq or not text or field in grid:
-            what = f"gives {field} twice" if field in grid else "gives no value"
-            raise UsageError(f"--grid {pair}: {what}; expected FIELD=V1,V2,... (one list per field), like "
-                             f"--grid temperature=1,0.1.")
-        values = [parse_value(f"{field}={v}", "--grid")[1] for v in text.split(",")]
-        repeated = [v for i, v in enumerate(values) if v in values[:i]]
-        if field in NOT_GRIDDED or repeated:
-            why = f"{field} cannot be searched: {NOT_GRIDDED[field]}" if field in NOT_GRIDDED else \
-                f"lists {repeated[0]} twice; give each value once"
-            raise UsageError(f"--grid {pair}: {why}.")
-        grid[field] = values
-    grid = grid or GRID
-    for field, values in grid.items():
-        why = "--grid searches lr and L2 itself (paper §4's 3x3 grid)" if not pairs else \
-            f"--grid searches {field} itself ({grid_text({field: values})})"
-        twice = [flag(field)] * (field in given) + [f"--set {field}"] * (field in sets) + \
-            ["--literal"] * (literal and field in PRINTED)
-        if twice:
-            raise UsageError(f"--grid and {twice[0]} cannot both act: {why}; drop one of them.")
-    for point in itertools.product(*grid.values()):
-        try:
-            cfg.replace(**dict(zip(grid, point)))
-        except ConfigError as err:  # a value outside its range, or n_heads that does not divide q
-            raise UsageError(f"--grid: at {point_name(dict(zip(grid, point)))}: {err}.") from None
-    return grid
 
 
 def readings(cfg: Config) -> str:
@@ -903,10 +831,6 @@ class Row:
         once per target domain, as do the `_target` rows."""
         return self.baseline is not None and self.baseline.merged
 
-    def flags(self) -> dict:
-        """The Config fields that the row sets for each of its trainings."""
-        return {"use_image": self.use_image, "multi_attention": self.multi_attention}
-
 
 ROWS = {  # every row, in the paper's order: baselines first, IFCDSR last
     "popularity": Row(trained=False),
@@ -929,12 +853,28 @@ PRESETS = {  # --models NAME: a named set of rows
 
 def variant(use_image: bool, multi_attention: bool) -> str:
     """The IFCDSR row of these two flags."""
-    return next(name for name, row in ROWS.items() if row.ifcdsr and row.flags() == {
-        "use_image": use_image, "multi_attention": multi_attention})
+    return next(name for name, row in ROWS.items() if row.ifcdsr and (row.use_image, row.multi_attention) == (
+        use_image, multi_attention))
 
 
 def needs_images(name: str) -> bool:
     return ROWS[name].use_image
+
+
+def acts(field: str, name: str) -> bool:
+    """Whether a Config field set on the command line changes row `name`: max_len (the sequences' cut) and
+    score_chunk (memory) change every row, use_image and multi_attention choose the rows (`choose_models`);
+    nothing else reaches popularity; a baseline reads no reading, α or λ, and GRU4Rec has no attention blocks;
+    α acts on an IFCDSR row with images, the λs and the softmax's domains on one with the three views (a
+    single-view row has only S^{X+Y}, whose softmax is over all items anyway)."""
+    row = ROWS[name]
+    if field in ("max_len", "score_chunk", "use_image", "multi_attention"):
+        return True
+    if row.baseline is not None:
+        return field not in (*PRINTED, "alpha", "lambda1", "lambda2") and not (
+            field in ("n_blocks", "n_heads") and issubclass(row.baseline, baselines.GRU4Rec))
+    return row.trained and (field != "alpha" or row.use_image) and (
+        row.multi_attention or field not in ("lambda1", "lambda2", "softmax_over"))
 
 
 # ----------------------------------------------------------------------------- checkpoints

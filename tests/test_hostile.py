@@ -629,7 +629,7 @@ def test_benchmark_refuses_fewer_sequences_than_its_timed_steps(capsys):
 def test_literal_and_a_reading_flag_together_are_refused(tiny_dir, tmp_path, capsys):
     code, text = call(train.main, ["--data-dir", tiny_dir, "--literal", "--temperature", "0.1", "--out",
                                    tmp_path / "o"], capsys)
-    assert code == 2 and "--literal sets temperature, loss_norm, softmax_over as printed; drop --temperature" in text
+    assert code == 2 and "--temperature 0.1 and --literal (temperature=1.0, as printed) disagree" in text
     assert not (tmp_path / "o").exists()
 
 
@@ -867,8 +867,9 @@ def test_results_refuse_a_nan_and_write_nothing(tmp_path):
 CKPT = "run/sasrec/seed0/best_X.pt"  # refused before it is read
 FLAG_PAIRS = [  # (command, flags, expected message): refused before any work, naming both flags
     ("train", ("--scenario", "demo", "--data-dir", "{tiny}"), "--scenario and --data-dir cannot both act"),
-    ("train", ("--grid", "--lr", "0.01"), "--grid and --lr cannot both act: --grid searches lr and L2 itself"),
-    ("train", ("--grid", "--weight-decay", "0"), "--grid and --weight-decay cannot both act"),
+    ("train", ("--grid", "--lr", "0.01"), "--lr 0.01 and --grid lr=0.001,0.0005,0.0001 disagree on lr"),
+    ("train", ("--grid", "--weight-decay", "0"), "--weight-decay 0 and --grid weight_decay=0.0001,5e-05,1e-05 "
+     "disagree"),
     ("train", ("--ablation", "--no-image"), "--ablation and --no-image cannot both act"),
     ("train", ("--ablation", "--no-multi-attention"), "--ablation and --no-multi-attention cannot both act"),
     ("train", ("--compare", "--no-multi-attention"), "--compare and --no-multi-attention cannot both act"),

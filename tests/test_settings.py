@@ -1,8 +1,10 @@
-"""Tests of settings.py and rows.py: the presets behind --models and their shorthands, the variant that --no-image
-and --no-multi-attention make of the default rows, and a command line read without being changed."""
+"""Tests of train.py's command line and rows: the presets behind --models and their shorthands, the variant that
+--no-image and --no-multi-attention make of the default rows, a command line read without being changed, a setting
+that acts on none of the rows, an option given twice, and the grid points at which each row trains."""
 import pytest
 
 import train
+from conftest import run_cli
 from train import UsageError
 
 
@@ -32,3 +34,45 @@ def test_reading_the_command_line_changes_nothing_in_it():
     s = train.read(args)
     assert vars(args) == before and args.epochs is None
     assert s.cfg.epochs == train.DEMO_EPOCHS and s.cfg.q == 32 and s.seeds == [0] and s.targets == ("X", "Y")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (("--models", "sasrec", "--set", "temperature=0.5"), "--set temperature: acts on none of the rows of --models "
+     "(sasrec)"),
+    (("--models", "popularity", "--set", "q=32", "lr=0.1"), "--set q, --set lr: act on none of the rows of --models "
+     "(popularity)"),
+    (("--models", "sasrec", "--set", "alpha=0.2", "lambda1=5"), "--set alpha, --set lambda1: act on none"),
+    (("--models", "ifcdsr_id", "--set", "alpha=0.2"), "--set alpha: acts on none of the rows of --models (ifcdsr_id)"),
+    (("--models", "original", "--set", "lambda1=3"), "--set lambda1: acts on none of the rows of --models (original)"),
+    (("--softmax-over", "all", "--models", "original"), "--softmax-over: acts on none of the rows of --models "
+     "(original)"),
+    (("--models", "gru4rec", "--grid", "n_blocks=1,2"), "--grid n_blocks: acts on none of the rows of --models "
+     "(gru4rec)")])
+def test_a_setting_that_acts_on_none_of_the_rows_is_refused(argv, message, tiny_dir, tmp_path, capsys):
+    assert run_cli("--data-dir", tiny_dir, "--device", "cpu", "--out", tmp_path / "o", *argv) == 2
+    assert message in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+def test_an_option_given_twice_merges_or_is_refused(capsys):
+    s = train.read(train.parse_args(["--set", "q=32", "--set", "dropout=0.1", "--grid", "temperature=1,0.5",
+                                     "--grid", "n_blocks=1", "--lr", "0.01", "--lr", "0.01", "--set", "lr=0.01"]))
+    assert (s.cfg.q, s.cfg.dropout, s.cfg.lr) == (32, 0.1, 0.01)
+    assert s.grid == {"temperature": [1.0, 0.5], "n_blocks": [1]}
+    with pytest.raises(UsageError, match=r"--set q=32 and --set q=16 disagree on q; drop one of them"):
+        train.read(train.parse_args(["--set", "q=32", "--set", "q=16"]))
+    with pytest.raises(UsageError, match=r"--grid temperature=1.0,0.5 and --grid temperature=0.1 disagree"):
+        train.read(train.parse_args(["--grid", "temperature=1,0.5", "--grid", "temperature=0.1"]))
+    for argv, message in ((["--lr", "0.1", "--lr", "0.2"], "lr given twice: 0.1 by --lr, 0.2 by --lr"),
+                          (["--models", "sasrec", "--compare"], "models given twice: sasrec by --models, compare by "
+                                                                "--compare"),
+                          (["--out", "a", "--out", "b"], "out given twice")):
+        assert run_cli(*argv) == 2 and message in capsys.readouterr().err
+
+
+def test_a_row_trains_at_the_distinct_points_of_the_fields_that_act_on_it():
+    grid = {"n_blocks": [1, 2], "lr": [1e-3, 1e-4], "softmax_over": ["all", "domain"]}
+    assert train.grid_points("gru4rec", grid) == [{"lr": 1e-3}, {"lr": 1e-4}]  # no attention blocks
+    assert len(train.grid_points("sasrec", grid)) == 4
+    assert len(train.grid_points("original", grid)) == 4  # one view: its softmax is over all items anyway
+    assert len(train.grid_points("ifcdsr", grid)) == 8
+    assert train.grid_points("popularity", grid) == [{}]

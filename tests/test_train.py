@@ -153,14 +153,14 @@ def test_model_selection_keeps_the_best_validation_epoch_and_reads_the_test_set_
 
 
 @pytest.mark.parametrize("args,message", [
-    (("--alpha", "1.5"), "argument --alpha: expected a number in [0, 1], got '1.5'"),
+    (("--alpha", "1.5"), "--alpha 1.5: alpha = 1.5: expected a number in [0, 1]"),
     (("--scenario", "nope"), "unknown scenario 'nope'"),
     (("--data-dir", "/nonexistent/x"), "scenario directory not found"),
     (("--seeds", "0"), "--seeds '0': expected a count K in [1, 1000]"),
     (("--seeds", "2", "--seed", "3"), "not both"),
     (("--models", "sasrec,bert4rec"), "unknown model(s) ['bert4rec']"),
     (("--models", "ifcdsr", "--no-image"), "need(s) image embeddings"),
-    (("--compare", "--ablation"), "give one of --models, --compare and --ablation"),
+    (("--compare", "--ablation"), "models given twice: compare by --compare, ablation by --ablation; give it once"),
 ])
 def test_cli_bad_input_exits_2_with_a_message(args, message, capsys, tmp_path):
     assert run_cli(*args, "--out", tmp_path / "o") == 2
@@ -221,11 +221,12 @@ def test_set_overrides_any_config_field_and_is_recorded(tiny_dir, tmp_path, caps
 
 @pytest.mark.parametrize("args, message", [
     (("--set", "nosuch=1"), "--set nosuch=1: ifcdsr.Config has no field 'nosuch'"),
-    (("--set", "q=0"), "--set: q = 0: expected an integer in [1, 4,096]"),
-    (("--set", "q=1.5"), "q takes an integer (default 256), found '1.5'"),
-    (("--set", "use_image=false"), "use_image is decided for each training; use --no-image or --models"),
+    (("--set", "q=0"), "--set q=0: q = 0: expected an integer in [1, 4,096]"),
+    (("--set", "q=1.5"), "--set q=1.5: expected an integer for q (default 256), found '1.5'"),
+    (("--set", "target=Y"), "--set target=Y: target is decided for each training; use --target X, Y or both"),
     (("--set", "lr=0.001", "--lr", "0.0005"), "--set lr=0.001 and --lr 0.0005 disagree"),
-    (("--set", "temperature=2", "--literal"), "drop --set temperature or --literal"),
+    (("--set", "temperature=2", "--literal"), "--set temperature=2 and --literal (temperature=1.0, as printed) "
+     "disagree on temperature; drop one of them"),
     (("--export", "x.tsv"), "--export FILE needs --eval-only CKPT")])
 def test_bad_set_values_exit_2_naming_them(args, message, capsys):
     assert run_cli("--device", "cpu", *args) == 2 and message in capsys.readouterr().err
@@ -466,18 +467,19 @@ def test_a_tie_on_validation_in_a_grid_keeps_the_first_point(tiny_dir, tmp_path)
     (("--grid", "temperature"), "--grid temperature: gives no value; expected FIELD=V1,V2,..."),
     (("--grid", "temperature="), "--grid temperature=: gives no value"),
     (("--grid", "temperature=1,1.0"), "--grid temperature=1,1.0: lists 1.0 twice"),
-    (("--grid", "temperature=1", "temperature=0.1"), "--grid temperature=0.1: gives temperature twice"),
-    (("--grid", "temperature=1,x"), "--grid temperature=x: temperature takes a number (default 1.0), found 'x'"),
+    (("--grid", "temperature=1", "temperature=0.1"), "--grid temperature=1.0 and --grid temperature=0.1 disagree"),
+    (("--grid", "temperature=1,x"), "--grid temperature=x: expected a number for temperature (default 1.0), found 'x'"),
     (("--grid", "temperature=1,0"), "--grid: at temperature=0.0: temperature = 0.0: expected a number in [0.01, 100]"),
     (("--grid", "q=6,8", "--set", "n_heads=4"), "--grid: at q=6: n_heads = 4: expected a divisor of q = 6"),
-    (("--grid", "seed=0,1"), "--grid seed=0: seed is decided for each training; use --seed or --seeds"),
-    (("--grid", "use_image=true,false"), "use_image is decided for each training; use --no-image or --models"),
+    (("--grid", "seed=0,1"), "--grid seed=0,1: seed cannot be searched: the seeds are --seeds K or a,b,c"),
+    (("--grid", "use_image=true,false"), "use_image cannot be searched: each row has its own; choose rows with "
+     "--models"),
     (("--grid", "max_len=10,15"), "--grid max_len=10,15: max_len cannot be searched"),
-    (("--grid", "--lr", "0.01"), "--grid and --lr cannot both act: --grid searches lr and L2 itself"),
-    (("--grid", "lr=1e-3,1e-4", "--lr", "0.01"), "--grid and --lr cannot both act: --grid searches lr itself "
-     "(lr=0.001,0.0001)"),
-    (("--grid", "q=16,32", "--set", "q=8"), "--grid and --set q cannot both act"),
-    (("--grid", "temperature=1,0.1", "--literal"), "--grid and --literal cannot both act"),
+    (("--grid", "--lr", "0.01"), "--lr 0.01 and --grid lr=0.001,0.0005,0.0001 disagree on lr"),
+    (("--grid", "lr=1e-3,1e-4", "--lr", "0.01"), "--lr 0.01 and --grid lr=0.001,0.0001 disagree on lr"),
+    (("--grid", "q=16,32", "--set", "q=8"), "--set q=8 and --grid q=16,32 disagree on q"),
+    (("--grid", "temperature=1,0.1", "--literal"), "--literal (temperature=1.0, as printed) and --grid "
+     "temperature=1.0,0.1 disagree"),
     (("--grid", "temperature=1,0.1", "--models", "sasrec"), "--grid temperature: acts on none of the rows of "
      "--models (sasrec)"),
     (("--grid", "alpha=0.5,0.7", "--no-image"), "--grid alpha: acts on none of the rows of --no-image"),
