@@ -36,13 +36,14 @@ import torch
 from torch.utils._pytree import tree_leaves, tree_map
 
 import baselines
+import fused_loss
 from data import (EMBEDDINGS_FILE, SPLIT_FILES, DataError, Progress, Scenario, Views, atomic_write,
                   atomic_write_all, atomic_write_text, duration, fetch_list, file_problem, load_scenario,
                   read_users, resolve_scenario)
 from evaluate import (PROTOCOLS, NonFiniteScores, RunResults, check_cases, data_warnings, eval_batch, eval_cases, grid_text,
                       metrics, negatives, point_name, print_run, rank_cases, target_items, to_device, top_items,
                       warm_items)
-from ifcdsr import CPU_CHUNK, IFCDSR, PRINTED, RANGES, Config, ConfigError, host_to, shapes
+from ifcdsr import IFCDSR, PRINTED, RANGES, Config, ConfigError, shapes
 
 SELECT = ("sampled999", "MRR")  # the validation number that selects epochs and hyper-parameters
 
@@ -126,13 +127,8 @@ class Trainer:
     def autocast(self):
         return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
 
-    def chunk(self) -> int:
-        """The (positions × items) logits computed at once: the model's `chunk()`, for every row."""
-        model = self.model
-        return model.chunk() if isinstance(model, IFCDSR) else self.cfg.score_chunk or CPU_CHUNK
-
     def eval_batch(self) -> int:
-        return eval_batch(self.chunk(), self.scen.items.num_items)
+        return eval_batch(self.model.chunk(), self.scen.items.num_items)
 
     @contextlib.contextmanager
     def exact(self):
@@ -141,11 +137,8 @@ class Trainer:
             yield
 
     def scorer(self):
-        """`rank_cases`'s score function: the model's scores, its item matrices normalised once a pass."""
-        score = self.model.score
-        if isinstance(self.model, IFCDSR):  # the same item matrices for every batch
-            score = partial(score, matrices=self.model.item_matrices())
-        return lambda history, items, shape: score(history, items, shape=shape)
+        """`rank_cases`'s score function (history, items, shape) -> scores, set up once a pass."""
+        return self.model.scorer()
 
     def rank(self, split: str) -> dict:
         """{protocol: (S,) ranks} of the valid or test cases of this target domain, from fp32 scores on every
@@ -183,7 +176,7 @@ class Trainer:
             return inputs, targets, shape
         if self.resident is None or self.resident[0] is not data:
             self.resident = data, to_device(data.inputs, self.device), to_device(data.targets, self.device)
-        at = host_to(self.device, idx)
+        at = fused_loss.host_to(self.device, idx)
         return self.resident[1][at], self.resident[2][at], shape
 
     def step(self, inputs: Views, targets: Views, shape: dict) -> torch.Tensor:
@@ -194,7 +187,7 @@ class Trainer:
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
-        return torch.stack([torch.as_tensor(v, dtype=torch.float32, device=self.device) for v in parts.values()])
+        return torch.stack(list(parts.values())).float()
 
     def train_epoch(self) -> dict:
         """One pass over the training set. Each step's per-view losses are copied to the host without waiting and
@@ -202,7 +195,7 @@ class Trainer:
         checkpoint stays as it was)."""
         self.model.train()
         data = self.scen.train
-        views = [self.model.view] if ROWS[self.name].baseline else list(self.cfg.view_weights())  # the loss's parts
+        views = self.model.views  # the loss's parts
         order = torch.randperm(len(data), generator=self.shuffle)
         n_batches = math.ceil(len(data) / self.cfg.batch_size)
         sums, pending = torch.zeros(len(views), device=self.device), None
@@ -458,7 +451,7 @@ def row_result(model: str, seed: int | None, s: Settings, scen: Scenario, out: P
     """One row and seed, for each target domain: popularity ranked, or the row trained (at each grid point) and
     tested."""
     if not ROWS[model].trained:
-        batch = eval_batch(s.cfg.score_chunk or CPU_CHUNK, scen.items.num_items)
+        batch = eval_batch(fused_loss.chunk(s.cfg.score_chunk, torch.device("cpu")), scen.items.num_items)
         return {target: baselines.popularity(scen, target, batch) for target in s.targets}
     return train_row(model, {target: model_config(model, s.cfg, target, seed) for target in s.targets}, scen,
                      s.device, row_folder(out, model, seed), s.grid, s.resume, progress, f"{model} seed {seed}")
