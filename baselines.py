@@ -7,15 +7,13 @@
     sasrec_target   SASRec over the target domain's sub-sequence only (S^X when X is the target)
     gru4rec_target  GRU4Rec over the target domain's sub-sequence only
 
-The paper's §3.2 says how the previous methods [13, 20] read a history: "sequences combining behaviors from
-domain X and domain Y were used without distinction". So `sasrec` and `gru4rec` read S^{X+Y}, embed the items
-of both domains and predict every next item of it, whichever its domain; at test time they rank the target
-domain's items (Eq. 9's candidates) by the dot product of the last hidden state with each item's embedding.
-The `_target` rows are SASRec and GRU4Rec as single-domain models, the way their own papers run them: they read
-and predict only the target domain's items. Both forms share IFCDSR's Config (q, dropout, L, blocks, heads,
-target domain) and its whole training loop, optimiser, early stopping and evaluation.
+§3.2: "In previous methods [13, 20], sequences combining behaviors from domain X and domain Y were used without
+distinction", so `sasrec` and `gru4rec` read S^{X+Y} and predict its every next item; the `_target` rows are
+the single-domain models of their own papers. All share IFCDSR's Config (q, dropout, L, blocks, heads, target
+domain), its interface (`views`, `loss`, `score`, `scorer`, `chunk`) and its whole training loop and evaluation,
+and rank the target domain's items (Eq. 9's candidates) by the dot product of the last hidden state with each.
 
-Dimension letters: B batch, L positions (left-padded), P prediction positions, n items that a model embeds
+Dimension letters: B batch, L positions (left-padded), T prediction positions, n items that a model embeds
 (N, both domains', for the merged rows; the target domain's for the `_target` rows), q embedding width.
 Inside a model an item has its local id 0..n-1 among those (the global id for the merged rows); n pads.
 """
@@ -28,7 +26,7 @@ import torch.nn.functional as F
 import evaluate
 import fused_loss
 from data import Scenario, item_counts
-from ifcdsr import CPU_CHUNK, AttentionEncoder, Config, domain_items, shapes, shifted
+from ifcdsr import AttentionEncoder, Config, domain_items, shapes
 
 
 def popularity_scores(scen: Scenario) -> torch.Tensor:
@@ -51,15 +49,11 @@ def popularity(scen: Scenario, target: str, batch: int) -> dict:
 
 
 def cross_entropy_sum(H: torch.Tensor, E: torch.Tensor, y: torch.Tensor, n: int, chunk: int) -> torch.Tensor:
-    """Σ_t -log softmax(H_t·E[:n]^T)[y_t]: H (P, q), E (n + 1, q) with the padding row, y (P,) local ids ->
-    a 0-d tensor.
-
-    When the (P, n) logits and their gradient fit in `chunk` (or chunk = 0) they are formed at once;
-    otherwise `fused_loss.nll_dot` scores chunk // n positions at a time into one reused buffer, with the
-    gradient formed in the forward pass. Both give the same numbers up to float rounding.
-    """
-    if not chunk or 2 * len(y) * n <= chunk:
-        return F.cross_entropy((H @ E[:n].T).float(), y, reduction="sum")  # (P, n) logits
+    """Σ_t -log softmax(H_t·E[:n]^T)[y_t]: H (T, q), E (n + 1, q) with the padding row, y (T,) local ids ->
+    a 0-d tensor. When the (T, n) logits and their gradient fit in `chunk` they are formed at once; otherwise
+    `fused_loss.nll_dot` scores chunk // n positions at a time, the same numbers up to float rounding."""
+    if 2 * len(y) * n <= chunk:
+        return F.cross_entropy((H @ E[:n].T).float(), y, reduction="sum")  # (T, n) logits
     return fused_loss.nll_dot(H, E, y, slice(0, n), chunk)
 
 
@@ -97,10 +91,9 @@ class SequenceBaseline(nn.Module):
     order is that of the softmax over N. Dot-product scores, as in SASRec and GRU4Rec (IFCDSR's are cosines
     over τ).
 
-    Memory: the loss's (P, n) logits. At Movie-Book size (N = 100,782) a batch of 256 × 15 positions gives
-    1.5 GB of fp32 logits (and as much for their gradient) for the merged rows: on CUDA they are computed at
-    once; on a CPU, when they do not fit in half of `Config.score_chunk` (auto: ifcdsr.CPU_CHUNK), in chunks
-    of one (rows, n) buffer by `fused_loss.nll_dot`, as `IFCDSR.plain` decides for IFCDSR.
+    Memory: the loss's (T, n) logits. At Movie-Book size (N = 100,782) a batch of 256 × 15 positions gives
+    1.5 GB of fp32 logits (and as much for their gradient) for the merged rows: computed at once while they
+    fit in half of `chunk()` (on CUDA a quarter of the free memory), else in chunks by `fused_loss.nll_dot`.
     """
 
     merged = True  # read S^{X+Y} and embed both domains' items; False: the target domain's sub-sequence only
@@ -114,6 +107,7 @@ class SequenceBaseline(nn.Module):
         self.n = self.vocab.stop - self.vocab.start
         # S^{X+Y}, or S^X / S^Y: the target domain's sub-sequence
         self.view = "xy" if self.merged else "x" if cfg.target == "X" else "y"
+        self.views = (self.view,)  # the loss's one part
         self.E = nn.Embedding(self.n + 1, cfg.q, padding_idx=self.n)
         nn.init.normal_(self.E.weight, std=cfg.q ** -0.5)  # as IFCDSR's E_id
         with torch.no_grad():
@@ -127,16 +121,15 @@ class SequenceBaseline(nn.Module):
         return self.encoder(self.E(local), is_pad)
 
     def chunk(self) -> int:
-        """The (positions × items) logits the loss computes at once: all on CUDA (unless `Config.score_chunk`
-        is set); on a CPU `Config.score_chunk` or ifcdsr.CPU_CHUNK."""
-        return self.cfg.score_chunk or (CPU_CHUNK if self.E.weight.device.type != "cuda" else 0)
+        """`Config.score_chunk` resolved (`fused_loss.chunk`): the (positions × items) logits computed at once."""
+        return fused_loss.chunk(self.cfg.score_chunk, self.E.weight.device)
 
     def loss(self, inputs, targets, shape=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Mean cross-entropy over every next-item position of the view read; `shape` as in `IFCDSR.loss`."""
         shape = (shape or shapes(self.pad, inputs, targets, self.E.weight.device))[self.view]
         seq, nxt = getattr(inputs, self.view)[:, -shape.width:], getattr(targets, self.view)[:, -shape.width:]
-        H = self.hidden(seq).flatten(0, 1)[shape.at]  # (P, q) at every next-item position
-        y = nxt.flatten()[shape.at] - self.vocab.start  # (P,) local ids
+        H = self.hidden(seq).flatten(0, 1)[shape.at]  # (T, q) at every next-item position
+        y = nxt.flatten()[shape.at] - self.vocab.start  # (T,) local ids
         nll = cross_entropy_sum(H, self.E.weight, y, self.n, self.chunk())  # softmax over the n items
         L = nll / max(shape.count, 1)
         return L, {self.view: L.detach()}
@@ -147,7 +140,12 @@ class SequenceBaseline(nn.Module):
         if not self.vocab.start <= items.start <= items.stop <= self.vocab.stop:
             raise ValueError(f"{type(self).__name__} embeds the items {self.vocab}, not {items}")
         seq = getattr(history, self.view)[:, -(shape or shapes(self.pad, history))[self.view].width:]
-        return self.hidden(seq)[:, -1] @ self.E.weight[shifted(items, self.vocab)].T  # (B, |items|)
+        local = slice(items.start - self.vocab.start, items.stop - self.vocab.start)  # the items' rows of E
+        return self.hidden(seq)[:, -1] @ self.E.weight[local].T  # (B, |items|)
+
+    def scorer(self):
+        """`score`, for a pass over many batches (as `IFCDSR.scorer`)."""
+        return self.score
 
 
 class SASRec(SequenceBaseline):

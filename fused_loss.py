@@ -1,30 +1,26 @@
-"""Eq. 2-6 and Eq. 8 with bounded memory: the code IFCDSR runs when (positions × N) logits are large.
+"""Eq. 2-8 with bounded memory, which IFCDSR runs instead of the plain code of ifcdsr.py when (positions × N)
+logits are large (`IFCDSR.plain`), and the device policy: how much is computed at once, in what dtype, and how
+a batch reaches the device. `nll_views` computes Eq. 6/7 and its gradient, `view_sum` Eq. 8, `nll_dot` the
+sequence baselines' loss, each `chunk` logits at a time in one reused (rows, n) buffer; test_fused_loss.py
+holds them equal to the plain code up to float rounding.
 
-`ifcdsr.py` holds the plain version of these equations (`similarity`, `log_prob`, `IFCDSR.loss`,
-`IFCDSR.score`) and calls this module when a view's logits would not fit in half of `IFCDSR.chunk()`
-(Movie-Book and Food-Kitchen size; never on the demo or in most tests of the model), and always on CUDA.
-Both give the same numbers up to float rounding (test_fused_loss.py).
-
-It holds the two bounded twins, the training loss and the test-time Eq. 8:
-    nll       Σ_t -log P(y_t | S) over P positions (the sum of Eq. 6) and its gradient, scoring `rows`
-              positions at a time into one reused (rows, n) buffer, n the items of the view's softmax
-    view_sum  Eq. 8's Σ_v λ_v·P^v for a batch of histories, Eq. 3-5 formed in place in the same buffer
-And `nll_dot`, the same chunked loss for the sequence baselines' dot-product softmax (baselines.py).
-
-The derivation of the gradient. With a = unit(h)/τ and unit rows of E, the logits are s = a·E^T
-(Eq. 2), P_b = softmax(s_b) for the ID and the image branch b (Eq. 3/4) and, for one position with
-target y,
+The gradient. With a = unit(h)/τ and unit rows of E, the logits are s = a·E^T (Eq. 2), P_b = softmax(s_b)
+for the ID and the image branch b (Eq. 3/4) and, for one position with target y,
     -log P_y = -log Σ_b w_b·P_b,y                                  (Eq. 5, w_id = α, w_img = 1-α)
     d(-log P_y)/ds_b = r_b·(P_b - onehot_y),   r_b = w_b·P_b,y / P_y    (r_id + r_img = 1)
     d/da_b = r_b·(P_b - onehot_y)·E_b,   d/dE_b = Σ_t (P_b - onehot_y)^T·(r_b·a_b)
-The loss is a scalar, so its whole gradient is formed in the forward pass while each chunk's P_b is
-at hand; backward only scales it. Every logit is computed once, and what is kept between the passes
-is O(P·d + N·d), never O(P·N).
+The loss is a scalar, so its whole gradient is formed in the forward pass while each chunk's P_b is at hand;
+backward only scales it. With G = exp(s - m) and Z = Σ G (P_b = G / Z) it folds into products that read G:
+(P_b - onehot_y)·E = (G·E) / Z - E_y, and (P_b - onehot_y)^T·v = G^T·(v / Z) - v at the rows y. What is kept
+between the passes is O(T·d + N·d), never O(T·N). In bf16 the buffer's values carry 8 bits; what the loss
+reads exactly is kept in fp32: the target's logit (a·E_y), Z, the gradients' sums.
 
-Dimension letters: P positions, c positions of one chunk, B batch, N items, d a branch's width.
+Dimension letters: T positions, c positions of one chunk, B batch, N items, n those of a softmax, d a
+branch's width.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -37,14 +33,14 @@ def log_weight(w: float) -> float:
     return math.log(w) if w > 0 else -math.inf
 
 
-_SCRATCH: dict = {}  # (slot, device, dtype) -> a flat buffer, kept between calls
+_SCRATCH: dict = {}  # (device, dtype) -> a flat buffer, kept between calls
 
 
-def _scratch(slot: int, rows: int, cols: int, like: torch.Tensor) -> torch.Tensor:
+def _scratch(rows: int, cols: int, like: torch.Tensor) -> torch.Tensor:
     """A (rows, cols) buffer for one branch's logits in `like`'s dtype and device, reused by every call: on
     CPU a fresh buffer of this size (134 MB at Movie-Book size) is page-faulted in on first touch, which costs
     about a third of the product that fills it, once per view and step. Nothing returned refers to it."""
-    key = (slot, like.device, like.dtype)
+    key = (like.device, like.dtype)
     buffer = _SCRATCH.get(key)
     if buffer is None or buffer.numel() < rows * cols:
         _SCRATCH.pop(key, None)  # freed before the larger one is made
@@ -53,22 +49,15 @@ def _scratch(slot: int, rows: int, cols: int, like: torch.Tensor) -> torch.Tenso
 
 
 def _logits(a: torch.Tensor, E: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """(Eq. 2) s = a·E^T, written into `out` (c, n) in E's dtype: fp32, or autocast's (bf16 on CUDA), in which
-    the logits are then exponentiated in place (the accuracy that needs fp32 is kept elsewhere: the target's
-    logit and Z, in `_nll_chunks`). `out` is reused for every chunk: on CPU a fresh (c, n) tensor costs page
-    faults that take as long as the product itself."""
+    """(Eq. 2) s = a·E^T, written into `out` (c, n) in E's dtype: fp32, or autocast's (bf16 on CUDA)."""
     return torch.mm(a.to(E.dtype), E.T, out=out)
 
 
 def _exp_(s: torch.Tensor, bound: float) -> torch.Tensor:
-    """s <- exp(s - m) in place; returns m (c, 1), so that (Eq. 3/4) softmax(s) = s / Z with
-    Z = Σ exp(s - m) and no second (c, N) tensor. `bound` bounds every logit, |s| <= bound.
-
-    Eq. 2 gives bound = 1/τ. For a bound <= 60, exp(s) lies in [e^-60, e^60] and Z stays far inside fp32's
-    range, so m = 0 and the two passes of a row maximum are saved; otherwise (a small τ, or the baselines'
-    unbounded dot products, bound = inf) m is the row maximum, as in a textbook softmax. Either way the
-    result is the same up to rounding.
-    """
+    """s <- exp(s - m) in place; returns m (c, 1), so that (Eq. 3/4) softmax(s) = s / Z with Z = Σ exp(s - m)
+    and no second (c, N) tensor. `bound` bounds every logit: 1/τ by Eq. 2, so for τ >= 1/60 exp(s) stays far
+    inside fp32's range and m = 0 saves two passes; else (or the baselines' dot products, bound = inf) m is
+    the row maximum, as in a textbook softmax."""
     if bound <= 60:
         m = s.new_zeros(len(s), 1)
     else:
@@ -78,62 +67,44 @@ def _exp_(s: torch.Tensor, bound: float) -> torch.Tensor:
     return m
 
 
-def _nll_chunks(branches, target: torch.Tensor, rows: int, bound: float, items: slice, dE=None,
-                scale: float = 1.0):
-    """Σ_t -log P(y_t | S) for P positions scored `rows` at a time and, with `dE`, `scale` times its gradient
-    with respect to every branch's a (returned) and E (added into dE[b], an (N, d) buffer or None for a
-    branch whose E takes no gradient) (module docstring). Peak memory is one (rows, n) buffer, and one more
-    for each further branch whose E takes a gradient (none in IFCDSR: E_img is frozen).
+def _nll_chunks(branches: list, target: torch.Tensor, rows: int, bound: float, items: slice, grads: bool,
+                scale: float = 1.0) -> tuple[torch.Tensor, list]:
+    """Σ_t -log P(y_t | S) for T positions scored `rows` at a time and, with `grads`, `scale` times its gradient
+    with respect to every branch's a (returned) and E (added into its dE) (module docstring).
 
-    branches: [(a, E, E_p, log_w)]: a (P, d), E (N, d) (in IFCDSR a = unit(h)/τ and E has unit rows; in
-    `nll_dot` both are plain), E_p the same matrix in the products' dtype (E itself, or its bf16 copy under
-    autocast), log_w = log α or log(1-α); the softmax runs over the rows `items` of E, and `target` counts
-    from its first.
-
-    Each chunk's (c, n) buffer is walked twice besides the products that read it: the logits are
-    exponentiated in place (G = exp(s - m)) and summed (Z, a read-only pass); the rest folds into the
-    products, with P_b = G / Z:
-        (P_b - onehot_y)·E = (G·E) / Z - E_y          so d/da_b needs no pass of its own
-        (P_b - onehot_y)^T·v = G^T·(v / Z) - v at the rows y (a scatter-add of c rows), for d/dE_b
-    In bf16 the buffer's values carry 8 bits; what the loss reads exactly is kept in fp32: the target's logit
-    (a·E_y, c dot products), Z (summed in fp32), the gradients' sums.
+    branches: [(a (T, d), E (N, d), E_p, log w_b, dE)]: E_p is E as the products read it (E itself, or its
+    bf16 copy under autocast), log w_b = log α or log(1-α), dE an (N, d) gradient buffer or None for an E that
+    takes none. The softmax runs over the rows `items` of E; `target` counts from its first. Every branch
+    reuses one (rows, n) buffer, so only the last one's E may take a gradient.
     """
-    total, grads = torch.zeros((), device=target.device), dE is not None
+    total = torch.zeros((), device=target.device)
     dA = [torch.zeros_like(a) if grads else None for a, *_ in branches]
-    # d/dE for all N rows, filled at `items`: a gradient of E[items] would cost autograd a second (N, d) tensor
-    dE = dE if grads else [None] * len(branches)
-    dE_items = [None if d is None else d[items] for d in dE]
-    branches = [(a, E[items], E_p[items], log_w) for a, E, E_p, log_w in branches]  # (n, d) the softmax's items
-    # A branch whose G is needed after the loop below (for d/dE) keeps its buffer; the others are done with
-    # theirs once G·E and Z are taken. So those go first, all in buffer 0, and each keeping branch takes the
-    # next free buffer: one buffer in IFCDSR.
-    order = sorted(range(len(branches)), key=lambda b: dE[b] is not None)
+    # d/dE is added at `items` into a buffer of all N rows: a gradient of E[items] would cost autograd a second
+    # (N, d) tensor
+    branches = [(a, E[items], E_p[items], log_w, None if dE is None else dE[items])
+                for a, E, E_p, log_w, dE in branches]  # (n, d) the softmax's items
     for i in range(0, target.shape[0], rows):
         c, y = slice(i, i + rows), target[i:i + rows]  # this chunk's positions, their targets (c,)
-        log_wP_y, G, GE, Z = ([None] * len(branches) for _ in range(4))
-        slot = 0
-        for b in order:
-            a, E, E_p, log_w = branches[b]
-            log_P_y, G[b], GE[b], Z[b] = _branch_chunk(a[c], E, E_p, y, _scratch(slot, len(y), len(E), E_p),
-                                                       bound, grads)
-            slot += dE[b] is not None
-            log_wP_y[b] = log_w + log_P_y  # (c,) log w_b·P_b,y
+        log_wP_y, kept = [], []
+        for a, E, E_p, log_w, _ in branches:
+            log_P_y, *G_GE_Z = _branch_chunk(a[c], E, E_p, y, _scratch(len(y), len(E), E_p), bound, grads)
+            log_wP_y.append(log_w + log_P_y)  # (c,) log w_b·P_b,y
+            kept.append(G_GE_Z)
         # (Eq. 5) log P_y = log Σ_b w_b·P_b,y;  (Eq. 6) Σ_t -log P_y
         log_P_y = torch.logsumexp(torch.stack(log_wP_y), dim=0)  # (c,)
         total = total - log_P_y.sum()
-        if not grads:
-            continue
-        for b, (a, E, _, _) in enumerate(branches):
-            r = scale * (log_wP_y[b] - log_P_y).exp()[:, None]  # (c, 1) r_b = w_b·P_b,y / P_y, times scale
-            _add_gradient(a[c], E, y, r, G[b], GE[b], Z[b], dA[b][c], dE_items[b])
+        if grads:
+            for (a, E, _, _, dE), log_wP_y_b, (G, GE, Z), dA_b in zip(branches, log_wP_y, kept, dA):
+                r = scale * (log_wP_y_b - log_P_y).exp()[:, None]  # (c, 1) r_b = w_b·P_b,y / P_y, times scale
+                _add_gradient(a[c], E, y, r, G, GE, Z, dA_b[c], dE)
     return total, dA
 
 
 def _branch_chunk(a: torch.Tensor, E: torch.Tensor, E_p: torch.Tensor, y: torch.Tensor, out: torch.Tensor,
                   bound: float, grads: bool) -> tuple:
-    """One branch on one chunk of c positions: a (c, d), E and E_p (n, d) the softmax's items (E_p in the
-    products' dtype), y (c,) the targets; `out` (c, n) takes the logits. -> (log P_b,y (c,), G (c, n) = `out`
-    holding exp(s - m), G·E (c, d) with `grads` else None, Z (c, 1) in fp32)."""
+    """One branch on one chunk of c positions: a (c, d), E and E_p (n, d) the softmax's items, y (c,) the
+    targets; `out` (c, n) takes the logits. -> (log P_b,y (c,), G (c, n) = `out` holding exp(s - m), G·E (c, d)
+    with `grads` else None, Z (c, 1) in fp32)."""
     s = _logits(a, E_p, out)  # (c, n) this chunk's logits
     if s.dtype == torch.float32:
         s_y = s.gather(1, y[:, None])  # (c, 1) the target's logit
@@ -163,50 +134,38 @@ def _add_gradient(a: torch.Tensor, E: torch.Tensor, y: torch.Tensor, r: torch.Te
     dE.index_add_(0, y, -ra)
 
 
-def _weighted(log_w: tuple[float, float]) -> list[int]:
-    """The branches (0 = ID, 1 = image) that Eq. 5 weighs with more than 0: α = 0 or 1 leaves one."""
-    return [b for b in (0, 1) if log_w[b] > -math.inf]
-
-
 class ViewNLL(NamedTuple):
     """One view's part of Eq. 7 for `nll_views`: its positions, their targets, its softmax's items, its weight."""
-    h_id: torch.Tensor  # (P, q) the ID encoder's output at the view's P next-item positions
-    h_img: torch.Tensor | None  # (P, e) the image encoder's, or None without the image branch
-    target: torch.Tensor  # (P,) each position's next item, counted from the first of `items`
+    h_id: torch.Tensor  # (T, q) the ID encoder's output at the view's T next-item positions
+    h_img: torch.Tensor | None  # (T, e) the image encoder's, or None without the image branch
+    target: torch.Tensor  # (T,) each position's next item, counted from the first of `items`
     items: slice  # the rows of E over which the view's softmax runs (Eq. 3/4)
-    scale: float  # the view's weight in Eq. 7 over its normalisation (Eq. 6's B·L slots, or its P)
-
-
-def _view_nll(view: ViewNLL, a_v: list, E_id, E_img, products, log_w, bound: float, chunk: int, dE=None):
-    """One view's Σ_t by `_nll_chunks`, chunk // n positions at a time; a_v = [a_id] or [a_id, a_img], whose
-    logits are at most `bound` in size (1/τ: Eq. 2). With dE
-    (E_id's (N, q) gradient buffer), scale_v times the gradient: into dE, and returned as {branch: d/da}."""
-    a_v, kept = a_v + [None], _weighted(log_w)
-    branches = [((a_v[0], E_id, products[0]), (a_v[1], E_img, products[1]))[b] + (log_w[b],) for b in kept]
-    rows = max(1, chunk // len(range(E_id.shape[0])[view.items]))
-    grads = None if dE is None else [dE if b == 0 else None for b in kept]
-    nll, dA = _nll_chunks(branches, view.target, rows, bound, view.items, grads, view.scale)
-    return nll, dict(zip(kept, dA))
+    scale: float  # the view's weight in Eq. 7 over its normalisation (Eq. 6's B·L slots, or its T)
 
 
 class _FusedNLL(torch.autograd.Function):
-    """Autograd for `_nll_chunks` over the views of a batch: Σ_v scale_v·nll_v and each nll_v. The gradient is
-    formed in the forward pass, every view's into the same (N, q) gradient of E_id; backward scales it.
-    Inputs: E_id, then each view's a_id (and a_img, with the image branch), then the rest as one tuple (the
-    tensors first, as autograd lists them)."""
+    """Σ_v scale_v·nll_v over the views of a batch by `_nll_chunks`, chunk // n positions at a time (n the view's
+    items), and each nll_v. With `grads` the gradient is formed in the forward pass, every view's into the same
+    (N, q) gradient of E_id; backward scales it. Inputs: E_id, then each view's a_id (and a_img, with the image
+    branch), then the rest as one tuple (the tensors first, as autograd lists them)."""
 
     @staticmethod
     def forward(ctx, E_id, *args):
-        *a, (E_img, products, views, log_w, bound, chunk) = args
+        *a, (E_img, products, views, log_w, bound, chunk, grads) = args
         per_view = len(a) // len(views)  # 2 with the image branch, else 1
-        dE = torch.zeros_like(E_id)
+        # the branches that Eq. 5 weighs with more than 0, the image one first: the last one's G is read after
+        # the chunk for d/dE_id, and every branch reuses the same buffer
+        kept = [b for b in reversed(range(per_view)) if log_w[b] > -math.inf]
+        dE = torch.zeros_like(E_id) if grads else None
         total, nlls, ctx.grads = torch.zeros((), device=E_id.device), [], [dE] + [None] * len(a)
         for k, view in enumerate(views):
-            nll, dA = _view_nll(view, a[per_view * k:per_view * (k + 1)], E_id, E_img, products, log_w,
-                                bound, chunk, dE)
+            branches = [(a[per_view * k + b], (E_id, E_img)[b], products[b], log_w[b], dE if b == 0 else None)
+                        for b in kept]
+            rows = max(1, chunk // len(range(E_id.shape[0])[view.items]))
+            nll, dA = _nll_chunks(branches, view.target, rows, bound, view.items, grads, view.scale)
             total = total + view.scale * nll
             nlls.append(nll)
-            for b, dA_b in dA.items():
+            for b, dA_b in zip(kept, dA):
                 ctx.grads[1 + per_view * k + b] = dA_b
         nlls = torch.stack(nlls)
         ctx.mark_non_differentiable(nlls)
@@ -220,56 +179,36 @@ class _FusedNLL(torch.autograd.Function):
         return (*(None if d is None else d.mul_(g) for d in grads), None)
 
 
-def _branch_inputs(h_id, h_img, alpha: float, temperature: float):
-    """(Eq. 2) a = unit(h)/τ of each branch (None for a missing image branch), and (Eq. 5) log α, log(1-α)."""
-    a_id = F.normalize(h_id, dim=-1) / temperature  # (P, q)
-    if h_img is None:  # ID branch only: P = P_id
-        return a_id, None, (0.0, -math.inf)
-    return a_id, F.normalize(h_img, dim=-1) / temperature, (log_weight(alpha), log_weight(1.0 - alpha))  # (P, e)
-
-
 def nll_views(views: list[ViewNLL], E_id: torch.Tensor, E_img: torch.Tensor | None, alpha: float,
               temperature: float, chunk: int, products: tuple | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(Eq. 6/7) Σ_v scale_v·Σ_t -log P^v(target_t | S) and each view's Σ_t (V,): E_id, E_img (N, d) with unit
-    rows, E_img frozen; `products`: E_id and E_img as the products read them (under autocast, cast once by
-    the caller; default: as given). Every view's gradient goes into one (N, q) gradient of E_id, so E_id's
-    backward runs once a step, not once per view.
-
-    Positions are scored in chunks of chunk // n (n the view's items), whose (rows, n) logits are never kept,
-    so peak memory does not grow with P × n. Value and gradients equal those of `ifcdsr.log_prob` on
-    E[items] + autograd up to float rounding.
-    """
+    rows, E_img frozen; `products`: E_id and E_img as the products read them (`cast`; default: as given).
+    Every view's gradient goes into one (N, q) gradient of E_id, so E_id's backward runs once a step."""
     if E_img is not None and E_img.requires_grad:
         raise ValueError("fused_loss: E_img is frozen (IFCDSR's image matrix takes no gradient)")
     products = products or (E_id, E_img)
-    a, log_w = [], None
-    for view in views:
-        a_id, a_img, log_w = _branch_inputs(view.h_id, view.h_img, alpha, temperature)
-        a += [a_id] if a_img is None else [a_id, a_img]
-    per_view = len(a) // len(views)
-    if torch.is_grad_enabled() and any(t.requires_grad for t in [E_id, *a]):
-        return _FusedNLL.apply(E_id, *a, (E_img, products, views, log_w, 1 / temperature, chunk))
-    nlls = torch.stack([_view_nll(view, a[per_view * k:per_view * (k + 1)], E_id, E_img, products, log_w,
-                                  1 / temperature, chunk)[0] for k, view in enumerate(views)])
-    return sum(view.scale * nll for view, nll in zip(views, nlls)), nlls
+    # (Eq. 2) a = unit(h)/τ of each branch; (Eq. 5) log α, log(1-α) (the ID branch alone: P = P_id)
+    log_w = (0.0, -math.inf) if views[0].h_img is None else (log_weight(alpha), log_weight(1.0 - alpha))
+    a = [F.normalize(h, dim=-1) / temperature for view in views for h in view[:2] if h is not None]  # (T, d)
+    grads = torch.is_grad_enabled() and any(t.requires_grad for t in [E_id, *a])
+    return _FusedNLL.apply(E_id, *a, (E_img, products, views, log_w, 1 / temperature, chunk, grads))
 
 
 def nll(h_id: torch.Tensor, E_id: torch.Tensor, h_img: torch.Tensor | None, E_img: torch.Tensor | None,
         target: torch.Tensor, alpha: float, temperature: float, chunk: int, items: slice = slice(None),
         products: tuple | None = None) -> torch.Tensor:
-    """Σ_t -log P(target_t | S) over P positions (the sum of Eq. 6) of one view: `nll_views` of it alone."""
+    """Σ_t -log P(target_t | S) over T positions (the sum of Eq. 6) of one view: `nll_views` of it alone."""
     return nll_views([ViewNLL(h_id, h_img, target, items, 1.0)], E_id, E_img, alpha, temperature, chunk,
                      products)[0]
 
 
 def nll_dot(h: torch.Tensor, E: torch.Tensor, target: torch.Tensor, items: slice, chunk: int) -> torch.Tensor:
-    """Σ_t -log softmax(h_t·E[items]^T)[target_t], h (P, d), E (N, d): the sequence baselines' cross-entropy
+    """Σ_t -log softmax(h_t·E[items]^T)[target_t], h (T, d), E (N, d): the sequence baselines' cross-entropy
     (baselines.py) by the same chunks and gradient as Eq. 6, on one branch whose logits are plain dot
     products (no unit rows, no τ, so no bound: each chunk's row maximum is subtracted)."""
+    grads = torch.is_grad_enabled() and (h.requires_grad or E.requires_grad)
     view = ViewNLL(h, None, target, items, 1.0)
-    if torch.is_grad_enabled() and (h.requires_grad or E.requires_grad):
-        return _FusedNLL.apply(E, h, (None, (E, None), [view], (0.0, -math.inf), math.inf, chunk))[0]
-    return _view_nll(view, [h], E, None, (E, None), (0.0, -math.inf), math.inf, chunk)[0]
+    return _FusedNLL.apply(E, h, (None, (E, None), [view], (0.0, -math.inf), math.inf, chunk, grads))[0]
 
 
 class _UnitRows(torch.autograd.Function):
@@ -298,7 +237,7 @@ def unit_rows(E: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def view_sum(views, E_id: torch.Tensor, E_img: torch.Tensor | None, alpha: float, temperature: float,
-          items: slice, chunk: int) -> torch.Tensor:
+             items: slice, chunk: int) -> torch.Tensor:
     """(Eq. 8) P(x_i | S) = Σ_v λ_v·P^v(x_i | S) for the items in `items` -> (B, |items|); each view's
     softmax (Eq. 3/4) runs over its own items, as in `IFCDSR.score`; chunk // |own| histories at a time.
 
@@ -309,15 +248,14 @@ def view_sum(views, E_id: torch.Tensor, E_img: torch.Tensor | None, alpha: float
     """
     B = len(views[0].h_id)
     total = torch.zeros(B, items.stop - items.start, device=E_id.device)  # (B, |items|) the sum of Eq. 8
-    for view in views:
-        weight, own, into, src, h_id, h_img, empty = view  # the fields of ifcdsr.ViewScores
+    for weight, own, into, src, h_id, h_img, empty in views:  # the fields of ifcdsr.ViewScores
         if weight == 0:
             continue
         n = own.stop - own.start
         rows = max(1, chunk // n)
         for i in range(0, B, rows):
             c = slice(i, i + rows)
-            s = _scratch(0, len(empty[c]), n, total)  # (c, |own|) logits, then exp(logits - m)
+            s = _scratch(len(empty[c]), n, total)  # (c, |own|) logits, then exp(logits - m)
             into_c = total[c, into]  # (c, |covered|) a view of the result
             into_c += weight / n * empty[c]  # the uniform mass of an empty view
             # (Eq. 5) P^v = α·P_id + (1-α)·P_img (the ID branch alone: P_id), added with the view's weight (Eq. 8)
@@ -329,3 +267,51 @@ def view_sum(views, E_id: torch.Tensor, E_img: torch.Tensor | None, alpha: float
                 Z = s.sum(dim=-1, keepdim=True)  # (Eq. 3/4) P_b = s / Z
                 into_c.addcmul_(s[:, src], weight * w * ~empty[c] / Z)  # += λ_v·w_b·P_b, for non-empty views
     return total
+
+
+# ----------------------------------------------------------------------------- the device policy
+# How much of Eq. 2-8 is computed at once, in what dtype, and how a batch reaches the device: never what.
+
+CPU_CHUNK = 2**25  # Config.score_chunk's auto value on a CPU: a (332 × 100,782) fp32 logits buffer, 134 MB
+
+
+def chunk(score_chunk: int, device: torch.device) -> int:
+    """`Config.score_chunk` resolved: the (positions × items) logits computed at once. Auto (0): CPU_CHUNK on
+    a CPU; on CUDA a quarter of the memory free at the first call, in 4-byte elements."""
+    if score_chunk or device.type != "cuda":
+        return score_chunk or CPU_CHUNK
+    return _free_bytes(device) // 16
+
+
+@functools.cache
+def _free_bytes(device: torch.device) -> int:
+    return torch.cuda.mem_get_info(device)[0]
+
+
+def plain(rows: int, N: int, chunk: int, device: torch.device) -> bool:
+    """Whether `rows` positions over N items run IFCDSR's plain code: on a CPU when their (rows, N) logits fit in
+    half of `chunk` (autograd keeps about two); on CUDA never, as this module moves several times fewer bytes."""
+    return device.type != "cuda" and 2 * rows * N <= chunk
+
+
+def cast(E_id: torch.Tensor, E_img: torch.Tensor | None) -> tuple:
+    """The item matrices as Eq. 2's products read them: under autocast cast to its dtype (bf16 on CUDA) once
+    per step (E_id, through autograd) and once per run (the frozen E_img), rather than once per product."""
+    device = E_id.device.type
+    if not torch.is_autocast_enabled(device):
+        return E_id, E_img
+    low = torch.get_autocast_dtype(device)
+    return E_id.to(low), None if E_img is None else _cast_once(E_img, low)
+
+
+@functools.lru_cache(maxsize=1)
+def _cast_once(E: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return E.to(dtype)
+
+
+def host_to(device, t: torch.Tensor) -> torch.Tensor:
+    """A CPU tensor to the device; to CUDA through page-locked memory, so the host does not wait for the copy."""
+    device = torch.device(device)
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)

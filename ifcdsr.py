@@ -6,7 +6,7 @@ or loops. `fused_loss.py` holds a memory-bounded version of Eq. 2-8 that `IFCDSR
 
 Dimension letters used in shape comments:
     B  batch of sequences          L  positions (max_len, left-padded)
-    N  items of both domains       P  prediction positions gathered from a batch
+    N  items of both domains       T  prediction positions gathered from a batch (Eq. 6's t)
     q  width of the learnable ID embeddings E_id       e  width of the frozen CLIP embeddings E_img
 Items have one global id space: domain X = 0..|X|-1, domain Y = |X|..N-1, padding id = N.
 """
@@ -20,10 +20,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import fused_loss
-from fused_loss import log_weight
+from fused_loss import host_to, log_weight
 
 VIEWS = ("x", "y", "xy")  # S^X, S^Y, S^{X+Y}
-CPU_CHUNK = 2**25  # Config.score_chunk's auto value on a CPU: a (332 × 100,782) fp32 logits buffer, 134 MB
 
 
 @dataclass
@@ -59,10 +58,8 @@ class Config:
     epochs: int = 100  # training epochs
     patience: int = 10  # early stopping: evaluations without a better validation MRR
     eval_every: int = 1  # validate every this many epochs
-    # how Eq. 2-8 are computed (never what), in one memory setting: fused_loss.py scores score_chunk (positions ×
-    # items) logits at a time; on a CPU a view whose logits fit in half of it runs the plain code below instead
-    # (the demo, the tests), which keeps about two such tensors for autograd; on CUDA fused_loss.py always runs
-    # (it moves several times fewer bytes). 0 = auto: 2^25 on a CPU; on CUDA a quarter of the free memory
+    # how Eq. 2-8 are computed, never what: the (positions × items) logits that fused_loss.py scores at once;
+    # on a CPU a view whose logits fit in half of it runs the plain code below (`fused_loss.plain`); 0 = auto
     score_chunk: int = 0  # Note: memory only; both codes give the same numbers up to float rounding
     seed: int = 0  # the training seed: initialisation and batch order (the data and the negatives are fixed)
 
@@ -192,29 +189,29 @@ def unit(x: torch.Tensor) -> torch.Tensor:
 
 
 def similarity(h: torch.Tensor, E_unit: torch.Tensor, temperature: float) -> torch.Tensor:
-    """(Eq. 2) Sim(h, E) = h·E^T / (‖h‖‖E‖), divided by τ.  h (P, d), E_unit (N, d) -> (P, N).
+    """(Eq. 2) Sim(h, E) = h·E^T / (‖h‖‖E‖), divided by τ.  h (T, d), E_unit (N, d) -> (T, N).
 
     E_unit = unit(E) is normalised once per step by the caller, not once per position; a zero
     row has similarity 0 with everything. 1/τ scales h, the smaller operand.
     """
-    return (unit(h) / temperature) @ E_unit.T  # (P, N)
+    return (unit(h) / temperature) @ E_unit.T  # (T, N)
 
 
 def branch_log_prob(h: torch.Tensor, E_unit: torch.Tensor, temperature: float) -> torch.Tensor:
     """(Eq. 3/4) log P_b = log softmax(Sim(h, E_b)) over the rows of E_b, for one branch b (ID or image):
-    h (P, d), E_unit (N, d) -> (P, N). `IFCDSR.softmax_items` chooses the rows."""
-    s = similarity(h, E_unit, temperature)  # (P, N)
-    return F.log_softmax(s.to(torch.promote_types(s.dtype, torch.float32)), dim=-1)  # (P, N) never in bf16
+    h (T, d), E_unit (N, d) -> (T, N). `IFCDSR.softmax_items` chooses the rows."""
+    s = similarity(h, E_unit, temperature)  # (T, N)
+    return F.log_softmax(s.to(torch.promote_types(s.dtype, torch.float32)), dim=-1)  # (T, N) never in bf16
 
 
 def mixture(log_P_id: torch.Tensor, log_P_img: torch.Tensor, alpha: float) -> torch.Tensor:
     """(Eq. 5) P = α·P_id + (1-α)·P_img, in log space: log(e^(log α + log P_id) + e^(log(1-α) + log P_img))."""
-    return torch.logaddexp(log_P_id + log_weight(alpha), log_P_img + log_weight(1.0 - alpha))  # (P, N)
+    return torch.logaddexp(log_P_id + log_weight(alpha), log_P_img + log_weight(1.0 - alpha))  # (T, N)
 
 
 def log_prob(h_id: torch.Tensor, E_id: torch.Tensor, h_img: torch.Tensor | None, E_img: torch.Tensor | None,
              alpha: float, temperature: float) -> torch.Tensor:
-    """log P(· | S) over the N items of E_id and E_img for P positions of one view (Eq. 3-5) -> (P, N).
+    """log P(· | S) over the N items of E_id and E_img for T positions of one view (Eq. 3-5) -> (T, N).
     E_id, E_img: the item matrices with unit rows (see `similarity`)."""
     log_P_id = branch_log_prob(h_id, E_id, temperature)  # (Eq. 3) P_id = softmax(Sim(h_id, E_id))
     if h_img is None:
@@ -234,6 +231,33 @@ def trim(pad: int, seq: torch.Tensor, *aligned: torch.Tensor) -> tuple[torch.Ten
     return tuple(t[:, -width:] for t in (seq, *aligned))
 
 
+@dataclass
+class ViewShape:
+    """What a batch's data decides about one view's work, read on the host from the CPU copy of the batch,
+    so that the device never waits for it."""
+    width: int  # the columns `trim` keeps: the view's longest history in the batch (left padding: the last ones)
+    count: int = 0  # T, the view's prediction positions (Eq. 6's t), in training
+    at: torch.Tensor | None = None  # (T,) their flat indices into the trimmed (B·width), on the model's device
+
+
+def shapes(pad: int, inputs, targets=None, device="cpu") -> dict[str, ViewShape]:
+    """Each view's ViewShape for a batch of Views (and, in training, their next items), from CPU tensors."""
+    out = {}
+    for view in VIEWS:
+        (seq,) = trim(pad, getattr(inputs, view))
+        if targets is None:
+            out[view] = ViewShape(seq.shape[1])
+            continue
+        at = (getattr(targets, view)[:, -seq.shape[1]:] != pad).flatten().nonzero()[:, 0]  # (T,)
+        out[view] = ViewShape(seq.shape[1], len(at), host_to(device, at))
+    return out
+
+
+def domain_items(domain: str, num_x: int, N: int) -> slice:
+    """The global ids of domain X (0..|X|-1) or Y (|X|..N-1). Eq. 9 ranks only the target domain's."""
+    return slice(0, num_x) if domain == "X" else slice(num_x, N)
+
+
 class ViewScores(NamedTuple):
     """What Eq. 8 needs of one view of a batch of histories, from `IFCDSR.score` to whichever code sums it."""
     weight: float  # λ_v of Eq. 8: 1, λ1 or λ2
@@ -245,59 +269,17 @@ class ViewScores(NamedTuple):
     empty: torch.Tensor  # (B, 1) True for a history without an item in this view
 
 
-@dataclass
-class ViewShape:
-    """What a batch's data decides about one view's work, read on the host from the CPU copy of the batch,
-    so that the device never waits for it."""
-    width: int  # the columns `trim` keeps: the view's longest history in the batch (left padding: the last ones)
-    count: int = 0  # P, the view's prediction positions (Eq. 6's t), in training
-    at: torch.Tensor | None = None  # (P,) their flat indices into the trimmed (B·width), on the model's device
-
-
-def host_to(device, t: torch.Tensor) -> torch.Tensor:
-    """A CPU tensor to the device; to CUDA through page-locked memory, so the host does not wait for the copy."""
-    device = torch.device(device)
-    if device.type == "cuda" and t.device.type == "cpu":
-        return t.pin_memory().to(device, non_blocking=True)
-    return t.to(device)
-
-
-def shapes(pad: int, inputs, targets=None, device="cpu") -> dict[str, ViewShape]:
-    """Each view's ViewShape for a batch of Views (and, in training, their next items), from CPU tensors."""
-    out = {}
-    for view in VIEWS:
-        (seq,) = trim(pad, getattr(inputs, view))
-        if targets is None:
-            out[view] = ViewShape(seq.shape[1])
-            continue
-        at = (getattr(targets, view)[:, -seq.shape[1]:] != pad).flatten().nonzero()[:, 0]  # (P,)
-        out[view] = ViewShape(seq.shape[1], len(at), host_to(device, at))
-    return out
-
-
-def domain_items(domain: str, num_x: int, N: int) -> slice:
-    """The global ids of domain X (0..|X|-1) or Y (|X|..N-1). Eq. 9 ranks only the target domain's."""
-    return slice(0, num_x) if domain == "X" else slice(num_x, N)
-
-
-def overlap(a: slice, b: slice) -> slice:
-    """The items in both a and b (an empty slice when they do not meet)."""
-    return slice(max(a.start, b.start), max(min(a.stop, b.stop), a.start, b.start))
-
-
-def shifted(part: slice, whole: slice) -> slice:
-    """`part`'s columns within a tensor whose columns are the items of `whole`."""
-    return slice(part.start - whole.start, part.stop - whole.start)
-
-
 class IFCDSR(nn.Module):
+    """The model, with the interface that the baselines share: `views` (the parts of the loss), `loss`, `score`,
+    `scorer` and `chunk`."""
+
     def __init__(self, cfg: Config, num_x: int, num_y: int, E_img: torch.Tensor | None = None):
         super().__init__()
         cfg.check()
         assert cfg.use_image == (E_img is not None), "pass E_img exactly when cfg.use_image"
         self.cfg, self.num_x, self.num_y = cfg, num_x, num_y
         self.N = self.pad = num_x + num_y
-        self.views = VIEWS if cfg.multi_attention else ("xy",)
+        self.views = tuple(cfg.view_weights())  # the views of Eq. 7, in its order
         # §3.1.1: E_id, a learnable (N, q) item matrix (+ one zero row for padding)
         self.E_id = nn.Embedding(self.N + 1, cfg.q, padding_idx=self.pad)
         # Note: init not stated in the paper; rows of norm ~1 (std q^-1/2) rather than torch's N(0, 1),
@@ -307,7 +289,8 @@ class IFCDSR(nn.Module):
             self.E_id.weight[self.pad].zero_()
         # Note: six encoders with separate weights, one per view and branch (§3.2: "six sequence representations
         # derived from multiple attention layers"); the paper does not say whether any weights are shared
-        self.enc_id = nn.ModuleDict({v: AttentionEncoder(cfg.q, cfg) for v in self.views})
+        views = VIEWS if cfg.multi_attention else ("xy",)
+        self.enc_id = nn.ModuleDict({v: AttentionEncoder(cfg.q, cfg) for v in views})
         if cfg.use_image:
             assert E_img.shape[0] == self.N, f"E_img has {E_img.shape[0]} rows, expected N = {self.N}"
             # §3.1.1: E_img, the frozen (N, e) CLIP image matrix: a buffer, never a parameter
@@ -315,10 +298,9 @@ class IFCDSR(nn.Module):
             self.register_buffer("E_img", torch.cat([E_img.float(), E_img.new_zeros(1, E_img.shape[1])]),
                                  persistent=False)
             self.register_buffer("E_img_unit", unit(self.E_img[:-1]), persistent=False)  # normalised once: frozen
-            self.enc_img = nn.ModuleDict({v: AttentionEncoder(E_img.shape[1], cfg) for v in self.views})
+            self.enc_img = nn.ModuleDict({v: AttentionEncoder(E_img.shape[1], cfg) for v in views})
         else:
-            self.E_img, self.enc_img = None, None
-        self._E_img_low = self._cuda_chunk = None  # E_img_unit in autocast's dtype; chunk() on CUDA (set at first use)
+            self.E_img = self.E_img_unit = self.enc_img = None
 
     def encode(self, seq: torch.Tensor, view: str) -> tuple[torch.Tensor, torch.Tensor | None]:
         """seq (B, L) item ids of one view -> (H_id (B, L, q), H_img (B, L, e) or None) by Eq. 1."""
@@ -333,35 +315,15 @@ class IFCDSR(nn.Module):
 
     def item_matrices(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """E_id and E_img without the padding row, rows normalised for Eq. 2: (N, q), (N, e)."""
-        return unit(self.E_id.weight[:-1]), None if self.E_img is None else self.E_img_unit
-
-    def product_matrices(self, E_id: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The item matrices as Eq. 2's products read them: under autocast cast to its dtype once per step
-        (E_id, through autograd) and once per run (the frozen E_img), rather than once per product."""
-        device = E_id.device.type
-        if not torch.is_autocast_enabled(device):
-            return E_id, self.E_img_unit if self.E_img is not None else None
-        low = torch.get_autocast_dtype(device)
-        if self.E_img is not None and (self._E_img_low is None or self._E_img_low.dtype != low
-                                       or self._E_img_low.device != E_id.device):
-            self._E_img_low = self.E_img_unit.to(low)
-        return E_id.to(low), self._E_img_low
+        return unit(self.E_id.weight[:-1]), self.E_img_unit
 
     def chunk(self) -> int:
         """`Config.score_chunk` resolved: the (positions × items) logits that fused_loss.py computes at once."""
-        if self.cfg.score_chunk:
-            return self.cfg.score_chunk
-        device = self.E_id.weight.device
-        if device.type != "cuda":
-            return CPU_CHUNK
-        if self._cuda_chunk is None:  # a quarter of the free memory at the first step, in 4-byte elements
-            self._cuda_chunk = torch.cuda.mem_get_info(device)[0] // 16
-        return self._cuda_chunk
+        return fused_loss.chunk(self.cfg.score_chunk, self.E_id.weight.device)
 
     def plain(self, rows: int) -> bool:
-        """Whether `rows` positions are scored by the plain code of this file: on a CPU, when their (rows, N)
-        logits fit in half of `chunk()`. Otherwise fused_loss.py computes the same numbers in bounded memory."""
-        return self.E_id.weight.device.type != "cuda" and 2 * rows * self.N <= self.chunk()
+        """Whether `rows` positions are scored by the plain code of this file (`fused_loss.plain`)."""
+        return fused_loss.plain(rows, self.N, self.chunk(), self.E_id.weight.device)
 
     def softmax_items(self, view: str) -> slice:
         """The items whose softmax gives P^v (Eq. 3/4): all N, or (softmax_over = "domain") the view's own
@@ -377,68 +339,57 @@ class IFCDSR(nn.Module):
         from its CPU copy; without it they are read from `inputs` (on CUDA the host would wait for them)."""
         cfg = self.cfg
         shape = shape or shapes(self.pad, inputs, targets, self.E_id.weight.device)
-        plain = {view: self.plain(shape[view].count) for view in cfg.view_weights()}
-        if any(plain.values()):
-            E_id, E_img = self.item_matrices()
-            P_id, P_img = self.product_matrices(E_id)  # what the products read
+        plain = [view for view in self.views if self.plain(shape[view].count)]
+        if plain:
+            E_id, E_img = fused_loss.cast(*self.item_matrices())  # (N, q), (N, e) as the products read them
         total, parts, bounded = 0.0, {}, {}
         for view, weight in cfg.view_weights().items():
-            width, P, at = shape[view].width, shape[view].count, shape[view].at
-            seq, nxt = getattr(inputs, view)[:, -width:], getattr(targets, view)[:, -width:]  # (B, width)
-            H_id, H_img = self.encode(seq, view)
-            # every next-item position of the view (Eq. 6's Σ over t): (P, q), (P, e), (P,)
-            h_id, h_img = H_id.flatten(0, 1)[at], None if H_img is None else H_img.flatten(0, 1)[at]
-            items = self.softmax_items(view)  # the softmax's items: y is among them
-            y = nxt.flatten()[at] - items.start
-            # "sum": Eq. 6's sum over one constant, the batch's B·L slots, for every view; "mean": each view
-            # averaged over its own P positions
-            norm = seq.shape[0] * cfg.max_len if cfg.loss_norm == "sum" else max(P, 1)
-            if not plain[view]:  # the same sum in bounded memory, for every such view at once after the loop
+            h_id, h_img, y, items, norm = self.next_items(inputs, targets, view, shape[view])
+            if view not in plain:  # the same sum in bounded memory, for every such view at once after the loop
                 bounded[view] = (fused_loss.ViewNLL(h_id, h_img, y, items, weight / norm), norm)
                 continue
-            P_img_v = None if P_img is None else P_img[items]
-            log_P = log_prob(h_id, P_id[items], h_img, P_img_v, cfg.alpha, cfg.temperature)  # (P, n) Eq. 2-5
-            nll = -log_P.gather(1, y[:, None]).sum()  # (Eq. 6) Σ_t -log P^v(v_{t+1} | S)
-            L_v = nll / norm
+            E_img_v = None if E_img is None else E_img[items]
+            log_P = log_prob(h_id, E_id[items], h_img, E_img_v, cfg.alpha, cfg.temperature)  # (T, n) Eq. 2-5
+            L_v = -log_P.gather(1, y[:, None]).sum() / norm  # (Eq. 6) Σ_t -log P^v(v_{t+1} | S), normalised
             total = total + weight * L_v  # (Eq. 7)
             parts[view] = L_v.detach()
         if bounded:  # Eq. 7's bounded views: one gradient of E_id for all of them
             E_id = fused_loss.unit_rows(self.E_id.weight)  # (N + 1, q) with the padding row, which no view scores
-            E_img = self.E_img_unit if self.E_img is not None else None
-            products = self.product_matrices(E_id[:-1].detach())  # what the products read
-            weighted, nlls = fused_loss.nll_views([part for part, _ in bounded.values()], E_id, E_img, cfg.alpha,
-                                                  cfg.temperature, self.chunk(), products)
+            weighted, nlls = fused_loss.nll_views([part for part, _ in bounded.values()], E_id, self.E_img_unit,
+                                                  cfg.alpha, cfg.temperature, self.chunk(),
+                                                  fused_loss.cast(E_id[:-1].detach(), self.E_img_unit))
             total = total + weighted  # (Eq. 7)
             parts.update({view: nll / norm for (view, (_, norm)), nll in zip(bounded.items(), nlls)})
-        parts = {view: parts[view] for view in cfg.view_weights()}  # in the order of Eq. 7
-        return total, parts
+        return total, {view: parts[view] for view in self.views}  # in the order of Eq. 7
+
+    def next_items(self, inputs, targets, view: str, shape: ViewShape) -> tuple:
+        """Every next-item position of one view of a batch (Eq. 6's t): h_id (T, q), h_img (T, e) or None, the
+        next items y (T,) counted from the first of the view's softmax items (Eq. 3/4), those items, and Eq. 6's
+        divisor: the batch's B·L slots for every view ("sum"), or the view's own T positions ("mean")."""
+        seq, nxt = getattr(inputs, view)[:, -shape.width:], getattr(targets, view)[:, -shape.width:]  # (B, width)
+        H_id, H_img = self.encode(seq, view)
+        h_id, h_img = H_id.flatten(0, 1)[shape.at], None if H_img is None else H_img.flatten(0, 1)[shape.at]
+        items = self.softmax_items(view)  # y is among them
+        norm = seq.shape[0] * self.cfg.max_len if self.cfg.loss_norm == "sum" else max(shape.count, 1)
+        return h_id, h_img, nxt.flatten()[shape.at] - items.start, items, norm
 
     @torch.no_grad()
-    def score(self, history, items: slice = slice(None), matrices=None,
-              shape: dict[str, ViewShape] | None = None) -> torch.Tensor:
+    def score(self, history, items: slice = slice(None), shape: dict[str, ViewShape] | None = None,
+              matrices=None) -> torch.Tensor:
         """(Eq. 8) P(x_i | S) = P^X + λ1·P^Y + λ2·P^{X+Y} for the items in `items` (all N by default)
-        -> (B, |items|); each view's softmax (Eq. 3/4) still runs over its own items (`softmax_items`).
-
-        Each view is read at its last position (the most recent item, Eq. 1's h). `matrices`: this model's
-        `item_matrices()`, from a caller that scores many batches with the same weights (normalised once).
-        `shape`: the batch's `shapes`, from its CPU copy (else read from `history`).
+        -> (B, |items|); each view's softmax (Eq. 3/4) still runs over its own items (`softmax_items`), and
+        each view is read at its last position (the most recent item, Eq. 1's h). `shape`: the batch's
+        `shapes`, from its CPU copy (else read from `history`); `matrices`: `item_matrices()` (`scorer`).
         """
         cfg = self.cfg
         items = slice(*items.indices(self.N)[:2])
         E_id, E_img = matrices or self.item_matrices()
         shape = shape or shapes(self.pad, history)
-        views = []  # a ViewScores per view
-        for view, weight in cfg.view_weights().items():
-            seq = getattr(history, view)[:, -shape[view].width:]  # (B, width)
-            H_id, H_img = self.encode(seq, view)
-            empty = (seq == self.pad).all(dim=1, keepdim=True)  # (B, 1) a view without items
-            own = self.softmax_items(view)
-            # Note: with softmax_over = "domain" (Eq. 3/4 as printed) P^Y is a distribution over Y, so Eq. 8's
-            # λ1·P^Y(x_i) is 0 for every item of X: the S^Y encoders move the target ranking only through
-            # training; "all" is the reading under which every printed term of Eq. 8 acts
-            both = overlap(own, items)  # the requested items that P^v covers
-            views.append(ViewScores(weight, own, shifted(both, items), shifted(both, own), H_id[:, -1],
-                                    None if H_img is None else H_img[:, -1], empty))
+        # Note: with softmax_over = "domain" (Eq. 3/4 as printed) P^Y is a distribution over Y, so Eq. 8's
+        # λ1·P^Y(x_i) is 0 for every item of X: the S^Y encoders move the target ranking only through
+        # training; "all" is the reading under which every printed term of Eq. 8 acts
+        views = [self.last(getattr(history, view)[:, -shape[view].width:], view, weight, items)
+                 for view, weight in cfg.view_weights().items()]
         if not self.plain(len(history.xy)):  # the same sum, in place, chunk() logits at a time
             return fused_loss.view_sum(views, E_id, E_img, cfg.alpha, cfg.temperature, items, self.chunk())
         total = torch.zeros(len(history.xy), items.stop - items.start, device=E_id.device)  # (B, |items|)
@@ -449,6 +400,20 @@ class IFCDSR(nn.Module):
             P_v = torch.where(empty, 1.0 / (own.stop - own.start), P_v)
             total[:, into] += weight * P_v[:, src]  # (Eq. 8) Σ_v λ_v·P^v, (B, |items|)
         return total
+
+    def last(self, seq: torch.Tensor, view: str, weight: float, items: slice) -> ViewScores:
+        """A view's ViewScores for a batch of histories, seq (B, width), and the requested `items`."""
+        H_id, H_img = self.encode(seq, view)
+        own = self.softmax_items(view)
+        lo = max(own.start, items.start)  # the requested items that P^v covers: lo..hi-1
+        hi = max(min(own.stop, items.stop), lo)
+        return ViewScores(weight, own, slice(lo - items.start, hi - items.start), slice(lo - own.start, hi - own.start),
+                          H_id[:, -1], None if H_img is None else H_img[:, -1], (seq == self.pad).all(1, keepdim=True))
+
+    def scorer(self):
+        """`score` for a pass over many batches with the same weights: the item matrices normalised once."""
+        matrices = self.item_matrices()
+        return lambda history, items, shape: self.score(history, items, shape, matrices)
 
     def recommend(self, history) -> torch.Tensor:
         """(Eq. 9) argmax over x_i in the target domain of P(x_i | S) -> (B,) global item ids."""

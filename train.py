@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import fcntl
 import itertools
 import json
@@ -26,7 +27,7 @@ import threading
 import time
 import warnings
 import zipfile
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from functools import partial
 from pathlib import Path
 from typing import Callable
@@ -36,13 +37,14 @@ import torch
 from torch.utils._pytree import tree_leaves, tree_map
 
 import baselines
+import fused_loss
 from data import (EMBEDDINGS_FILE, SPLIT_FILES, DataError, Progress, Scenario, Views, atomic_write,
                   atomic_write_all, atomic_write_text, duration, fetch_list, file_problem, load_scenario,
                   read_users, resolve_scenario)
 from evaluate import (PROTOCOLS, NonFiniteScores, RunResults, check_cases, data_warnings, eval_batch, eval_cases, grid_text,
                       metrics, negatives, point_name, print_run, rank_cases, target_items, to_device, top_items,
                       warm_items)
-from ifcdsr import CHOICES, CPU_CHUNK, IFCDSR, PRINTED, RANGES, Config, ConfigError, host_to, shapes
+from ifcdsr import CHOICES, IFCDSR, PRINTED, RANGES, Config, ConfigError, shapes
 
 SELECT = ("sampled999", "MRR")  # the validation number that selects epochs and hyper-parameters
 
@@ -72,8 +74,8 @@ class Selection:
     epoch: int = 0  # epochs trained and validated for this target domain
     best_valid: float = -1.0  # the best validation MRR so far (selects the best epoch)
     bad: int = 0  # evaluations since the best one
-    history: list = field(default_factory=list)  # per epoch: losses, speed, validation metrics
-    cases: dict = field(default_factory=dict)  # split -> (its cases, their negatives), made once
+    history: list = dataclasses.field(default_factory=list)  # per epoch: losses, speed, validation metrics
+    cases: dict = dataclasses.field(default_factory=dict)  # split -> (its cases, their negatives), made once
 
     @property
     def best(self) -> Path:
@@ -149,13 +151,8 @@ class Trainer:
     def autocast(self):
         return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
 
-    def chunk(self) -> int:
-        """The (positions × items) logits computed at once: the model's `chunk()`, for every row."""
-        model = self.model
-        return model.chunk() if isinstance(model, IFCDSR) else self.cfg.score_chunk or CPU_CHUNK
-
     def eval_batch(self) -> int:
-        return eval_batch(self.chunk(), self.scen.items.num_items)
+        return eval_batch(self.model.chunk(), self.scen.items.num_items)
 
     @contextlib.contextmanager
     def exact(self):
@@ -164,11 +161,8 @@ class Trainer:
             yield
 
     def scorer(self):
-        """`rank_cases`'s score function: the model's scores, its item matrices normalised once a pass."""
-        score = self.model.score
-        if isinstance(self.model, IFCDSR):  # the same item matrices for every batch
-            score = partial(score, matrices=self.model.item_matrices())
-        return lambda history, items, shape: score(history, items, shape=shape)
+        """`rank_cases`'s score function (history, items, shape) -> scores, set up once a pass."""
+        return self.model.scorer()
 
     def rank(self, split: str, sel: Selection | None = None) -> dict:
         """{protocol: (S,) ranks} of the valid or test cases of a target domain (the first by default), from fp32
@@ -208,7 +202,7 @@ class Trainer:
             return inputs, targets, shape
         if self.resident is None or self.resident[0] is not data:
             self.resident = data, to_device(data.inputs, self.device), to_device(data.targets, self.device)
-        at = host_to(self.device, idx)
+        at = fused_loss.host_to(self.device, idx)
         return self.resident[1][at], self.resident[2][at], shape
 
     def step(self, inputs: Views, targets: Views, shape: dict) -> torch.Tensor:
@@ -219,7 +213,7 @@ class Trainer:
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
-        return torch.stack([torch.as_tensor(v, dtype=torch.float32, device=self.device) for v in parts.values()])
+        return torch.stack(list(parts.values())).float()
 
     def train_epoch(self) -> dict:
         """One pass over the training set. Each step's per-view losses are copied to the host without waiting and
@@ -227,7 +221,7 @@ class Trainer:
         checkpoint stays as it was)."""
         self.model.train()
         data = self.scen.train
-        views = [self.model.view] if ROWS[self.name].baseline else list(self.cfg.view_weights())  # the loss's parts
+        views = self.model.views  # the loss's parts
         order = torch.randperm(len(data), generator=self.shuffle)
         n_batches = math.ceil(len(data) / self.cfg.batch_size)
         sums, pending = torch.zeros(len(views), device=self.device), None
@@ -475,7 +469,7 @@ def row_result(model: str, seed: int | None, s: Settings, scen: Scenario, out: P
     """One row and seed, for each target domain: popularity ranked, or the row trained (at each grid point) and
     tested."""
     if not ROWS[model].trained:
-        batch = eval_batch(s.cfg.score_chunk or CPU_CHUNK, scen.items.num_items)
+        batch = eval_batch(fused_loss.chunk(s.cfg.score_chunk, torch.device("cpu")), scen.items.num_items)
         return {target: baselines.popularity(scen, target, batch) for target in s.targets}
     return train_row(model, {target: model_config(model, s.cfg, target, seed) for target in s.targets}, scen,
                      s.device, row_folder(out, model, seed), s.grid, s.resume, progress, f"{model} seed {seed}")

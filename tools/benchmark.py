@@ -47,7 +47,7 @@ import data
 import fused_loss
 from data import Items, Scenario, TrainSet, Views
 from evaluate import eval_cases, negatives, on_device, rank_batch, rank_cases
-from ifcdsr import CPU_CHUNK, RANGES, Config, trim
+from ifcdsr import RANGES, Config, trim
 from tools import embed, simulate
 from train import Trainer, bounded
 
@@ -137,8 +137,8 @@ def step_gemms(views: Views, targets: Views | None, items: dict[str, int], cfg: 
         seq, n = getattr(views, view), items[view]
         B, L = seq.shape[0], trim(N, seq)[0].shape[1]
         P = int((getattr(targets, view) != N).sum()) if train else B  # prediction positions
-        chunk = chunk or cfg.score_chunk or CPU_CHUNK
-        c = max(1, P if device == "cpu" and 2 * P * N <= chunk else min(P, chunk // n))  # IFCDSR.plain()
+        chunk = chunk or fused_loss.chunk(cfg.score_chunk, torch.device("cpu"))
+        c = max(1, P if fused_loss.plain(P, N, chunk, torch.device(device)) else min(P, chunk // n))  # IFCDSR.plain()
         for b, d in enumerate(widths):
             out += encoder_gemms(B, L, d, cfg, train)
             out.append((1, c, d, n, P / c))  # (Eq. 2) logits a·E^T
@@ -233,8 +233,8 @@ class Bench:
             seconds = time.perf_counter() - t0
         train, low = trainer.scen.train, torch.bfloat16 if self.device.type == "cuda" else torch.float32
         gemms = [g for b in order.split(batch_size) for g in step_gemms(
-            train.inputs[b], train.targets[b], softmax_sizes(trainer.model), cfg, self.widths, trainer.chunk(),
-            self.device.type)]
+            train.inputs[b], train.targets[b], softmax_sizes(trainer.model), cfg, self.widths,
+            trainer.model.chunk(), self.device.type)]
         return {"step_s": seconds / steps, "seq_per_s": steps * batch_size / seconds,
                 "peak_gb": peak_memory_gb(self.device), "flop": flops(gemms) / steps,
                 "mm_s": matmul_seconds(gemms, self.device, self.mm_cache, low) / steps,
@@ -257,7 +257,7 @@ class Bench:
             history, items = self.scen.test.history[in_target], softmax_sizes(trainer.model)
             cases += len(history.xy)
             for i in range(0, len(history.xy), rows):
-                gemms += step_gemms(history[i:i + rows], None, items, trainer.cfg, self.widths, trainer.chunk(),
+                gemms += step_gemms(history[i:i + rows], None, items, trainer.cfg, self.widths, trainer.model.chunk(),
                                     self.device.type)
         return {"seconds": seconds, "cases": cases, "flop": flops(gemms), "peak_gb": peak_memory_gb(self.device),
                 "mm_s": matmul_seconds(gemms, self.device, self.mm_cache)}
