@@ -495,8 +495,9 @@ def atomic_write_all(writes: dict[Path, Callable[[BinaryIO], object]]) -> None:
     tmps = {}
     try:
         for path, write in writes.items():
-            tmps[path] = fresh(Path(path))
-            with open(os.open(tmps[path], os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as f:
+            tmp = fresh(Path(path))
+            with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as f:
+                tmps[path] = tmp  # created here: removed below unless it was renamed
                 write(f)
         for path, tmp in tmps.items():
             os.replace(tmp, path)
