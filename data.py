@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
 import stat
 import sys
@@ -487,18 +488,27 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def atomic_write_all(writes: dict[Path, Callable[[BinaryIO], object]]) -> None:
-    """Several files, each written into a temp file first; only when all are written whole are they renamed
-    into place, one after another: a full disk or an error leaves every old file as it was."""
-    tmps = {path: Path(path).with_name(Path(path).name + ".tmp") for path in writes}
+    """Several files, each written into a new temp file beside it; only when all are written whole are they
+    renamed into place, one after another: a full disk or an error leaves every old file as it was. A temp file
+    is created under a new name that nothing else has (O_EXCL): whatever lies in the folder (a stale temp
+    file, a FIFO, a symlink to a file elsewhere) is never opened, followed or written."""
+    tmps = {}
     try:
         for path, write in writes.items():
-            with open(tmps[path], "wb") as f:
+            tmp = fresh(Path(path))
+            with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as f:
+                tmps[path] = tmp  # created here: removed below unless it was renamed
                 write(f)
         for path, tmp in tmps.items():
             os.replace(tmp, path)
     finally:
         for tmp in tmps.values():
             tmp.unlink(missing_ok=True)
+
+
+def fresh(path: Path) -> Path:
+    """A new temp name beside `path` (hidden, ending in .tmp), for a file or folder that becomes `path`."""
+    return path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
 
 
 KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
@@ -526,8 +536,7 @@ def atomic_folder(out: Path, *, replace: bool = False):
     """Yields an empty temp folder beside `out` that becomes `out` when the block ends without an error;
     after an error or a kill, `out` is as it was. replace=True lets the new folder replace an old `out`."""
     out = Path(out)
-    tmp = out.parent / f".{out.name}.{os.getpid()}.tmp"  # beside `out`: the rename is atomic
-    shutil.rmtree(tmp, ignore_errors=True)  # left by a killed run that had the same process id
+    tmp = fresh(out)  # beside `out`: the rename is atomic
     tmp.mkdir(parents=True)  # not mkdtemp: the folder gets the user's usual permissions, not 0700
     try:
         yield tmp

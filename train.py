@@ -21,12 +21,10 @@ import random
 import re
 import shlex
 import signal
-import struct
 import sys
-import threading
 import time
-import warnings
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields
 from functools import partial
 from pathlib import Path
@@ -34,7 +32,7 @@ from typing import Callable
 
 import numpy as np
 import torch
-from torch.utils._pytree import tree_leaves, tree_map
+from torch.utils._pytree import tree_map
 
 import baselines
 import fused_loss
@@ -120,33 +118,38 @@ class Trainer:
 
     def _state(self, sel: Selection | None = None) -> dict:
         sel = sel or self.targets[0]
+        cuda = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None  # the device's own
         return {"model_name": self.name, "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
                 "config": asdict(sel.cfg), "scenario": self.scen.name, "data_dir": str(self.scen.path),
                 "data_sha256": self.scen.data_sha256, "images_sha256": self.scen.images_sha256,
                 "num_x": self.scen.items.num_x, "num_y": self.scen.items.num_y, "epoch": sel.epoch,
                 "best_valid": sel.best_valid, "bad": sel.bad, "history": sel.history,
-                "rng": {"torch": torch.get_rng_state(), "shuffle": self.shuffle.get_state(),
-                        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}}
+                "rng": {"torch": torch.get_rng_state(), "shuffle": self.shuffle.get_state(), "cuda": cuda}}
 
     def _restore(self, sel: Selection, state: dict, training: bool = True) -> None:
         """A last_*.pt's schedule for its target domain and, with `training`, the weights, optimiser and random
-        states of the training."""
+        states of the training, onto the device this run trains on, whichever device wrote them."""
         check_checkpoint(state, self.scen, sel.last)
         check_same_run(state, self.name, sel.cfg, sel.last)
-        if not RESUME <= state.keys():
-            raise UsageError(f"{sel.last}: holds no training state (missing {sorted(RESUME - state.keys())}); "
-                             f"resume needs the last_*.pt that train.py writes, or start a new run with another --out.")
+        check_fields(state, RESUME, sel.last)
         sel.epoch, sel.best_valid, sel.bad, sel.history = (
             state[k] for k in ("epoch", "best_valid", "bad", "history"))
         print(f"  resumed from {sel.last} after epoch {sel.epoch}", flush=True)
         if not training:
             return
         load_weights(self.model, state, sel.last)  # E_img is not stored: it is the data's
-        self.opt.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng"]["torch"])
-        self.shuffle.set_state(state["rng"]["shuffle"])
-        if state["rng"]["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        rng = state["rng"]
+        try:  # Adam's update as a new optimiser's on this device (fused on CUDA), whatever the writer's was
+            for group in state["optimizer"]["param_groups"]:
+                group.update({k: self.opt.defaults[k] for k in ("foreach", "fused", "capturable")})
+            self.opt.load_state_dict(state["optimizer"])
+            torch.set_rng_state(rng["torch"])
+            self.shuffle.set_state(rng["shuffle"])
+            if self.device.type == "cuda" and isinstance(rng.get("cuda"), torch.Tensor):
+                torch.cuda.set_rng_state(rng["cuda"], self.device)
+        except (AttributeError, KeyError, TypeError, ValueError, RuntimeError) as err:
+            raise UsageError(f"{sel.last}: its optimiser or random states do not fit this training "
+                             f"({type(err).__name__}: {str(err)[:200]}); start a new run with another --out.") from None
 
     def autocast(self):
         return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
@@ -299,7 +302,7 @@ class Trainer:
     def tested(self, sel: Selection, chosen: dict, points: list | None) -> dict:
         """A target domain's result: its best checkpoint's test ranks, with the grid's points and the chosen one."""
         state = load_checkpoint(sel.best)
-        self.model.load_state_dict(state["model"])
+        load_weights(self.model, state, sel.best)
         ranks = self.rank("test", sel)  # the only time the test set is read
         result = {"config": state["config"], "best_epoch": state["epoch"], "checkpoint": str(sel.best),
                   "history": sel.history, "valid": state["valid"], "test": metrics(ranks), "ranks": ranks,
@@ -874,9 +877,17 @@ def acts(field: str, name: str) -> bool:
 # ----------------------------------------------------------------------------- checkpoints
 
 
-CHECKPOINT = {"model_name", "model", "config", "scenario", "data_dir", "data_sha256", "images_sha256", "num_x",
-              "num_y", "epoch", "best_valid"}  # what evaluation needs, in best_*.pt: tensors, numbers, strings, dicts
-RESUME = {"optimizer", "bad", "history", "rng"}  # what a resume needs besides, in last_*.pt only
+CHECKPOINT = {  # what evaluation needs, in best_*.pt, each field as train.py writes it: read as data, checked
+    "model_name": lambda v: type(v) is str and v in ROWS and ROWS[v].trained, "model": lambda v: isinstance(v, dict),
+    "config": lambda v: isinstance(v, dict) and v.keys() <= {f.name for f in fields(Config)},
+    **dict.fromkeys(("scenario", "data_dir", "data_sha256"), lambda v: type(v) is str),
+    "images_sha256": lambda v: v is None or type(v) is str, "num_x": lambda v: type(v) is int,
+    "num_y": lambda v: type(v) is int, "epoch": lambda v: type(v) is int and 0 <= v <= 10**6,
+    "best_valid": lambda v: type(v) is float and (v == -1.0 or 0 <= v <= 100)}  # a valid MRR in %; -1: none yet
+RESUME = {  # what a resume needs besides, in last_*.pt only
+    "optimizer": lambda v: isinstance(v, dict), "rng": lambda v: isinstance(v, dict),
+    "bad": lambda v: type(v) is int and 0 <= v <= 10**6,
+    "history": lambda v: type(v) is list and all(isinstance(row, dict) for row in v)}
 SCHEDULE = ("epochs", "patience", "eval_every")  # the settings a --resume may change: e.g. train a finished run longer
 
 
@@ -891,106 +902,80 @@ def save(state: dict, path: Path) -> None:
     atomic_write(path, write)
 
 
-def host_copy(state):
-    """`state` with every tensor copied to host memory and every container rebuilt: what training changes
-    afterwards (parameters, Adam's moments, the history list) no longer reaches it. A device's copies are
-    queued in stream order without waiting, into page-locked memory; `done` is set once they have landed."""
-    def copy(x):
-        if not isinstance(x, torch.Tensor):
-            return x
-        if x.device.type == "cpu":
-            return x.detach().clone()
-        return torch.empty(x.shape, dtype=x.dtype, pin_memory=True).copy_(x.detach(), non_blocking=True)
-    snapshot = tree_map(copy, state)
-    done = torch.cuda.Event() if torch.cuda.is_available() and any(
-        isinstance(t, torch.Tensor) and t.is_cuda for t in tree_leaves(state)) else None
-    if done is not None:
-        done.record()
-    return snapshot, done
+def host_copy(x: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event | None]:
+    """`x` copied to the host without waiting for the device (on CUDA into page-locked memory) -> (copy, done):
+    `done`, an event set once the copy has landed, None on the CPU."""
+    if not x.is_cuda:
+        return x.detach().clone(), None
+    host, done = x.detach().to("cpu", non_blocking=True), torch.cuda.Event()
+    done.record()
+    return host, done
+
+
+WRITER = ThreadPoolExecutor(1, "checkpoints")  # one checkpoint write at a time, while training goes on
 
 
 class Checkpoints:
-    """Checkpoints written by a background thread while the next epoch trains: `write` snapshots the states
-    (`host_copy`) and returns; the thread waits for the copies, then `save`s each file whole. One write is in
-    flight at a time (the next waits for it), and `wait` returns once it is on disk, re-raising its error."""
+    """Checkpoints written in the background while the next epoch trains: `write` copies the states to the CPU
+    (every tensor copied, every container rebuilt: what training changes afterwards does not reach them) and
+    returns; `WRITER` `save`s each file. The next write waits for the one in flight, and `wait` returns once it
+    is on disk, re-raising its error."""
 
     def __init__(self):
-        self.thread, self.error = None, None
+        self.pending = None
 
     def write(self, states: dict[Path, dict]) -> None:
         self.wait()
-        snapshots = {path: host_copy(state) for path, state in states.items()}
-
-        def work():
-            try:
-                for path, (snapshot, done) in snapshots.items():
-                    if done is not None:
-                        done.synchronize()
-                    save(snapshot, path)
-            except BaseException as err:  # raised in the training thread by the next write or wait
-                self.error = err
-        self.thread = threading.Thread(target=work, name="checkpoints")
-        self.thread.start()
+        copies = tree_map(lambda x: x.detach().to("cpu", copy=True) if isinstance(x, torch.Tensor) else x, states)
+        self.pending = WRITER.submit(lambda: [save(state, path) for path, state in copies.items()])
 
     def wait(self, raise_error: bool = True) -> None:
-        if self.thread is not None:
-            self.thread.join()
-            self.thread = None
-        error, self.error = self.error, None
+        error = self.pending.exception() if self.pending else None  # once the write has ended
+        self.pending = None
         if error is not None and raise_error:
             raise error
 
 
 def load_checkpoint(path: Path) -> dict:
     """A checkpoint read as data (weights_only: tensors, numbers, strings, lists, dicts; nothing in the file
-    is executed) onto the CPU, whatever device wrote it, with the keys every checkpoint of this version holds.
-    `load_state_dict` then places each tensor where the model and the optimizer are."""
-    check_checkpoint_file(path)
+    is executed) onto the CPU, whatever device wrote it, and checked (`check_fields`). `load_state_dict` then
+    places each tensor where the model and the optimizer are."""
+    problem = file_problem(path)  # a FIFO would block torch.load, /dev/zero fill memory
+    if problem:
+        raise UsageError(f"{path}: {problem}; expected a best_*.pt or last_*.pt file that train.py wrote.")
     refused = f"{path}: not an IFCDSR checkpoint ({{}}); nothing in it was run. Use a best_*.pt or last_*.pt " \
               f"that train.py wrote."
-    try:  # torch.save writes a zip archive with the pickled state in <name>/data.pkl
-        with zipfile.ZipFile(path) as archive:
-            if not any(name.endswith("/data.pkl") for name in archive.namelist()):
-                raise UsageError(refused.format("a zip archive without the data.pkl that torch.save writes"))
-    except zipfile.BadZipFile:
-        raise UsageError(refused.format("not the zip archive that torch.save writes: a foreign or truncated "
-                                        "file")) from None
+    if not zipfile.is_zipfile(path):
+        raise UsageError(refused.format("not the zip archive that torch.save writes: a foreign or truncated file"))
     try:
-        with warnings.catch_warnings():  # torch warns about pickle protocols before it refuses a foreign pickle
-            warnings.simplefilter("ignore")
-            state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         raise UsageError(refused.format("UnpicklingError: its pickle asks for more than tensors, numbers, strings, "
                                         "lists and dicts")) from None
-    except Exception as err:  # a damaged record inside a well-formed archive
+    except Exception as err:  # a damaged or missing record inside a zip archive
         raise UsageError(refused.format(f"{type(err).__name__}: torch could not read its records")) from None
-    if not isinstance(state, dict) or not CHECKPOINT <= state.keys():
-        missing = sorted(CHECKPOINT - state.keys()) if isinstance(state, dict) else type(state).__name__
-        raise UsageError(f"{path}: not an IFCDSR checkpoint of this version (missing {missing}); train again with "
-                         f"the same command to re-create it.")
-    known = {f.name for f in fields(Config)}
-    extra = sorted(state["config"].keys() - known) if isinstance(state["config"], dict) else "?"
-    if state["model_name"] not in ROWS or extra:
-        raise UsageError(f"{path}: not an IFCDSR checkpoint of this version (model {state['model_name']!r}, config "
-                         f"fields {extra} unknown); train again with the same command to re-create it.")
+    check_fields(state, CHECKPOINT, path)
     return state
+
+
+def check_fields(state, kinds: dict, path: Path) -> None:
+    """The checkpoint holds every field of `kinds` (CHECKPOINT or RESUME), each as train.py writes it."""
+    state = state if isinstance(state, dict) else {}
+    wrong = next((k for k, fits in kinds.items() if k not in state or not fits(state[k])), None)
+    if wrong is not None:
+        found = f"{wrong} = {state[wrong]!r:.80}" if wrong in state else f"missing {wrong}"
+        raise UsageError(f"{path}: not an IFCDSR checkpoint of this version ({found}); train again with the same "
+                         f"command to re-create it.")
 
 
 def load_weights(model: torch.nn.Module, state: dict, path: Path) -> None:
     """The checkpoint's weights into `model`, or a UsageError naming the file: a checkpoint of an earlier form
-    of the same row (another shape, other parameters) does not fit."""
+    of the same row (another shape, other parameters), or of another row, does not fit."""
     try:
         model.load_state_dict(state["model"])
-    except RuntimeError as err:
+    except (RuntimeError, TypeError) as err:
         raise UsageError(f"{path}: its weights do not fit this model ({str(err).splitlines()[0]}); train again "
                          f"into another --out.") from None
-
-
-def check_checkpoint_file(path: Path) -> None:
-    """A checkpoint is read only if it is a regular file: a FIFO would block torch.load, /dev/zero fill memory."""
-    problem = file_problem(path)
-    if problem:
-        raise UsageError(f"{path}: {problem}; expected a best_*.pt or last_*.pt file that train.py wrote.")
 
 
 def check_checkpoint(state: dict, scen: Scenario, path: Path) -> None:
@@ -1017,12 +1002,16 @@ def check_same_run(state: dict, name: str, cfg: Config, path: Path) -> None:
 
 
 def checkpoint_config(state: dict, path: Path) -> Config:
-    """The config a checkpoint was trained with, checked against Config's ranges."""
+    """The config a checkpoint was trained with, checked against Config's ranges and its row's flags."""
     try:
         cfg = Config(**state["config"])
         cfg.check()
     except ConfigError as err:
         raise UsageError(f"{path}: not an IFCDSR checkpoint of this version (config {err}).") from None
+    flags = ROWS[state["model_name"]].flags()
+    if flags != {k: getattr(cfg, k) for k in flags}:  # e.g. an image row whose config says use_image=False
+        raise UsageError(f"{path}: not an IFCDSR checkpoint of this version (model_name = {state['model_name']!r} "
+                         f"with {flags}); train again with the same command to re-create it.")
     return cfg
 
 
@@ -1041,7 +1030,7 @@ def checkpoint_data(scenario: str | None, data_dir: str | None, state: dict, pat
 # ----------------------------------------------------------------------------- the run folder
 
 
-LOCK = ".lock"  # in every run folder: locked by the process that writes the folder, never read or written
+LOCK = ".lock"  # in every run folder: locked by the process that writes the folder, which writes its id there
 
 
 def save_run(out: Path, results: dict, ranks: dict) -> None:
@@ -1076,27 +1065,30 @@ def holds_a_run(out: Path) -> bool:
 
 
 def lock_run_folder(out: Path, resume: bool):
-    """An exclusive lock on the run folder `out` (created if need be), held by the returned open file: a second
-    train.py into the same folder is refused at once, naming the holder. The kernel drops the lock when the
-    holder ends, however it ends, so the lock of a killed run never blocks. Without --resume the folder must
-    still hold nothing but the lock file: another run may have filled it since `output_folder` looked."""
+    """An exclusive lock on the run folder `out` (created if need be), held by the returned open file, which
+    names the holder's process: a second train.py into the folder is refused at once, naming it. The kernel
+    drops the lock when its holder ends, however it ends; the temp files of a killed run are removed."""
     out.mkdir(parents=True, exist_ok=True)
     path = out / LOCK
     problem = "a symlink" if path.is_symlink() else path.exists() and file_problem(path)
-    if problem:  # opening a FIFO to write would block; a symlink could point anywhere
+    if problem:  # opening a FIFO would block; a symlink could point anywhere
         raise UsageError(f"{path}: {problem}, not the run's lock file; delete it and run again.")
-    lock = open(path, "ab")  # created once, never written: a finished run's files stay as they were
+    lock = open(path, "a+")  # not truncated before it is locked: it names the holder
     try:
         fcntl.lockf(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
-        query = struct.pack("hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)  # struct flock: type, whence, start,
-        pid = struct.unpack("hhqqi4x", fcntl.fcntl(lock, fcntl.F_GETLK, query))[4]  # length, pid of the holder
+        lock.seek(0)
+        holder = lock.read(20).strip() or "?"
         lock.close()
-        raise UsageError(f"{out}: another train.py (process {pid}) is writing this run folder; wait until it ends "
-                         f"(or stop it), or choose another --out.") from None
-    if not resume and holds_a_run(out):
+        raise UsageError(f"{out}: another train.py (process {holder}) is writing this run folder; wait until it "
+                         f"ends (or stop it), or choose another --out.") from None
+    lock.truncate(0)
+    print(os.getpid(), file=lock, flush=True)
+    if not resume and holds_a_run(out):  # another run may have filled it since `output_folder` looked
         lock.close()
         raise UsageError(f"{out} already holds a run; pass --resume to continue it, or another --out.")
+    for stale in out.rglob(".*.tmp"):  # `data.fresh`'s temp files of a killed run: only this process writes here
+        stale.unlink()
     return lock
 
 

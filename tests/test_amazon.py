@@ -403,14 +403,16 @@ def test_images_downloads_checks_and_reports(tmp_path, server, capsys):
 
 def test_images_rerun_fetches_only_what_is_missing(tmp_path, server, capsys):
     """After an interrupted run (A1 never arrived, B2's file is half written, a stale temp file), a rerun
-    requests only those two images (and retries the failures), and keeps the rest."""
+    requests only those two images (and retries the failures), and keeps the rest, the stale temp file too
+    (its own temp files have new names)."""
     folder = make_image_scenario(tmp_path / "S", server.url)
     metas = [folder / "meta_x", folder / "meta_y.gz"]
     amazon.download_images(folder, metas, workers=4, timeout=0.3, retries=1, backoff=0.01, max_bytes=4000)
     images = folder / "images"
     (images / "A1.jpg").unlink()
     (images / "B2.png").write_bytes((images / "B2.png").read_bytes()[:40])
-    (images / "A1.jpg.tmp").write_bytes(b"partial")
+    stale = images / ".A1.jpg.0123456789abcdef.tmp"  # a temp file of a killed download: never reused
+    stale.write_bytes(b"partial")
     kept = (images / "B1.png").stat().st_mtime_ns
     server.hits.clear()
     counts = amazon.download_images(folder, metas, workers=4, timeout=0.3, retries=1, backoff=0.01, max_bytes=4000)
@@ -419,7 +421,7 @@ def test_images_rerun_fetches_only_what_is_missing(tmp_path, server, capsys):
     assert server.hits["/missing.jpg"] == 1  # failures are tried again
     assert counts["X"]["downloaded"] == 1 and counts["Y"] == {"downloaded": 1, "already present": 4, "too large": 1,
                                                               "not in metadata": 1}
-    assert (images / "B1.png").stat().st_mtime_ns == kept and not list(images.glob("*.tmp"))
+    assert (images / "B1.png").stat().st_mtime_ns == kept and list(images.glob("*.tmp")) == [stale]
     with Image.open(images / "B2.png") as im:
         im.load()
 

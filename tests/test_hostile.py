@@ -58,6 +58,8 @@ def snapshot(*paths: Path) -> dict:
         for root, dirs, files in os.walk(top):
             for name in dirs + files:
                 p = Path(root) / name
+                if name == train.LOCK and p.is_file():
+                    continue  # a run folder's lock file: it names the last process that locked the folder
                 out[str(p)] = (f"-> {os.readlink(p)}" if p.is_symlink() else "dir" if p.is_dir()
                                else hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "special")
         if top.is_file():
@@ -273,11 +275,55 @@ def test_a_bad_checkpoint_is_refused_by_eval_only_and_by_resume_and_runs_nothing
     assert code == 2 and f"{run / 'sasrec' / 'seed0' / 'last_X.pt'}: {message}" in text and not marker.exists()
 
 
+FIELDS = [  # (case, field, value, what --resume says if not the same as --eval-only): the fields are data, checked
+    ("best_valid a string", "best_valid", "x", None),
+    ("epoch negative", "epoch", -5, None),
+    ("epoch NaN", "epoch", math.nan, None),
+    ("epoch 10**18", "epoch", 10**18, None),
+    ("history not a list", "history", "notalist", None),
+    ("model_name popularity, which trains nothing", "model_name", "popularity", None),
+    ("model_name an image row, config without images", "model_name", "ifcdsr",
+     "was written by ifcdsr with a different config (model)"),
+]
+
+
+@pytest.mark.parametrize("case,field,value,resumed", FIELDS, ids=[c[0] for c in FIELDS])
+def test_a_checkpoint_field_of_the_wrong_type_or_range_is_refused_naming_it(case, field, value, resumed, tiny_dir,
+                                                                             trained, tmp_path, capsys):
+    """--eval-only (where the field is in best_*.pt) and --resume: exit 2 naming the file and the field."""
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    for name in ("best_X.pt", "last_X.pt"):
+        path = run / "sasrec" / "seed0" / name
+        kept = path.read_bytes()
+        state = torch.load(path, weights_only=True)
+        if field in state:
+            torch.save({**state, field: value}, path)
+            argv = ["--eval-only", path] if name == "best_X.pt" else ["--models", "sasrec", "--target", "X",
+                                                                      "--epochs", 2, "--batch-size", 32, "--out",
+                                                                      run, "--resume"]
+            code, text = call(train.main, ["--data-dir", tiny_dir, *argv], capsys)
+            message = resumed if resumed and name == "last_X.pt" else f"not an IFCDSR checkpoint of this version " \
+                                                                      f"({field} = "
+            assert code == 2 and f"error: {path}: {message}" in text
+        path.write_bytes(kept)
+
+
+def test_a_checkpoint_holding_another_rows_weights_is_refused_before_it_is_evaluated(tiny_dir, trained, tmp_path,
+                                                                                     capsys):
+    """SASRec's weights under the name of GRU4Rec (their configs are alike): refused, and no metric printed."""
+    path = tmp_path / "best_X.pt"
+    torch.save({**torch.load(trained / "sasrec" / "seed0" / "best_X.pt", weights_only=True), "model_name": "gru4rec"},
+               path)
+    code, text = call(train.main, ["--data-dir", tiny_dir, "--eval-only", path], capsys)
+    assert code == 2 and f"error: {path}: its weights do not fit this model" in text and "MRR" not in text
+
+
 def test_checkpoints_are_plain_data(trained):
     """Everything in a checkpoint loads with weights_only=True: tensors, numbers, strings, lists and dicts."""
     for path in trained.rglob("*.pt"):
         state = torch.load(path, weights_only=True)
-        assert train.CHECKPOINT <= state.keys() and isinstance(state["config"], dict)
+        assert state.keys() >= train.CHECKPOINT.keys() and isinstance(state["config"], dict)
 
 
 # ----------------------------------------------------------------------------- tools/amazon.py
@@ -452,14 +498,14 @@ def tick():
 
 
 def half_then_kill(write_atomically):
-    def write(path, *args):  # the n-th file write stops half-way, as a kill during a write would leave it
+    def write(path, *args):  # the n-th file write stops half-way, as a kill during a write would leave its temp file
         if tick():
             buffer = io.BytesIO()
             if args and callable(args[0]):
                 args[0](buffer)
             else:
                 buffer.write(args[0].encode())
-            path.with_name(path.name + ".tmp").write_bytes(buffer.getvalue()[:len(buffer.getvalue()) // 2])
+            path.with_name(f".{path.name}.killed.tmp").write_bytes(buffer.getvalue()[:len(buffer.getvalue()) // 2])
             os.kill(os.getpid(), signal.SIGKILL)
         return write_atomically(path, *args)
     return write
@@ -486,7 +532,7 @@ if command == "train":
                 for path, write in writes.items():
                     buffer = io.BytesIO()
                     write(buffer)
-                    path.with_name(path.name + ".tmp").write_bytes(buffer.getvalue()[:len(buffer.getvalue()) // 2])
+                    path.with_name(f".{path.name}.killed.tmp").write_bytes(buffer.getvalue()[:len(buffer.getvalue()) // 2])
                 os.kill(os.getpid(), signal.SIGKILL)
             return data.atomic_write_all(writes)
         train.atomic_write_all = write_all
@@ -802,6 +848,20 @@ def test_a_resume_naming_fewer_rows_seeds_or_targets_is_refused(fewer, message, 
     assert code == 2 and message in text and "Traceback" not in text
 
 
+@pytest.mark.parametrize("content", ["fifo", "symlink"])
+def test_a_stale_temp_file_is_never_opened_nor_followed(content, finished, tiny_dir, tmp_path, capsys):
+    """A FIFO, or a symlink to a file outside the run, at `<file>.tmp` beside results.json and a checkpoint: a
+    --resume that trains one more epoch neither hangs on it nor writes through it."""
+    run, precious = tmp_path / "run", tmp_path / "precious.txt"
+    shutil.copytree(finished, run)
+    precious.write_text("precious")
+    for tmp in (run / "results.json.tmp", run / "ifcdsr" / "seed0" / "last_X.pt.tmp"):
+        os.mkfifo(tmp) if content == "fifo" else tmp.symlink_to(os.path.relpath(precious, tmp.parent))
+    argv = [*FINISHED[:2], "--epochs", 2, *FINISHED[4:], "--data-dir", tiny_dir, "--out", run, "--resume"]
+    code, text = call(train.main, argv, capsys, precious)
+    assert code == 0 and precious.read_text() == "precious" and (run / "results.json.tmp").exists()
+
+
 def test_a_resume_interrupted_by_sigterm_leaves_every_byte_of_a_finished_run(finished, tiny_dir, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(finished, run)
@@ -830,8 +890,9 @@ def test_a_full_disk_while_a_checkpoint_is_written_is_a_message_and_leaves_the_r
     assert snapshot(run) == before
 
 
-HOLDER = "import fcntl, sys\nlocks = [open(p, 'ab') for p in sys.argv[1:]]\nfor f in locks:\n" \
-         "    fcntl.lockf(f, fcntl.LOCK_EX)\nprint('locked', flush=True)\nsys.stdin.read()"
+HOLDER = "import fcntl, os, sys\nlocks = [open(p, 'a+') for p in sys.argv[1:]]\nfor f in locks:\n" \
+         "    fcntl.lockf(f, fcntl.LOCK_EX)\n    f.truncate(0)\n    f.write(f'{os.getpid()}\\n')\n    f.flush()\n" \
+         "print('locked', flush=True)\nsys.stdin.read()"  # as train.py holds a run folder's lock
 
 
 def test_one_process_per_run_folder_and_a_dead_holder_does_not_block(finished, tiny_dir, tmp_path, capsys):

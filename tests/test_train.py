@@ -88,15 +88,20 @@ def test_a_resume_from_weights_of_another_shape_is_a_message(tiny_dir, tmp_path,
 
 
 def test_a_checkpoint_written_on_a_gpu_resumes_on_the_cpu(tiny_dir, tmp_path):
-    """A last_*.pt whose tensors name cuda:0, as a CUDA run writes them (storages re-tagged here), is read onto
-    the CPU: weights, Adam's state and the RNG states are restored and the run ends as an uninterrupted one
-    (which ran with --deterministic: on a CPU the same numbers, and the setting ends with the run)."""
+    """A last_*.pt whose tensors name cuda:0, as a CUDA run writes them (storages re-tagged here), with fused
+    Adam's flag and more CUDA random states than there are GPUs here (8, as a machine with 8 GPUs wrote them),
+    is read onto the CPU: weights, Adam's state and the CPU's random states are restored, Adam updates as a
+    new CPU optimiser does, and the run ends as an uninterrupted one (which ran with --deterministic: on a CPU
+    the same numbers, and the setting ends with the run)."""
     common = ("--data-dir", tiny_dir, "--target", "X", "--batch-size", 16, "--no-image", "--models", "ifcdsr_id")
     assert run_cli(*common, "--epochs", 2, "--out", tmp_path / "straight", "--deterministic") == 0
     assert results(tmp_path / "straight")["deterministic"] and not torch.are_deterministic_algorithms_enabled()
     assert run_cli(*common, "--epochs", 1, "--out", tmp_path / "cut") == 0
     last = tmp_path / "cut" / "ifcdsr_id" / "seed0" / "last_X.pt"
     state = torch.load(last, weights_only=True)
+    state["rng"]["cuda"] = [torch.zeros(16, dtype=torch.uint8)] * 8
+    for group in state["optimizer"]["param_groups"]:
+        group["fused"] = True
     tagged, registry = [], list(torch.serialization._package_registry)
     torch.serialization.register_package(-1, lambda obj: tagged.append(1) or "cuda:0", lambda obj, loc: None)
     try:
@@ -107,6 +112,9 @@ def test_a_checkpoint_written_on_a_gpu_resumes_on_the_cpu(tiny_dir, tmp_path):
     assert run_cli(*common, "--epochs", 2, "--out", tmp_path / "cut", "--resume") == 0
     a, b = (results(tmp_path / d)["runs"]["ifcdsr_id"][0] for d in ("straight", "cut"))
     assert a["test"] == b["test"] and [h["loss"] for h in a["history"]["X"]] == [h["loss"] for h in b["history"]["X"]]
+    resumed = torch.load(last, weights_only=True)  # written by the resumed epoch: a new CPU optimiser's flags
+    assert [(g["fused"], g["foreach"]) for g in resumed["optimizer"]["param_groups"]] == [(None, None)]
+    assert resumed["rng"]["cuda"] is None
 
 
 def test_seeds_train_each_model_once_per_seed_against_the_same_negatives(tiny_dir, tmp_path, capsys):
