@@ -86,6 +86,28 @@ class Selection:
     def running(self) -> bool:
         return self.epoch < self.cfg.epochs and self.bad < self.cfg.patience
 
+    def end_epoch(self, trainer: Trainer, row: dict, writes: dict, named: bool) -> str:
+        """An epoch of `trainer` trained, for this target domain: its validation (on the epoch of evaluations),
+        its best checkpoint when it is the best so far, its last one always, into `writes` -> the log line's
+        part, with the target domain when `named`."""
+        self.epoch += 1
+        row["epoch"] = self.epoch
+        if self.epoch % self.cfg.eval_every == 0 or self.epoch == self.cfg.epochs:
+            row["valid"] = trainer.evaluate("valid", self)
+            valid_mrr = row["valid"][SELECT[0]][SELECT[1]]
+            if valid_mrr > self.best_valid:
+                self.best_valid, self.bad = valid_mrr, 0
+                state = training_state(trainer, self)
+                writes[self.best] = {**{k: state[k] for k in CHECKPOINT}, "valid": row["valid"]}
+            else:
+                self.bad += 1
+        self.history.append(row)
+        writes[self.last] = training_state(trainer, self)
+        if "valid" not in row:
+            return ""
+        return (f" | {self.cfg.target + ' ' if named else ''}valid MRR {row['valid']['sampled999']['MRR']:.2f} "
+                f"NDCG@10 {row['valid']['sampled999']['NDCG@10']:.2f}")
+
 
 class Trainer:
     """One training of a row and seed (a model, its optimiser and its batch order) for one target domain, or for
@@ -108,48 +130,13 @@ class Trainer:
         self.items, self.resident, self.checkpoints = target_items(scen, cfg.target), None, Checkpoints()
         for sel in self.targets if resume else []:
             if sel.last.is_file():  # the first target domain's file holds the training's weights and states
-                self._restore(sel, load_checkpoint(sel.last), training=sel is self.targets[0])
+                restore(self, sel, load_checkpoint(sel.last), training=sel is self.targets[0])
         folder.mkdir(parents=True, exist_ok=True)
 
     @property
     def epoch(self) -> int:
         """The epochs trained: those of every target domain still running (a stopped one's are fewer)."""
         return max(sel.epoch for sel in self.targets)
-
-    def _state(self, sel: Selection | None = None) -> dict:
-        sel = sel or self.targets[0]
-        cuda = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None  # the device's own
-        return {"model_name": self.name, "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
-                "config": asdict(sel.cfg), "scenario": self.scen.name, "data_dir": str(self.scen.path),
-                "data_sha256": self.scen.data_sha256, "images_sha256": self.scen.images_sha256,
-                "num_x": self.scen.items.num_x, "num_y": self.scen.items.num_y, "epoch": sel.epoch,
-                "best_valid": sel.best_valid, "bad": sel.bad, "history": sel.history,
-                "rng": {"torch": torch.get_rng_state(), "shuffle": self.shuffle.get_state(), "cuda": cuda}}
-
-    def _restore(self, sel: Selection, state: dict, training: bool = True) -> None:
-        """A last_*.pt's schedule for its target domain and, with `training`, the weights, optimiser and random
-        states of the training, onto the device this run trains on, whichever device wrote them."""
-        check_checkpoint(state, self.scen, sel.last)
-        check_same_run(state, self.name, sel.cfg, sel.last)
-        check_fields(state, RESUME, sel.last)
-        sel.epoch, sel.best_valid, sel.bad, sel.history = (
-            state[k] for k in ("epoch", "best_valid", "bad", "history"))
-        print(f"  resumed from {sel.last} after epoch {sel.epoch}", flush=True)
-        if not training:
-            return
-        load_weights(self.model, state, sel.last)  # E_img is not stored: it is the data's
-        rng = state["rng"]
-        try:  # Adam's update as a new optimiser's on this device (fused on CUDA), whatever the writer's was
-            for group in state["optimizer"]["param_groups"]:
-                group.update({k: self.opt.defaults[k] for k in ("foreach", "fused", "capturable")})
-            self.opt.load_state_dict(state["optimizer"])
-            torch.set_rng_state(rng["torch"])
-            self.shuffle.set_state(rng["shuffle"])
-            if self.device.type == "cuda" and isinstance(rng.get("cuda"), torch.Tensor):
-                torch.cuda.set_rng_state(rng["cuda"], self.device)
-        except (AttributeError, KeyError, TypeError, ValueError, RuntimeError) as err:
-            raise UsageError(f"{sel.last}: its optimiser or random states do not fit this training "
-                             f"({type(err).__name__}: {str(err)[:200]}); start a new run with another --out.") from None
 
     def autocast(self):
         return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
@@ -163,10 +150,6 @@ class Trainer:
         with torch.autocast(self.device.type, enabled=False), torch.no_grad():
             yield
 
-    def scorer(self):
-        """`rank_cases`'s score function (history, items, shape) -> scores, set up once a pass."""
-        return self.model.scorer()
-
     def rank(self, split: str, sel: Selection | None = None) -> dict:
         """{protocol: (S,) ranks} of the valid or test cases of a target domain (the first by default), from fp32
         scores on every device: bf16 would round the scores to about 1/32 of their spread and create ties."""
@@ -179,7 +162,7 @@ class Trainer:
         self.model.eval()
         try:
             with self.exact():
-                return rank_cases(self.scorer(), cases, items, neg, self.device, self.eval_batch(),
+                return rank_cases(self.model.scorer(), cases, items, neg, self.device, self.eval_batch(),
                                   self.scen.items.num_items)
         except NonFiniteScores as err:
             raise UsageError(f"{self.name} (target {target}, seed {self.cfg.seed}) gave {err} of the {split} set "
@@ -266,7 +249,7 @@ class Trainer:
             while running := [sel for sel in self.targets if sel.running()]:
                 row, writes, valid = self.train_epoch(), {}, ""
                 for sel in running:
-                    valid += self.end_epoch(sel, dict(row), writes, named=len(self.targets) > 1)
+                    valid += sel.end_epoch(self, dict(row), writes, named=len(self.targets) > 1)
                 self.checkpoints.write(writes)  # written while the next epoch trains
                 losses = " ".join(f"L^{ {'x': 'X', 'y': 'Y', 'xy': 'X+Y'}[k]} {v:.4f}" for k, v in row["loss"].items())
                 print(f"{log_prefix}epoch {self.epoch:3d} | {losses}{valid} | {row['seq_per_s']:.0f} seq/s | "
@@ -275,41 +258,6 @@ class Trainer:
         except BaseException:  # the files being written are finished (or left as they were) before the error goes on
             self.checkpoints.wait(raise_error=False)
             raise
-
-    def end_epoch(self, sel: Selection, row: dict, writes: dict, named: bool) -> str:
-        """An epoch trained, for one target domain: its validation (on the epoch of evaluations), its best
-        checkpoint when it is the best so far, its last one always, into `writes` -> the log line's part, with
-        the target domain when `named`."""
-        cfg = sel.cfg
-        sel.epoch += 1
-        row["epoch"] = sel.epoch
-        if sel.epoch % cfg.eval_every == 0 or sel.epoch == cfg.epochs:
-            row["valid"] = self.evaluate("valid", sel)
-            valid_mrr = row["valid"][SELECT[0]][SELECT[1]]
-            if valid_mrr > sel.best_valid:
-                sel.best_valid, sel.bad = valid_mrr, 0
-                state = self._state(sel)
-                writes[sel.best] = {**{k: state[k] for k in CHECKPOINT}, "valid": row["valid"]}
-            else:
-                sel.bad += 1
-        sel.history.append(row)
-        writes[sel.last] = self._state(sel)
-        if "valid" not in row:
-            return ""
-        return (f" | {cfg.target + ' ' if named else ''}valid MRR {row['valid']['sampled999']['MRR']:.2f} NDCG@10 "
-                f"{row['valid']['sampled999']['NDCG@10']:.2f}")
-
-    def tested(self, sel: Selection, chosen: dict, points: list | None) -> dict:
-        """A target domain's result: its best checkpoint's test ranks, with the grid's points and the chosen one."""
-        state = load_checkpoint(sel.best)
-        load_weights(self.model, state, sel.best)
-        ranks = self.rank("test", sel)  # the only time the test set is read
-        result = {"config": state["config"], "best_epoch": state["epoch"], "checkpoint": str(sel.best),
-                  "history": sel.history, "valid": state["valid"], "test": metrics(ranks), "ranks": ranks,
-                  "cases": sel.cases["test"][0]}
-        if points is not None:
-            result["grid"], result["chosen"] = points, chosen
-        return result
 
 
 # ----------------------------------------------------------------------------- runs
@@ -369,7 +317,7 @@ def train_row(name: str, cfgs: dict[str, Config], scen: Scenario, device, folder
                     best[target] = point, trainer, sel
         for target in targets:
             point, trainer, sel = best[target]
-            results[target] = trainer.tested(sel, point, points[target] if grid else None)
+            results[target] = tested(trainer, sel, point, points[target] if grid else None)
     return results
 
 
@@ -398,6 +346,19 @@ def train_point(name: str, cfgs: dict[str, Config], scen: Scenario, device, fold
         done[sel.cfg.target] = alone, alone.targets[0]
     progress.done(name, trains)
     return done
+
+
+def tested(trainer: Trainer, sel: Selection, chosen: dict, points: list | None) -> dict:
+    """A target domain's result: its best checkpoint's test ranks, with the grid's points and the chosen one."""
+    state = load_checkpoint(sel.best)
+    load_weights(trainer.model, state, sel.best)
+    ranks = trainer.rank("test", sel)  # the only time the test set is read
+    result = {"config": state["config"], "best_epoch": state["epoch"], "checkpoint": str(sel.best),
+              "history": sel.history, "valid": state["valid"], "test": metrics(ranks), "ranks": ranks,
+              "cases": sel.cases["test"][0]}
+    if points is not None:
+        result["grid"], result["chosen"] = points, chosen
+    return result
 
 
 def grid_points(name: str, grid: dict) -> list[dict]:
@@ -891,6 +852,45 @@ RESUME = {  # what a resume needs besides, in last_*.pt only
 SCHEDULE = ("epochs", "patience", "eval_every")  # the settings a --resume may change: e.g. train a finished run longer
 
 
+def training_state(trainer: Trainer, sel: Selection | None = None) -> dict:
+    """What last_*.pt holds for a target domain of a training (the first by default): the model, the optimiser,
+    the config, the data it was trained on, the schedule and the random states."""
+    sel = sel or trainer.targets[0]
+    cuda = torch.cuda.get_rng_state(trainer.device) if trainer.device.type == "cuda" else None  # the device's own
+    return {"model_name": trainer.name, "model": trainer.model.state_dict(), "optimizer": trainer.opt.state_dict(),
+            "config": asdict(sel.cfg), "scenario": trainer.scen.name, "data_dir": str(trainer.scen.path),
+            "data_sha256": trainer.scen.data_sha256, "images_sha256": trainer.scen.images_sha256,
+            "num_x": trainer.scen.items.num_x, "num_y": trainer.scen.items.num_y, "epoch": sel.epoch,
+            "best_valid": sel.best_valid, "bad": sel.bad, "history": sel.history,
+            "rng": {"torch": torch.get_rng_state(), "shuffle": trainer.shuffle.get_state(), "cuda": cuda}}
+
+
+def restore(trainer: Trainer, sel: Selection, state: dict, training: bool = True) -> None:
+    """A last_*.pt's schedule for its target domain and, with `training`, the weights, optimiser and random
+    states of the training, onto the device this run trains on, whichever device wrote them."""
+    check_checkpoint(state, trainer.scen, sel.last)
+    check_same_run(state, trainer.name, sel.cfg, sel.last)
+    check_fields(state, RESUME, sel.last)
+    sel.epoch, sel.best_valid, sel.bad, sel.history = (
+        state[k] for k in ("epoch", "best_valid", "bad", "history"))
+    print(f"  resumed from {sel.last} after epoch {sel.epoch}", flush=True)
+    if not training:
+        return
+    load_weights(trainer.model, state, sel.last)  # E_img is not stored: it is the data's
+    rng = state["rng"]
+    try:  # Adam's update as a new optimiser's on this device (fused on CUDA), whatever the writer's was
+        for group in state["optimizer"]["param_groups"]:
+            group.update({k: trainer.opt.defaults[k] for k in ("foreach", "fused", "capturable")})
+        trainer.opt.load_state_dict(state["optimizer"])
+        torch.set_rng_state(rng["torch"])
+        trainer.shuffle.set_state(rng["shuffle"])
+        if trainer.device.type == "cuda" and isinstance(rng.get("cuda"), torch.Tensor):
+            torch.cuda.set_rng_state(rng["cuda"], trainer.device)
+    except (AttributeError, KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise UsageError(f"{sel.last}: its optimiser or random states do not fit this training "
+                         f"({type(err).__name__}: {str(err)[:200]}); start a new run with another --out.") from None
+
+
 def save(state: dict, path: Path) -> None:
     """A checkpoint, written whole or not at all."""
     def write(f):
@@ -1157,7 +1157,7 @@ def export(trainer, path: Path, k: int) -> None:
     in_target = (scen.test.target >= scen.items.num_x) == (cfg.target == "Y")  # as evaluate.eval_cases selects
     users = [u for u, keep in zip(read_users(scen.path / SPLIT_FILES["test"]), in_target.tolist()) if keep]
     with trainer.exact():
-        top, top_score = top_items(trainer.scorer(), cases, trainer.items, trainer.device, trainer.eval_batch(), k,
+        top, top_score = top_items(trainer.model.scorer(), cases, trainer.items, trainer.device, trainer.eval_batch(), k,
                                    scen.items.num_items)
     head = ["user", "history", "ground_truth", *(f"rank_{p}" for p in PROTOCOLS),
             *(f"{c}_{i}" for i in range(1, top.shape[1] + 1) for c in ("item", "score"))]

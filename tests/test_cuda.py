@@ -49,7 +49,7 @@ def test_a_training_step_and_an_evaluation_batch_never_wait_for_the_gpu(scen, tm
     cases = eval_cases(scen.valid, scen, "X")
     neg = negatives(cases, t.items, "valid", "X")
     resident = on_device(cases, t.items, neg, t.device, t.eval_batch())
-    score = t.scorer()
+    score = t.model.scorer()
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
@@ -91,7 +91,7 @@ def test_ranks_are_the_same_on_both_devices(scen, tmp_path):
         t.model.eval()
         cases = eval_cases(scen.test, scen, "X")
         with t.exact():
-            ranks[device] = rank_cases(t.scorer(), cases, t.items, negatives(cases, t.items, "test", "X"), t.device,
+            ranks[device] = rank_cases(t.model.scorer(), cases, t.items, negatives(cases, t.items, "test", "X"), t.device,
                                        t.eval_batch(), scen.items.num_items)
     for p in ranks["cpu"]:
         assert torch.equal(ranks["cpu"][p], ranks["cuda"][p]), p
@@ -119,7 +119,7 @@ def test_the_checkpoint_holds_the_weights_before_the_next_step_and_loads_without
     t.step(*t.batch(order[:16]))
     before = {k: v.detach().cpu().clone() for k, v in t.model.state_dict().items()}
     path = tmp_path / "last_X.pt"
-    t.checkpoints.write({path: t._state()})
+    t.checkpoints.write({path: train.training_state(t)})
     for b in range(1, 5):  # Adam steps on while the file is written
         t.step(*t.batch(order[16 * b:16 * (b + 1)]))
     t.checkpoints.wait()

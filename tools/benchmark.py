@@ -49,7 +49,7 @@ from data import Items, Scenario, TrainSet, Views
 from evaluate import eval_cases, negatives, on_device, rank_batch, rank_cases
 from ifcdsr import RANGES, Config, trim
 from tools import embed, simulate
-from train import Trainer, bounded
+from train import Trainer, bounded, training_state
 
 MOVIE_BOOK = {"num_x": 36_845, "num_y": 63_937, "train": 58_515, "valid": 2_032 + 5_612, "test": 1_978 + 5_730,
               "avg_length": 11.98}  # paper Table 1
@@ -289,7 +289,7 @@ def simulated(gpu: simulate.GPU, cfg: Config, scen: Scenario) -> dict:
         trainer.model.eval()
         with trainer.exact():
             resident = on_device(cases, trainer.items, neg, trainer.device, rows)
-            score = trainer.scorer()
+            score = trainer.model.scorer()
             counting.reset()
             counting.start_peak()
             rank_batch(score, cases, resident, trainer.items, slice(0, rows), scen.items.num_items)
@@ -297,7 +297,7 @@ def simulated(gpu: simulate.GPU, cfg: Config, scen: Scenario) -> dict:
             counting.reset()
             rank_cases(score, cases, trainer.items, neg, trainer.device, rows, scen.items.num_items)
             out["pass"] = counting.totals()
-        state = trainer._state()
+        state = training_state(trainer)
         out["last_bytes"] = sum(simulate.nbytes(t) for t in tree_leaves(state) if isinstance(t, torch.Tensor))
         out["best_bytes"] = sum(simulate.nbytes(t) for t in tree_leaves(state["model"]) if isinstance(t, torch.Tensor))
     steps, batches = math.ceil(len(scen.train) / B), math.ceil(len(cases) / rows)
