@@ -1008,10 +1008,11 @@ def checkpoint_config(state: dict, path: Path) -> Config:
         cfg.check()
     except ConfigError as err:
         raise UsageError(f"{path}: not an IFCDSR checkpoint of this version (config {err}).") from None
-    flags = ROWS[state["model_name"]].flags()
-    if flags != {k: getattr(cfg, k) for k in flags}:  # e.g. an image row whose config says use_image=False
+    row = ROWS[state["model_name"]]
+    if (cfg.use_image, cfg.multi_attention) != (row.use_image, row.multi_attention):  # e.g. an image row, no images
         raise UsageError(f"{path}: not an IFCDSR checkpoint of this version (model_name = {state['model_name']!r} "
-                         f"with {flags}); train again with the same command to re-create it.")
+                         f"with use_image {cfg.use_image}, multi_attention {cfg.multi_attention}); train again with "
+                         f"the same command to re-create it.")
     return cfg
 
 
