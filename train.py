@@ -199,7 +199,7 @@ class Trainer:
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
-        return torch.stack(list(parts.values())).float()
+        return torch.stack([torch.as_tensor(v, dtype=torch.float32, device=self.device) for v in parts.values()])
 
     def train_epoch(self) -> dict:
         """One pass over the training set. Each step's per-view losses are copied to the host without waiting and
@@ -856,7 +856,8 @@ def training_state(trainer: Trainer, sel: Selection | None = None) -> dict:
     """What last_*.pt holds for a target domain of a training (the first by default): the model, the optimiser,
     the config, the data it was trained on, the schedule and the random states."""
     sel = sel or trainer.targets[0]
-    cuda = torch.cuda.get_rng_state(trainer.device) if trainer.device.type == "cuda" else None  # the device's own
+    cuda = torch.cuda.get_rng_state(trainer.device) if trainer.device.type == "cuda" and torch.cuda.is_initialized() \
+        else None  # the training device's own (none on a CPU, or on a simulated GPU)
     return {"model_name": trainer.name, "model": trainer.model.state_dict(), "optimizer": trainer.opt.state_dict(),
             "config": asdict(sel.cfg), "scenario": trainer.scen.name, "data_dir": str(trainer.scen.path),
             "data_sha256": trainer.scen.data_sha256, "images_sha256": trainer.scen.images_sha256,
