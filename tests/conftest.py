@@ -15,7 +15,7 @@ import train  # noqa: E402
 from data import DemoSpec, make_demo  # noqa: E402
 from ifcdsr import IFCDSR, Config  # noqa: E402
 
-SHARED = Path(__file__).resolve().parent.parent / "shared" / "data"  # real data beside the checkout, if any
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"  # real data beside the checkout, if any
 TINY = DemoSpec(num_x=40, num_y=50, num_users=90, image_dim=8, categories=4)
 
 
