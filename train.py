@@ -19,6 +19,7 @@ import os
 import pickle
 import random
 import re
+import resource
 import shlex
 import signal
 import sys
@@ -42,7 +43,7 @@ from data import (EMBEDDINGS_FILE, SPLIT_FILES, DataError, Progress, Scenario, V
 from evaluate import (PROTOCOLS, NonFiniteScores, RunResults, check_cases, data_warnings, eval_batch, eval_cases, grid_text,
                       metrics, negatives, point_name, print_run, rank_cases, target_items, to_device, top_items,
                       warm_items)
-from ifcdsr import CHOICES, IFCDSR, PRINTED, RANGES, Config, ConfigError, shapes
+from ifcdsr import CHOICES, IFCDSR, PRINTED, RANGES, AttentionEncoder, Config, ConfigError, shapes
 
 SELECT = ("sampled999", "MRR")  # the validation number that selects epochs and hyper-parameters
 
@@ -402,6 +403,9 @@ def train_rows(s: Settings, name: str, folder: Path, models: list[str], out: Pat
     """Every row × seed × target domain of the run, then its results, written whole, and its tables."""
     scen = load_scenario(folder, max_len=s.cfg.max_len, name=name, use_images=any(map(needs_images, models)))
     check_cases(scen, s.targets)
+    for model in (m for m in models if ROWS[m].trained):  # each row's largest model, before any is built
+        for point, _ in trainings(model, s.grid, out):
+            check_memory(model, model_config(model, s.cfg, s.targets[0], s.seeds[0]).replace(**point), scen, s.device)
     lock = lock_run_folder(out, s.resume)  # held until the run ends (its file closes then, or when the process does)
     if s.resume:  # everything that can refuse a --resume, before anything is written
         check_run_folder(out, scen, planned(s, models, out))
@@ -439,6 +443,49 @@ def row_result(model: str, seed: int | None, s: Settings, scen: Scenario, out: P
                      s.device, row_folder(out, model, seed), s.grid, s.resume, progress, f"{model} seed {seed}")
 
 
+def check_memory(name: str, cfg: Config, scen: Scenario, device: torch.device, weights: dict | None = None,
+                 path: Path | None = None) -> None:
+    """Before row `name` is built: the model is built on the meta device (nothing is allocated), so that a
+    checkpoint's `weights` must have its shapes, and its parameters (16 bytes each with their gradient and
+    Adam's two moments), a batch's activations and the logits chunk must fit in the memory left to this
+    process (or free on the GPU). A rough estimate, meant to refuse settings that are far too large."""
+    with torch.device("meta"):
+        model = build_model(name, cfg, dataclasses.replace(scen, E_img=None if scen.E_img is None else
+                                                          scen.E_img.to("meta")))
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if weights is not None and shapes != {k: tuple(getattr(v, "shape", ())) for k, v in weights.items()}:
+        k = next(k for k in sorted(shapes.keys() | weights.keys()) if k not in shapes or k not in weights
+                 or shapes[k] != tuple(weights[k].shape))
+        raise UsageError(f"{path}: its weights do not fit the model its config builds ({k}: "
+                         f"{tuple(weights[k].shape) if k in weights else 'missing'} in the file, "
+                         f"{shapes.get(k, 'none')} for the config); train again into another --out.")
+    params = sum(p.numel() for p in model.parameters())
+    widths = sum(enc.positions.weight.shape[1] for enc in model.modules() if isinstance(enc, AttentionEncoder))
+    activations = cfg.batch_size * cfg.max_len * (max(widths, cfg.q) * (20 * cfg.n_blocks + 8) + cfg.max_len)
+    need = 16 * params + 4 * activations + 8 * (cfg.score_chunk or fused_loss.CPU_CHUNK)  # bytes
+    free = free_memory(device)
+    if need > free:
+        raise UsageError(f"{name} with q={cfg.q}, n_blocks={cfg.n_blocks}, batch_size={cfg.batch_size} and "
+                         f"max_len={cfg.max_len} needs about {need / 2**30:,.1f} GiB ({params:,} parameters with "
+                         f"Adam's state, and a batch's activations), more than the {free / 2**30:,.1f} GiB left "
+                         f"to it here; lower q, n_blocks, batch_size or max_len (--set FIELD=VALUE).")
+
+
+def free_memory(device: torch.device) -> int:
+    """Bytes this process may still allocate: the GPU's free memory, or the machine's available memory within
+    the process's address-space limit (ulimit -v)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    info = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines()) \
+        if Path("/proc/meminfo").is_file() else {}
+    free = int(info["MemAvailable"].split()[0]) * 1024 if "MemAvailable" in info else 2**62
+    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if limit != resource.RLIM_INFINITY:
+        used = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
+        free = min(free, limit - int(used["VmSize"].split()[0]) * 1024)
+    return free
+
+
 def check_kept(out: Path, models: list[str], seeds: list[int], targets: tuple) -> None:
     """A --resume never shrinks a finished run: every row, seed and target domain of its results.json must be in
     the command, which writes results.json anew from what it runs."""
@@ -474,6 +521,7 @@ def eval_only(s: Settings) -> int:
     scen = load_scenario(folder, max_len=cfg.max_len, use_images=cfg.use_image, name=name)
     check_checkpoint(state, scen, path)
     check_cases(scen, (cfg.target,))
+    check_memory(state["model_name"], cfg, scen, s.device, state["model"], path)
     trainer = Trainer(state["model_name"], cfg, scen, s.device, path.parent, resume=False)
     load_weights(trainer.model, state, path)
     for split in ("valid", "test"):
@@ -1188,6 +1236,12 @@ def main(argv=None) -> int:
         return eval_only(s) if s.eval_only else run(s)
     except (DataError, UsageError, OSError) as err:  # OSError: a folder that cannot be written, a full disk
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as err:  # an allocation that failed after all (torch.OutOfMemoryError too)
+        if not isinstance(err, MemoryError) and not re.search(r"out of memory|can't allocate memory", str(err)):
+            raise
+        print(f"error: out of memory ({str(err).splitlines()[0][:200]}); lower batch_size, q, n_blocks or "
+              f"max_len (--set FIELD=VALUE), or Config.score_chunk.", file=sys.stderr)
         return 2
     except KeyboardInterrupt as interrupt:
         print(f"\n{interrupted(argv, interrupt.out if isinstance(interrupt, Interrupted) else None)}", file=sys.stderr)

@@ -1032,3 +1032,31 @@ def test_compare_writes_to_a_terminal_that_cannot_encode_its_signs(finished):
                             capture_output=True, text=True, env={**os.environ, "PYTHONIOENCODING": "ascii"})
     assert result.returncode == 0 and "Traceback" not in result.stderr
     assert "test \\u2212 reference" in result.stdout and "| run | popularity | X |" in result.stdout
+
+
+# ----------------------------------------------------------------------------- memory asked for before it is used
+
+@pytest.mark.parametrize("args", [("--set", "q=4096", "n_blocks=64"), ("--models", "sasrec", "--set", "max_len=1024",
+                                                                      "q=4096")], ids=["ifcdsr", "sasrec"])
+def test_settings_that_cannot_fit_in_memory_are_refused_before_anything_is_built(args, tiny_dir, tmp_path, capsys):
+    code, text = call(train.main, ["--data-dir", tiny_dir, "--target", "X", "--out", tmp_path / "run", *args], capsys)
+    assert code == 2 and "needs about" in text and "lower q, n_blocks, batch_size or max_len" in text
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_checkpoint_whose_config_does_not_fit_its_weights_is_refused_before_the_model_is_built(finished, tiny_dir,
+                                                                                                   tmp_path, capsys):
+    state = torch.load(finished / "ifcdsr" / "seed0" / "best_X.pt", weights_only=True)
+    state["config"].update(q=4096, n_blocks=64)
+    torch.save(state, tmp_path / "best_X.pt")
+    code, text = call(train.main, ["--data-dir", tiny_dir, "--eval-only", tmp_path / "best_X.pt"], capsys)
+    assert code == 2 and "its weights do not fit the model its config builds (E_id.weight:" in text
+
+
+def test_an_allocation_that_fails_after_all_is_a_message(tiny_dir, tmp_path, capsys, monkeypatch):
+    def no_memory(self, *args):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you "
+                           "tried to allocate 68719476736 bytes")
+    monkeypatch.setattr(train.Trainer, "step", no_memory)
+    code, text = call(train.main, [*FINISHED, "--data-dir", tiny_dir, "--out", tmp_path / "run"], capsys)
+    assert code == 2 and "\nerror: out of memory (" in text and "lower batch_size" in text
