@@ -137,7 +137,8 @@ class SelfAttention(nn.Module):
 
 
 class Block(nn.Module):
-    """A pre-LayerNorm transformer block, as in SASRec: attention, then a point-wise feed-forward."""
+    """A pre-LayerNorm transformer block: x + Dropout(g(LayerNorm(x))) for g the attention, then for g a
+    point-wise feed-forward, as SASRec's paper prints it (§III-C; its code runs `baselines.SASRecBlock`)."""
 
     def __init__(self, width: int, n_heads: int, dropout: float):
         super().__init__()
@@ -154,16 +155,17 @@ class Block(nn.Module):
 class AttentionEncoder(nn.Module):
     """(Eq. 1) H = Attention(F): causal self-attention over one view of one modality.
 
-    Note: the paper does not specify the attention layer; this is SASRec's (causal,
-    learnable positions, padding masked), the encoder of the C2DSR line of work.
+    Note: the paper does not specify the attention layer; this is SASRec's encoder as its paper prints it
+    (causal, learnable positions, padding masked, the pre-LayerNorm `Block`s of its §III-C); C2DSR, the line
+    of work IFCDSR builds on, runs SASRec's code's block (`baselines.SASRecBlock`, the SASRec rows' `block`).
     """
 
-    def __init__(self, width: int, cfg: Config):
+    def __init__(self, width: int, cfg: Config, block: type[nn.Module] = Block):
         super().__init__()
         self.positions = nn.Embedding(cfg.max_len, width)
         nn.init.normal_(self.positions.weight, std=0.02)
         self.drop = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(Block(width, cfg.n_heads, cfg.dropout) for _ in range(cfg.n_blocks))
+        self.blocks = nn.ModuleList(block(width, cfg.n_heads, cfg.dropout) for _ in range(cfg.n_blocks))
         self.ln_f = nn.LayerNorm(width)
 
     def forward(self, F_seq: torch.Tensor, is_pad: torch.Tensor) -> torch.Tensor:
