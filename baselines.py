@@ -1,8 +1,8 @@
 """The simple baselines of the paper's Tables 2/3, trained and evaluated by the same code as IFCDSR.
 
     popularity      the target domain's items ranked by their number of training interactions
-    sasrec          SASRec [20]: ID embeddings and causal self-attention (ifcdsr.AttentionEncoder, IFCDSR's
-                    encoder) over the merged sequence S^{X+Y}
+    sasrec          SASRec [20]: ID embeddings scaled by √q and SASRec's causal self-attention blocks as its code
+                    runs them (SASRecBlock) over the merged sequence S^{X+Y}
     gru4rec         GRU4Rec [13]: ID embeddings and a GRU over S^{X+Y}
     sasrec_target   SASRec over the target domain's sub-sequence only (S^X when X is the target)
     gru4rec_target  GRU4Rec over the target domain's sub-sequence only
@@ -14,7 +14,7 @@ domain), its interface (`views`, `loss`, `score`, `scorer`, `chunk`) and its who
 and rank the target domain's items (Eq. 9's candidates) by the dot product of the last hidden state with each.
 
 Dimension letters: B batch, L positions (left-padded), T prediction positions, n items that a model embeds
-(N, both domains', for the merged rows; the target domain's for the `_target` rows), q embedding width.
+(N, both domains', for the merged rows; the target domain's for the `_target` rows), q embedding width, h heads.
 Inside a model an item has its local id 0..n-1 among those (the global id for the merged rows); n pads.
 """
 from __future__ import annotations
@@ -80,13 +80,70 @@ class GRUEncoder(nn.Module):
         return self.drop(H)
 
 
+class SASRecBlock(nn.Module):
+    """SASRec's block as its code runs it (Kang & McAuley's, and C2DSR's `ATTENTION`), width d = q:
+
+        Q = LayerNorm(x),  S = Q + Attention(Q·W^Q, x·W^K, x·W^V)·W^O,  G = LayerNorm(S),  F = G + FFN(G)
+
+    with FFN(G) = ReLU(G·W^(1) + b^(1))·W^(2) + b^(2) (§III-B); dropout on the attention weights and inside
+    the FFN, none on the attention output.
+
+    Note: SASRec's paper prints x + Dropout(g(LayerNorm(x))) for each sub-layer g (§III-C, `ifcdsr.Block`); its
+    code, followed here, normalises the queries only and adds each residual to the normalised input.
+    Note: W^O is the output projection of C2DSR's code (torch's MultiheadAttention); SASRec's paper and its
+    TensorFlow code have none.
+    """
+
+    def __init__(self, width: int, n_heads: int, dropout: float):
+        super().__init__()
+        assert width % n_heads == 0, f"width {width} must be divisible by n_heads {n_heads}"
+        self.n_heads, self.dropout = n_heads, dropout
+        self.ln_1, self.ln_2 = nn.LayerNorm(width), nn.LayerNorm(width)
+        self.W_Q, self.W_K, self.W_V, self.W_O = (nn.Linear(width, width) for _ in range(4))
+        self.ffn = nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Dropout(dropout), nn.Linear(width, width),
+                                 nn.Dropout(dropout))  # W^(1), W^(2), dropout after each
+
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        """x (B, L, d), allowed (B, L, L) the keys each position may attend to -> F (B, L, d)."""
+        B, L, d = x.shape
+        Q = self.ln_1(x)  # (B, L, d): the queries alone are normalised; the keys and values are x
+        q, k, v = (W(t).view(B, L, self.n_heads, d // self.n_heads).transpose(1, 2)
+                   for W, t in ((self.W_Q, Q), (self.W_K, x), (self.W_V, x)))  # each (B, h, L, d/h)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None],
+                                           dropout_p=self.dropout if self.training else 0.0)  # (B, h, L, d/h)
+        # S = Q + Attention(Q·W^Q, x·W^K, x·W^V)·W^O: the residual on Q, no dropout on the attention output
+        S = Q + self.W_O(y.transpose(1, 2).reshape(B, L, d))  # (B, L, d)
+        G = self.ln_2(S)  # (B, L, d)
+        return G + self.ffn(G)  # (B, L, d) F = G + FFN(G): the residual on the normalised input
+
+
+class SASRecEncoder(AttentionEncoder):
+    """SASRec's encoder as its code runs it: Ê = √q·E + P, dropout, `SASRecBlock`s, a last LayerNorm, with
+    ifcdsr.AttentionEncoder's positions and masks (causal, padding keys masked).
+
+    Note: positions count from each sequence's first item, as in IFCDSR's encoder, so left padding changes
+    nothing; SASRec's code numbers the slots of the left-padded window (the last item always at L - 1).
+    Note: initialised as IFCDSR's encoders: E ~ N(0, 1/q) (so √q·E has entries of variance 1), P ~ N(0, 0.02²),
+    torch's defaults elsewhere; SASRec's code draws its weights from Xavier's distributions.
+    """
+
+    def __init__(self, width: int, cfg: Config):
+        super().__init__(width, cfg, block=SASRecBlock)
+
+    def forward(self, E_seq: torch.Tensor, is_pad: torch.Tensor) -> torch.Tensor:
+        """E_seq (B, L, q) item embeddings in sequence order, is_pad (B, L) -> H (B, L, q)."""
+        # Ê = √q·E + P: SASRec's code scales the item embeddings before adding the positions (its paper: E + P)
+        return super().forward(E_seq * E_seq.shape[-1] ** 0.5, is_pad)
+
+
 class SequenceBaseline(nn.Module):
     """What SASRec and GRU4Rec share, in both forms: the item embeddings E (n + 1, q), the loss and the scores.
 
-    Note: trained with softmax cross-entropy at every next-item position of the sequence read (the cross-entropy
-    form of SASRec; SASRec's paper trains with one sampled negative and a binary loss, which is weaker). The
-    merged rows' softmax runs over all N items: the next item of S^{X+Y} can be in either domain, and these
-    models make no distinction between the domains (§3.2); the `_target` rows' runs over the target domain's.
+    Note: trained with softmax cross-entropy at every next-item position of the sequence read, not with the
+    papers' sampled losses (SASRec's: one sampled negative and a binary loss, which is weaker; GRU4Rec's:
+    pairwise ranking losses over the other items of its mini-batch). The merged rows' softmax runs over all
+    N items: the next item of S^{X+Y} can be in either domain, and these models make no distinction between
+    the domains (§3.2); the `_target` rows' runs over the target domain's.
     At test time both score only the target domain's items (Eq. 9's candidates): for the merged rows their
     order is that of the softmax over N. Dot-product scores, as in SASRec and GRU4Rec (IFCDSR's are cosines
     over τ).
@@ -149,11 +206,20 @@ class SequenceBaseline(nn.Module):
 
 
 class SASRec(SequenceBaseline):
+    """SASRec [20]: √q·E plus positions through SASRec's blocks (`SASRecEncoder`), scored by dot products with the
+    same E, as SASRec's; trained with SequenceBaseline's full softmax (its Note)."""
+
     def __init__(self, cfg: Config, num_x: int, num_y: int):
-        super().__init__(cfg, num_x, num_y, AttentionEncoder(cfg.q, cfg))
+        super().__init__(cfg, num_x, num_y, SASRecEncoder(cfg.q, cfg))
 
 
 class GRU4Rec(SequenceBaseline):
+    """GRU4Rec [13]: a GRU over E (`GRUEncoder`), scored by dot products with the same E.
+
+    Note: the output layer is the input embeddings E (tied), without a bias; GRU4Rec's has its own weights and
+    a bias per item.
+    """
+
     def __init__(self, cfg: Config, num_x: int, num_y: int):
         super().__init__(cfg, num_x, num_y, GRUEncoder(cfg.q, cfg.dropout))
 

@@ -1,7 +1,8 @@
-"""Tests of baselines.py: SASRec and GRU4Rec are causal; the merged rows read S^{X+Y}, train over all N items and
-rank the target domain's, and learn a next target item that the last source-domain item sets, which the
-target-only rows read and score only the target domain and cannot; the popularity score counts training
-interactions."""
+"""Tests of baselines.py: SASRec's block is the one its code runs (the queries alone normalised, each residual on
+the normalised input, no dropout on the attention output) after item embeddings scaled by √q; SASRec and GRU4Rec
+are causal; the merged rows read S^{X+Y}, train over all N items and rank the target domain's, and learn a next
+target item that the last source-domain item sets, which the target-only rows read and score only the target
+domain and cannot; the popularity score counts training interactions."""
 import json
 import random
 from pathlib import Path
@@ -24,6 +25,55 @@ MODELS = MERGED + TARGET_ONLY
 def tiny(cls, target="X", seed=0, **kw):
     torch.manual_seed(seed)
     return cls(Config(q=8, dropout=0.0, target=target, **kw), num_x=3, num_y=4).eval()
+
+
+def sasrec_block(q=2, dropout=0.0):
+    """The first block of a SASRec of width q, one head; as SASRec.encoder builds it, so a SASRec row built
+    with another block fails the tests below."""
+    torch.manual_seed(0)
+    return SASRec(Config(q=q, n_heads=1, dropout=dropout), num_x=3, num_y=4).encoder.blocks[0]
+
+
+def test_sasrec_block_normalises_only_the_queries_and_adds_each_residual_to_the_normalised_input():
+    """Width 2, W^Q = W^K = W^V = W^O = W^(1) = W^(2) = I and zero biases, x_1 = (1, 3), x_2 = (2, 0):
+    Q = LayerNorm(x) = (-1, 1), (1, -1); the keys and values are x itself. x_1 sees only itself:
+    S_1 = Q_1 + x_1 = (0, 4). x_2's scores are Q_2·x_1/√2 = -√2 and Q_2·x_2/√2 = +√2, weights
+    1/(1 + e^{2√2}) = 0.0558 and 0.9442: S_2 = (1, -1) + 0.0558·(1, 3) + 0.9442·(2, 0) = (2.9442, -0.8326).
+    G = LayerNorm(S) = (-1, 1), (1, -1) and F = G + ReLU(G) = (-1, 2), (2, -1).
+    IFCDSR's block (LayerNorm on Q, K and V, residuals on x) gives S_2 = (2.8884, -0.8884) and F_1 = (0, 5)."""
+    block = sasrec_block().eval()
+    with torch.no_grad():
+        for layer in (block.W_Q, block.W_K, block.W_V, block.W_O, block.ffn[0], block.ffn[3]):
+            layer.weight.copy_(torch.eye(2))
+            layer.bias.zero_()
+    seen = {}
+    block.ln_2.register_forward_hook(lambda module, inputs, output: seen.update(S=inputs[0]))
+    F_out = block(torch.tensor([[[1.0, 3.0], [2.0, 0.0]]]), torch.ones(1, 2, 2, dtype=torch.bool).tril())
+    assert torch.allclose(seen["S"], torch.tensor([[[0.0, 4.0], [2.9442, -0.8326]]]), atol=1e-4)
+    assert torch.allclose(F_out, torch.tensor([[[-1.0, 2.0], [2.0, -1.0]]]), atol=1e-4)
+
+
+def test_sasrec_block_has_no_dropout_on_the_attention_output():
+    """Training with dropout 0.5 (on the attention weights and in the FFN): S = Q + Attention(...)·W^O exactly,
+    the attention output as W^O gives it, not dropped."""
+    block, seen = sasrec_block(q=8, dropout=0.5).train(), {}
+    block.ln_1.register_forward_hook(lambda module, inputs, output: seen.update(Q=output))
+    block.W_O.register_forward_hook(lambda module, inputs, output: seen.update(out=output))
+    block.ln_2.register_forward_hook(lambda module, inputs, output: seen.update(S=inputs[0]))
+    block(torch.randn(2, 5, 8), torch.ones(2, 5, 5, dtype=torch.bool).tril())
+    assert torch.equal(seen["S"], seen["Q"] + seen["out"])
+
+
+def test_sasrec_scales_the_item_embeddings_by_the_square_root_of_q_before_adding_the_positions():
+    """q = 4 and no blocks: H = LayerNorm(√q·E_i + P_1). E_0 = (1, 0, 0, -1) and P_1 = (1, 1, -1, -1) give
+    2·E_0 + P_1 = (3, 1, -1, -3), mean 0 and variance 5, so h = (3, 1, -1, -3)/√5 = (1.342, 0.447, -0.447, -1.342);
+    unscaled, E_0 + P_1 = (2, 1, -1, -2) would give (1.265, 0.632, -0.632, -1.265)."""
+    model = SASRec(Config(q=4, n_blocks=0, dropout=0.0), num_x=3, num_y=4).eval()
+    with torch.no_grad():
+        model.E.weight[0] = torch.tensor([1.0, 0.0, 0.0, -1.0])
+        model.encoder.positions.weight[0] = torch.tensor([1.0, 1.0, -1.0, -1.0])
+    h = model.hidden(torch.tensor([[0]]))[0, 0]
+    assert torch.allclose(h, torch.tensor([1.342, 0.447, -0.447, -1.342]), atol=1e-3)
 
 
 @pytest.mark.parametrize("cls", MODELS)
