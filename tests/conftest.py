@@ -7,6 +7,9 @@ from pathlib import Path
 
 if os.environ.get("IFCDSR_CUDA_TESTS") != "1":  # the suite runs on the CPU, the same with or without a GPU;
     os.environ["CUDA_VISIBLE_DEVICES"] = ""  # IFCDSR_CUDA_TESTS=1 leaves it visible for test_cuda.py
+# one thread, here and in the commands the tests start: the tests' tensors are too small to gain from more,
+# and on 2 cores the threads of one op would wait on each other (set OMP_NUM_THREADS to choose another count)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
@@ -14,6 +17,8 @@ import data  # noqa: E402
 import train  # noqa: E402
 from data import DemoSpec, make_demo  # noqa: E402
 from ifcdsr import IFCDSR, Config  # noqa: E402
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))  # torch may have been imported before this file
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"  # real data beside the checkout, if any
 TINY = DemoSpec(num_x=40, num_y=50, num_users=90, image_dim=8, categories=4)

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -426,19 +425,21 @@ def test_images_rerun_fetches_only_what_is_missing(tmp_path, server, capsys):
         im.load()
 
 
-def test_a_download_ends_at_its_deadline_however_slowly_the_body_trickles():
-    """The server sends its headers, then one byte of a 1,000-byte body every 0.25 s (for at most 10 s): with a
-    1 s timeout the download ends after about 1 s as a timeout, not when the server gives up."""
+@pytest.mark.parametrize("part", ["headers", "body"])
+def test_a_download_ends_at_its_deadline_however_slowly_the_server_trickles(part):
+    """The server sends one byte every 0.25 s (for at most 10 s), of its status line and headers or of a
+    1,000-byte body after them: with a 1 s timeout the download ends after about 1 s as a timeout, not when
+    the server gives up."""
     from tools import download
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n" + b"X-Pad: " + b"p" * 60 + b"\r\n\r\n"
 
     class Trickle(BaseHTTPRequestHandler):
         def do_GET(self):
-            self.send_response(200)
-            self.send_header("Content-Length", "1000")
-            self.end_headers()
+            if part == "body":
+                self.wfile.write(head)
             try:
-                for _ in range(40):
-                    self.wfile.write(b"x")
+                for byte in (head if part == "headers" else b"x" * 40)[:40]:
+                    self.wfile.write(bytes([byte]))
                     self.wfile.flush()
                     time.sleep(0.25)
             except (BrokenPipeError, ConnectionResetError):  # the client gave up: the server's thread ends
@@ -453,7 +454,7 @@ def test_a_download_ends_at_its_deadline_however_slowly_the_body_trickles():
     try:
         start = time.monotonic()
         with pytest.raises(download._Failure, match=r"^timeout: over 1 s$"):
-            download.fetch(urllib.request.build_opener(), f"http://127.0.0.1:{httpd.server_address[1]}/slow.jpg",
+            download.fetch(download.make_opener(), f"http://127.0.0.1:{httpd.server_address[1]}/slow.jpg",
                            timeout=1, retries=0, backoff=0, max_bytes=4000)
         assert time.monotonic() - start < 6  # the server trickles for 10 s
     finally:
@@ -465,7 +466,7 @@ def test_a_body_shorter_than_its_content_length_is_a_connection_error(server):
     from tools import download
     server.routes["/short.jpg"] = lambda hit: (200, {"Content-Length": "5000"}, image_bytes("JPEG"), 0)
     with pytest.raises(download._Failure, match=r"^connection error: the body ended [\d,]+ bytes short$"):
-        download.fetch(urllib.request.build_opener(), server.url + "/short.jpg", timeout=5, retries=0, backoff=0,
+        download.fetch(download.make_opener(), server.url + "/short.jpg", timeout=5, retries=0, backoff=0,
                        max_bytes=10_000)
 
 

@@ -4,10 +4,13 @@ with the count of each outcome."""
 from __future__ import annotations
 
 import collections
+import contextlib
 import http.client
 import io
 import os
+import socket
 import sys
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -44,10 +47,77 @@ class HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
     http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
 
 
+class _Watch:
+    """Shuts a download's socket at its deadline: a socket timeout bounds each wait alone, so a server that
+    trickles its status line, headers or body a byte at a time would otherwise hold the download for hours."""
+
+    def __init__(self, deadline: float):
+        self.deadline, self.fired, self.timer = deadline, False, None
+
+    def arm(self, sock) -> None:
+        self.timer = threading.Timer(max(0.0, self.deadline - time.monotonic()), self.shut, (sock,))
+        self.timer.daemon = True
+        self.timer.start()
+
+    def shut(self, sock) -> None:
+        self.fired = True
+        with contextlib.suppress(OSError):  # already closed: the download has ended
+            sock.shutdown(socket.SHUT_RDWR)  # a blocked read returns at once
+
+
+_watch = threading.local()  # the _Watch of the download this thread runs (urllib opens in the caller's thread)
+
+
+class _Armed:
+    """A connection that hands its socket to the thread's _Watch as soon as it is connected (each redirect too)."""
+
+    def connect(self):
+        super().connect()
+        if getattr(_watch, "current", None):
+            _watch.current.arm(self.sock)
+
+
+class _HTTPConnection(_Armed, http.client.HTTPConnection):
+    pass
+
+
+class _HTTPSConnection(_Armed, http.client.HTTPSConnection):
+    pass
+
+
+class _HTTPHandler(urllib.request.HTTPHandler):
+    def http_open(self, req):
+        return self.do_open(_HTTPConnection, req)
+
+
+class _HTTPSHandler(urllib.request.HTTPSHandler):
+    def https_open(self, req):
+        return self.do_open(_HTTPSConnection, req, context=self._context)
+
+
+def make_opener() -> urllib.request.OpenerDirector:
+    """The opener of every download: http(s) redirects only, each download's deadline kept by its _Watch."""
+    return urllib.request.build_opener(HttpOnlyRedirects, _HTTPHandler, _HTTPSHandler)
+
+
 def _get(opener, url: str, *, timeout: float, max_bytes: int) -> bytes:
-    """One GET -> the body; `timeout` bounds every socket wait, and the whole download however slowly the server
-    sends its body."""
-    deadline = time.monotonic() + timeout
+    """One GET -> the body, within `timeout` seconds in all however slowly the server sends (with `make_opener()`'s
+    handlers): each socket wait is bounded by the time left, and the _Watch shuts the socket at the deadline."""
+    watch = _watch.current = _Watch(time.monotonic() + timeout)
+    try:
+        return _read(opener, url, timeout=timeout, max_bytes=max_bytes, deadline=watch.deadline)
+    except _Failure as failure:
+        if watch.fired and not str(failure).startswith("timeout"):  # the shut socket, seen as a closed connection
+            raise _Failure(f"timeout: over {timeout:g} s", retry=True) from None
+        raise
+    finally:
+        if watch.timer:
+            watch.timer.cancel()
+        _watch.current = None
+
+
+def _read(opener, url: str, *, timeout: float, max_bytes: int, deadline: float) -> bytes:
+    """`_get`'s request and its body, read in slices, each socket wait bounded by the time left to `deadline`."""
     request = urllib.request.Request(url, headers={"User-Agent": "IFCDSR-data/1.0 (research; urllib)"})
     try:
         with opener.open(request, timeout=timeout) as response:
@@ -156,7 +226,7 @@ def get_images(items, products: dict, images_dir: Path, workers: int, settings: 
     """Checks the image on disk (images/<ASIN><suffix>) or fetches it for every item of `items` (data.Items),
     `workers` at a time, with progress lines; `products`: {ASIN: (title, image URL)}.
     -> ({'X': Counter(outcome), 'Y': Counter(outcome)}, [(global id, reason)] of the items without one)."""
-    opener = urllib.request.build_opener(HttpOnlyRedirects)
+    opener = make_opener()
     on_disk = {entry.name for entry in os.scandir(images_dir)}
     counts = {"X": collections.Counter(), "Y": collections.Counter()}
     failures = []  # (global id, reason)
