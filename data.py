@@ -376,6 +376,7 @@ def fetch_list(name: str) -> str:
             f"metadata {' and '.join(meta)}, published at {AMAZON_2014}, then\n"
             f"       python -m tools.amazon images --scenario-dir {folder} --meta {' '.join(meta)}\n"
             f"       python -m tools.embed --scenario-dir {folder} --images {folder / 'images'}\n"
+            f"     (embed fetches CLIP ViT-B/32's weights, 354 MB, into ~/.cache/clip once, for both scenarios)\n"
             f"docs/data.md (\"From nothing to a scenario\") gives the disk each step needs.")
 
 
