@@ -334,8 +334,8 @@ def epoch_steps(trainer: Trainer, counting: simulate.Counting) -> list[dict]:
 
 def print_simulated(gpu: simulate.GPU, sim: dict, cfg: Config, scen: Scenario) -> None:
     tr, ev, ps = sim["train"], sim["eval"], sim["pass"]
-    print(f"\nsimulated GPU, an estimate (fake tensors under CUDA autocast, each op's time the larger of bytes / "
-          f"bandwidth and FLOP / rate, plus its launch; the host's, eager op and launch for each kernel):\n  "
+    print(f"\nsimulated GPU, an estimate (fake tensors under CUDA autocast; a kernel's device time the larger of "
+          f"bytes / bandwidth and FLOP / rate, plus its launch; its host time an eager op and a launch):\n  "
           f"{simulate.roofline_note(gpu)}; checkpoints copied to the host at {HOST_LINK / 1e9:.0f} GB/s, then written "
           f"at {DISK / 1e9:.0f} GB/s while the next epoch trains")
     print(f"  {'':<24}{'training step':>16}{'evaluation batch':>18}{'evaluation pass':>18}")
@@ -364,7 +364,8 @@ def print_simulated(gpu: simulate.GPU, sim: dict, cfg: Config, scen: Scenario) -
           f"{sim['projected']['step_s'] * 1e3:.2f} ms, the larger of host and device, and {sim['cases']:,} validation "
           f"cases in {sim['batches']} batches of {sim['rows']} an epoch, {sim['projected']['epoch_s']:.1f} s an epoch)")
     print(f"a fused linear-softmax kernel (the logits never leave the chip): {tr['fused_bytes'] / 1e9:.1f} GB and "
-          f"{tr['fused_seconds'] * 1e3:.2f} ms of device time a step; projected 100 epochs {sim['fused']['100_min']:.2f} min")
+          f"{tr['fused_seconds'] * 1e3:.2f} ms of device time a step; projected 100 epochs "
+          f"{sim['fused']['100_min']:.2f} min")
 
 
 # ----------------------------------------------------------------------------- the report
