@@ -1,15 +1,16 @@
 """Speed and memory of IFCDSR at Movie-Book size, on a synthetic scenario built in memory, and of CLIP.
 
     python -m tools.benchmark [--items 100782] [--seqs 58515] [--batch-size 256] [--device auto]
-    python -m tools.benchmark --simulate [h200]                        # the same step and evaluation on a simulated GPU
+    python -m tools.benchmark --simulate [h200]                        # the same epoch and evaluation on a simulated GPU
     python -m tools.benchmark --clip [--images 2000] [--repeats 5]     # CLIP's encode_image and the embed command
 
 The first times the real training loop (`Trainer.train_epoch`) over a few batches after a warm-up, and
 one evaluation pass (`Trainer.evaluate`) over the test cases of both target domains, then
 prints throughput, achieved GFLOP/s against plain matmuls of the same shapes and dtype measured in
 the same run, peak memory, a projection of 100 epochs, and how a step grows with N and the batch; on
-CUDA also the simulated figures. --simulate needs no GPU: it counts a training step's and an evaluation
-batch's kernels, host syncs, FLOP and bytes on fake CUDA tensors (tools/simulate.py) and projects 100 epochs.
+CUDA also the simulated figures. --simulate needs no GPU: it runs `Trainer.train_epoch` and an evaluation on
+fake CUDA tensors (tools/simulate.py), counts each step's and batch's kernels, host syncs, FLOP and bytes, gives
+them a host and a device time, and projects 100 epochs with each step at the larger of the two.
 
 Cost model: FLOP counts the matmuls only (a multiply-add is 2 FLOP); elementwise work is the
 difference between the achieved and the matmul-only rate. A training step of B sequences costs,
