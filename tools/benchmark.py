@@ -55,7 +55,7 @@ from train import Trainer, bounded, training_state
 MOVIE_BOOK = {"num_x": 36_845, "num_y": 63_937, "train": 58_515, "valid": 2_032 + 5_612, "test": 1_978 + 5_730,
               "avg_length": 11.98}  # paper Table 1
 STEPS, WARMUP = 3, 1  # timed training steps, after warm-up steps
-SIM_STEPS = 3  # the simulated epoch's steps, after one
+SIM_STEPS = 3  # the steps of the simulated epoch, after a first step that makes Adam's state
 SCALE_ITEMS = (0.1, 0.3, 1.0)  # N of the step-time scaling, as shares of --bench-items (10k, 30k, 100k)
 SCALE_BATCH = (0.25, 0.5, 1.0)  # batch sizes of the step-time scaling, as shares of the batch (64, 128, 256)
 E_WIDTH = 512  # e of the synthetic E_img: CLIP ViT-B/32's width, the paper's e
@@ -283,7 +283,8 @@ def simulated(gpu: simulate.GPU, cfg: Config, scen: Scenario) -> dict:
         trainer.step(*trainer.batch(torch.arange(B)))  # the first step also makes Adam's state and the score buffers
         counting.keep_on_chip(lambda: fused_loss._SCRATCH.values())
         out["epoch"] = epoch_steps(trainer, counting)
-        out["train"], out["casts"] = out["epoch"][1], out["epoch"][1].pop("casts")  # a step inside the epoch
+        out["train"] = out["epoch"][1]  # a step inside the epoch
+        out["casts"] = out["train"]["casts"]
         trainer.scen = scen
         cases = eval_cases(scen.valid, scen, cfg.target)
         rows, neg = trainer.eval_batch(), negatives(cases, trainer.items, "valid", cfg.target)

@@ -69,8 +69,9 @@ GPUS = {"h200": H200}
 
 # The host's time to issue one kernel from eager PyTorch with autograd, launch aside (Python, the dispatcher,
 # autograd's graph and engine): `python -m tools.simulate` measures it (`eager_op_seconds`: the forward and backward
-# of a chain of the encoders' ops at width 16 on one CPU thread, the best of 1,000 runs, over its kernels). Kept
-# as a constant, measured once, so that a projection does not move with the load of the machine it runs on.
+# of a chain of the encoders' ops at width 16 on one CPU thread, the best of 1,000 runs, over its kernels), here on
+# the 2-core AMD EPYC of docs/performance.md. Kept as a constant, measured once, so that a projection does not move
+# with the load of the machine it runs on.
 EAGER_OP_S = 10.4e-6
 # the host's side of a kernel launch or an asynchronous copy (cudaLaunchKernel, cudaMemcpyAsync): 2-5 µs in
 # published measurements; a CPU cannot measure it
@@ -402,7 +403,6 @@ def eager_op_seconds(layers: int = 10, width: int = 16, runs: int = 1000) -> flo
     """The host's time per kernel of eager PyTorch with autograd (EAGER_OP_S): the forward and backward of a chain of
     the encoders' ops (layer norm, linear, ReLU, residual add: one kernel each on a CPU as on a GPU) on CPU tensors
     of `width` columns, whose own arithmetic takes a fraction of a µs; one thread, the best of `runs` runs."""
-    torch.set_num_threads(1)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(8, width, generator=g, requires_grad=True)
     params = [[torch.randn(*shape, generator=g).requires_grad_() for shape in ((width,), (width,), (width, width),
@@ -416,15 +416,20 @@ def eager_op_seconds(layers: int = 10, width: int = 16, runs: int = 1000) -> flo
         for p in [x, *(p for layer in params for p in layer)]:
             p.grad = None
 
-    for _ in range(20):  # warm-up
-        chain()
-    with KernelCount() as count:
-        chain()
-    best = math.inf
-    for _ in range(runs):
-        start = time.perf_counter()
-        chain()
-        best = min(best, time.perf_counter() - start)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for _ in range(20):  # warm-up
+            chain()
+        with KernelCount() as count:
+            chain()
+        best = math.inf
+        for _ in range(runs):
+            start = time.perf_counter()
+            chain()
+            best = min(best, time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(threads)
     return best / count.kernels
 
 
