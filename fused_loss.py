@@ -53,85 +53,87 @@ def _logits(a: torch.Tensor, E: torch.Tensor, out: torch.Tensor) -> torch.Tensor
     return torch.mm(a.to(E.dtype), E.T, out=out)
 
 
-def _exp_(s: torch.Tensor, bound: float) -> torch.Tensor:
+def _exp_(s: torch.Tensor, bound: float) -> torch.Tensor | None:
     """s <- exp(s - m) in place; returns m (c, 1), so that (Eq. 3/4) softmax(s) = s / Z with Z = Σ exp(s - m)
     and no second (c, N) tensor. `bound` bounds every logit: 1/τ by Eq. 2, so for τ >= 1/60 exp(s) stays far
-    inside fp32's range and m = 0 saves two passes; else (or the baselines' dot products, bound = inf) m is
-    the row maximum, as in a textbook softmax."""
+    inside fp32's range and m = 0 (returned as None) saves two passes; else (or the baselines' dot products,
+    bound = inf) m is the row maximum, as in a textbook softmax."""
     if bound <= 60:
-        m = s.new_zeros(len(s), 1)
-    else:
-        m = s.amax(dim=-1, keepdim=True)
-        s.sub_(m)
-    s.exp_()
+        s.exp_()
+        return None
+    m = s.amax(dim=-1, keepdim=True)
+    s.sub_(m).exp_()
     return m
 
 
-def _nll_chunks(branches: list, target: torch.Tensor, rows: int, bound: float, items: slice, grads: bool,
-                scale: float = 1.0) -> tuple[torch.Tensor, list]:
-    """Σ_t -log P(y_t | S) for T positions scored `rows` at a time and, with `grads`, `scale` times its gradient
-    with respect to every branch's a (returned) and E (added into its dE) (module docstring).
+def _nll_chunks(branches: list, target: torch.Tensor, rows: int, bound: float, items: slice,
+                scale: float | None = None) -> torch.Tensor:
+    """Σ_t log P(y_t | S) for T positions scored `rows` at a time and, with a `scale`, `scale` times the gradient of
+    its negative with respect to every branch's a (written into its dA) and E (added into its dE) (module docstring).
 
-    branches: [(a (T, d), E (N, d), E_p, log w_b, dE)]: E_p is E as the products read it (E itself, or its
-    bf16 copy under autocast), log w_b = log α or log(1-α), dE an (N, d) gradient buffer or None for an E that
-    takes none. The softmax runs over the rows `items` of E; `target` counts from its first. Every branch
-    reuses one (rows, n) buffer, so only the last one's E may take a gradient.
+    branches: [(a (T, d), a_p, E (N, d), E_p, log w_b, dE, dA)]: a_p and E_p are a and E as the products read them
+    (themselves, or bf16 copies under autocast), log w_b = log α or log(1-α), dE an (N, d) gradient buffer or None
+    for an E that takes none, dA a (T, d) buffer. The softmax runs over the rows `items` of E; `target` counts from
+    its first. Every branch reuses one (rows, n) buffer, so only the last one's E may take a gradient.
     """
-    total = torch.zeros((), device=target.device)
-    dA = [torch.zeros_like(a) if grads else None for a, *_ in branches]
     # d/dE is added at `items` into a buffer of all N rows: a gradient of E[items] would cost autograd a second
     # (N, d) tensor
-    branches = [(a, E[items], E_p[items], log_w, None if dE is None else dE[items])
-                for a, E, E_p, log_w, dE in branches]  # (n, d) the softmax's items
+    branches = [(a, a_p, E[items], E_p[items], log_w, None if dE is None else dE[items], dA)
+                for a, a_p, E, E_p, log_w, dE, dA in branches]  # (n, d) the softmax's items
+    log_P = []  # each chunk's Σ_t log P_y
     for i in range(0, target.shape[0], rows):
         c, y = slice(i, i + rows), target[i:i + rows]  # this chunk's positions, their targets (c,)
         log_wP_y, kept = [], []
-        for a, E, E_p, log_w, _ in branches:
-            log_P_y, *G_GE_Z = _branch_chunk(a[c], E, E_p, y, _scratch(len(y), len(E), E_p), bound, grads)
+        for a, a_p, E, E_p, log_w, _, _ in branches:
+            log_P_y, *E_y_G_GE_Z = _branch_chunk(a[c], a_p[c], E, E_p, y, _scratch(len(y), len(E), E_p), bound,
+                                                 scale is not None)
             log_wP_y.append(log_w + log_P_y)  # (c,) log w_b·P_b,y
-            kept.append(G_GE_Z)
-        # (Eq. 5) log P_y = log Σ_b w_b·P_b,y;  (Eq. 6) Σ_t -log P_y
-        log_P_y = torch.logsumexp(torch.stack(log_wP_y), dim=0)  # (c,)
-        total = total - log_P_y.sum()
-        if grads:
-            for (a, E, _, _, dE), log_wP_y_b, (G, GE, Z), dA_b in zip(branches, log_wP_y, kept, dA):
-                r = scale * (log_wP_y_b - log_P_y).exp()[:, None]  # (c, 1) r_b = w_b·P_b,y / P_y, times scale
-                _add_gradient(a[c], E, y, r, G, GE, Z, dA_b[c], dE)
-    return total, dA
+            kept.append(E_y_G_GE_Z)
+        # (Eq. 5) log P_y = log Σ_b w_b·P_b,y;  (Eq. 6) Σ_t log P_y
+        log_wP_y = torch.stack(log_wP_y)  # (branches, c)
+        log_P_y = torch.logsumexp(log_wP_y, dim=0)  # (c,)
+        log_P.append(log_P_y.sum())
+        if scale is not None:
+            r = (log_wP_y - log_P_y).exp_().mul_(scale)  # (branches, c) r_b = w_b·P_b,y / P_y, times scale
+            for (a, _, _, _, _, dE, dA), r_b, (E_y, G, GE, Z) in zip(branches, r, kept):
+                _add_gradient(a[c], E_y, y, r_b[:, None], G, GE, Z, dA[c], dE)
+    return sum(log_P[1:], log_P[0])
 
 
-def _branch_chunk(a: torch.Tensor, E: torch.Tensor, E_p: torch.Tensor, y: torch.Tensor, out: torch.Tensor,
-                  bound: float, grads: bool) -> tuple:
-    """One branch on one chunk of c positions: a (c, d), E and E_p (n, d) the softmax's items, y (c,) the
-    targets; `out` (c, n) takes the logits. -> (log P_b,y (c,), G (c, n) = `out` holding exp(s - m), G·E (c, d)
-    with `grads` else None, Z (c, 1) in fp32)."""
-    s = _logits(a, E_p, out)  # (c, n) this chunk's logits
+def _branch_chunk(a: torch.Tensor, a_p: torch.Tensor, E: torch.Tensor, E_p: torch.Tensor, y: torch.Tensor,
+                  out: torch.Tensor, bound: float, grads: bool) -> tuple:
+    """One branch on one chunk of c positions: a (c, d), E (n, d) the softmax's items, a_p and E_p as the products
+    read them, y (c,) the targets; `out` (c, n) takes the logits. -> (log P_b,y (c,), E_y (c, d) the targets' rows,
+    G (c, n) = `out` holding exp(s - m), G·E (c, d) with `grads` else None, Z (c, 1) in fp32)."""
+    s = _logits(a_p, E_p, out)  # (c, n) this chunk's logits
+    E_y = E[y]  # (c, d)
     if s.dtype == torch.float32:
         s_y = s.gather(1, y[:, None])  # (c, 1) the target's logit
     else:  # in fp32: the loss reads it directly
-        s_y = (a * E[y]).sum(dim=-1, keepdim=True)  # (c, 1)
+        s_y = (a * E_y).sum(dim=-1, keepdim=True)  # (c, 1)
     m = _exp_(s, bound)  # s <- G = exp(s - m)
     Z = s.sum(dim=-1, keepdim=True, dtype=torch.float32)  # (c, 1) Z = Σ_i G_i, in fp32
     GE = s @ E_p if grads else None  # (c, d) G·E
     # (Eq. 3/4) log P_b,y = s_y - m - log Z
-    return (s_y - m - Z.log())[:, 0], s, GE, Z
+    log_P_y = s_y - Z.log() if m is None else s_y - m - Z.log()
+    return log_P_y[:, 0], E_y, s, GE, Z
 
 
-def _add_gradient(a: torch.Tensor, E: torch.Tensor, y: torch.Tensor, r: torch.Tensor, G: torch.Tensor,
+def _add_gradient(a: torch.Tensor, E_y: torch.Tensor, y: torch.Tensor, r: torch.Tensor, G: torch.Tensor,
                   GE: torch.Tensor, Z: torch.Tensor, dA: torch.Tensor, dE: torch.Tensor | None) -> None:
-    """One branch's gradient on one chunk (module docstring), from `_branch_chunk`'s G, G·E and Z and
+    """One branch's gradient on one chunk (module docstring), from `_branch_chunk`'s E_y, G, G·E and Z and
     r = r_b (c, 1): d/da_b written into dA (c, d), d/dE_b added to dE (n, d) unless E takes none (None)."""
-    # d/da_b = r_b·(P_b - onehot_y)·E_b = r_b·((G·E_b) / Z - E_b,y)
-    dA.copy_(r * (GE / Z - E[y]))  # (c, d)
+    rz = r / Z  # (c, 1) r_b / Z
+    # d/da_b = r_b·(P_b - onehot_y)·E_b = (G·E_b)·r_b/Z - r_b·E_b,y
+    torch.mul(GE, rz, out=dA).addcmul_(r, E_y, value=-1)  # (c, d)
     if dE is None:
         return
-    ra = r * a  # (c, d) r_b·a_b
-    # d/dE_b += (P_b - onehot_y)^T·(r_b·a_b) = G^T·(r_b·a_b / Z) - (r_b·a_b at the rows y)
+    # d/dE_b += (P_b - onehot_y)^T·(r_b·a_b) = G^T·(a_b·r_b/Z) - (r_b·a_b at the rows y)
     if G.dtype == dE.dtype:
-        dE.addmm_(G.T, ra / Z)  # (n, d), accumulated in place
+        dE.addmm_(G.T, a * rz)  # (n, d), accumulated in place
     else:  # the product in G's dtype, the sum in fp32
-        dE += G.T @ (ra / Z).to(G.dtype)
-    dE.index_add_(0, y, -ra)
+        dE += G.T @ (a * rz).to(G.dtype)
+    dE.index_add_(0, y, a * r, alpha=-1)
 
 
 class ViewNLL(NamedTuple):
@@ -146,28 +148,29 @@ class ViewNLL(NamedTuple):
 class _FusedNLL(torch.autograd.Function):
     """Σ_v scale_v·nll_v over the views of a batch by `_nll_chunks`, chunk // n positions at a time (n the view's
     items), and each nll_v. With `grads` the gradient is formed in the forward pass, every view's into the same
-    (N, q) gradient of E_id; backward scales it. Inputs: E_id, then each view's a_id (and a_img, with the image
-    branch), then the rest as one tuple (the tensors first, as autograd lists them)."""
+    (N, q) gradient of E_id and (T, d) gradient of each a; backward scales them. Inputs: E_id, then a_id (and a_img,
+    with the image branch) of every view's positions in turn, then the rest as one tuple."""
 
     @staticmethod
     def forward(ctx, E_id, *args):
         *a, (E_img, products, views, log_w, bound, chunk, grads) = args
-        per_view = len(a) // len(views)  # 2 with the image branch, else 1
         # the branches that Eq. 5 weighs with more than 0, the image one first: the last one's G is read after
         # the chunk for d/dE_id, and every branch reuses the same buffer
-        kept = [b for b in reversed(range(per_view)) if log_w[b] > -math.inf]
+        kept = [b for b in reversed(range(len(a))) if log_w[b] > -math.inf]
         dE = torch.zeros_like(E_id) if grads else None
-        total, nlls, ctx.grads = torch.zeros((), device=E_id.device), [], [dE] + [None] * len(a)
-        for k, view in enumerate(views):
-            branches = [(a[per_view * k + b], (E_id, E_img)[b], products[b], log_w[b], dE if b == 0 else None)
-                        for b in kept]
+        ctx.grads = [dE] + [torch.empty_like(a[b]) if grads and b in kept else None for b in range(len(a))]
+        a_p = [a_b.to(E_p.dtype) for a_b, E_p in zip(a, products)]  # as the products read them
+        log_P, start = [], 0
+        for view in views:
+            T, start = slice(start, start + len(view.target)), start + len(view.target)  # the view's positions
+            branches = [(a[b][T], a_p[b][T], (E_id, E_img)[b], products[b], log_w[b], dE if b == 0 else None,
+                         ctx.grads[1 + b][T] if grads else None) for b in kept]
             rows = max(1, chunk // len(range(E_id.shape[0])[view.items]))
-            nll, dA = _nll_chunks(branches, view.target, rows, bound, view.items, grads, view.scale)
-            total = total + view.scale * nll
-            nlls.append(nll)
-            for b, dA_b in zip(kept, dA):
-                ctx.grads[1 + per_view * k + b] = dA_b
-        nlls = torch.stack(nlls)
+            log_P.append(_nll_chunks(branches, view.target, rows, bound, view.items, view.scale if grads else None))
+        nlls = -torch.stack(log_P)  # (V,) each view's Σ_t -log P
+        total = nlls[0] * views[0].scale
+        for view, nll in zip(views[1:], nlls[1:]):
+            total = total.add(nll, alpha=view.scale)
         ctx.mark_non_differentiable(nlls)
         return total, nlls
 
@@ -187,9 +190,10 @@ def nll_views(views: list[ViewNLL], E_id: torch.Tensor, E_img: torch.Tensor | No
     if E_img is not None and E_img.requires_grad:
         raise ValueError("fused_loss: E_img is frozen (IFCDSR's image matrix takes no gradient)")
     products = products or (E_id, E_img)
-    # (Eq. 2) a = unit(h)/τ of each branch; (Eq. 5) log α, log(1-α) (the ID branch alone: P = P_id)
+    # (Eq. 5) log α, log(1-α) (the ID branch alone: P = P_id)
     log_w = (0.0, -math.inf) if views[0].h_img is None else (log_weight(alpha), log_weight(1.0 - alpha))
-    a = [F.normalize(h, dim=-1) / temperature for view in views for h in view[:2] if h is not None]  # (T, d)
+    # (Eq. 2) a = unit(h)/τ of each branch, every view's positions at once: (T, d)
+    a = [unit_rows(torch.cat(h)) / temperature for h in zip(*(view[:2] for view in views)) if h[0] is not None]
     grads = torch.is_grad_enabled() and any(t.requires_grad for t in [E_id, *a])
     return _FusedNLL.apply(E_id, *a, (E_img, products, views, log_w, 1 / temperature, chunk, grads))
 

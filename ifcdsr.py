@@ -168,18 +168,25 @@ class AttentionEncoder(nn.Module):
         self.blocks = nn.ModuleList(block(width, cfg.n_heads, cfg.dropout) for _ in range(cfg.n_blocks))
         self.ln_f = nn.LayerNorm(width)
 
-    def forward(self, F_seq: torch.Tensor, is_pad: torch.Tensor) -> torch.Tensor:
-        """F_seq (B, L, d) item embeddings in sequence order, is_pad (B, L) -> H (B, L, d)."""
-        B, L, _ = F_seq.shape
-        # positions count from each sequence's first real item, so left padding changes nothing
-        pos = (torch.cumsum(~is_pad, dim=1) - 1).clamp(min=0)  # (B, L)
+    def forward(self, F_seq: torch.Tensor, is_pad: torch.Tensor, mask: tuple | None = None) -> torch.Tensor:
+        """F_seq (B, L, d) item embeddings in sequence order, is_pad (B, L) -> H (B, L, d); `mask`:
+        `attention_mask(is_pad)`, which the encoders of a view share."""
+        pos, allowed = mask or attention_mask(is_pad)
         x = self.drop(F_seq + self.positions(pos))
-        causal = torch.ones(L, L, dtype=torch.bool, device=x.device).tril()  # query i sees keys j <= i
-        allowed = causal & ~is_pad[:, None, :]  # (B, L, L) and never a padding key ...
-        allowed = allowed | torch.eye(L, dtype=torch.bool, device=x.device)  # ... except itself (no empty row)
         for block in self.blocks:
             x = block(x, allowed)
         return self.ln_f(x)  # (B, L, d)
+
+
+def attention_mask(is_pad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """is_pad (B, L) -> each position's index (B, L) and the keys each query attends to (B, L, L)."""
+    L = is_pad.shape[1]
+    # positions count from each sequence's first real item, so left padding changes nothing
+    pos = (torch.cumsum(~is_pad, dim=1) - 1).clamp(min=0)  # (B, L)
+    causal = torch.ones(L, L, dtype=torch.bool, device=is_pad.device).tril()  # query i sees keys j <= i
+    allowed = causal & ~is_pad[:, None, :]  # (B, L, L) and never a padding key ...
+    allowed = allowed | torch.eye(L, dtype=torch.bool, device=is_pad.device)  # ... except itself (no empty row)
+    return pos, allowed
 
 
 # ----------------------------------------------------------------------------- Eq. 2-6: scoring
@@ -307,13 +314,14 @@ class IFCDSR(nn.Module):
     def encode(self, seq: torch.Tensor, view: str) -> tuple[torch.Tensor, torch.Tensor | None]:
         """seq (B, L) item ids of one view -> (H_id (B, L, q), H_img (B, L, e) or None) by Eq. 1."""
         is_pad = seq == self.pad
+        mask = attention_mask(is_pad)  # the same for both branches
         F_id = self.E_id(seq)  # (B, L, q): E_id rows in sequence order
-        H_id = self.enc_id[view](F_id, is_pad)  # (Eq. 1) H_id = Attention(F_id)
+        H_id = self.enc_id[view](F_id, is_pad, mask)  # (Eq. 1) H_id = Attention(F_id)
         if self.E_img is None:
             return H_id, None
         # Note: F_img is E_img's rows as they are, no projection: the paper gives H_img the width e of E_img
         F_img = self.E_img[seq]  # (B, L, e): E_img rows in sequence order
-        return H_id, self.enc_img[view](F_img, is_pad)  # (Eq. 1) H_img = Attention(F_img)
+        return H_id, self.enc_img[view](F_img, is_pad, mask)  # (Eq. 1) H_img = Attention(F_img)
 
     def item_matrices(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """E_id and E_img without the padding row, rows normalised for Eq. 2: (N, q), (N, e)."""

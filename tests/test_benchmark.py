@@ -4,7 +4,8 @@ import math
 import pytest
 import torch
 
-from tools import benchmark
+import train
+from tools import benchmark, simulate
 from ifcdsr import Config
 
 
@@ -72,3 +73,17 @@ def test_benchmark_command_runs_and_reports(capsys):
         assert line in out, line
     ratios = [float(s.split()[-1]) for s in out.splitlines() if s.strip().startswith("ratio")]
     assert len(ratios) == 2 and all(0 < r < math.inf for r in ratios)
+
+
+def test_a_simulated_epoch_is_counted_step_by_step(tmp_path):
+    """`epoch_steps` runs `Trainer.train_epoch` on the simulated GPU, 2 batches of 8 (the merged view alone): a count
+    per step, each with host time, no sync before the epoch's end, whose mean loss is read once; the trainer is
+    left as it was."""
+    cfg = Config(q=8, batch_size=8, multi_attention=False, target="X")
+    scen = benchmark.synthetic_scenario(200, 16, cfg, image_width=4)
+    with simulate.simulated_gpu() as counting:
+        trainer = train.Trainer("ifcdsr", cfg, scen, torch.device("cuda"), tmp_path, resume=False)
+        steps = benchmark.epoch_steps(trainer, counting)
+    assert [step["syncs"] for step in steps] == [0, 1]
+    assert all(step["kernels"] > 50 and step["host_seconds"] > step["seconds"] > 0 for step in steps)
+    assert "batch" not in vars(trainer)

@@ -1,10 +1,13 @@
-"""tools/simulate.py and `tools/benchmark.py --simulate`: the trainer's own step and evaluation on fake CUDA tensors under
-CUDA's autocast, with no GPU: no host sync, one cast of each item matrix, the bytes within a budget."""
+"""tools/simulate.py and `tools/benchmark.py --simulate`: the trainer's own epoch and evaluation on fake CUDA tensors
+under CUDA's autocast, with no GPU: no host sync, one cast of each item matrix, the bytes within a budget, the host's
+time beside the device's."""
 import pytest
 import torch
+from torch._subclasses.fake_tensor import FakeTensor
 
 from tools import benchmark
 import ifcdsr
+import train
 from tools import simulate
 from ifcdsr import Config
 
@@ -43,6 +46,44 @@ def test_the_step_moves_its_bytes_within_the_budget(small):
     assert sim["train"]["bytes"] <= 0.2e9
 
 
+def test_train_epoch_runs_step_by_step_and_each_kernel_costs_the_host_an_eager_op_and_a_launch(small):
+    """`Trainer.train_epoch` itself over SIM_STEPS batches: every step issues the same kernels and none waits for the
+    device (the epoch's end reads its mean losses: the last step's syncs); the host pays EAGER_OP_S + LAUNCH_S a
+    kernel, and a little more for its own ops (the CPU batch's shapes) and the copies between host and device."""
+    _, sim, _ = small
+    steps = sim["epoch"]
+    assert len(steps) == benchmark.SIM_STEPS and sim["train"] is steps[1]
+    assert len({step["kernels"] for step in steps[:-1]}) == 1 and all(step["syncs"] == 0 for step in steps[:-1])
+    assert steps[-1]["syncs"] > 0
+    for step in steps:
+        issued = step["kernels"] * (simulate.EAGER_OP_S + simulate.LAUNCH_S)
+        assert issued < step["host_seconds"] < 1.1 * issued
+
+
+def test_a_step_takes_the_larger_of_host_and_device_time(small):
+    """The host runs up to a step ahead, so a step of the projection is max(host, device): at this size the host's."""
+    _, sim, _ = small
+    step = sim["projected"]["step_s"]
+    assert step == max(sim["train"]["host_seconds"], sim["train"]["seconds"]) == sim["train"]["host_seconds"]
+    assert sim["projected"]["epoch_s"] >= sim["steps"] * step
+
+
+def test_pinned_memory_events_and_copies_to_the_host_stand_in_without_a_driver():
+    """`fused_loss.host_to` pins and copies without a sync (the copy keeps its values); `train.host_copy` gives a
+    real host tensor and an event that is done: reading it is no device read."""
+    with simulate.simulated_gpu() as counting:
+        on_device = ifcdsr.host_to("cuda", torch.arange(4))
+        host, done = train.host_copy(on_device * 2)
+        done.synchronize()
+        assert not isinstance(host, FakeTensor) and host.tolist() == [0, 2, 4, 6]
+        assert sum(counting.syncs.values()) == 0 and counting.host_seconds > 0
+    assert torch.cuda.Event is not simulate.DoneEvent
+
+
+def test_the_host_cost_of_an_eager_op_is_measured_in_microseconds():
+    assert 1e-7 < simulate.eager_op_seconds(layers=2, runs=5) < 1e-3
+
+
 def test_a_read_of_device_values_counts_as_a_host_sync():
     """The instrument itself: `trim` on a device tensor reads its values (one sync), and so does the model's
     loss when it is not handed the batch's shapes; given them, it does not."""
@@ -69,3 +110,4 @@ def test_simulate_command_prints_the_lines_to_parse(capsys):
     assert benchmark.main(["--simulate", "--items", "3000", "--seqs", "128", "--batch-size", "32"]) == 0
     out = capsys.readouterr().out
     assert "syncs per step 0" in out and "bytes per step " in out and "projected 100 epochs " in out
+    assert "host time, ms" in out and "device time, ms" in out and "Trainer.train_epoch over 3 batches" in out

@@ -1,15 +1,16 @@
 """Speed and memory of IFCDSR at Movie-Book size, on a synthetic scenario built in memory, and of CLIP.
 
     python -m tools.benchmark [--items 100782] [--seqs 58515] [--batch-size 256] [--device auto]
-    python -m tools.benchmark --simulate [h200]                        # the same step and evaluation on a simulated GPU
+    python -m tools.benchmark --simulate [h200]                        # the same epoch and evaluation on a simulated GPU
     python -m tools.benchmark --clip [--images 2000] [--repeats 5]     # CLIP's encode_image and the embed command
 
 The first times the real training loop (`Trainer.train_epoch`) over a few batches after a warm-up, and
 one evaluation pass (`Trainer.evaluate`) over the test cases of both target domains, then
 prints throughput, achieved GFLOP/s against plain matmuls of the same shapes and dtype measured in
 the same run, peak memory, a projection of 100 epochs, and how a step grows with N and the batch; on
-CUDA also the simulated figures. --simulate needs no GPU: it counts a training step's and an evaluation
-batch's kernels, host syncs, FLOP and bytes on fake CUDA tensors (tools/simulate.py) and projects 100 epochs.
+CUDA also the simulated figures. --simulate needs no GPU: it runs `Trainer.train_epoch` and an evaluation on
+fake CUDA tensors (tools/simulate.py), counts each step's and batch's kernels, host syncs, FLOP and bytes, gives
+them a host and a device time, and projects 100 epochs with each step at the larger of the two.
 
 Cost model: FLOP counts the matmuls only (a multiply-add is 2 FLOP); elementwise work is the
 difference between the achieved and the matmul-only rate. A training step of B sequences costs,
@@ -54,6 +55,7 @@ from train import Trainer, bounded, training_state
 MOVIE_BOOK = {"num_x": 36_845, "num_y": 63_937, "train": 58_515, "valid": 2_032 + 5_612, "test": 1_978 + 5_730,
               "avg_length": 11.98}  # paper Table 1
 STEPS, WARMUP = 3, 1  # timed training steps, after warm-up steps
+SIM_STEPS = 3  # the steps of the simulated epoch, after a first step that makes Adam's state
 SCALE_ITEMS = (0.1, 0.3, 1.0)  # N of the step-time scaling, as shares of --bench-items (10k, 30k, 100k)
 SCALE_BATCH = (0.25, 0.5, 1.0)  # batch sizes of the step-time scaling, as shares of the batch (64, 128, 256)
 E_WIDTH = 512  # e of the synthetic E_img: CLIP ViT-B/32's width, the paper's e
@@ -270,20 +272,20 @@ HOST_LINK = 25e9  # bytes/s of a device -> pinned host copy (PCIe 5 x16 moves up
 
 
 def simulated(gpu: simulate.GPU, cfg: Config, scen: Scenario) -> dict:
-    """One training step (`Trainer.batch` + `Trainer.step`, as `Trainer.train_epoch` runs them) and one
-    evaluation batch and pass (`evaluate.rank_batch` and `rank_cases`, as `Trainer.rank` runs them) of IFCDSR
-    on a simulated GPU: their counts (`simulate.Counting.totals`) and the projection of 100 epochs."""
+    """`Trainer.train_epoch` over SIM_STEPS batches, step by step, and one evaluation batch and pass
+    (`evaluate.rank_batch` and `rank_cases`, as `Trainer.rank` runs them) of IFCDSR on a simulated GPU: their
+    counts (`simulate.Counting.totals`) and the projection of 100 epochs."""
     out = {}
     with simulate.simulated_gpu(gpu) as counting, tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer("ifcdsr", cfg, scen, torch.device("cuda"), Path(tmp), resume=False)
-        order, B = torch.randperm(len(scen.train), generator=copy_generator(trainer.shuffle)), cfg.batch_size
+        trainer.scen, B = replace(scen, train=head(scen.train, SIM_STEPS * cfg.batch_size)), cfg.batch_size
         trainer.model.train()
-        trainer.step(*trainer.batch(order[:B]))  # the first step also makes Adam's state and the score buffers
+        trainer.step(*trainer.batch(torch.arange(B)))  # the first step also makes Adam's state and the score buffers
         counting.keep_on_chip(lambda: fused_loss._SCRATCH.values())
-        counting.reset()
-        counting.start_peak()
-        trainer.step(*trainer.batch(order[B:2 * B]))
-        out["train"], out["casts"] = counting.totals(), dict(counting.casts)
+        out["epoch"] = epoch_steps(trainer, counting)
+        out["train"] = out["epoch"][1]  # a step inside the epoch
+        out["casts"] = out["train"]["casts"]
+        trainer.scen = scen
         cases = eval_cases(scen.valid, scen, cfg.target)
         rows, neg = trainer.eval_batch(), negatives(cases, trainer.items, "valid", cfg.target)
         trainer.model.eval()
@@ -303,40 +305,69 @@ def simulated(gpu: simulate.GPU, cfg: Config, scen: Scenario) -> dict:
     steps, batches = math.ceil(len(scen.train) / B), math.ceil(len(cases) / rows)
     for key, seconds in (("projected", "seconds"), ("fused", "fused_seconds")):
         checkpoints = out["last_bytes"] + out["best_bytes"]
-        busy = steps * out["train"][seconds] + out["pass"][seconds]
+        # the host runs up to a step ahead of the device (`Trainer.check_losses` waits for the step before the one
+        # it has just queued), so a step takes the larger of the two times; so does the pass, which ends in a sync
+        step, evaluation = (max(out[k]["host_seconds"], out[k][seconds]) for k in ("train", "pass"))
+        busy = steps * step + evaluation
         # the snapshot's copy to the host holds the device; the files are written while the next epoch trains
         epoch = busy + checkpoints / HOST_LINK + max(0.0, checkpoints / DISK - busy)
-        out[key] = {"epoch_s": epoch, "100_min": 100 * epoch / 60}
+        out[key] = {"step_s": step, "epoch_s": epoch, "100_min": 100 * epoch / 60}
     out.update(steps=steps, batches=batches, cases=len(cases), rows=rows)
     return out
 
 
+def epoch_steps(trainer: Trainer, counting: simulate.Counting) -> list[dict]:
+    """The counts of each step of one `Trainer.train_epoch`: from one `Trainer.batch` call to the next, the last one
+    to the end of the epoch (its mean losses read); each with the casts of an item matrix it made."""
+    before = []  # what came before each batch: the epoch's start, then each step but the last
+
+    def batch(idx):
+        before.append({**counting.totals(), "casts": dict(counting.casts)})
+        counting.reset()
+        counting.start_peak()
+        return Trainer.batch(trainer, idx)
+
+    trainer.batch = batch
+    with contextlib.redirect_stderr(io.StringIO()):  # the epoch's progress line
+        trainer.train_epoch()
+    del trainer.batch
+    return before[1:] + [{**counting.totals(), "casts": dict(counting.casts)}]
+
+
 def print_simulated(gpu: simulate.GPU, sim: dict, cfg: Config, scen: Scenario) -> None:
     tr, ev, ps = sim["train"], sim["eval"], sim["pass"]
-    print(f"\nsimulated GPU, an estimate (fake tensors under CUDA autocast, each op's time the larger of bytes / "
-          f"bandwidth and FLOP / rate, plus its launch):\n  {simulate.roofline_note(gpu)}; checkpoints copied to the "
-          f"host at {HOST_LINK / 1e9:.0f} GB/s, then written at {DISK / 1e9:.0f} GB/s while the next epoch trains")
+    print(f"\nsimulated GPU, an estimate (fake tensors under CUDA autocast; a kernel's device time the larger of "
+          f"bytes / bandwidth and FLOP / rate, plus its launch; its host time an eager op and a launch):\n  "
+          f"{simulate.roofline_note(gpu)}; checkpoints copied to the host at {HOST_LINK / 1e9:.0f} GB/s, then written "
+          f"at {DISK / 1e9:.0f} GB/s while the next epoch trains")
     print(f"  {'':<24}{'training step':>16}{'evaluation batch':>18}{'evaluation pass':>18}")
     rows = (("kernels", "kernels", "{:,}"), ("host syncs", "syncs", "{:,}"), ("product TFLOP", "flop", "{:.2f}"),
             ("bytes moved, GB", "bytes", "{:.1f}"), ("peak device memory, GB", "peak_bytes", "{:.1f}"),
-            ("roofline time, ms", "seconds", "{:.2f}"))
-    scale = {"flop": 1e-12, "bytes": 1e-9, "peak_bytes": 1e-9, "seconds": 1e3}
+            ("host time, ms", "host_seconds", "{:.2f}"), ("device time, ms", "seconds", "{:.2f}"))
+    scale = {"flop": 1e-12, "bytes": 1e-9, "peak_bytes": 1e-9, "seconds": 1e3, "host_seconds": 1e3}
     for label, key, fmt in rows:
         cells = [fmt.format(t[key] * scale.get(key, 1)) for t in (tr, ev, ps)]
         print(f"  {label:<24}" + "".join(f"{c:>{w}}" for c, w in zip(cells, (16, 18, 18))))
     fewest = min(scen.items.num_x, scen.items.num_y)  # an item matrix has a row per item of a domain at least
     casts = {k: v for k, v in sim["casts"].items() if int(k[1:].split(",")[0]) >= fewest}
     print(f"  casts of an item matrix in a step: {sum(casts.values())} ({', '.join(casts) or 'none'})")
+    print(f"Trainer.train_epoch over {len(sim['epoch'])} batches:")
+    print(f"  {'step':>6}{'kernels':>9}{'host syncs':>12}{'host ms':>9}{'device ms':>11}")
+    for i, step in enumerate(sim["epoch"], 1):
+        print(f"  {i:>6}{step['kernels']:>9,}{step['syncs']:>12}{step['host_seconds'] * 1e3:>9.2f}"
+              f"{step['seconds'] * 1e3:>11.2f}" + ("  (and the epoch's end: its mean losses read)" if
+                                                    i == len(sim["epoch"]) else ""))
     print(f"syncs per step {tr['syncs']}")
     print(f"syncs per evaluation batch {ev['syncs']} (per pass {ps['syncs']}: the ranks and the finiteness verdicts)")
     print(f"bytes per step {tr['bytes'] / 1e9:.1f} GB")
     print(f"checkpoints: last_*.pt {sim['last_bytes'] / 1e9:.2f} GB each epoch, "
           f"best_*.pt {sim['best_bytes'] / 1e9:.2f} GB when validation improves")
-    print(f"projected 100 epochs {sim['projected']['100_min']:.2f} min (target {cfg.target}: {sim['steps']} steps and "
-          f"{sim['cases']:,} validation cases in {sim['batches']} batches of {sim['rows']} an epoch, "
-          f"{sim['projected']['epoch_s']:.1f} s an epoch)")
+    print(f"projected 100 epochs {sim['projected']['100_min']:.2f} min (target {cfg.target}: {sim['steps']} steps of "
+          f"{sim['projected']['step_s'] * 1e3:.2f} ms, the larger of host and device, and {sim['cases']:,} validation "
+          f"cases in {sim['batches']} batches of {sim['rows']} an epoch, {sim['projected']['epoch_s']:.1f} s an epoch)")
     print(f"a fused linear-softmax kernel (the logits never leave the chip): {tr['fused_bytes'] / 1e9:.1f} GB and "
-          f"{tr['fused_seconds'] * 1e3:.2f} ms a step; projected 100 epochs {sim['fused']['100_min']:.2f} min")
+          f"{tr['fused_seconds'] * 1e3:.2f} ms of device time a step; projected 100 epochs "
+          f"{sim['fused']['100_min']:.2f} min")
 
 
 # ----------------------------------------------------------------------------- the report

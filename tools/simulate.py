@@ -17,7 +17,11 @@ the fake ones, so code with syncs still runs and its syncs are counted; other de
 are answered with a neutral value (0, True).
 
 Roofline: each kernel takes max(bytes / bandwidth, FLOP / peak rate of its dtype) plus a launch cost, and a
-sync adds the time the device idles while the host catches up. These are estimates from stated figures.
+sync adds the time the device idles while the host catches up. The host pays for each kernel too: the eager op
+with autograd through the dispatcher (EAGER_OP_S, measured by `python -m tools.simulate`) and the launch
+(LAUNCH_S); an op run on the host's own tensors costs EAGER_OP_S. These are estimates from stated figures.
+Pinned memory and CUDA events stand in as ordinary memory and events that are always done, and a copy to the
+host is a real tensor (of the values kept beside the fake ones, else zeros), so `Trainer.train_epoch` runs as is.
 Autograd's C++ engine needs a real CUDA context, so inside the simulation `Tensor.backward` walks the same
 graph in Python: the same backward formulas and kernels, in a valid order. Attention runs as the kernel a
 GPU would pick (`efficient_attention`), which a fake device cannot choose by itself.
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 import traceback
 import weakref
 from collections import Counter
@@ -62,6 +67,16 @@ H200 = GPU("H200", memory_gb=141, bandwidth=4.0e12,
            peak={torch.bfloat16: 4.0e14, torch.float16: 4.0e14, torch.float32: 5.0e13}, launch_s=2e-6, sync_s=5e-5)
 GPUS = {"h200": H200}
 
+# The host's time to issue one kernel from eager PyTorch with autograd, launch aside (Python, the dispatcher,
+# autograd's graph and engine): `python -m tools.simulate` measures it (`eager_op_seconds`: the forward and backward
+# of a chain of the encoders' ops at width 16 on one CPU thread, the best of 1,000 runs, over its kernels), here on
+# the 2-core AMD EPYC of docs/performance.md. Kept as a constant, measured once, so that a projection does not move
+# with the load of the machine it runs on.
+EAGER_OP_S = 10.4e-6
+# the host's side of a kernel launch or an asynchronous copy (cudaLaunchKernel, cudaMemcpyAsync): 2-5 µs in
+# published measurements; a CPU cannot measure it
+LAUNCH_S = 3e-6
+
 NO_KERNEL = {aten.empty.memory_format, aten.empty_strided.default, aten.empty_like.default, aten.new_empty.default,
              aten.new_empty_strided.default, aten.detach.default, aten.lift_fresh.default, aten._unsafe_view.default,
              aten.alias.default, aten.set_.source_Storage, aten.set_.source_Storage_storage_offset}
@@ -74,6 +89,11 @@ SHADOW_MAX = 1 << 22  # integer tensors up to this size keep their real values b
 def nbytes(t: torch.Tensor) -> int:
     """The bytes a kernel reads or writes of t: an expanded dimension (stride 0) is read once."""
     return math.prod(n for n, stride in zip(t.shape, t.stride()) if stride) * t.element_size()
+
+
+def is_kernel(func) -> bool:
+    """Whether an op launches a kernel: not a view, an allocation or a metadata query (prim.device, ...)."""
+    return not (func.is_view or func in NO_KERNEL or func.namespace != "aten")
 
 
 def where_called() -> str:
@@ -96,7 +116,7 @@ class Counting(TorchDispatchMode):
         self.live = self.peak = 0
 
     def reset(self) -> None:
-        self.kernels, self.flop, self.bytes, self.seconds = 0, 0.0, 0, 0.0
+        self.kernels, self.flop, self.bytes, self.seconds, self.host_seconds = 0, 0.0, 0, 0.0, 0.0
         self.syncs, self.casts = Counter(), Counter()  # {what and where: count}, {(n, d) cast: count}
         # the same work if the buffers in `self.transient` never left the chip (a fused kernel): bytes, seconds
         self.fused_bytes, self.fused_seconds = 0, 0.0
@@ -113,12 +133,18 @@ class Counting(TorchDispatchMode):
         leaves = tree_leaves((args, kwargs))
         fake = any(isinstance(t, FakeTensor) for t in leaves) or \
             any(isinstance(t, torch.device) and t.type == "cuda" for t in leaves) or kwargs.get("device") == "cuda"
-        if func in (aten._pin_memory.default, aten.is_pinned.default):  # page-locked host memory: nothing to count
-            return args[0] if func is aten._pin_memory.default else True
         if not fake:  # host work: real tensors, run for real
+            self.host_seconds += EAGER_OP_S * is_kernel(func)
+            if func in (aten._pin_memory.default, aten.is_pinned.default):  # page-locked memory: ordinary memory
+                return args[0] if func is aten._pin_memory.default else True
             with unset_fake_temporarily():
                 return func(*args, **kwargs)
         src = args[0] if args else None
+        if func is aten._to_copy.default and isinstance(src, FakeTensor) and \
+                torch.device(kwargs.get("device") or src.device).type == "cpu":
+            out = self.to_host(src, kwargs.get("dtype"))  # device -> host: real values the host can read
+            self.record(func, args, kwargs, out)
+            return out
         if func is aten._to_copy.default and not isinstance(src, FakeTensor):  # host -> device: a new device tensor
             out = self.to_fake(src, kwargs.get("dtype"))
             self.record(func, args, kwargs, out)
@@ -177,6 +203,13 @@ class Counting(TorchDispatchMode):
                 self.shadow[fake] = real.to(fake.dtype)
         return fake
 
+    def to_host(self, fake: torch.Tensor, dtype=None) -> torch.Tensor:
+        """A device tensor copied to the host: a real tensor of its shadow's values, or zeros where none is kept."""
+        with unset_fake_temporarily():
+            real = self.shadow.get(fake)
+            real = torch.zeros(fake.shape, dtype=fake.dtype) if real is None else real.clone()
+            return real.to(dtype or fake.dtype)
+
     def keep_shadow(self, func, args, kwargs, out) -> None:
         """Integer outputs computed only from host values (or shadows) keep their real values."""
         outs = [t for t in tree_leaves(out) if isinstance(t, FakeTensor)]
@@ -210,10 +243,11 @@ class Counting(TorchDispatchMode):
                 if not kwargs.get("non_blocking", args[2] if func is aten.copy_.default and len(args) > 2
                                   else False):
                     self.syncs[f"blocking copy {src.device.type} -> {dst.device.type}: {where_called()}"] += 1
+                self.host_seconds += EAGER_OP_S + LAUNCH_S
                 return  # a DMA transfer, not a kernel: its time overlaps the device's work when non-blocking
             if src.dtype != dst.dtype and src.dim() == 2 and src.shape[0] >= 1000:  # an (n, d) matrix cast
                 self.casts[f"{tuple(src.shape)} {src.dtype} -> {dst.dtype}"] += 1
-        elif func.is_view or func in NO_KERNEL or func.namespace != "aten":  # metadata (prim.device, ...)
+        elif not is_kernel(func):
             return
         read = 0 if func in FILLS else sum(nbytes(t) for t in inputs)  # a fill reads only its input's metadata
         if func in GATHERS:  # reads the rows it gathers, not the whole source
@@ -227,6 +261,7 @@ class Counting(TorchDispatchMode):
         dtype = next((t.dtype for t in inputs if t.is_floating_point()), torch.float32)
         peak = self.gpu.peak.get(dtype, self.gpu.peak[torch.float32])
         self.kernels += 1
+        self.host_seconds += EAGER_OP_S + LAUNCH_S
         self.flop += flop
         self.bytes += read + written
         self.seconds += max((read + written) / self.gpu.bandwidth, flop / peak) + self.gpu.launch_s
@@ -244,6 +279,7 @@ class Counting(TorchDispatchMode):
         syncs = sum(self.syncs.values())
         return {"kernels": self.kernels, "syncs": syncs, "flop": self.flop, "bytes": self.bytes,
                 "peak_bytes": self.peak, "seconds": self.seconds + syncs * self.gpu.sync_s,
+                "host_seconds": self.host_seconds,
                 "fused_bytes": self.fused_bytes, "fused_seconds": self.fused_seconds + syncs * self.gpu.sync_s}
 
 
@@ -302,12 +338,28 @@ def efficient_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False,
                                                         scale=scale)[0]
 
 
+class DoneEvent:
+    """`torch.cuda.Event` on the simulated GPU, which has no timeline: every event is done once recorded."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def record(self, stream=None) -> None:
+        pass
+
+    def synchronize(self) -> None:
+        pass
+
+    def query(self) -> bool:
+        return True
+
+
 @contextlib.contextmanager
 def simulated_gpu(gpu: GPU = H200):
     """Inside: torch.device("cuda") is a fake GPU (no memory, no values) and every op on it is counted by the
     `Counting` mode this yields."""
     saved = (torch.cuda.is_available, torch.cuda.is_bf16_supported, torch.Tensor.backward,
-             torch.cuda.mem_get_info, F.scaled_dot_product_attention,
+             torch.cuda.mem_get_info, F.scaled_dot_product_attention, torch.cuda.Event,
              torch.__future__.get_overwrite_module_params_on_conversion())
     torch.__future__.set_overwrite_module_params_on_conversion(True)  # module.to("cuda") takes fake tensors
     counting = Counting(gpu)
@@ -320,17 +372,67 @@ def simulated_gpu(gpu: GPU = H200):
                                                        int(gpu.memory_gb * 1e9))
             torch.Tensor.backward = python_backward
             F.scaled_dot_product_attention = efficient_attention
+            torch.cuda.Event = DoneEvent
             yield counting
     finally:
         (torch.cuda.is_available, torch.cuda.is_bf16_supported, torch.Tensor.backward,
-         torch.cuda.mem_get_info, F.scaled_dot_product_attention) = saved[:5]
-        torch.__future__.set_overwrite_module_params_on_conversion(saved[5])
+         torch.cuda.mem_get_info, F.scaled_dot_product_attention, torch.cuda.Event) = saved[:6]
+        torch.__future__.set_overwrite_module_params_on_conversion(saved[6])
 
 
 def roofline_note(gpu: GPU) -> str:
     rates = ", ".join(f"{str(k).removeprefix('torch.')} {v / 1e12:.0f} TFLOP/s" for k, v in gpu.peak.items())
     return (f"{gpu.name}: {gpu.memory_gb:.0f} GB, {gpu.bandwidth / 1e12:.1f} TB/s, products {rates}, "
-            f"{gpu.launch_s * 1e6:.0f} µs a kernel, {gpu.sync_s * 1e6:.0f} µs a host sync")
+            f"{gpu.launch_s * 1e6:.0f} µs a kernel, {gpu.sync_s * 1e6:.0f} µs a host sync; the host: "
+            f"{EAGER_OP_S * 1e6:.1f} µs an eager op, {LAUNCH_S * 1e6:.0f} µs a launch")
 
 
+class KernelCount(TorchDispatchMode):
+    """Counts the kernels (`is_kernel`) of real ops run inside it."""
 
+    def __init__(self):
+        super().__init__()
+        self.kernels = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.kernels += is_kernel(func)
+        return func(*args, **(kwargs or {}))
+
+
+def eager_op_seconds(layers: int = 10, width: int = 16, runs: int = 1000) -> float:
+    """The host's time per kernel of eager PyTorch with autograd (EAGER_OP_S): the forward and backward of a chain of
+    the encoders' ops (layer norm, linear, ReLU, residual add: one kernel each on a CPU as on a GPU) on CPU tensors
+    of `width` columns, whose own arithmetic takes a fraction of a µs; one thread, the best of `runs` runs."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(8, width, generator=g, requires_grad=True)
+    params = [[torch.randn(*shape, generator=g).requires_grad_() for shape in ((width,), (width,), (width, width),
+                                                                               (width,))] for _ in range(layers)]
+
+    def chain():
+        y = x
+        for gamma, beta, W, b in params:
+            y = y + F.linear(F.layer_norm(y, (width,), gamma, beta), W, b).relu()
+        y.sum().backward()
+        for p in [x, *(p for layer in params for p in layer)]:
+            p.grad = None
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for _ in range(20):  # warm-up
+            chain()
+        with KernelCount() as count:
+            chain()
+        best = math.inf
+        for _ in range(runs):
+            start = time.perf_counter()
+            chain()
+            best = min(best, time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(threads)
+    return best / count.kernels
+
+
+if __name__ == "__main__":  # python -m tools.simulate: EAGER_OP_S measured on this machine
+    print(f"an eager op with autograd: {eager_op_seconds() * 1e6:.1f} µs of host time a kernel "
+          f"(EAGER_OP_S in tools/simulate.py: {EAGER_OP_S * 1e6:.1f} µs)")
