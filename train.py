@@ -1,7 +1,7 @@
 """Train and evaluate IFCDSR and the baselines: the loop, model selection on validation, the run over rows × seeds
 × target domains, the command line and its rows, checkpoints and the run folder.
 
-    python train.py                                  # the generated demo scenario, about 2 minutes on a CPU
+    python train.py                                  # the generated demo scenario, a few minutes on a CPU
     python train.py --scenario movie_book            # data/Movie-Book, both target domains (Table 3)
     python train.py --data-dir DIR --compare --seeds 3   # Tables 2/3 with the baselines, mean ± std, significance
     python train.py --eval-only RUN/ifcdsr/seed0/best_X.pt --export top.tsv   # each test user's top 10 items
@@ -565,7 +565,7 @@ def bounded(kind: type, low: int | float, high: int | float) -> Callable[[str], 
     return parse
 
 
-DEMO_EPOCHS = 5  # the demo's default, so that `python train.py` ends within 3 minutes on 2 CPU cores
+DEMO_EPOCHS = 5  # the demo's default, so that `python train.py` ends within minutes on 2 CPU cores
 GRID = {"lr": [1e-3, 5e-4, 1e-4], "weight_decay": [1e-4, 5e-5, 1e-5]}  # paper §4's 3x3 grid: a bare --grid
 MAX_SEEDS = 1000
 SHORTCUTS = {  # flag: (the Config field it sets as --set FIELD=VALUE does, help); a bool field's flag sets it False

@@ -6,6 +6,7 @@ there is one), or, where the command skips bad records by design, exit code 0 an
 traceback, never code from a file run, and never an existing output changed (run folders, image embeddings,
 partial embed chunks, built scenarios are compared byte for byte).
 """
+import contextlib
 import errno
 import gzip
 import hashlib
@@ -14,6 +15,7 @@ import json
 import math
 import os
 import pickle
+import resource
 import shutil
 import signal
 import struct
@@ -557,13 +559,30 @@ else:
 """
 
 
-def killed(point: str, n: int, command: str, *argv, code: int = -signal.SIGKILL) -> str:
-    """Runs the command in a new process that SIGKILLs itself at the n-th `point` (or is stopped otherwise,
-    ending with exit code `code`): its stderr."""
-    result = subprocess.run([sys.executable, "-c", KILLER, point, str(n), command, *map(str, argv)], cwd=ROOT,
-                            capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert result.returncode == code, (point, n, result.returncode, result.stderr[-2000:])
-    return result.stderr
+def start_killed(point: str, n: int, command: str, *argv) -> subprocess.Popen:
+    """Starts the command in a new process that SIGKILLs itself at the n-th `point` (or is stopped otherwise);
+    `killed` waits for it. Started early, such processes run beside each other and the tests."""
+    return subprocess.Popen([sys.executable, "-c", KILLER, point, str(n), command, *map(str, argv)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def killed(process: subprocess.Popen, code: int = -signal.SIGKILL) -> str:
+    """A started process's stderr, once it has ended with exit code `code`."""
+    _, err = process.communicate(timeout=600)
+    assert process.returncode == code, (process.args[3:5], process.returncode, err[-2000:])
+    return err
+
+
+@contextlib.contextmanager
+def started(processes: dict):
+    """The processes of a fixture, killed at its end if a failing test left any running."""
+    try:
+        yield processes
+    finally:
+        for process in processes.values():
+            process.kill()
+            process.communicate()
 
 
 def comparable(res: dict) -> dict:
@@ -575,6 +594,21 @@ def comparable(res: dict) -> dict:
     return {"runs": runs, "summary": res["summary"], "significance": res["significance"]}
 
 
+TRAIN_RUN = ("--no-image", "--target", "X", "--epochs", 3, "--batch-size", 16)  # 4 steps an epoch
+TRAIN_KILLS = [("step", 6), ("checkpoint", 3), ("results", 1)]
+EMBED_KILLS = [("image", 5), ("write", 3), ("write", 5)]
+
+
+@pytest.fixture(scope="module")
+def train_kills(tiny_dir, tmp_path_factory):
+    """{(point, n): (run folder, process)}: the trainings of TRAIN_RUN killed at each of TRAIN_KILLS, all started
+    at once."""
+    runs = {kill: tmp_path_factory.mktemp("killed") / "run" for kill in TRAIN_KILLS}
+    with started({kill: start_killed(*kill, "train", *TRAIN_RUN, "--data-dir", tiny_dir, "--out", out)
+                  for kill, out in runs.items()}) as processes:
+        yield {kill: (runs[kill], processes[kill]) for kill in TRAIN_KILLS}
+
+
 @pytest.fixture(scope="module")
 def straight(tiny_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("straight") / "run"
@@ -582,18 +616,25 @@ def straight(tiny_dir, tmp_path_factory):
     return json.loads((out / "results.json").read_text())
 
 
-TRAIN_RUN = ("--no-image", "--target", "X", "--epochs", 3, "--batch-size", 16)  # 4 steps an epoch
-
-
-@pytest.mark.parametrize("point,n", [("step", 6), ("checkpoint", 3), ("results", 1)])
-def test_training_killed_at_any_moment_resumes_to_the_same_results(point, n, tiny_dir, straight, tmp_path):
+@pytest.mark.parametrize("point,n", TRAIN_KILLS)
+def test_training_killed_at_any_moment_resumes_to_the_same_results(point, n, train_kills, tiny_dir, straight):
     """SIGKILL after the 6th optimiser step (mid-epoch 2), half-way through writing the 3rd checkpoint, and
     half-way through the final write of results.json and test_ranks.npz; the same command with --resume then
     ends with the results of the uninterrupted run."""
-    out = tmp_path / "run"
-    killed(point, n, "train", *TRAIN_RUN, "--data-dir", tiny_dir, "--out", out)
+    out, process = train_kills[point, n]
+    killed(process)
     assert run_cli(*TRAIN_RUN, "--data-dir", tiny_dir, "--out", out, "--resume") == 0
     assert comparable(json.loads((out / "results.json").read_text())) == comparable(straight)
+
+
+@pytest.fixture(scope="module")
+def embed_kills(tmp_path_factory):
+    """{(point, n): (scenario folder, process)}: embed killed at each of EMBED_KILLS, all started at once."""
+    folders = {kill: tmp_path_factory.mktemp("killed") for kill in EMBED_KILLS}
+    for folder in folders.values():
+        make_scenario(folder)
+    with started({kill: start_killed(*kill, "embed", folder) for kill, folder in folders.items()}) as processes:
+        yield {kill: (folders[kill], processes[kill]) for kill in EMBED_KILLS}
 
 
 @pytest.fixture(scope="module")
@@ -606,17 +647,17 @@ def embedded(tmp_path_factory):
     return {name: (once / name).read_bytes() for name in ("image_embeddings.npy", "image_embeddings.missing.tsv")}
 
 
-@pytest.mark.parametrize("point,n", [("image", 5), ("write", 3), ("write", 5)])
-def test_embed_killed_at_any_moment_ends_with_the_same_files_when_run_again(point, n, embedded, tmp_path):
+@pytest.mark.parametrize("point,n", EMBED_KILLS)
+def test_embed_killed_at_any_moment_ends_with_the_same_files_when_run_again(point, n, embed_kills, embedded):
     """Chunks of 3 items; SIGKILL after the 5th image, half-way through writing a chunk (the 3rd file write:
     meta.json, chunk 0, chunk 1) or the final image_embeddings.npy (the 5th); running it again gives the files
     of an uninterrupted run."""
-    make_scenario(tmp_path)
-    killed(point, n, "embed", tmp_path)
-    embed.embed(tmp_path, tmp_path / "images", weights=tmp_path / "weights.pt", device="cpu", workers=0,
+    folder, process = embed_kills[point, n]
+    killed(process)
+    embed.embed(folder, folder / "images", weights=folder / "weights.pt", device="cpu", workers=0,
                 chunk_size=3, batch_size=1)
-    assert {name: (tmp_path / name).read_bytes() for name in embedded} == embedded
-    assert not (tmp_path / "image_embeddings.partial").exists()
+    assert {name: (folder / name).read_bytes() for name in embedded} == embedded
+    assert not (folder / "image_embeddings.partial").exists()
 
 
 # ----------------------------------------------------------------------------- wrong values never look like results
@@ -864,31 +905,42 @@ def test_a_stale_temp_file_is_never_opened_nor_followed(content, finished, tiny_
     assert code == 0 and precious.read_text() == "precious" and (run / "results.json.tmp").exists()
 
 
-def test_a_resume_interrupted_by_sigterm_leaves_every_byte_of_a_finished_run(finished, tiny_dir, tmp_path):
-    run = tmp_path / "run"
-    shutil.copytree(finished, run)
-    before = snapshot(run)
-    err = killed("term", 0, "train", *FINISHED, "--data-dir", tiny_dir, "--out", run, "--resume", code=130)
+def small_files():
+    """A child process that may write files of at most 4 kB (ulimit -f): a longer write fails instead of killing."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+
+
+@pytest.fixture(scope="module")
+def interrupted(finished, tiny_dir, tmp_path_factory):
+    """{case: (copy of the finished run, its snapshot, process)}: two resumes of the finished run, started at once;
+    "term": SIGTERM while test_ranks.npz is written; "full disk": one more epoch under `small_files`."""
+    runs = {case: tmp_path_factory.mktemp("interrupted") / "run" for case in ("term", "full disk")}
+    for run in runs.values():
+        shutil.copytree(finished, run)
+    before = {case: snapshot(run) for case, run in runs.items()}
+    more = [*FINISHED[:2], "--epochs", 2, *FINISHED[4:], "--data-dir", tiny_dir, "--out", runs["full disk"], "--resume"]
+    with started({"term": start_killed("term", 0, "train", *FINISHED, "--data-dir", tiny_dir, "--out", runs["term"],
+                                       "--resume"),
+                  "full disk": subprocess.Popen([sys.executable, ROOT / "train.py", *map(str, more)], cwd=ROOT,
+                                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                                preexec_fn=small_files)}) as processes:
+        yield {case: (run, before[case], processes[case]) for case, run in runs.items()}
+
+
+def test_a_resume_interrupted_by_sigterm_leaves_every_byte_of_a_finished_run(interrupted):
+    run, before, process = interrupted["term"]
+    err = killed(process, code=130)
     assert "interrupted" in err and "Traceback" not in err and snapshot(run) == before
 
 
-def test_a_full_disk_while_a_checkpoint_is_written_is_a_message_and_leaves_the_run(finished, tiny_dir, tmp_path):
-    """A resume that trains one more epoch, in a process that may write files of at most 4 kB (ulimit -f):
-    torch's zip writer fails on the checkpoint; exit code 2 and a message, every file as it was."""
-    import resource
-    run = tmp_path / "run"
-    shutil.copytree(finished, run)
-    before = snapshot(run)
-
-    def small_files():
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write beyond the limit fails instead of killing
-        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
-
-    argv = [*FINISHED[:2], "--epochs", 2, *FINISHED[4:], "--data-dir", tiny_dir, "--out", run, "--resume"]
-    result = subprocess.run([sys.executable, ROOT / "train.py", *map(str, argv)], cwd=ROOT, capture_output=True,
-                            text=True, preexec_fn=small_files)
-    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
-    assert "_X.pt: could not be written (" in result.stderr and "is the disk full?" in result.stderr
+def test_a_full_disk_while_a_checkpoint_is_written_is_a_message_and_leaves_the_run(interrupted):
+    """A resume that trains one more epoch where files may hold at most 4 kB: torch's zip writer fails on the
+    checkpoint; exit code 2 and a message, every file as it was."""
+    run, before, process = interrupted["full disk"]
+    err = killed(process, code=2)
+    assert "Traceback" not in err
+    assert "_X.pt: could not be written (" in err and "is the disk full?" in err
     assert snapshot(run) == before
 
 

@@ -106,7 +106,9 @@ def test_a_read_of_device_values_counts_as_a_host_sync():
     assert not torch.cuda.is_available()  # everything is as it was after the simulation
 
 
-def test_simulate_command_prints_the_lines_to_parse(capsys):
+def test_simulate_command_prints_the_lines_to_parse(small, capsys, monkeypatch):
+    """The command's printout, of the module's simulation (`small`: simulated once, the slow part)."""
+    monkeypatch.setattr(benchmark, "simulated", lambda gpu, cfg, scen: small[1])
     assert benchmark.main(["--simulate", "--items", "3000", "--seqs", "128", "--batch-size", "32"]) == 0
     out = capsys.readouterr().out
     assert "syncs per step 0" in out and "bytes per step " in out and "projected 100 epochs " in out
