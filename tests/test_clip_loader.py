@@ -421,7 +421,8 @@ import clip_loader, evaluate, train
 def test_every_command_and_the_core_import_without_torchvision():
     """torchvision is imported only where images are preprocessed: `--help` of every command and the imports
     of training, evaluation and CLIP work where it is missing or broken."""
-    commands = ["train.py", "walkthrough.py", "tools.amazon", "tools.report", "tools.embed", "tools.benchmark"]
+    commands = ["train.py", "walkthrough.py", "tools.amazon", "tools.report", "tools.embed", "tools.benchmark",
+                "tools.simulate"]
     result = subprocess.run([sys.executable, "-W", "ignore", "-c", HELP_WITHOUT_TORCHVISION, *commands],
                             capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
     assert result.returncode == 0 and result.stderr == "", result.stderr

@@ -28,6 +28,7 @@ GPU would pick (`efficient_attention`), which a fake device cannot choose by its
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import math
 import time
@@ -434,5 +435,8 @@ def eager_op_seconds(layers: int = 10, width: int = 16, runs: int = 1000) -> flo
 
 
 if __name__ == "__main__":  # python -m tools.simulate: EAGER_OP_S measured on this machine
+    argparse.ArgumentParser(description="Measures EAGER_OP_S, the host's time per kernel of eager PyTorch with "
+                            "autograd, on this machine (run it on idle cores); `python -m tools.benchmark "
+                            "--simulate` runs the simulation.").parse_args()
     print(f"an eager op with autograd: {eager_op_seconds() * 1e6:.1f} µs of host time a kernel "
           f"(EAGER_OP_S in tools/simulate.py: {EAGER_OP_S * 1e6:.1f} µs)")
