@@ -102,22 +102,25 @@ def make_opener() -> urllib.request.OpenerDirector:
 
 def _get(opener, url: str, *, timeout: float, max_bytes: int) -> bytes:
     """One GET -> the body, within `timeout` seconds in all however slowly the server sends (with `make_opener()`'s
-    handlers): each socket wait is bounded by the time left, and the _Watch shuts the socket at the deadline."""
+    handlers): the _Watch shuts the socket at the deadline, and whatever was read by then is a timeout."""
     watch = _watch.current = _Watch(time.monotonic() + timeout)
     try:
-        return _read(opener, url, timeout=timeout, max_bytes=max_bytes, deadline=watch.deadline)
-    except _Failure as failure:
-        if watch.fired and not str(failure).startswith("timeout"):  # the shut socket, seen as a closed connection
-            raise _Failure(f"timeout: over {timeout:g} s", retry=True) from None
-        raise
+        body = _read(opener, url, timeout=timeout, max_bytes=max_bytes)
+    except _Failure:
+        if not watch.fired:
+            raise
+        body = None  # the shut socket, seen as a closed connection or a short body
     finally:
         if watch.timer:
             watch.timer.cancel()
         _watch.current = None
+    if watch.fired:
+        raise _Failure(f"timeout: over {timeout:g} s", retry=True)
+    return body
 
 
-def _read(opener, url: str, *, timeout: float, max_bytes: int, deadline: float) -> bytes:
-    """`_get`'s request and its body, read in slices, each socket wait bounded by the time left to `deadline`."""
+def _read(opener, url: str, *, timeout: float, max_bytes: int) -> bytes:
+    """`_get`'s request and its body, read in slices as they arrive; `timeout` bounds each socket wait."""
     request = urllib.request.Request(url, headers={"User-Agent": "IFCDSR-data/1.0 (research; urllib)"})
     try:
         with opener.open(request, timeout=timeout) as response:
@@ -126,11 +129,6 @@ def _read(opener, url: str, *, timeout: float, max_bytes: int, deadline: float) 
                 raise _Failure(f"too large: {int(declared):,} bytes, the limit is {max_bytes:,}")
             body = bytearray()
             while True:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise _Failure(f"timeout: over {timeout:g} s", retry=True)
-                if response.fp:  # None once the connection has closed
-                    response.fp.raw._sock.settimeout(left)  # the next read waits at most until the deadline
                 chunk = response.read1(1 << 16)  # what has arrived, at most 64 KiB: a trickle returns byte by byte
                 if not chunk:
                     break
