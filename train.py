@@ -66,8 +66,7 @@ def build_model(name: str, cfg: Config, scen: Scenario) -> torch.nn.Module:
 
 @dataclass
 class Selection:
-    """What a training keeps for one target domain: its validation, early stopping (`epoch`, `best_valid`,
-    `bad`, `history`), its best and last checkpoints, and its test cases."""
+    """What a training keeps per target domain: early stopping, best and last checkpoints, evaluation cases."""
     cfg: Config  # the training's config, with this target domain
     folder: Path
     epoch: int = 0  # epochs trained and validated for this target domain
@@ -88,9 +87,8 @@ class Selection:
         return self.epoch < self.cfg.epochs and self.bad < self.cfg.patience
 
     def end_epoch(self, trainer: Trainer, row: dict, writes: dict, named: bool) -> str:
-        """An epoch of `trainer` trained, for this target domain: its validation (on the epoch of evaluations),
-        its best checkpoint when it is the best so far, its last one always, into `writes` -> the log line's
-        part, with the target domain when `named`."""
+        """After an epoch: validate (every eval_every), queue the best and last checkpoints into `writes`
+        -> this target's part of the log line."""
         self.epoch += 1
         row["epoch"] = self.epoch
         if self.epoch % self.cfg.eval_every == 0 or self.epoch == self.cfg.epochs:
@@ -111,10 +109,8 @@ class Selection:
 
 
 class Trainer:
-    """One training of a row and seed (a model, its optimiser and its batch order) for one target domain, or for
-    each of `targets` (a `Row.shared` row, whose training is the same for every target domain): each keeps its
-    own validation, early stopping, checkpoints and test (`Selection`), and training goes on while any has not
-    stopped."""
+    """One training of a row and seed (model, optimiser, batch order) for one target domain, or for each of
+    `targets` of a `Row.shared` row; each target keeps its own `Selection`, and training goes on while one runs."""
 
     def __init__(self, name: str, cfg: Config, scen: Scenario, device: torch.device, folder: Path, resume: bool,
                  targets: list[str] | None = None):
@@ -152,8 +148,8 @@ class Trainer:
             yield
 
     def rank(self, split: str, sel: Selection | None = None) -> dict:
-        """{protocol: (S,) ranks} of the valid or test cases of a target domain (the first by default), from fp32
-        scores on every device: bf16 would round the scores to about 1/32 of their spread and create ties."""
+        """{protocol: (S,) ranks} of a split's cases for a target domain (the first by default), from fp32 scores:
+        bf16 would round them to about 1/32 of their spread and create ties."""
         sel = sel or self.targets[0]
         target, items = sel.cfg.target, target_items(self.scen, sel.cfg.target)
         if split not in sel.cases:
@@ -176,12 +172,10 @@ class Trainer:
                 f"values of a sensible size; {kept}.")
 
     def evaluate(self, split: str, sel: Selection | None = None) -> dict:
-        """Metrics of the valid or test cases of a target domain (the first by default), under both protocols."""
         return metrics(self.rank(split, sel))
 
     def batch(self, idx: torch.Tensor) -> tuple[Views, Views, dict]:
-        """The training sequences `idx` (CPU) as the step reads them: inputs and next items on the device, and
-        their `shapes`, read from the CPU copy. The training set moves to the device once per run."""
+        """Training sequences `idx` on the device, with their `shapes` read from the CPU copy."""
         data = self.scen.train
         inputs, targets = data.inputs[idx], data.targets[idx]
         shape = shapes(self.scen.items.num_items, inputs, targets, self.device)
@@ -193,8 +187,7 @@ class Trainer:
         return self.resident[1][at], self.resident[2][at], shape
 
     def step(self, inputs: Views, targets: Views, shape: dict) -> torch.Tensor:
-        """One training step: (Eq. 7) the loss, its gradient, Adam. -> (views,) the per-view losses, on the device;
-        nothing here waits for the device."""
+        """(Eq. 7) the loss, its gradient, Adam -> (views,) the per-view losses, on the device, without a sync."""
         with self.autocast():
             loss, parts = self.model.loss(inputs, targets, shape)
         self.opt.zero_grad(set_to_none=True)
@@ -203,9 +196,8 @@ class Trainer:
         return torch.stack([torch.as_tensor(v, dtype=torch.float32, device=self.device) for v in parts.values()])
 
     def train_epoch(self) -> dict:
-        """One pass over the training set. Each step's per-view losses are copied to the host without waiting and
-        checked one step later: a NaN or infinity stops the run there, before anything is saved (the last good
-        checkpoint stays as it was)."""
+        """One pass over the training set. Each step's losses reach the host without a wait and are checked a step
+        later: a NaN or infinity stops the run before anything is saved."""
         self.model.train()
         data = self.scen.train
         views = self.model.views  # the loss's parts
@@ -237,14 +229,10 @@ class Trainer:
                              f"of {self.name} (target {targets}, seed {self.cfg.seed}). {self.advice()}")
 
     def fit(self, log_prefix: str = "") -> None:
-        """Train until every target domain has stopped (cfg.epochs or early stopping): an epoch, then each running
-        target domain's validation, checkpoints and part of the log line. A stopped one keeps its files as they
-        were: those a training of its own would have written. Each best checkpoint is the epoch of the target
-        domain's best validation MRR.
+        """Train until every target domain has stopped; a stopped one keeps the files a training of its own writes.
 
         Note: the paper trains 100 epochs; here training also stops after `patience` evaluations without a
-        better validation MRR, and the epoch with the best one is kept: model selection on validation only.
-        """
+        better validation MRR, and the epoch with the best one is kept: model selection on validation only."""
         t0 = time.time()
         try:
             while running := [sel for sel in self.targets if sel.running()]:
@@ -265,11 +253,8 @@ class Trainer:
 
 
 class RunProgress:
-    """The run's trainings, one per model (popularity needs none), seed, target domain (one for all of them for a
-    `Row.shared` row) and grid point: their count and the CPU threads in the header, then `training i of n` and
-    the run's ETA, each model's trainings still to come at that model's own time a training, measured on those
-    that trained in this command (a resumed run's finished ones, read back, do not count); no ETA while a model
-    still to come has not trained once."""
+    """The count of trainings, then `training i of n` with the run's ETA: each model's trainings to come at its own
+    mean time a training in this command (read-back ones do not count); none until every model to come trained."""
 
     def __init__(self, models: list[str], seeds: list[int], targets: tuple, grid: dict):
         points = {m: len(grid_points(m, grid)) for m in models if ROWS[m].trained}
@@ -291,17 +276,14 @@ class RunProgress:
         print(f"\n{prefix}training {self.i} of {self.n}{eta}", flush=True)
 
     def done(self, model: str, trained: bool) -> None:
-        """The training started last has ended; `trained`: it ran an epoch (not only read back)."""
         if trained:
             self.spent.setdefault(model, []).append(time.monotonic() - self.started)
 
 
 def train_row(name: str, cfgs: dict[str, Config], scen: Scenario, device, folder: Path, grid: dict, resume: bool,
               progress: RunProgress, label: str) -> dict[str, dict]:
-    """One row and seed for the target domains of `cfgs` (target -> config): trained at each of its grid points
-    (once without --grid), each target domain keeping the point with its best validation MRR, then its test set
-    ranked once, with that point's best checkpoint. A row whose training is the same for every target domain
-    (`Row.shared`) trains once at each point for all of them."""
+    """One row and seed for the target domains of `cfgs`: trained at each grid point, each target domain keeping
+    the point of its best validation MRR, whose best checkpoint then ranks the test set once."""
     results = {}
     for targets in target_groups(name, cfgs):
         points, best = {target: [] for target in targets}, {}
@@ -323,17 +305,14 @@ def train_row(name: str, cfgs: dict[str, Config], scen: Scenario, device, folder
 
 
 def target_groups(name: str, targets) -> list[list[str]]:
-    """The target domains that train together: all of them in one training for a `Row.shared` row, else
-    each in its own."""
+    """The target domains that train together: all in one for a `Row.shared` row."""
     return [list(targets)] if ROWS[name].shared else [[target] for target in targets]
 
 
 def train_point(name: str, cfgs: dict[str, Config], scen: Scenario, device, folder: Path, resume: bool,
                 progress: RunProgress, prefix: str) -> dict[str, tuple[Trainer, Selection]]:
-    """One training (a grid point's, or the row's) for the target domains of `cfgs`, continued from the last
-    checkpoints with --resume -> target -> (its Trainer, its Selection). A target domain still to train whose
-    checkpoint is at another epoch than the first's (a run stopped between two files' writes, or one target
-    domain trained alone before) trains apart, after."""
+    """One training for the target domains of `cfgs` (continued with --resume) -> target -> (Trainer, Selection).
+    A target whose last checkpoint is at another epoch than the first's (a run killed between writes) trains apart."""
     progress.start(name, prefix)
     trainer = Trainer(name, next(iter(cfgs.values())), scen, device, folder, resume, targets=list(cfgs))
     trains = any(sel.running() for sel in trainer.targets)  # not only read back
@@ -350,7 +329,7 @@ def train_point(name: str, cfgs: dict[str, Config], scen: Scenario, device, fold
 
 
 def tested(trainer: Trainer, sel: Selection, chosen: dict, points: list | None) -> dict:
-    """A target domain's result: its best checkpoint's test ranks, with the grid's points and the chosen one."""
+    """A target domain's result: its best checkpoint's test ranks (and the grid's points)."""
     state = load_checkpoint(sel.best)
     load_weights(trainer.model, state, sel.best)
     ranks = trainer.rank("test", sel)  # the only time the test set is read
@@ -363,20 +342,17 @@ def tested(trainer: Trainer, sel: Selection, chosen: dict, points: list | None) 
 
 
 def grid_points(name: str, grid: dict) -> list[dict]:
-    """The distinct points at which row `name` trains: the product of the lists of the --grid fields that act
-    on it, in the order given; one empty point without --grid, or where no field of it acts on the row."""
+    """The distinct points at which row `name` trains: the product of the --grid fields that act on it."""
     lists = {k: v for k, v in grid.items() if acts(k, name)}
     return [dict(zip(lists, values)) for values in itertools.product(*lists.values())]
 
 
 def trainings(name: str, grid: dict, folder: Path) -> list[tuple[dict, Path]]:
-    """The trainings of one row and seed: (point, folder) of each of its grid points, the folder named after
-    the point's values (`lr=0.001,weight_decay=0.0001`); without one, the row's own."""
+    """(point, folder) of each grid point of a row and seed, the folder named like `lr=0.001,weight_decay=0.0001`."""
     return [(point, folder / point_name(point) if point else folder) for point in grid_points(name, grid)]
 
 
 def model_config(model: str, cfg: Config, target: str, seed: int) -> Config:
-    """The config of one training of a row: its images and views, the target domain and the seed."""
     row = ROWS[model]
     return cfg.replace(use_image=row.use_image, multi_attention=row.multi_attention, target=target, seed=seed)
 
@@ -386,8 +362,7 @@ def row_folder(out: Path, model: str, seed: int) -> Path:
 
 
 def run(s: Settings) -> int:
-    """The rows, seeds and target domains of a run, each trained (or ranked) into the run folder; then
-    results.json, test_ranks.npz and the tables. A Ctrl-C from the run folder on names it."""
+    """A run: its rows, seeds and target domains into the run folder, whose name a Ctrl-C then prints."""
     name, folder = resolve_scenario(s.scenario, s.data_dir)
     models = choose_models(s.models, not s.cfg.use_image, not s.cfg.multi_attention, name,
                            (folder / EMBEDDINGS_FILE).exists())
@@ -400,7 +375,7 @@ def run(s: Settings) -> int:
 
 
 def train_rows(s: Settings, name: str, folder: Path, models: list[str], out: Path) -> int:
-    """Every row × seed × target domain of the run, then its results, written whole, and its tables."""
+    """Every row × seed × target domain, then results.json, test_ranks.npz and the tables."""
     scen = load_scenario(folder, max_len=s.cfg.max_len, name=name, use_images=any(map(needs_images, models)))
     check_cases(scen, s.targets)
     for model in (m for m in models if ROWS[m].trained):  # each row's largest model, before any is built
@@ -434,8 +409,7 @@ def train_rows(s: Settings, name: str, folder: Path, models: list[str], out: Pat
 
 def row_result(model: str, seed: int | None, s: Settings, scen: Scenario, out: Path,
                progress: RunProgress) -> dict[str, dict]:
-    """One row and seed, for each target domain: popularity ranked, or the row trained (at each grid point) and
-    tested."""
+    """One row and seed, for each target domain: popularity ranked, or the row trained and tested."""
     if not ROWS[model].trained:
         batch = eval_batch(fused_loss.chunk(s.cfg.score_chunk, torch.device("cpu")), scen.items.num_items)
         return {target: baselines.popularity(scen, target, batch) for target in s.targets}
@@ -443,22 +417,18 @@ def row_result(model: str, seed: int | None, s: Settings, scen: Scenario, out: P
                      s.device, row_folder(out, model, seed), s.grid, s.resume, progress, f"{model} seed {seed}")
 
 
-def check_memory(name: str, cfg: Config, scen: Scenario, device: torch.device, weights: dict | None = None,
-                 path: Path | None = None) -> None:
-    """Before row `name` is built: the model is built on the meta device (nothing is allocated), so that a
-    checkpoint's `weights` must have its shapes, and its parameters (16 bytes each with their gradient and
-    Adam's two moments), a batch's activations and the logits chunk must fit in the memory left to this
-    process (or free on the GPU). A rough estimate, meant to refuse settings that are far too large."""
+def meta_model(name: str, cfg: Config, scen: Scenario) -> torch.nn.Module:
+    """Row `name` built on the meta device: its shapes, with nothing allocated."""
     with torch.device("meta"):
-        model = build_model(name, cfg, dataclasses.replace(scen, E_img=None if scen.E_img is None else
-                                                          scen.E_img.to("meta")))
-    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    if weights is not None and shapes != {k: tuple(getattr(v, "shape", ())) for k, v in weights.items()}:
-        k = next(k for k in sorted(shapes.keys() | weights.keys()) if k not in shapes or k not in weights
-                 or shapes[k] != tuple(weights[k].shape))
-        raise UsageError(f"{path}: its weights do not fit the model its config builds ({k}: "
-                         f"{tuple(weights[k].shape) if k in weights else 'missing'} in the file, "
-                         f"{shapes.get(k, 'none')} for the config); train again into another --out.")
+        return build_model(name, cfg, dataclasses.replace(scen, E_img=None if scen.E_img is None else
+                                                         scen.E_img.to("meta")))
+
+
+def check_memory(name: str, cfg: Config, scen: Scenario, device: torch.device) -> None:
+    """Before row `name` is built: its parameters (16 bytes each with their gradient and Adam's two moments), a
+    batch's activations and the logits chunk fit in the memory left to this process (or free on the GPU). A
+    rough estimate, meant to refuse settings that are far too large."""
+    model = meta_model(name, cfg, scen)
     params = sum(p.numel() for p in model.parameters())
     widths = sum(enc.positions.weight.shape[1] for enc in model.modules() if isinstance(enc, AttentionEncoder))
     activations = cfg.batch_size * cfg.max_len * (max(widths, cfg.q) * (20 * cfg.n_blocks + 8) + cfg.max_len)
@@ -514,14 +484,22 @@ def planned(s: Settings, models: list[str], out: Path) -> dict[Path, tuple[str, 
 
 def eval_only(s: Settings) -> int:
     """--eval-only: a checkpoint's validation and test metrics, as it was trained; with --export its top-k items."""
-    path = s.eval_only
+    path, dropped = s.eval_only, [flag for k, flag in s.given.items() if k not in (
+        "eval_only", "scenario", "data_dir", "device", "deterministic", "export", "k")]
+    if dropped:
+        raise UsageError(f"--eval-only evaluates the checkpoint as it was trained (its model, target, config and "
+                         f"folder) and writes nothing but --export's file; drop {', '.join(dropped)}.")
+    if s.export and (s.export.exists() or not s.export.parent.is_dir()):
+        raise UsageError(f"--export {s.export}: {'already exists' if s.export.exists() else 'no such folder'}; "
+                         f"choose another file.")
     state = load_checkpoint(path)
     cfg = checkpoint_config(state, path)
     name, folder = checkpoint_data(s.scenario, s.data_dir, state, path)
     scen = load_scenario(folder, max_len=cfg.max_len, use_images=cfg.use_image, name=name)
     check_checkpoint(state, scen, path)
     check_cases(scen, (cfg.target,))
-    check_memory(state["model_name"], cfg, scen, s.device, state["model"], path)
+    check_weights(meta_model(state["model_name"], cfg, scen), state["model"], path)  # before memory is asked for
+    check_memory(state["model_name"], cfg, scen, s.device)
     trainer = Trainer(state["model_name"], cfg, scen, s.device, path.parent, resume=False)
     load_weights(trainer.model, state, path)
     for split in ("valid", "test"):
@@ -567,7 +545,6 @@ def bounded(kind: type, low: int | float, high: int | float) -> Callable[[str], 
 
 DEMO_EPOCHS = 5  # the demo's default, so that `python train.py` ends within minutes on 2 CPU cores
 GRID = {"lr": [1e-3, 5e-4, 1e-4], "weight_decay": [1e-4, 5e-5, 1e-5]}  # paper §4's 3x3 grid: a bare --grid
-MAX_SEEDS = 1000
 SHORTCUTS = {  # flag: (the Config field it sets as --set FIELD=VALUE does, help); a bool field's flag sets it False
     "--no-image": ("use_image", "the rows without the image branch (α = 1)"),
     "--no-multi-attention": ("multi_attention", "the rows with only the merged view S^{X+Y}"),
@@ -580,11 +557,6 @@ SHORTCUTS = {  # flag: (the Config field it sets as --set FIELD=VALUE does, help
     "--temperature": ("temperature", "τ dividing Eq. 2; 1 = as printed"),
     "--loss-norm": ("loss_norm", "Eq. 6/7: each view's mean, or the sum as printed"),
     "--softmax-over": ("softmax_over", "Eq. 3/4: all N items, or each view's own domain as printed")}
-NOT_SEARCHED = {  # Config fields that --grid refuses, and why
-    "seed": "the seeds are --seeds K or a,b,c", "use_image": "each row has its own; choose rows with --models",
-    "multi_attention": "each row has its own; choose rows with --models",
-    "max_len": "the scenario's sequences are cut to max_len once a run; run one command per value",
-    "score_chunk": "it sets memory only: every value gives the same numbers"}
 
 
 class Once(argparse.Action):
@@ -635,26 +607,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     arg("--resume", nargs=0, const=True, default=False, help="continue the interrupted run in --out (or the latest)")
     arg("--eval-only", metavar="CKPT", help="evaluate a best_*.pt checkpoint on valid and test")
     arg("--export", metavar="FILE", help="with --eval-only: each test case's top-k items, as TSV")
-    arg("--k", type=int, help="--export's k (default 10)")
-    args = p.parse_args(argv, argparse.Namespace(given={}))
-    if args.export and not args.eval_only or args.k and not args.export:
-        p.error("--export FILE needs --eval-only CKPT" if args.export else "--k needs --export FILE")
-    if not 1 <= (args.k or 1) <= 10_000:
-        p.error(f"--k {args.k}: expected an integer in [1, 10,000]")
-    if args.export and (Path(args.export).exists() or not Path(args.export).parent.is_dir()):
-        p.error(f"--export {args.export}: {'already exists' if Path(args.export).exists() else 'no such folder'}; "
-                f"choose another file")
-    return args
+    arg("--k", type=bounded(int, 1, 10_000), help="--export's k (default 10)")
+    return p.parse_args(argv, argparse.Namespace(given={}))
 
 
 def read(args) -> Settings:
     """The parsed command line as Settings, every flag checked before any work."""
     given = args.given
-    dropped = [given[k] for k in vars(args) if k in given and k not in (
-        "eval_only", "scenario", "data_dir", "device", "deterministic", "export", "k")]
-    if args.eval_only and dropped:
-        raise UsageError(f"--eval-only evaluates the checkpoint as it was trained (its model, target, config and "
-                         f"folder) and writes nothing but --export's file; drop {', '.join(dropped)}.")
+    if args.export and not args.eval_only or args.k and not args.export:
+        raise UsageError("--export FILE needs --eval-only CKPT" if args.export else "--k needs --export FILE")
     if args.scenario is not None and args.data_dir is not None:
         raise UsageError("--scenario and --data-dir cannot both act: --data-dir is the scenario folder itself; drop "
                          "one of them.")
@@ -736,14 +697,19 @@ def parse_value(pair: str, shown: str) -> tuple[str, object]:
 
 def parse_list(pair: str) -> tuple[str, list]:
     """--grid's FIELD=V1,V2,... -> (field, [values]), each value typed as --set types it."""
+    refused = {  # Config fields that --grid refuses, and why
+        "seed": "the seeds are --seeds K or a,b,c", "use_image": "each row has its own; choose rows with --models",
+        "multi_attention": "each row has its own; choose rows with --models",
+        "max_len": "the scenario's sequences are cut to max_len once a run; run one command per value",
+        "score_chunk": "it sets memory only: every value gives the same numbers"}
     field, eq, text = pair.partition("=")
     if not eq or not text:
         raise UsageError(f"--grid {pair}: gives no value; expected FIELD=V1,V2,... (one list per field), like "
                          f"--grid temperature=1,0.1.")
     values = [parse_value(f"{field}={v}", f"--grid {field}={v}")[1] for v in text.split(",")]
     repeated = [v for i, v in enumerate(values) if v in values[:i]]
-    if field in NOT_SEARCHED or repeated:
-        why = f"{field} cannot be searched: {NOT_SEARCHED[field]}" if field in NOT_SEARCHED else \
+    if field in refused or repeated:
+        why = f"{field} cannot be searched: {refused[field]}" if field in refused else \
             f"lists {repeated[0]} twice; give each value once"
         raise UsageError(f"--grid {pair}: {why}.")
     return field, values
@@ -751,16 +717,16 @@ def parse_list(pair: str) -> tuple[str, list]:
 
 def parse_seeds(seeds: str) -> list[int]:
     """--seeds K (0..K-1) or a list a,b,c of distinct seeds."""
-    low, high = RANGES["seed"]
+    (low, high), most = RANGES["seed"], 1000
     try:
         chosen = [int(s) for s in seeds.split(",") if s.strip()]
-        chosen = chosen if "," in seeds else list(range(chosen[0])) if chosen[0] <= MAX_SEEDS else []
+        chosen = chosen if "," in seeds else list(range(chosen[0])) if chosen[0] <= most else []
     except (ValueError, IndexError):
         chosen = []
-    if not 1 <= len(chosen) <= MAX_SEEDS or not low <= min(chosen) <= max(chosen) <= high \
+    if not 1 <= len(chosen) <= most or not low <= min(chosen) <= max(chosen) <= high \
             or len(set(chosen)) < len(chosen):
-        raise UsageError(f"--seeds {seeds!r}: expected a count K in [1, {MAX_SEEDS}] (seeds 0..K-1) or a list of at "
-                         f"most {MAX_SEEDS} distinct seeds in [{low}, {high:,}], like 0,3,7.")
+        raise UsageError(f"--seeds {seeds!r}: expected a count K in [1, {most}] (seeds 0..K-1) or a list of at "
+                         f"most {most} distinct seeds in [{low}, {high:,}], like 0,3,7.")
     return chosen
 
 
@@ -897,7 +863,6 @@ RESUME = {  # what a resume needs besides, in last_*.pt only
     "optimizer": lambda v: isinstance(v, dict), "rng": lambda v: isinstance(v, dict),
     "bad": lambda v: type(v) is int and 0 <= v <= 10**6,
     "history": lambda v: type(v) is list and all(isinstance(row, dict) for row in v)}
-SCHEDULE = ("epochs", "patience", "eval_every")  # the settings a --resume may change: e.g. train a finished run longer
 
 
 def training_state(trainer: Trainer, sel: Selection | None = None) -> dict:
@@ -1017,6 +982,17 @@ def check_fields(state, kinds: dict, path: Path) -> None:
                          f"command to re-create it.")
 
 
+def check_weights(model: torch.nn.Module, weights: dict, path: Path) -> None:
+    """A checkpoint's weights have the shapes of the model its config builds (on the meta device)."""
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if shapes != {k: tuple(getattr(v, "shape", ())) for k, v in weights.items()}:
+        k = next(k for k in sorted(shapes.keys() | weights.keys()) if k not in shapes or k not in weights
+                 or shapes[k] != tuple(weights[k].shape))
+        raise UsageError(f"{path}: its weights do not fit the model its config builds ({k}: "
+                         f"{tuple(weights[k].shape) if k in weights else 'missing'} in the file, "
+                         f"{shapes.get(k, 'none')} for the config); train again into another --out.")
+
+
 def load_weights(model: torch.nn.Module, state: dict, path: Path) -> None:
     """The checkpoint's weights into `model`, or a UsageError naming the file: a checkpoint of an earlier form
     of the same row (another shape, other parameters), or of another row, does not fit."""
@@ -1043,7 +1019,8 @@ def check_checkpoint(state: dict, scen: Scenario, path: Path) -> None:
 
 def check_same_run(state: dict, name: str, cfg: Config, path: Path) -> None:
     """A --resume continues the same training: the same model and config, but for the schedule."""
-    differs = sorted(k for k, v in asdict(cfg).items() if k not in SCHEDULE and state["config"].get(k) != v)
+    schedule = ("epochs", "patience", "eval_every")  # what a --resume may change: e.g. train a finished run longer
+    differs = sorted(k for k, v in asdict(cfg).items() if k not in schedule and state["config"].get(k) != v)
     if state["model_name"] != name or differs:
         raise UsageError(f"{path}: was written by {state['model_name']} with a different config "
                          f"({', '.join(differs) or 'model'}); resume with the same flags (only --epochs, "
@@ -1094,12 +1071,8 @@ def save_run(out: Path, results: dict, ranks: dict) -> None:
 
 def output_folder(out: str | None, name: str, resume: bool) -> Path:
     """--out, or runs/<name>-<time> (with --resume, the latest such folder)."""
-    if out is None and resume:  # runs/<name>-YYYYmmdd-HHMMSS of exactly this scenario name
-        stamped = re.compile(re.escape(name) + r"-\d{8}-\d{6}")
-        found = sorted(p for p in Path("runs").glob(f"{name}-*") if stamped.fullmatch(p.name))
-        if not found:
-            raise UsageError(f"--resume: no earlier run of {name} under runs/; pass --out DIR.")
-        return found[-1]
+    if out is None and resume:
+        return latest_run(name)
     out = Path(out or f"runs/{name}-{time.strftime('%Y%m%d-%H%M%S')}")
     if out.is_symlink() and not out.exists():
         raise UsageError(f"--out {out}: a symlink to {os.readlink(out)}, which does not exist; choose another --out.")
@@ -1108,6 +1081,15 @@ def output_folder(out: str | None, name: str, resume: bool) -> Path:
     if not resume and holds_a_run(out):
         raise UsageError(f"{out} already holds a run; pass --resume to continue it, or another --out.")
     return out
+
+
+def latest_run(name: str) -> Path:
+    """The latest runs/<name>-YYYYmmdd-HHMMSS of exactly this scenario name."""
+    stamped = re.compile(re.escape(name) + r"-\d{8}-\d{6}")
+    found = sorted(p for p in Path("runs").glob(f"{name}-*") if stamped.fullmatch(p.name))
+    if not found:
+        raise UsageError(f"--resume: no earlier run of {name} under runs/; pass --out DIR.")
+    return found[-1]
 
 
 def holds_a_run(out: Path) -> bool:
