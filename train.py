@@ -489,6 +489,8 @@ def eval_only(s: Settings) -> int:
     if dropped:
         raise UsageError(f"--eval-only evaluates the checkpoint as it was trained (its model, target, config and "
                          f"folder) and writes nothing but --export's file; drop {', '.join(dropped)}.")
+    if not 1 <= s.k <= 10_000:
+        raise UsageError(f"--k {s.k}: expected an integer in [1, 10,000].")
     if s.export and (s.export.exists() or not s.export.parent.is_dir()):
         raise UsageError(f"--export {s.export}: {'already exists' if s.export.exists() else 'no such folder'}; "
                          f"choose another file.")
@@ -607,7 +609,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     arg("--resume", nargs=0, const=True, default=False, help="continue the interrupted run in --out (or the latest)")
     arg("--eval-only", metavar="CKPT", help="evaluate a best_*.pt checkpoint on valid and test")
     arg("--export", metavar="FILE", help="with --eval-only: each test case's top-k items, as TSV")
-    arg("--k", type=bounded(int, 1, 10_000), help="--export's k (default 10)")
+    arg("--k", type=int, help="--export's k (default 10)")
     return p.parse_args(argv, argparse.Namespace(given={}))
 
 
