@@ -1,12 +1,10 @@
-"""The evaluation protocols: which test cases a model answers, which candidates it ranks the ground truth
-among, the rank (ties counted fairly), the metrics, and the split into cold and warm targets; what a run checks
-in its scenario first; then a run's numbers a researcher can cite: each seed's metrics aggregated to mean ± std,
-a paired bootstrap of IFCDSR against every other row, and the printed tables in the layout of the paper's
-Tables 2, 3 and 4.
+"""The evaluation protocols: which test cases a model answers, the candidates it ranks the ground truth among, the
+rank (ties counted fairly), the metrics and the split into cold and warm targets; what a run checks in its scenario
+first; a run's numbers: mean ± std over seeds, a paired bootstrap of IFCDSR against every other row, and the tables
+in the layout of the paper's Tables 2, 3 and 4.
 
-Every model is evaluated the same way: `score_fn(history, items)` -> (B, |items|) scores of the target
-domain's items (Eq. 9 ranks only those), for the cases whose ground truth lies in the target domain.
-Dimension letters: S cases, B a batch of them, n items of the target domain.
+Every model is scored by `score_fn(history, items, shape)` -> (B, |items|) scores of the target domain's items (Eq. 9
+ranks only those), for the cases whose ground truth lies there. Dimensions: S cases, B a batch of them, n items.
 """
 from __future__ import annotations
 
@@ -18,8 +16,7 @@ from data import EMBEDDINGS_FILE, SPLIT_FILES, DataError, EvalSet, Scenario, Vie
 
 METRICS = ("MRR", "NDCG@5", "NDCG@10", "HR@1", "HR@5", "HR@10")
 PROTOCOLS = ("sampled999", "full")  # C2DSR's 999 sampled negatives; full ranking of the target domain
-NUM_NEGATIVES = 999
-NEGATIVE_SEED = 0  # the negatives come from this one seed, whatever the training seed (see `negatives`)
+NUM_NEGATIVES, NEGATIVE_SEED = 999, 0  # the negatives come from this one seed, whatever the training seed
 
 
 class NonFiniteScores(ValueError):
@@ -43,31 +40,25 @@ def eval_cases(split: EvalSet, scen: Scenario, domain: str) -> EvalSet:
 
 
 def negatives(cases: EvalSet, items: slice, split: str, target: str) -> torch.Tensor:
-    """999 negatives per case, uniform over the target domain without the ground truth (C2DSR), drawn
-    once per (split, target) -> (S, 999) local item indices.
-
-    Note: drawn from NEGATIVE_SEED, not from the training seed, so that every model and every seed is
-    ranked against the same candidates (what the paired comparison of `significance` needs); with replacement,
-    as C2DSR's evaluation draws them, so a case may meet the same negative twice.
-    """
+    """(S, 999) local item indices: each case's negatives, uniform over the target domain without the ground truth
+    (C2DSR), drawn once per (split, target).
+    Note: drawn from NEGATIVE_SEED, not from the training seed, so that every model and every seed is ranked against
+    the same candidates (what the paired comparison of `significance` needs); with replacement, as C2DSR's
+    evaluation draws them, so a case may meet the same negative twice."""
     rng = np.random.default_rng([NEGATIVE_SEED, ("valid", "test").index(split), ("X", "Y").index(target)])
-    n = items.stop - items.start
-    local = rng.integers(0, n - 1, size=(len(cases), NUM_NEGATIVES))
-    target = (cases.target - items.start).numpy()[:, None]
-    return torch.from_numpy(local + (local >= target))  # skip over the ground truth
+    local = rng.integers(0, items.stop - items.start - 1, size=(len(cases), NUM_NEGATIVES))
+    return torch.from_numpy(local + (local >= (cases.target - items.start).numpy()[:, None]))  # over the ground truth
 
 
 def rank_metrics(rank: torch.Tensor) -> dict[str, float] | None:
-    """rank (S,) 1-based -> MRR, NDCG@k, HR@k in %; None when there are no cases."""
+    """rank (S,) 1-based -> {metric: mean over the cases, in %} of 1/rank (MRR), 1/log2(rank + 1) (NDCG@k) and 1
+    (HR@k), where @k counts only the cases ranked within k; None when there are no cases."""
     if len(rank) == 0:
         return None
-    rank = rank.double()
-    out = {"MRR": (1 / rank).mean()}
-    for k in (5, 10):
-        out[f"NDCG@{k}"] = torch.where(rank <= k, 1 / torch.log2(rank + 1), 0.0).mean()
-    for k in (1, 5, 10):
-        out[f"HR@{k}"] = (rank <= k).double().mean()
-    return {m: round(100 * out[m].item(), 4) for m in METRICS}
+    r = rank.double()
+    gain = {"MRR": 1 / r, "NDCG": 1 / torch.log2(r + 1), "HR": torch.ones_like(r)}  # (S,) each
+    return {m: round(100 * (gain[name] * (r <= float(k or "inf"))).mean().item(), 4)
+            for m in METRICS for name, _, k in [m.partition("@")]}
 
 
 def to_device(batch: Views, device) -> Views:
@@ -78,14 +69,10 @@ def to_device(batch: Views, device) -> Views:
 @torch.no_grad()
 def rank_cases(score_fn, cases: EvalSet, items: slice, neg: torch.Tensor, device, batch: int,
                pad: int | None = None) -> dict:
-    """The rank of each case's ground truth among the target domain's items (Eq. 9) under both protocols:
-    {protocol: (S,) float64 ranks}. `score_fn(history, items, shape)` -> (B, |items|) scores, `shape` the
-    batch's `ifcdsr.shapes` read from the CPU copy (None without the padding id `pad`).
-
-    The cases move to the device once (`on_device`); each batch is scored and ranked there (`rank_batch`),
-    and the host waits for the device once per pass, for the ranks and the finiteness verdicts.
-    A NaN or infinite score is an error (NonFiniteScores), never a rank.
-    """
+    """{protocol: (S,) float64 ranks} of each case's ground truth among the target domain's items (Eq. 9); `shape`
+    in `score_fn`'s calls is the batch's `ifcdsr.shapes`, None without the padding id `pad`. The cases move to the
+    device once (`on_device`), each batch is ranked there (`rank_batch`), and the host waits once per pass, for the
+    ranks and the finiteness verdicts: a NaN or infinite score is an error (NonFiniteScores), never a rank."""
     resident = on_device(cases, items, neg, device, batch)
     done = [rank_batch(score_fn, cases, resident, items, slice(i, i + batch), pad)
             for i in range(0, len(cases), batch)]
@@ -96,30 +83,24 @@ def rank_cases(score_fn, cases: EvalSet, items: slice, neg: torch.Tensor, device
 
 
 def on_device(cases: EvalSet, items: slice, neg: torch.Tensor, device, batch: int) -> tuple:
-    """What every batch of a pass reads, moved to the device once: the histories, the ground truths counted
-    from the domain's first item, the negatives, and a reused (batch, n) buffer for the comparisons."""
-    flags = torch.empty(min(batch, len(cases)), items.stop - items.start, device=device)
+    """What every batch of a pass reads, on the device: the histories, the ground truths counted from the domain's
+    first item, the negatives, and a reused (batch, n) buffer for the comparisons."""
     return (to_device(cases.history, device), ifcdsr.host_to(device, cases.target - items.start),
-            ifcdsr.host_to(device, neg), flags)
+            ifcdsr.host_to(device, neg), torch.empty(min(batch, len(cases)), items.stop - items.start, device=device))
 
 
 def rank_batch(score_fn, cases: EvalSet, resident: tuple, items: slice, b: slice, pad: int | None) -> tuple:
-    """The cases `b` of a pass: (sampled999 ranks (B,), full ranks (B,), whether their scores' sum is finite),
-    all on the device; nothing here waits for it.
-
+    """The cases `b` of a pass, on the device and without waiting for it: (sampled999 ranks (B,), full ranks (B,),
+    whether their scores' sum is finite: one cheap pass that finds a NaN, which compares false and so would rank first).
     Note: rank = 1 + (candidates scoring strictly higher) + ½·(other candidates scoring the same): the
     expected rank under a random tie-break. C2DSR counts a tie (within 1e-5) as a win, which flatters a
-    model with many equal scores, such as popularity (every unseen item scores 0).
-    """
+    model with many equal scores, such as popularity (every unseen item scores 0)."""
     history, target, neg, flags = resident
     s = score_batch(score_fn, history, cases, items, b, pad)  # (B, n)
-    s_t = s.gather(1, target[b, None])  # (B, 1)
+    s_t, s_neg = s.gather(1, target[b, None]), s.gather(1, neg[b])  # (B, 1), (B, 999)
     # counted as 0/1 floats in a reused buffer: summing a new bool tensor is several times slower
-    higher = torch.gt(s, s_t, out=flags[:len(s_t)]).sum(1)  # (B,)
-    tied = torch.ge(s, s_t, out=flags[:len(s_t)]).sum(1) - higher - 1  # (B,) the ground truth ties itself
-    s_neg = s.gather(1, neg[b])  # (B, 999)
-    # NaN compares false with everything: it would rank first. A finite sum says every score is finite in one
-    # cheap pass; the verdicts are read after the pass
+    higher = torch.gt(s, s_t, out=flags[:len(s)]).sum(1)  # (B,)
+    tied = torch.ge(s, s_t, out=flags[:len(s)]).sum(1) - higher - 1  # (B,) the ground truth ties itself
     return 1 + (s_neg > s_t).sum(1) + (s_neg == s_t).sum(1) / 2, 1 + higher + tied / 2, s.sum().isfinite()
 
 
