@@ -224,43 +224,35 @@ def domain_names(name: str) -> tuple[str, str]:
 # ----------------------------------------------------------------------------- seeds
 
 
-def stats(values: list[float]) -> dict:
-    """{"mean", "std" (sample std; None for one value), "n"}."""
-    v = np.asarray(values, dtype=float)
-    return {"mean": round(float(v.mean()), 4), "std": round(float(v.std(ddof=1)), 4) if len(v) > 1 else None,
-            "n": len(v)}
-
-
-def aggregate(per_seed: list[dict]) -> dict:
-    """Nested dicts of the same shape, one per seed, with numbers at the leaves -> the same shape with
-    `stats` at the leaves ("cases" counts, equal for every seed, are kept as they are; None stays None)."""
+def aggregate(per_seed: list) -> dict | None:
+    """Nested dicts of the same shape, one per seed, with numbers at the leaves -> the same shape with {"mean", "std"
+    (sample std; None for one seed), "n"} at the leaves ("cases" counts, equal for every seed, are kept; None stays)."""
     first = per_seed[0]
     if isinstance(first, dict):
         return {k: (first[k] if k == "cases" else aggregate([s[k] for s in per_seed])) for k in first}
-    return None if first is None else stats(per_seed)
+    v = np.asarray(per_seed, dtype=float)  # (seeds,)
+    return None if first is None else {"mean": round(float(v.mean()), 4),
+                                       "std": round(float(v.std(ddof=1)), 4) if len(v) > 1 else None, "n": len(v)}
 
 
 # ----------------------------------------------------------------------------- significance
 
 
-def paired_bootstrap(rr_ref: np.ndarray, rr_row: np.ndarray, resamples: int = RESAMPLES,
-                     seed: int = BOOTSTRAP_SEED) -> dict:
+def paired_bootstrap(rr_ref: np.ndarray, rr_row: np.ndarray) -> dict:
     """MRR(ref) - MRR(row) in % from per-case reciprocal ranks of the same cases, with a 95% interval from
-    `resamples` bootstrap resamples of the cases; significant when the interval excludes 0."""
+    RESAMPLES bootstrap resamples of the cases; significant when the interval excludes 0."""
     diff = 100 * (np.asarray(rr_ref, float) - np.asarray(rr_row, float))  # (S,) paired differences
-    rng = np.random.default_rng(seed)
-    means = diff[rng.integers(0, len(diff), size=(resamples, len(diff)))].mean(axis=1)  # (resamples,)
-    low, high = np.percentile(means, [2.5, 97.5])
+    pick = np.random.default_rng(BOOTSTRAP_SEED).integers(0, len(diff), size=(RESAMPLES, len(diff)))
+    low, high = np.percentile(diff[pick].mean(axis=1), [2.5, 97.5])  # of the (RESAMPLES,) resampled means
     return {"mrr_diff": round(float(diff.mean()), 4), "low": round(float(low), 4), "high": round(float(high), 4),
-            "significant": bool(low > 0 or high < 0), "cases": len(diff), "resamples": resamples}
+            "significant": bool(low > 0 or high < 0), "cases": len(diff), "resamples": RESAMPLES}
 
 
 def significance(ranks: dict, reference: str) -> dict:
     """ranks {model: {domain: {protocol: [(S,) ranks, one per seed]}}} -> {model: {domain: {protocol:
     paired_bootstrap}}} for every model but the reference, each case's reciprocal rank averaged over seeds."""
-    def rr(model, d, p):
-        return torch.stack([1 / r for r in ranks[model][d][p]]).mean(0).numpy()  # (S,)
-
+    def rr(model, d, p):  # (S,)
+        return torch.stack([1 / r for r in ranks[model][d][p]]).mean(0).numpy()
     return {m: {d: {p: paired_bootstrap(rr(reference, d, p), rr(m, d, p)) for p in PROTOCOLS}
                 for d in ranks[m] if d in ranks[reference]}
             for m in ranks if m != reference}
@@ -280,18 +272,15 @@ class RunResults:
     def add(self, model: str, seed: int | None, per_target: dict[str, dict]) -> None:
         """One row and seed, {target: its result}, as an entry of runs[model]: {key: {target: value}} of every
         key but the test ranks and cases, which give `ranks` and the cold/warm split `test_by_target`."""
-        entry = {"seed": seed}
+        entry, split = {"seed": seed}, {}
         for target, res in per_target.items():
-            for key, value in res.items():
-                if key == "ranks":
-                    for p, r in value.items():
-                        self.ranks.setdefault(model, {}).setdefault(target, {}).setdefault(p, []).append(r)
-                elif key != "cases":
-                    entry.setdefault(key, {})[target] = value
-            entry.setdefault("test_by_target", {})
+            for key in [k for k in res if k not in ("ranks", "cases")]:
+                entry.setdefault(key, {})[target] = res[key]
+            for p, r in res["ranks"].items():
+                self.ranks.setdefault(model, {}).setdefault(target, {}).setdefault(p, []).append(r)
             for kind, part in by_target(res["ranks"], res["cases"], self.warm).items():
-                entry["test_by_target"].setdefault(kind, {})[target] = part
-        self.results["runs"].setdefault(model, []).append(entry)
+                split.setdefault(kind, {})[target] = part
+        self.results["runs"].setdefault(model, []).append({**entry, "test_by_target": split})
 
     def finish(self) -> tuple[dict, dict]:
         """(results.json, test_ranks.npz's arrays): every test case's rank under the key
@@ -302,12 +291,9 @@ class RunResults:
         reference = next((m for m in ("ifcdsr", "ifcdsr_id") if m in runs), None)
         self.results["significance"] = {"reference": reference,
                                         "rows": significance(self.ranks, reference) if reference else {}}
-        arrays = {}
-        for m, by_domain in self.ranks.items():
-            for d, by_protocol in by_domain.items():
-                arrays.update({f"{m}/{e['seed']}/{d}/{p}": r.numpy() for p, per_seed in by_protocol.items()
-                               for e, r in zip(runs[m], per_seed)})
-        return self.results, arrays
+        return self.results, {f"{m}/{e['seed']}/{d}/{p}": r.numpy() for m, by_domain in self.ranks.items()
+                              for d, by_protocol in by_domain.items() for p, per_seed in by_protocol.items()
+                              for e, r in zip(runs[m], per_seed)}
 
 
 # ----------------------------------------------------------------------------- tables
