@@ -299,74 +299,63 @@ class RunResults:
 # ----------------------------------------------------------------------------- tables
 
 
-def cell(s: dict | None, width: int = 13, mark: str = "") -> str:
-    if s is None:
-        return "-".rjust(width)
-    text = f"{s['mean']:.2f}" + (f" ± {s['std']:.2f}" if s["std"] is not None else "") + mark
-    return text.rjust(width)
+def at(tree: dict | None, *keys):
+    """tree[k1][k2]..., or None where a key is missing or a value on the way is None."""
+    for k in keys:
+        tree = tree.get(k) if tree else None
+    return tree
+
+
+def cell(s: dict | None, mark: str = "") -> str:
+    """A table's cell: mean ± std (the mean alone for one seed), or - for none."""
+    return "-" if s is None else f"{s['mean']:.2f}" + (f" ± {s['std']:.2f}" if s["std"] is not None else "") + mark
+
+
+def line(label: str, cells: list[str], width: int) -> str:
+    """A row of a table: the label in 24 columns, then each cell right-aligned in `width` after a bar."""
+    return (f"{label:<24}" + "".join(f" | {c:>{width}}" for c in cells)).rstrip()
+
+
+def print_table(corner: str, heads: list[str], width: int, rows: dict[str, list[str]]) -> None:
+    """A table: its head, a rule and a line per {label: cells}."""
+    head = line(corner, heads, width)
+    print(head, "-" * len(head), *(line(label, cells, width) for label, cells in rows.items()), sep="\n")
 
 
 def print_tables(name: str, summary: dict, sig: dict, reference: str | None, seeds: list) -> None:
-    """Tables 2/3: one table per protocol, mean ± std over seeds, * where IFCDSR's difference is significant;
-    under each, MRR of the cases with a cold and a warm target, and the paired intervals."""
-    names, entry, models = domain_names(name), paper(name), [m for m in LABELS if m in summary]
+    """Tables 2/3: one table per protocol, mean ± std over seeds, * where IFCDSR's difference is significant, and
+    the paper's rows; under each, MRR of the test cases whose target never occurs in training (cold) and of the
+    others (warm), and the paired intervals of IFCDSR - row."""
+    entry, models, names = paper(name), [m for m in LABELS if m in summary], dict(zip("XY", domain_names(name)))
     domains = [d for d in ("X", "Y") if any(d in summary[m]["test"] for m in models)]
     over = f"mean ± std over {len(seeds)} seeds" if len(seeds) > 1 else f"seed {seeds[0]}"
+    cases = summary[models[-1]]["test_by_target"]
     for p in PROTOCOLS:
         title = {"sampled999": "999 sampled negatives (as C2DSR evaluates; the paper names no protocol)",
                  "full": "full ranking of the target domain"}[p]
-        head = f"{'Model (' + '-'.join(names) + ')':<24}" + "".join(
-            f" | {(m + ' (' + names['XY'.index(d)] + ')') if m == 'MRR' else m:>15}" for d in domains for m in SHOWN)
-        print(f"\nTest set, {title}; %, {over}\n{head}\n{'-' * len(head)}")
-        for m in models:
-            line = f"{LABELS[m]:<24}"
-            for d in domains:
-                res = summary[m]["test"].get(d)
-                for metric in SHOWN:
-                    star = " *" if metric == "MRR" and sig.get(m, {}).get(d, {}).get(p, {}).get("significant") else ""
-                    line += " | " + cell(res[p][metric] if res else None, 15, star)
-            print(line)
+        print(f"\nTest set, {title}; %, {over}")
+        print_table(f"Model ({names['X']}-{names['Y']})", [f"MRR ({names[d]})" if m == "MRR" else m
+                                                            for d in domains for m in SHOWN], 15, {
+            LABELS[m]: [cell(at(summary, m, "test", d, p, metric),
+                             " *" if metric == "MRR" and at(sig, m, d, p, "significant") else "")
+                        for d in domains for metric in SHOWN] for m in models})
         if entry and p == "sampled999":
             print(f"The paper's {entry['table']} (its own split of the data: not comparable number for number):")
             for label, row in entry["rows"].items():
-                values = [f"{v:.2f}" for v in row]
-                cells = [values[0], values[1], values[2], "-", values[3], values[4], values[5], "-"]
-                print(f"{'  ' + label + ' (paper)':<24}" + "".join(
-                    f" | {c:>15}" for c, d in zip(cells, ("X",) * 4 + ("Y",) * 4) if d in domains))
-        print_cold_warm(summary, models, domains, names, p)
+                given = dict(zip([(d, m) for d in "XY" for m in SHOWN[:3]], row))  # no HR@10
+                print(line(f"  {label} (paper)", [f"{given[d, m]:.2f}" if (d, m) in given else "-"
+                                                  for d in domains for m in SHOWN], 15))
+        kinds = [(d, kind) for d in domains for kind in ("cold", "warm")]
+        print_table("MRR by target", [f"{kind} {names[d]} ({cases[kind][d]['cases']})" for d, kind in kinds], 19,
+                    {LABELS[m]: [cell(at(summary, m, "test_by_target", kind, d, p, "MRR")) for d, kind in kinds]
+                     for m in models})
         if reference and len(models) > 1:  # a row to compare with
-            print_significance(sig, reference, models, domains, names, p)
-
-
-def print_cold_warm(summary: dict, models: list, domains: list, names: tuple, p: str) -> None:
-    """MRR of the test cases whose target never occurs in training (cold) and of the others (warm)."""
-    first = summary[models[-1]]["test_by_target"]
-    head = f"{'MRR by target':<24}" + "".join(
-        f" | {kind + ' ' + names['XY'.index(d)] + ' (' + str(first[kind][d]['cases']) + ')':>19}"
-        for d in domains for kind in ("cold", "warm"))
-    print(f"{head}\n{'-' * len(head)}")
-    for m in models:
-        by = summary[m]["test_by_target"]
-        print(f"{LABELS[m]:<24}" + "".join(
-            " | " + cell(by[kind][d][p]["MRR"] if d in by[kind] and by[kind][d][p] else None, 19)
-            for d in domains for kind in ("cold", "warm")))
-
-
-def print_significance(sig: dict, reference: str, models: list, domains: list, names: tuple, p: str) -> None:
-    head = f"{LABELS[reference] + ' - row':<24}" + "".join(
-        f" | {'MRR ' + names['XY'.index(d)] + ', 95% interval':>28}" for d in domains)
-    print(f"{head}\n{'-' * len(head)}")
-    for m in models:
-        if m == reference:
-            continue
-        cells = []
-        for d in domains:
-            s = sig[m].get(d, {}).get(p)
-            cells.append("-" if s is None else f"{s['mrr_diff']:+.2f} [{s['low']:+.2f}, {s['high']:+.2f}]"
-                                               + (" *" if s["significant"] else "  "))
-        print((f"{LABELS[m]:<24}" + "".join(f" | {c:>28}" for c in cells)).rstrip())
-    print(f"(* the paired bootstrap interval excludes 0: {RESAMPLES:,} resamples of the test cases, each case's "
-          f"reciprocal rank averaged over the seeds)")
+            print_table(f"{LABELS[reference]} - row", [f"MRR {names[d]}, 95% interval" for d in domains], 28, {
+                LABELS[m]: ["-" if b is None else f"{b['mrr_diff']:+.2f} [{b['low']:+.2f}, {b['high']:+.2f}]"
+                            + (" *" if b["significant"] else "  ") for b in (at(sig, m, d, p) for d in domains)]
+                for m in models if m != reference})
+            print(f"(* the paired bootstrap interval excludes 0: {RESAMPLES:,} resamples of the test cases, each "
+                  f"case's reciprocal rank averaged over the seeds)")
 
 
 def print_ablation(name: str, summary: dict) -> None:
@@ -377,11 +366,9 @@ def print_ablation(name: str, summary: dict) -> None:
             + " | ".join(f"{'MRR (' + n + ')':>15}" for n in names) + (f" | MRR ({names[0]}, paper)" if entry else ""))
     print(f"\nTable 4 (ablation, test set, 999 sampled negatives, %)\n{head}\n{'-' * len(head)}")
     for variant, row in marks.items():
-        line = " | ".join(f"{m:>{w}}" for m, w in zip(row, (18, 12, 18)))
-        for d in ("X", "Y"):
-            res = summary[variant]["test"].get(d)
-            line += " | " + cell(res["sampled999"]["MRR"] if res else None, 15)
-        print(line + (f" | {entry[variant]:>{len(names[0]) + 13}.2f}" if entry else ""))
+        print(" | ".join([f"{m:>{w}}" for m, w in zip(row, (18, 12, 18))]
+                         + [f"{cell(at(summary, variant, 'test', d, 'sampled999', 'MRR')):>15}" for d in ("X", "Y")]
+                         + ([f"{entry[variant]:>{len(names[0]) + 13}.2f}"] if entry else [])))
 
 
 def value_text(value) -> str:

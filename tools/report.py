@@ -122,7 +122,7 @@ def at(results: dict, folder: Path, *keys, kind):
 def mrr_cell(res: dict, folder: Path, model: str, split: str, d: str, p: str) -> str:
     s = {k: at(res, folder, "summary", model, split, d, p, "MRR", k, kind=kinds)
          for k, kinds in (("mean", NUMBER), ("std", NUMBER + (type(None),)))}
-    return cell(s, 0).strip()
+    return cell(s)
 
 
 def seeds(res: dict, folder: Path, model: str) -> list:
