@@ -1,11 +1,8 @@
-"""The evaluation protocols: which test cases a model answers, the candidates it ranks the ground truth among, the
-rank (ties counted fairly), the metrics and the split into cold and warm targets; what a run checks in its scenario
-first; a run's numbers: mean ± std over seeds, a paired bootstrap of IFCDSR against every other row, and the tables
-in the layout of the paper's Tables 2, 3 and 4.
-
+"""The evaluation protocols (the cases a model answers, the candidates it ranks the ground truth among, fair ranks,
+the metrics, cold and warm targets), a scenario's checks before a run, and a run's numbers: mean ± std over seeds, a
+paired bootstrap of IFCDSR against every other row, and the tables in the layout of the paper's Tables 2, 3 and 4.
 Every model is scored by `score_fn(history, items, shape)` -> (B, |items|) scores of the target domain's items (Eq. 9
-ranks only those), for the cases whose ground truth lies there. Dimensions: S cases, B a batch of them, n items.
-"""
+ranks only those), for the cases whose ground truth lies there. Dimensions: S cases, B a batch of them, n items."""
 from __future__ import annotations
 
 import numpy as np
@@ -90,8 +87,8 @@ def on_device(cases: EvalSet, items: slice, neg: torch.Tensor, device, batch: in
 
 
 def rank_batch(score_fn, cases: EvalSet, resident: tuple, items: slice, b: slice, pad: int | None) -> tuple:
-    """The cases `b` of a pass, on the device and without waiting for it: (sampled999 ranks (B,), full ranks (B,),
-    whether their scores' sum is finite: one cheap pass that finds a NaN, which compares false and so would rank first).
+    """The cases `b` of a pass, on the device, without waiting for it: (sampled999 ranks (B,), full ranks (B,), whether
+    the sum of their scores is finite: a cheap check for a NaN, which compares false and so would rank first).
     Note: rank = 1 + (candidates scoring strictly higher) + ½·(other candidates scoring the same): the
     expected rank under a random tie-break. C2DSR counts a tie (within 1e-5) as a win, which flatters a
     model with many equal scores, such as popularity (every unseen item scores 0)."""
@@ -141,9 +138,8 @@ def metrics(ranks: dict) -> dict:
 
 
 def warm_items(scen: Scenario) -> torch.Tensor:
-    """(N,) bool: the items that occur in the training tensors, i.e. in the last max_len + 1 items of a
-    training sequence (an item only in an older, cut part of one counts as cold); a test target outside them
-    is cold, something an ID embedding cannot have learnt (an image embedding can)."""
+    """(N,) bool: the items of the training tensors, the last max_len + 1 of each training sequence (an item only in
+    an older, cut part is cold); a test target outside them an ID embedding cannot have learnt (an image one can)."""
     return item_counts(scen.train, scen.items.num_items) > 0
 
 
@@ -159,12 +155,11 @@ def by_target(ranks: dict, cases: EvalSet, warm: torch.Tensor) -> dict:
 
 def check_cases(scen: Scenario, targets) -> None:
     """Every target domain has validation and test cases (a ground truth in that domain)."""
-    for target in targets:
-        for split in ("valid", "test"):
-            if len(eval_cases(getattr(scen, split), scen, target)) == 0:
-                raise DataError(f"{scen.path / SPLIT_FILES[split]}: no sequence ends in an item of domain {target}, "
-                                f"so a model for target {target} could be neither selected nor tested. Pass "
-                                f"--target {'Y' if target == 'X' else 'X'}, or add such sequences.")
+    for target, split in [(t, split) for t in targets for split in ("valid", "test")]:
+        if len(eval_cases(getattr(scen, split), scen, target)) == 0:
+            raise DataError(f"{scen.path / SPLIT_FILES[split]}: no sequence ends in an item of domain {target}, so "
+                            f"a model for target {target} could be neither selected nor tested. Pass "
+                            f"--target {'Y' if target == 'X' else 'X'}, or add such sequences.")
 
 
 def data_warnings(scen: Scenario, targets) -> list[str]:
@@ -176,8 +171,7 @@ def data_warnings(scen: Scenario, targets) -> list[str]:
         notes.append(f"{zero:,} of {N:,} items ({100 * zero / N:.1f}%) have no image (a zero row in "
                      f"{EMBEDDINGS_FILE}): only their ID embedding can rank them")
     seen = {tuple(r) for r in torch.cat([scen.train.inputs.xy, scen.train.targets.xy[:, -1:]], 1).tolist()}
-    for split in ("valid", "test"):
-        cases = getattr(scen, split)
+    for split, cases in (("valid", scen.valid), ("test", scen.test)):
         repeats = sum(tuple(r) in seen for r in torch.cat([cases.history.xy, cases.target[:, None]], 1).tolist())
         if repeats:
             notes.append(f"{repeats:,} of {len(cases):,} {split} sequences repeat a training sequence (their "
@@ -328,26 +322,25 @@ def print_tables(name: str, summary: dict, sig: dict, reference: str | None, see
     others (warm), and the paired intervals of IFCDSR - row."""
     entry, models, names = paper(name), [m for m in LABELS if m in summary], dict(zip("XY", domain_names(name)))
     domains = [d for d in ("X", "Y") if any(d in summary[m]["test"] for m in models)]
+    columns, kinds = [(d, m) for d in domains for m in SHOWN], [(d, k) for d in domains for k in ("cold", "warm")]
     over = f"mean ± std over {len(seeds)} seeds" if len(seeds) > 1 else f"seed {seeds[0]}"
     cases = summary[models[-1]]["test_by_target"]
     for p in PROTOCOLS:
         title = {"sampled999": "999 sampled negatives (as C2DSR evaluates; the paper names no protocol)",
                  "full": "full ranking of the target domain"}[p]
         print(f"\nTest set, {title}; %, {over}")
-        print_table(f"Model ({names['X']}-{names['Y']})", [f"MRR ({names[d]})" if m == "MRR" else m
-                                                            for d in domains for m in SHOWN], 15, {
-            LABELS[m]: [cell(at(summary, m, "test", d, p, metric),
-                             " *" if metric == "MRR" and at(sig, m, d, p, "significant") else "")
-                        for d in domains for metric in SHOWN] for m in models})
+        print_table(f"Model ({names['X']}-{names['Y']})", [f"MRR ({names[d]})" if k == "MRR" else k
+                                                            for d, k in columns], 15, {
+            LABELS[m]: [cell(at(summary, m, "test", d, p, k),
+                             " *" if k == "MRR" and at(sig, m, d, p, "significant") else "") for d, k in columns]
+            for m in models})
         if entry and p == "sampled999":
             print(f"The paper's {entry['table']} (its own split of the data: not comparable number for number):")
             for label, row in entry["rows"].items():
-                given = dict(zip([(d, m) for d in "XY" for m in SHOWN[:3]], row))  # no HR@10
-                print(line(f"  {label} (paper)", [f"{given[d, m]:.2f}" if (d, m) in given else "-"
-                                                  for d in domains for m in SHOWN], 15))
-        kinds = [(d, kind) for d in domains for kind in ("cold", "warm")]
-        print_table("MRR by target", [f"{kind} {names[d]} ({cases[kind][d]['cases']})" for d, kind in kinds], 19,
-                    {LABELS[m]: [cell(at(summary, m, "test_by_target", kind, d, p, "MRR")) for d, kind in kinds]
+                given = dict(zip([(d, k) for d in "XY" for k in SHOWN[:3]], row))  # no HR@10
+                print(line(f"  {label} (paper)", [f"{given[c]:.2f}" if c in given else "-" for c in columns], 15))
+        print_table("MRR by target", [f"{k} {names[d]} ({cases[k][d]['cases']})" for d, k in kinds], 19,
+                    {LABELS[m]: [cell(at(summary, m, "test_by_target", k, d, p, "MRR")) for d, k in kinds]
                      for m in models})
         if reference and len(models) > 1:  # a row to compare with
             print_table(f"{LABELS[reference]} - row", [f"MRR {names[d]}, 95% interval" for d in domains], 28, {
