@@ -255,39 +255,31 @@ def significance(ranks: dict, reference: str) -> dict:
 # ----------------------------------------------------------------------------- a run's results
 
 
-class RunResults:
-    """A run's results.json and test ranks, gathered one row and seed at a time (`add`), then summarised
-    (`finish`): mean ± std over the seeds, and the paired bootstrap of IFCDSR against every other row."""
-
-    def __init__(self, header: dict, warm: torch.Tensor):
-        self.results, self.warm = {**header, "runs": {}}, warm  # warm: evaluate.warm_items of the scenario
-        self.ranks = {}  # {model: {domain: {protocol: [(S,) ranks, one per seed]}}}
-
-    def add(self, model: str, seed: int | None, per_target: dict[str, dict]) -> None:
-        """One row and seed, {target: its result}, as an entry of runs[model]: {key: {target: value}} of every
-        key but the test ranks and cases, which give `ranks` and the cold/warm split `test_by_target`."""
+def run_results(header: dict, warm: torch.Tensor, rows) -> tuple[dict, dict]:
+    """A run's results.json and test_ranks.npz's arrays from its rows, (model, seed, {target: result}) one row and
+    seed at a time, `warm` the scenario's `warm_items`. Each row and seed is an entry of runs[model], {key: {target:
+    value}} of every key but the test ranks and cases, which give the cold/warm split `test_by_target` and the arrays,
+    every test case's rank under `<model>/<seed>/<domain>/<protocol>` (popularity's under seed None); the summary is
+    the mean ± std over the seeds, with the paired bootstrap of IFCDSR against every other row."""
+    results, ranks = {**header, "runs": {}}, {}  # ranks: {model: {domain: {protocol: [(S,) ranks, one per seed]}}}
+    for model, seed, per_target in rows:
         entry, split = {"seed": seed}, {}
         for target, res in per_target.items():
             for key in [k for k in res if k not in ("ranks", "cases")]:
                 entry.setdefault(key, {})[target] = res[key]
             for p, r in res["ranks"].items():
-                self.ranks.setdefault(model, {}).setdefault(target, {}).setdefault(p, []).append(r)
-            for kind, part in by_target(res["ranks"], res["cases"], self.warm).items():
+                ranks.setdefault(model, {}).setdefault(target, {}).setdefault(p, []).append(r)
+            for kind, part in by_target(res["ranks"], res["cases"], warm).items():
                 split.setdefault(kind, {})[target] = part
-        self.results["runs"].setdefault(model, []).append({**entry, "test_by_target": split})
-
-    def finish(self) -> tuple[dict, dict]:
-        """(results.json, test_ranks.npz's arrays): every test case's rank under the key
-        `<model>/<seed>/<domain>/<protocol>`, popularity's under seed None."""
-        runs = self.results["runs"]
-        self.results["summary"] = {m: {k: aggregate([e[k] for e in entries])
-                                       for k in ("valid", "test", "test_by_target")} for m, entries in runs.items()}
-        reference = next((m for m in ("ifcdsr", "ifcdsr_id") if m in runs), None)
-        self.results["significance"] = {"reference": reference,
-                                        "rows": significance(self.ranks, reference) if reference else {}}
-        return self.results, {f"{m}/{e['seed']}/{d}/{p}": r.numpy() for m, by_domain in self.ranks.items()
-                              for d, by_protocol in by_domain.items() for p, per_seed in by_protocol.items()
-                              for e, r in zip(runs[m], per_seed)}
+        results["runs"].setdefault(model, []).append({**entry, "test_by_target": split})
+    runs = results["runs"]
+    results["summary"] = {m: {k: aggregate([e[k] for e in entries]) for k in ("valid", "test", "test_by_target")}
+                          for m, entries in runs.items()}
+    reference = next((m for m in ("ifcdsr", "ifcdsr_id") if m in runs), None)
+    results["significance"] = {"reference": reference, "rows": significance(ranks, reference) if reference else {}}
+    return results, {f"{m}/{e['seed']}/{d}/{p}": r.numpy() for m, by_domain in ranks.items()
+                     for d, by_protocol in by_domain.items() for p, per_seed in by_protocol.items()
+                     for e, r in zip(runs[m], per_seed)}
 
 
 # ----------------------------------------------------------------------------- tables
