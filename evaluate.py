@@ -166,19 +166,16 @@ def data_warnings(scen: Scenario, targets) -> list[str]:
     """What a run's numbers should be read with: items without an image, held-out sequences that repeat a
     training sequence, and a domain too small for 999 distinct negatives."""
     N, notes = scen.items.num_items, []
-    zero = 0 if scen.E_img is None else int((scen.E_img == 0).all(dim=1).sum())
-    if zero:
+    if scen.E_img is not None and (zero := int((scen.E_img == 0).all(dim=1).sum())):
         notes.append(f"{zero:,} of {N:,} items ({100 * zero / N:.1f}%) have no image (a zero row in "
                      f"{EMBEDDINGS_FILE}): only their ID embedding can rank them")
     seen = {tuple(r) for r in torch.cat([scen.train.inputs.xy, scen.train.targets.xy[:, -1:]], 1).tolist()}
     for split, cases in (("valid", scen.valid), ("test", scen.test)):
-        repeats = sum(tuple(r) in seen for r in torch.cat([cases.history.xy, cases.target[:, None]], 1).tolist())
-        if repeats:
+        if repeats := sum(tuple(r) in seen for r in torch.cat([cases.history.xy, cases.target[:, None]], 1).tolist()):
             notes.append(f"{repeats:,} of {len(cases):,} {split} sequences repeat a training sequence (their "
                          f"last {scen.train.inputs.xy.shape[1] + 1} items): their targets were trained on")
     for target in targets:
-        n = len(range(N)[target_items(scen, target)])
-        if n - 1 < NUM_NEGATIVES:
+        if (n := len(range(N)[target_items(scen, target)])) - 1 < NUM_NEGATIVES:
             notes.append(f"domain {target} has {n:,} items: its {NUM_NEGATIVES} sampled negatives repeat some of "
                          f"the other {n - 1:,}, which makes the sampled999 protocol harder than full ranking")
     return notes
@@ -206,13 +203,10 @@ SHOWN = ("MRR", "NDCG@5", "NDCG@10", "HR@10")  # the columns of Tables 2/3, and 
 RESAMPLES, BOOTSTRAP_SEED = 1000, 0
 
 
-def paper(name: str) -> dict | None:
-    """The paper's entry for a scenario named like food_kitchen, Food-Kitchen, movie_book or Movie-Book."""
-    return PAPER.get(name.lower().replace("-", "_"))
-
-
-def domain_names(name: str) -> tuple[str, str]:
-    return paper(name)["names"] if paper(name) else ("X", "Y")
+def paper(name: str) -> dict:
+    """The paper's entry for a scenario named like food_kitchen, Food-Kitchen, movie_book or Movie-Book; for any other
+    scenario only the names of its domains, X and Y."""
+    return PAPER.get(name.lower().replace("-", "_"), {"names": ("X", "Y")})
 
 
 # ----------------------------------------------------------------------------- seeds
@@ -256,11 +250,11 @@ def significance(ranks: dict, reference: str) -> dict:
 
 
 def run_results(header: dict, warm: torch.Tensor, rows) -> tuple[dict, dict]:
-    """A run's results.json and test_ranks.npz's arrays from its rows, (model, seed, {target: result}) one row and
-    seed at a time, `warm` the scenario's `warm_items`. Each row and seed is an entry of runs[model], {key: {target:
-    value}} of every key but the test ranks and cases, which give the cold/warm split `test_by_target` and the arrays,
-    every test case's rank under `<model>/<seed>/<domain>/<protocol>` (popularity's under seed None); the summary is
-    the mean ± std over the seeds, with the paired bootstrap of IFCDSR against every other row."""
+    """A run's results.json and test_ranks.npz's arrays from its rows, (model, seed, {target: result}) read one at a
+    time, `warm` the scenario's `warm_items`. A row and seed is an entry of runs[model]: {key: {target: value}} of every
+    key but the test ranks and cases, which give `test_by_target` (cold/warm) and the arrays, each case's rank under
+    `<model>/<seed>/<domain>/<protocol>` (popularity's seed None); summarised as mean ± std over the seeds and the
+    paired bootstrap of IFCDSR against every other row."""
     results, ranks = {**header, "runs": {}}, {}  # ranks: {model: {domain: {protocol: [(S,) ranks, one per seed]}}}
     for model, seed, per_target in rows:
         entry, split = {"seed": seed}, {}
@@ -312,7 +306,8 @@ def print_tables(name: str, summary: dict, sig: dict, reference: str | None, see
     """Tables 2/3: one table per protocol, mean ± std over seeds, * where IFCDSR's difference is significant, and
     the paper's rows; under each, MRR of the test cases whose target never occurs in training (cold) and of the
     others (warm), and the paired intervals of IFCDSR - row."""
-    entry, models, names = paper(name), [m for m in LABELS if m in summary], dict(zip("XY", domain_names(name)))
+    entry, models = paper(name), [m for m in LABELS if m in summary]
+    names = dict(zip("XY", entry["names"]))
     domains = [d for d in ("X", "Y") if any(d in summary[m]["test"] for m in models)]
     columns, kinds = [(d, m) for d in domains for m in SHOWN], [(d, k) for d in domains for k in ("cold", "warm")]
     over = f"mean ± std over {len(seeds)} seeds" if len(seeds) > 1 else f"seed {seeds[0]}"
@@ -326,7 +321,7 @@ def print_tables(name: str, summary: dict, sig: dict, reference: str | None, see
             LABELS[m]: [cell(at(summary, m, "test", d, p, k),
                              " *" if k == "MRR" and at(sig, m, d, p, "significant") else "") for d, k in columns]
             for m in models})
-        if entry and p == "sampled999":
+        if "rows" in entry and p == "sampled999":
             print(f"The paper's {entry['table']} (its own split of the data: not comparable number for number):")
             for label, row in entry["rows"].items():
                 given = dict(zip([(d, k) for d in "XY" for k in SHOWN[:3]], row))  # no HR@10
@@ -346,7 +341,7 @@ def print_tables(name: str, summary: dict, sig: dict, reference: str | None, see
 def print_ablation(name: str, summary: dict) -> None:
     """Table 4: MRR (999 sampled negatives) of each ablation row, mean ± std over seeds."""
     marks = {"original": ("✓", " ", " "), "image_fusion": ("✓", "✓", " "), "ifcdsr": ("✓", "✓", "✓")}
-    names, entry = domain_names(name), (paper(name) or {}).get("ablation")
+    names, entry = paper(name)["names"], paper(name).get("ablation")
     head = (f"{'original-framework':>18} | {'image fusion':>12} | {'multiple attention':>18} | "
             + " | ".join(f"{'MRR (' + n + ')':>15}" for n in names) + (f" | MRR ({names[0]}, paper)" if entry else ""))
     print(f"\nTable 4 (ablation, test set, 999 sampled negatives, %)\n{head}\n{'-' * len(head)}")

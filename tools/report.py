@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from data import atomic_write, file_problem
-from evaluate import LABELS, PROTOCOLS, cell, domain_names, paired_bootstrap, print_run
+from evaluate import LABELS, PROTOCOLS, cell, paired_bootstrap, paper, print_run
 from train import safe_output
 
 # ----------------------------------------------------------------------------- learning curves
@@ -51,7 +51,7 @@ def plot(folder: Path) -> Path:
             for view, ax in zip(views, losses):
                 if view in history[0]["loss"]:
                     ax.plot([h["epoch"] for h in history], [h["loss"][view] for h in history], color=f"C{i}")
-        mrr.set_title(f"{LABELS[model]}, target {domain_names(results['scenario'])['XY'.index(d)]}: "
+        mrr.set_title(f"{LABELS[model]}, target {paper(results['scenario'])['names']['XY'.index(d)]}: "
                       f"valid MRR (%)", fontsize=9)
         mrr.legend(fontsize=7)
         for view, ax in zip(views, losses):
