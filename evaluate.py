@@ -44,7 +44,7 @@ def negatives(cases: EvalSet, items: slice, split: str, target: str) -> torch.Te
     evaluation draws them, so a case may meet the same negative twice."""
     rng = np.random.default_rng([NEGATIVE_SEED, ("valid", "test").index(split), ("X", "Y").index(target)])
     local = rng.integers(0, items.stop - items.start - 1, size=(len(cases), NUM_NEGATIVES))
-    return torch.from_numpy(local + (local >= (cases.target - items.start).numpy()[:, None]))  # over the ground truth
+    return torch.from_numpy(local + (local >= (cases.target - items.start).numpy()[:, None]))  # skips the ground truth
 
 
 def rank_metrics(rank: torch.Tensor) -> dict[str, float] | None:
@@ -155,7 +155,7 @@ def by_target(ranks: dict, cases: EvalSet, warm: torch.Tensor) -> dict:
 
 def check_cases(scen: Scenario, targets) -> None:
     """Every target domain has validation and test cases (a ground truth in that domain)."""
-    for target, split in [(t, split) for t in targets for split in ("valid", "test")]:
+    for target, split in [(t, s) for t in targets for s in ("valid", "test")]:
         if len(eval_cases(getattr(scen, split), scen, target)) == 0:
             raise DataError(f"{scen.path / SPLIT_FILES[split]}: no sequence ends in an item of domain {target}, so "
                             f"a model for target {target} could be neither selected nor tested. Pass "
