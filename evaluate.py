@@ -1,13 +1,8 @@
-"""The evaluation protocols: which test cases a model answers, which candidates it ranks the ground truth
-among, the rank (ties counted fairly), the metrics, and the split into cold and warm targets; what a run checks
-in its scenario first; then a run's numbers a researcher can cite: each seed's metrics aggregated to mean ± std,
-a paired bootstrap of IFCDSR against every other row, and the printed tables in the layout of the paper's
-Tables 2, 3 and 4.
-
-Every model is evaluated the same way: `score_fn(history, items)` -> (B, |items|) scores of the target
-domain's items (Eq. 9 ranks only those), for the cases whose ground truth lies in the target domain.
-Dimension letters: S cases, B a batch of them, n items of the target domain.
-"""
+"""The evaluation protocols (the cases a model answers, the candidates it ranks the ground truth among, fair ranks,
+the metrics, cold and warm targets), a scenario's checks before a run, and a run's numbers: mean ± std over seeds, a
+paired bootstrap of IFCDSR against every other row, and the tables in the layout of the paper's Tables 2, 3 and 4.
+Every model is scored by `score_fn(history, items, shape)` -> (B, |items|) scores of the target domain's items (Eq. 9
+ranks only those), for the cases whose ground truth lies there. Dimensions: S cases, B a batch of them, n items."""
 from __future__ import annotations
 
 import numpy as np
@@ -18,8 +13,7 @@ from data import EMBEDDINGS_FILE, SPLIT_FILES, DataError, EvalSet, Scenario, Vie
 
 METRICS = ("MRR", "NDCG@5", "NDCG@10", "HR@1", "HR@5", "HR@10")
 PROTOCOLS = ("sampled999", "full")  # C2DSR's 999 sampled negatives; full ranking of the target domain
-NUM_NEGATIVES = 999
-NEGATIVE_SEED = 0  # the negatives come from this one seed, whatever the training seed (see `negatives`)
+NUM_NEGATIVES, NEGATIVE_SEED = 999, 0  # the negatives come from this one seed, whatever the training seed
 
 
 class NonFiniteScores(ValueError):
@@ -43,31 +37,25 @@ def eval_cases(split: EvalSet, scen: Scenario, domain: str) -> EvalSet:
 
 
 def negatives(cases: EvalSet, items: slice, split: str, target: str) -> torch.Tensor:
-    """999 negatives per case, uniform over the target domain without the ground truth (C2DSR), drawn
-    once per (split, target) -> (S, 999) local item indices.
-
-    Note: drawn from NEGATIVE_SEED, not from the training seed, so that every model and every seed is
-    ranked against the same candidates (what the paired comparison of `significance` needs); with replacement,
-    as C2DSR's evaluation draws them, so a case may meet the same negative twice.
-    """
+    """(S, 999) local item indices: each case's negatives, uniform over the target domain without the ground truth
+    (C2DSR), drawn once per (split, target).
+    Note: drawn from NEGATIVE_SEED, not from the training seed, so that every model and every seed is ranked against
+    the same candidates (what the paired comparison of `significance` needs); with replacement, as C2DSR's
+    evaluation draws them, so a case may meet the same negative twice."""
     rng = np.random.default_rng([NEGATIVE_SEED, ("valid", "test").index(split), ("X", "Y").index(target)])
-    n = items.stop - items.start
-    local = rng.integers(0, n - 1, size=(len(cases), NUM_NEGATIVES))
-    target = (cases.target - items.start).numpy()[:, None]
-    return torch.from_numpy(local + (local >= target))  # skip over the ground truth
+    local = rng.integers(0, items.stop - items.start - 1, size=(len(cases), NUM_NEGATIVES))
+    return torch.from_numpy(local + (local >= (cases.target - items.start).numpy()[:, None]))  # skips the ground truth
 
 
 def rank_metrics(rank: torch.Tensor) -> dict[str, float] | None:
-    """rank (S,) 1-based -> MRR, NDCG@k, HR@k in %; None when there are no cases."""
+    """rank (S,) 1-based -> {metric: mean over the cases, in %} of 1/rank (MRR), 1/log2(rank + 1) (NDCG@k) and 1
+    (HR@k), where @k counts only the cases ranked within k; None when there are no cases."""
     if len(rank) == 0:
         return None
-    rank = rank.double()
-    out = {"MRR": (1 / rank).mean()}
-    for k in (5, 10):
-        out[f"NDCG@{k}"] = torch.where(rank <= k, 1 / torch.log2(rank + 1), 0.0).mean()
-    for k in (1, 5, 10):
-        out[f"HR@{k}"] = (rank <= k).double().mean()
-    return {m: round(100 * out[m].item(), 4) for m in METRICS}
+    r = rank.double()
+    gain = {"MRR": 1 / r, "NDCG": 1 / torch.log2(r + 1), "HR": torch.ones_like(r)}  # (S,) each
+    return {m: round(100 * (gain[name] * (r <= float(k or "inf"))).mean().item(), 4)
+            for m in METRICS for name, _, k in [m.partition("@")]}
 
 
 def to_device(batch: Views, device) -> Views:
@@ -78,14 +66,10 @@ def to_device(batch: Views, device) -> Views:
 @torch.no_grad()
 def rank_cases(score_fn, cases: EvalSet, items: slice, neg: torch.Tensor, device, batch: int,
                pad: int | None = None) -> dict:
-    """The rank of each case's ground truth among the target domain's items (Eq. 9) under both protocols:
-    {protocol: (S,) float64 ranks}. `score_fn(history, items, shape)` -> (B, |items|) scores, `shape` the
-    batch's `ifcdsr.shapes` read from the CPU copy (None without the padding id `pad`).
-
-    The cases move to the device once (`on_device`); each batch is scored and ranked there (`rank_batch`),
-    and the host waits for the device once per pass, for the ranks and the finiteness verdicts.
-    A NaN or infinite score is an error (NonFiniteScores), never a rank.
-    """
+    """{protocol: (S,) float64 ranks} of each case's ground truth among the target domain's items (Eq. 9); `shape`
+    in `score_fn`'s calls is the batch's `ifcdsr.shapes`, None without the padding id `pad`. The cases move to the
+    device once (`on_device`), each batch is ranked there (`rank_batch`), and the host waits once per pass, for the
+    ranks and the finiteness verdicts: a NaN or infinite score is an error (NonFiniteScores), never a rank."""
     resident = on_device(cases, items, neg, device, batch)
     done = [rank_batch(score_fn, cases, resident, items, slice(i, i + batch), pad)
             for i in range(0, len(cases), batch)]
@@ -96,30 +80,24 @@ def rank_cases(score_fn, cases: EvalSet, items: slice, neg: torch.Tensor, device
 
 
 def on_device(cases: EvalSet, items: slice, neg: torch.Tensor, device, batch: int) -> tuple:
-    """What every batch of a pass reads, moved to the device once: the histories, the ground truths counted
-    from the domain's first item, the negatives, and a reused (batch, n) buffer for the comparisons."""
-    flags = torch.empty(min(batch, len(cases)), items.stop - items.start, device=device)
+    """What every batch of a pass reads, on the device: the histories, the ground truths counted from the domain's
+    first item, the negatives, and a reused (batch, n) buffer for the comparisons."""
     return (to_device(cases.history, device), ifcdsr.host_to(device, cases.target - items.start),
-            ifcdsr.host_to(device, neg), flags)
+            ifcdsr.host_to(device, neg), torch.empty(min(batch, len(cases)), items.stop - items.start, device=device))
 
 
 def rank_batch(score_fn, cases: EvalSet, resident: tuple, items: slice, b: slice, pad: int | None) -> tuple:
-    """The cases `b` of a pass: (sampled999 ranks (B,), full ranks (B,), whether their scores' sum is finite),
-    all on the device; nothing here waits for it.
-
+    """The cases `b` of a pass, on the device, without waiting for it: (sampled999 ranks (B,), full ranks (B,), whether
+    the sum of their scores is finite: a cheap check for a NaN, which compares false and so would rank first).
     Note: rank = 1 + (candidates scoring strictly higher) + ½·(other candidates scoring the same): the
     expected rank under a random tie-break. C2DSR counts a tie (within 1e-5) as a win, which flatters a
-    model with many equal scores, such as popularity (every unseen item scores 0).
-    """
+    model with many equal scores, such as popularity (every unseen item scores 0)."""
     history, target, neg, flags = resident
     s = score_batch(score_fn, history, cases, items, b, pad)  # (B, n)
-    s_t = s.gather(1, target[b, None])  # (B, 1)
+    s_t, s_neg = s.gather(1, target[b, None]), s.gather(1, neg[b])  # (B, 1), (B, 999)
     # counted as 0/1 floats in a reused buffer: summing a new bool tensor is several times slower
-    higher = torch.gt(s, s_t, out=flags[:len(s_t)]).sum(1)  # (B,)
-    tied = torch.ge(s, s_t, out=flags[:len(s_t)]).sum(1) - higher - 1  # (B,) the ground truth ties itself
-    s_neg = s.gather(1, neg[b])  # (B, 999)
-    # NaN compares false with everything: it would rank first. A finite sum says every score is finite in one
-    # cheap pass; the verdicts are read after the pass
+    higher = torch.gt(s, s_t, out=flags[:len(s)]).sum(1)  # (B,)
+    tied = torch.ge(s, s_t, out=flags[:len(s)]).sum(1) - higher - 1  # (B,) the ground truth ties itself
     return 1 + (s_neg > s_t).sum(1) + (s_neg == s_t).sum(1) / 2, 1 + higher + tied / 2, s.sum().isfinite()
 
 
@@ -160,9 +138,8 @@ def metrics(ranks: dict) -> dict:
 
 
 def warm_items(scen: Scenario) -> torch.Tensor:
-    """(N,) bool: the items that occur in the training tensors, i.e. in the last max_len + 1 items of a
-    training sequence (an item only in an older, cut part of one counts as cold); a test target outside them
-    is cold, something an ID embedding cannot have learnt (an image embedding can)."""
+    """(N,) bool: the items of the training tensors, the last max_len + 1 of each training sequence (an item only in
+    an older, cut part is cold); a test target outside them an ID embedding cannot have learnt (an image one can)."""
     return item_counts(scen.train, scen.items.num_items) > 0
 
 
@@ -178,32 +155,27 @@ def by_target(ranks: dict, cases: EvalSet, warm: torch.Tensor) -> dict:
 
 def check_cases(scen: Scenario, targets) -> None:
     """Every target domain has validation and test cases (a ground truth in that domain)."""
-    for target in targets:
-        for split in ("valid", "test"):
-            if len(eval_cases(getattr(scen, split), scen, target)) == 0:
-                raise DataError(f"{scen.path / SPLIT_FILES[split]}: no sequence ends in an item of domain {target}, "
-                                f"so a model for target {target} could be neither selected nor tested. Pass "
-                                f"--target {'Y' if target == 'X' else 'X'}, or add such sequences.")
+    for target, split in [(t, s) for t in targets for s in ("valid", "test")]:
+        if len(eval_cases(getattr(scen, split), scen, target)) == 0:
+            raise DataError(f"{scen.path / SPLIT_FILES[split]}: no sequence ends in an item of domain {target}, so "
+                            f"a model for target {target} could be neither selected nor tested. Pass "
+                            f"--target {'Y' if target == 'X' else 'X'}, or add such sequences.")
 
 
 def data_warnings(scen: Scenario, targets) -> list[str]:
     """What a run's numbers should be read with: items without an image, held-out sequences that repeat a
     training sequence, and a domain too small for 999 distinct negatives."""
     N, notes = scen.items.num_items, []
-    zero = 0 if scen.E_img is None else int((scen.E_img == 0).all(dim=1).sum())
-    if zero:
+    if scen.E_img is not None and (zero := int((scen.E_img == 0).all(dim=1).sum())):
         notes.append(f"{zero:,} of {N:,} items ({100 * zero / N:.1f}%) have no image (a zero row in "
                      f"{EMBEDDINGS_FILE}): only their ID embedding can rank them")
     seen = {tuple(r) for r in torch.cat([scen.train.inputs.xy, scen.train.targets.xy[:, -1:]], 1).tolist()}
-    for split in ("valid", "test"):
-        cases = getattr(scen, split)
-        repeats = sum(tuple(r) in seen for r in torch.cat([cases.history.xy, cases.target[:, None]], 1).tolist())
-        if repeats:
+    for split, cases in (("valid", scen.valid), ("test", scen.test)):
+        if repeats := sum(tuple(r) in seen for r in torch.cat([cases.history.xy, cases.target[:, None]], 1).tolist()):
             notes.append(f"{repeats:,} of {len(cases):,} {split} sequences repeat a training sequence (their "
                          f"last {scen.train.inputs.xy.shape[1] + 1} items): their targets were trained on")
     for target in targets:
-        n = len(range(N)[target_items(scen, target)])
-        if n - 1 < NUM_NEGATIVES:
+        if (n := len(range(N)[target_items(scen, target)])) - 1 < NUM_NEGATIVES:
             notes.append(f"domain {target} has {n:,} items: its {NUM_NEGATIVES} sampled negatives repeat some of "
                          f"the other {n - 1:,}, which makes the sampled999 protocol harder than full ranking")
     return notes
@@ -231,55 +203,44 @@ SHOWN = ("MRR", "NDCG@5", "NDCG@10", "HR@10")  # the columns of Tables 2/3, and 
 RESAMPLES, BOOTSTRAP_SEED = 1000, 0
 
 
-def paper(name: str) -> dict | None:
-    """The paper's entry for a scenario named like food_kitchen, Food-Kitchen, movie_book or Movie-Book."""
-    return PAPER.get(name.lower().replace("-", "_"))
-
-
-def domain_names(name: str) -> tuple[str, str]:
-    return paper(name)["names"] if paper(name) else ("X", "Y")
+def paper(name: str) -> dict:
+    """The paper's entry for a scenario named like food_kitchen, Food-Kitchen, movie_book or Movie-Book; for any other
+    scenario only the names of its domains, X and Y."""
+    return PAPER.get(name.lower().replace("-", "_"), {"names": ("X", "Y")})
 
 
 # ----------------------------------------------------------------------------- seeds
 
 
-def stats(values: list[float]) -> dict:
-    """{"mean", "std" (sample std; None for one value), "n"}."""
-    v = np.asarray(values, dtype=float)
-    return {"mean": round(float(v.mean()), 4), "std": round(float(v.std(ddof=1)), 4) if len(v) > 1 else None,
-            "n": len(v)}
-
-
-def aggregate(per_seed: list[dict]) -> dict:
-    """Nested dicts of the same shape, one per seed, with numbers at the leaves -> the same shape with
-    `stats` at the leaves ("cases" counts, equal for every seed, are kept as they are; None stays None)."""
+def aggregate(per_seed: list) -> dict | None:
+    """Nested dicts of the same shape, one per seed, with numbers at the leaves -> the same shape with {"mean", "std"
+    (sample std; None for one seed), "n"} at the leaves ("cases" counts, equal for every seed, are kept; None stays)."""
     first = per_seed[0]
     if isinstance(first, dict):
         return {k: (first[k] if k == "cases" else aggregate([s[k] for s in per_seed])) for k in first}
-    return None if first is None else stats(per_seed)
+    v = np.asarray(per_seed, dtype=float)  # (seeds,)
+    return None if first is None else {"mean": round(float(v.mean()), 4),
+                                       "std": round(float(v.std(ddof=1)), 4) if len(v) > 1 else None, "n": len(v)}
 
 
 # ----------------------------------------------------------------------------- significance
 
 
-def paired_bootstrap(rr_ref: np.ndarray, rr_row: np.ndarray, resamples: int = RESAMPLES,
-                     seed: int = BOOTSTRAP_SEED) -> dict:
+def paired_bootstrap(rr_ref: np.ndarray, rr_row: np.ndarray) -> dict:
     """MRR(ref) - MRR(row) in % from per-case reciprocal ranks of the same cases, with a 95% interval from
-    `resamples` bootstrap resamples of the cases; significant when the interval excludes 0."""
+    RESAMPLES bootstrap resamples of the cases; significant when the interval excludes 0."""
     diff = 100 * (np.asarray(rr_ref, float) - np.asarray(rr_row, float))  # (S,) paired differences
-    rng = np.random.default_rng(seed)
-    means = diff[rng.integers(0, len(diff), size=(resamples, len(diff)))].mean(axis=1)  # (resamples,)
-    low, high = np.percentile(means, [2.5, 97.5])
+    pick = np.random.default_rng(BOOTSTRAP_SEED).integers(0, len(diff), size=(RESAMPLES, len(diff)))
+    low, high = np.percentile(diff[pick].mean(axis=1), [2.5, 97.5])  # of the (RESAMPLES,) resampled means
     return {"mrr_diff": round(float(diff.mean()), 4), "low": round(float(low), 4), "high": round(float(high), 4),
-            "significant": bool(low > 0 or high < 0), "cases": len(diff), "resamples": resamples}
+            "significant": bool(low > 0 or high < 0), "cases": len(diff), "resamples": RESAMPLES}
 
 
 def significance(ranks: dict, reference: str) -> dict:
     """ranks {model: {domain: {protocol: [(S,) ranks, one per seed]}}} -> {model: {domain: {protocol:
     paired_bootstrap}}} for every model but the reference, each case's reciprocal rank averaged over seeds."""
-    def rr(model, d, p):
-        return torch.stack([1 / r for r in ranks[model][d][p]]).mean(0).numpy()  # (S,)
-
+    def rr(model, d, p):  # (S,)
+        return torch.stack([1 / r for r in ranks[model][d][p]]).mean(0).numpy()
     return {m: {d: {p: paired_bootstrap(rr(reference, d, p), rr(m, d, p)) for p in PROTOCOLS}
                 for d in ranks[m] if d in ranks[reference]}
             for m in ranks if m != reference}
@@ -288,133 +249,106 @@ def significance(ranks: dict, reference: str) -> dict:
 # ----------------------------------------------------------------------------- a run's results
 
 
-class RunResults:
-    """A run's results.json and test ranks, gathered one row and seed at a time (`add`), then summarised
-    (`finish`): mean ± std over the seeds, and the paired bootstrap of IFCDSR against every other row."""
-
-    def __init__(self, header: dict, warm: torch.Tensor):
-        self.results, self.warm = {**header, "runs": {}}, warm  # warm: evaluate.warm_items of the scenario
-        self.ranks = {}  # {model: {domain: {protocol: [(S,) ranks, one per seed]}}}
-
-    def add(self, model: str, seed: int | None, per_target: dict[str, dict]) -> None:
-        """One row and seed, {target: its result}, as an entry of runs[model]: {key: {target: value}} of every
-        key but the test ranks and cases, which give `ranks` and the cold/warm split `test_by_target`."""
-        entry = {"seed": seed}
+def run_results(header: dict, warm: torch.Tensor, rows) -> tuple[dict, dict]:
+    """A run's results.json and test_ranks.npz's arrays from its rows, (model, seed, {target: result}) read one at a
+    time, `warm` the scenario's `warm_items`. A row and seed is an entry of runs[model]: {key: {target: value}} of every
+    key but the test ranks and cases, which give `test_by_target` (cold/warm) and the arrays, each case's rank under
+    `<model>/<seed>/<domain>/<protocol>` (popularity's seed None); summarised as mean ± std over the seeds and the
+    paired bootstrap of IFCDSR against every other row."""
+    results, ranks = {**header, "runs": {}}, {}  # ranks: {model: {domain: {protocol: [(S,) ranks, one per seed]}}}
+    for model, seed, per_target in rows:
+        entry, split = {"seed": seed}, {}
         for target, res in per_target.items():
-            for key, value in res.items():
-                if key == "ranks":
-                    for p, r in value.items():
-                        self.ranks.setdefault(model, {}).setdefault(target, {}).setdefault(p, []).append(r)
-                elif key != "cases":
-                    entry.setdefault(key, {})[target] = value
-            entry.setdefault("test_by_target", {})
-            for kind, part in by_target(res["ranks"], res["cases"], self.warm).items():
-                entry["test_by_target"].setdefault(kind, {})[target] = part
-        self.results["runs"].setdefault(model, []).append(entry)
-
-    def finish(self) -> tuple[dict, dict]:
-        """(results.json, test_ranks.npz's arrays): every test case's rank under the key
-        `<model>/<seed>/<domain>/<protocol>`, popularity's under seed None."""
-        runs = self.results["runs"]
-        self.results["summary"] = {m: {k: aggregate([e[k] for e in entries])
-                                       for k in ("valid", "test", "test_by_target")} for m, entries in runs.items()}
-        reference = next((m for m in ("ifcdsr", "ifcdsr_id") if m in runs), None)
-        self.results["significance"] = {"reference": reference,
-                                        "rows": significance(self.ranks, reference) if reference else {}}
-        arrays = {}
-        for m, by_domain in self.ranks.items():
-            for d, by_protocol in by_domain.items():
-                arrays.update({f"{m}/{e['seed']}/{d}/{p}": r.numpy() for p, per_seed in by_protocol.items()
-                               for e, r in zip(runs[m], per_seed)})
-        return self.results, arrays
+            for key in [k for k in res if k not in ("ranks", "cases")]:
+                entry.setdefault(key, {})[target] = res[key]
+            for p, r in res["ranks"].items():
+                ranks.setdefault(model, {}).setdefault(target, {}).setdefault(p, []).append(r)
+            for kind, part in by_target(res["ranks"], res["cases"], warm).items():
+                split.setdefault(kind, {})[target] = part
+        results["runs"].setdefault(model, []).append({**entry, "test_by_target": split})
+    runs = results["runs"]
+    results["summary"] = {m: {k: aggregate([e[k] for e in entries]) for k in ("valid", "test", "test_by_target")}
+                          for m, entries in runs.items()}
+    reference = next((m for m in ("ifcdsr", "ifcdsr_id") if m in runs), None)
+    results["significance"] = {"reference": reference, "rows": significance(ranks, reference) if reference else {}}
+    return results, {f"{m}/{e['seed']}/{d}/{p}": r.numpy() for m, by_domain in ranks.items()
+                     for d, by_protocol in by_domain.items() for p, per_seed in by_protocol.items()
+                     for e, r in zip(runs[m], per_seed)}
 
 
 # ----------------------------------------------------------------------------- tables
 
 
-def cell(s: dict | None, width: int = 13, mark: str = "") -> str:
-    if s is None:
-        return "-".rjust(width)
-    text = f"{s['mean']:.2f}" + (f" ± {s['std']:.2f}" if s["std"] is not None else "") + mark
-    return text.rjust(width)
+def at(tree: dict | None, *keys):
+    """tree[k1][k2]..., or None where a key is missing or a value on the way is None."""
+    for k in keys:
+        tree = tree.get(k) if tree else None
+    return tree
+
+
+def cell(s: dict | None, mark: str = "") -> str:
+    """A table's cell: mean ± std (the mean alone for one seed), or - for none."""
+    return "-" if s is None else f"{s['mean']:.2f}" + (f" ± {s['std']:.2f}" if s["std"] is not None else "") + mark
+
+
+def line(label: str, cells: list[str], width: int) -> str:
+    """A row of a table: the label in 24 columns, then each cell right-aligned in `width` after a bar."""
+    return (f"{label:<24}" + "".join(f" | {c:>{width}}" for c in cells)).rstrip()
+
+
+def print_table(corner: str, heads: list[str], width: int, rows: dict[str, list[str]]) -> None:
+    """A table: its head, a rule and a line per {label: cells}."""
+    head = line(corner, heads, width)
+    print(head, "-" * len(head), *(line(label, cells, width) for label, cells in rows.items()), sep="\n")
 
 
 def print_tables(name: str, summary: dict, sig: dict, reference: str | None, seeds: list) -> None:
-    """Tables 2/3: one table per protocol, mean ± std over seeds, * where IFCDSR's difference is significant;
-    under each, MRR of the cases with a cold and a warm target, and the paired intervals."""
-    names, entry, models = domain_names(name), paper(name), [m for m in LABELS if m in summary]
+    """Tables 2/3: one table per protocol, mean ± std over seeds, * where IFCDSR's difference is significant, and
+    the paper's rows; under each, MRR of the test cases whose target never occurs in training (cold) and of the
+    others (warm), and the paired intervals of IFCDSR - row."""
+    entry, models = paper(name), [m for m in LABELS if m in summary]
+    names = dict(zip("XY", entry["names"]))
     domains = [d for d in ("X", "Y") if any(d in summary[m]["test"] for m in models)]
+    columns, kinds = [(d, m) for d in domains for m in SHOWN], [(d, k) for d in domains for k in ("cold", "warm")]
     over = f"mean ± std over {len(seeds)} seeds" if len(seeds) > 1 else f"seed {seeds[0]}"
+    cases = summary[models[-1]]["test_by_target"]
     for p in PROTOCOLS:
         title = {"sampled999": "999 sampled negatives (as C2DSR evaluates; the paper names no protocol)",
                  "full": "full ranking of the target domain"}[p]
-        head = f"{'Model (' + '-'.join(names) + ')':<24}" + "".join(
-            f" | {(m + ' (' + names['XY'.index(d)] + ')') if m == 'MRR' else m:>15}" for d in domains for m in SHOWN)
-        print(f"\nTest set, {title}; %, {over}\n{head}\n{'-' * len(head)}")
-        for m in models:
-            line = f"{LABELS[m]:<24}"
-            for d in domains:
-                res = summary[m]["test"].get(d)
-                for metric in SHOWN:
-                    star = " *" if metric == "MRR" and sig.get(m, {}).get(d, {}).get(p, {}).get("significant") else ""
-                    line += " | " + cell(res[p][metric] if res else None, 15, star)
-            print(line)
-        if entry and p == "sampled999":
+        print(f"\nTest set, {title}; %, {over}")
+        print_table(f"Model ({names['X']}-{names['Y']})", [f"MRR ({names[d]})" if k == "MRR" else k
+                                                            for d, k in columns], 15, {
+            LABELS[m]: [cell(at(summary, m, "test", d, p, k),
+                             " *" if k == "MRR" and at(sig, m, d, p, "significant") else "") for d, k in columns]
+            for m in models})
+        if "rows" in entry and p == "sampled999":
             print(f"The paper's {entry['table']} (its own split of the data: not comparable number for number):")
             for label, row in entry["rows"].items():
-                values = [f"{v:.2f}" for v in row]
-                cells = [values[0], values[1], values[2], "-", values[3], values[4], values[5], "-"]
-                print(f"{'  ' + label + ' (paper)':<24}" + "".join(
-                    f" | {c:>15}" for c, d in zip(cells, ("X",) * 4 + ("Y",) * 4) if d in domains))
-        print_cold_warm(summary, models, domains, names, p)
+                given = dict(zip([(d, k) for d in "XY" for k in SHOWN[:3]], row))  # no HR@10
+                print(line(f"  {label} (paper)", [f"{given[c]:.2f}" if c in given else "-" for c in columns], 15))
+        print_table("MRR by target", [f"{k} {names[d]} ({cases[k][d]['cases']})" for d, k in kinds], 19,
+                    {LABELS[m]: [cell(at(summary, m, "test_by_target", k, d, p, "MRR")) for d, k in kinds]
+                     for m in models})
         if reference and len(models) > 1:  # a row to compare with
-            print_significance(sig, reference, models, domains, names, p)
-
-
-def print_cold_warm(summary: dict, models: list, domains: list, names: tuple, p: str) -> None:
-    """MRR of the test cases whose target never occurs in training (cold) and of the others (warm)."""
-    first = summary[models[-1]]["test_by_target"]
-    head = f"{'MRR by target':<24}" + "".join(
-        f" | {kind + ' ' + names['XY'.index(d)] + ' (' + str(first[kind][d]['cases']) + ')':>19}"
-        for d in domains for kind in ("cold", "warm"))
-    print(f"{head}\n{'-' * len(head)}")
-    for m in models:
-        by = summary[m]["test_by_target"]
-        print(f"{LABELS[m]:<24}" + "".join(
-            " | " + cell(by[kind][d][p]["MRR"] if d in by[kind] and by[kind][d][p] else None, 19)
-            for d in domains for kind in ("cold", "warm")))
-
-
-def print_significance(sig: dict, reference: str, models: list, domains: list, names: tuple, p: str) -> None:
-    head = f"{LABELS[reference] + ' - row':<24}" + "".join(
-        f" | {'MRR ' + names['XY'.index(d)] + ', 95% interval':>28}" for d in domains)
-    print(f"{head}\n{'-' * len(head)}")
-    for m in models:
-        if m == reference:
-            continue
-        cells = []
-        for d in domains:
-            s = sig[m].get(d, {}).get(p)
-            cells.append("-" if s is None else f"{s['mrr_diff']:+.2f} [{s['low']:+.2f}, {s['high']:+.2f}]"
-                                               + (" *" if s["significant"] else "  "))
-        print((f"{LABELS[m]:<24}" + "".join(f" | {c:>28}" for c in cells)).rstrip())
-    print(f"(* the paired bootstrap interval excludes 0: {RESAMPLES:,} resamples of the test cases, each case's "
-          f"reciprocal rank averaged over the seeds)")
+            print_table(f"{LABELS[reference]} - row", [f"MRR {names[d]}, 95% interval" for d in domains], 28, {
+                LABELS[m]: ["-" if b is None else f"{b['mrr_diff']:+.2f} [{b['low']:+.2f}, {b['high']:+.2f}]"
+                            + (" *" if b["significant"] else "  ") for b in (at(sig, m, d, p) for d in domains)]
+                for m in models if m != reference})
+            print(f"(* the paired bootstrap interval excludes 0: {RESAMPLES:,} resamples of the test cases, each "
+                  f"case's reciprocal rank averaged over the seeds)")
 
 
 def print_ablation(name: str, summary: dict) -> None:
     """Table 4: MRR (999 sampled negatives) of each ablation row, mean ± std over seeds."""
     marks = {"original": ("✓", " ", " "), "image_fusion": ("✓", "✓", " "), "ifcdsr": ("✓", "✓", "✓")}
-    names, entry = domain_names(name), (paper(name) or {}).get("ablation")
+    names, entry = paper(name)["names"], paper(name).get("ablation")
     head = (f"{'original-framework':>18} | {'image fusion':>12} | {'multiple attention':>18} | "
             + " | ".join(f"{'MRR (' + n + ')':>15}" for n in names) + (f" | MRR ({names[0]}, paper)" if entry else ""))
     print(f"\nTable 4 (ablation, test set, 999 sampled negatives, %)\n{head}\n{'-' * len(head)}")
     for variant, row in marks.items():
-        line = " | ".join(f"{m:>{w}}" for m, w in zip(row, (18, 12, 18)))
-        for d in ("X", "Y"):
-            res = summary[variant]["test"].get(d)
-            line += " | " + cell(res["sampled999"]["MRR"] if res else None, 15)
-        print(line + (f" | {entry[variant]:>{len(names[0]) + 13}.2f}" if entry else ""))
+        print(" | ".join([f"{m:>{w}}" for m, w in zip(row, (18, 12, 18))]
+                         + [f"{cell(at(summary, variant, 'test', d, 'sampled999', 'MRR')):>15}" for d in ("X", "Y")]
+                         + ([f"{entry[variant]:>{len(names[0]) + 13}.2f}"] if entry else [])))
 
 
 def value_text(value) -> str:

@@ -40,9 +40,9 @@ import fused_loss
 from data import (EMBEDDINGS_FILE, SPLIT_FILES, DataError, Progress, Scenario, Views, atomic_write,
                   atomic_write_all, atomic_write_text, duration, fetch_list, file_problem, load_scenario,
                   read_users, resolve_scenario)
-from evaluate import (PROTOCOLS, NonFiniteScores, RunResults, check_cases, data_warnings, eval_batch, eval_cases, grid_text,
-                      metrics, negatives, point_name, print_run, rank_cases, target_items, to_device, top_items,
-                      warm_items)
+from evaluate import (PROTOCOLS, NonFiniteScores, check_cases, data_warnings, eval_batch, eval_cases, grid_text,
+                      metrics, negatives, point_name, print_run, rank_cases, run_results, target_items, to_device,
+                      top_items, warm_items)
 from ifcdsr import CHOICES, IFCDSR, PRINTED, RANGES, AttentionEncoder, Config, ConfigError, shapes
 
 SELECT = ("sampled999", "MRR")  # the validation number that selects epochs and hyper-parameters
@@ -392,14 +392,11 @@ def train_rows(s: Settings, name: str, folder: Path, models: list[str], out: Pat
                                                       f"validation" if s.grid else ""), flush=True)
     print("".join(f"warning: {note}\n" for note in data_warnings(scen, s.targets)), end="", flush=True)
     result = partial(row_result, s=s, scen=scen, out=out, progress=RunProgress(models, s.seeds, s.targets, s.grid))
-    collected = RunResults({
+    rows = ((m, seed, result(m, seed)) for m in models for seed in (s.seeds if ROWS[m].trained else [None]))
+    results, ranks = run_results({
         "scenario": name, "data_dir": str(folder), "data_sha256": scen.data_sha256, "config": asdict(s.cfg),
         "literal": s.literal, "deterministic": s.deterministic, "models": models, "seeds": s.seeds,
-        **({"grid": s.grid} if s.grid else {})}, warm_items(scen))
-    for model in models:
-        for seed in s.seeds if ROWS[model].trained else [None]:
-            collected.add(model, seed, result(model, seed))
-    results, ranks = collected.finish()
+        **({"grid": s.grid} if s.grid else {})}, warm_items(scen), rows)
     save_run(out, results, ranks)
     lock.close()
     print_run(results)  # the same as `python -m tools.report RUN`

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from data import atomic_write, file_problem
-from evaluate import LABELS, PROTOCOLS, cell, domain_names, paired_bootstrap, print_run
+from evaluate import LABELS, PROTOCOLS, cell, paired_bootstrap, paper, print_run
 from train import safe_output
 
 # ----------------------------------------------------------------------------- learning curves
@@ -51,7 +51,7 @@ def plot(folder: Path) -> Path:
             for view, ax in zip(views, losses):
                 if view in history[0]["loss"]:
                     ax.plot([h["epoch"] for h in history], [h["loss"][view] for h in history], color=f"C{i}")
-        mrr.set_title(f"{LABELS[model]}, target {domain_names(results['scenario'])['XY'.index(d)]}: "
+        mrr.set_title(f"{LABELS[model]}, target {paper(results['scenario'])['names']['XY'.index(d)]}: "
                       f"valid MRR (%)", fontsize=9)
         mrr.legend(fontsize=7)
         for view, ax in zip(views, losses):
@@ -122,7 +122,7 @@ def at(results: dict, folder: Path, *keys, kind):
 def mrr_cell(res: dict, folder: Path, model: str, split: str, d: str, p: str) -> str:
     s = {k: at(res, folder, "summary", model, split, d, p, "MRR", k, kind=kinds)
          for k, kinds in (("mean", NUMBER), ("std", NUMBER + (type(None),)))}
-    return cell(s, 0).strip()
+    return cell(s)
 
 
 def seeds(res: dict, folder: Path, model: str) -> list:
