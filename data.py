@@ -49,7 +49,8 @@ C2DSR_FILES = ("the Google Drive folder linked from the README of https://github
                "(https://drive.google.com/drive/folders/1xpnp6tH56xz8PF_xuTi9exEptmcvlAVU)")
 AMAZON_2014 = "http://jmcauley.ucsd.edu/data/amazon/"  # McAuley et al., SIGIR 2015; He & McAuley, WWW 2016
 DEMO_SEED = 0  # the generated demo scenario's seed
-NATURAL, INTEGER = re.compile(r"[0-9]+"), re.compile(r"-?[0-9]+")  # ids, times: ASCII digits (not '１２' or '٣')
+NATURAL = re.compile(r"[0-9]+")  # ids: ASCII digits (not '１２' or '٣')
+EVENT = re.compile(r"(?s)\s*([0-9]+)\s*\|\s*(-?[0-9]+)\s*(\|.*)?")  # item|unix_ts|date|..., of a sequence line
 
 
 class DataError(Exception):
@@ -120,69 +121,59 @@ class Scenario:
 
 
 def read_text_lines(path: Path) -> list[str]:
-    """The lines of a UTF-8 text file; a file that cannot be read or is not UTF-8 is a DataError naming it
-    (and the line)."""
+    """The lines of a UTF-8 text file, without their ends; a DataError names a file that cannot be read, or the
+    line that is not UTF-8."""
     try:
-        problem = path.exists() and file_problem(path)  # a FIFO would block the read, /dev/zero fill memory
-        if problem:
+        if problem := file_problem(path):  # a FIFO would block the read, /dev/zero fill memory
             raise OSError(problem)
         raw = path.read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found.") from None
-    except OSError as err:  # a folder, a symlink loop, a FIFO or a device, no permission
+        lines = raw.decode("utf-8").split("\n")
+    except OSError as err:  # missing, a folder, a symlink loop, a FIFO or a device, no permission
         raise DataError(f"{path}: cannot be read ({err.strerror or err}); expected a text file.") from None
-    lines = raw.split(b"\n")
-    if lines[-1] == b"":  # the end of the last line, not a line
-        lines.pop()
-    for lineno, line in enumerate(lines, 1):
-        try:
-            lines[lineno - 1] = line.decode("utf-8").rstrip("\r")
-        except UnicodeDecodeError as err:
-            raise DataError(f"{path}:{lineno}: not UTF-8 text (byte {line[err.start]:#04x} at column {err.start + 1});"
-                            f" expected a text file, not a compressed or binary one.") from None
-    return lines
+    except UnicodeDecodeError as err:
+        lineno, column = raw.count(b"\n", 0, err.start) + 1, err.start - raw.rfind(b"\n", 0, err.start)
+        raise DataError(f"{path}:{lineno}: not UTF-8 text (byte {raw[err.start]:#04x} at column {column}); "
+                        f"expected a text file, not a compressed or binary one.") from None
+    return [line.rstrip("\r") for line in (lines[:-1] if lines[-1] == "" else lines)]  # "" ends the last line
 
 
-def _lines(path: Path) -> list[str]:
+def _lines(path: Path) -> list[tuple[int, str]]:
+    """The non-blank lines of a scenario file with their numbers; at least one."""
     if not path.exists() and not path.is_symlink():
-        raise DataError(f"{path}: file not found. A scenario directory needs Alist.txt, Blist.txt, "
-                        f"{', '.join(SPLIT_FILES.values())} (docs/data.md says where to get them).")
-    lines = read_text_lines(path)
-    if not any(line.strip() for line in lines):
+        raise DataError(f"{path}: file not found. A scenario directory needs {', '.join(SCENARIO_FILES)} "
+                        f"(docs/data.md says where to get them).")
+    lines = [(lineno, line) for lineno, line in enumerate(read_text_lines(path), 1) if line.strip()]
+    if not lines:
         raise DataError(f"{path}: the file is empty; expected at least one line.")
     return lines
 
 
+def _expected(path: Path, lineno: int, expected: str, found: str) -> DataError:
+    return DataError(f"{path}:{lineno}: expected {expected}, found {found[:120]!r}.")
+
+
 def _read_item_list(path: Path) -> list[str]:
     """Alist/Blist: raw_id<TAB>ASIN<TAB>local_index; returns ASINs ordered by local index."""
-    rows, seen = {}, {}
-    for lineno, line in enumerate(_lines(path), 1):
-        if not line.strip():
-            continue
-        fields = line.rstrip().split("\t")  # trailing whitespace, as in the sequence files
-        if len(fields) != 3 or not fields[1].strip() or not NATURAL.fullmatch(fields[2].strip()):
-            raise DataError(f"{path}:{lineno}: expected 'raw_id<TAB>ASIN<TAB>local_index' with an ASIN and an "
-                            f"integer index, found {line[:120]!r}.")
-        index, asin = int(fields[2]), fields[1].strip()
-        if index in rows:
-            raise DataError(f"{path}:{lineno}: local index {index} appears twice.")
-        if asin in seen:  # two items would share one image (images/<ASIN>.jpg)
-            raise DataError(f"{path}:{lineno}: ASIN {asin} appears twice (also line {seen[asin]}); each item needs "
-                            f"an ASIN of its own.")
-        rows[index], seen[asin] = asin, lineno
-    if sorted(rows) != list(range(len(rows))):
-        missing = next(i for i in range(len(rows)) if i not in rows)
-        raise DataError(f"{path}: local indices must be 0..{len(rows) - 1} without gaps; {missing} is missing.")
-    return [rows[i] for i in range(len(rows))]
+    asins, first = {}, {}  # local index -> ASIN; ("ASIN" or "local index", value) -> the line it is on
+    for lineno, line in _lines(path):
+        fields = [f.strip() for f in line.rstrip().split("\t")]  # trailing whitespace, as in the sequence files
+        if len(fields) != 3 or not fields[1] or not NATURAL.fullmatch(fields[2]):
+            raise _expected(path, lineno, "'raw_id<TAB>ASIN<TAB>local_index' with an ASIN and an integer index", line)
+        for key in (("local index", int(fields[2])), ("ASIN", fields[1])):  # an ASIN names an image too
+            if key in first:
+                raise DataError(f"{path}:{lineno}: {key[0]} {key[1]} appears twice (also line {first[key]}); each "
+                                f"item needs one of its own.")
+            first[key] = lineno
+        asins[int(fields[2])] = fields[1]
+    if (missing := min(set(range(len(asins))) - asins.keys(), default=None)) is not None:
+        raise DataError(f"{path}: local indices must be 0..{len(asins) - 1} without gaps; {missing} is missing.")
+    return [asins[i] for i in range(len(asins))]
 
 
 def read_items(scenario_dir: str | Path) -> Items:
-    scenario_dir = Path(scenario_dir)
-    asins_x = _read_item_list(scenario_dir / "Alist.txt")
-    asins_y = _read_item_list(scenario_dir / "Blist.txt")
-    both = sorted(set(asins_x) & set(asins_y))
-    if both:
-        raise DataError(f"{scenario_dir / 'Blist.txt'}: ASIN {both[0]} (and {len(both) - 1} more) is also in "
+    asins_x, asins_y = (_read_item_list(Path(scenario_dir) / name) for name in ("Alist.txt", "Blist.txt"))
+    if both := sorted(set(asins_x) & set(asins_y)):
+        raise DataError(f"{Path(scenario_dir) / 'Blist.txt'}: ASIN {both[0]} (and {len(both) - 1} more) is also in "
                         f"Alist.txt; an item belongs to one domain, and each item needs an ASIN of its own.")
     return Items(asins_x + asins_y, len(asins_x), len(asins_y))
 
@@ -190,82 +181,62 @@ def read_items(scenario_dir: str | Path) -> Items:
 def read_sequences(path: Path, num_items: int) -> list[list[int]]:
     """One list of global item ids per line, sorted stably by unix timestamp."""
     sequences = []
-    for lineno, line in enumerate(_lines(path), 1):
-        if not line.strip():
-            continue
+    for lineno, line in _lines(path):
         fields = line.rstrip().split("\t")  # trailing whitespace, as C2DSR's reader strips it
         if len(fields) < 3 or not fields[0].strip() or not fields[1].strip():
-            raise DataError(f"{path}:{lineno}: expected 'user<TAB>inter_id<TAB>item|unix_ts|date|<TAB>...' with a "
-                            f"user and an interaction id, found {line[:120]!r}.")
-        events = []
+            raise _expected(path, lineno, "'user<TAB>inter_id<TAB>item|unix_ts|date|<TAB>...' with a user and an "
+                            "interaction id", line)
+        events = []  # (unix_ts, item)
         for token in fields[2:]:
-            parts = token.split("|")
-            if len(parts) < 2 or not NATURAL.fullmatch(parts[0].strip()) or not INTEGER.fullmatch(parts[1].strip()):
-                raise DataError(f"{path}:{lineno}: expected an interaction 'item|unix_ts|date|' with a non-negative "
-                                f"integer item id and an integer time, found {token[:120]!r}.")
-            item, ts = int(parts[0]), int(parts[1])
-            if item >= num_items:
-                raise DataError(f"{path}:{lineno}: item id {item} is out of range; Alist+Blist define "
+            if not (event := EVENT.fullmatch(token)):
+                raise _expected(path, lineno, "an interaction 'item|unix_ts|date|' with a non-negative integer item "
+                                "id and an integer time", token)
+            if int(event[1]) >= num_items:
+                raise DataError(f"{path}:{lineno}: item id {int(event[1])} is out of range; Alist+Blist define "
                                 f"{num_items} items (ids 0..{num_items - 1}). Is this the right scenario?")
-            events.append((ts, item))
+            events.append((int(event[2]), int(event[1])))
         if len(events) < 2:
             raise DataError(f"{path}:{lineno}: a sequence needs at least 2 interactions (history + target), "
                             f"found {len(events)}.")
-        events.sort(key=lambda e: e[0])  # Python's sort is stable: equal timestamps keep file order
-        sequences.append([item for _, item in events])
+        sequences.append([item for _, item in sorted(events, key=lambda e: e[0])])  # stable: ties keep file order
     return sequences
 
 
 def read_users(path: Path) -> list[str]:
     """The user column of a sequence file, one per sequence, in the order of `read_sequences`."""
-    return [line.split("\t")[0].strip() for line in _lines(path) if line.strip()]
-
-
-def _starts_with(path: Path, magic: bytes) -> bool:
-    with open(path, "rb") as f:
-        return f.read(len(magic)) == magic
+    return [line.split("\t")[0].strip() for _, line in _lines(path)]
 
 
 def load_image_embeddings(path: Path, num_items: int, name: str | None = None) -> torch.Tensor:
+    """(N, e) float32 image embeddings from a .npy file that is never unpickled, with a finite row per item."""
     if not path.exists():
         raise DataError(
             f"{path}: image embeddings not found. Build them with\n"
             f"    python -m tools.embed --scenario-dir {path.parent} --images {path.parent / 'images'}\n"
             f"(docs/clip.md), or train the ID-only model with --no-image." + fetch_list(name))
-    try:  # never a pickle; memory-mapped, so that a header that lies about the shape costs nothing
-        problem = file_problem(path)  # a FIFO would block np.load
-        if problem:
+    redo = "rebuild it with tools/embed.py, or train the ID-only model with --no-image"
+    try:  # memory-mapped, so that a header that lies about the shape costs nothing
+        if problem := file_problem(path):  # a FIFO would block np.load
             raise OSError(problem)
+        with open(path, "rb") as f:
+            if f.read(6) != b"\x93NUMPY":  # np.load would take it for a pickle
+                raise ValueError("it does not start with NumPy's .npy header")
         E = np.load(path, allow_pickle=False, mmap_mode="r")
-    except (ValueError, OSError, EOFError) as err:  # a pickle, garbage, a truncated file, a folder
-        if isinstance(err, OSError):
-            why = err
-        elif not _starts_with(path, b"\x93NUMPY"):
-            why = "it does not start with NumPy's .npy header"
-        elif "objects" in str(err):  # an object array: its items are pickles
-            why = "pickled Python objects, which are never loaded"
-        else:
-            why = err
-        raise DataError(f"{path}: not a readable .npy array ({why}); rebuild it with tools/embed.py.") from None
-    if E.ndim != 2 or E.shape[0] != num_items:
-        raise DataError(f"{path}: expected shape ({num_items}, e), one row per item of Alist+Blist; "
-                        f"found {E.shape}. Rebuild it for this scenario.")
-    if not np.issubdtype(E.dtype, np.floating):
-        raise DataError(f"{path}: expected a float32 array, found dtype {E.dtype}.")
-    if E.shape[1] == 0:
-        raise DataError(f"{path}: expected e >= 1 values per item, found shape {E.shape}; rebuild it with "
-                        f"tools/embed.py, or train the ID-only model with --no-image.")
-    for bad, what in ((~np.isfinite(E), "a non-finite value"),
-                      (np.isfinite(E) & (np.abs(E) > np.finfo(np.float32).max), "a value beyond float32's range "
-                                                                                 "(±3.4e38)")):
-        rows = bad.any(axis=1)
-        if rows.any():
+    except (ValueError, OSError, EOFError) as err:  # garbage, a truncated file, an object array, a folder
+        why = "pickled Python objects, which are never loaded" if "objects" in str(err) else err
+        raise DataError(f"{path}: not a readable .npy array ({why}); {redo}.") from None
+    if E.ndim != 2 or E.shape[0] != num_items or E.shape[1] == 0 or not np.issubdtype(E.dtype, np.floating):
+        raise DataError(f"{path}: expected shape ({num_items}, e) with e >= 1, one row per item of Alist+Blist, "
+                        f"and a float dtype; found shape {E.shape}, dtype {E.dtype}; {redo}.")
+    for bad, what in ((~np.isfinite(E), "a non-finite value"),  # then every value is finite:
+                      (np.abs(E) > np.finfo(np.float32).max, "a value beyond float32's range (±3.4e38)")):
+        if (rows := bad.any(axis=1)).any():
             raise DataError(f"{path}: row {int(np.argmax(rows))} (and {int(rows.sum()) - 1} more) has {what}; "
                             f"expected finite float32 numbers (an all-zero row means 'no image').")
     E = np.array(E, dtype=np.float32)  # (N, e), read into memory
     if not E.any():
         raise DataError(f"{path}: every row is zero, so no item has an image and the image branch would add "
-                        f"nothing; rebuild it with tools/embed.py, or train the ID-only model with --no-image.")
+                        f"nothing; {redo}.")
     return torch.from_numpy(E)
 
 
