@@ -1,19 +1,13 @@
-"""Files -> tensors for IFCDSR: the C2DSR scenario format, image embeddings, and
-the generated demo scenario; and what every command shares about files: written whole or not at all,
-read only when regular, and progress lines with a rate and an ETA.
+"""Files -> tensors: the C2DSR scenario format, image embeddings, the generated demo scenario; and what every
+command shares about files: written whole or not at all, read only when regular, progress lines.
 
 A scenario directory holds (C2DSR's format, docs/data.md, "The C2DSR scenarios"):
     Alist.txt, Blist.txt     one item a line: raw_id<TAB>ASIN<TAB>local_index
     traindata_new.txt        one user a line: user<TAB>inter_id<TAB>item|unix_ts|date|<TAB>...
-    validdata_new.txt        same; the last item (by time) is the ground truth
-    testdata_new.txt         same
-    image_embeddings.npy     (|X|+|Y|, e) float32 CLIP image embeddings, row = global id
-
-Items live in one global id space: domain X (Alist) has ids 0..|X|-1, domain Y
-(Blist) has ids |X|..|X|+|Y|-1, and the padding id is N = |X|+|Y|.
-
-Shapes: S sequences, L = max_len positions (left-padded, so the most recent
-item of every view is at position L-1).
+    valid/testdata_new.txt   the same; the last item (by time) is the ground truth
+    image_embeddings.npy     (N, e) float32 CLIP image embeddings, row = global id
+Global ids: domain X (Alist) 0..|X|-1, domain Y (Blist) |X|..N-1; N = |X|+|Y| is the padding id. Shapes: S
+sequences, L = max_len positions, left-padded (the most recent item of every view is at position L-1).
 """
 from __future__ import annotations
 
@@ -42,13 +36,6 @@ SCENARIOS = {"food_kitchen": ROOT / "data" / "Food-Kitchen", "movie_book": ROOT 
 SPLIT_FILES = {"train": "traindata_new.txt", "valid": "validdata_new.txt", "test": "testdata_new.txt"}
 EMBEDDINGS_FILE = "image_embeddings.npy"
 SCENARIO_FILES = ("Alist.txt", "Blist.txt", *SPLIT_FILES.values())
-SOURCES = {  # where a named scenario's files come from (docs/data.md): C2DSR's folder, the Amazon categories
-    "food_kitchen": ("Food-Kitchen", ("Grocery_and_Gourmet_Food", "Home_and_Kitchen")),
-    "movie_book": ("Movie-Book", ("Movies_and_TV", "Books"))}
-C2DSR_FILES = ("the Google Drive folder linked from the README of https://github.com/cjx96/C2DSR "
-               "(https://drive.google.com/drive/folders/1xpnp6tH56xz8PF_xuTi9exEptmcvlAVU)")
-AMAZON_2014 = "http://jmcauley.ucsd.edu/data/amazon/"  # McAuley et al., SIGIR 2015; He & McAuley, WWW 2016
-DEMO_SEED = 0  # the generated demo scenario's seed
 NATURAL = re.compile(r"[0-9]+")  # ids: ASCII digits (not '１２' or '٣')
 EVENT = re.compile(r"(?s)\s*([0-9]+)\s*\|\s*(-?[0-9]+)\s*(\|.*)?")  # item|unix_ts|date|..., of a sequence line
 
@@ -246,8 +233,7 @@ def load_image_embeddings(path: Path, num_items: int, name: str | None = None) -
 def _left_pad(rows: list[list[int]], length: int, pad: int) -> torch.Tensor:
     out = np.full((len(rows), length), pad, dtype=np.int64)
     for r, row in enumerate(rows):
-        if row:
-            out[r, length - len(row):] = row
+        out[r, length - len(row):] = row  # an empty row: an empty slice
     return torch.from_numpy(out)
 
 
@@ -263,13 +249,10 @@ def make_train_set(sequences: list[list[int]], num_x: int, max_len: int, pad: in
     Note: every next-item position of a training sequence is a target; the paper's Eq. 6 sums over x_t in S^X
     without saying which sequences or positions (C2DSR trains on the last 10 positions of each sequence only).
     """
-    cut = [seq[-(max_len + 1):] for seq in sequences]  # inputs of at most max_len items
-    full = _views(cut, num_x, max_len + 1, pad)  # (S, L+1); left padding keeps view[:, 1:] aligned
-    inputs, targets = full[:, :-1], full[:, 1:]
-    # a view's first item is no target: nothing precedes it (its input position is padding)
-    for v in ("x", "y", "xy"):
-        setattr(targets, v, getattr(targets, v).masked_fill(getattr(inputs, v) == pad, pad))
-    return TrainSet(inputs, targets)
+    full = _views([seq[-(max_len + 1):] for seq in sequences], num_x, max_len + 1, pad)  # (S, L+1), left-padded
+    # view[:, 1:] is the next item of view[:, :-1]; a view's first item is no target (its input is padding)
+    targets = [v[:, 1:].masked_fill(v[:, :-1] == pad, pad) for v in (full.x, full.y, full.xy)]
+    return TrainSet(full[:, :-1], Views(*targets))
 
 
 def item_counts(train: TrainSet, num_items: int) -> torch.Tensor:
@@ -301,50 +284,42 @@ def load_scenario(path: str | Path, *, max_len: int, use_images: bool, name: str
         if n < 2:
             raise DataError(f"{path / file}: domain {domain} has {n} item; a scenario needs at least 2 in each "
                             f"domain (a ground truth and a candidate to rank it against).")
-    pad = items.num_items
-    seqs = {split: read_sequences(path / file, items.num_items) for split, file in SPLIT_FILES.items()}
-    E_img = load_image_embeddings(path / EMBEDDINGS_FILE, items.num_items, name) if use_images else None
-    return Scenario(
-        name=name or path.name, path=path, items=items,
-        train=make_train_set(seqs["train"], items.num_x, max_len, pad),
-        valid=make_eval_set(seqs["valid"], items.num_x, max_len, pad),
-        test=make_eval_set(seqs["test"], items.num_x, max_len, pad),
-        E_img=E_img,
-        data_sha256=fingerprint([path / f for f in ("Alist.txt", "Blist.txt", *SPLIT_FILES.values())]),
-        images_sha256=fingerprint([path / EMBEDDINGS_FILE]) if use_images else None,
-    )
+    num_x, pad = items.num_x, items.num_items
+    train, valid, test = (read_sequences(path / file, pad) for file in SPLIT_FILES.values())
+    E_img = load_image_embeddings(path / EMBEDDINGS_FILE, pad, name) if use_images else None
+    return Scenario(name or path.name, path, items, make_train_set(train, num_x, max_len, pad),
+                    make_eval_set(valid, num_x, max_len, pad), make_eval_set(test, num_x, max_len, pad), E_img,
+                    data_sha256=fingerprint([path / f for f in SCENARIO_FILES]),
+                    images_sha256=fingerprint([path / EMBEDDINGS_FILE]) if use_images else None)
 
 
 def resolve_scenario(name: str | None, data_dir: str | None) -> tuple[str, Path]:
-    """--scenario NAME or --data-dir DIR -> (name, directory); generates the demo when asked.
-
-    The demo's data come from one fixed seed, DEMO_SEED: training seeds vary the model, never the data.
-    """
+    """--scenario NAME or --data-dir DIR -> (name, directory); generates the demo when asked."""
     if data_dir is not None:
         return Path(data_dir).name, Path(data_dir)
-    if name in (None, "demo"):
-        return "demo", make_demo(ROOT / "data" / f"demo-seed{DEMO_SEED}", seed=DEMO_SEED)
-    if name in SCENARIOS:
-        missing = [f for f in SCENARIO_FILES if not (SCENARIOS[name] / f).exists()]
-        if missing:
-            raise DataError(f"{SCENARIOS[name]}: scenario {name} is missing {', '.join(missing)}."
-                            + fetch_list(name))
-        return name, SCENARIOS[name]
-    raise DataError(f"unknown scenario {name!r}; expected one of demo, {', '.join(SCENARIOS)}, "
-                    f"or --data-dir DIR for any C2DSR-format folder.")
+    if name in (None, "demo"):  # one fixed seed: training seeds vary the model, never the data
+        return "demo", make_demo(ROOT / "data" / "demo-seed0", seed=0)
+    if name not in SCENARIOS:
+        raise DataError(f"unknown scenario {name!r}; expected one of demo, {', '.join(SCENARIOS)}, "
+                        f"or --data-dir DIR for any C2DSR-format folder.")
+    if missing := [f for f in SCENARIO_FILES if not (SCENARIOS[name] / f).exists()]:
+        raise DataError(f"{SCENARIOS[name]}: scenario {name} is missing {', '.join(missing)}." + fetch_list(name))
+    return name, SCENARIOS[name]
 
 
 def fetch_list(name: str) -> str:
     """What a named scenario needs, where each file comes from and where it goes ("" for any other name)."""
-    if name not in SOURCES:
+    categories = {"food_kitchen": ("Grocery_and_Gourmet_Food", "Home_and_Kitchen"),  # of the 2014 Amazon data:
+                  "movie_book": ("Movies_and_TV", "Books")}  # McAuley et al., SIGIR 2015; He & McAuley, WWW 2016
+    if name not in categories:
         return ""
-    folder, (cat_x, cat_y) = SCENARIOS[name], SOURCES[name][1]
-    meta = [f"meta_{cat}.json.gz" for cat in (cat_x, cat_y)]
+    folder, meta = SCENARIOS[name], [f"meta_{category}.json.gz" for category in categories[name]]
     return (f"\nScenario {name} needs, in {folder}/:\n"
-            f"  1. {', '.join(SCENARIO_FILES)}: the files of the folder {SOURCES[name][0]} of C2DSR's scenarios, "
-            f"{C2DSR_FILES}.\n"
+            f"  1. {', '.join(SCENARIO_FILES)}: the files of the folder {folder.name} of C2DSR's scenarios, the "
+            f"Google Drive folder linked from the README of https://github.com/cjx96/C2DSR "
+            f"(https://drive.google.com/drive/folders/1xpnp6tH56xz8PF_xuTi9exEptmcvlAVU).\n"
             f"  2. {EMBEDDINGS_FILE}, for the rows with images (--no-image trains without): the 2014 Amazon "
-            f"metadata {' and '.join(meta)}, published at {AMAZON_2014}, then\n"
+            f"metadata {' and '.join(meta)}, published at http://jmcauley.ucsd.edu/data/amazon/, then\n"
             f"       python -m tools.amazon images --scenario-dir {folder} --meta {' '.join(meta)}\n"
             f"       python -m tools.embed --scenario-dir {folder} --images {folder / 'images'}\n"
             f"     (embed fetches CLIP ViT-B/32's weights, 354 MB, into ~/.cache/clip once, for both scenarios)\n"
