@@ -12,7 +12,6 @@ sequences, L = max_len positions, left-padded (the most recent item of every vie
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import json
 import os
@@ -425,8 +424,7 @@ def make_demo(out: Path, *, seed: int, spec: DemoSpec = DemoSpec()) -> Path:
 
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """write(file) into a temp file beside `path`, then rename it to `path`: a reader, or a run killed at any
-    moment, sees the old file or the new one, never half of one."""
+    """write(file) into `path` by `atomic_write_all`: a reader, or a killed run, sees the old file or the new one."""
     atomic_write_all({Path(path): write})
 
 
@@ -435,15 +433,14 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def atomic_write_all(writes: dict[Path, Callable[[BinaryIO], object]]) -> None:
-    """Several files, each written into a new temp file beside it; only when all are written whole are they
-    renamed into place, one after another: a full disk or an error leaves every old file as it was. A temp file
-    is created under a new name that nothing else has (O_EXCL): whatever lies in the folder (a stale temp
-    file, a FIFO, a symlink to a file elsewhere) is never opened, followed or written."""
+    """Each file written whole into a new temp file beside it, then all renamed into place, one after another:
+    a full disk or an error leaves every old file. A temp file is created ("x": O_EXCL), so that a stale temp
+    file, a FIFO or a symlink to a file elsewhere is never opened, followed or written."""
     tmps = {}
     try:
         for path, write in writes.items():
             tmp = fresh(Path(path))
-            with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as f:
+            with open(tmp, "xb") as f:
                 tmps[path] = tmp  # created here: removed below unless it was renamed
                 write(f)
         for path, tmp in tmps.items():
@@ -458,24 +455,19 @@ def fresh(path: Path) -> Path:
     return path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
 
 
-KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-         (stat.S_ISSOCK, "a socket"))
+KINDS = {stat.S_IFREG: None, stat.S_IFDIR: "Is a directory", stat.S_IFIFO: "not a regular file but a FIFO",
+         stat.S_IFCHR: "not a regular file but a character device", stat.S_IFSOCK: "not a regular file but a socket",
+         stat.S_IFBLK: "not a regular file but a block device"}
 
 
 def file_problem(path: Path) -> str | None:
-    """None when `path` is a regular file (after following symlinks); else why it cannot be read as one, for
-    a message: 'No such file or directory', 'Is a directory', 'not a regular file but a FIFO', ... A FIFO
-    would block the reader for ever and a device like /dev/zero would be read until memory runs out, so
-    every command stats a file before it opens it."""
+    """None when `path` is a regular file (after symlinks); else why not: 'No such file or directory', 'Is a
+    directory', 'not a regular file but a FIFO', ... Every command stats a file before it opens it: a FIFO
+    would block the reader for ever, a device like /dev/zero be read until memory runs out."""
     try:
-        mode = os.stat(path).st_mode
+        return KINDS.get(stat.S_IFMT(os.stat(path).st_mode), "not a regular file but a special file")
     except OSError as err:  # missing, a dangling link, a symlink loop
         return err.strerror or str(err)
-    if stat.S_ISREG(mode):
-        return None
-    if stat.S_ISDIR(mode):
-        return os.strerror(errno.EISDIR)
-    return "not a regular file but " + next((kind for test, kind in KINDS if test(mode)), "a special file")
 
 
 @contextlib.contextmanager
@@ -497,9 +489,8 @@ def atomic_folder(out: Path, *, replace: bool = False):
 def duration(seconds: float) -> str:
     """1h02m, 4m10s or 12s."""
     seconds = max(0, round(seconds))
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+    h, m, s = seconds // 3600, seconds // 60 % 60, seconds % 60
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
 
 
 class Progress:
@@ -510,8 +501,7 @@ class Progress:
         self.what, self.total, self.unit = what, total, unit
         self.tty = sys.stderr.isatty()
         self.every = 0.5 if self.tty else every
-        self.start = self.shown = time.monotonic()
-        self.open = False  # a terminal line waits to be cleared
+        self.start = self.shown = time.monotonic()  # shown > start: a line was printed
 
     def line(self, done: int, extra: str = "") -> str:
         rate = done / max(time.monotonic() - self.start, 1e-9)
@@ -533,13 +523,11 @@ class Progress:
 
     def close(self) -> None:
         """Clears a terminal's status line, so that the next output starts on a clean line."""
-        if self.open:
+        if self.tty and self.shown > self.start:
             print("\r\033[K", end="", file=sys.stderr, flush=True)
-            self.open = False
 
     def _print(self, text: str, final: bool = False) -> None:
         if self.tty:
             print(f"\r{text}\033[K", end="\n" if final else "", file=sys.stderr, flush=True)
-            self.open = not final
         else:
             print(text, file=sys.stderr, flush=True)
