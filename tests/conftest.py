@@ -15,7 +15,7 @@ import torch  # noqa: E402
 
 import data  # noqa: E402
 import train  # noqa: E402
-from demo import DemoSpec, make_demo  # noqa: E402
+from data import DemoSpec, make_demo  # noqa: E402
 from ifcdsr import IFCDSR, Config  # noqa: E402
 
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))  # torch may have been imported before this file

@@ -14,8 +14,7 @@ import torch.nn.functional as F
 import data
 from baselines import GRU4Rec, GRU4RecTarget, SASRec, SASRecTarget, cross_entropy_sum, popularity_scores
 from conftest import TINY, full_batch_losses, line, run_cli, views, write_scenario
-from data import load_scenario, make_train_set
-from demo import make_demo
+from data import load_scenario, make_demo, make_train_set
 from ifcdsr import Config
 
 MERGED = (SASRec, GRU4Rec)

@@ -21,8 +21,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import train
 from conftest import TINY, run_cli
-from data import load_scenario
-from demo import make_demo
+from data import load_scenario, make_demo
 from evaluate import eval_cases, negatives, on_device, rank_batch, rank_cases
 from ifcdsr import AttentionEncoder, Config
 

@@ -1,4 +1,4 @@
-"""Tests of data.py: the C2DSR reader, the tensors of the three views, image embeddings; and of demo.py."""
+"""Tests of data.py: the C2DSR reader, the tensors of the three views, image embeddings and the demo."""
 import numpy as np
 import pytest
 import torch
@@ -6,8 +6,7 @@ import torch
 import data
 import train
 from conftest import SHARED, TINY, line, write_scenario
-from data import DataError, make_eval_set
-from demo import make_demo
+from data import DataError, make_demo, make_eval_set
 
 
 def test_reader_sorts_by_time_and_splits_domains_at_num_x(tmp_path):

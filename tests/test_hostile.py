@@ -34,8 +34,7 @@ import clip_loader
 from tools import embed
 import train
 from conftest import line, run_cli
-from data import read_items
-from demo import make_demo
+from data import make_demo, read_items
 from test_amazon import write_example, write_lines
 from test_embed import make_scenario
 

@@ -9,8 +9,7 @@ import torch
 
 import train
 from conftest import TINY, full_batch_losses, run_cli
-from data import load_scenario
-from demo import DemoSpec, make_demo
+from data import DemoSpec, load_scenario, make_demo
 from evaluate import METRICS, PROTOCOLS
 from ifcdsr import IFCDSR, Config
 
