@@ -1,24 +1,17 @@
-"""Files -> tensors for IFCDSR: the C2DSR scenario format, image embeddings, and
-the generated demo scenario; and what every command shares about files: written whole or not at all,
-read only when regular, and progress lines with a rate and an ETA.
+"""Files -> tensors: the C2DSR scenario format, image embeddings, the generated demo scenario; and what every
+command shares about files: written whole or not at all, read only when regular, progress lines.
 
 A scenario directory holds (C2DSR's format, docs/data.md, "The C2DSR scenarios"):
     Alist.txt, Blist.txt     one item a line: raw_id<TAB>ASIN<TAB>local_index
     traindata_new.txt        one user a line: user<TAB>inter_id<TAB>item|unix_ts|date|<TAB>...
-    validdata_new.txt        same; the last item (by time) is the ground truth
-    testdata_new.txt         same
-    image_embeddings.npy     (|X|+|Y|, e) float32 CLIP image embeddings, row = global id
-
-Items live in one global id space: domain X (Alist) has ids 0..|X|-1, domain Y
-(Blist) has ids |X|..|X|+|Y|-1, and the padding id is N = |X|+|Y|.
-
-Shapes: S sequences, L = max_len positions (left-padded, so the most recent
-item of every view is at position L-1).
+    valid/testdata_new.txt   the same; the last item (by time) is the ground truth
+    image_embeddings.npy     (N, e) float32 CLIP image embeddings, row = global id
+Global ids: domain X (Alist) 0..|X|-1, domain Y (Blist) |X|..N-1; N = |X|+|Y| is the padding id. Shapes: S
+sequences, L = max_len positions, left-padded (the most recent item of every view is at position L-1).
 """
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import json
 import os
@@ -42,14 +35,8 @@ SCENARIOS = {"food_kitchen": ROOT / "data" / "Food-Kitchen", "movie_book": ROOT 
 SPLIT_FILES = {"train": "traindata_new.txt", "valid": "validdata_new.txt", "test": "testdata_new.txt"}
 EMBEDDINGS_FILE = "image_embeddings.npy"
 SCENARIO_FILES = ("Alist.txt", "Blist.txt", *SPLIT_FILES.values())
-SOURCES = {  # where a named scenario's files come from (docs/data.md): C2DSR's folder, the Amazon categories
-    "food_kitchen": ("Food-Kitchen", ("Grocery_and_Gourmet_Food", "Home_and_Kitchen")),
-    "movie_book": ("Movie-Book", ("Movies_and_TV", "Books"))}
-C2DSR_FILES = ("the Google Drive folder linked from the README of https://github.com/cjx96/C2DSR "
-               "(https://drive.google.com/drive/folders/1xpnp6tH56xz8PF_xuTi9exEptmcvlAVU)")
-AMAZON_2014 = "http://jmcauley.ucsd.edu/data/amazon/"  # McAuley et al., SIGIR 2015; He & McAuley, WWW 2016
-DEMO_SEED = 0  # the generated demo scenario's seed
-NATURAL, INTEGER = re.compile(r"[0-9]+"), re.compile(r"-?[0-9]+")  # ids, times: ASCII digits (not '１２' or '٣')
+NATURAL = re.compile(r"[0-9]+")  # ids: ASCII digits (not '１２' or '٣')
+EVENT = re.compile(r"(?s)\s*([0-9]+)\s*\|\s*(-?[0-9]+)\s*(\|.*)?")  # item|unix_ts|date|..., of a sequence line
 
 
 class DataError(Exception):
@@ -120,69 +107,59 @@ class Scenario:
 
 
 def read_text_lines(path: Path) -> list[str]:
-    """The lines of a UTF-8 text file; a file that cannot be read or is not UTF-8 is a DataError naming it
-    (and the line)."""
+    """The lines of a UTF-8 text file, without their ends; a DataError names a file that cannot be read, or the
+    line that is not UTF-8."""
     try:
-        problem = path.exists() and file_problem(path)  # a FIFO would block the read, /dev/zero fill memory
-        if problem:
+        if problem := file_problem(path):  # a FIFO would block the read, /dev/zero fill memory
             raise OSError(problem)
         raw = path.read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found.") from None
-    except OSError as err:  # a folder, a symlink loop, a FIFO or a device, no permission
+        lines = raw.decode("utf-8").split("\n")
+    except OSError as err:  # missing, a folder, a symlink loop, a FIFO or a device, no permission
         raise DataError(f"{path}: cannot be read ({err.strerror or err}); expected a text file.") from None
-    lines = raw.split(b"\n")
-    if lines[-1] == b"":  # the end of the last line, not a line
-        lines.pop()
-    for lineno, line in enumerate(lines, 1):
-        try:
-            lines[lineno - 1] = line.decode("utf-8").rstrip("\r")
-        except UnicodeDecodeError as err:
-            raise DataError(f"{path}:{lineno}: not UTF-8 text (byte {line[err.start]:#04x} at column {err.start + 1});"
-                            f" expected a text file, not a compressed or binary one.") from None
-    return lines
+    except UnicodeDecodeError as err:
+        lineno, column = raw.count(b"\n", 0, err.start) + 1, err.start - raw.rfind(b"\n", 0, err.start)
+        raise DataError(f"{path}:{lineno}: not UTF-8 text (byte {raw[err.start]:#04x} at column {column}); "
+                        f"expected a text file, not a compressed or binary one.") from None
+    return [line.rstrip("\r") for line in (lines[:-1] if lines[-1] == "" else lines)]  # "" ends the last line
 
 
-def _lines(path: Path) -> list[str]:
+def _lines(path: Path) -> list[tuple[int, str]]:
+    """The non-blank lines of a scenario file with their numbers; at least one."""
     if not path.exists() and not path.is_symlink():
-        raise DataError(f"{path}: file not found. A scenario directory needs Alist.txt, Blist.txt, "
-                        f"{', '.join(SPLIT_FILES.values())} (docs/data.md says where to get them).")
-    lines = read_text_lines(path)
-    if not any(line.strip() for line in lines):
+        raise DataError(f"{path}: file not found. A scenario directory needs {', '.join(SCENARIO_FILES)} "
+                        f"(docs/data.md says where to get them).")
+    lines = [(lineno, line) for lineno, line in enumerate(read_text_lines(path), 1) if line.strip()]
+    if not lines:
         raise DataError(f"{path}: the file is empty; expected at least one line.")
     return lines
 
 
+def _expected(path: Path, lineno: int, expected: str, found: str) -> DataError:
+    return DataError(f"{path}:{lineno}: expected {expected}, found {found[:120]!r}.")
+
+
 def _read_item_list(path: Path) -> list[str]:
     """Alist/Blist: raw_id<TAB>ASIN<TAB>local_index; returns ASINs ordered by local index."""
-    rows, seen = {}, {}
-    for lineno, line in enumerate(_lines(path), 1):
-        if not line.strip():
-            continue
-        fields = line.rstrip().split("\t")  # trailing whitespace, as in the sequence files
-        if len(fields) != 3 or not fields[1].strip() or not NATURAL.fullmatch(fields[2].strip()):
-            raise DataError(f"{path}:{lineno}: expected 'raw_id<TAB>ASIN<TAB>local_index' with an ASIN and an "
-                            f"integer index, found {line[:120]!r}.")
-        index, asin = int(fields[2]), fields[1].strip()
-        if index in rows:
-            raise DataError(f"{path}:{lineno}: local index {index} appears twice.")
-        if asin in seen:  # two items would share one image (images/<ASIN>.jpg)
-            raise DataError(f"{path}:{lineno}: ASIN {asin} appears twice (also line {seen[asin]}); each item needs "
-                            f"an ASIN of its own.")
-        rows[index], seen[asin] = asin, lineno
-    if sorted(rows) != list(range(len(rows))):
-        missing = next(i for i in range(len(rows)) if i not in rows)
-        raise DataError(f"{path}: local indices must be 0..{len(rows) - 1} without gaps; {missing} is missing.")
-    return [rows[i] for i in range(len(rows))]
+    asins, first = {}, {}  # local index -> ASIN; ("ASIN" or "local index", value) -> the line it is on
+    for lineno, line in _lines(path):
+        fields = [f.strip() for f in line.rstrip().split("\t")]  # trailing whitespace, as in the sequence files
+        if len(fields) != 3 or not fields[1] or not NATURAL.fullmatch(fields[2]):
+            raise _expected(path, lineno, "'raw_id<TAB>ASIN<TAB>local_index' with an ASIN and an integer index", line)
+        for key in (("local index", int(fields[2])), ("ASIN", fields[1])):  # an ASIN names an image too
+            if key in first:
+                raise DataError(f"{path}:{lineno}: {key[0]} {key[1]} appears twice (also line {first[key]}); each "
+                                f"item needs one of its own.")
+            first[key] = lineno
+        asins[int(fields[2])] = fields[1]
+    if (missing := min(set(range(len(asins))) - asins.keys(), default=None)) is not None:
+        raise DataError(f"{path}: local indices must be 0..{len(asins) - 1} without gaps; {missing} is missing.")
+    return [asins[i] for i in range(len(asins))]
 
 
 def read_items(scenario_dir: str | Path) -> Items:
-    scenario_dir = Path(scenario_dir)
-    asins_x = _read_item_list(scenario_dir / "Alist.txt")
-    asins_y = _read_item_list(scenario_dir / "Blist.txt")
-    both = sorted(set(asins_x) & set(asins_y))
-    if both:
-        raise DataError(f"{scenario_dir / 'Blist.txt'}: ASIN {both[0]} (and {len(both) - 1} more) is also in "
+    asins_x, asins_y = (_read_item_list(Path(scenario_dir) / name) for name in ("Alist.txt", "Blist.txt"))
+    if both := sorted(set(asins_x) & set(asins_y)):
+        raise DataError(f"{Path(scenario_dir) / 'Blist.txt'}: ASIN {both[0]} (and {len(both) - 1} more) is also in "
                         f"Alist.txt; an item belongs to one domain, and each item needs an ASIN of its own.")
     return Items(asins_x + asins_y, len(asins_x), len(asins_y))
 
@@ -190,82 +167,62 @@ def read_items(scenario_dir: str | Path) -> Items:
 def read_sequences(path: Path, num_items: int) -> list[list[int]]:
     """One list of global item ids per line, sorted stably by unix timestamp."""
     sequences = []
-    for lineno, line in enumerate(_lines(path), 1):
-        if not line.strip():
-            continue
+    for lineno, line in _lines(path):
         fields = line.rstrip().split("\t")  # trailing whitespace, as C2DSR's reader strips it
         if len(fields) < 3 or not fields[0].strip() or not fields[1].strip():
-            raise DataError(f"{path}:{lineno}: expected 'user<TAB>inter_id<TAB>item|unix_ts|date|<TAB>...' with a "
-                            f"user and an interaction id, found {line[:120]!r}.")
-        events = []
+            raise _expected(path, lineno, "'user<TAB>inter_id<TAB>item|unix_ts|date|<TAB>...' with a user and an "
+                            "interaction id", line)
+        events = []  # (unix_ts, item)
         for token in fields[2:]:
-            parts = token.split("|")
-            if len(parts) < 2 or not NATURAL.fullmatch(parts[0].strip()) or not INTEGER.fullmatch(parts[1].strip()):
-                raise DataError(f"{path}:{lineno}: expected an interaction 'item|unix_ts|date|' with a non-negative "
-                                f"integer item id and an integer time, found {token[:120]!r}.")
-            item, ts = int(parts[0]), int(parts[1])
-            if item >= num_items:
-                raise DataError(f"{path}:{lineno}: item id {item} is out of range; Alist+Blist define "
+            if not (event := EVENT.fullmatch(token)):
+                raise _expected(path, lineno, "an interaction 'item|unix_ts|date|' with a non-negative integer item "
+                                "id and an integer time", token)
+            if int(event[1]) >= num_items:
+                raise DataError(f"{path}:{lineno}: item id {int(event[1])} is out of range; Alist+Blist define "
                                 f"{num_items} items (ids 0..{num_items - 1}). Is this the right scenario?")
-            events.append((ts, item))
+            events.append((int(event[2]), int(event[1])))
         if len(events) < 2:
             raise DataError(f"{path}:{lineno}: a sequence needs at least 2 interactions (history + target), "
                             f"found {len(events)}.")
-        events.sort(key=lambda e: e[0])  # Python's sort is stable: equal timestamps keep file order
-        sequences.append([item for _, item in events])
+        sequences.append([item for _, item in sorted(events, key=lambda e: e[0])])  # stable: ties keep file order
     return sequences
 
 
 def read_users(path: Path) -> list[str]:
     """The user column of a sequence file, one per sequence, in the order of `read_sequences`."""
-    return [line.split("\t")[0].strip() for line in _lines(path) if line.strip()]
-
-
-def _starts_with(path: Path, magic: bytes) -> bool:
-    with open(path, "rb") as f:
-        return f.read(len(magic)) == magic
+    return [line.split("\t")[0].strip() for _, line in _lines(path)]
 
 
 def load_image_embeddings(path: Path, num_items: int, name: str | None = None) -> torch.Tensor:
+    """(N, e) float32 image embeddings from a .npy file that is never unpickled, with a finite row per item."""
     if not path.exists():
         raise DataError(
             f"{path}: image embeddings not found. Build them with\n"
             f"    python -m tools.embed --scenario-dir {path.parent} --images {path.parent / 'images'}\n"
             f"(docs/clip.md), or train the ID-only model with --no-image." + fetch_list(name))
-    try:  # never a pickle; memory-mapped, so that a header that lies about the shape costs nothing
-        problem = file_problem(path)  # a FIFO would block np.load
-        if problem:
+    redo = "rebuild it with tools/embed.py, or train the ID-only model with --no-image"
+    try:  # memory-mapped, so that a header that lies about the shape costs nothing
+        if problem := file_problem(path):  # a FIFO would block np.load
             raise OSError(problem)
+        with open(path, "rb") as f:
+            if f.read(6) != b"\x93NUMPY":  # np.load would take it for a pickle
+                raise ValueError("it does not start with NumPy's .npy header")
         E = np.load(path, allow_pickle=False, mmap_mode="r")
-    except (ValueError, OSError, EOFError) as err:  # a pickle, garbage, a truncated file, a folder
-        if isinstance(err, OSError):
-            why = err
-        elif not _starts_with(path, b"\x93NUMPY"):
-            why = "it does not start with NumPy's .npy header"
-        elif "objects" in str(err):  # an object array: its items are pickles
-            why = "pickled Python objects, which are never loaded"
-        else:
-            why = err
-        raise DataError(f"{path}: not a readable .npy array ({why}); rebuild it with tools/embed.py.") from None
-    if E.ndim != 2 or E.shape[0] != num_items:
-        raise DataError(f"{path}: expected shape ({num_items}, e), one row per item of Alist+Blist; "
-                        f"found {E.shape}. Rebuild it for this scenario.")
-    if not np.issubdtype(E.dtype, np.floating):
-        raise DataError(f"{path}: expected a float32 array, found dtype {E.dtype}.")
-    if E.shape[1] == 0:
-        raise DataError(f"{path}: expected e >= 1 values per item, found shape {E.shape}; rebuild it with "
-                        f"tools/embed.py, or train the ID-only model with --no-image.")
-    for bad, what in ((~np.isfinite(E), "a non-finite value"),
-                      (np.isfinite(E) & (np.abs(E) > np.finfo(np.float32).max), "a value beyond float32's range "
-                                                                                 "(±3.4e38)")):
-        rows = bad.any(axis=1)
-        if rows.any():
+    except (ValueError, OSError, EOFError) as err:  # garbage, a truncated file, an object array, a folder
+        why = "pickled Python objects, which are never loaded" if "objects" in str(err) else err
+        raise DataError(f"{path}: not a readable .npy array ({why}); {redo}.") from None
+    if E.ndim != 2 or E.shape[0] != num_items or E.shape[1] == 0 or not np.issubdtype(E.dtype, np.floating):
+        raise DataError(f"{path}: expected shape ({num_items}, e) with e >= 1, one row per item of Alist+Blist, "
+                        f"and a float dtype; found shape {E.shape}, dtype {E.dtype}; {redo}.")
+    for bad, what in ((~np.isfinite(E), "a non-finite value"),  # then every value is finite:
+                      (np.abs(E) > np.finfo(np.float32).max, "a value beyond float32's range (±3.4e38)")):
+        if (rows := bad.any(axis=1)).any():
             raise DataError(f"{path}: row {int(np.argmax(rows))} (and {int(rows.sum()) - 1} more) has {what}; "
                             f"expected finite float32 numbers (an all-zero row means 'no image').")
     E = np.array(E, dtype=np.float32)  # (N, e), read into memory
     if not E.any():
         raise DataError(f"{path}: every row is zero, so no item has an image and the image branch would add "
-                        f"nothing; rebuild it with tools/embed.py, or train the ID-only model with --no-image.")
+                        f"nothing; {redo}.")
     return torch.from_numpy(E)
 
 
@@ -275,8 +232,7 @@ def load_image_embeddings(path: Path, num_items: int, name: str | None = None) -
 def _left_pad(rows: list[list[int]], length: int, pad: int) -> torch.Tensor:
     out = np.full((len(rows), length), pad, dtype=np.int64)
     for r, row in enumerate(rows):
-        if row:
-            out[r, length - len(row):] = row
+        out[r, length - len(row):] = row  # an empty row: an empty slice
     return torch.from_numpy(out)
 
 
@@ -292,13 +248,10 @@ def make_train_set(sequences: list[list[int]], num_x: int, max_len: int, pad: in
     Note: every next-item position of a training sequence is a target; the paper's Eq. 6 sums over x_t in S^X
     without saying which sequences or positions (C2DSR trains on the last 10 positions of each sequence only).
     """
-    cut = [seq[-(max_len + 1):] for seq in sequences]  # inputs of at most max_len items
-    full = _views(cut, num_x, max_len + 1, pad)  # (S, L+1); left padding keeps view[:, 1:] aligned
-    inputs, targets = full[:, :-1], full[:, 1:]
-    # a view's first item is no target: nothing precedes it (its input position is padding)
-    for v in ("x", "y", "xy"):
-        setattr(targets, v, getattr(targets, v).masked_fill(getattr(inputs, v) == pad, pad))
-    return TrainSet(inputs, targets)
+    full = _views([seq[-(max_len + 1):] for seq in sequences], num_x, max_len + 1, pad)  # (S, L+1), left-padded
+    # view[:, 1:] is the next item of view[:, :-1]; a view's first item is no target (its input is padding)
+    targets = [v[:, 1:].masked_fill(v[:, :-1] == pad, pad) for v in (full.x, full.y, full.xy)]
+    return TrainSet(full[:, :-1], Views(*targets))
 
 
 def item_counts(train: TrainSet, num_items: int) -> torch.Tensor:
@@ -330,50 +283,42 @@ def load_scenario(path: str | Path, *, max_len: int, use_images: bool, name: str
         if n < 2:
             raise DataError(f"{path / file}: domain {domain} has {n} item; a scenario needs at least 2 in each "
                             f"domain (a ground truth and a candidate to rank it against).")
-    pad = items.num_items
-    seqs = {split: read_sequences(path / file, items.num_items) for split, file in SPLIT_FILES.items()}
-    E_img = load_image_embeddings(path / EMBEDDINGS_FILE, items.num_items, name) if use_images else None
-    return Scenario(
-        name=name or path.name, path=path, items=items,
-        train=make_train_set(seqs["train"], items.num_x, max_len, pad),
-        valid=make_eval_set(seqs["valid"], items.num_x, max_len, pad),
-        test=make_eval_set(seqs["test"], items.num_x, max_len, pad),
-        E_img=E_img,
-        data_sha256=fingerprint([path / f for f in ("Alist.txt", "Blist.txt", *SPLIT_FILES.values())]),
-        images_sha256=fingerprint([path / EMBEDDINGS_FILE]) if use_images else None,
-    )
+    num_x, pad = items.num_x, items.num_items
+    train, valid, test = (read_sequences(path / file, pad) for file in SPLIT_FILES.values())
+    E_img = load_image_embeddings(path / EMBEDDINGS_FILE, pad, name) if use_images else None
+    return Scenario(name or path.name, path, items, make_train_set(train, num_x, max_len, pad),
+                    make_eval_set(valid, num_x, max_len, pad), make_eval_set(test, num_x, max_len, pad), E_img,
+                    data_sha256=fingerprint([path / f for f in SCENARIO_FILES]),
+                    images_sha256=fingerprint([path / EMBEDDINGS_FILE]) if use_images else None)
 
 
 def resolve_scenario(name: str | None, data_dir: str | None) -> tuple[str, Path]:
-    """--scenario NAME or --data-dir DIR -> (name, directory); generates the demo when asked.
-
-    The demo's data come from one fixed seed, DEMO_SEED: training seeds vary the model, never the data.
-    """
+    """--scenario NAME or --data-dir DIR -> (name, directory); generates the demo when asked."""
     if data_dir is not None:
         return Path(data_dir).name, Path(data_dir)
-    if name in (None, "demo"):
-        return "demo", make_demo(ROOT / "data" / f"demo-seed{DEMO_SEED}", seed=DEMO_SEED)
-    if name in SCENARIOS:
-        missing = [f for f in SCENARIO_FILES if not (SCENARIOS[name] / f).exists()]
-        if missing:
-            raise DataError(f"{SCENARIOS[name]}: scenario {name} is missing {', '.join(missing)}."
-                            + fetch_list(name))
-        return name, SCENARIOS[name]
-    raise DataError(f"unknown scenario {name!r}; expected one of demo, {', '.join(SCENARIOS)}, "
-                    f"or --data-dir DIR for any C2DSR-format folder.")
+    if name in (None, "demo"):  # one fixed seed: training seeds vary the model, never the data
+        return "demo", make_demo(ROOT / "data" / "demo-seed0", seed=0)
+    if name not in SCENARIOS:
+        raise DataError(f"unknown scenario {name!r}; expected one of demo, {', '.join(SCENARIOS)}, "
+                        f"or --data-dir DIR for any C2DSR-format folder.")
+    if missing := [f for f in SCENARIO_FILES if not (SCENARIOS[name] / f).exists()]:
+        raise DataError(f"{SCENARIOS[name]}: scenario {name} is missing {', '.join(missing)}." + fetch_list(name))
+    return name, SCENARIOS[name]
 
 
 def fetch_list(name: str) -> str:
     """What a named scenario needs, where each file comes from and where it goes ("" for any other name)."""
-    if name not in SOURCES:
+    categories = {"food_kitchen": ("Grocery_and_Gourmet_Food", "Home_and_Kitchen"),  # of the 2014 Amazon data:
+                  "movie_book": ("Movies_and_TV", "Books")}  # McAuley et al., SIGIR 2015; He & McAuley, WWW 2016
+    if name not in categories:
         return ""
-    folder, (cat_x, cat_y) = SCENARIOS[name], SOURCES[name][1]
-    meta = [f"meta_{cat}.json.gz" for cat in (cat_x, cat_y)]
+    folder, meta = SCENARIOS[name], [f"meta_{category}.json.gz" for category in categories[name]]
     return (f"\nScenario {name} needs, in {folder}/:\n"
-            f"  1. {', '.join(SCENARIO_FILES)}: the files of the folder {SOURCES[name][0]} of C2DSR's scenarios, "
-            f"{C2DSR_FILES}.\n"
+            f"  1. {', '.join(SCENARIO_FILES)}: the files of the folder {folder.name} of C2DSR's scenarios, the "
+            f"Google Drive folder linked from the README of https://github.com/cjx96/C2DSR "
+            f"(https://drive.google.com/drive/folders/1xpnp6tH56xz8PF_xuTi9exEptmcvlAVU).\n"
             f"  2. {EMBEDDINGS_FILE}, for the rows with images (--no-image trains without): the 2014 Amazon "
-            f"metadata {' and '.join(meta)}, published at {AMAZON_2014}, then\n"
+            f"metadata {' and '.join(meta)}, published at http://jmcauley.ucsd.edu/data/amazon/, then\n"
             f"       python -m tools.amazon images --scenario-dir {folder} --meta {' '.join(meta)}\n"
             f"       python -m tools.embed --scenario-dir {folder} --images {folder / 'images'}\n"
             f"     (embed fetches CLIP ViT-B/32's weights, 354 MB, into ~/.cache/clip once, for both scenarios)\n"
@@ -479,8 +424,7 @@ def make_demo(out: Path, *, seed: int, spec: DemoSpec = DemoSpec()) -> Path:
 
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """write(file) into a temp file beside `path`, then rename it to `path`: a reader, or a run killed at any
-    moment, sees the old file or the new one, never half of one."""
+    """write(file) into `path` by `atomic_write_all`: a reader, or a killed run, sees the old file or the new one."""
     atomic_write_all({Path(path): write})
 
 
@@ -489,15 +433,14 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def atomic_write_all(writes: dict[Path, Callable[[BinaryIO], object]]) -> None:
-    """Several files, each written into a new temp file beside it; only when all are written whole are they
-    renamed into place, one after another: a full disk or an error leaves every old file as it was. A temp file
-    is created under a new name that nothing else has (O_EXCL): whatever lies in the folder (a stale temp
-    file, a FIFO, a symlink to a file elsewhere) is never opened, followed or written."""
+    """Each file written whole into a new temp file beside it, then all renamed into place, one after another:
+    a full disk or an error leaves every old file. A temp file is created ("x": O_EXCL), so that a stale temp
+    file, a FIFO or a symlink to a file elsewhere is never opened, followed or written."""
     tmps = {}
     try:
         for path, write in writes.items():
             tmp = fresh(Path(path))
-            with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as f:
+            with open(tmp, "xb") as f:
                 tmps[path] = tmp  # created here: removed below unless it was renamed
                 write(f)
         for path, tmp in tmps.items():
@@ -512,24 +455,19 @@ def fresh(path: Path) -> Path:
     return path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
 
 
-KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-         (stat.S_ISSOCK, "a socket"))
+KINDS = {stat.S_IFREG: None, stat.S_IFDIR: "Is a directory", stat.S_IFIFO: "not a regular file but a FIFO",
+         stat.S_IFCHR: "not a regular file but a character device", stat.S_IFSOCK: "not a regular file but a socket",
+         stat.S_IFBLK: "not a regular file but a block device"}
 
 
 def file_problem(path: Path) -> str | None:
-    """None when `path` is a regular file (after following symlinks); else why it cannot be read as one, for
-    a message: 'No such file or directory', 'Is a directory', 'not a regular file but a FIFO', ... A FIFO
-    would block the reader for ever and a device like /dev/zero would be read until memory runs out, so
-    every command stats a file before it opens it."""
+    """None when `path` is a regular file (after symlinks); else why not: 'No such file or directory', 'Is a
+    directory', 'not a regular file but a FIFO', ... Every command stats a file before it opens it: a FIFO
+    would block the reader for ever, a device like /dev/zero be read until memory runs out."""
     try:
-        mode = os.stat(path).st_mode
+        return KINDS.get(stat.S_IFMT(os.stat(path).st_mode), "not a regular file but a special file")
     except OSError as err:  # missing, a dangling link, a symlink loop
         return err.strerror or str(err)
-    if stat.S_ISREG(mode):
-        return None
-    if stat.S_ISDIR(mode):
-        return os.strerror(errno.EISDIR)
-    return "not a regular file but " + next((kind for test, kind in KINDS if test(mode)), "a special file")
 
 
 @contextlib.contextmanager
@@ -551,9 +489,8 @@ def atomic_folder(out: Path, *, replace: bool = False):
 def duration(seconds: float) -> str:
     """1h02m, 4m10s or 12s."""
     seconds = max(0, round(seconds))
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+    h, m, s = seconds // 3600, seconds // 60 % 60, seconds % 60
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
 
 
 class Progress:
@@ -564,8 +501,7 @@ class Progress:
         self.what, self.total, self.unit = what, total, unit
         self.tty = sys.stderr.isatty()
         self.every = 0.5 if self.tty else every
-        self.start = self.shown = time.monotonic()
-        self.open = False  # a terminal line waits to be cleared
+        self.start = self.shown = time.monotonic()  # shown > start: a line was printed
 
     def line(self, done: int, extra: str = "") -> str:
         rate = done / max(time.monotonic() - self.start, 1e-9)
@@ -587,13 +523,11 @@ class Progress:
 
     def close(self) -> None:
         """Clears a terminal's status line, so that the next output starts on a clean line."""
-        if self.open:
+        if self.tty and self.shown > self.start:
             print("\r\033[K", end="", file=sys.stderr, flush=True)
-            self.open = False
 
     def _print(self, text: str, final: bool = False) -> None:
         if self.tty:
             print(f"\r{text}\033[K", end="\n" if final else "", file=sys.stderr, flush=True)
-            self.open = not final
         else:
             print(text, file=sys.stderr, flush=True)

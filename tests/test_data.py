@@ -49,7 +49,7 @@ def test_bad_embeddings_and_missing_files(tmp_path):
     folder = write_scenario(tmp_path / "s", [line(1, (0, 1), (3, 2))])
     with pytest.raises(DataError, match="(?s)tools.embed.*--no-image"):
         data.load_scenario(folder, max_len=15, use_images=True)
-    for array, found in ((np.zeros((6, 4), np.float32), "found \\(6, 4\\)"),
+    for array, found in ((np.zeros((6, 4), np.float32), "expected shape \\(7, e\\).*found shape \\(6, 4\\)"),
                          (np.zeros((7, 4), np.int64), "dtype int64"),
                          (np.full((7, 4), np.nan, np.float32), "row 0 .* non-finite")):
         np.save(folder / "image_embeddings.npy", array)

@@ -189,7 +189,7 @@ TRAIN_DATA = [  # (case, file of the scenario, content from the file's good byte
     ("embeddings: a symlink to /dev/zero", "image_embeddings.npy", lambda good: "zero", "not a regular file but a "
      "character device"),
     ("embeddings: 0 columns", "image_embeddings.npy", lambda good: npy(np.zeros((90, 0), np.float32)),
-     "expected e >= 1 values per item, found shape (90, 0)"),
+     "expected shape (90, e) with e >= 1, one row per item of Alist+Blist, and a float dtype; found shape (90, 0)"),
     ("embeddings: every row zero", "image_embeddings.npy", lambda good: npy(np.zeros((90, 8), np.float32)),
      "every row is zero, so no item has an image"),
     ("embeddings: float64 beyond float32", "image_embeddings.npy", lambda good: npy(np.full((90, 8), 1e300)),
