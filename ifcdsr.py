@@ -363,11 +363,10 @@ class IFCDSR(nn.Module):
             L_v = -log_P.gather(1, y[:, None]).sum() / norm  # (Eq. 6) Σ_t -log P^v(v_{t+1} | S), normalised
             total = total + weight * L_v  # (Eq. 7)
             parts[view] = L_v.detach()
-        if bounded:  # Eq. 7's bounded views: one gradient of E_id for all of them
-            E_id = fused_loss.unit_rows(self.E_id.weight)  # (N + 1, q) with the padding row, which no view scores
-            weighted, nlls = fused_loss.nll_views([part for part, _ in bounded.values()], E_id, self.E_img_unit,
-                                                  cfg.alpha, cfg.temperature, self.chunk(),
-                                                  fused_loss.cast(E_id[:-1].detach(), self.E_img_unit))
+        if bounded:  # Eq. 7's bounded views: one gradient of E_id (N + 1, q: the padding row, which none scores)
+            weighted, nlls = fused_loss.nll_views([part for part, _ in bounded.values()],
+                                                  fused_loss.unit_rows(self.E_id.weight), self.E_img_unit,
+                                                  cfg.alpha, cfg.temperature, self.chunk())
             total = total + weighted  # (Eq. 7)
             parts.update({view: nll / norm for (view, (_, norm)), nll in zip(bounded.items(), nlls)})
         return total, {view: parts[view] for view in self.views}  # in the order of Eq. 7
