@@ -1,8 +1,7 @@
-"""Eq. 2-8 in bounded memory, which IFCDSR runs instead of the plain code of ifcdsr.py when the (positions × N)
-logits are large (`IFCDSR.plain`), and the device policy: how much is computed at once, in what dtype, and how
-a batch reaches the device. `nll_views` computes Eq. 6/7 and its gradient, `view_sum` Eq. 8, `nll_dot` the
-sequence baselines' loss, `chunk` logits at a time in one reused buffer; tests/test_fused_loss.py holds them
-equal to the plain code up to float rounding.
+"""Eq. 2-8 in bounded memory, which IFCDSR runs instead of ifcdsr.py's plain code when the (positions × N) logits
+are large (`IFCDSR.plain`), and the device policy (chunk sizes, casts, pinned copies). `nll_views` (Eq. 6/7 and its
+gradient), `view_sum` (Eq. 8) and `nll_dot` (the baselines' loss) form `chunk` logits at a time in one reused
+buffer; tests/test_fused_loss.py holds them equal to the plain code up to float rounding.
 
 The gradient. With a = unit(h)/τ and unit rows of E, the logits are s = a·E^T (Eq. 2), P_b = softmax(s_b)
 for the ID and the image branch b (Eq. 3/4) and, for one position with target y,
@@ -53,11 +52,8 @@ def _exp_(s: torch.Tensor, bound: float) -> torch.Tensor | None:
     """s <- exp(s - m) in place, -> m (c, 1): (Eq. 3/4) softmax(s) = s / Σ s, with no second (c, n) tensor. `bound`
     bounds every logit, 1/τ by Eq. 2: for τ >= 1/60 exp(s) stays far inside fp32's range and m = 0 (None) saves two
     passes; else (and for the baselines' dot products, bound = inf) m is the row maximum."""
-    if bound <= 60:
-        s.exp_()
-        return None
-    m = s.amax(dim=-1, keepdim=True)
-    s.sub_(m).exp_()
+    m = None if bound <= 60 else s.amax(dim=-1, keepdim=True)
+    (s if m is None else s.sub_(m)).exp_()
     return m
 
 
@@ -77,10 +73,9 @@ def _nll_chunks(branches: list, target: torch.Tensor, rows: int, bound: float, s
             s_y = s.gather(1, y[:, None]) if s.dtype == torch.float32 else (a[c] * E_y).sum(dim=-1, keepdim=True)
             m = _exp_(s, bound)  # s <- G = exp(s - m)
             Z = s.sum(dim=-1, keepdim=True, dtype=torch.float32)  # (c, 1) Z = Σ_i G_i, in fp32
-            GE = s @ E_p if scale is not None else None  # (c, d) G·E
             log_P_y = s_y - Z.log() if m is None else s_y - m - Z.log()  # (Eq. 3/4) log P_b,y = s_y - m - log Z
             log_wP_y.append(log_w + log_P_y[:, 0])  # (c,) log w_b·P_b,y
-            kept.append((E_y, s, GE, Z))
+            kept.append((E_y, s, s @ E_p if scale is not None else None, Z))  # with G·E (c, d) for the gradient
         # (Eq. 5) log P_y = log Σ_b w_b·P_b,y;  (Eq. 6) Σ_t log P_y
         log_wP_y = torch.stack(log_wP_y)  # (branches, c)
         log_P_y = torch.logsumexp(log_wP_y, dim=0)  # (c,)
@@ -198,9 +193,7 @@ class _UnitRows(torch.autograd.Function):
         return torch.addcmul(g, u, along, value=-1).div_(norm)
 
 
-def unit_rows(E: torch.Tensor) -> torch.Tensor:
-    """E's rows normalised for Eq. 2 (N, d), the same values as `ifcdsr.unit`, with a cheaper gradient."""
-    return _UnitRows.apply(E)
+unit_rows = _UnitRows.apply  # E's rows normalised for Eq. 2 (N, d): `ifcdsr.unit`'s values, a cheaper gradient
 
 
 @torch.no_grad()
@@ -209,8 +202,7 @@ def view_sum(views, E_id: torch.Tensor, E_img: torch.Tensor | None, alpha: float
     """(Eq. 8) P(x_i | S) = Σ_v λ_v·P^v(x_i | S) for the items in `items` -> (B, |items|), from an
     `ifcdsr.ViewScores` per view, as `IFCDSR.score` sums it; chunk // |own| histories at a time.
     Note: computed as written, in probability space (fp32): an item's P underflows to 0 only if its
-    logit is > 87 below the row's best in every branch, impossible for τ > 2/87 (cosines span 2/τ).
-    """
+    logit is > 87 below the row's best in every branch, impossible for τ > 2/87 (cosines span 2/τ)."""
     B = len(views[0].h_id)
     total = torch.zeros(B, items.stop - items.start, device=E_id.device)  # (B, |items|) the sum of Eq. 8
     for weight, own, into, src, h_id, h_img, empty in views:  # the fields of ifcdsr.ViewScores
