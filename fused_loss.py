@@ -33,9 +33,8 @@ _SCRATCH: dict = {}  # (device, dtype) -> a flat buffer, kept between calls
 
 
 def _scratch(rows: int, cols: int, like: torch.Tensor) -> torch.Tensor:
-    """A (rows, cols) logits buffer in `like`'s dtype and device, reused by every call: on a CPU a fresh one (134 MB
-    at Movie-Book size) is page-faulted in on first touch, a third of the product that fills it. Nothing returned
-    refers to it."""
+    """A (rows, cols) logits buffer in `like`'s dtype and device, reused by every call (nothing returned refers to it):
+    on a CPU a fresh one (134 MB at Movie-Book size) is page-faulted in on first touch, a third of the product."""
     key = (like.device, like.dtype)
     if key not in _SCRATCH or _SCRATCH[key].numel() < rows * cols:
         _SCRATCH.pop(key, None)  # freed before the larger one is made
@@ -147,7 +146,7 @@ class _FusedNLL(torch.autograd.Function):
 def nll_views(views: list[ViewNLL], E_id: torch.Tensor, E_img: torch.Tensor | None, alpha: float,
               temperature: float, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(Eq. 6/7) Σ_v scale_v·Σ_t -log P^v(target_t | S), and each view's Σ_t (V,): E_id, E_img (N, d) with unit
-    rows, E_img frozen. Every view's gradient goes into one of E_id, so E_id's backward runs once a step."""
+    rows, E_img frozen, read by the products as `cast` gives them. E_id's backward runs once for every view."""
     if E_img is not None and E_img.requires_grad:
         raise ValueError("fused_loss: E_img is frozen (IFCDSR's image matrix takes no gradient)")
     # (Eq. 5) log α, log(1-α) (the ID branch alone: P = P_id)
@@ -155,8 +154,7 @@ def nll_views(views: list[ViewNLL], E_id: torch.Tensor, E_img: torch.Tensor | No
     # (Eq. 2) a = unit(h)/τ of each branch, every view's positions at once: (T, d)
     a = [unit_rows(torch.cat(h)) / temperature for h in zip(*(view[:2] for view in views)) if h[0] is not None]
     grads = torch.is_grad_enabled() and any(t.requires_grad for t in [E_id, *a])
-    products = cast(E_id.detach(), E_img)  # E_id and E_img as the products read them
-    return _FusedNLL.apply(E_id, *a, (E_img, products, views, log_w, 1 / temperature, chunk, grads))
+    return _FusedNLL.apply(E_id, *a, (E_img, cast(E_id.detach(), E_img), views, log_w, 1 / temperature, chunk, grads))
 
 
 def nll(h_id: torch.Tensor, E_id: torch.Tensor, h_img: torch.Tensor | None, E_img: torch.Tensor | None,

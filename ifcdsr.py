@@ -202,12 +202,12 @@ def mixture(log_P_id: torch.Tensor, log_P_img: torch.Tensor, alpha: float) -> to
 
 
 def log_prob(h_id: torch.Tensor, E_id: torch.Tensor, h_img: torch.Tensor | None, E_img: torch.Tensor | None,
-             alpha: float, temperature: float) -> torch.Tensor:
-    """(Eq. 3-5) log P(· | S) of one view's T positions over the N items of E_id, E_img (unit rows) -> (T, N)."""
-    log_P_id = branch_log_prob(h_id, E_id, temperature)  # (Eq. 3) P_id = softmax(Sim(h_id, E_id))
+             alpha: float, temperature: float, items: slice = slice(None)) -> torch.Tensor:
+    """(Eq. 3-5) log P(· | S) of one view's T positions over the rows `items` of E_id, E_img (unit rows) -> (T, n)."""
+    log_P_id = branch_log_prob(h_id, E_id[items], temperature)  # (Eq. 3) P_id = softmax(Sim(h_id, E_id))
     if h_img is None:
         return log_P_id
-    log_P_img = branch_log_prob(h_img, E_img, temperature)  # (Eq. 4) P_img = softmax(Sim(h_img, E_img))
+    log_P_img = branch_log_prob(h_img, E_img[items], temperature)  # (Eq. 4) P_img = softmax(Sim(h_img, E_img))
     return mixture(log_P_id, log_P_img, alpha)  # (Eq. 5)
 
 
@@ -311,8 +311,7 @@ class IFCDSR(nn.Module):
         return fused_loss.plain(rows, self.N, self.chunk(), self.E_id.weight.device)
 
     def softmax_items(self, view: str) -> slice:
-        """The items whose softmax gives P^v (Eq. 3/4): all N, or (softmax_over = "domain") the view's own
-        domain's, both domains' for S^{X+Y}."""
+        """The items of P^v's softmax (Eq. 3/4): all N, or under softmax_over = "domain" its own domain's."""
         if self.cfg.softmax_over == "all" or view == "xy":
             return slice(0, self.N)
         return domain_items("X" if view == "x" else "Y", self.num_x, self.N)
@@ -332,8 +331,7 @@ class IFCDSR(nn.Module):
             if view not in plain:  # the same sum in bounded memory, for every such view at once after the loop
                 bounded[view] = (fused_loss.ViewNLL(h_id, h_img, y, items, weight / norm), norm)
                 continue
-            E_img_v = None if E_img is None else E_img[items]
-            log_P = log_prob(h_id, E_id[items], h_img, E_img_v, cfg.alpha, cfg.temperature)  # (T, n) Eq. 2-5
+            log_P = log_prob(h_id, E_id, h_img, E_img, cfg.alpha, cfg.temperature, items)  # (T, n) Eq. 2-5
             L_v = -log_P.gather(1, y[:, None]).sum() / norm  # (Eq. 6) Σ_t -log P^v(v_{t+1} | S), normalised
             total = total + weight * L_v  # (Eq. 7)
             parts[view] = L_v.detach()
@@ -375,8 +373,7 @@ class IFCDSR(nn.Module):
             return fused_loss.view_sum(views, E_id, E_img, cfg.alpha, cfg.temperature, items, self.chunk())
         total = torch.zeros(len(history.xy), items.stop - items.start, device=E_id.device)  # (B, |items|)
         for weight, own, into, src, h_id, h_img, empty in views:  # the fields of ViewScores
-            E_img_v = None if h_img is None else E_img[own]
-            P_v = log_prob(h_id, E_id[own], h_img, E_img_v, cfg.alpha, cfg.temperature).exp()  # (B, |own|) Eq. 2-5
+            P_v = log_prob(h_id, E_id, h_img, E_img, cfg.alpha, cfg.temperature, own).exp()  # (B, |own|) Eq. 2-5
             # Note: a view without items (e.g. a history with no Y item) contributes the uniform 1/|own|
             P_v = torch.where(empty, 1.0 / (own.stop - own.start), P_v)
             total[:, into] += weight * P_v[:, src]  # (Eq. 8) Σ_v λ_v·P^v, (B, |items|)
