@@ -107,9 +107,8 @@ class ViewNLL(NamedTuple):
 
 
 class _FusedNLL(torch.autograd.Function):
-    """Σ_v scale_v·nll_v over a batch's views by `_nll_chunks`, chunk // n positions at a time (n a view's items),
-    and each nll_v. With `grads` the gradient is formed in the forward pass, every view's into one (N, q) gradient
-    of E_id and one (T, d) of each a; backward scales them. Inputs: E_id, each branch's a, the rest as a tuple."""
+    """Σ_v scale_v·nll_v over a batch's views, and each nll_v, by `_nll_chunks`; with `grads` the gradient is formed
+    in the forward pass, every view's into one of E_id and of each a; backward scales it. Inputs: E_id, a, the rest."""
 
     @staticmethod
     def forward(ctx, E_id, *args):

@@ -60,12 +60,10 @@ class Config:
 
     def replace(self, **overrides) -> "Config":
         """A copy with some fields changed, checked; an unknown field is a TypeError."""
-        cfg = dataclasses.replace(self, **overrides)
-        cfg.check()
-        return cfg
+        return dataclasses.replace(self, **overrides).check()
 
-    def check(self) -> None:
-        """Every field within its accepted values (RANGES, CHOICES); NaN and infinities never are."""
+    def check(self) -> "Config":
+        """self if every field is within its accepted values (RANGES, CHOICES; never NaN or ±inf), else ConfigError."""
         for name, (low, high) in RANGES.items():
             value, kind = getattr(self, name), int if isinstance(low, int) else float
             if isinstance(value, bool) or not isinstance(value, (int, kind)) or not low <= value <= high:
@@ -76,6 +74,7 @@ class Config:
                 raise ConfigError(name, getattr(self, name), " or ".join(map(repr, allowed)))
         if self.q % self.n_heads:
             raise ConfigError("n_heads", self.n_heads, f"a divisor of q = {self.q}")
+        return self
 
     def view_weights(self) -> dict[str, float]:
         """Weights of Eq. 7/8: 1 for the target view, λ1 for the source view, λ2 for the merged view."""
@@ -256,8 +255,7 @@ class ViewScores(NamedTuple):
 
 
 class IFCDSR(nn.Module):
-    """The model, with the interface that the baselines share: `views` (the parts of the loss), `loss`, `score`,
-    `scorer` and `chunk`."""
+    """The model, with the baselines' interface: `views` (the loss's parts), `loss`, `score`, `scorer`, `chunk`."""
 
     def __init__(self, cfg: Config, num_x: int, num_y: int, E_img: torch.Tensor | None = None):
         super().__init__()
@@ -325,28 +323,26 @@ class IFCDSR(nn.Module):
         plain = [view for view in self.views if self.plain(shape[view].count)]
         if plain:
             E_id, E_img = fused_loss.cast(*self.item_matrices())  # (N, q), (N, e) as the products read them
-        total, parts, bounded = 0.0, {}, {}
+        total, parts, bounded, norm = 0.0, {}, {}, {}
         for view, weight in cfg.view_weights().items():
-            h_id, h_img, y, items, norm = self.next_items(inputs, targets, view, shape[view])
+            h_id, h_img, y, items, norm[view] = self.next_items(inputs, targets, view, shape[view])
             if view not in plain:  # the same sum in bounded memory, for every such view at once after the loop
-                bounded[view] = (fused_loss.ViewNLL(h_id, h_img, y, items, weight / norm), norm)
+                bounded[view] = fused_loss.ViewNLL(h_id, h_img, y, items, weight / norm[view])
                 continue
             log_P = log_prob(h_id, E_id, h_img, E_img, cfg.alpha, cfg.temperature, items)  # (T, n) Eq. 2-5
-            L_v = -log_P.gather(1, y[:, None]).sum() / norm  # (Eq. 6) Σ_t -log P^v(v_{t+1} | S), normalised
+            L_v = -log_P.gather(1, y[:, None]).sum() / norm[view]  # (Eq. 6) Σ_t -log P^v(v_{t+1} | S), normalised
             total = total + weight * L_v  # (Eq. 7)
             parts[view] = L_v.detach()
         if bounded:  # Eq. 7's bounded views: one gradient of E_id (N + 1, q: the padding row, which none scores)
-            weighted, nlls = fused_loss.nll_views([part for part, _ in bounded.values()],
-                                                  fused_loss.unit_rows(self.E_id.weight), self.E_img_unit,
-                                                  cfg.alpha, cfg.temperature, self.chunk())
+            weighted, nlls = fused_loss.nll_views(list(bounded.values()), fused_loss.unit_rows(self.E_id.weight),
+                                                  self.E_img_unit, cfg.alpha, cfg.temperature, self.chunk())
             total = total + weighted  # (Eq. 7)
-            parts.update({view: nll / norm for (view, (_, norm)), nll in zip(bounded.items(), nlls)})
+            parts.update({view: nll / norm[view] for view, nll in zip(bounded, nlls)})
         return total, {view: parts[view] for view in self.views}  # in the order of Eq. 7
 
     def next_items(self, inputs, targets, view: str, shape: ViewShape) -> tuple:
-        """One view's next-item positions of a batch (Eq. 6's t) -> h_id (T, q), h_img (T, e) or None, the next items
-        y (T,) counted from the first of its softmax's items (Eq. 3/4), those items, and Eq. 6's divisor: the
-        batch's B·L slots for every view ("sum"), or the view's own T positions ("mean")."""
+        """One view's next-item positions (Eq. 6's t) -> h_id (T, q), h_img (T, e) or None, their next items y (T,)
+        counted from the first of the view's softmax items (Eq. 3/4), those items, and Eq. 6's divisor (B·L or T)."""
         seq, nxt = getattr(inputs, view)[:, -shape.width:], getattr(targets, view)[:, -shape.width:]  # (B, width)
         H_id, H_img = self.encode(seq, view)
         h_id, h_img = H_id.flatten(0, 1)[shape.at], None if H_img is None else H_img.flatten(0, 1)[shape.at]
