@@ -58,15 +58,15 @@ def _exp_(s: torch.Tensor, bound: float) -> torch.Tensor | None:
 
 def _nll_chunks(branches: list, target: torch.Tensor, rows: int, bound: float, scale: float | None) -> torch.Tensor:
     """Σ_t log P(y_t | S) over one view's positions, `rows` at a time, and with a `scale`, `scale` times the gradient
-    of its negative (module docstring). branches: [(a (T, d), E (n, d) the softmax's items, E_p: E as the products
-    read it, log w_b, dE (n, d) to add d/dE into or None, dA (T, d) to write d/da into)]; target (T,) counts from
-    E's first row. Every branch reuses one (rows, n) buffer, so only the last one's dE may be a tensor."""
+    of its negative (module docstring). branches: [(a (T, d), E (n, d) the softmax's items, a_p, E_p: a and E as the
+    products read them, log w_b, dE (n, d) to add d/dE into or None, dA (T, d) to write d/da into)]; target (T,)
+    counts from E's first row. Every branch reuses one (rows, n) buffer, so only the last one's dE may be a tensor."""
     log_P = []  # each chunk's Σ_t log P_y
     for i in range(0, target.shape[0], rows):
         c, y = slice(i, i + rows), target[i:i + rows]  # this chunk's positions, their targets (c,)
         log_wP_y, kept = [], []
-        for a, E, E_p, log_w, _, _ in branches:
-            s = _logits(a[c], E_p, _scratch(len(y), len(E), E_p))  # (c, n) the logits
+        for a, E, a_p, E_p, log_w, _, _ in branches:
+            s = _logits(a_p[c], E_p, _scratch(len(y), len(E), E_p))  # (c, n) the logits
             E_y = E[y]  # (c, d) the targets' rows
             # (c, 1) the target's logit, in fp32 (the loss reads it directly)
             s_y = s.gather(1, y[:, None]) if s.dtype == torch.float32 else (a[c] * E_y).sum(dim=-1, keepdim=True)
@@ -82,7 +82,7 @@ def _nll_chunks(branches: list, target: torch.Tensor, rows: int, bound: float, s
         if scale is None:
             continue
         r = (log_wP_y - log_P_y).exp_().mul_(scale)[:, :, None]  # (branches, c, 1) r_b = w_b·P_b,y / P_y, scaled
-        for (a, _, _, _, dE, dA), r_b, (E_y, G, GE, Z) in zip(branches, r, kept):
+        for (a, _, _, _, _, dE, dA), r_b, (E_y, G, GE, Z) in zip(branches, r, kept):
             rz = r_b / Z  # (c, 1) r_b / Z
             # d/da_b = r_b·(P_b - onehot_y)·E_b = (G·E_b)·r_b/Z - r_b·E_b,y
             torch.mul(GE, rz, out=dA[c]).addcmul_(r_b, E_y, value=-1)  # (c, d)
@@ -118,13 +118,14 @@ class _FusedNLL(torch.autograd.Function):
         kept = [b for b in reversed(range(len(a))) if log_w[b] > -math.inf]
         dE = torch.zeros_like(E_id) if grads else None
         ctx.grads = [dE] + [torch.empty_like(a[b]) if grads and b in kept else None for b in range(len(a))]
+        a_p = [a_b.to(E_p.dtype) for a_b, E_p in zip(a, products)]  # as the products read them
         log_P, start = [], 0
         for view in views:
             T, I = slice(start, start + len(view.target)), view.items  # the view's positions, its softmax's items
             start = T.stop
             # d/dE is added at I into a buffer of all N rows: a gradient of E[I] would cost a second (N, d) tensor
-            branches = [(a[b][T], (E_id, E_img)[b][I], products[b][I], log_w[b], None if dE is None or b else dE[I],
-                         ctx.grads[1 + b][T] if grads else None) for b in kept]
+            branches = [(a[b][T], (E_id, E_img)[b][I], a_p[b][T], products[b][I], log_w[b],
+                         None if dE is None or b else dE[I], ctx.grads[1 + b][T] if grads else None) for b in kept]
             rows = max(1, chunk // len(E_id[I]))
             log_P.append(_nll_chunks(branches, view.target, rows, bound, view.scale if grads else None))
         nlls = -torch.stack(log_P)  # (V,) each view's Σ_t -log P
@@ -143,9 +144,9 @@ class _FusedNLL(torch.autograd.Function):
 
 
 def nll_views(views: list[ViewNLL], E_id: torch.Tensor, E_img: torch.Tensor | None, alpha: float,
-              temperature: float, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(Eq. 6/7) Σ_v scale_v·Σ_t -log P^v(target_t | S), and each view's Σ_t (V,): E_id, E_img (N, d) with unit
-    rows, E_img frozen, read by the products as `cast` gives them. E_id's backward runs once for every view."""
+              temperature: float, chunk: int, products: tuple | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Eq. 6/7) Σ_v scale_v·Σ_t -log P^v(target_t | S), and each view's Σ_t (V,): E_id, E_img (N, d), unit rows,
+    E_img frozen; `products`: both as the products read them (`cast`; default: as given); one backward of E_id."""
     if E_img is not None and E_img.requires_grad:
         raise ValueError("fused_loss: E_img is frozen (IFCDSR's image matrix takes no gradient)")
     # (Eq. 5) log α, log(1-α) (the ID branch alone: P = P_id)
@@ -153,7 +154,7 @@ def nll_views(views: list[ViewNLL], E_id: torch.Tensor, E_img: torch.Tensor | No
     # (Eq. 2) a = unit(h)/τ of each branch, every view's positions at once: (T, d)
     a = [unit_rows(torch.cat(h)) / temperature for h in zip(*(view[:2] for view in views)) if h[0] is not None]
     grads = torch.is_grad_enabled() and any(t.requires_grad for t in [E_id, *a])
-    return _FusedNLL.apply(E_id, *a, (E_img, cast(E_id.detach(), E_img), views, log_w, 1 / temperature, chunk, grads))
+    return _FusedNLL.apply(E_id, *a, (E_img, products or (E_id, E_img), views, log_w, 1 / temperature, chunk, grads))
 
 
 def nll(h_id: torch.Tensor, E_id: torch.Tensor, h_img: torch.Tensor | None, E_img: torch.Tensor | None,

@@ -334,8 +334,10 @@ class IFCDSR(nn.Module):
             total = total + weight * L_v  # (Eq. 7)
             parts[view] = L_v.detach()
         if bounded:  # Eq. 7's bounded views: one gradient of E_id (N + 1, q: the padding row, which none scores)
-            weighted, nlls = fused_loss.nll_views(list(bounded.values()), fused_loss.unit_rows(self.E_id.weight),
-                                                  self.E_img_unit, cfg.alpha, cfg.temperature, self.chunk())
+            E_id = fused_loss.unit_rows(self.E_id.weight)
+            weighted, nlls = fused_loss.nll_views(list(bounded.values()), E_id, self.E_img_unit, cfg.alpha,
+                                                  cfg.temperature, self.chunk(),
+                                                  fused_loss.cast(E_id[:-1].detach(), self.E_img_unit))
             total = total + weighted  # (Eq. 7)
             parts.update({view: nll / norm[view] for view, nll in zip(bounded, nlls)})
         return total, {view: parts[view] for view in self.views}  # in the order of Eq. 7
