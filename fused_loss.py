@@ -1,7 +1,6 @@
-"""Eq. 2-8 in bounded memory, which IFCDSR runs instead of ifcdsr.py's plain code when the (positions × N) logits
-are large (`IFCDSR.plain`), and the device policy (chunk sizes, casts, pinned copies). `nll_views` (Eq. 6/7 and its
-gradient), `view_sum` (Eq. 8) and `nll_dot` (the baselines' loss) form `chunk` logits at a time in one reused
-buffer; tests/test_fused_loss.py holds them equal to the plain code up to float rounding.
+"""Eq. 2-8 in bounded memory for IFCDSR's large (positions × N) logits (`IFCDSR.plain`), and the device policy: chunk
+sizes, casts, pinned copies. `nll_views` (Eq. 6/7 and its gradient), `view_sum` (Eq. 8) and `nll_dot` (baselines)
+form `chunk` logits at a time in one reused buffer; tests/test_fused_loss.py holds them equal to the plain code.
 
 The gradient. With a = unit(h)/τ and unit rows of E, the logits are s = a·E^T (Eq. 2), P_b = softmax(s_b)
 for the ID and the image branch b (Eq. 3/4) and, for one position with target y,
@@ -67,8 +66,7 @@ def _nll_chunks(branches: list, target: torch.Tensor, rows: int, bound: float, s
         log_wP_y, kept = [], []
         for a, E, a_p, E_p, log_w, _, _ in branches:
             s = _logits(a_p[c], E_p, _scratch(len(y), len(E), E_p))  # (c, n) the logits
-            E_y = E[y]  # (c, d) the targets' rows
-            # (c, 1) the target's logit, in fp32 (the loss reads it directly)
+            E_y = E[y]  # (c, d) the targets' rows, and s_y (c, 1) their logits, in fp32 (the loss reads them directly)
             s_y = s.gather(1, y[:, None]) if s.dtype == torch.float32 else (a[c] * E_y).sum(dim=-1, keepdim=True)
             m = _exp_(s, bound)  # s <- G = exp(s - m)
             Z = s.sum(dim=-1, keepdim=True, dtype=torch.float32)  # (c, 1) Z = Σ_i G_i, in fp32

@@ -320,8 +320,7 @@ class IFCDSR(nn.Module):
         (0-d, for the log). `shape`: the batch's `shapes`, from its CPU copy (else read from `inputs`: a wait)."""
         cfg = self.cfg
         shape = shape or shapes(self.pad, inputs, targets, self.E_id.weight.device)
-        plain = [view for view in self.views if self.plain(shape[view].count)]
-        if plain:
+        if plain := [view for view in self.views if self.plain(shape[view].count)]:  # the views of the plain code
             E_id, E_img = fused_loss.cast(*self.item_matrices())  # (N, q), (N, e) as the products read them
         total, parts, bounded, norm = 0.0, {}, {}, {}
         for view, weight in cfg.view_weights().items():
