@@ -1,22 +1,17 @@
-"""Eq. 2-8 with bounded memory, which IFCDSR runs instead of the plain code of ifcdsr.py when (positions × N)
-logits are large (`IFCDSR.plain`), and the device policy: how much is computed at once, in what dtype, and how
-a batch reaches the device. `nll_views` computes Eq. 6/7 and its gradient, `view_sum` Eq. 8, `nll_dot` the
-sequence baselines' loss, each `chunk` logits at a time in one reused (rows, n) buffer; test_fused_loss.py
-holds them equal to the plain code up to float rounding.
+"""Eq. 2-8 in bounded memory for IFCDSR's large (positions × N) logits (`IFCDSR.plain`), and the device policy: chunk
+sizes, casts, pinned copies. `nll_views` (Eq. 6/7 and its gradient), `view_sum` (Eq. 8) and `nll_dot` (baselines)
+form `chunk` logits at a time in one reused buffer; tests/test_fused_loss.py holds them equal to the plain code.
 
 The gradient. With a = unit(h)/τ and unit rows of E, the logits are s = a·E^T (Eq. 2), P_b = softmax(s_b)
 for the ID and the image branch b (Eq. 3/4) and, for one position with target y,
     -log P_y = -log Σ_b w_b·P_b,y                                  (Eq. 5, w_id = α, w_img = 1-α)
     d(-log P_y)/ds_b = r_b·(P_b - onehot_y),   r_b = w_b·P_b,y / P_y    (r_id + r_img = 1)
     d/da_b = r_b·(P_b - onehot_y)·E_b,   d/dE_b = Σ_t (P_b - onehot_y)^T·(r_b·a_b)
-The loss is a scalar, so its whole gradient is formed in the forward pass while each chunk's P_b is at hand;
-backward only scales it. With G = exp(s - m) and Z = Σ G (P_b = G / Z) it folds into products that read G:
-(P_b - onehot_y)·E = (G·E) / Z - E_y, and (P_b - onehot_y)^T·v = G^T·(v / Z) - v at the rows y. What is kept
-between the passes is O(T·d + N·d), never O(T·N). In bf16 the buffer's values carry 8 bits; what the loss
-reads exactly is kept in fp32: the target's logit (a·E_y), Z, the gradients' sums.
-
-Dimension letters: T positions, c positions of one chunk, B batch, N items, n those of a softmax, d a
-branch's width.
+The loss is a scalar, so its gradient is formed in the forward pass while each chunk's P_b is at hand; backward
+only scales it. With G = exp(s - m) and Z = Σ G, (P_b - onehot_y)·E = (G·E)/Z - E_y and (P_b - onehot_y)^T·v =
+G^T·(v/Z) - v at the rows y: O(T·d + N·d) is kept between the passes, never O(T·N). In bf16 the logits carry
+8 bits; what the loss reads exactly stays fp32: the target's logit (a·E_y), Z, the gradients' sums.
+Dimension letters: T positions, c those of a chunk, B batch, N items, n those of a softmax, d a branch's width.
 """
 from __future__ import annotations
 
@@ -37,15 +32,13 @@ _SCRATCH: dict = {}  # (device, dtype) -> a flat buffer, kept between calls
 
 
 def _scratch(rows: int, cols: int, like: torch.Tensor) -> torch.Tensor:
-    """A (rows, cols) buffer for one branch's logits in `like`'s dtype and device, reused by every call: on
-    CPU a fresh buffer of this size (134 MB at Movie-Book size) is page-faulted in on first touch, which costs
-    about a third of the product that fills it, once per view and step. Nothing returned refers to it."""
+    """A (rows, cols) logits buffer in `like`'s dtype and device, reused by every call (nothing returned refers to it):
+    on a CPU a fresh one (134 MB at Movie-Book size) is page-faulted in on first touch, a third of the product."""
     key = (like.device, like.dtype)
-    buffer = _SCRATCH.get(key)
-    if buffer is None or buffer.numel() < rows * cols:
+    if key not in _SCRATCH or _SCRATCH[key].numel() < rows * cols:
         _SCRATCH.pop(key, None)  # freed before the larger one is made
-        buffer = _SCRATCH[key] = torch.empty(rows * cols, device=like.device, dtype=like.dtype)
-    return buffer[:rows * cols].view(rows, cols)
+        _SCRATCH[key] = torch.empty(rows * cols, device=like.device, dtype=like.dtype)
+    return _SCRATCH[key][:rows * cols].view(rows, cols)
 
 
 def _logits(a: torch.Tensor, E: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
@@ -54,90 +47,56 @@ def _logits(a: torch.Tensor, E: torch.Tensor, out: torch.Tensor) -> torch.Tensor
 
 
 def _exp_(s: torch.Tensor, bound: float) -> torch.Tensor | None:
-    """s <- exp(s - m) in place; returns m (c, 1), so that (Eq. 3/4) softmax(s) = s / Z with Z = Σ exp(s - m)
-    and no second (c, N) tensor. `bound` bounds every logit: 1/τ by Eq. 2, so for τ >= 1/60 exp(s) stays far
-    inside fp32's range and m = 0 (returned as None) saves two passes; else (or the baselines' dot products,
-    bound = inf) m is the row maximum, as in a textbook softmax."""
-    if bound <= 60:
-        s.exp_()
-        return None
-    m = s.amax(dim=-1, keepdim=True)
-    s.sub_(m).exp_()
+    """s <- exp(s - m) in place, -> m (c, 1): (Eq. 3/4) softmax(s) = s / Σ s, with no second (c, n) tensor. `bound`
+    bounds every logit, 1/τ by Eq. 2: for τ >= 1/60 exp(s) stays far inside fp32's range and m = 0 (None) saves two
+    passes; else (and for the baselines' dot products, bound = inf) m is the row maximum."""
+    m = None if bound <= 60 else s.amax(dim=-1, keepdim=True)
+    (s if m is None else s.sub_(m)).exp_()
     return m
 
 
-def _nll_chunks(branches: list, target: torch.Tensor, rows: int, bound: float, items: slice,
-                scale: float | None = None) -> torch.Tensor:
-    """Σ_t log P(y_t | S) for T positions scored `rows` at a time and, with a `scale`, `scale` times the gradient of
-    its negative with respect to every branch's a (written into its dA) and E (added into its dE) (module docstring).
-
-    branches: [(a (T, d), a_p, E (N, d), E_p, log w_b, dE, dA)]: a_p and E_p are a and E as the products read them
-    (themselves, or bf16 copies under autocast), log w_b = log α or log(1-α), dE an (N, d) gradient buffer or None
-    for an E that takes none, dA a (T, d) buffer. The softmax runs over the rows `items` of E; `target` counts from
-    its first. Every branch reuses one (rows, n) buffer, so only the last one's E may take a gradient.
-    """
-    # d/dE is added at `items` into a buffer of all N rows: a gradient of E[items] would cost autograd a second
-    # (N, d) tensor
-    branches = [(a, a_p, E[items], E_p[items], log_w, None if dE is None else dE[items], dA)
-                for a, a_p, E, E_p, log_w, dE, dA in branches]  # (n, d) the softmax's items
+def _nll_chunks(branches: list, target: torch.Tensor, rows: int, bound: float, scale: float | None) -> torch.Tensor:
+    """Σ_t log P(y_t | S) over one view's positions, `rows` at a time, and with a `scale`, `scale` times the gradient
+    of its negative (module docstring). branches: [(a (T, d), E (n, d) the softmax's items, a_p, E_p: a and E as the
+    products read them, log w_b, dE (n, d) to add d/dE into or None, dA (T, d) to write d/da into)]; target (T,)
+    counts from E's first row. Every branch reuses one (rows, n) buffer, so only the last one's dE may be a tensor."""
     log_P = []  # each chunk's Σ_t log P_y
     for i in range(0, target.shape[0], rows):
         c, y = slice(i, i + rows), target[i:i + rows]  # this chunk's positions, their targets (c,)
         log_wP_y, kept = [], []
-        for a, a_p, E, E_p, log_w, _, _ in branches:
-            log_P_y, *E_y_G_GE_Z = _branch_chunk(a[c], a_p[c], E, E_p, y, _scratch(len(y), len(E), E_p), bound,
-                                                 scale is not None)
-            log_wP_y.append(log_w + log_P_y)  # (c,) log w_b·P_b,y
-            kept.append(E_y_G_GE_Z)
+        for a, E, a_p, E_p, log_w, _, _ in branches:
+            s = _logits(a_p[c], E_p, _scratch(len(y), len(E), E_p))  # (c, n) the logits
+            E_y = E[y]  # (c, d) the targets' rows, and s_y (c, 1) their logits, in fp32 (the loss reads them directly)
+            s_y = s.gather(1, y[:, None]) if s.dtype == torch.float32 else (a[c] * E_y).sum(dim=-1, keepdim=True)
+            m = _exp_(s, bound)  # s <- G = exp(s - m)
+            Z = s.sum(dim=-1, keepdim=True, dtype=torch.float32)  # (c, 1) Z = Σ_i G_i, in fp32
+            log_P_y = s_y - Z.log() if m is None else s_y - m - Z.log()  # (Eq. 3/4) log P_b,y = s_y - m - log Z
+            log_wP_y.append(log_w + log_P_y[:, 0])  # (c,) log w_b·P_b,y
+            kept.append((E_y, s, s @ E_p if scale is not None else None, Z))  # with G·E (c, d) for the gradient
         # (Eq. 5) log P_y = log Σ_b w_b·P_b,y;  (Eq. 6) Σ_t log P_y
         log_wP_y = torch.stack(log_wP_y)  # (branches, c)
         log_P_y = torch.logsumexp(log_wP_y, dim=0)  # (c,)
         log_P.append(log_P_y.sum())
-        if scale is not None:
-            r = (log_wP_y - log_P_y).exp_().mul_(scale)  # (branches, c) r_b = w_b·P_b,y / P_y, times scale
-            for (a, _, _, _, _, dE, dA), r_b, (E_y, G, GE, Z) in zip(branches, r, kept):
-                _add_gradient(a[c], E_y, y, r_b[:, None], G, GE, Z, dA[c], dE)
+        if scale is None:
+            continue
+        r = (log_wP_y - log_P_y).exp_().mul_(scale)[:, :, None]  # (branches, c, 1) r_b = w_b·P_b,y / P_y, scaled
+        for (a, _, _, _, _, dE, dA), r_b, (E_y, G, GE, Z) in zip(branches, r, kept):
+            rz = r_b / Z  # (c, 1) r_b / Z
+            # d/da_b = r_b·(P_b - onehot_y)·E_b = (G·E_b)·r_b/Z - r_b·E_b,y
+            torch.mul(GE, rz, out=dA[c]).addcmul_(r_b, E_y, value=-1)  # (c, d)
+            if dE is None:
+                continue
+            # d/dE_b += (P_b - onehot_y)^T·(r_b·a_b) = G^T·(a_b·r_b/Z) - (r_b·a_b at the rows y)
+            if G.dtype == dE.dtype:
+                dE.addmm_(G.T, a[c] * rz)  # (n, d), accumulated in place
+            else:  # the product in G's dtype, the sum in fp32
+                dE += G.T @ (a[c] * rz).to(G.dtype)
+            dE.index_add_(0, y, a[c] * r_b, alpha=-1)
     return sum(log_P[1:], log_P[0])
 
 
-def _branch_chunk(a: torch.Tensor, a_p: torch.Tensor, E: torch.Tensor, E_p: torch.Tensor, y: torch.Tensor,
-                  out: torch.Tensor, bound: float, grads: bool) -> tuple:
-    """One branch on one chunk of c positions: a (c, d), E (n, d) the softmax's items, a_p and E_p as the products
-    read them, y (c,) the targets; `out` (c, n) takes the logits. -> (log P_b,y (c,), E_y (c, d) the targets' rows,
-    G (c, n) = `out` holding exp(s - m), G·E (c, d) with `grads` else None, Z (c, 1) in fp32)."""
-    s = _logits(a_p, E_p, out)  # (c, n) this chunk's logits
-    E_y = E[y]  # (c, d)
-    if s.dtype == torch.float32:
-        s_y = s.gather(1, y[:, None])  # (c, 1) the target's logit
-    else:  # in fp32: the loss reads it directly
-        s_y = (a * E_y).sum(dim=-1, keepdim=True)  # (c, 1)
-    m = _exp_(s, bound)  # s <- G = exp(s - m)
-    Z = s.sum(dim=-1, keepdim=True, dtype=torch.float32)  # (c, 1) Z = Σ_i G_i, in fp32
-    GE = s @ E_p if grads else None  # (c, d) G·E
-    # (Eq. 3/4) log P_b,y = s_y - m - log Z
-    log_P_y = s_y - Z.log() if m is None else s_y - m - Z.log()
-    return log_P_y[:, 0], E_y, s, GE, Z
-
-
-def _add_gradient(a: torch.Tensor, E_y: torch.Tensor, y: torch.Tensor, r: torch.Tensor, G: torch.Tensor,
-                  GE: torch.Tensor, Z: torch.Tensor, dA: torch.Tensor, dE: torch.Tensor | None) -> None:
-    """One branch's gradient on one chunk (module docstring), from `_branch_chunk`'s E_y, G, G·E and Z and
-    r = r_b (c, 1): d/da_b written into dA (c, d), d/dE_b added to dE (n, d) unless E takes none (None)."""
-    rz = r / Z  # (c, 1) r_b / Z
-    # d/da_b = r_b·(P_b - onehot_y)·E_b = (G·E_b)·r_b/Z - r_b·E_b,y
-    torch.mul(GE, rz, out=dA).addcmul_(r, E_y, value=-1)  # (c, d)
-    if dE is None:
-        return
-    # d/dE_b += (P_b - onehot_y)^T·(r_b·a_b) = G^T·(a_b·r_b/Z) - (r_b·a_b at the rows y)
-    if G.dtype == dE.dtype:
-        dE.addmm_(G.T, a * rz)  # (n, d), accumulated in place
-    else:  # the product in G's dtype, the sum in fp32
-        dE += G.T @ (a * rz).to(G.dtype)
-    dE.index_add_(0, y, a * r, alpha=-1)
-
-
 class ViewNLL(NamedTuple):
-    """One view's part of Eq. 7 for `nll_views`: its positions, their targets, its softmax's items, its weight."""
+    """One view's part of Eq. 7 for `nll_views`."""
     h_id: torch.Tensor  # (T, q) the ID encoder's output at the view's T next-item positions
     h_img: torch.Tensor | None  # (T, e) the image encoder's, or None without the image branch
     target: torch.Tensor  # (T,) each position's next item, counted from the first of `items`
@@ -146,10 +105,8 @@ class ViewNLL(NamedTuple):
 
 
 class _FusedNLL(torch.autograd.Function):
-    """Σ_v scale_v·nll_v over the views of a batch by `_nll_chunks`, chunk // n positions at a time (n the view's
-    items), and each nll_v. With `grads` the gradient is formed in the forward pass, every view's into the same
-    (N, q) gradient of E_id and (T, d) gradient of each a; backward scales them. Inputs: E_id, then a_id (and a_img,
-    with the image branch) of every view's positions in turn, then the rest as one tuple."""
+    """Σ_v scale_v·nll_v over a batch's views, and each nll_v, by `_nll_chunks`; with `grads` the gradient is formed
+    in the forward pass, every view's into one of E_id and of each a; backward scales it. Inputs: E_id, a, the rest."""
 
     @staticmethod
     def forward(ctx, E_id, *args):
@@ -162,11 +119,13 @@ class _FusedNLL(torch.autograd.Function):
         a_p = [a_b.to(E_p.dtype) for a_b, E_p in zip(a, products)]  # as the products read them
         log_P, start = [], 0
         for view in views:
-            T, start = slice(start, start + len(view.target)), start + len(view.target)  # the view's positions
-            branches = [(a[b][T], a_p[b][T], (E_id, E_img)[b], products[b], log_w[b], dE if b == 0 else None,
-                         ctx.grads[1 + b][T] if grads else None) for b in kept]
-            rows = max(1, chunk // len(range(E_id.shape[0])[view.items]))
-            log_P.append(_nll_chunks(branches, view.target, rows, bound, view.items, view.scale if grads else None))
+            T, I = slice(start, start + len(view.target)), view.items  # the view's positions, its softmax's items
+            start = T.stop
+            # d/dE is added at I into a buffer of all N rows: a gradient of E[I] would cost a second (N, d) tensor
+            branches = [(a[b][T], (E_id, E_img)[b][I], a_p[b][T], products[b][I], log_w[b],
+                         None if dE is None or b else dE[I], ctx.grads[1 + b][T] if grads else None) for b in kept]
+            rows = max(1, chunk // len(E_id[I]))
+            log_P.append(_nll_chunks(branches, view.target, rows, bound, view.scale if grads else None))
         nlls = -torch.stack(log_P)  # (V,) each view's Σ_t -log P
         total = nlls[0] * views[0].scale
         for view, nll in zip(views[1:], nlls[1:]):
@@ -184,26 +143,22 @@ class _FusedNLL(torch.autograd.Function):
 
 def nll_views(views: list[ViewNLL], E_id: torch.Tensor, E_img: torch.Tensor | None, alpha: float,
               temperature: float, chunk: int, products: tuple | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(Eq. 6/7) Σ_v scale_v·Σ_t -log P^v(target_t | S) and each view's Σ_t (V,): E_id, E_img (N, d) with unit
-    rows, E_img frozen; `products`: E_id and E_img as the products read them (`cast`; default: as given).
-    Every view's gradient goes into one (N, q) gradient of E_id, so E_id's backward runs once a step."""
+    """(Eq. 6/7) Σ_v scale_v·Σ_t -log P^v(target_t | S), and each view's Σ_t (V,): E_id, E_img (N, d), unit rows,
+    E_img frozen; `products`: both as the products read them (`cast`; default: as given); one backward of E_id."""
     if E_img is not None and E_img.requires_grad:
         raise ValueError("fused_loss: E_img is frozen (IFCDSR's image matrix takes no gradient)")
-    products = products or (E_id, E_img)
     # (Eq. 5) log α, log(1-α) (the ID branch alone: P = P_id)
     log_w = (0.0, -math.inf) if views[0].h_img is None else (log_weight(alpha), log_weight(1.0 - alpha))
     # (Eq. 2) a = unit(h)/τ of each branch, every view's positions at once: (T, d)
     a = [unit_rows(torch.cat(h)) / temperature for h in zip(*(view[:2] for view in views)) if h[0] is not None]
     grads = torch.is_grad_enabled() and any(t.requires_grad for t in [E_id, *a])
-    return _FusedNLL.apply(E_id, *a, (E_img, products, views, log_w, 1 / temperature, chunk, grads))
+    return _FusedNLL.apply(E_id, *a, (E_img, products or (E_id, E_img), views, log_w, 1 / temperature, chunk, grads))
 
 
 def nll(h_id: torch.Tensor, E_id: torch.Tensor, h_img: torch.Tensor | None, E_img: torch.Tensor | None,
-        target: torch.Tensor, alpha: float, temperature: float, chunk: int, items: slice = slice(None),
-        products: tuple | None = None) -> torch.Tensor:
+        target: torch.Tensor, alpha: float, temperature: float, chunk: int, items: slice = slice(None)) -> torch.Tensor:
     """Σ_t -log P(target_t | S) over T positions (the sum of Eq. 6) of one view: `nll_views` of it alone."""
-    return nll_views([ViewNLL(h_id, h_img, target, items, 1.0)], E_id, E_img, alpha, temperature, chunk,
-                     products)[0]
+    return nll_views([ViewNLL(h_id, h_img, target, items, 1.0)], E_id, E_img, alpha, temperature, chunk)[0]
 
 
 def nll_dot(h: torch.Tensor, E: torch.Tensor, target: torch.Tensor, items: slice, chunk: int) -> torch.Tensor:
@@ -234,22 +189,16 @@ class _UnitRows(torch.autograd.Function):
         return torch.addcmul(g, u, along, value=-1).div_(norm)
 
 
-def unit_rows(E: torch.Tensor) -> torch.Tensor:
-    """E's rows normalised for Eq. 2 (N, d), the same values as `ifcdsr.unit`, with a cheaper gradient."""
-    return _UnitRows.apply(E)
+unit_rows = _UnitRows.apply  # E's rows normalised for Eq. 2 (N, d): `ifcdsr.unit`'s values, a cheaper gradient
 
 
 @torch.no_grad()
 def view_sum(views, E_id: torch.Tensor, E_img: torch.Tensor | None, alpha: float, temperature: float,
              items: slice, chunk: int) -> torch.Tensor:
-    """(Eq. 8) P(x_i | S) = Σ_v λ_v·P^v(x_i | S) for the items in `items` -> (B, |items|); each view's
-    softmax (Eq. 3/4) runs over its own items, as in `IFCDSR.score`; chunk // |own| histories at a time.
-
-    views: an `ifcdsr.ViewScores` per view (its λ_v, its softmax's items, the columns it covers, its h at the
-    last position, and which histories it has no item for); a view without items contributes 1/|own|.
+    """(Eq. 8) P(x_i | S) = Σ_v λ_v·P^v(x_i | S) for the items in `items` -> (B, |items|), from an
+    `ifcdsr.ViewScores` per view, as `IFCDSR.score` sums it; chunk // |own| histories at a time.
     Note: computed as written, in probability space (fp32): an item's P underflows to 0 only if its
-    logit is > 87 below the row's best in every branch, impossible for τ > 2/87 (cosines span 2/τ).
-    """
+    logit is > 87 below the row's best in every branch, impossible for τ > 2/87 (cosines span 2/τ)."""
     B = len(views[0].h_id)
     total = torch.zeros(B, items.stop - items.start, device=E_id.device)  # (B, |items|) the sum of Eq. 8
     for weight, own, into, src, h_id, h_img, empty in views:  # the fields of ifcdsr.ViewScores

@@ -1,18 +1,14 @@
 """IFCDSR: Image Fusion for Cross-Domain Sequential Recommendation (Wu et al., WWW Companion 2025).
 
-The model and the paper's equations (search for "Eq."), as the model runs them; nothing about files
-or loops. `fused_loss.py` holds a memory-bounded version of Eq. 2-8 that `IFCDSR.loss` and
-`IFCDSR.score` switch to when the (positions × N) logits are large, and always on CUDA (`IFCDSR.plain`).
-
-Dimension letters used in shape comments:
-    B  batch of sequences          L  positions (max_len, left-padded)
-    N  items of both domains       T  prediction positions gathered from a batch (Eq. 6's t)
-    q  width of the learnable ID embeddings E_id       e  width of the frozen CLIP embeddings E_img
-Items have one global id space: domain X = 0..|X|-1, domain Y = |X|..N-1, padding id = N.
+The model and the paper's equations (search for "Eq."), as the model runs them. `IFCDSR.loss` and `IFCDSR.score`
+switch to fused_loss.py's memory-bounded Eq. 2-8 when the (positions × N) logits are large (`IFCDSR.plain`).
+Shapes: B sequences, L positions (max_len, left-padded), N items of both domains, T prediction positions of a
+batch (Eq. 6's t), q the width of the learnable E_id, e that of the frozen CLIP embeddings E_img.
+Items share one id space: domain X = 0..|X|-1, domain Y = |X|..N-1, padding id = N.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+import dataclasses
 from typing import NamedTuple
 
 import torch
@@ -25,7 +21,7 @@ from fused_loss import host_to, log_weight
 VIEWS = ("x", "y", "xy")  # S^X, S^Y, S^{X+Y}
 
 
-@dataclass
+@dataclasses.dataclass
 class Config:
     # model (paper §4 "Implementation Details")
     q: int = 256  # q, width of the learnable ID embedding E_id
@@ -58,35 +54,27 @@ class Config:
     epochs: int = 100  # training epochs
     patience: int = 10  # early stopping: evaluations without a better validation MRR
     eval_every: int = 1  # validate every this many epochs
-    # how Eq. 2-8 are computed, never what: the (positions × items) logits that fused_loss.py scores at once;
-    # on a CPU a view whose logits fit in half of it runs the plain code below (`fused_loss.plain`); 0 = auto
-    score_chunk: int = 0  # Note: memory only; both codes give the same numbers up to float rounding
+    # how Eq. 2-8 are computed, never what: the (positions × items) logits scored at once (`fused_loss.chunk`)
+    score_chunk: int = 0  # Note: memory only; both codes give the same numbers up to float rounding; 0 = auto
     seed: int = 0  # the training seed: initialisation and batch order (the data and the negatives are fixed)
 
     def replace(self, **overrides) -> "Config":
-        """A copy with some fields changed, checked; an unknown field is an error."""
-        known = {f.name for f in fields(self)}
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise ValueError(f"unknown config field(s) {unknown}; known: {sorted(known)}")
-        cfg = Config(**{**asdict(self), **overrides})
-        cfg.check()
-        return cfg
+        """A copy with some fields changed, checked; an unknown field is a TypeError."""
+        return dataclasses.replace(self, **overrides).check()
 
-    def check(self) -> None:
-        """Every field within its accepted values (RANGES, CHOICES); NaN and infinities never are."""
+    def check(self) -> "Config":
+        """self if every field is within its accepted values (RANGES, CHOICES; never NaN or ±inf), else ConfigError."""
         for name, (low, high) in RANGES.items():
-            value = getattr(self, name)
-            kind = int if isinstance(low, int) else (int, float)
-            if isinstance(value, bool) or not isinstance(value, kind) or not low <= value <= high:
-                what = "an integer" if kind is int else "a number"
-                raise ConfigError(name, value, f"{what} in [{low:,}, {high:,}]" if kind is int else
-                                  f"{what} in [{low:g}, {high:g}]")
+            value, kind = getattr(self, name), int if isinstance(low, int) else float
+            if isinstance(value, bool) or not isinstance(value, (int, kind)) or not low <= value <= high:
+                raise ConfigError(name, value, f"an integer in [{low:,}, {high:,}]" if kind is int else
+                                  f"a number in [{low:g}, {high:g}]")
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(name, getattr(self, name), " or ".join(map(repr, allowed)))
         if self.q % self.n_heads:
             raise ConfigError("n_heads", self.n_heads, f"a divisor of q = {self.q}")
+        return self
 
     def view_weights(self) -> dict[str, float]:
         """Weights of Eq. 7/8: 1 for the target view, λ1 for the source view, λ2 for the merged view."""
@@ -154,11 +142,9 @@ class Block(nn.Module):
 
 class AttentionEncoder(nn.Module):
     """(Eq. 1) H = Attention(F): causal self-attention over one view of one modality.
-
     Note: the paper does not specify the attention layer; this is SASRec's encoder as its paper prints it
     (causal, learnable positions, padding masked, the pre-LayerNorm `Block`s of its §III-C); C2DSR, the line
-    of work IFCDSR builds on, runs SASRec's code's block (`baselines.SASRecBlock`, the SASRec rows' `block`).
-    """
+    of work IFCDSR builds on, runs SASRec's code's block (`baselines.SASRecBlock`, the SASRec rows' `block`)."""
 
     def __init__(self, width: int, cfg: Config, block: type[nn.Module] = Block):
         super().__init__()
@@ -169,8 +155,7 @@ class AttentionEncoder(nn.Module):
         self.ln_f = nn.LayerNorm(width)
 
     def forward(self, F_seq: torch.Tensor, is_pad: torch.Tensor, mask: tuple | None = None) -> torch.Tensor:
-        """F_seq (B, L, d) item embeddings in sequence order, is_pad (B, L) -> H (B, L, d); `mask`:
-        `attention_mask(is_pad)`, which the encoders of a view share."""
+        """F_seq (B, L, d) items in sequence order, is_pad (B, L), `mask` = attention_mask(is_pad) -> H (B, L, d)."""
         pos, allowed = mask or attention_mask(is_pad)
         x = self.drop(F_seq + self.positions(pos))
         for block in self.blocks:
@@ -198,11 +183,8 @@ def unit(x: torch.Tensor) -> torch.Tensor:
 
 
 def similarity(h: torch.Tensor, E_unit: torch.Tensor, temperature: float) -> torch.Tensor:
-    """(Eq. 2) Sim(h, E) = h·E^T / (‖h‖‖E‖), divided by τ.  h (T, d), E_unit (N, d) -> (T, N).
-
-    E_unit = unit(E) is normalised once per step by the caller, not once per position; a zero
-    row has similarity 0 with everything. 1/τ scales h, the smaller operand.
-    """
+    """(Eq. 2) Sim(h, E) = h·E^T / (‖h‖‖E‖), divided by τ: h (T, d), E_unit = unit(E) (N, d), normalised once
+    by the caller -> (T, N). A zero row has similarity 0 with everything; 1/τ scales h, the smaller operand."""
     return (unit(h) / temperature) @ E_unit.T  # (T, N)
 
 
@@ -219,13 +201,12 @@ def mixture(log_P_id: torch.Tensor, log_P_img: torch.Tensor, alpha: float) -> to
 
 
 def log_prob(h_id: torch.Tensor, E_id: torch.Tensor, h_img: torch.Tensor | None, E_img: torch.Tensor | None,
-             alpha: float, temperature: float) -> torch.Tensor:
-    """log P(· | S) over the N items of E_id and E_img for T positions of one view (Eq. 3-5) -> (T, N).
-    E_id, E_img: the item matrices with unit rows (see `similarity`)."""
-    log_P_id = branch_log_prob(h_id, E_id, temperature)  # (Eq. 3) P_id = softmax(Sim(h_id, E_id))
+             alpha: float, temperature: float, items: slice = slice(None)) -> torch.Tensor:
+    """(Eq. 3-5) log P(· | S) of one view's T positions over the rows `items` of E_id, E_img (unit rows) -> (T, n)."""
+    log_P_id = branch_log_prob(h_id, E_id[items], temperature)  # (Eq. 3) P_id = softmax(Sim(h_id, E_id))
     if h_img is None:
         return log_P_id
-    log_P_img = branch_log_prob(h_img, E_img, temperature)  # (Eq. 4) P_img = softmax(Sim(h_img, E_img))
+    log_P_img = branch_log_prob(h_img, E_img[items], temperature)  # (Eq. 4) P_img = softmax(Sim(h_img, E_img))
     return mixture(log_P_id, log_P_img, alpha)  # (Eq. 5)
 
 
@@ -233,17 +214,15 @@ def log_prob(h_id: torch.Tensor, E_id: torch.Tensor, h_img: torch.Tensor | None,
 
 
 def trim(pad: int, seq: torch.Tensor, *aligned: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Drop the leading columns of seq (B, L) that are padding in every row, and the same columns of the
-    `aligned` tensors (left padding: the items are at the end). Positions count from each sequence's first
-    item, so no output changes; only the work does. Reads seq's values: give it a CPU tensor (`shapes`)."""
+    """seq (B, L) and the `aligned` tensors without the leading columns that are padding in every row of seq: no
+    output changes (positions count from a sequence's first item), only the work. Give it a CPU tensor."""
     width = max(1, int((seq != pad).sum(1).max()))
     return tuple(t[:, -width:] for t in (seq, *aligned))
 
 
-@dataclass
+@dataclasses.dataclass
 class ViewShape:
-    """What a batch's data decides about one view's work, read on the host from the CPU copy of the batch,
-    so that the device never waits for it."""
+    """What a batch decides about one view's work, read from its CPU copy so that the device never waits."""
     width: int  # the columns `trim` keeps: the view's longest history in the batch (left padding: the last ones)
     count: int = 0  # T, the view's prediction positions (Eq. 6's t), in training
     at: torch.Tensor | None = None  # (T,) their flat indices into the trimmed (B·width), on the model's device
@@ -253,12 +232,9 @@ def shapes(pad: int, inputs, targets=None, device="cpu") -> dict[str, ViewShape]
     """Each view's ViewShape for a batch of Views (and, in training, their next items), from CPU tensors."""
     out = {}
     for view in VIEWS:
-        (seq,) = trim(pad, getattr(inputs, view))
-        if targets is None:
-            out[view] = ViewShape(seq.shape[1])
-            continue
-        at = (getattr(targets, view)[:, -seq.shape[1]:] != pad).flatten().nonzero()[:, 0]  # (T,)
-        out[view] = ViewShape(seq.shape[1], len(at), host_to(device, at))
+        width = trim(pad, getattr(inputs, view))[0].shape[1]
+        at = None if targets is None else (getattr(targets, view)[:, -width:] != pad).flatten().nonzero()[:, 0]
+        out[view] = ViewShape(width) if at is None else ViewShape(width, len(at), host_to(device, at))  # at: (T,)
     return out
 
 
@@ -279,8 +255,7 @@ class ViewScores(NamedTuple):
 
 
 class IFCDSR(nn.Module):
-    """The model, with the interface that the baselines share: `views` (the parts of the loss), `loss`, `score`,
-    `scorer` and `chunk`."""
+    """The model, with the baselines' interface: `views` (the loss's parts), `loss`, `score`, `scorer`, `chunk`."""
 
     def __init__(self, cfg: Config, num_x: int, num_y: int, E_img: torch.Tensor | None = None):
         super().__init__()
@@ -294,8 +269,7 @@ class IFCDSR(nn.Module):
         # Note: init not stated in the paper; rows of norm ~1 (std q^-1/2) rather than torch's N(0, 1),
         # so that Adam's steps of ~lr per coordinate turn the directions that Eq. 2 compares quickly
         nn.init.normal_(self.E_id.weight, std=cfg.q ** -0.5)
-        with torch.no_grad():
-            self.E_id.weight[self.pad].zero_()
+        nn.init.zeros_(self.E_id.weight[self.pad])
         # Note: six encoders with separate weights, one per view and branch (§3.2: "six sequence representations
         # derived from multiple attention layers"); the paper does not say whether any weights are shared
         views = VIEWS if cfg.multi_attention else ("xy",)
@@ -304,8 +278,7 @@ class IFCDSR(nn.Module):
             assert E_img.shape[0] == self.N, f"E_img has {E_img.shape[0]} rows, expected N = {self.N}"
             # §3.1.1: E_img, the frozen (N, e) CLIP image matrix: a buffer, never a parameter
             # Note: not persistent, so not in checkpoints: E_img is the data's and is re-read from the scenario
-            self.register_buffer("E_img", torch.cat([E_img.float(), E_img.new_zeros(1, E_img.shape[1])]),
-                                 persistent=False)
+            self.register_buffer("E_img", F.pad(E_img.float(), (0, 0, 0, 1)), persistent=False)  # + a padding row
             self.register_buffer("E_img_unit", unit(self.E_img[:-1]), persistent=False)  # normalised once: frozen
             self.enc_img = nn.ModuleDict({v: AttentionEncoder(E_img.shape[1], cfg) for v in views})
         else:
@@ -336,46 +309,41 @@ class IFCDSR(nn.Module):
         return fused_loss.plain(rows, self.N, self.chunk(), self.E_id.weight.device)
 
     def softmax_items(self, view: str) -> slice:
-        """The items whose softmax gives P^v (Eq. 3/4): all N, or (softmax_over = "domain") the view's own
-        domain's, both domains' for S^{X+Y}."""
+        """The items of P^v's softmax (Eq. 3/4): all N, or under softmax_over = "domain" its own domain's."""
         if self.cfg.softmax_over == "all" or view == "xy":
             return slice(0, self.N)
         return domain_items("X" if view == "x" else "Y", self.num_x, self.N)
 
     def loss(self, inputs, targets, shape: dict[str, ViewShape] | None = None
              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """(Eq. 7) L = L^X + λ1·L^Y + λ2·L^{X+Y} (X the target domain) for one batch of Views; the
-        per-view parts (0-d tensors on the device, for the log) come with it. `shape`: the batch's `shapes`,
-        from its CPU copy; without it they are read from `inputs` (on CUDA the host would wait for them)."""
+        """(Eq. 7) L = L^X + λ1·L^Y + λ2·L^{X+Y} (X the target domain) for a batch of Views, and each view's part
+        (0-d, for the log). `shape`: the batch's `shapes`, from its CPU copy (else read from `inputs`: a wait)."""
         cfg = self.cfg
         shape = shape or shapes(self.pad, inputs, targets, self.E_id.weight.device)
-        plain = [view for view in self.views if self.plain(shape[view].count)]
-        if plain:
+        if plain := [view for view in self.views if self.plain(shape[view].count)]:  # the views of the plain code
             E_id, E_img = fused_loss.cast(*self.item_matrices())  # (N, q), (N, e) as the products read them
-        total, parts, bounded = 0.0, {}, {}
+        total, parts, bounded, norm = 0.0, {}, {}, {}
         for view, weight in cfg.view_weights().items():
-            h_id, h_img, y, items, norm = self.next_items(inputs, targets, view, shape[view])
+            h_id, h_img, y, items, norm[view] = self.next_items(inputs, targets, view, shape[view])
             if view not in plain:  # the same sum in bounded memory, for every such view at once after the loop
-                bounded[view] = (fused_loss.ViewNLL(h_id, h_img, y, items, weight / norm), norm)
+                bounded[view] = fused_loss.ViewNLL(h_id, h_img, y, items, weight / norm[view])
                 continue
-            E_img_v = None if E_img is None else E_img[items]
-            log_P = log_prob(h_id, E_id[items], h_img, E_img_v, cfg.alpha, cfg.temperature)  # (T, n) Eq. 2-5
-            L_v = -log_P.gather(1, y[:, None]).sum() / norm  # (Eq. 6) Σ_t -log P^v(v_{t+1} | S), normalised
+            log_P = log_prob(h_id, E_id, h_img, E_img, cfg.alpha, cfg.temperature, items)  # (T, n) Eq. 2-5
+            L_v = -log_P.gather(1, y[:, None]).sum() / norm[view]  # (Eq. 6) Σ_t -log P^v(v_{t+1} | S), normalised
             total = total + weight * L_v  # (Eq. 7)
             parts[view] = L_v.detach()
-        if bounded:  # Eq. 7's bounded views: one gradient of E_id for all of them
-            E_id = fused_loss.unit_rows(self.E_id.weight)  # (N + 1, q) with the padding row, which no view scores
-            weighted, nlls = fused_loss.nll_views([part for part, _ in bounded.values()], E_id, self.E_img_unit,
-                                                  cfg.alpha, cfg.temperature, self.chunk(),
+        if bounded:  # Eq. 7's bounded views: one gradient of E_id (N + 1, q: the padding row, which none scores)
+            E_id = fused_loss.unit_rows(self.E_id.weight)
+            weighted, nlls = fused_loss.nll_views(list(bounded.values()), E_id, self.E_img_unit, cfg.alpha,
+                                                  cfg.temperature, self.chunk(),
                                                   fused_loss.cast(E_id[:-1].detach(), self.E_img_unit))
             total = total + weighted  # (Eq. 7)
-            parts.update({view: nll / norm for (view, (_, norm)), nll in zip(bounded.items(), nlls)})
+            parts.update({view: nll / norm[view] for view, nll in zip(bounded, nlls)})
         return total, {view: parts[view] for view in self.views}  # in the order of Eq. 7
 
     def next_items(self, inputs, targets, view: str, shape: ViewShape) -> tuple:
-        """Every next-item position of one view of a batch (Eq. 6's t): h_id (T, q), h_img (T, e) or None, the
-        next items y (T,) counted from the first of the view's softmax items (Eq. 3/4), those items, and Eq. 6's
-        divisor: the batch's B·L slots for every view ("sum"), or the view's own T positions ("mean")."""
+        """One view's next-item positions (Eq. 6's t) -> h_id (T, q), h_img (T, e) or None, their next items y (T,)
+        counted from the first of the view's softmax items (Eq. 3/4), those items, and Eq. 6's divisor (B·L or T)."""
         seq, nxt = getattr(inputs, view)[:, -shape.width:], getattr(targets, view)[:, -shape.width:]  # (B, width)
         H_id, H_img = self.encode(seq, view)
         h_id, h_img = H_id.flatten(0, 1)[shape.at], None if H_img is None else H_img.flatten(0, 1)[shape.at]
@@ -386,11 +354,9 @@ class IFCDSR(nn.Module):
     @torch.no_grad()
     def score(self, history, items: slice = slice(None), shape: dict[str, ViewShape] | None = None,
               matrices=None) -> torch.Tensor:
-        """(Eq. 8) P(x_i | S) = P^X + λ1·P^Y + λ2·P^{X+Y} for the items in `items` (all N by default)
-        -> (B, |items|); each view's softmax (Eq. 3/4) still runs over its own items (`softmax_items`), and
-        each view is read at its last position (the most recent item, Eq. 1's h). `shape`: the batch's
-        `shapes`, from its CPU copy (else read from `history`); `matrices`: `item_matrices()` (`scorer`).
-        """
+        """(Eq. 8) P(x_i | S) = P^X + λ1·P^Y + λ2·P^{X+Y} -> (B, |items|) for `items` (all N by default), each view
+        read at its last position (Eq. 1's h), its softmax (Eq. 3/4) over its own items (`softmax_items`).
+        `shape`: the batch's `shapes`, from its CPU copy (else read from `history`); `matrices`: `scorer`'s."""
         cfg = self.cfg
         items = slice(*items.indices(self.N)[:2])
         E_id, E_img = matrices or self.item_matrices()
@@ -404,8 +370,7 @@ class IFCDSR(nn.Module):
             return fused_loss.view_sum(views, E_id, E_img, cfg.alpha, cfg.temperature, items, self.chunk())
         total = torch.zeros(len(history.xy), items.stop - items.start, device=E_id.device)  # (B, |items|)
         for weight, own, into, src, h_id, h_img, empty in views:  # the fields of ViewScores
-            E_img_v = None if h_img is None else E_img[own]
-            P_v = log_prob(h_id, E_id[own], h_img, E_img_v, cfg.alpha, cfg.temperature).exp()  # (B, |own|) Eq. 2-5
+            P_v = log_prob(h_id, E_id, h_img, E_img, cfg.alpha, cfg.temperature, own).exp()  # (B, |own|) Eq. 2-5
             # Note: a view without items (e.g. a history with no Y item) contributes the uniform 1/|own|
             P_v = torch.where(empty, 1.0 / (own.stop - own.start), P_v)
             total[:, into] += weight * P_v[:, src]  # (Eq. 8) Σ_v λ_v·P^v, (B, |items|)
