@@ -481,7 +481,7 @@ def planned(s: Settings, models: list[str], out: Path) -> dict[Path, tuple[str, 
 
 def eval_only(s: Settings) -> int:
     """--eval-only: a checkpoint's validation and test metrics, as it was trained; with --export its top-k items."""
-    path, dropped = s.eval_only, [flag for k, flag in s.given.items() if k not in (
+    path, dropped = s.eval_only, [s.given[k] for k in vars(s) if k in s.given and k not in (
         "eval_only", "scenario", "data_dir", "device", "deterministic", "export", "k")]
     if dropped:
         raise UsageError(f"--eval-only evaluates the checkpoint as it was trained (its model, target, config and "
