@@ -362,6 +362,31 @@ class DemoSpec:
     max_len: int = 16
 
 
+def demo_user(rng: np.random.Generator, spec: DemoSpec, domain, category, popularity, style) -> list[tuple[int, int]]:
+    """One demo user's sequence: (global item id, unix time) in time order, from the user's tastes and style."""
+    taste = rng.dirichlet(np.full(spec.categories, 0.3))  # few favourite categories, both domains
+    liked_style = rng.normal(size=spec.style_dim)
+    liked_style /= np.linalg.norm(liked_style)
+    share_x = rng.uniform(0.25, 0.75)
+    n = int(rng.integers(spec.min_len, spec.max_len + 1))
+    domains = (rng.random(n) >= share_x).astype(int)
+    domains[rng.permutation(n)[:6]] = [0, 0, 0, 1, 1, 1]  # at least 3 items of each domain
+    current = rng.choice(spec.categories, p=taste)
+    seq = []
+    for d in domains:
+        if rng.random() > spec.stay:
+            current = rng.choice(spec.categories, p=taste)
+            taste = 0.9 * taste + 0.1 * np.eye(spec.categories)[current]  # tastes drift
+        pool = np.flatnonzero((domain == d) & (category == current))
+        if len(pool) == 0:
+            pool = np.flatnonzero(domain == d)
+        w = popularity[pool] * np.exp(spec.style_weight * style[pool] @ liked_style)
+        seq.append(int(rng.choice(pool, p=w / w.sum())))
+    start = int(rng.integers(1_300_000_000, 1_500_000_000))
+    times = start + np.cumsum(rng.integers(3600, 30 * 86400, n))
+    return list(zip(seq, times.tolist()))
+
+
 def make_demo(out: Path, *, seed: int, spec: DemoSpec = DemoSpec()) -> Path:
     """Write a deterministic two-domain scenario to `out` (once; later calls with the same spec reuse it)."""
     recipe = json.dumps({"seed": seed, **asdict(spec)}, sort_keys=True)
@@ -380,30 +405,8 @@ def make_demo(out: Path, *, seed: int, spec: DemoSpec = DemoSpec()) -> Path:
     E_img = prototypes[category] + 0.8 * style @ style_proj + 0.5 * rng.normal(size=(N, spec.image_dim))
     E_img[rng.random(N) < spec.no_image] = 0.0
 
-    sequences, last_time = [], []
-    for _ in range(spec.num_users):
-        taste = rng.dirichlet(np.full(spec.categories, 0.3))  # few favourite categories, both domains
-        liked_style = rng.normal(size=spec.style_dim)
-        liked_style /= np.linalg.norm(liked_style)
-        share_x = rng.uniform(0.25, 0.75)
-        n = int(rng.integers(spec.min_len, spec.max_len + 1))
-        domains = (rng.random(n) >= share_x).astype(int)
-        domains[rng.permutation(n)[:6]] = [0, 0, 0, 1, 1, 1]  # at least 3 items of each domain
-        current = rng.choice(spec.categories, p=taste)
-        seq = []
-        for d in domains:
-            if rng.random() > spec.stay:
-                current = rng.choice(spec.categories, p=taste)
-                taste = 0.9 * taste + 0.1 * np.eye(spec.categories)[current]  # tastes drift
-            pool = np.flatnonzero((domain == d) & (category == current))
-            if len(pool) == 0:
-                pool = np.flatnonzero(domain == d)
-            w = popularity[pool] * np.exp(spec.style_weight * style[pool] @ liked_style)
-            seq.append(int(rng.choice(pool, p=w / w.sum())))
-        start = int(rng.integers(1_300_000_000, 1_500_000_000))
-        times = start + np.cumsum(rng.integers(3600, 30 * 86400, n))
-        sequences.append(list(zip(seq, times.tolist())))
-        last_time.append(times[-1])
+    sequences = [demo_user(rng, spec, domain, category, popularity, style) for _ in range(spec.num_users)]
+    last_time = [events[-1][1] for events in sequences]
 
     order = np.argsort(last_time, kind="stable")
     n_train = len(order) - len(order) // 3
