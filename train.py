@@ -376,7 +376,7 @@ def run(s: Settings) -> int:
 
 def train_rows(s: Settings, name: str, folder: Path, models: list[str], out: Path) -> int:
     """Every row × seed × target domain, then results.json, test_ranks.npz and the tables."""
-    scen = load_scenario(folder, max_len=s.cfg.max_len, name=name, use_images=any(map(needs_images, models)))
+    scen = load_scenario(folder, max_len=s.cfg.max_len, name=name, use_images=any(ROWS[m].use_image for m in models))
     check_cases(scen, s.targets)
     for model in (m for m in models if ROWS[m].trained):  # each row's largest model, before any is built
         for point, _ in trainings(model, s.grid, out):
@@ -745,13 +745,14 @@ def choose_models(models: str | None, no_image: bool, no_multi_attention: bool, 
         raise UsageError(f"--models {models!r}: " + (f"unknown model(s) {unknown}" if unknown else "names no model")
                          + f"; expected a comma-separated list of {', '.join(ROWS)}, or a preset "
                            f"({', '.join(PRESETS)}).")
-    why = "--no-image" if no_image else f"the scenario has no {EMBEDDINGS_FILE}"
+    why, imaged = "--no-image" if no_image else f"the scenario has no {EMBEDDINGS_FILE}", [
+        m for m in chosen if ROWS[m].use_image]
     if (no_image or not has_images) and models == "compare":
-        if any(map(needs_images, chosen)):
+        if imaged:
             print(f"{why}: running only the rows that need no image embeddings", flush=True)
-        chosen = [m for m in chosen if not needs_images(m)]
-    elif (no_image or not has_images and models not in PRESETS) and any(map(needs_images, chosen)):
-        raise UsageError(f"--models {','.join(m for m in chosen if needs_images(m))} need(s) image embeddings, "
+        chosen = [m for m in chosen if m not in imaged]
+    elif (no_image or not has_images and models not in PRESETS) and imaged:
+        raise UsageError(f"--models {','.join(imaged)} need(s) image embeddings, "
                          f"but {why}. Build them (tools/embed.py) or leave those rows out." + fetch_list(name))
     return [m for m in ROWS if m in chosen]
 
@@ -826,10 +827,6 @@ def variant(use_image: bool, multi_attention: bool) -> str:
     """The IFCDSR row of these two flags."""
     return next(name for name, row in ROWS.items() if row.ifcdsr and (row.use_image, row.multi_attention) == (
         use_image, multi_attention))
-
-
-def needs_images(name: str) -> bool:
-    return ROWS[name].use_image
 
 
 def acts(field: str, name: str) -> bool:
