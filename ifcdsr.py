@@ -157,21 +157,26 @@ class AttentionEncoder(nn.Module):
     def forward(self, F_seq: torch.Tensor, is_pad: torch.Tensor, mask: tuple | None = None) -> torch.Tensor:
         """F_seq (B, L, d) items in sequence order, is_pad (B, L), `mask` = attention_mask(is_pad) -> H (B, L, d)."""
         pos, allowed = mask or attention_mask(is_pad)
-        x = self.drop(F_seq + self.positions(pos))
-        for block in self.blocks:
-            x = block(x, allowed)
-        return self.ln_f(x)  # (B, L, d)
+        # on CUDA in fp32 even under autocast, its products in TF32 (`train.tf32`): under bf16 each linear layer would
+        # cast its weight, bias and input, and autograd their gradients back, more host time than bf16 saves
+        with torch.autocast("cuda", enabled=False):
+            x = self.drop(F_seq + self.positions(pos))
+            for block in self.blocks:
+                x = block(x, allowed)
+            return self.ln_f(x)  # (B, L, d)
 
 
 def attention_mask(is_pad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """is_pad (B, L) -> each position's index (B, L) and the keys each query attends to (B, L, L)."""
+    """is_pad (B, L) -> each position's index (B, L) and the keys each query attends to (B, L, L), as attention's
+    additive mask (0, or -inf for a key it does not see), made once for a view's encoders and blocks: attention
+    would otherwise turn a boolean mask into this one at every call."""
     L = is_pad.shape[1]
     # positions count from each sequence's first real item, so left padding changes nothing
     pos = (torch.cumsum(~is_pad, dim=1) - 1).clamp(min=0)  # (B, L)
     causal = torch.ones(L, L, dtype=torch.bool, device=is_pad.device).tril()  # query i sees keys j <= i
     allowed = causal & ~is_pad[:, None, :]  # (B, L, L) and never a padding key ...
     allowed = allowed | torch.eye(L, dtype=torch.bool, device=is_pad.device)  # ... except itself (no empty row)
-    return pos, allowed
+    return pos, torch.where(allowed, 0.0, float("-inf"))
 
 
 # ----------------------------------------------------------------------------- Eq. 2-6: scoring

@@ -108,6 +108,18 @@ class Selection:
                 f"NDCG@10 {row['valid']['sampled999']['NDCG@10']:.2f}")
 
 
+@contextlib.contextmanager
+def tf32(device: torch.device):
+    """Inside, on CUDA, fp32 products run in TF32 (`torch.set_float32_matmul_precision("high")`); outside (evaluation)
+    they stay exact. On a CPU nothing changes."""
+    saved = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high" if device.type == "cuda" else saved)
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(saved)
+
+
 class Trainer:
     """One training of a row and seed (model, optimiser, batch order) for one target domain, or for each of
     `targets` of a `Row.shared` row; each target keeps its own `Selection`, and training goes on while one runs."""
@@ -188,10 +200,11 @@ class Trainer:
 
     def step(self, inputs: Views, targets: Views, shape: dict) -> torch.Tensor:
         """(Eq. 7) the loss, its gradient, Adam -> (views,) the per-view losses, on the device, without a sync."""
-        with self.autocast():
-            loss, parts = self.model.loss(inputs, targets, shape)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
+        with tf32(self.device):  # the encoders' products, forward and backward
+            with self.autocast():
+                loss, parts = self.model.loss(inputs, targets, shape)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
         self.opt.step()
         return torch.stack([torch.as_tensor(v, dtype=torch.float32, device=self.device) for v in parts.values()])
 

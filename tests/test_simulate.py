@@ -40,10 +40,10 @@ def test_the_item_matrices_are_cast_once_a_step_under_autocast(small):
 
 
 def test_the_step_moves_its_bytes_within_the_budget(small):
-    """The budget, 0.2 GB, is what a step moves at this size (0.18 GB) with about 10% to spare; casting the
-    item matrices for every product again, as autocast does by itself, moves 0.23 GB."""
+    """The budget, 0.17 GB, is what a step moves at this size (0.15 GB) with about 10% to spare; casting the
+    item matrices for every product again, as autocast does by itself, moves 0.20 GB."""
     _, sim, _ = small
-    assert sim["train"]["bytes"] <= 0.2e9
+    assert sim["train"]["bytes"] <= 0.17e9
 
 
 def test_train_epoch_runs_step_by_step_and_each_kernel_costs_the_host_an_eager_op_and_a_launch(small):

@@ -159,7 +159,8 @@ def matmul_seconds(gemms: list[tuple], device: torch.device, cache: dict, dtype=
                    repeats: int = 3) -> float:
     """The time plain matmuls of these shapes take on `device` in `dtype` (each shape timed alone, best of
     `repeats`, cached per shape), times their counts: the matmul-only time of the same work, in the dtype
-    the trainer's products run in (bf16 under CUDA's autocast in training; fp32 in evaluation and on a CPU).
+    the trainer's products run in (bf16 under CUDA's autocast in training, where the encoders' products run in
+    TF32 and are timed in bf16 too; fp32 in evaluation and on a CPU).
     The output is allocated once beforehand, so this is the kernel's time alone: on CPU a fresh (m, n) result
     adds page faults that can cost as much as the product, and the ratio would flatter the code."""
     total = 0.0

@@ -56,16 +56,18 @@ class GPU:
     name: str
     memory_gb: float  # device memory
     bandwidth: float  # bytes/s that elementwise and memory-bound kernels reach
-    peak: dict  # FLOP/s of matrix products by input dtype
+    peak: dict  # FLOP/s of matrix products by input dtype, and "tf32": fp32 products under TF32
     launch_s: float  # per kernel, the device's gap between queued kernels
     sync_s: float  # per host sync: the device idles while the host sees the value and queues the next kernels
 
 
 # effective rates, not datasheet peaks: ~4 of HBM3e's 4.8 TB/s; bf16 products at about half the 989 dense
-# TFLOP/s; fp32 products (TF32 off) at ~50 of 67 TFLOP/s
+# TFLOP/s; fp32 products in TF32 (cuBLAS's products under torch.set_float32_matmul_precision("high")) at about half
+# its 495 dense TFLOP/s, half the bf16 rate as on the datasheet; fp32 products (TF32 off) at ~50 of 67 TFLOP/s
 # a kernel queued behind others costs the device ~2 µs of its own (ramp-up and drain)
 H200 = GPU("H200", memory_gb=141, bandwidth=4.0e12,
-           peak={torch.bfloat16: 4.0e14, torch.float16: 4.0e14, torch.float32: 5.0e13}, launch_s=2e-6, sync_s=5e-5)
+           peak={torch.bfloat16: 4.0e14, torch.float16: 4.0e14, "tf32": 2.0e14, torch.float32: 5.0e13}, launch_s=2e-6,
+           sync_s=5e-5)
 GPUS = {"h200": H200}
 
 # The host's time to issue one kernel from eager PyTorch with autograd, launch aside (Python, the dispatcher,
@@ -84,6 +86,7 @@ NO_KERNEL = {aten.empty.memory_format, aten.empty_strided.default, aten.empty_li
 FILLS = {aten.new_zeros.default, aten.new_ones.default, aten.new_full.default, aten.zeros_like.default,
          aten.ones_like.default, aten.full_like.default, aten.zeros.default, aten.ones.default, aten.full.default}
 GATHERS = {aten.index.Tensor, aten.index_select.default, aten.gather.default, aten.embedding.default}
+MATMULS = {aten.mm, aten.addmm, aten.bmm, aten.baddbmm}  # cuBLAS's products: TF32 when the precision allows
 SHADOW_MAX = 1 << 22  # integer tensors up to this size keep their real values beside the fake ones
 
 
@@ -260,6 +263,9 @@ class Counting(TorchDispatchMode):
         if func._overloadpacket in flop_registry:
             flop = flop_registry[func._overloadpacket](*args, **kwargs, out_val=out)
         dtype = next((t.dtype for t in inputs if t.is_floating_point()), torch.float32)
+        if dtype == torch.float32 and func._overloadpacket in MATMULS and \
+                torch.get_float32_matmul_precision() != "highest":
+            dtype = "tf32"
         peak = self.gpu.peak.get(dtype, self.gpu.peak[torch.float32])
         self.kernels += 1
         self.host_seconds += EAGER_OP_S + LAUNCH_S
