@@ -427,18 +427,17 @@ def row_result(model: str, seed: int | None, s: Settings, scen: Scenario, out: P
                      s.device, row_folder(out, model, seed), s.grid, s.resume, progress, f"{model} seed {seed}")
 
 
-def meta_model(name: str, cfg: Config, scen: Scenario) -> torch.nn.Module:
-    """Row `name` built on the meta device: its shapes, with nothing allocated."""
-    with torch.device("meta"):
-        return build_model(name, cfg, dataclasses.replace(scen, E_img=None if scen.E_img is None else
-                                                         scen.E_img.to("meta")))
-
-
-def check_memory(name: str, cfg: Config, scen: Scenario, device: torch.device) -> None:
-    """Before row `name` is built: its parameters (16 bytes each with their gradient and Adam's two moments), a
+def check_memory(name: str, cfg: Config, scen: Scenario, device: torch.device, weights: dict | None = None,
+                 path: Path | None = None) -> None:
+    """Before row `name` is built (on the meta device: nothing is allocated): a checkpoint's `weights` fit its
+    shapes (`check_weights`), and its parameters (16 bytes each with their gradient and Adam's two moments), a
     batch's activations and the logits chunk fit in the memory left to this process (or free on the GPU). A
     rough estimate, meant to refuse settings that are far too large."""
-    model = meta_model(name, cfg, scen)
+    with torch.device("meta"):
+        model = build_model(name, cfg, dataclasses.replace(scen, E_img=None if scen.E_img is None else
+                                                          scen.E_img.to("meta")))
+    if weights is not None:
+        check_weights(model, weights, path)
     params = sum(p.numel() for p in model.parameters())
     widths = sum(enc.positions.weight.shape[1] for enc in model.modules() if isinstance(enc, AttentionEncoder))
     activations = cfg.batch_size * cfg.max_len * (max(widths, cfg.q) * (20 * cfg.n_blocks + 8) + cfg.max_len)
@@ -510,8 +509,7 @@ def eval_only(s: Settings) -> int:
     scen = load_scenario(folder, max_len=cfg.max_len, use_images=cfg.use_image, name=name)
     check_checkpoint(state, scen, path)
     check_cases(scen, (cfg.target,))
-    check_weights(meta_model(state["model_name"], cfg, scen), state["model"], path)  # before memory is asked for
-    check_memory(state["model_name"], cfg, scen, s.device)
+    check_memory(state["model_name"], cfg, scen, s.device, state["model"], path)
     trainer = Trainer(state["model_name"], cfg, scen, s.device, path.parent, resume=False)
     load_weights(trainer.model, state, path)
     for split in ("valid", "test"):
@@ -992,7 +990,7 @@ def check_fields(state, kinds: dict, path: Path) -> None:
 
 
 def check_weights(model: torch.nn.Module, weights: dict, path: Path) -> None:
-    """A checkpoint's weights have the shapes of the model its config builds (on the meta device)."""
+    """A checkpoint's weights have the shapes of the model its config builds (`model`, on the meta device)."""
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     if shapes != {k: tuple(getattr(v, "shape", ())) for k, v in weights.items()}:
         k = next(k for k in sorted(shapes.keys() | weights.keys()) if k not in shapes or k not in weights
