@@ -75,43 +75,33 @@ class Selection:
     history: list = dataclasses.field(default_factory=list)  # per epoch: losses, speed, validation metrics
     cases: dict = dataclasses.field(default_factory=dict)  # split -> (its cases, their negatives), made once
 
-    @property
-    def best(self) -> Path:
-        return self.folder / f"best_{self.cfg.target}.pt"
-
-    @property
-    def last(self) -> Path:
-        return self.folder / f"last_{self.cfg.target}.pt"
+    def __post_init__(self):
+        self.best, self.last = (self.folder / f"{kind}_{self.cfg.target}.pt" for kind in ("best", "last"))
 
     def running(self) -> bool:
         return self.epoch < self.cfg.epochs and self.bad < self.cfg.patience
 
     def end_epoch(self, trainer: Trainer, row: dict, writes: dict, named: bool) -> str:
-        """After an epoch: validate (every eval_every), queue the best and last checkpoints into `writes`
-        -> this target's part of the log line."""
-        self.epoch += 1
-        row["epoch"] = self.epoch
+        """Validate (every eval_every) and queue the best and last checkpoints -> this target's part of the log."""
+        self.epoch = row["epoch"] = self.epoch + 1
         if self.epoch % self.cfg.eval_every == 0 or self.epoch == self.cfg.epochs:
-            row["valid"] = trainer.evaluate("valid", self)
-            valid_mrr = row["valid"][SELECT[0]][SELECT[1]]
-            if valid_mrr > self.best_valid:
-                self.best_valid, self.bad = valid_mrr, 0
-                state = training_state(trainer, self)
-                writes[self.best] = {**{k: state[k] for k in CHECKPOINT}, "valid": row["valid"]}
-            else:
-                self.bad += 1
+            valid = row["valid"] = trainer.evaluate("valid", self)
+            self.bad += 1
+            if valid[SELECT[0]][SELECT[1]] > self.best_valid:
+                self.best_valid, self.bad = valid[SELECT[0]][SELECT[1]], 0
+                writes[self.best] = {**{k: v for k, v in training_state(trainer, self).items() if k in CHECKPOINT},
+                                     "valid": valid}
         self.history.append(row)
         writes[self.last] = training_state(trainer, self)
         if "valid" not in row:
             return ""
-        return (f" | {self.cfg.target + ' ' if named else ''}valid MRR {row['valid']['sampled999']['MRR']:.2f} "
-                f"NDCG@10 {row['valid']['sampled999']['NDCG@10']:.2f}")
+        shown = row["valid"]["sampled999"]
+        return f" | {self.cfg.target + ' ' if named else ''}valid MRR {shown['MRR']:.2f} NDCG@10 {shown['NDCG@10']:.2f}"
 
 
 @contextlib.contextmanager
 def tf32(device: torch.device):
-    """Inside, on CUDA, fp32 products run in TF32 (`torch.set_float32_matmul_precision("high")`); outside (evaluation)
-    they stay exact. On a CPU nothing changes."""
+    """On CUDA, fp32 products run in TF32 inside (training) and stay exact outside (evaluation); a CPU is unchanged."""
     saved = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision("high" if device.type == "cuda" else saved)
     try:
@@ -266,14 +256,14 @@ class Trainer:
 
 
 class RunProgress:
-    """The count of trainings, then `training i of n` with the run's ETA: each model's trainings to come at its own
-    mean time a training in this command (read-back ones do not count); none until every model to come trained."""
+    """The count of trainings, then `training i of n` with the run's ETA, once every model to come has trained here:
+    each model's trainings to come at its own mean time (read-back trainings do not count)."""
 
     def __init__(self, models: list[str], seeds: list[int], targets: tuple, grid: dict):
         points = {m: len(grid_points(m, grid)) for m in models if ROWS[m].trained}
         shared = [m for m in points if len(target_groups(m, targets)) < len(targets)]
         self.left = {m: n * len(seeds) * len(target_groups(m, targets)) for m, n in points.items()}
-        self.n, self.i, self.spent, self.started = sum(self.left.values()), 0, {}, 0.0
+        self.n, self.i, self.spent = sum(self.left.values()), 0, {}
         each = "; grid points: " + ", ".join(f"{m} {n}" for m, n in points.items()) if grid else ""
         once = f"; {', '.join(shared)}: one training for both targets" if shared else ""
         print(f"trainings: {self.n} ({len(points)} model(s) x {len(seeds)} seed(s) x {len(targets)} target(s)"
@@ -283,8 +273,7 @@ class RunProgress:
         self.i, self.started = self.i + 1, time.monotonic()
         per = {m: sum(times) / len(times) for m, times in self.spent.items()}  # seconds a training, by model
         coming = {m: n for m, n in self.left.items() if n}
-        eta = f"; run ETA {duration(sum(per[m] * n for m, n in coming.items()))}" if per.keys() >= coming.keys() \
-            else ""
+        eta = f"; run ETA {duration(sum(per[m] * n for m, n in coming.items()))}" if per.keys() >= coming.keys() else ""
         self.left[model] -= 1
         print(f"\n{prefix}training {self.i} of {self.n}{eta}", flush=True)
 
@@ -300,7 +289,8 @@ def train_row(name: str, cfgs: dict[str, Config], scen: Scenario, device, folder
     results = {}
     for targets in target_groups(name, cfgs):
         points, best = {target: [] for target in targets}, {}
-        for point, sub in trainings(name, grid, folder):
+        for point in grid_points(name, grid):
+            sub = folder / point_name(point) if point else folder  # named like `lr=0.001,weight_decay=0.0001`
             prefix = f"[{label} {'+'.join(targets)}{' ' + point_name(point) if point else ''}] "
             trained = train_point(name, {t: cfgs[t].replace(**point) for t in targets}, scen, device, sub, resume,
                                   progress, prefix)
@@ -360,11 +350,6 @@ def grid_points(name: str, grid: dict) -> list[dict]:
     return [dict(zip(lists, values)) for values in itertools.product(*lists.values())]
 
 
-def trainings(name: str, grid: dict, folder: Path) -> list[tuple[dict, Path]]:
-    """(point, folder) of each grid point of a row and seed, the folder named like `lr=0.001,weight_decay=0.0001`."""
-    return [(point, folder / point_name(point) if point else folder) for point in grid_points(name, grid)]
-
-
 def model_config(model: str, cfg: Config, target: str, seed: int) -> Config:
     row = ROWS[model]
     return cfg.replace(use_image=row.use_image, multi_attention=row.multi_attention, target=target, seed=seed)
@@ -392,7 +377,7 @@ def train_rows(s: Settings, name: str, folder: Path, models: list[str], out: Pat
     scen = load_scenario(folder, max_len=s.cfg.max_len, name=name, use_images=any(ROWS[m].use_image for m in models))
     check_cases(scen, s.targets)
     for model in (m for m in models if ROWS[m].trained):  # each row's largest model, before any is built
-        for point, _ in trainings(model, s.grid, out):
+        for point in grid_points(model, s.grid):
             check_memory(model, model_config(model, s.cfg, s.targets[0], s.seeds[0]).replace(**point), scen, s.device)
     lock = lock_run_folder(out, s.resume)  # held until the run ends (its file closes then, or when the process does)
     if s.resume:  # everything that can refuse a --resume, before anything is written
@@ -486,7 +471,8 @@ def planned(s: Settings, models: list[str], out: Path) -> dict[Path, tuple[str, 
     plan = {}
     for model, seed, target in itertools.product([m for m in models if ROWS[m].trained], s.seeds, s.targets):
         cfg = model_config(model, s.cfg, target, seed)
-        for point, sub in trainings(model, s.grid, row_folder(out, model, seed)):
+        for point in grid_points(model, s.grid):
+            sub = row_folder(out, model, seed) / point_name(point) if point else row_folder(out, model, seed)
             plan[sub / f"last_{target}.pt"] = model, cfg.replace(**point)
     return plan
 
@@ -525,8 +511,7 @@ def eval_only(s: Settings) -> int:
 
 
 def safe_output() -> None:
-    """A terminal or file whose encoding cannot write τ, α or ± (PYTHONIOENCODING=ascii, a C locale) gets
-    them as escapes like \\u03c4 instead of ending the command with a UnicodeEncodeError."""
+    """τ, α and ± as escapes like \\u03c4 where the output's encoding cannot write them (PYTHONIOENCODING=ascii)."""
     for stream in (sys.stdout, sys.stderr):
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
@@ -615,8 +600,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="deterministic kernels only: a seeded CUDA run and its resume agree bit for bit (slower)")
     arg("--out", help="output folder (default runs/<scenario>-<time>)")
     arg("--resume", nargs=0, const=True, default=False, help="continue the interrupted run in --out (or the latest)")
-    arg("--eval-only", metavar="CKPT", help="evaluate a best_*.pt checkpoint on valid and test")
-    arg("--export", metavar="FILE", help="with --eval-only: each test case's top-k items, as TSV")
+    arg("--eval-only", metavar="CKPT", type=Path, help="evaluate a best_*.pt checkpoint on valid and test")
+    arg("--export", metavar="FILE", type=Path, help="with --eval-only: each test case's top-k items, as TSV")
     arg("--k", type=int, help="--export's k (default 10)")
     return p.parse_args(argv, argparse.Namespace(given={}))
 
@@ -636,8 +621,7 @@ def read(args) -> Settings:
             cfg.multi_attention else "--ablation trains Table 4's rows with and without images and views"
         raise UsageError(f"{given['models']} and {flags['multi_attention' if not cfg.multi_attention else 'use_image']}"
                          f" cannot both act: {why}; drop one of them.")
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
-                          else "cpu" if args.device == "auto" else args.device)
+    device = torch.device(args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: no CUDA device is available; use --device cpu.")
     if args.seeds is not None and "seed" in flags:
@@ -646,15 +630,12 @@ def read(args) -> Settings:
                        "seeds": parse_seeds(args.seeds) if args.seeds else [cfg.seed],
                        "targets": ("X", "Y") if args.target == "both" else (args.target,),
                        "rows_flag": given.get("models") or flags.get("use_image") or flags.get("multi_attention")
-                       or "the default rows", "labels": labels + [("seed", "--seeds")] * bool(args.seeds),
-                       "eval_only": args.eval_only and Path(args.eval_only),
-                       "export": args.export and Path(args.export)})
+                       or "the default rows", "labels": labels + [("seed", "--seeds")] * bool(args.seeds)})
 
 
 def overrides(args) -> tuple[Config, dict[str, list], list[tuple[str, str]]]:
-    """The settings of --set, the shortcuts, --literal and --grid, in this order, on Config's defaults (the demo's
-    epochs on the demo): (config, --grid's {field: [values]}, [(field, the flag that set it)]). A field given
-    twice with different values is refused, naming both; so is a grid point outside Config's ranges."""
+    """--set, the shortcuts, --literal and --grid, in this order, on Config's defaults (the demo's epochs on the demo)
+    -> (config, --grid's {field: [values]}, [(field, its flag)]); settings that disagree on a field are refused."""
     given = [(*parse_value(pair, f"--set {pair}"), f"--set {pair}", f"--set {pair.partition('=')[0]}")
              for pair in args.set]
     for option, (field, _) in SHORTCUTS.items():
@@ -667,28 +648,25 @@ def overrides(args) -> tuple[Config, dict[str, list], list[tuple[str, str]]]:
     given += [(k, v, f"--grid {grid_text({k: v})}", f"--grid {k}" if args.grid else "--grid") for k, v in searched]
     first = {}
     for field, value, text, _ in given:
-        if field in first and first[field][0] != value:
+        if first.setdefault(field, (value, text))[0] != value:
             raise UsageError(f"{first[field][1]} and {text} disagree on {field}; drop one of them.")
-        first.setdefault(field, (value, text))
     grid = dict(searched)
     sets = {field: value for field, (value, _) in first.items() if field not in grid}
     if "epochs" not in sets and args.data_dir is None and args.scenario in (None, "demo") and not args.eval_only:
         sets["epochs"] = DEMO_EPOCHS
+    point = {}
     try:
         cfg = Config().replace(**sets)
+        for values in itertools.product(*grid.values()):
+            cfg.replace(**(point := dict(zip(grid, values))))
     except ConfigError as err:  # a value outside its range, or n_heads that does not divide q
-        raise UsageError(f"{first.get(err.field, (None, '--set'))[1]}: {err}.") from None
-    for point in itertools.product(*grid.values()):
-        try:
-            cfg.replace(**dict(zip(grid, point)))
-        except ConfigError as err:
-            raise UsageError(f"--grid: at {point_name(dict(zip(grid, point)))}: {err}.") from None
+        where = f"--grid: at {point_name(point)}" if point else first.get(err.field, (None, "--set"))[1]
+        raise UsageError(f"{where}: {err}.") from None
     return cfg, grid, [(field, label) for field, _, _, label in given]
 
 
 def parse_value(pair: str, shown: str) -> tuple[str, object]:
-    """FIELD=VALUE -> (field, value), the value read as the type of the field's default (a bool as true or false);
-    `shown`, the setting as the command line gives it, names it in the messages. Config.check checks the ranges."""
+    """FIELD=VALUE -> (field, value) typed as the field's default (a bool: true or false); `shown` names it."""
     defaults = asdict(Config())
     field, eq, text = pair.partition("=")
     if field not in defaults or not eq:
@@ -742,9 +720,8 @@ def parse_seeds(seeds: str) -> list[int]:
 
 def choose_models(models: str | None, no_image: bool, no_multi_attention: bool, name: str,
                   has_images: bool) -> list[str]:
-    """The rows to run, in the tables' order: those of --models (a preset or a list of rows); without it the
-    default preset (on the demo scenario the demo's), whose IFCDSR row is the variant --no-image and
-    --no-multi-attention ask for."""
+    """The rows to run, in the tables' order: --models (a preset or a list), else the default preset (on the demo,
+    the demo's) with the IFCDSR variant that --no-image and --no-multi-attention ask for."""
     if models is None:
         preset = "demo" if name == "demo" and not (no_image or no_multi_attention) else "default"
         chosen = [variant(ROWS[m].use_image and not no_image, ROWS[m].multi_attention and not no_multi_attention)
@@ -769,7 +746,7 @@ def choose_models(models: str | None, no_image: bool, no_multi_attention: bool, 
 
 
 def check_acts(s: Settings, models: list[str]) -> None:
-    """Every setting given acts on at least one of the rows run (`acts`): one that would change nothing is refused."""
+    """A setting given that acts on none of the rows run (`acts`) is refused: it would change nothing."""
     acting = {label for field, label in s.labels if any(acts(field, m) for m in models)}
     idle = [label for label in dict.fromkeys(label for _, label in s.labels) if label not in acting]
     if idle:
@@ -791,8 +768,7 @@ def readings(cfg: Config) -> str:
 
 @dataclass(frozen=True)
 class Row:
-    """One model of the tables. An IFCDSR row is its two Config flags; a baseline is its class in baselines.py;
-    popularity trains nothing. A baseline and popularity read neither flag: their configs record the values below.
+    """One model of the tables: an IFCDSR row (two Config flags), a baseline (its class) or popularity (untrained).
 
     Note: Table 4's rows read as: "original framework" = ID only and the merged view S^{X+Y} alone; "+ image
     fusion" adds the image branch; "+ multiple attention" (the three views) is IFCDSR.
@@ -808,10 +784,9 @@ class Row:
 
     @property
     def shared(self) -> bool:
-        """One training serves every target domain: a merged baseline's loss predicts every next item of
-        S^{X+Y} over all N items, whatever the target; only its validation (so its best epoch), its test and
-        its candidates are the target domain's. IFCDSR's Eq. 7 weighs the views by the target, so it trains
-        once per target domain, as do the `_target` rows."""
+        """One training serves both target domains: a merged baseline predicts every next item of S^{X+Y} whatever
+        the target (only its validation, test and candidates are the target's); IFCDSR's Eq. 7 weighs the views by
+        the target, so it trains once per target, as the `_target` rows do."""
         return self.baseline is not None and self.baseline.merged
 
 
@@ -841,11 +816,9 @@ def variant(use_image: bool, multi_attention: bool) -> str:
 
 
 def acts(field: str, name: str) -> bool:
-    """Whether a Config field set on the command line changes row `name`: max_len (the sequences' cut) and
-    score_chunk (memory) change every row, use_image and multi_attention choose the rows (`choose_models`);
-    nothing else reaches popularity; a baseline reads no reading, α or λ, and GRU4Rec has no attention blocks;
-    α acts on an IFCDSR row with images, the λs and the softmax's domains on one with the three views (a
-    single-view row has only S^{X+Y}, whose softmax is over all items anyway)."""
+    """Whether a Config field changes row `name`: max_len, score_chunk and the row flags act on every row, nothing
+    else on popularity; a baseline reads no reading, α or λ (GRU4Rec no blocks); α acts on an IFCDSR row with images,
+    the λs and the softmax's domains on one with the three views (S^{X+Y}'s softmax is over all items anyway)."""
     row = ROWS[name]
     if field in ("max_len", "score_chunk", "use_image", "multi_attention"):
         return True
