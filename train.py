@@ -25,7 +25,7 @@ import sys
 import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 from typing import Callable
@@ -915,8 +915,7 @@ WRITER = ThreadPoolExecutor(1, "checkpoints")  # one checkpoint write at a time,
 
 
 class Checkpoints:
-    """Checkpoints written by `WRITER` from CPU copies while the next epoch trains; `wait` returns once they are on
-    disk, raising a failed write's error."""
+    """Checkpoints written by `WRITER` from CPU copies while training goes on; `wait`: until on disk, or its error."""
     pending = None
 
     def write(self, states: dict[Path, dict]) -> None:
@@ -938,8 +937,7 @@ def load_checkpoint(path: Path) -> dict:
     try:  # not after a `problem`: a FIFO would block torch.load, /dev/zero fill memory
         state = None if problem else torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # UnpicklingError: its pickle asks for more than data; else a damaged record
-        problem = f"not an IFCDSR checkpoint ({type(err).__name__}: it holds more than tensors, numbers, strings, " \
-                  f"lists and dicts, or is damaged; nothing in it was run)"
+        problem = f"not an IFCDSR checkpoint ({type(err).__name__}: not plain data, or damaged; nothing in it was run)"
     if problem:
         raise UsageError(f"{path}: {problem}; expected a best_*.pt or last_*.pt file that train.py wrote.")
     state = state if isinstance(state, dict) else {}
@@ -1046,7 +1044,7 @@ def output_folder(out: str | None, name: str, resume: bool) -> Path:
     if not out.is_dir() and (out.exists() or out.is_symlink()):  # a file, or a symlink to nothing
         what = "is a file, not a folder" if out.exists() else f"a symlink to {os.readlink(out)}, which does not exist"
         raise UsageError(f"--out {out}: {what}; choose another --out.")
-    check_new(out, resume)
+    check_not_a_run(out, resume)
     return out
 
 
@@ -1059,7 +1057,7 @@ def latest_run(name: str) -> Path:
     return found[-1]
 
 
-def check_new(out: Path, resume: bool) -> None:
+def check_not_a_run(out: Path, resume: bool) -> None:
     if not resume and out.is_dir() and any(p.name != LOCK for p in out.iterdir()):
         raise UsageError(f"{out} already holds a run; pass --resume to continue it, or another --out.")
 
@@ -1081,7 +1079,7 @@ def lock_run_folder(out: Path, resume: bool):
                          f"folder; wait until it ends (or stop it), or choose another --out.") from None
     lock.truncate(0)
     print(os.getpid(), file=lock, flush=True)
-    check_new(out, resume)  # another run may have filled it since `output_folder` looked
+    check_not_a_run(out, resume)  # another run may have filled it since `output_folder` looked
     for stale in out.rglob(".*.tmp"):  # the temp files of a killed run: only this process writes here
         stale.unlink()
     return lock
