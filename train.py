@@ -16,7 +16,6 @@ import itertools
 import json
 import math
 import os
-import pickle
 import random
 import re
 import resource
@@ -26,7 +25,7 @@ import sys
 import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 from typing import Callable
@@ -414,10 +413,8 @@ def row_result(model: str, seed: int | None, s: Settings, scen: Scenario, out: P
 
 def check_memory(name: str, cfg: Config, scen: Scenario, device: torch.device, weights: dict | None = None,
                  path: Path | None = None) -> None:
-    """Before row `name` is built (on the meta device: nothing is allocated): a checkpoint's `weights` fit its
-    shapes (`check_weights`), and its parameters (16 bytes each with their gradient and Adam's two moments), a
-    batch's activations and the logits chunk fit in the memory left to this process (or free on the GPU). A
-    rough estimate, meant to refuse settings that are far too large."""
+    """Row `name` (built on the meta device: nothing is allocated), and a checkpoint's `weights` if given, fit: 16
+    bytes a parameter (its gradient, Adam's two moments), a batch's activations, the logits chunk; roughly."""
     with torch.device("meta"):
         model = build_model(name, cfg, dataclasses.replace(scen, E_img=None if scen.E_img is None else
                                                           scen.E_img.to("meta")))
@@ -427,8 +424,7 @@ def check_memory(name: str, cfg: Config, scen: Scenario, device: torch.device, w
     widths = sum(enc.positions.weight.shape[1] for enc in model.modules() if isinstance(enc, AttentionEncoder))
     activations = cfg.batch_size * cfg.max_len * (max(widths, cfg.q) * (20 * cfg.n_blocks + 8) + cfg.max_len)
     need = 16 * params + 4 * activations + 8 * (cfg.score_chunk or fused_loss.CPU_CHUNK)  # bytes
-    free = free_memory(device)
-    if need > free:
+    if need > (free := free_memory(device)):
         raise UsageError(f"{name} with q={cfg.q}, n_blocks={cfg.n_blocks}, batch_size={cfg.batch_size} and "
                          f"max_len={cfg.max_len} needs about {need / 2**30:,.1f} GiB ({params:,} parameters with "
                          f"Adam's state, and a batch's activations), more than the {free / 2**30:,.1f} GiB left "
@@ -436,18 +432,14 @@ def check_memory(name: str, cfg: Config, scen: Scenario, device: torch.device, w
 
 
 def free_memory(device: torch.device) -> int:
-    """Bytes this process may still allocate: the GPU's free memory, or the machine's available memory within
-    the process's address-space limit (ulimit -v)."""
+    """Bytes this process may still allocate: free on the GPU; else available (Linux), within `ulimit -v`."""
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
-    info = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines()) \
-        if Path("/proc/meminfo").is_file() else {}
-    free = int(info["MemAvailable"].split()[0]) * 1024 if "MemAvailable" in info else 2**62
-    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
-    if limit != resource.RLIM_INFINITY:
-        used = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
-        free = min(free, limit - int(used["VmSize"].split()[0]) * 1024)
-    return free
+    proc = "".join(p.read_text() for p in map(Path, ("/proc/meminfo", "/proc/self/status")) if p.is_file())
+    kb = {k: int(v) * 1024 for k, v in re.findall(r"^(MemAvailable|VmSize):\s+(\d+) kB", proc, re.M)}
+    limit = resource.getrlimit(resource.RLIMIT_AS)[0]  # less what the process has mapped already
+    within = 2**62 if limit == resource.RLIM_INFINITY else limit - kb.get("VmSize", 0)
+    return min(kb.get("MemAvailable", 2**62), within)
 
 
 def check_kept(out: Path, models: list[str], seeds: list[int], targets: tuple) -> None:
@@ -832,30 +824,21 @@ def acts(field: str, name: str) -> bool:
 # ----------------------------------------------------------------------------- checkpoints
 
 
-CHECKPOINT = {  # what evaluation needs, in best_*.pt, each field as train.py writes it: read as data, checked
-    "model_name": lambda v: type(v) is str and v in ROWS and ROWS[v].trained, "model": lambda v: isinstance(v, dict),
-    "config": lambda v: isinstance(v, dict) and v.keys() <= {f.name for f in fields(Config)},
-    **dict.fromkeys(("scenario", "data_dir", "data_sha256"), lambda v: type(v) is str),
-    "images_sha256": lambda v: v is None or type(v) is str, "num_x": lambda v: type(v) is int,
-    "num_y": lambda v: type(v) is int, "epoch": lambda v: type(v) is int and 0 <= v <= 10**6,
-    "best_valid": lambda v: type(v) is float and (v == -1.0 or 0 <= v <= 100)}  # a valid MRR in %; -1: none yet
-RESUME = {  # what a resume needs besides, in last_*.pt only
-    "optimizer": lambda v: isinstance(v, dict), "rng": lambda v: isinstance(v, dict),
-    "bad": lambda v: type(v) is int and 0 <= v <= 10**6,
-    "history": lambda v: type(v) is list and all(isinstance(row, dict) for row in v)}
+CHECKPOINT = {  # what evaluation needs, in best_*.pt: each field's type as train.py writes it (read as data, checked)
+    "model_name": str, "model": dict, "config": dict, "scenario": str, "data_dir": str, "data_sha256": str,
+    "images_sha256": (str, type(None)), "num_x": int, "num_y": int, "epoch": int, "best_valid": float}
+RESUME = {"optimizer": dict, "rng": dict, "bad": int, "history": list}  # what a resume needs besides, in last_*.pt
 
 
 def training_state(trainer: Trainer, sel: Selection | None = None) -> dict:
-    """What last_*.pt holds for a target domain of a training (the first by default): the model, the optimiser,
-    the config, the data it was trained on, the schedule and the random states."""
-    sel = sel or trainer.targets[0]
+    """last_*.pt of a target domain (the first by default): model, optimiser, config, data, schedule, random states."""
+    sel, scen = sel or trainer.targets[0], trainer.scen
     cuda = torch.cuda.get_rng_state(trainer.device) if trainer.device.type == "cuda" and torch.cuda.is_initialized() \
         else None  # the training device's own (none on a CPU, or on a simulated GPU)
     return {"model_name": trainer.name, "model": trainer.model.state_dict(), "optimizer": trainer.opt.state_dict(),
-            "config": asdict(sel.cfg), "scenario": trainer.scen.name, "data_dir": str(trainer.scen.path),
-            "data_sha256": trainer.scen.data_sha256, "images_sha256": trainer.scen.images_sha256,
-            "num_x": trainer.scen.items.num_x, "num_y": trainer.scen.items.num_y, "epoch": sel.epoch,
-            "best_valid": sel.best_valid, "bad": sel.bad, "history": sel.history,
+            "config": asdict(sel.cfg), "scenario": scen.name, "data_dir": str(scen.path), "data_sha256":
+            scen.data_sha256, "images_sha256": scen.images_sha256, "num_x": scen.items.num_x, "num_y": scen.items.num_y,
+            "epoch": sel.epoch, "best_valid": sel.best_valid, "bad": sel.bad, "history": sel.history,
             "rng": {"torch": torch.get_rng_state(), "shuffle": trainer.shuffle.get_state(), "cuda": cuda}}
 
 
@@ -864,7 +847,6 @@ def restore(trainer: Trainer, sel: Selection, state: dict, training: bool = True
     states of the training, onto the device this run trains on, whichever device wrote them."""
     check_checkpoint(state, trainer.scen, sel.last)
     check_same_run(state, trainer.name, sel.cfg, sel.last)
-    check_fields(state, RESUME, sel.last)
     sel.epoch, sel.best_valid, sel.bad, sel.history = (
         state[k] for k in ("epoch", "best_valid", "bad", "history"))
     print(f"  resumed from {sel.last} after epoch {sel.epoch}", flush=True)
@@ -886,23 +868,19 @@ def restore(trainer: Trainer, sel: Selection, state: dict, training: bool = True
 
 
 def save(state: dict, path: Path) -> None:
-    """A checkpoint, written whole or not at all."""
-    def write(f):
-        try:
-            torch.save(state, f)
-        except RuntimeError as err:  # torch's zip writer reports a failed write (a full disk) as a RuntimeError
-            raise OSError(f"{path}: could not be written ({str(err).splitlines()[0][:200]}); is the disk full? "
-                          f"The previous checkpoint is kept: free space and continue with --resume.") from None
-    atomic_write(path, write)
+    """A checkpoint, written whole (a temp file, then a rename) or not at all."""
+    try:
+        atomic_write(path, partial(torch.save, state))
+    except RuntimeError as err:  # torch's zip writer reports a failed write (a full disk) as a RuntimeError
+        raise OSError(f"{path}: could not be written ({str(err).splitlines()[0][:200]}); is the disk full? "
+                      f"The previous checkpoint is kept: free space and continue with --resume.") from None
 
 
 def host_copy(x: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event | None]:
-    """`x` copied to the host without waiting for the device (on CUDA into page-locked memory) -> (copy, done):
-    `done`, an event set once the copy has landed, None on the CPU."""
-    if not x.is_cuda:
-        return x.detach().clone(), None
-    host, done = x.detach().to("cpu", non_blocking=True), torch.cuda.Event()
-    done.record()
+    """`x` copied to the host without a wait for the device -> (copy, an event set once it has landed, or None)."""
+    host, done = x.detach().to("cpu", non_blocking=True, copy=True), torch.cuda.Event() if x.is_cuda else None
+    if done is not None:
+        done.record()
     return host, done
 
 
@@ -910,13 +888,8 @@ WRITER = ThreadPoolExecutor(1, "checkpoints")  # one checkpoint write at a time,
 
 
 class Checkpoints:
-    """Checkpoints written in the background while the next epoch trains: `write` copies the states to the CPU
-    (every tensor copied, every container rebuilt: what training changes afterwards does not reach them) and
-    returns; `WRITER` `save`s each file. The next write waits for the one in flight, and `wait` returns once it
-    is on disk, re-raising its error."""
-
-    def __init__(self):
-        self.pending = None
+    """Checkpoints written by `WRITER` from CPU copies while training goes on; `wait`: until on disk, or its error."""
+    pending = None
 
     def write(self, states: dict[Path, dict]) -> None:
         self.wait()
@@ -924,42 +897,32 @@ class Checkpoints:
         self.pending = WRITER.submit(lambda: [save(state, path) for path, state in copies.items()])
 
     def wait(self, raise_error: bool = True) -> None:
-        error = self.pending.exception() if self.pending else None  # once the write has ended
-        self.pending = None
-        if error is not None and raise_error:
+        pending, self.pending = self.pending, None
+        if pending and (error := pending.exception()) and raise_error:
             raise error
 
 
 def load_checkpoint(path: Path) -> dict:
-    """A checkpoint read as data (weights_only: tensors, numbers, strings, lists, dicts; nothing in the file
-    is executed) onto the CPU, whatever device wrote it, and checked (`check_fields`). `load_state_dict` then
-    places each tensor where the model and the optimizer are."""
-    problem = file_problem(path)  # a FIFO would block torch.load, /dev/zero fill memory
+    """A checkpoint read as data (weights_only: nothing in it is run) onto the CPU, whatever device wrote it, and
+    checked: every field of CHECKPOINT (in a last_*.pt, of RESUME too) of its type, counts in [0, 10**6]."""
+    problem = file_problem(path) or (not zipfile.is_zipfile(path) and "not an IFCDSR checkpoint (not the zip "
+                                     "archive that torch.save writes: a foreign or truncated file)")
+    try:  # not after a `problem`: a FIFO would block torch.load, /dev/zero fill memory
+        state = None if problem else torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # UnpicklingError: its pickle asks for more than data; else a damaged record
+        problem = f"not an IFCDSR checkpoint ({type(err).__name__}: not plain data, or damaged; nothing in it was run)"
     if problem:
         raise UsageError(f"{path}: {problem}; expected a best_*.pt or last_*.pt file that train.py wrote.")
-    refused = f"{path}: not an IFCDSR checkpoint ({{}}); nothing in it was run. Use a best_*.pt or last_*.pt " \
-              f"that train.py wrote."
-    if not zipfile.is_zipfile(path):
-        raise UsageError(refused.format("not the zip archive that torch.save writes: a foreign or truncated file"))
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise UsageError(refused.format("UnpicklingError: its pickle asks for more than tensors, numbers, strings, "
-                                        "lists and dicts")) from None
-    except Exception as err:  # a damaged or missing record inside a zip archive
-        raise UsageError(refused.format(f"{type(err).__name__}: torch could not read its records")) from None
-    check_fields(state, CHECKPOINT, path)
-    return state
-
-
-def check_fields(state, kinds: dict, path: Path) -> None:
-    """The checkpoint holds every field of `kinds` (CHECKPOINT or RESUME), each as train.py writes it."""
     state = state if isinstance(state, dict) else {}
-    wrong = next((k for k, fits in kinds.items() if k not in state or not fits(state[k])), None)
+    kinds = {**CHECKPOINT, **(RESUME if path.name.startswith("last_") else {})}
+    wrong = next((k for k, kind in kinds.items() if k not in state or not isinstance(state[k], kind)
+                  or k in ("epoch", "bad") and not 0 <= state[k] <= 10**6
+                  or k == "history" and not all(isinstance(row, dict) for row in state[k])), None)
     if wrong is not None:
         found = f"{wrong} = {state[wrong]!r:.80}" if wrong in state else f"missing {wrong}"
         raise UsageError(f"{path}: not an IFCDSR checkpoint of this version ({found}); train again with the same "
                          f"command to re-create it.")
+    return state
 
 
 def check_weights(model: torch.nn.Module, weights: dict, path: Path) -> None:
@@ -974,8 +937,7 @@ def check_weights(model: torch.nn.Module, weights: dict, path: Path) -> None:
 
 
 def load_weights(model: torch.nn.Module, state: dict, path: Path) -> None:
-    """The checkpoint's weights into `model`, or a UsageError naming the file: a checkpoint of an earlier form
-    of the same row (another shape, other parameters), or of another row, does not fit."""
+    """The checkpoint's weights into `model`, or a message: another row's, or an older form of its row's, do not fit."""
     try:
         model.load_state_dict(state["model"])
     except (RuntimeError, TypeError) as err:
@@ -1012,13 +974,13 @@ def checkpoint_config(state: dict, path: Path) -> Config:
     try:
         cfg = Config(**state["config"])
         cfg.check()
-    except ConfigError as err:
+    except (ConfigError, TypeError) as err:  # TypeError: a field that Config does not have
         raise UsageError(f"{path}: not an IFCDSR checkpoint of this version (config {err}).") from None
-    row = ROWS[state["model_name"]]
-    if (cfg.use_image, cfg.multi_attention) != (row.use_image, row.multi_attention):  # e.g. an image row, no images
+    row = ROWS.get(state["model_name"])
+    if not (row and row.trained and (cfg.use_image, cfg.multi_attention) == (row.use_image, row.multi_attention)):
         raise UsageError(f"{path}: not an IFCDSR checkpoint of this version (model_name = {state['model_name']!r} "
-                         f"with use_image {cfg.use_image}, multi_attention {cfg.multi_attention}); train again with "
-                         f"the same command to re-create it.")
+                         f"with use_image {cfg.use_image}, multi_attention {cfg.multi_attention}: no row that train.py "
+                         f"trains); train again with the same command to re-create it.")
     return cfg
 
 
@@ -1041,9 +1003,7 @@ LOCK = ".lock"  # in every run folder: locked by the process that writes the fol
 
 
 def save_run(out: Path, results: dict, ranks: dict) -> None:
-    """results.json and test_ranks.npz of a complete run (`ranks`: its arrays by npz key, `npz_ranks`),
-    both written whole before either replaces an earlier pair: a failed or interrupted run leaves the previous
-    files as they were."""
+    """results.json and test_ranks.npz (`ranks`: its arrays by key), both written whole before either is replaced."""
     text = json.dumps(results, indent=1, allow_nan=False)  # strict JSON: a NaN or an infinity is an error
     atomic_write_all({out / "results.json": lambda f: f.write(text.encode("utf-8")),
                       out / "test_ranks.npz": lambda f: np.savez(f, **ranks)})
@@ -1054,12 +1014,10 @@ def output_folder(out: str | None, name: str, resume: bool) -> Path:
     if out is None and resume:
         return latest_run(name)
     out = Path(out or f"runs/{name}-{time.strftime('%Y%m%d-%H%M%S')}")
-    if out.is_symlink() and not out.exists():
-        raise UsageError(f"--out {out}: a symlink to {os.readlink(out)}, which does not exist; choose another --out.")
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out}: is a file, not a folder; choose another --out.")
-    if not resume and holds_a_run(out):
-        raise UsageError(f"{out} already holds a run; pass --resume to continue it, or another --out.")
+    if not out.is_dir() and (out.exists() or out.is_symlink()):  # a file, or a symlink to nothing
+        what = "is a file, not a folder" if out.exists() else f"a symlink to {os.readlink(out)}, which does not exist"
+        raise UsageError(f"--out {out}: {what}; choose another --out.")
+    check_not_a_run(out, resume)
     return out
 
 
@@ -1072,14 +1030,14 @@ def latest_run(name: str) -> Path:
     return found[-1]
 
 
-def holds_a_run(out: Path) -> bool:
-    return out.is_dir() and any(p.name != LOCK for p in out.iterdir())
+def check_not_a_run(out: Path, resume: bool) -> None:
+    if not resume and out.is_dir() and any(p.name != LOCK for p in out.iterdir()):
+        raise UsageError(f"{out} already holds a run; pass --resume to continue it, or another --out.")
 
 
 def lock_run_folder(out: Path, resume: bool):
-    """An exclusive lock on the run folder `out` (created if need be), held by the returned open file, which
-    names the holder's process: a second train.py into the folder is refused at once, naming it. The kernel
-    drops the lock when its holder ends, however it ends; the temp files of a killed run are removed."""
+    """`out`, created if need be and locked -> the open lock file, which names this process: a second train.py into
+    the folder is refused until this one ends (the kernel drops the lock then, however it ends)."""
     out.mkdir(parents=True, exist_ok=True)
     path = out / LOCK
     problem = "a symlink" if path.is_symlink() else path.exists() and file_problem(path)
@@ -1090,16 +1048,12 @@ def lock_run_folder(out: Path, resume: bool):
         fcntl.lockf(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         lock.seek(0)
-        holder = lock.read(20).strip() or "?"
-        lock.close()
-        raise UsageError(f"{out}: another train.py (process {holder}) is writing this run folder; wait until it "
-                         f"ends (or stop it), or choose another --out.") from None
+        raise UsageError(f"{out}: another train.py (process {lock.read(20).strip() or '?'}) is writing this run "
+                         f"folder; wait until it ends (or stop it), or choose another --out.") from None
     lock.truncate(0)
     print(os.getpid(), file=lock, flush=True)
-    if not resume and holds_a_run(out):  # another run may have filled it since `output_folder` looked
-        lock.close()
-        raise UsageError(f"{out} already holds a run; pass --resume to continue it, or another --out.")
-    for stale in out.rglob(".*.tmp"):  # `data.fresh`'s temp files of a killed run: only this process writes here
+    check_not_a_run(out, resume)  # another run may have filled it since `output_folder` looked
+    for stale in out.rglob(".*.tmp"):  # the temp files of a killed run: only this process writes here
         stale.unlink()
     return lock
 
@@ -1185,28 +1139,26 @@ def export(trainer, path: Path, k: int) -> None:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    try:
-        args = parse_args(argv)
-    except SystemExit as exit_:  # argparse has printed what is wrong (or the help)
-        return exit_.code
     deterministic = torch.are_deterministic_algorithms_enabled()
     try:
-        s = read(args)
+        s = read(parse_args(argv))
         if s.deterministic:  # cuBLAS needs its workspace fixed before its first call to be deterministic
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True)
         return eval_only(s) if s.eval_only else run(s)
+    except SystemExit as exit_:  # argparse has printed what is wrong (or the help)
+        return exit_.code
     except (DataError, UsageError, OSError) as err:  # OSError: a folder that cannot be written, a full disk
         print(f"error: {err}", file=sys.stderr)
         return 2
     except (MemoryError, RuntimeError) as err:  # an allocation that failed after all (torch.OutOfMemoryError too)
         if not isinstance(err, MemoryError) and not re.search(r"out of memory|can't allocate memory", str(err)):
             raise
-        print(f"error: out of memory ({str(err).splitlines()[0][:200]}); lower batch_size, q, n_blocks or "
+        print(f"error: out of memory ({' '.join(str(err).split())[:200]}); lower batch_size, q, n_blocks or "
               f"max_len (--set FIELD=VALUE), or Config.score_chunk.", file=sys.stderr)
         return 2
     except KeyboardInterrupt as interrupt:
-        print(f"\n{interrupted(argv, interrupt.out if isinstance(interrupt, Interrupted) else None)}", file=sys.stderr)
+        print(f"\n{interrupted(argv, getattr(interrupt, 'out', None))}", file=sys.stderr)
         return 130
     finally:  # --deterministic holds for this run only (main may be called again in the same process)
         torch.use_deterministic_algorithms(deterministic)

@@ -283,7 +283,8 @@ FIELDS = [  # (case, field, value, what --resume says if not the same as --eval-
     ("epoch NaN", "epoch", math.nan, None),
     ("epoch 10**18", "epoch", 10**18, None),
     ("history not a list", "history", "notalist", None),
-    ("model_name popularity, which trains nothing", "model_name", "popularity", None),
+    ("model_name popularity, which trains nothing", "model_name", "popularity",
+     "was written by popularity with a different config (model)"),
     ("model_name an image row, config without images", "model_name", "ifcdsr",
      "was written by ifcdsr with a different config (model)"),
 ]
