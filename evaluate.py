@@ -1,8 +1,7 @@
-"""The evaluation protocols (the cases a model answers, the candidates it ranks the ground truth among, fair ranks,
-the metrics, cold and warm targets), a scenario's checks before a run, and a run's numbers: mean ± std over seeds, a
-paired bootstrap of IFCDSR against every other row, and the tables in the layout of the paper's Tables 2, 3 and 4.
-Every model is scored by `score_fn(history, items, shape)` -> (B, |items|) scores of the target domain's items (Eq. 9
-ranks only those), for the cases whose ground truth lies there. Dimensions: S cases, B a batch of them, n items."""
+"""The evaluation protocols (cases, candidates, fair ranks, metrics, cold and warm targets), a scenario's checks
+before a run, and a run's numbers: mean ± std over seeds, IFCDSR's paired bootstrap against every other row, and the
+tables of the paper's Tables 2-4. A model scores each case, a ground truth in the target domain, by `score_fn(history,
+items, shape)` -> (B, |items|) scores of that domain's items (Eq. 9). Dimensions: S cases, B a batch, n items."""
 import numpy as np
 import torch
 
@@ -30,8 +29,7 @@ def target_items(scen: Scenario, target: str) -> slice:
 
 def eval_cases(split: EvalSet, scen: Scenario, domain: str) -> EvalSet:
     """The cases whose ground truth lies in `domain` (domain Y iff id >= |X|)."""
-    is_y = split.target >= scen.items.num_x
-    return split.subset(is_y if domain == "Y" else ~is_y)
+    return split.subset((split.target >= scen.items.num_x) == (domain == "Y"))
 
 
 def negatives(cases: EvalSet, items: slice, split: str, target: str) -> torch.Tensor:
@@ -46,13 +44,11 @@ def negatives(cases: EvalSet, items: slice, split: str, target: str) -> torch.Te
 def metrics(ranks: dict) -> dict:
     """{protocol: (S,) 1-based ranks} -> {protocol: {metric: mean over the cases in %}, None for no cases}: of 1/rank
     (MRR), 1/log2(rank + 1) (NDCG@k) and 1 (HR@k), @k counting only the cases ranked within k."""
-    out = {}
-    for p, rank in ranks.items():
-        r = rank.double()
+    def of(r: torch.Tensor) -> dict | None:  # r (S,) float64
         gain = {"MRR": 1 / r, "NDCG": 1 / torch.log2(r + 1), "HR": torch.ones_like(r)}  # (S,) each
-        out[p] = {m: round(100 * (gain[name] * (r <= float(k or "inf"))).mean().item(), 4)
-                  for m in METRICS for name, _, k in [m.partition("@")]} if len(r) else None
-    return out
+        return {m: round(100 * (gain[name] * (r <= float(k or "inf"))).mean().item(), 4)
+                for m in METRICS for name, _, k in [m.partition("@")]} if len(r) else None
+    return {p: of(r.double()) for p, r in ranks.items()}
 
 
 def to_device(batch: Views, device) -> Views:
@@ -61,8 +57,7 @@ def to_device(batch: Views, device) -> Views:
 
 
 @torch.no_grad()
-def rank_cases(score_fn, cases: EvalSet, items: slice, neg: torch.Tensor, device, batch: int,
-               pad: int | None = None) -> dict:
+def rank_cases(score_fn, cases: EvalSet, items: slice, neg: torch.Tensor, device, batch: int, pad=None) -> dict:
     """{protocol: (S,) float64 ranks} of each case's ground truth among the target domain's items (Eq. 9), ranked
     `batch` at a time on the device (`rank_batch`), `shape` in `score_fn`'s calls the batch's `ifcdsr.shapes` (None
     without `pad`). The host waits once per pass; a NaN or infinite score is an error (NonFiniteScores), not a rank."""
@@ -71,8 +66,7 @@ def rank_cases(score_fn, cases: EvalSet, items: slice, neg: torch.Tensor, device
             for i in range(0, len(cases), batch)]
     if done and not torch.stack([finite for *_, finite in done]).all():
         check_finite(score_fn, resident[0], cases, items, batch, pad)
-    return {p: torch.cat([r[k] for r in done]).double().cpu() if done else torch.empty(0, dtype=torch.float64)
-            for k, p in enumerate(PROTOCOLS)}
+    return {p: torch.cat([r[k] for r in done] or [torch.empty(0)]).double().cpu() for k, p in enumerate(PROTOCOLS)}
 
 
 def on_device(cases: EvalSet, items: slice, neg: torch.Tensor, device, batch: int) -> tuple:
@@ -284,10 +278,9 @@ def print_table(corner: str, heads: list[str], width: int, rows: dict[str, list[
 
 
 def print_run(results: dict) -> None:
-    """The tables that end a run of train.py, from its results.json. Per protocol, Tables 2/3: mean ± std over seeds,
-    * where IFCDSR's paired difference is significant, the paper's rows; MRR of the test cases whose target never
-    occurs in training (cold) and of the others (warm); the paired intervals of IFCDSR - row. Then Table 4 when the
-    run holds its three rows, and with --grid the point each row used."""
+    """The tables that end a run of train.py, from its results.json: per protocol Tables 2/3 (mean ± std over seeds,
+    * where IFCDSR's paired difference is significant, the paper's rows), MRR by cold/warm target and IFCDSR - row's
+    paired intervals; then Table 4 when the run holds its three rows, and with --grid the point each row used."""
     summary, sig, seeds = results["summary"], results["significance"], results["seeds"]
     entry, models, reference = paper(results["scenario"]), [m for m in LABELS if m in summary], sig["reference"]
     names = dict(zip("XY", entry["names"]))
