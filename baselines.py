@@ -27,8 +27,7 @@ def popularity_scores(scen: Scenario) -> torch.Tensor:
 
 
 def popularity(scen: Scenario, target: str, batch: int) -> dict:
-    """The popularity row's result: every case ranks the target domain's items by their training interaction
-    counts, `batch` cases at a time."""
+    """The popularity row's result: the target domain's items ranked by training interactions, `batch` cases at once."""
     scores, items, result = popularity_scores(scen), evaluate.target_items(scen, target), {}
     for split in ("valid", "test"):
         cases = evaluate.eval_cases(getattr(scen, split), scen, target)

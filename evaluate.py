@@ -2,6 +2,8 @@
 before a run, and a run's numbers: mean ± std over seeds, IFCDSR's paired bootstrap against every other row, and the
 tables of the paper's Tables 2-4. A model scores each case, a ground truth in the target domain, by `score_fn(history,
 items, shape)` -> (B, |items|) scores of that domain's items (Eq. 9). Dimensions: S cases, B a batch, n items."""
+import functools
+
 import numpy as np
 import torch
 
@@ -155,11 +157,9 @@ def data_warnings(scen: Scenario, targets) -> list[str]:
         if repeats := sum(tuple(r) in seen for r in torch.cat([cases.history.xy, cases.target[:, None]], 1).tolist()):
             notes.append(f"{repeats:,} of {len(cases):,} {split} sequences repeat a training sequence (their "
                          f"last {scen.train.inputs.xy.shape[1] + 1} items): their targets were trained on")
-    for target in targets:
-        if (n := len(range(N)[target_items(scen, target)])) - 1 < NUM_NEGATIVES:
-            notes.append(f"domain {target} has {n:,} items: its {NUM_NEGATIVES} sampled negatives repeat some of "
-                         f"the other {n - 1:,}, which makes the sampled999 protocol harder than full ranking")
-    return notes
+    return notes + [f"domain {t} has {n:,} items: its {NUM_NEGATIVES} sampled negatives repeat some of the other "
+                     f"{n - 1:,}, which makes the sampled999 protocol harder than full ranking" for t in targets
+                     if (n := len(range(N)[target_items(scen, t)])) - 1 < NUM_NEGATIVES]
 
 
 # ----------------------------------------------------------------------------- a run's numbers
@@ -206,8 +206,7 @@ def aggregate(per_seed: list) -> dict | None:
 
 
 def paired_bootstrap(rr_ref: np.ndarray, rr_row: np.ndarray) -> dict:
-    """MRR(ref) - MRR(row) in % from per-case reciprocal ranks of the same cases, with a 95% interval from
-    RESAMPLES bootstrap resamples of the cases; significant when the interval excludes 0."""
+    """MRR(ref) - MRR(row) in % of paired reciprocal ranks, its 95% bootstrap interval; significant if that omits 0."""
     diff = 100 * (np.asarray(rr_ref, float) - np.asarray(rr_row, float))  # (S,) paired differences
     pick = np.random.default_rng(BOOTSTRAP_SEED).integers(0, len(diff), size=(RESAMPLES, len(diff)))
     low, high = np.percentile(diff[pick].mean(axis=1), [2.5, 97.5])  # of the (RESAMPLES,) resampled means
@@ -256,9 +255,7 @@ def run_results(header: dict, warm: torch.Tensor, rows) -> tuple[dict, dict]:
 
 def at(tree: dict | None, *keys):
     """tree[k1][k2]..., or None where a key is missing or a value on the way is None."""
-    for k in keys:
-        tree = tree.get(k) if tree else None
-    return tree
+    return functools.reduce(lambda t, k: t.get(k) if t else None, keys, tree)
 
 
 def cell(s: dict | None, mark: str = "") -> str:
@@ -287,20 +284,18 @@ def print_run(results: dict) -> None:
     domains = [d for d in ("X", "Y") if any(d in summary[m]["test"] for m in models)]
     columns, kinds = [(d, m) for d in domains for m in SHOWN], [(d, k) for d in domains for k in ("cold", "warm")]
     over = f"mean ± std over {len(seeds)} seeds" if len(seeds) > 1 else f"seed {seeds[0]}"
+    heads, cases = [f"MRR ({names[d]})" if k == "MRR" else k for d, k in columns], summary[models[-1]]["test_by_target"]
     for p in PROTOCOLS:
         print("\nTest set, " + {"sampled999": "999 sampled negatives (as C2DSR evaluates; the paper names no protocol)",
                                 "full": "full ranking of the target domain"}[p] + f"; %, {over}")
-        print_table(f"Model ({names['X']}-{names['Y']})", [f"MRR ({names[d]})" if k == "MRR" else k
-                                                            for d, k in columns], 15, {
-            LABELS[m]: [cell(at(summary, m, "test", d, p, k),
-                             " *" if k == "MRR" and at(sig, "rows", m, d, p, "significant") else "")
-                        for d, k in columns] for m in models})
+        print_table(f"Model ({names['X']}-{names['Y']})", heads, 15, {LABELS[m]: [cell(
+            at(summary, m, "test", d, p, k), " *" if k == "MRR" and at(sig, "rows", m, d, p, "significant") else "")
+            for d, k in columns] for m in models})
         if "rows" in entry and p == "sampled999":
             print(f"The paper's {entry['table']} (its own split of the data: not comparable number for number):")
             for label, row in entry["rows"].items():
                 given = dict(zip([(d, k) for d in "XY" for k in SHOWN[:3]], row))  # no HR@10
                 print(line(f"  {label} (paper)", [f"{given[c]:.2f}" if c in given else "-" for c in columns], 15))
-        cases = summary[models[-1]]["test_by_target"]
         print_table("MRR by target", [f"{k} {names[d]} ({cases[k][d]['cases']})" for d, k in kinds], 19,
                     {LABELS[m]: [cell(at(summary, m, "test_by_target", k, d, p, "MRR")) for d, k in kinds]
                      for m in models})
