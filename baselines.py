@@ -1,7 +1,6 @@
 """The simple baselines of the paper's Tables 2/3, trained and evaluated by the same code as IFCDSR:
     popularity      the target domain's items ranked by their number of training interactions
-    sasrec          SASRec [20]: ID embeddings scaled by √q through SASRec's causal self-attention blocks as its code
-                    runs them (SASRecBlock), over the merged sequence S^{X+Y}
+    sasrec          SASRec [20]: √q-scaled ID embeddings through its code's causal blocks (SASRecBlock) over S^{X+Y}
     gru4rec         GRU4Rec [13]: ID embeddings and a GRU over S^{X+Y}
     sasrec_target   SASRec over the target domain's sub-sequence only (S^X when X is the target)
     gru4rec_target  GRU4Rec over the target domain's sub-sequence only
@@ -21,20 +20,15 @@ from data import Scenario, item_counts
 from ifcdsr import AttentionEncoder, Config, domain_items, shapes
 
 
-def popularity_scores(scen: Scenario) -> torch.Tensor:
-    """(N,) training interaction counts per item: the popularity baseline's score."""
-    return item_counts(scen.train, scen.items.num_items).float()
-
-
 def popularity(scen: Scenario, target: str, batch: int) -> dict:
-    """The popularity row's result: the target domain's items ranked by training interactions, `batch` cases at once."""
-    scores, items, result = popularity_scores(scen), evaluate.target_items(scen, target), {}
+    """The popularity row's result: the target domain's items ranked by training interaction counts (`item_counts`)."""
+    scores, items, out = item_counts(scen.train, scen.items.num_items).float(), evaluate.target_items(scen, target), {}
     for split in ("valid", "test"):
         cases = evaluate.eval_cases(getattr(scen, split), scen, target)
         ranks = evaluate.rank_cases(lambda h, items, shape: scores[items].expand(h.xy.shape[0], -1), cases, items,
                                     evaluate.negatives(cases, items, split, target), "cpu", batch)
-        result[split] = evaluate.metrics(ranks)
-    return {**result, "ranks": ranks, "cases": cases}
+        out[split] = evaluate.metrics(ranks)
+    return {**out, "ranks": ranks, "cases": cases}
 
 
 def cross_entropy_sum(H: torch.Tensor, E: torch.Tensor, y: torch.Tensor, n: int, chunk: int) -> torch.Tensor:

@@ -122,8 +122,7 @@ def top_items(score_fn, cases: EvalSet, items: slice, device, batch: int, k: int
 
 
 def warm_items(scen: Scenario) -> torch.Tensor:
-    """(N,) bool: the items of the training tensors, the last max_len + 1 of each training sequence (an item only in
-    an older, cut part is cold); a test target outside them an ID embedding cannot have learnt (an image one can)."""
+    """(N,) bool: the warm items, which ID embeddings learn: those of the training tensors (last max_len + 1 each)."""
     return item_counts(scen.train, scen.items.num_items) > 0
 
 
@@ -139,11 +138,10 @@ def by_target(ranks: dict, cases: EvalSet, warm: torch.Tensor) -> dict:
 
 def check_cases(scen: Scenario, targets) -> None:
     """Every target domain has validation and test cases (a ground truth in that domain)."""
-    for target, split in [(t, s) for t in targets for s in ("valid", "test")]:
+    for target, split, other in [(t, s, "XY".replace(t, "")) for t in targets for s in ("valid", "test")]:
         if len(eval_cases(getattr(scen, split), scen, target)) == 0:
-            raise DataError(f"{scen.path / SPLIT_FILES[split]}: no sequence ends in an item of domain {target}, so "
-                            f"a model for target {target} could be neither selected nor tested. Pass "
-                            f"--target {'Y' if target == 'X' else 'X'}, or add such sequences.")
+            raise DataError(f"{scen.path / SPLIT_FILES[split]}: no sequence ends in an item of domain {target}: a "
+                            f"model for it can neither be selected nor tested. Pass --target {other}, or add some.")
 
 
 def data_warnings(scen: Scenario, targets) -> list[str]:
@@ -192,8 +190,7 @@ def paper(name: str) -> dict:
 
 
 def aggregate(per_seed: list) -> dict | None:
-    """Nested dicts of the same shape, one per seed, with numbers at the leaves -> the same shape with {"mean", "std"
-    (sample std; None for one seed), "n"} at the leaves ("cases" counts, equal for every seed, are kept; None stays)."""
+    """Same-shaped nested dicts, one per seed -> that shape with {"mean", "std" (sample), "n"} at each numeric leaf."""
     first = per_seed[0]
     if isinstance(first, dict):
         return {k: (first[k] if k == "cases" else aggregate([s[k] for s in per_seed])) for k in first}
@@ -215,8 +212,8 @@ def paired_bootstrap(rr_ref: np.ndarray, rr_row: np.ndarray) -> dict:
 
 
 def significance(ranks: dict, reference: str) -> dict:
-    """ranks {model: {domain: {protocol: [(S,) ranks, one per seed]}}} -> {model: {domain: {protocol:
-    paired_bootstrap}}} for every model but the reference, each case's reciprocal rank averaged over seeds."""
+    """{model: {domain: {protocol: paired_bootstrap}}} of `reference` against every other model of `ranks` (as in
+    `run_results`), each case's reciprocal rank averaged over the seeds."""
     def rr(model, d, p):  # (S,)
         return torch.stack([1 / r for r in ranks[model][d][p]]).mean(0).numpy()
     return {m: {d: {p: paired_bootstrap(rr(reference, d, p), rr(m, d, p)) for p in PROTOCOLS}
@@ -228,9 +225,8 @@ def significance(ranks: dict, reference: str) -> dict:
 
 
 def run_results(header: dict, warm: torch.Tensor, rows) -> tuple[dict, dict]:
-    """A run's results.json and test_ranks.npz from its rows, (model, seed, {target: result}) read one at a time: per
-    row and seed an entry {key: {target: value}} of runs[model], the test ranks split cold/warm (`test_by_target`) and
-    kept per case as `<model>/<seed>/<domain>/<protocol>`; then mean ± std over seeds, IFCDSR's paired bootstraps."""
+    """A run's results.json and test_ranks.npz's arrays (`<model>/<seed>/<domain>/<protocol>`) from its rows, (model,
+    seed, {target: result}) read one at a time: runs, cold/warm splits, mean ± std over seeds, IFCDSR's bootstraps."""
     runs, ranks, arrays = {}, {}, {}  # ranks: {model: {domain: {protocol: [(S,) ranks, one per seed]}}}
     for model, seed, per_target in rows:
         entry, split = {"seed": seed}, {}
@@ -275,9 +271,8 @@ def print_table(corner: str, heads: list[str], width: int, rows: dict[str, list[
 
 
 def print_run(results: dict) -> None:
-    """The tables that end a run of train.py, from its results.json: per protocol Tables 2/3 (mean ± std over seeds,
-    * where IFCDSR's paired difference is significant, the paper's rows), MRR by cold/warm target and IFCDSR - row's
-    paired intervals; then Table 4 when the run holds its three rows, and with --grid the point each row used."""
+    """The tables that end a run of train.py, from its results.json: per protocol Tables 2/3 (with the paper's rows),
+    MRR by cold/warm target and IFCDSR - row's paired intervals; Table 4 if the run has its rows; --grid's points."""
     summary, sig, seeds = results["summary"], results["significance"], results["seeds"]
     entry, models, reference = paper(results["scenario"]), [m for m in LABELS if m in summary], sig["reference"]
     names = dict(zip("XY", entry["names"]))
