@@ -60,9 +60,8 @@ def to_device(batch: Views, device) -> Views:
 
 @torch.no_grad()
 def rank_cases(score_fn, cases: EvalSet, items: slice, neg: torch.Tensor, device, batch: int, pad=None) -> dict:
-    """{protocol: (S,) float64 ranks} of each case's ground truth among the target domain's items (Eq. 9), ranked
-    `batch` at a time on the device (`rank_batch`), `shape` in `score_fn`'s calls the batch's `ifcdsr.shapes` (None
-    without `pad`). The host waits once per pass; a NaN or infinite score is an error (NonFiniteScores), not a rank."""
+    """{protocol: (S,) float64 ranks} of each case's ground truth among the target domain's items (Eq. 9), `batch` at a
+    time on the device (one host wait per pass), with `pad` the shapes for `score_fn`; non-finite: NonFiniteScores."""
     resident = on_device(cases, items, neg, device, batch)
     done = [rank_batch(score_fn, cases, resident, items, slice(i, i + batch), pad)
             for i in range(0, len(cases), batch)]
@@ -212,8 +211,7 @@ def paired_bootstrap(rr_ref: np.ndarray, rr_row: np.ndarray) -> dict:
 
 
 def significance(ranks: dict, reference: str) -> dict:
-    """{model: {domain: {protocol: paired_bootstrap}}} of `reference` against every other model of `ranks` (as in
-    `run_results`), each case's reciprocal rank averaged over the seeds."""
+    """{model: {domain: {protocol: paired_bootstrap}}}: `reference` - every other model, over seed-averaged 1/rank."""
     def rr(model, d, p):  # (S,)
         return torch.stack([1 / r for r in ranks[model][d][p]]).mean(0).numpy()
     return {m: {d: {p: paired_bootstrap(rr(reference, d, p), rr(m, d, p)) for p in PROTOCOLS}
