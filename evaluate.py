@@ -44,7 +44,7 @@ def negatives(cases: EvalSet, items: slice, split: str, target: str) -> torch.Te
 
 
 def metrics(ranks: dict) -> dict:
-    """{protocol: (S,) 1-based ranks} -> {protocol: {metric: mean over the cases in %}, None for no cases}: of 1/rank
+    """{protocol: (S,) 1-based ranks} -> {protocol: {metric: mean over the cases in %} (None for no cases)} of 1/rank
     (MRR), 1/log2(rank + 1) (NDCG@k) and 1 (HR@k), @k counting only the cases ranked within k."""
     def of(r: torch.Tensor) -> dict | None:  # r (S,) float64
         gain = {"MRR": 1 / r, "NDCG": 1 / torch.log2(r + 1), "HR": torch.ones_like(r)}  # (S,) each
@@ -61,7 +61,7 @@ def to_device(batch: Views, device) -> Views:
 @torch.no_grad()
 def rank_cases(score_fn, cases: EvalSet, items: slice, neg: torch.Tensor, device, batch: int, pad=None) -> dict:
     """{protocol: (S,) float64 ranks} of each case's ground truth among the target domain's items (Eq. 9), `batch` at a
-    time on the device (one host wait per pass), with `pad` the shapes for `score_fn`; non-finite: NonFiniteScores."""
+    time on the device, one host wait per pass; `shape`: `ifcdsr.shapes` by `pad` or None; NaN/inf: NonFiniteScores."""
     resident = on_device(cases, items, neg, device, batch)
     done = [rank_batch(score_fn, cases, resident, items, slice(i, i + batch), pad)
             for i in range(0, len(cases), batch)]
@@ -202,7 +202,7 @@ def aggregate(per_seed: list) -> dict | None:
 
 
 def paired_bootstrap(rr_ref: np.ndarray, rr_row: np.ndarray) -> dict:
-    """MRR(ref) - MRR(row) in % of paired reciprocal ranks, its 95% bootstrap interval; significant if that omits 0."""
+    """MRR(ref) - MRR(row) in % over paired cases, with its 95% bootstrap interval: significant if that excludes 0."""
     diff = 100 * (np.asarray(rr_ref, float) - np.asarray(rr_row, float))  # (S,) paired differences
     pick = np.random.default_rng(BOOTSTRAP_SEED).integers(0, len(diff), size=(RESAMPLES, len(diff)))
     low, high = np.percentile(diff[pick].mean(axis=1), [2.5, 97.5])  # of the (RESAMPLES,) resampled means
@@ -215,8 +215,7 @@ def significance(ranks: dict, reference: str) -> dict:
     def rr(model, d, p):  # (S,)
         return torch.stack([1 / r for r in ranks[model][d][p]]).mean(0).numpy()
     return {m: {d: {p: paired_bootstrap(rr(reference, d, p), rr(m, d, p)) for p in PROTOCOLS}
-                for d in ranks[m] if d in ranks[reference]}
-            for m in ranks if m != reference}
+                for d in ranks[m] if d in ranks[reference]} for m in ranks if m != reference}
 
 
 # ----------------------------------------------------------------------------- a run's results
@@ -277,7 +276,8 @@ def print_run(results: dict) -> None:
     domains = [d for d in ("X", "Y") if any(d in summary[m]["test"] for m in models)]
     columns, kinds = [(d, m) for d in domains for m in SHOWN], [(d, k) for d in domains for k in ("cold", "warm")]
     over = f"mean ± std over {len(seeds)} seeds" if len(seeds) > 1 else f"seed {seeds[0]}"
-    heads, cases = [f"MRR ({names[d]})" if k == "MRR" else k for d, k in columns], summary[models[-1]]["test_by_target"]
+    heads = [f"MRR ({names[d]})" if k == "MRR" else k for d, k in columns]
+    kind_heads = [f"{k} {names[d]} ({summary[models[-1]]['test_by_target'][k][d]['cases']})" for d, k in kinds]
     for p in PROTOCOLS:
         print("\nTest set, " + {"sampled999": "999 sampled negatives (as C2DSR evaluates; the paper names no protocol)",
                                 "full": "full ranking of the target domain"}[p] + f"; %, {over}")
@@ -289,9 +289,8 @@ def print_run(results: dict) -> None:
             for label, row in entry["rows"].items():
                 given = dict(zip([(d, k) for d in "XY" for k in SHOWN[:3]], row))  # no HR@10
                 print(line(f"  {label} (paper)", [f"{given[c]:.2f}" if c in given else "-" for c in columns], 15))
-        print_table("MRR by target", [f"{k} {names[d]} ({cases[k][d]['cases']})" for d, k in kinds], 19,
-                    {LABELS[m]: [cell(at(summary, m, "test_by_target", k, d, p, "MRR")) for d, k in kinds]
-                     for m in models})
+        print_table("MRR by target", kind_heads, 19, {LABELS[m]: [cell(at(summary, m, "test_by_target", k, d, p, "MRR"))
+                                                                for d, k in kinds] for m in models})
         if reference and len(models) > 1:  # a row to compare with
             print_table(f"{LABELS[reference]} - row", [f"MRR {names[d]}, 95% interval" for d in domains], 28, {
                 LABELS[m]: ["-" if b is None else f"{b['mrr_diff']:+.2f} [{b['low']:+.2f}, {b['high']:+.2f}]"
