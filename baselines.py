@@ -1,24 +1,15 @@
-"""The simple baselines of the paper's Tables 2/3, trained and evaluated by the same code as IFCDSR.
-
+"""The simple baselines of the paper's Tables 2/3, trained and evaluated by the same code as IFCDSR:
     popularity      the target domain's items ranked by their number of training interactions
-    sasrec          SASRec [20]: ID embeddings scaled by √q and SASRec's causal self-attention blocks as its code
-                    runs them (SASRecBlock) over the merged sequence S^{X+Y}
+    sasrec          SASRec [20]: √q-scaled ID embeddings through its code's causal blocks (SASRecBlock) over S^{X+Y}
     gru4rec         GRU4Rec [13]: ID embeddings and a GRU over S^{X+Y}
     sasrec_target   SASRec over the target domain's sub-sequence only (S^X when X is the target)
     gru4rec_target  GRU4Rec over the target domain's sub-sequence only
-
 §3.2: "In previous methods [13, 20], sequences combining behaviors from domain X and domain Y were used without
-distinction", so `sasrec` and `gru4rec` read S^{X+Y} and predict its every next item; the `_target` rows are
-the single-domain models of their own papers. All share IFCDSR's Config (q, dropout, L, blocks, heads, target
-domain), its interface (`views`, `loss`, `score`, `scorer`, `chunk`) and its whole training loop and evaluation,
-and rank the target domain's items (Eq. 9's candidates) by the dot product of the last hidden state with each.
-
-Dimension letters: B batch, L positions (left-padded), T prediction positions, n items that a model embeds
-(N, both domains', for the merged rows; the target domain's for the `_target` rows), q embedding width, h heads.
-Inside a model an item has its local id 0..n-1 among those (the global id for the merged rows); n pads.
-"""
-from __future__ import annotations
-
+distinction", so `sasrec` and `gru4rec` read S^{X+Y} and predict each next item; the `_target` rows are their
+papers' single-domain models. All share IFCDSR's Config, interface (`views`, `loss`, `score`, `scorer`, `chunk`),
+training and evaluation, and score the target domain's items (Eq. 9) by dot products with the last hidden state.
+Dimensions: B batch, L positions (left-padded), T prediction positions, q width, h heads, n items a model embeds
+(N for merged rows, the target domain's for `_target` rows; local ids 0..n-1, global for merged rows; n pads)."""
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -29,23 +20,15 @@ from data import Scenario, item_counts
 from ifcdsr import AttentionEncoder, Config, domain_items, shapes
 
 
-def popularity_scores(scen: Scenario) -> torch.Tensor:
-    """(N,) training interaction counts per item: the popularity baseline's score."""
-    return item_counts(scen.train, scen.items.num_items).float()
-
-
 def popularity(scen: Scenario, target: str, batch: int) -> dict:
-    """The popularity row's result: every case ranks the target domain's items by their training interaction
-    counts, `batch` cases at a time."""
-    scores, items = popularity_scores(scen), evaluate.target_items(scen, target)
-
-    def rank(split: str):
+    """The popularity row's result: the target domain's items ranked by training interaction counts (`item_counts`)."""
+    scores, items, out = item_counts(scen.train, scen.items.num_items).float(), evaluate.target_items(scen, target), {}
+    for split in ("valid", "test"):
         cases = evaluate.eval_cases(getattr(scen, split), scen, target)
-        return cases, evaluate.rank_cases(lambda h, items, shape: scores[items].expand(h.xy.shape[0], -1), cases,
-                                          items, evaluate.negatives(cases, items, split, target), "cpu", batch)
-
-    (_, valid), (cases, ranks) = rank("valid"), rank("test")
-    return {"valid": evaluate.metrics(valid), "test": evaluate.metrics(ranks), "ranks": ranks, "cases": cases}
+        ranks = evaluate.rank_cases(lambda h, items, shape: scores[items].expand(h.xy.shape[0], -1), cases, items,
+                                    evaluate.negatives(cases, items, split, target), "cpu", batch)
+        out[split] = evaluate.metrics(ranks)
+    return {**out, "ranks": ranks, "cases": cases}
 
 
 def cross_entropy_sum(H: torch.Tensor, E: torch.Tensor, y: torch.Tensor, n: int, chunk: int) -> torch.Tensor:

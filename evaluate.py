@@ -1,9 +1,8 @@
-"""The evaluation protocols (the cases a model answers, the candidates it ranks the ground truth among, fair ranks,
-the metrics, cold and warm targets), a scenario's checks before a run, and a run's numbers: mean ± std over seeds, a
-paired bootstrap of IFCDSR against every other row, and the tables in the layout of the paper's Tables 2, 3 and 4.
-Every model is scored by `score_fn(history, items, shape)` -> (B, |items|) scores of the target domain's items (Eq. 9
-ranks only those), for the cases whose ground truth lies there. Dimensions: S cases, B a batch of them, n items."""
-from __future__ import annotations
+"""The evaluation protocols (cases, candidates, fair ranks, metrics, cold and warm targets), a scenario's checks
+before a run, and a run's numbers: mean ± std over seeds, IFCDSR's paired bootstrap against every other row, and the
+tables of the paper's Tables 2-4. A model scores each case, a ground truth in the target domain, by `score_fn(history,
+items, shape)` -> (B, |items|) scores of that domain's items (Eq. 9). Dimensions: S cases, B a batch, n items."""
+import functools
 
 import numpy as np
 import torch
@@ -32,30 +31,26 @@ def target_items(scen: Scenario, target: str) -> slice:
 
 def eval_cases(split: EvalSet, scen: Scenario, domain: str) -> EvalSet:
     """The cases whose ground truth lies in `domain` (domain Y iff id >= |X|)."""
-    is_y = split.target >= scen.items.num_x
-    return split.subset(is_y if domain == "Y" else ~is_y)
+    return split.subset((split.target >= scen.items.num_x) == (domain == "Y"))
 
 
 def negatives(cases: EvalSet, items: slice, split: str, target: str) -> torch.Tensor:
-    """(S, 999) local item indices: each case's negatives, uniform over the target domain without the ground truth
-    (C2DSR), drawn once per (split, target).
-    Note: drawn from NEGATIVE_SEED, not from the training seed, so that every model and every seed is ranked against
-    the same candidates (what the paired comparison of `significance` needs); with replacement, as C2DSR's
-    evaluation draws them, so a case may meet the same negative twice."""
+    """(S, 999) local item indices: each case's negatives, uniform over the target domain but its ground truth.
+    Note: drawn from NEGATIVE_SEED per (split, target), not the training seed: every model and seed meets the same
+    candidates (`significance` pairs them); with replacement, as C2DSR draws them, so a case may meet one twice."""
     rng = np.random.default_rng([NEGATIVE_SEED, ("valid", "test").index(split), ("X", "Y").index(target)])
     local = rng.integers(0, items.stop - items.start - 1, size=(len(cases), NUM_NEGATIVES))
     return torch.from_numpy(local + (local >= (cases.target - items.start).numpy()[:, None]))  # skips the ground truth
 
 
-def rank_metrics(rank: torch.Tensor) -> dict[str, float] | None:
-    """rank (S,) 1-based -> {metric: mean over the cases, in %} of 1/rank (MRR), 1/log2(rank + 1) (NDCG@k) and 1
-    (HR@k), where @k counts only the cases ranked within k; None when there are no cases."""
-    if len(rank) == 0:
-        return None
-    r = rank.double()
-    gain = {"MRR": 1 / r, "NDCG": 1 / torch.log2(r + 1), "HR": torch.ones_like(r)}  # (S,) each
-    return {m: round(100 * (gain[name] * (r <= float(k or "inf"))).mean().item(), 4)
-            for m in METRICS for name, _, k in [m.partition("@")]}
+def metrics(ranks: dict) -> dict:
+    """{protocol: (S,) 1-based ranks} -> {protocol: {metric: mean over the cases in %} (None for no cases)} of 1/rank
+    (MRR), 1/log2(rank + 1) (NDCG@k) and 1 (HR@k), @k counting only the cases ranked within k."""
+    def of(r: torch.Tensor) -> dict | None:  # r (S,) float64
+        gain = {"MRR": 1 / r, "NDCG": 1 / torch.log2(r + 1), "HR": torch.ones_like(r)}  # (S,) each
+        return {m: round(100 * (gain[name] * (r <= float(k or "inf"))).mean().item(), 4)
+                for m in METRICS for name, _, k in [m.partition("@")]} if len(r) else None
+    return {p: of(r.double()) for p, r in ranks.items()}
 
 
 def to_device(batch: Views, device) -> Views:
@@ -64,24 +59,19 @@ def to_device(batch: Views, device) -> Views:
 
 
 @torch.no_grad()
-def rank_cases(score_fn, cases: EvalSet, items: slice, neg: torch.Tensor, device, batch: int,
-               pad: int | None = None) -> dict:
-    """{protocol: (S,) float64 ranks} of each case's ground truth among the target domain's items (Eq. 9); `shape`
-    in `score_fn`'s calls is the batch's `ifcdsr.shapes`, None without the padding id `pad`. The cases move to the
-    device once (`on_device`), each batch is ranked there (`rank_batch`), and the host waits once per pass, for the
-    ranks and the finiteness verdicts: a NaN or infinite score is an error (NonFiniteScores), never a rank."""
+def rank_cases(score_fn, cases: EvalSet, items: slice, neg: torch.Tensor, device, batch: int, pad=None) -> dict:
+    """{protocol: (S,) float64 ranks} of each case's ground truth among the target domain's items (Eq. 9), `batch` at a
+    time on the device, one host wait per pass; `shape`: `ifcdsr.shapes` by `pad` or None; NaN/inf: NonFiniteScores."""
     resident = on_device(cases, items, neg, device, batch)
     done = [rank_batch(score_fn, cases, resident, items, slice(i, i + batch), pad)
             for i in range(0, len(cases), batch)]
     if done and not torch.stack([finite for *_, finite in done]).all():
         check_finite(score_fn, resident[0], cases, items, batch, pad)
-    return {p: torch.cat([r[k] for r in done]).double().cpu() if done else torch.empty(0, dtype=torch.float64)
-            for k, p in enumerate(PROTOCOLS)}
+    return {p: torch.cat([r[k] for r in done] or [torch.empty(0)]).double().cpu() for k, p in enumerate(PROTOCOLS)}
 
 
 def on_device(cases: EvalSet, items: slice, neg: torch.Tensor, device, batch: int) -> tuple:
-    """What every batch of a pass reads, on the device: the histories, the ground truths counted from the domain's
-    first item, the negatives, and a reused (batch, n) buffer for the comparisons."""
+    """A pass's inputs on the device: histories, local ground truths, negatives, a reused (batch, n) buffer."""
     return (to_device(cases.history, device), ifcdsr.host_to(device, cases.target - items.start),
             ifcdsr.host_to(device, neg), torch.empty(min(batch, len(cases)), items.stop - items.start, device=device))
 
@@ -89,9 +79,8 @@ def on_device(cases: EvalSet, items: slice, neg: torch.Tensor, device, batch: in
 def rank_batch(score_fn, cases: EvalSet, resident: tuple, items: slice, b: slice, pad: int | None) -> tuple:
     """The cases `b` of a pass, on the device, without waiting for it: (sampled999 ranks (B,), full ranks (B,), whether
     the sum of their scores is finite: a cheap check for a NaN, which compares false and so would rank first).
-    Note: rank = 1 + (candidates scoring strictly higher) + ½·(other candidates scoring the same): the
-    expected rank under a random tie-break. C2DSR counts a tie (within 1e-5) as a win, which flatters a
-    model with many equal scores, such as popularity (every unseen item scores 0)."""
+    Note: rank = 1 + (candidates scoring strictly higher) + ½·(others scoring the same), the expected rank under a
+    random tie-break; C2DSR counts a tie (within 1e-5) as a win, flattering popularity (every unseen item scores 0)."""
     history, target, neg, flags = resident
     s = score_batch(score_fn, history, cases, items, b, pad)  # (B, n)
     s_t, s_neg = s.gather(1, target[b, None]), s.gather(1, neg[b])  # (B, 1), (B, 999)
@@ -102,8 +91,7 @@ def rank_batch(score_fn, cases: EvalSet, resident: tuple, items: slice, b: slice
 
 
 def score_batch(score_fn, history: Views, cases: EvalSet, items: slice, b: slice, pad: int | None) -> torch.Tensor:
-    """(B, |items|) fp32 scores of the cases `b`, `history` their views on the device, their shapes read from
-    the CPU copy in `cases` (none without the padding id `pad`)."""
+    """(B, |items|) fp32 scores of the cases `b` (`history` on the device), their shapes from the CPU copy `cases`."""
     return score_fn(history[b], items, None if pad is None else ifcdsr.shapes(pad, cases.history[b])).float()
 
 
@@ -132,14 +120,8 @@ def top_items(score_fn, cases: EvalSet, items: slice, device, batch: int, k: int
     return torch.cat(ids), torch.cat(scores)
 
 
-def metrics(ranks: dict) -> dict:
-    """{protocol: (S,) ranks} -> {protocol: {metric: value in %}}."""
-    return {p: rank_metrics(r) for p, r in ranks.items()}
-
-
 def warm_items(scen: Scenario) -> torch.Tensor:
-    """(N,) bool: the items of the training tensors, the last max_len + 1 of each training sequence (an item only in
-    an older, cut part is cold); a test target outside them an ID embedding cannot have learnt (an image one can)."""
+    """(N,) bool: the warm items, which ID embeddings learn: those of the training tensors (last max_len + 1 each)."""
     return item_counts(scen.train, scen.items.num_items) > 0
 
 
@@ -155,16 +137,14 @@ def by_target(ranks: dict, cases: EvalSet, warm: torch.Tensor) -> dict:
 
 def check_cases(scen: Scenario, targets) -> None:
     """Every target domain has validation and test cases (a ground truth in that domain)."""
-    for target, split in [(t, s) for t in targets for s in ("valid", "test")]:
+    for target, split, other in [(t, s, "XY".replace(t, "")) for t in targets for s in ("valid", "test")]:
         if len(eval_cases(getattr(scen, split), scen, target)) == 0:
-            raise DataError(f"{scen.path / SPLIT_FILES[split]}: no sequence ends in an item of domain {target}, so "
-                            f"a model for target {target} could be neither selected nor tested. Pass "
-                            f"--target {'Y' if target == 'X' else 'X'}, or add such sequences.")
+            raise DataError(f"{scen.path / SPLIT_FILES[split]}: no sequence ends in an item of domain {target}: a "
+                            f"model for it can neither be selected nor tested. Pass --target {other}, or add some.")
 
 
 def data_warnings(scen: Scenario, targets) -> list[str]:
-    """What a run's numbers should be read with: items without an image, held-out sequences that repeat a
-    training sequence, and a domain too small for 999 distinct negatives."""
+    """What to read a run's numbers with: imageless items, held-out sequences repeating training ones, small domains."""
     N, notes = scen.items.num_items, []
     if scen.E_img is not None and (zero := int((scen.E_img == 0).all(dim=1).sum())):
         notes.append(f"{zero:,} of {N:,} items ({100 * zero / N:.1f}%) have no image (a zero row in "
@@ -174,11 +154,9 @@ def data_warnings(scen: Scenario, targets) -> list[str]:
         if repeats := sum(tuple(r) in seen for r in torch.cat([cases.history.xy, cases.target[:, None]], 1).tolist()):
             notes.append(f"{repeats:,} of {len(cases):,} {split} sequences repeat a training sequence (their "
                          f"last {scen.train.inputs.xy.shape[1] + 1} items): their targets were trained on")
-    for target in targets:
-        if (n := len(range(N)[target_items(scen, target)])) - 1 < NUM_NEGATIVES:
-            notes.append(f"domain {target} has {n:,} items: its {NUM_NEGATIVES} sampled negatives repeat some of "
-                         f"the other {n - 1:,}, which makes the sampled999 protocol harder than full ranking")
-    return notes
+    return notes + [f"domain {t} has {n:,} items: its {NUM_NEGATIVES} sampled negatives repeat some of the other "
+                     f"{n - 1:,}, which makes the sampled999 protocol harder than full ranking" for t in targets
+                     if (n := len(range(N)[target_items(scen, t)])) - 1 < NUM_NEGATIVES]
 
 
 # ----------------------------------------------------------------------------- a run's numbers
@@ -197,15 +175,13 @@ PAPER = {  # the paper's published rows: (MRR, NDCG@5, NDCG@10) of domain X, the
         "SR-GNN": (3.85, 3.27, 3.78, 1.78, 1.40, 1.66), "PSJNet": (4.63, 4.06, 4.76, 2.44, 2.07, 2.35),
         "MIFN": (5.05, 4.21, 5.20, 2.51, 2.12, 2.31), "Tri-CDR": (5.15, 4.62, 5.05, 2.32, 2.08, 2.22),
         "IFCDSR": (6.08, 5.02, 5.86, 2.75, 2.37, 2.65)},
-        "ablation": {"original": 5.03, "image_fusion": 5.63, "ifcdsr": 6.08}},
-}
+        "ablation": {"original": 5.03, "image_fusion": 5.63, "ifcdsr": 6.08}}}
 SHOWN = ("MRR", "NDCG@5", "NDCG@10", "HR@10")  # the columns of Tables 2/3, and HR@10
 RESAMPLES, BOOTSTRAP_SEED = 1000, 0
 
 
 def paper(name: str) -> dict:
-    """The paper's entry for a scenario named like food_kitchen, Food-Kitchen, movie_book or Movie-Book; for any other
-    scenario only the names of its domains, X and Y."""
+    """The paper's entry for food_kitchen (Food-Kitchen) or movie_book (Movie-Book); else only the domains' names."""
     return PAPER.get(name.lower().replace("-", "_"), {"names": ("X", "Y")})
 
 
@@ -213,8 +189,7 @@ def paper(name: str) -> dict:
 
 
 def aggregate(per_seed: list) -> dict | None:
-    """Nested dicts of the same shape, one per seed, with numbers at the leaves -> the same shape with {"mean", "std"
-    (sample std; None for one seed), "n"} at the leaves ("cases" counts, equal for every seed, are kept; None stays)."""
+    """Same-shaped nested dicts, one per seed -> that shape with {"mean", "std" (sample), "n"} at each numeric leaf."""
     first = per_seed[0]
     if isinstance(first, dict):
         return {k: (first[k] if k == "cases" else aggregate([s[k] for s in per_seed])) for k in first}
@@ -227,8 +202,7 @@ def aggregate(per_seed: list) -> dict | None:
 
 
 def paired_bootstrap(rr_ref: np.ndarray, rr_row: np.ndarray) -> dict:
-    """MRR(ref) - MRR(row) in % from per-case reciprocal ranks of the same cases, with a 95% interval from
-    RESAMPLES bootstrap resamples of the cases; significant when the interval excludes 0."""
+    """MRR(ref) - MRR(row) in % over paired cases, with its 95% bootstrap interval: significant if that excludes 0."""
     diff = 100 * (np.asarray(rr_ref, float) - np.asarray(rr_row, float))  # (S,) paired differences
     pick = np.random.default_rng(BOOTSTRAP_SEED).integers(0, len(diff), size=(RESAMPLES, len(diff)))
     low, high = np.percentile(diff[pick].mean(axis=1), [2.5, 97.5])  # of the (RESAMPLES,) resampled means
@@ -237,25 +211,20 @@ def paired_bootstrap(rr_ref: np.ndarray, rr_row: np.ndarray) -> dict:
 
 
 def significance(ranks: dict, reference: str) -> dict:
-    """ranks {model: {domain: {protocol: [(S,) ranks, one per seed]}}} -> {model: {domain: {protocol:
-    paired_bootstrap}}} for every model but the reference, each case's reciprocal rank averaged over seeds."""
+    """{model: {domain: {protocol: paired_bootstrap}}}: `reference` - every other model, over seed-averaged 1/rank."""
     def rr(model, d, p):  # (S,)
         return torch.stack([1 / r for r in ranks[model][d][p]]).mean(0).numpy()
     return {m: {d: {p: paired_bootstrap(rr(reference, d, p), rr(m, d, p)) for p in PROTOCOLS}
-                for d in ranks[m] if d in ranks[reference]}
-            for m in ranks if m != reference}
+                for d in ranks[m] if d in ranks[reference]} for m in ranks if m != reference}
 
 
 # ----------------------------------------------------------------------------- a run's results
 
 
 def run_results(header: dict, warm: torch.Tensor, rows) -> tuple[dict, dict]:
-    """A run's results.json and test_ranks.npz's arrays from its rows, (model, seed, {target: result}) read one at a
-    time, `warm` the scenario's `warm_items`. A row and seed is an entry of runs[model]: {key: {target: value}} of every
-    key but the test ranks and cases, which give `test_by_target` (cold/warm) and the arrays, each case's rank under
-    `<model>/<seed>/<domain>/<protocol>` (popularity's seed None); summarised as mean ± std over the seeds and the
-    paired bootstrap of IFCDSR against every other row."""
-    results, ranks = {**header, "runs": {}}, {}  # ranks: {model: {domain: {protocol: [(S,) ranks, one per seed]}}}
+    """A run's results.json and test_ranks.npz's arrays (`<model>/<seed>/<domain>/<protocol>`) from its rows, (model,
+    seed, {target: result}) read one at a time: runs, cold/warm splits, mean ± std over seeds, IFCDSR's bootstraps."""
+    runs, ranks, arrays = {}, {}, {}  # ranks: {model: {domain: {protocol: [(S,) ranks, one per seed]}}}
     for model, seed, per_target in rows:
         entry, split = {"seed": seed}, {}
         for target, res in per_target.items():
@@ -263,17 +232,15 @@ def run_results(header: dict, warm: torch.Tensor, rows) -> tuple[dict, dict]:
                 entry.setdefault(key, {})[target] = res[key]
             for p, r in res["ranks"].items():
                 ranks.setdefault(model, {}).setdefault(target, {}).setdefault(p, []).append(r)
+                arrays[f"{model}/{seed}/{target}/{p}"] = r.numpy()
             for kind, part in by_target(res["ranks"], res["cases"], warm).items():
                 split.setdefault(kind, {})[target] = part
-        results["runs"].setdefault(model, []).append({**entry, "test_by_target": split})
-    runs = results["runs"]
-    results["summary"] = {m: {k: aggregate([e[k] for e in entries]) for k in ("valid", "test", "test_by_target")}
-                          for m, entries in runs.items()}
+        runs.setdefault(model, []).append({**entry, "test_by_target": split})
     reference = next((m for m in ("ifcdsr", "ifcdsr_id") if m in runs), None)
-    results["significance"] = {"reference": reference, "rows": significance(ranks, reference) if reference else {}}
-    return results, {f"{m}/{e['seed']}/{d}/{p}": r.numpy() for m, by_domain in ranks.items()
-                     for d, by_protocol in by_domain.items() for p, per_seed in by_protocol.items()
-                     for e, r in zip(runs[m], per_seed)}
+    summary = {m: {k: aggregate([e[k] for e in entries]) for k in ("valid", "test", "test_by_target")}
+               for m, entries in runs.items()}
+    return {**header, "runs": runs, "summary": summary, "significance": {
+        "reference": reference, "rows": significance(ranks, reference) if reference else {}}}, arrays
 
 
 # ----------------------------------------------------------------------------- tables
@@ -281,9 +248,7 @@ def run_results(header: dict, warm: torch.Tensor, rows) -> tuple[dict, dict]:
 
 def at(tree: dict | None, *keys):
     """tree[k1][k2]..., or None where a key is missing or a value on the way is None."""
-    for k in keys:
-        tree = tree.get(k) if tree else None
-    return tree
+    return functools.reduce(lambda t, k: t.get(k) if t else None, keys, tree)
 
 
 def cell(s: dict | None, mark: str = "") -> str:
@@ -302,40 +267,41 @@ def print_table(corner: str, heads: list[str], width: int, rows: dict[str, list[
     print(head, "-" * len(head), *(line(label, cells, width) for label, cells in rows.items()), sep="\n")
 
 
-def print_tables(name: str, summary: dict, sig: dict, reference: str | None, seeds: list) -> None:
-    """Tables 2/3: one table per protocol, mean ± std over seeds, * where IFCDSR's difference is significant, and
-    the paper's rows; under each, MRR of the test cases whose target never occurs in training (cold) and of the
-    others (warm), and the paired intervals of IFCDSR - row."""
-    entry, models = paper(name), [m for m in LABELS if m in summary]
+def print_run(results: dict) -> None:
+    """The tables that end a run of train.py, from its results.json: per protocol Tables 2/3 (with the paper's rows),
+    MRR by cold/warm target and IFCDSR - row's paired intervals; Table 4 if the run has its rows; --grid's points."""
+    summary, sig, seeds = results["summary"], results["significance"], results["seeds"]
+    entry, models, reference = paper(results["scenario"]), [m for m in LABELS if m in summary], sig["reference"]
     names = dict(zip("XY", entry["names"]))
     domains = [d for d in ("X", "Y") if any(d in summary[m]["test"] for m in models)]
     columns, kinds = [(d, m) for d in domains for m in SHOWN], [(d, k) for d in domains for k in ("cold", "warm")]
     over = f"mean ± std over {len(seeds)} seeds" if len(seeds) > 1 else f"seed {seeds[0]}"
-    cases = summary[models[-1]]["test_by_target"]
+    heads = [f"MRR ({names[d]})" if k == "MRR" else k for d, k in columns]
+    kind_heads = [f"{k} {names[d]} ({summary[models[-1]]['test_by_target'][k][d]['cases']})" for d, k in kinds]
     for p in PROTOCOLS:
-        title = {"sampled999": "999 sampled negatives (as C2DSR evaluates; the paper names no protocol)",
-                 "full": "full ranking of the target domain"}[p]
-        print(f"\nTest set, {title}; %, {over}")
-        print_table(f"Model ({names['X']}-{names['Y']})", [f"MRR ({names[d]})" if k == "MRR" else k
-                                                            for d, k in columns], 15, {
-            LABELS[m]: [cell(at(summary, m, "test", d, p, k),
-                             " *" if k == "MRR" and at(sig, m, d, p, "significant") else "") for d, k in columns]
-            for m in models})
+        print("\nTest set, " + {"sampled999": "999 sampled negatives (as C2DSR evaluates; the paper names no protocol)",
+                                "full": "full ranking of the target domain"}[p] + f"; %, {over}")
+        print_table(f"Model ({names['X']}-{names['Y']})", heads, 15, {LABELS[m]: [cell(
+            at(summary, m, "test", d, p, k), " *" if k == "MRR" and at(sig, "rows", m, d, p, "significant") else "")
+            for d, k in columns] for m in models})
         if "rows" in entry and p == "sampled999":
             print(f"The paper's {entry['table']} (its own split of the data: not comparable number for number):")
             for label, row in entry["rows"].items():
                 given = dict(zip([(d, k) for d in "XY" for k in SHOWN[:3]], row))  # no HR@10
                 print(line(f"  {label} (paper)", [f"{given[c]:.2f}" if c in given else "-" for c in columns], 15))
-        print_table("MRR by target", [f"{k} {names[d]} ({cases[k][d]['cases']})" for d, k in kinds], 19,
-                    {LABELS[m]: [cell(at(summary, m, "test_by_target", k, d, p, "MRR")) for d, k in kinds]
-                     for m in models})
+        print_table("MRR by target", kind_heads, 19, {LABELS[m]: [cell(at(summary, m, "test_by_target", k, d, p, "MRR"))
+                                                                for d, k in kinds] for m in models})
         if reference and len(models) > 1:  # a row to compare with
             print_table(f"{LABELS[reference]} - row", [f"MRR {names[d]}, 95% interval" for d in domains], 28, {
                 LABELS[m]: ["-" if b is None else f"{b['mrr_diff']:+.2f} [{b['low']:+.2f}, {b['high']:+.2f}]"
-                            + (" *" if b["significant"] else "  ") for b in (at(sig, m, d, p) for d in domains)]
+                            + (" *" if b["significant"] else "  ") for b in (at(sig, "rows", m, d, p) for d in domains)]
                 for m in models if m != reference})
             print(f"(* the paired bootstrap interval excludes 0: {RESAMPLES:,} resamples of the test cases, each "
                   f"case's reciprocal rank averaged over the seeds)")
+    if all(m in summary for m in ("original", "image_fusion", "ifcdsr")):
+        print_ablation(results["scenario"], summary)
+    if "grid" in results:
+        print_chosen(results)
 
 
 def print_ablation(name: str, summary: dict) -> None:
@@ -382,14 +348,3 @@ def print_chosen(results: dict) -> None:
           f"a tie keeps the first point\n{head.rstrip()}\n{'-' * len(head)}")
     for label, d, cells in rows:
         print(f"{label:<24} | {d:<6} | " + " | ".join(f"{c:<{w}}" for c, w in zip(cells, widths)).rstrip())
-
-
-def print_run(results: dict) -> None:
-    """The tables that end a run of train.py, from its results.json: Tables 2/3, Table 4 when the run holds its
-    three rows, and with --grid the point each row used."""
-    sig = results["significance"]
-    print_tables(results["scenario"], results["summary"], sig["rows"], sig["reference"], results["seeds"])
-    if all(m in results["summary"] for m in ("original", "image_fusion", "ifcdsr")):
-        print_ablation(results["scenario"], results["summary"])
-    if "grid" in results:
-        print_chosen(results)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import data
-from baselines import GRU4Rec, GRU4RecTarget, SASRec, SASRecTarget, cross_entropy_sum, popularity_scores
+from baselines import GRU4Rec, GRU4RecTarget, SASRec, SASRecTarget, cross_entropy_sum, popularity
 from conftest import TINY, full_batch_losses, line, run_cli, views, write_scenario
 from data import load_scenario, make_demo, make_train_set
 from ifcdsr import Config
@@ -225,6 +225,12 @@ def test_merged_rows_learn_a_next_target_item_set_by_the_last_source_item(tmp_pa
 
 
 def test_popularity_counts_every_training_interaction_once():
+    """Training sequences [0, 3, 0, 4] and [0, 1] count items 0..6 as 3, 1, 0, 1, 1, 0, 0, popularity's scores:
+    targets 0, 1, 2 rank 1, 2, 3 among domain X's items; targets 3 and 5 rank 1 + ½ (tied with 4) and 1 + 2 + ½
+    (below 3 and 4, tied with 6) among domain Y's."""
     t = make_train_set([[0, 3, 0, 4], [0, 1]], num_x=3, max_len=15, pad=7)
-    scen = data.Scenario("t", Path("."), data.Items(["a"] * 7, 3, 4), t, None, None, None, "t", None)
-    assert popularity_scores(scen).tolist() == [3, 1, 0, 1, 1, 0, 0]
+    assert data.item_counts(t, 7).tolist() == [3, 1, 0, 1, 1, 0, 0]
+    cases = data.EvalSet(views([[1]] * 5), torch.tensor([0, 1, 2, 3, 5]))
+    scen = data.Scenario("t", Path("."), data.Items(["a"] * 7, 3, 4), t, cases, cases, None, "t", None)
+    assert popularity(scen, "X", 2)["ranks"]["full"].tolist() == [1.0, 2.0, 3.0]
+    assert popularity(scen, "Y", 2)["ranks"]["full"].tolist() == [1.5, 3.5]

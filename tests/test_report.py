@@ -62,7 +62,8 @@ def test_tables_show_mean_std_paper_rows_cold_warm_and_significance(capsys):
     summary = {"popularity": res(3.0, None), "ifcdsr": res(9.5, 0.25)}
     bootstrap = {"mrr_diff": 6.5, "low": 5.0, "high": 8.0, "significant": True}
     sig = {"popularity": {"X": {"sampled999": bootstrap, "full": bootstrap}}}
-    evaluate.print_tables("Food-Kitchen", summary, sig, "ifcdsr", [0, 1, 2])
+    evaluate.print_run({"scenario": "Food-Kitchen", "summary": summary, "seeds": [0, 1, 2],
+                        "significance": {"reference": "ifcdsr", "rows": sig}})
     out = capsys.readouterr().out
     assert "MRR (Food)" in out and "9.50 ± 0.25" in out and "3.00 *" in out and "mean ± std over 3 seeds" in out
     assert "The paper's Table 2" in out and "Tri-CDR (paper)" in out and "not comparable number for number" in out
