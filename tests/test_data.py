@@ -60,6 +60,16 @@ def test_bad_embeddings_and_missing_files(tmp_path):
         data.read_items(folder)
 
 
+def test_item_lists_number_their_items_0_1_2_in_line_order(tmp_path):
+    """C2DSR numbers the items of Alist/Blist by their line; a list in another order, with a gap or a repeated
+    index is refused at the first line out of order."""
+    folder = write_scenario(tmp_path / "s", [line(1, (0, 1), (3, 2))])
+    for text in ("100\tA0\t0\n102\tA2\t2\n101\tA1\t1\n", "100\tA0\t0\n101\tA1\t0\n102\tA2\t1\n"):
+        (folder / "Alist.txt").write_text(text)
+        with pytest.raises(DataError, match=r"Alist.txt:2: expected .* the local index 1 .*, found '10"):
+            data.read_items(folder)
+
+
 def test_demo_is_deterministic(tmp_path):
     a, b = make_demo(tmp_path / "a", seed=5, spec=TINY), make_demo(tmp_path / "b", seed=5, spec=TINY)
     for f in ("Alist.txt", "traindata_new.txt", "testdata_new.txt", "image_embeddings.npy"):

@@ -193,7 +193,7 @@ TRAIN_DATA = [  # (case, file of the scenario, content from the file's good byte
     ("embeddings: every row zero", "image_embeddings.npy", lambda good: npy(np.zeros((90, 8), np.float32)),
      "every row is zero, so no item has an image"),
     ("embeddings: float64 beyond float32", "image_embeddings.npy", lambda good: npy(np.full((90, 8), 1e300)),
-     "row 0 (and 89 more) has a value beyond float32's range"),
+     "row 0 (and 89 more) has a non-finite value or one beyond float32's range"),
     ("a time with two minus signs", "testdata_new.txt", lambda good: b"7\t7\t1|--1400663940|d|\t2|6|d|\n",
      "testdata_new.txt:1: expected an interaction 'item|unix_ts|date|'"),
     ("full-width digits as an item id", "traindata_new.txt", lambda good: "7\t7\t\uff11|5|d|\t2|6|d|\n".encode(),
@@ -201,9 +201,9 @@ TRAIN_DATA = [  # (case, file of the scenario, content from the file's good byte
     ("full-width digits as a local index", "Alist.txt", lambda good: "0\tA0\t\uff10\n".encode(),
      "Alist.txt:1: expected 'raw_id<TAB>ASIN<TAB>local_index'"),
     ("two items sharing an ASIN", "Blist.txt", lambda good: b"200\tB1\t0\n201\tB1\t1\n",
-     "Blist.txt:2: ASIN B1 appears twice (also line 1)"),
+     "Blist.txt:2: ASIN B1 appears twice (also Blist.txt:1)"),
     ("an ASIN in both item lists", "Blist.txt", lambda good: valid_line(good) + b"201\tDEMOA000003\t1\n",
-     "Blist.txt: ASIN DEMOA000003 (and 0 more) is also in Alist.txt"),
+     "Blist.txt:2: ASIN DEMOA000003 appears twice (also Alist.txt:4)"),
 ]
 
 
