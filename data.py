@@ -50,7 +50,6 @@ class Items:
 @dataclass
 class Views:
     """The three views of a batch of sequences, each a left-padded (S, L) LongTensor."""
-
     x: torch.Tensor  # S^X: the user's domain-X items in order, compacted
     y: torch.Tensor  # S^Y: the user's domain-Y items in order, compacted
     xy: torch.Tensor  # S^{X+Y}: the merged sequence
@@ -132,20 +131,22 @@ def _expected(path: Path, lineno: int, expected: str, found: str) -> DataError:
 
 def read_items(scenario_dir: str | Path) -> Items:
     """Alist.txt, then Blist.txt: raw_id<TAB>ASIN<TAB>local_index a line, the local indices 0, 1, 2, ... in order."""
-    lists, first = [], {}  # the ASINs of X, of Y; ASIN -> "file:line" (an ASIN names one item, and its image)
-    for path in (Path(scenario_dir) / "Alist.txt", Path(scenario_dir) / "Blist.txt"):
-        lists.append([])
+    x, y, first = [], [], {}  # the ASINs of X, of Y; ASIN -> "file:line" (an ASIN names one item, and its image)
+    for asins, path in ((x, Path(scenario_dir) / "Alist.txt"), (y, Path(scenario_dir) / "Blist.txt")):
         for lineno, line in _lines(path):
             fields = [f.strip() for f in line.rstrip().split("\t")]  # trailing whitespace, as in the sequence files
-            if len(fields) != 3 or not fields[1] or fields[2] != str(len(lists[-1])):
+            if len(fields) != 3 or not fields[1] or not NATURAL.fullmatch(fields[2]) or int(fields[2]) != len(asins):
                 raise _expected(path, lineno, f"'raw_id<TAB>ASIN<TAB>local_index' with an ASIN and the local index "
-                                f"{len(lists[-1])} (the lines count 0, 1, 2, ... as C2DSR numbers its items)", line)
+                                f"{len(asins)} (the lines count 0, 1, 2, ... as C2DSR numbers its items)", line)
             if fields[1] in first:
                 raise DataError(f"{path}:{lineno}: ASIN {fields[1]} appears twice (also {first[fields[1]]}); each "
                                 f"item needs an ASIN of its own.")
             first[fields[1]] = f"{path.name}:{lineno}"
-            lists[-1].append(fields[1])
-    return Items(lists[0] + lists[1], len(lists[0]), len(lists[1]))
+            asins.append(fields[1])
+        if len(asins) < 2:  # a list has at least one line
+            raise DataError(f"{path}: domain {'X' if asins is x else 'Y'} has 1 item; a scenario needs at least 2 in "
+                            f"each domain (a ground truth and a candidate to rank it against).")
+    return Items(x + y, len(x), len(y))
 
 
 def read_sequences(path: Path, num_items: int) -> list[list[int]]:
@@ -237,10 +238,8 @@ def make_eval_set(sequences: list[list[int]], num_x: int, max_len: int, pad: int
 
 def fingerprint(paths: list[Path]) -> str:
     """sha256 over the names and contents of files: what a run and its checkpoints were trained on."""
-    digest = hashlib.sha256()
-    for path in paths:
-        digest.update(path.name.encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
-    return digest.hexdigest()
+    parts = (path.name.encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest() for path in paths)
+    return hashlib.sha256(b"".join(parts)).hexdigest()
 
 
 def load_scenario(path: str | Path, *, max_len: int, use_images: bool, name: str | None = None) -> Scenario:
@@ -248,10 +247,6 @@ def load_scenario(path: str | Path, *, max_len: int, use_images: bool, name: str
     if not path.is_dir():
         raise DataError(f"{path}: scenario directory not found (docs/data.md says where to get them).")
     items = read_items(path)
-    for domain, n, file in (("X", items.num_x, "Alist.txt"), ("Y", items.num_y, "Blist.txt")):
-        if n < 2:
-            raise DataError(f"{path / file}: domain {domain} has {n} item; a scenario needs at least 2 in each "
-                            f"domain (a ground truth and a candidate to rank it against).")
     num_x, pad = items.num_x, items.num_items
     train, valid, test = (read_sequences(path / file, pad) for file in SPLIT_FILES.values())
     E_img = load_image_embeddings(path / EMBEDDINGS_FILE, pad, name) if use_images else None
@@ -317,7 +312,6 @@ def write_sequences(path: Path, rows) -> None:
 @dataclass
 class DemoSpec:
     """Sizes and strengths of the generated demo scenario (docs/data.md, "The demo scenario")."""
-
     num_x: int = 1000  # items in domain X (more than 999, for the sampled protocol)
     num_y: int = 1200  # items in domain Y
     num_users: int = 3000  # one sequence each; the latest third become valid/test
@@ -430,8 +424,7 @@ KINDS = {stat.S_IFREG: None, stat.S_IFDIR: "Is a directory", stat.S_IFIFO: "not 
 
 
 def file_problem(path: Path) -> str | None:
-    """None when `path` is a regular file (after symlinks), else why not. Every command checks a file before it
-    opens it: a FIFO would block the reader for ever, a device like /dev/zero be read until memory runs out."""
+    """None when `path` is a regular file (after symlinks), else why not: a FIFO blocks readers, /dev/zero fills RAM."""
     try:
         return KINDS.get(stat.S_IFMT(os.stat(path).st_mode), "not a regular file but a special file")
     except OSError as err:  # missing, a dangling link, a symlink loop
@@ -456,19 +449,16 @@ def atomic_folder(out: Path, *, replace: bool = False):
 
 def duration(seconds: float) -> str:
     """1h02m, 4m10s or 12s."""
-    seconds = max(0, round(seconds))
-    h, m, s = seconds // 3600, seconds // 60 % 60, seconds % 60
-    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+    m, s = divmod(max(0, round(seconds)), 60)
+    return f"{m // 60}h{m % 60:02d}m" if m >= 60 else f"{m}m{s:02d}s" if m else f"{s}s"
 
 
 class Progress:
-    """A job's status line on stderr, `what: done/total unit, rate unit/s, ETA ...`: rewritten in place on a
-    terminal (at most twice a second), else a new line every `every` seconds."""
+    """`what: done/total unit, rate unit/s, ETA ...` on stderr: in place on a terminal, else every `every` seconds."""
 
     def __init__(self, what: str, total: int | None, unit: str, *, every: float = 30.0):
-        self.what, self.total, self.unit = what, total, unit
-        self.tty = sys.stderr.isatty()
-        self.every = 0.5 if self.tty else every
+        self.what, self.total, self.unit, self.tty = what, total, unit, sys.stderr.isatty()
+        self.every = 0.5 if self.tty else every  # a terminal's line is rewritten at most twice a second
         self.start = self.shown = time.monotonic()  # shown > start: a line was printed
 
     def line(self, done: int, extra: str = "") -> str:
