@@ -98,29 +98,24 @@ class Scenario:
 # ----------------------------------------------------------------------------- reading
 
 
-def read_text_lines(path: Path) -> list[str]:
-    """The lines of a UTF-8 text file without their ends; a DataError names an unreadable file or a non-UTF-8 line."""
+def read_text_lines(path: Path) -> list[tuple[int, str]]:
+    """The non-blank lines of a UTF-8 text file with their numbers, without their ends; at least one. A DataError
+    names a file that is missing, unreadable or empty, or the line that is not UTF-8."""
+    if not os.path.lexists(path):
+        raise DataError(f"{path}: file not found. A scenario directory needs {', '.join(SCENARIO_FILES)} "
+                        f"(docs/data.md says where to get them).")
     try:
         if problem := file_problem(path):  # a FIFO would block the read, /dev/zero fill memory
             raise OSError(problem)
         raw = path.read_bytes()
         lines = raw.decode("utf-8").split("\n")
-    except OSError as err:  # missing, a folder, a symlink loop, a FIFO or a device, no permission
+    except OSError as err:  # a folder, a symlink loop, a FIFO or a device, no permission
         raise DataError(f"{path}: cannot be read ({err.strerror or err}); expected a text file.") from None
     except UnicodeDecodeError as err:
         lineno, column = raw.count(b"\n", 0, err.start) + 1, err.start - raw.rfind(b"\n", 0, err.start)
         raise DataError(f"{path}:{lineno}: not UTF-8 text (byte {raw[err.start]:#04x} at column {column}); "
                         f"expected a text file, not a compressed or binary one.") from None
-    return [line.rstrip("\r") for line in (lines[:-1] if lines[-1] == "" else lines)]  # "" ends the last line
-
-
-def _lines(path: Path) -> list[tuple[int, str]]:
-    """The non-blank lines of a scenario file with their numbers; at least one."""
-    if not path.exists() and not path.is_symlink():
-        raise DataError(f"{path}: file not found. A scenario directory needs {', '.join(SCENARIO_FILES)} "
-                        f"(docs/data.md says where to get them).")
-    lines = [(lineno, line) for lineno, line in enumerate(read_text_lines(path), 1) if line.strip()]
-    if not lines:
+    if not (lines := [(lineno, line.rstrip("\r")) for lineno, line in enumerate(lines, 1) if line.strip()]):
         raise DataError(f"{path}: the file is empty; expected at least one line.")
     return lines
 
@@ -133,7 +128,7 @@ def read_items(scenario_dir: str | Path) -> Items:
     """Alist.txt, then Blist.txt: raw_id<TAB>ASIN<TAB>local_index a line, the local indices 0, 1, 2, ... in order."""
     x, y, first = [], [], {}  # the ASINs of X, of Y; ASIN -> "file:line" (an ASIN names one item, and its image)
     for asins, path in ((x, Path(scenario_dir) / "Alist.txt"), (y, Path(scenario_dir) / "Blist.txt")):
-        for lineno, line in _lines(path):
+        for lineno, line in read_text_lines(path):
             fields = [f.strip() for f in line.rstrip().split("\t")]  # trailing whitespace, as in the sequence files
             if len(fields) != 3 or not fields[1] or not NATURAL.fullmatch(fields[2]) or int(fields[2]) != len(asins):
                 raise _expected(path, lineno, f"'raw_id<TAB>ASIN<TAB>local_index' with an ASIN and the local index "
@@ -152,19 +147,16 @@ def read_items(scenario_dir: str | Path) -> Items:
 def read_sequences(path: Path, num_items: int) -> list[list[int]]:
     """One list of global item ids per line, sorted stably by unix timestamp."""
     sequences = []
-    for lineno, line in _lines(path):
+    for lineno, line in read_text_lines(path):
         fields = line.rstrip().split("\t")  # trailing whitespace, as C2DSR's reader strips it
         if len(fields) < 4 or not fields[0].strip() or not fields[1].strip():
             raise _expected(path, lineno, "'user<TAB>inter_id<TAB>item|unix_ts|date|<TAB>...' with a user, an "
                             "interaction id and at least 2 interactions (history + target)", line)
         events = []  # (unix_ts, item)
         for token in fields[2:]:
-            if not (event := EVENT.fullmatch(token)):
-                raise _expected(path, lineno, "an interaction 'item|unix_ts|date|' with a non-negative integer item "
-                                "id and an integer time", token)
-            if int(event[1]) >= num_items:
-                raise DataError(f"{path}:{lineno}: item id {int(event[1])} is out of range; Alist+Blist define "
-                                f"{num_items} items (ids 0..{num_items - 1}). Is this the right scenario?")
+            if not (event := EVENT.fullmatch(token)) or int(event[1]) >= num_items:
+                raise _expected(path, lineno, f"an interaction 'item|unix_ts|date|' with an integer time and an item "
+                                f"id in 0..{num_items - 1}, an item of Alist+Blist (the right scenario?)", token)
             events.append((int(event[2]), int(event[1])))
         sequences.append([item for _, item in sorted(events, key=lambda e: e[0])])  # stable: ties keep file order
     return sequences
@@ -172,25 +164,22 @@ def read_sequences(path: Path, num_items: int) -> list[list[int]]:
 
 def read_users(path: Path) -> list[str]:
     """The user column of a sequence file, one per sequence, in the order of `read_sequences`."""
-    return [line.split("\t")[0].strip() for _, line in _lines(path)]
+    return [line.split("\t")[0].strip() for _, line in read_text_lines(path)]
 
 
 def load_image_embeddings(path: Path, num_items: int, name: str | None = None) -> torch.Tensor:
     """(N, e) float32 image embeddings from a .npy file that is never unpickled, with a finite row per item."""
-    if not path.exists():
-        raise DataError(f"{path}: image embeddings not found. Build them with\n"
-                        f"    python -m tools.embed --scenario-dir {path.parent} --images {path.parent / 'images'}\n"
-                        f"(docs/clip.md), or train the ID-only model with --no-image." + fetch_list(name))
-    redo = "rebuild it with tools/embed.py, or train the ID-only model with --no-image"
+    redo = (f"build it with\n    python -m tools.embed --scenario-dir {path.parent} --images {path.parent / 'images'}\n"
+            f"(docs/clip.md), or train the ID-only model with --no-image.{fetch_list(name)}")
     try:  # memory-mapped, so that a header that lies about the shape costs nothing; object arrays are refused
         if problem := file_problem(path):  # a FIFO would block the read
             raise OSError(problem)
         E = np.lib.format.open_memmap(path, mode="r")
-    except (ValueError, OSError, EOFError) as err:  # garbage, a truncated file, an object array, a folder
-        raise DataError(f"{path}: not a readable .npy array ({err}); {redo}.") from None
+    except (ValueError, OSError, EOFError) as err:  # missing, garbage, truncated, an object array, a folder
+        raise DataError(f"{path}: not a readable .npy array ({err}); {redo}") from None
     if E.ndim != 2 or E.shape[0] != num_items or E.shape[1] == 0 or not np.issubdtype(E.dtype, np.floating):
         raise DataError(f"{path}: expected shape ({num_items}, e) with e >= 1, one row per item of Alist+Blist, "
-                        f"and a float dtype; found shape {E.shape}, dtype {E.dtype}; {redo}.")
+                        f"and a float dtype; found shape {E.shape}, dtype {E.dtype}; {redo}")
     with np.errstate(over="ignore"):  # a value beyond float32's range becomes inf, refused below
         E = np.array(E, dtype=np.float32)  # (N, e), read into memory
     if (rows := ~np.isfinite(E).all(axis=1)).any():
@@ -198,7 +187,7 @@ def load_image_embeddings(path: Path, num_items: int, name: str | None = None) -
                         f"or one beyond float32's range (±3.4e38); expected finite numbers (a zero row: no image).")
     if not E.any():
         raise DataError(f"{path}: every row is zero, so no item has an image and the image branch would add "
-                        f"nothing; {redo}.")
+                        f"nothing; {redo}")
     return torch.from_numpy(E)
 
 
@@ -244,8 +233,6 @@ def fingerprint(paths: list[Path]) -> str:
 
 def load_scenario(path: str | Path, *, max_len: int, use_images: bool, name: str | None = None) -> Scenario:
     path = Path(path)
-    if not path.is_dir():
-        raise DataError(f"{path}: scenario directory not found (docs/data.md says where to get them).")
     items = read_items(path)
     num_x, pad = items.num_x, items.num_items
     train, valid, test = (read_sequences(path / file, pad) for file in SPLIT_FILES.values())
