@@ -170,13 +170,13 @@ def read_users(path: Path) -> list[str]:
 def load_image_embeddings(path: Path, num_items: int, name: str | None = None) -> torch.Tensor:
     """(N, e) float32 image embeddings from a .npy file that is never unpickled, with a finite row per item."""
     redo = (f"build it with\n    python -m tools.embed --scenario-dir {path.parent} --images {path.parent / 'images'}\n"
-            f"(docs/clip.md), or train the ID-only model with --no-image.{fetch_list(name)}")
+            f"(docs/clip.md), or train the ID-only model with --no-image.")
     try:  # memory-mapped, so that a header that lies about the shape costs nothing; object arrays are refused
         if problem := file_problem(path):  # a FIFO would block the read
             raise OSError(problem)
         E = np.lib.format.open_memmap(path, mode="r")
     except (ValueError, OSError, EOFError) as err:  # missing, garbage, truncated, an object array, a folder
-        raise DataError(f"{path}: not a readable .npy array ({err}); {redo}") from None
+        raise DataError(f"{path}: not a readable .npy array ({err}); {redo}" + fetch_list(name)) from None
     if E.ndim != 2 or E.shape[0] != num_items or E.shape[1] == 0 or not np.issubdtype(E.dtype, np.floating):
         raise DataError(f"{path}: expected shape ({num_items}, e) with e >= 1, one row per item of Alist+Blist, "
                         f"and a float dtype; found shape {E.shape}, dtype {E.dtype}; {redo}")
