@@ -101,16 +101,14 @@ class Scenario:
 def read_text_lines(path: Path) -> list[tuple[int, str]]:
     """The non-blank lines of a UTF-8 text file with their numbers, without their ends; at least one. A DataError
     names a file that is missing, unreadable or empty, or the line that is not UTF-8."""
-    if not os.path.lexists(path):
-        raise DataError(f"{path}: file not found. A scenario directory needs {', '.join(SCENARIO_FILES)} "
-                        f"(docs/data.md says where to get them).")
     try:
         if problem := file_problem(path):  # a FIFO would block the read, /dev/zero fill memory
             raise OSError(problem)
         raw = path.read_bytes()
         lines = raw.decode("utf-8").split("\n")
-    except OSError as err:  # a folder, a symlink loop, a FIFO or a device, no permission
-        raise DataError(f"{path}: cannot be read ({err.strerror or err}); expected a text file.") from None
+    except OSError as err:  # missing, a folder, a symlink loop, a FIFO or a device, no permission
+        raise DataError(f"{path}: cannot be read ({err.strerror or err}); expected a text file. A scenario directory "
+                        f"needs {', '.join(SCENARIO_FILES)} (docs/data.md says where to get them).") from None
     except UnicodeDecodeError as err:
         lineno, column = raw.count(b"\n", 0, err.start) + 1, err.start - raw.rfind(b"\n", 0, err.start)
         raise DataError(f"{path}:{lineno}: not UTF-8 text (byte {raw[err.start]:#04x} at column {column}); "
