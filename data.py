@@ -99,8 +99,7 @@ class Scenario:
 
 
 def read_text_lines(path: Path) -> list[tuple[int, str]]:
-    """The non-blank lines of a UTF-8 text file with their numbers, without their ends; at least one. A DataError
-    names a file that is missing, unreadable or empty, or the line that is not UTF-8."""
+    """The numbered non-blank lines of a UTF-8 text file, at least one; else a DataError naming the file or line."""
     try:
         if problem := file_problem(path):  # a FIFO would block the read, /dev/zero fill memory
             raise OSError(problem)
