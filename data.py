@@ -1,28 +1,21 @@
-"""Files -> tensors: the C2DSR scenario format, image embeddings, the generated demo scenario; and what every
-command shares about files: written whole or not at all, read only when regular, progress lines.
-
-A scenario directory holds (C2DSR's format, docs/data.md, "The C2DSR scenarios"):
+"""Files -> tensors: the C2DSR scenarios (docs/data.md), image embeddings, the generated demo; and what every command
+shares about files: written whole or not at all, read only when regular, progress lines. A scenario folder holds
     Alist.txt, Blist.txt     one item a line: raw_id<TAB>ASIN<TAB>local_index
     traindata_new.txt        one user a line: user<TAB>inter_id<TAB>item|unix_ts|date|<TAB>...
     valid/testdata_new.txt   the same; the last item (by time) is the ground truth
     image_embeddings.npy     (N, e) float32 CLIP image embeddings, row = global id
 Global ids: domain X (Alist) 0..|X|-1, domain Y (Blist) |X|..N-1; N = |X|+|Y| is the padding id. Shapes: S
-sequences, L = max_len positions, left-padded (the most recent item of every view is at position L-1).
-"""
-from __future__ import annotations
-
+sequences, L = max_len positions, left-padded (the most recent item of every view is at position L-1)."""
 import contextlib
 import hashlib
 import json
 import os
 import re
-import secrets
 import shutil
 import stat
 import sys
 import time
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import BinaryIO, Callable
 
@@ -57,7 +50,6 @@ class Items:
 @dataclass
 class Views:
     """The three views of a batch of sequences, each a left-padded (S, L) LongTensor."""
-
     x: torch.Tensor  # S^X: the user's domain-X items in order, compacted
     y: torch.Tensor  # S^Y: the user's domain-Y items in order, compacted
     xy: torch.Tensor  # S^{X+Y}: the merged sequence
@@ -106,30 +98,21 @@ class Scenario:
 # ----------------------------------------------------------------------------- reading
 
 
-def read_text_lines(path: Path) -> list[str]:
-    """The lines of a UTF-8 text file, without their ends; a DataError names a file that cannot be read, or the
-    line that is not UTF-8."""
+def read_text_lines(path: Path) -> list[tuple[int, str]]:
+    """The numbered non-blank lines of a UTF-8 text file, at least one; else a DataError naming the file or line."""
     try:
         if problem := file_problem(path):  # a FIFO would block the read, /dev/zero fill memory
             raise OSError(problem)
         raw = path.read_bytes()
         lines = raw.decode("utf-8").split("\n")
     except OSError as err:  # missing, a folder, a symlink loop, a FIFO or a device, no permission
-        raise DataError(f"{path}: cannot be read ({err.strerror or err}); expected a text file.") from None
+        raise DataError(f"{path}: cannot be read ({err.strerror or err}); expected a text file. A scenario directory "
+                        f"needs {', '.join(SCENARIO_FILES)} (docs/data.md says where to get them).") from None
     except UnicodeDecodeError as err:
         lineno, column = raw.count(b"\n", 0, err.start) + 1, err.start - raw.rfind(b"\n", 0, err.start)
         raise DataError(f"{path}:{lineno}: not UTF-8 text (byte {raw[err.start]:#04x} at column {column}); "
                         f"expected a text file, not a compressed or binary one.") from None
-    return [line.rstrip("\r") for line in (lines[:-1] if lines[-1] == "" else lines)]  # "" ends the last line
-
-
-def _lines(path: Path) -> list[tuple[int, str]]:
-    """The non-blank lines of a scenario file with their numbers; at least one."""
-    if not path.exists() and not path.is_symlink():
-        raise DataError(f"{path}: file not found. A scenario directory needs {', '.join(SCENARIO_FILES)} "
-                        f"(docs/data.md says where to get them).")
-    lines = [(lineno, line) for lineno, line in enumerate(read_text_lines(path), 1) if line.strip()]
-    if not lines:
+    if not (lines := [(lineno, line.rstrip("\r")) for lineno, line in enumerate(lines, 1) if line.strip()]):
         raise DataError(f"{path}: the file is empty; expected at least one line.")
     return lines
 
@@ -138,116 +121,89 @@ def _expected(path: Path, lineno: int, expected: str, found: str) -> DataError:
     return DataError(f"{path}:{lineno}: expected {expected}, found {found[:120]!r}.")
 
 
-def _read_item_list(path: Path) -> list[str]:
-    """Alist/Blist: raw_id<TAB>ASIN<TAB>local_index; returns ASINs ordered by local index."""
-    asins, first = {}, {}  # local index -> ASIN; ("ASIN" or "local index", value) -> the line it is on
-    for lineno, line in _lines(path):
-        fields = [f.strip() for f in line.rstrip().split("\t")]  # trailing whitespace, as in the sequence files
-        if len(fields) != 3 or not fields[1] or not NATURAL.fullmatch(fields[2]):
-            raise _expected(path, lineno, "'raw_id<TAB>ASIN<TAB>local_index' with an ASIN and an integer index", line)
-        for key in (("local index", int(fields[2])), ("ASIN", fields[1])):  # an ASIN names an image too
-            if key in first:
-                raise DataError(f"{path}:{lineno}: {key[0]} {key[1]} appears twice (also line {first[key]}); each "
-                                f"item needs one of its own.")
-            first[key] = lineno
-        asins[int(fields[2])] = fields[1]
-    if (missing := min(set(range(len(asins))) - asins.keys(), default=None)) is not None:
-        raise DataError(f"{path}: local indices must be 0..{len(asins) - 1} without gaps; {missing} is missing.")
-    return [asins[i] for i in range(len(asins))]
-
-
 def read_items(scenario_dir: str | Path) -> Items:
-    asins_x, asins_y = (_read_item_list(Path(scenario_dir) / name) for name in ("Alist.txt", "Blist.txt"))
-    if both := sorted(set(asins_x) & set(asins_y)):
-        raise DataError(f"{Path(scenario_dir) / 'Blist.txt'}: ASIN {both[0]} (and {len(both) - 1} more) is also in "
-                        f"Alist.txt; an item belongs to one domain, and each item needs an ASIN of its own.")
-    return Items(asins_x + asins_y, len(asins_x), len(asins_y))
+    """Alist.txt, then Blist.txt: raw_id<TAB>ASIN<TAB>local_index a line, the local indices 0, 1, 2, ... in order."""
+    x, y, first = [], [], {}  # the ASINs of X, of Y; ASIN -> "file:line" (an ASIN names one item, and its image)
+    for asins, path in ((x, Path(scenario_dir) / "Alist.txt"), (y, Path(scenario_dir) / "Blist.txt")):
+        for lineno, line in read_text_lines(path):
+            fields = [f.strip() for f in line.rstrip().split("\t")]  # trailing whitespace, as in the sequence files
+            if len(fields) != 3 or not fields[1] or not NATURAL.fullmatch(fields[2]) or int(fields[2]) != len(asins):
+                raise _expected(path, lineno, f"'raw_id<TAB>ASIN<TAB>local_index' with an ASIN and the local index "
+                                f"{len(asins)} (the lines count 0, 1, 2, ... as C2DSR numbers its items)", line)
+            if fields[1] in first:
+                raise DataError(f"{path}:{lineno}: ASIN {fields[1]} appears twice (also {first[fields[1]]}); each "
+                                f"item needs an ASIN of its own.")
+            first[fields[1]] = f"{path.name}:{lineno}"
+            asins.append(fields[1])
+        if len(asins) < 2:  # a list has at least one line
+            raise DataError(f"{path}: domain {'X' if asins is x else 'Y'} has 1 item; a scenario needs at least 2 in "
+                            f"each domain (a ground truth and a candidate to rank it against).")
+    return Items(x + y, len(x), len(y))
 
 
 def read_sequences(path: Path, num_items: int) -> list[list[int]]:
     """One list of global item ids per line, sorted stably by unix timestamp."""
     sequences = []
-    for lineno, line in _lines(path):
+    for lineno, line in read_text_lines(path):
         fields = line.rstrip().split("\t")  # trailing whitespace, as C2DSR's reader strips it
-        if len(fields) < 3 or not fields[0].strip() or not fields[1].strip():
-            raise _expected(path, lineno, "'user<TAB>inter_id<TAB>item|unix_ts|date|<TAB>...' with a user and an "
-                            "interaction id", line)
+        if len(fields) < 4 or not fields[0].strip() or not fields[1].strip():
+            raise _expected(path, lineno, "'user<TAB>inter_id<TAB>item|unix_ts|date|<TAB>...' with a user, an "
+                            "interaction id and at least 2 interactions (history + target)", line)
         events = []  # (unix_ts, item)
         for token in fields[2:]:
-            if not (event := EVENT.fullmatch(token)):
-                raise _expected(path, lineno, "an interaction 'item|unix_ts|date|' with a non-negative integer item "
-                                "id and an integer time", token)
-            if int(event[1]) >= num_items:
-                raise DataError(f"{path}:{lineno}: item id {int(event[1])} is out of range; Alist+Blist define "
-                                f"{num_items} items (ids 0..{num_items - 1}). Is this the right scenario?")
+            if not (event := EVENT.fullmatch(token)) or int(event[1]) >= num_items:
+                raise _expected(path, lineno, f"an interaction 'item|unix_ts|date|' with an integer time and an item "
+                                f"id in 0..{num_items - 1}, an item of Alist+Blist (the right scenario?)", token)
             events.append((int(event[2]), int(event[1])))
-        if len(events) < 2:
-            raise DataError(f"{path}:{lineno}: a sequence needs at least 2 interactions (history + target), "
-                            f"found {len(events)}.")
         sequences.append([item for _, item in sorted(events, key=lambda e: e[0])])  # stable: ties keep file order
     return sequences
 
 
 def read_users(path: Path) -> list[str]:
     """The user column of a sequence file, one per sequence, in the order of `read_sequences`."""
-    return [line.split("\t")[0].strip() for _, line in _lines(path)]
+    return [line.split("\t")[0].strip() for _, line in read_text_lines(path)]
 
 
 def load_image_embeddings(path: Path, num_items: int, name: str | None = None) -> torch.Tensor:
     """(N, e) float32 image embeddings from a .npy file that is never unpickled, with a finite row per item."""
-    if not path.exists():
-        raise DataError(
-            f"{path}: image embeddings not found. Build them with\n"
-            f"    python -m tools.embed --scenario-dir {path.parent} --images {path.parent / 'images'}\n"
-            f"(docs/clip.md), or train the ID-only model with --no-image." + fetch_list(name))
-    redo = "rebuild it with tools/embed.py, or train the ID-only model with --no-image"
-    try:  # memory-mapped, so that a header that lies about the shape costs nothing
-        if problem := file_problem(path):  # a FIFO would block np.load
+    redo = (f"build it with\n    python -m tools.embed --scenario-dir {path.parent} --images {path.parent / 'images'}\n"
+            f"(docs/clip.md), or train the ID-only model with --no-image.")
+    try:  # memory-mapped, so that a header that lies about the shape costs nothing; object arrays are refused
+        if problem := file_problem(path):  # a FIFO would block the read
             raise OSError(problem)
-        with open(path, "rb") as f:
-            if f.read(6) != b"\x93NUMPY":  # np.load would take it for a pickle
-                raise ValueError("it does not start with NumPy's .npy header")
-        E = np.load(path, allow_pickle=False, mmap_mode="r")
-    except (ValueError, OSError, EOFError) as err:  # garbage, a truncated file, an object array, a folder
-        why = "pickled Python objects, which are never loaded" if "objects" in str(err) else err
-        raise DataError(f"{path}: not a readable .npy array ({why}); {redo}.") from None
+        E = np.lib.format.open_memmap(path, mode="r")
+    except (ValueError, OSError, EOFError) as err:  # missing, garbage, truncated, an object array, a folder
+        raise DataError(f"{path}: not a readable .npy array ({err}); {redo}" + fetch_list(name)) from None
     if E.ndim != 2 or E.shape[0] != num_items or E.shape[1] == 0 or not np.issubdtype(E.dtype, np.floating):
         raise DataError(f"{path}: expected shape ({num_items}, e) with e >= 1, one row per item of Alist+Blist, "
-                        f"and a float dtype; found shape {E.shape}, dtype {E.dtype}; {redo}.")
-    for bad, what in ((~np.isfinite(E), "a non-finite value"),  # then every value is finite:
-                      (np.abs(E) > np.finfo(np.float32).max, "a value beyond float32's range (±3.4e38)")):
-        if (rows := bad.any(axis=1)).any():
-            raise DataError(f"{path}: row {int(np.argmax(rows))} (and {int(rows.sum()) - 1} more) has {what}; "
-                            f"expected finite float32 numbers (an all-zero row means 'no image').")
-    E = np.array(E, dtype=np.float32)  # (N, e), read into memory
+                        f"and a float dtype; found shape {E.shape}, dtype {E.dtype}; {redo}")
+    with np.errstate(over="ignore"):  # a value beyond float32's range becomes inf, refused below
+        E = np.array(E, dtype=np.float32)  # (N, e), read into memory
+    if (rows := ~np.isfinite(E).all(axis=1)).any():
+        raise DataError(f"{path}: row {int(np.argmax(rows))} (and {int(rows.sum()) - 1} more) has a non-finite value "
+                        f"or one beyond float32's range (±3.4e38); expected finite numbers (a zero row: no image).")
     if not E.any():
         raise DataError(f"{path}: every row is zero, so no item has an image and the image branch would add "
-                        f"nothing; {redo}.")
+                        f"nothing; {redo}")
     return torch.from_numpy(E)
 
 
 # ----------------------------------------------------------------------------- tensors
 
 
-def _left_pad(rows: list[list[int]], length: int, pad: int) -> torch.Tensor:
-    out = np.full((len(rows), length), pad, dtype=np.int64)
-    for r, row in enumerate(rows):
-        out[r, length - len(row):] = row  # an empty row: an empty slice
-    return torch.from_numpy(out)
-
-
 def _views(rows: list[list[int]], num_x: int, length: int, pad: int) -> Views:
-    xs = [[i for i in row if i < num_x] for row in rows]
-    ys = [[i for i in row if i >= num_x] for row in rows]  # domain Y iff id >= |X|
-    return Views(_left_pad(xs, length, pad), _left_pad(ys, length, pad), _left_pad(rows, length, pad))
+    """The three views of `rows`, left-padded to (S, length); an item is of domain Y iff its id >= |X|."""
+    out = np.full((3, len(rows), length), pad, dtype=np.int64)
+    for r, row in enumerate(rows):
+        for v, items in enumerate(([i for i in row if i < num_x], [i for i in row if i >= num_x], row)):
+            out[v, r, length - len(items):] = items  # no items: an empty slice
+    return Views(*torch.from_numpy(out))
 
 
 def make_train_set(sequences: list[list[int]], num_x: int, max_len: int, pad: int) -> TrainSet:
     """Every next-item position of every view: input view[:-1], target view[1:].
-
     Note: every next-item position of a training sequence is a target; the paper's Eq. 6 sums over x_t in S^X
-    without saying which sequences or positions (C2DSR trains on the last 10 positions of each sequence only).
-    """
+    without saying which sequences or positions (C2DSR trains on the last 10 positions of each sequence only)."""
     full = _views([seq[-(max_len + 1):] for seq in sequences], num_x, max_len + 1, pad)  # (S, L+1), left-padded
     # view[:, 1:] is the next item of view[:, :-1]; a view's first item is no target (its input is padding)
     targets = [v[:, 1:].masked_fill(v[:, :-1] == pad, pad) for v in (full.x, full.y, full.xy)]
@@ -268,21 +224,13 @@ def make_eval_set(sequences: list[list[int]], num_x: int, max_len: int, pad: int
 
 def fingerprint(paths: list[Path]) -> str:
     """sha256 over the names and contents of files: what a run and its checkpoints were trained on."""
-    digest = hashlib.sha256()
-    for path in paths:
-        digest.update(path.name.encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
-    return digest.hexdigest()
+    parts = (path.name.encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest() for path in paths)
+    return hashlib.sha256(b"".join(parts)).hexdigest()
 
 
 def load_scenario(path: str | Path, *, max_len: int, use_images: bool, name: str | None = None) -> Scenario:
     path = Path(path)
-    if not path.is_dir():
-        raise DataError(f"{path}: scenario directory not found (docs/data.md says where to get them).")
     items = read_items(path)
-    for domain, n, file in (("X", items.num_x, "Alist.txt"), ("Y", items.num_y, "Blist.txt")):
-        if n < 2:
-            raise DataError(f"{path / file}: domain {domain} has {n} item; a scenario needs at least 2 in each "
-                            f"domain (a ground truth and a candidate to rank it against).")
     num_x, pad = items.num_x, items.num_items
     train, valid, test = (read_sequences(path / file, pad) for file in SPLIT_FILES.values())
     E_img = load_image_embeddings(path / EMBEDDINGS_FILE, pad, name) if use_images else None
@@ -339,7 +287,7 @@ def write_sequences(path: Path, rows) -> None:
     with open(path, "w", encoding="utf-8") as f:
         for user, inter_id, events in rows:
             f.write(f"{user}\t{inter_id}\t" + "\t".join(
-                f"{i}|{t}|{datetime.fromtimestamp(t, timezone.utc):%Y-%m-%d %H:%M:%S}|" for i, t in events) + "\n")
+                f"{i}|{t}|{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(t))}|" for i, t in events) + "\n")
 
 
 # ----------------------------------------------------------------------------- demo scenario
@@ -348,7 +296,6 @@ def write_sequences(path: Path, rows) -> None:
 @dataclass
 class DemoSpec:
     """Sizes and strengths of the generated demo scenario (docs/data.md, "The demo scenario")."""
-
     num_x: int = 1000  # items in domain X (more than 999, for the sampled protocol)
     num_y: int = 1200  # items in domain Y
     num_users: int = 3000  # one sequence each; the latest third become valid/test
@@ -436,15 +383,12 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def atomic_write_all(writes: dict[Path, Callable[[BinaryIO], object]]) -> None:
-    """Each file written whole into a new temp file beside it, then all renamed into place, one after another:
-    a full disk or an error leaves every old file. A temp file is created ("x": O_EXCL), so that a stale temp
-    file, a FIFO or a symlink to a file elsewhere is never opened, followed or written."""
-    tmps = {}
+    """Each file written whole into a new temp file beside it, then all renamed into place: a full disk or an error
+    leaves every old file. "x" (O_EXCL): a stale temp file, a FIFO or a symlink elsewhere is never opened."""
+    tmps = {path: fresh(Path(path)) for path in writes}
     try:
         for path, write in writes.items():
-            tmp = fresh(Path(path))
-            with open(tmp, "xb") as f:
-                tmps[path] = tmp  # created here: removed below unless it was renamed
+            with open(tmps[path], "xb") as f:
                 write(f)
         for path, tmp in tmps.items():
             os.replace(tmp, path)
@@ -455,7 +399,7 @@ def atomic_write_all(writes: dict[Path, Callable[[BinaryIO], object]]) -> None:
 
 def fresh(path: Path) -> Path:
     """A new temp name beside `path` (hidden, ending in .tmp), for a file or folder that becomes `path`."""
-    return path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    return path.with_name(f".{path.name}.{os.urandom(8).hex()}.tmp")
 
 
 KINDS = {stat.S_IFREG: None, stat.S_IFDIR: "Is a directory", stat.S_IFIFO: "not a regular file but a FIFO",
@@ -464,9 +408,7 @@ KINDS = {stat.S_IFREG: None, stat.S_IFDIR: "Is a directory", stat.S_IFIFO: "not 
 
 
 def file_problem(path: Path) -> str | None:
-    """None when `path` is a regular file (after symlinks); else why not: 'No such file or directory', 'Is a
-    directory', 'not a regular file but a FIFO', ... Every command stats a file before it opens it: a FIFO
-    would block the reader for ever, a device like /dev/zero be read until memory runs out."""
+    """None when `path` is a regular file (after symlinks), else why not: a FIFO blocks readers, /dev/zero fills RAM."""
     try:
         return KINDS.get(stat.S_IFMT(os.stat(path).st_mode), "not a regular file but a special file")
     except OSError as err:  # missing, a dangling link, a symlink loop
@@ -491,46 +433,34 @@ def atomic_folder(out: Path, *, replace: bool = False):
 
 def duration(seconds: float) -> str:
     """1h02m, 4m10s or 12s."""
-    seconds = max(0, round(seconds))
-    h, m, s = seconds // 3600, seconds // 60 % 60, seconds % 60
-    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+    m, s = divmod(max(0, round(seconds)), 60)
+    return f"{m // 60}h{m % 60:02d}m" if m >= 60 else f"{m}m{s:02d}s" if m else f"{s}s"
 
 
 class Progress:
-    """A status line of a long job on stderr, `what: done/total unit, rate unit/s, ETA ...`: rewritten in
-    place on a terminal (at most twice a second), else a new line every `every` seconds."""
+    """`what: done/total unit, rate unit/s, ETA ...` on stderr: in place on a terminal, else every `every` seconds."""
 
     def __init__(self, what: str, total: int | None, unit: str, *, every: float = 30.0):
-        self.what, self.total, self.unit = what, total, unit
-        self.tty = sys.stderr.isatty()
-        self.every = 0.5 if self.tty else every
+        self.what, self.total, self.unit, self.tty = what, total, unit, sys.stderr.isatty()
+        self.every = 0.5 if self.tty else every  # a terminal's line is rewritten at most twice a second
         self.start = self.shown = time.monotonic()  # shown > start: a line was printed
 
     def line(self, done: int, extra: str = "") -> str:
         rate = done / max(time.monotonic() - self.start, 1e-9)
-        text = f"{self.what}: {done:,}" + (f"/{self.total:,}" if self.total is not None else "") + \
-            f" {self.unit}, {rate:,.1f} {self.unit}/s"
-        if self.total is not None and 0 < rate and done < self.total:
-            text += f", ETA {duration((self.total - done) / rate)}"
-        return text + (f", {extra}" if extra else "")
+        total = f"/{self.total:,}" if self.total is not None else ""
+        eta = f", ETA {duration((self.total - done) / rate)}" if self.total and 0 < rate and done < self.total else ""
+        return f"{self.what}: {done:,}{total} {self.unit}, {rate:,.1f} {self.unit}/s{eta}" + (extra and f", {extra}")
 
     def update(self, done: int, extra: str = "") -> None:
-        now = time.monotonic()
-        if now - self.shown >= self.every:
-            self.shown = now
-            self._print(self.line(done, extra))
+        if time.monotonic() - self.shown >= self.every:
+            self.shown = time.monotonic()
+            self.done(self.line(done, extra), end="")
 
-    def done(self, text: str) -> None:
-        """The job's last line, printed always (and ending a terminal's status line)."""
-        self._print(text, final=True)
+    def done(self, text: str, end: str = "\n") -> None:
+        """Prints the job's last line (ending a terminal's status line), or with end="" a terminal's status line."""
+        print(f"\r{text}\033[K" if self.tty else text, end=end if self.tty else "\n", file=sys.stderr, flush=True)
 
     def close(self) -> None:
         """Clears a terminal's status line, so that the next output starts on a clean line."""
         if self.tty and self.shown > self.start:
-            print("\r\033[K", end="", file=sys.stderr, flush=True)
-
-    def _print(self, text: str, final: bool = False) -> None:
-        if self.tty:
-            print(f"\r{text}\033[K", end="\n" if final else "", file=sys.stderr, flush=True)
-        else:
-            print(text, file=sys.stderr, flush=True)
+            self.done("", end="")

@@ -480,7 +480,7 @@ def test_download_is_no_command_and_says_which_one_uses_it():
 
 def test_images_cli_errors(tmp_path, capsys):
     assert amazon.main(["images", "--scenario-dir", str(tmp_path), "--meta", str(tmp_path / "m")]) == 2
-    assert capsys.readouterr().err.startswith(f"error: {tmp_path / 'Alist.txt'}: file not found")
+    assert capsys.readouterr().err.startswith(f"error: {tmp_path / 'Alist.txt'}: cannot be read (No such file")
     folder = make_image_scenario(tmp_path / "S", "http://127.0.0.1:9")
     other = write_lines(tmp_path / "other_meta", [json.dumps({"asin": "Q1", "title": "t"})])
     assert amazon.main(["images", "--scenario-dir", str(folder), "--meta", str(other)]) == 2

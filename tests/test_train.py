@@ -163,7 +163,7 @@ def test_model_selection_keeps_the_best_validation_epoch_and_reads_the_test_set_
 @pytest.mark.parametrize("args,message", [
     (("--alpha", "1.5"), "--alpha 1.5: alpha = 1.5: expected a number in [0, 1]"),
     (("--scenario", "nope"), "unknown scenario 'nope'"),
-    (("--data-dir", "/nonexistent/x"), "scenario directory not found"),
+    (("--data-dir", "/nonexistent/x"), "/nonexistent/x/Alist.txt: cannot be read (No such file or directory)"),
     (("--seeds", "0"), "--seeds '0': expected a count K in [1, 1000]"),
     (("--seeds", "2", "--seed", "3"), "not both"),
     (("--models", "sasrec,bert4rec"), "unknown model(s) ['bert4rec']"),

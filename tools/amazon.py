@@ -168,7 +168,7 @@ def read_titles(scenario_dir: Path, items) -> list:
         raise DataError(f"--missing text reads item titles from {path}, which does not exist. `python -m tools.amazon "
                         f"images` writes it; or use --missing zero to leave image-less rows zero")
     titles = [None] * len(items.asins)
-    for number, line in enumerate(read_text_lines(path), 1):
+    for number, line in read_text_lines(path):
         fields = line.split("\t")
         if number == 1:
             if line != ITEMS_HEADER:
