@@ -61,7 +61,7 @@ def _nll_chunks(branches: list, target: torch.Tensor, rows: int, bound: float, s
     products read them, log w_b, dE (n, d) to add d/dE into or None, dA (T, d) to write d/da into)]; target (T,)
     counts from E's first row. Every branch reuses one (rows, n) buffer, so only the last one's dE may be a tensor."""
     log_P = []  # each chunk's Σ_t log P_y
-    for i in range(0, target.shape[0], rows):
+    for i in range(0, max(len(target), 1), rows):  # a view without positions: one empty chunk, Σ = 0
         c, y = slice(i, i + rows), target[i:i + rows]  # this chunk's positions, their targets (c,)
         log_wP_y, kept = [], []
         for a, E, a_p, E_p, log_w, _, _ in branches:
