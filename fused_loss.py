@@ -1,17 +1,16 @@
-"""Eq. 2-8 in bounded memory for IFCDSR's large (positions × N) logits (`IFCDSR.plain`), and the device policy: chunk
-sizes, casts, pinned copies. `nll_views` (Eq. 6/7 and its gradient), `view_sum` (Eq. 8) and `nll_dot` (baselines)
+"""Eq. 2-8 in bounded memory for IFCDSR's large (positions × N) logits (`IFCDSR.plain`), and the device policy (chunk
+sizes, casts, pinned copies). `nll_views` (Eq. 6/7 and its gradient), `view_sum` (Eq. 8) and `nll_dot` (baselines)
 form `chunk` logits at a time in one reused buffer; tests/test_fused_loss.py holds them equal to the plain code.
+Letters: T positions, c those of a chunk, B batch, N items, n those of a softmax, d a branch's width.
 
-The gradient. With a = unit(h)/τ and unit rows of E, the logits are s = a·E^T (Eq. 2), P_b = softmax(s_b)
-for the ID and the image branch b (Eq. 3/4) and, for one position with target y,
+The gradient. With a = unit(h)/τ and unit rows of E: s = a·E^T (Eq. 2), P_b = softmax(s_b) of branch b (Eq. 3/4) and
     -log P_y = -log Σ_b w_b·P_b,y                                  (Eq. 5, w_id = α, w_img = 1-α)
     d(-log P_y)/ds_b = r_b·(P_b - onehot_y),   r_b = w_b·P_b,y / P_y    (r_id + r_img = 1)
     d/da_b = r_b·(P_b - onehot_y)·E_b,   d/dE_b = Σ_t (P_b - onehot_y)^T·(r_b·a_b)
-The loss is a scalar, so its gradient is formed in the forward pass while each chunk's P_b is at hand; backward
-only scales it. With G = exp(s - m) and Z = Σ G, (P_b - onehot_y)·E = (G·E)/Z - E_y and (P_b - onehot_y)^T·v =
-G^T·(v/Z) - v at the rows y: O(T·d + N·d) is kept between the passes, never O(T·N). In bf16 the logits carry
-8 bits; what the loss reads exactly stays fp32: the target's logit (a·E_y), Z, the gradients' sums.
-Dimension letters: T positions, c those of a chunk, B batch, N items, n those of a softmax, d a branch's width.
+for a position with target y. The loss is a scalar: its gradient is formed in the forward pass, while each chunk's P_b
+is at hand, and backward scales it. With G = exp(s - m), Z = Σ G: (P_b - onehot_y)·E = (G·E)/Z - E_y, (P_b -
+onehot_y)^T·v = G^T·(v/Z) - v at the rows y, so O(T·d + N·d) is kept between the passes, never O(T·N). In bf16 the
+logits carry 8 bits; what the loss reads exactly stays fp32: the target's logit (a·E_y), Z, the gradients' sums.
 """
 from __future__ import annotations
 
@@ -47,9 +46,8 @@ def _logits(a: torch.Tensor, E: torch.Tensor, out: torch.Tensor) -> torch.Tensor
 
 
 def _exp_(s: torch.Tensor, bound: float) -> torch.Tensor | None:
-    """s <- exp(s - m) in place, -> m (c, 1): (Eq. 3/4) softmax(s) = s / Σ s, with no second (c, n) tensor. `bound`
-    bounds every logit, 1/τ by Eq. 2: for τ >= 1/60 exp(s) stays far inside fp32's range and m = 0 (None) saves two
-    passes; else (and for the baselines' dot products, bound = inf) m is the row maximum."""
+    """s <- exp(s - m) in place, -> m (c, 1): (Eq. 3/4) softmax(s) = s / Σ s, with no second (c, n) tensor. For a
+    `bound` on every logit (1/τ by Eq. 2) <= 60 exp(s) fits fp32 and m = 0 (None), else m is the row maximum."""
     m = None if bound <= 60 else s.amax(dim=-1, keepdim=True)
     (s if m is None else s.sub_(m)).exp_()
     return m
@@ -145,8 +143,7 @@ def nll_views(views: list[ViewNLL], E_id: torch.Tensor, E_img: torch.Tensor | No
               temperature: float, chunk: int, products: tuple | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(Eq. 6/7) Σ_v scale_v·Σ_t -log P^v(target_t | S), and each view's Σ_t (V,): E_id, E_img (N, d), unit rows,
     E_img frozen; `products`: both as the products read them (`cast`; default: as given); one backward of E_id."""
-    if E_img is not None and E_img.requires_grad:
-        raise ValueError("fused_loss: E_img is frozen (IFCDSR's image matrix takes no gradient)")
+    assert E_img is None or not E_img.requires_grad, "E_img is frozen (IFCDSR's image matrix takes no gradient)"
     # (Eq. 5) log α, log(1-α) (the ID branch alone: P = P_id)
     log_w = (0.0, -math.inf) if views[0].h_img is None else (log_weight(alpha), log_weight(1.0 - alpha))
     # (Eq. 2) a = unit(h)/τ of each branch, every view's positions at once: (T, d)
@@ -231,20 +228,12 @@ CPU_CHUNK = 2**25  # Config.score_chunk's auto value on a CPU: a (332 × 100,782
 def chunk(score_chunk: int, device: torch.device) -> int:
     """`Config.score_chunk` resolved: the (positions × items) logits computed at once. Auto (0): CPU_CHUNK on
     a CPU; on CUDA a quarter of the memory free at the first call, in 4-byte elements."""
-    if score_chunk or device.type != "cuda":
-        return score_chunk or CPU_CHUNK
-    return _free_bytes(device) // 16
+    return score_chunk or (_free_bytes(device) // 16 if device.type == "cuda" else CPU_CHUNK)
 
 
 @functools.cache
 def _free_bytes(device: torch.device) -> int:
     return torch.cuda.mem_get_info(device)[0]
-
-
-def plain(rows: int, N: int, chunk: int, device: torch.device) -> bool:
-    """Whether `rows` positions over N items run IFCDSR's plain code: on a CPU when their (rows, N) logits fit in
-    half of `chunk` (autograd keeps about two); on CUDA never, as this module moves several times fewer bytes."""
-    return device.type != "cuda" and 2 * rows * N <= chunk
 
 
 def cast(E_id: torch.Tensor, E_img: torch.Tensor | None) -> tuple:
@@ -264,7 +253,6 @@ def _cast_once(E: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 def host_to(device, t: torch.Tensor) -> torch.Tensor:
     """A CPU tensor to the device; to CUDA through page-locked memory, so the host does not wait for the copy."""
-    device = torch.device(device)
-    if device.type == "cuda" and t.device.type == "cpu":
+    if torch.device(device).type == "cuda" and t.device.type == "cpu":
         return t.pin_memory().to(device, non_blocking=True)
     return t.to(device)

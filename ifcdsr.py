@@ -298,8 +298,9 @@ class IFCDSR(nn.Module):
         return fused_loss.chunk(self.cfg.score_chunk, self.E_id.weight.device)
 
     def plain(self, rows: int) -> bool:
-        """Whether `rows` positions are scored by the plain code of this file (`fused_loss.plain`)."""
-        return fused_loss.plain(rows, self.N, self.chunk(), self.E_id.weight.device)
+        """Whether `rows` positions run this file's plain code: on a CPU when their (rows, N) logits fit in half of
+        `chunk()` (autograd keeps about two); on CUDA never, as fused_loss.py moves several times fewer bytes."""
+        return self.E_id.weight.device.type != "cuda" and 2 * rows * self.N <= self.chunk()
 
     def softmax_items(self, view: str) -> slice:
         """The items of P^v's softmax (Eq. 3/4): all N, or under softmax_over = "domain" its own domain's."""

@@ -167,6 +167,15 @@ def test_model_loss_and_gradients_are_the_same_on_both_paths(setting, reading):
         assert torch.allclose(g, grads_b[name], atol=1e-6), name
 
 
+def test_a_view_without_positions_adds_nothing_on_the_bounded_path():
+    """A batch without a Y item: S^Y has no next-item position, so its sum has no term on either path (0), while the
+    other views' positions take the bounded path (one loss, one choice of path for all its views)."""
+    t = make_train_set([[0, 1, 2], [1, 0]], num_x=3, max_len=5, pad=7)
+    (plain, plain_parts), (fused, parts) = (model.loss(t.inputs, t.targets) for model in model_pair())
+    assert plain_parts["y"] == parts["y"] == 0 and parts.keys() == plain_parts.keys()
+    assert torch.allclose(plain, fused, atol=1e-6)
+
+
 @pytest.mark.parametrize("reading", READINGS.values(), ids=READINGS.keys())
 @pytest.mark.parametrize("setting", SETTINGS, ids=["full", "no-image", "merged-view", "alpha0", "alpha1"])
 @pytest.mark.parametrize("temperature", [None, 0.01])  # `_exp_` without (the reading's τ) and with the row maximum
