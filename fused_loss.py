@@ -191,23 +191,21 @@ unit_rows = _UnitRows.apply  # E's rows normalised for Eq. 2 (N, d): `ifcdsr.uni
 
 @torch.no_grad()
 def view_sum(views, E_id: torch.Tensor, E_img: torch.Tensor | None, alpha: float, temperature: float,
-             items: slice, chunk: int) -> torch.Tensor:
-    """(Eq. 8) P(x_i | S) = Σ_v λ_v·P^v(x_i | S) for the items in `items` -> (B, |items|), from an
-    `ifcdsr.ViewScores` per view, as `IFCDSR.score` sums it; chunk // |own| histories at a time.
+             chunk: int) -> torch.Tensor:
+    """(Eq. 8) P(x_i | S) = Σ_v λ_v·P^v(x_i | S) -> (B, N), from an `ifcdsr.ViewScores` per view, as
+    `IFCDSR.score` sums it; chunk // |own| histories at a time.
     Note: computed as written, in probability space (fp32): an item's P underflows to 0 only if its
     logit is > 87 below the row's best in every branch, impossible for τ > 2/87 (cosines span 2/τ)."""
     B = len(views[0].h_id)
-    total = torch.zeros(B, items.stop - items.start, device=E_id.device)  # (B, |items|) the sum of Eq. 8
-    for weight, own, into, src, h_id, h_img, empty in views:  # the fields of ifcdsr.ViewScores
-        if weight == 0:
-            continue
+    total = torch.zeros(B, len(E_id), device=E_id.device)  # (B, N) the sum of Eq. 8
+    for weight, own, h_id, h_img, empty in views:  # the fields of ifcdsr.ViewScores
         n = own.stop - own.start
         rows = max(1, chunk // n)
         for i in range(0, B, rows):
             c = slice(i, i + rows)
-            s = _scratch(len(empty[c]), n, total)  # (c, |own|) logits, then exp(logits - m)
-            into_c = total[c, into]  # (c, |covered|) a view of the result
-            into_c += weight / n * empty[c]  # the uniform mass of an empty view
+            s = _scratch(len(empty[c]), n, total)  # (c, n) logits, then exp(logits - m)
+            total_c = total[c, own]  # (c, n) a view of the result
+            total_c += weight / n * empty[c]  # the uniform mass of an empty view
             # (Eq. 5) P^v = α·P_id + (1-α)·P_img (the ID branch alone: P_id), added with the view's weight (Eq. 8)
             for h, E, w in ((h_id, E_id, alpha if h_img is not None else 1.0), (h_img, E_img, 1.0 - alpha)):
                 if h is None or w == 0:
@@ -215,7 +213,7 @@ def view_sum(views, E_id: torch.Tensor, E_img: torch.Tensor | None, alpha: float
                 _logits(F.normalize(h[c], dim=-1) / temperature, E[own], s)  # (Eq. 2) s = Sim(h, E)
                 _exp_(s, 1 / temperature)
                 Z = s.sum(dim=-1, keepdim=True)  # (Eq. 3/4) P_b = s / Z
-                into_c.addcmul_(s[:, src], weight * w * ~empty[c] / Z)  # += λ_v·w_b·P_b, for non-empty views
+                total_c.addcmul_(s, weight * w * ~empty[c] / Z)  # += λ_v·w_b·P_b, for non-empty views
     return total
 
 

@@ -102,36 +102,26 @@ class ConfigError(ValueError):
 # ----------------------------------------------------------------------------- Eq. 1: attention layer
 
 
-class SelfAttention(nn.Module):
+class Block(nn.Module):
+    """A pre-LayerNorm transformer block: x + Dropout(g(LayerNorm(x))) for g the multi-head self-attention, then for
+    g a point-wise feed-forward, as SASRec's paper prints it (§III-C; its code runs `baselines.SASRecBlock`)."""
+
     def __init__(self, width: int, n_heads: int, dropout: float):
         super().__init__()
         assert width % n_heads == 0, f"width {width} must be divisible by n_heads {n_heads}"
         self.n_heads, self.dropout = n_heads, dropout
-        self.qkv = nn.Linear(width, 3 * width)
-        self.out = nn.Linear(width, width)
-
-    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-        B, L, d = x.shape
-        q, k, v = self.qkv(x).view(B, L, 3, self.n_heads, d // self.n_heads).unbind(2)  # each (B, L, h, d/h)
-        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, h, L, d/h)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None],
-                                           dropout_p=self.dropout if self.training else 0.0)
-        return self.out(y.transpose(1, 2).reshape(B, L, d))  # (B, L, d)
-
-
-class Block(nn.Module):
-    """A pre-LayerNorm transformer block: x + Dropout(g(LayerNorm(x))) for g the attention, then for g a
-    point-wise feed-forward, as SASRec's paper prints it (§III-C; its code runs `baselines.SASRecBlock`)."""
-
-    def __init__(self, width: int, n_heads: int, dropout: float):
-        super().__init__()
         self.ln_1, self.ln_2 = nn.LayerNorm(width), nn.LayerNorm(width)
-        self.attn = SelfAttention(width, n_heads, dropout)
+        self.qkv, self.out = nn.Linear(width, 3 * width), nn.Linear(width, width)  # the attention's
         self.ffn = nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Dropout(dropout), nn.Linear(width, width))
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop(self.attn(self.ln_1(x), allowed))
+        B, L, d = x.shape
+        q, k, v = self.qkv(self.ln_1(x)).view(B, L, 3, self.n_heads, d // self.n_heads).unbind(2)  # each (B, L, h, d/h)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, h, L, d/h)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None],
+                                           dropout_p=self.dropout if self.training else 0.0)  # (B, h, L, d/h)
+        x = x + self.drop(self.out(y.transpose(1, 2).reshape(B, L, d)))  # (B, L, d)
         return x + self.drop(self.ffn(self.ln_2(x)))
 
 
@@ -242,8 +232,6 @@ class ViewScores(NamedTuple):
     """What Eq. 8 needs of one view of a batch of histories, from `IFCDSR.score` to whichever code sums it."""
     weight: float  # λ_v of Eq. 8: 1, λ1 or λ2
     own: slice  # the items of the view's softmax (Eq. 3/4)
-    into: slice  # the columns of the requested items that P^v covers, in the result
-    src: slice  # the same items' columns in P^v
     h_id: torch.Tensor  # (B, q) the view's h of the ID branch, at its last position
     h_img: torch.Tensor | None  # (B, e) the image branch's, or None without images
     empty: torch.Tensor  # (B, 1) True for a history without an item in this view
@@ -314,14 +302,15 @@ class IFCDSR(nn.Module):
         (0-d, for the log). `shape`: the batch's `shapes`, from its CPU copy (else read from `inputs`: a wait)."""
         cfg, weights = self.cfg, self.cfg.view_weights()
         shape = shape or shapes(self.pad, inputs, targets, self.E_id.weight.device)
+        if plain := self.plain(max(shape[view].count for view in weights)):  # else the same sums in bounded memory
+            E_id, E_img = fused_loss.cast(*self.item_matrices())  # (N, q), (N, e) as the products read them
         views = {view: self.next_items(inputs, targets, view, shape[view], weight) for view, weight in weights.items()}
-        if not self.plain(max(shape[view].count for view in views)):  # the same sums in bounded memory, all at once
+        if not plain:  # every view at once
             E_id = fused_loss.unit_rows(self.E_id.weight)  # (N + 1, q): one gradient (the padding row, none scores)
             total, nlls = fused_loss.nll_views([nll for nll, _ in views.values()], E_id, self.E_img_unit, cfg.alpha,
                                                cfg.temperature, self.chunk(),
                                                fused_loss.cast(E_id[:-1].detach(), self.E_img_unit))
             return total, {view: nll / norm for (view, (_, norm)), nll in zip(views.items(), nlls)}  # (Eq. 7)
-        E_id, E_img = fused_loss.cast(*self.item_matrices())  # (N, q), (N, e) as the products read them
         total, parts = 0.0, {}
         for view, ((h_id, h_img, y, items, _), norm) in views.items():
             log_P = log_prob(h_id, E_id, h_img, E_img, cfg.alpha, cfg.temperature, items)  # (T, n) Eq. 2-5
@@ -345,32 +334,25 @@ class IFCDSR(nn.Module):
               matrices=None) -> torch.Tensor:
         """(Eq. 8) P(x_i | S) = P^X + λ1·P^Y + λ2·P^{X+Y} -> (B, |items|) for `items` (default all N), each view read at
         its last position, softmax over `softmax_items`. `shape`: the batch's `shapes` (CPU); `matrices`: `scorer`'s."""
-        cfg = self.cfg
-        items = slice(*items.indices(self.N)[:2])
+        cfg, views = self.cfg, []
         E_id, E_img = matrices or self.item_matrices()
         shape = shape or shapes(self.pad, history)
+        for view, weight in cfg.view_weights().items():  # each view read at its last position
+            seq = getattr(history, view)[:, -shape[view].width:]  # (B, width)
+            H_id, H_img = self.encode(seq, view)
+            views.append(ViewScores(weight, self.softmax_items(view), H_id[:, -1], None if H_img is None else
+                                    H_img[:, -1], (seq == self.pad).all(1, keepdim=True)))
         # Note: under softmax_over = "domain" (as printed) P^Y is over Y, so Eq. 8's λ1·P^Y(x_i) is 0 for every item
         # of X: S^Y moves the target ranking only through training; under "all" every printed term of Eq. 8 acts
-        views = [self.last(getattr(history, view)[:, -shape[view].width:], view, weight, items)
-                 for view, weight in cfg.view_weights().items()]
         if not self.plain(len(history.xy)):  # the same sum, in place, chunk() logits at a time
-            return fused_loss.view_sum(views, E_id, E_img, cfg.alpha, cfg.temperature, items, self.chunk())
-        total = torch.zeros(len(history.xy), items.stop - items.start, device=E_id.device)  # (B, |items|)
-        for weight, own, into, src, h_id, h_img, empty in views:  # the fields of ViewScores
+            return fused_loss.view_sum(views, E_id, E_img, cfg.alpha, cfg.temperature, self.chunk())[:, items]
+        total = torch.zeros(len(history.xy), self.N, device=E_id.device)  # (B, N)
+        for weight, own, h_id, h_img, empty in views:  # the fields of ViewScores
             P_v = log_prob(h_id, E_id, h_img, E_img, cfg.alpha, cfg.temperature, own).exp()  # (B, |own|) Eq. 2-5
             # Note: a view without items (e.g. a history with no Y item) contributes the uniform 1/|own|
             P_v = torch.where(empty, 1.0 / (own.stop - own.start), P_v)
-            total[:, into] += weight * P_v[:, src]  # (Eq. 8) Σ_v λ_v·P^v, (B, |items|)
-        return total
-
-    def last(self, seq: torch.Tensor, view: str, weight: float, items: slice) -> ViewScores:
-        """A view's ViewScores for a batch of histories, seq (B, width), and the requested `items`."""
-        H_id, H_img = self.encode(seq, view)
-        own = self.softmax_items(view)
-        lo = max(own.start, items.start)  # the requested items that P^v covers: lo..hi-1
-        hi = max(min(own.stop, items.stop), lo)
-        return ViewScores(weight, own, slice(lo - items.start, hi - items.start), slice(lo - own.start, hi - own.start),
-                          H_id[:, -1], None if H_img is None else H_img[:, -1], (seq == self.pad).all(1, keepdim=True))
+            total[:, own] += weight * P_v  # (Eq. 8) Σ_v λ_v·P^v
+        return total[:, items]  # (B, |items|)
 
     def scorer(self):
         """`score` for a pass over many batches with the same weights: the item matrices normalised once."""
