@@ -12,8 +12,6 @@ is at hand, and backward scales it. With G = exp(s - m), Z = Σ G: (P_b - onehot
 onehot_y)^T·v = G^T·(v/Z) - v at the rows y, so O(T·d + N·d) is kept between the passes, never O(T·N). In bf16 the
 logits carry 8 bits; what the loss reads exactly stays fp32: the target's logit (a·E_y), Z, the gradients' sums.
 """
-from __future__ import annotations
-
 import functools
 import math
 from typing import NamedTuple
@@ -109,8 +107,7 @@ class _FusedNLL(torch.autograd.Function):
     @staticmethod
     def forward(ctx, E_id, *args):
         *a, (E_img, products, views, log_w, bound, chunk, grads) = args
-        # the branches that Eq. 5 weighs with more than 0, the image one first: the last one's G is read after
-        # the chunk for d/dE_id, and every branch reuses the same buffer
+        # Eq. 5's branches of weight > 0, the image one first: their shared buffer keeps the last one's G, for d/dE_id
         kept = [b for b in reversed(range(len(a))) if log_w[b] > -math.inf]
         dE = torch.zeros_like(E_id) if grads else None
         ctx.grads = [dE] + [torch.empty_like(a[b]) if grads and b in kept else None for b in range(len(a))]
@@ -140,16 +137,16 @@ class _FusedNLL(torch.autograd.Function):
 
 
 def nll_views(views: list[ViewNLL], E_id: torch.Tensor, E_img: torch.Tensor | None, alpha: float,
-              temperature: float, chunk: int, products: tuple | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+              temperature: float, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(Eq. 6/7) Σ_v scale_v·Σ_t -log P^v(target_t | S), and each view's Σ_t (V,): E_id, E_img (N, d), unit rows,
-    E_img frozen; `products`: both as the products read them (`cast`; default: as given); one backward of E_id."""
+    E_img frozen; the products read both as `cast` gives them; one backward of E_id."""
     assert E_img is None or not E_img.requires_grad, "E_img is frozen (IFCDSR's image matrix takes no gradient)"
     # (Eq. 5) log α, log(1-α) (the ID branch alone: P = P_id)
     log_w = (0.0, -math.inf) if views[0].h_img is None else (log_weight(alpha), log_weight(1.0 - alpha))
     # (Eq. 2) a = unit(h)/τ of each branch, every view's positions at once: (T, d)
     a = [unit_rows(torch.cat(h)) / temperature for h in zip(*(view[:2] for view in views)) if h[0] is not None]
     grads = torch.is_grad_enabled() and any(t.requires_grad for t in [E_id, *a])
-    return _FusedNLL.apply(E_id, *a, (E_img, products or (E_id, E_img), views, log_w, 1 / temperature, chunk, grads))
+    return _FusedNLL.apply(E_id, *a, (E_img, cast(E_id.detach(), E_img), views, log_w, 1 / temperature, chunk, grads))
 
 
 def nll(h_id: torch.Tensor, E_id: torch.Tensor, h_img: torch.Tensor | None, E_img: torch.Tensor | None,
@@ -190,18 +187,16 @@ unit_rows = _UnitRows.apply  # E's rows normalised for Eq. 2 (N, d): `ifcdsr.uni
 
 
 @torch.no_grad()
-def view_sum(views, E_id: torch.Tensor, E_img: torch.Tensor | None, alpha: float, temperature: float,
-             chunk: int) -> torch.Tensor:
-    """(Eq. 8) P(x_i | S) = Σ_v λ_v·P^v(x_i | S) -> (B, N), from an `ifcdsr.ViewScores` per view, as
-    `IFCDSR.score` sums it; chunk // |own| histories at a time.
+def view_sum(total: torch.Tensor, views, E_id: torch.Tensor, E_img: torch.Tensor | None, alpha: float,
+             temperature: float, chunk: int) -> torch.Tensor:
+    """(Eq. 8) P(x_i | S) = Σ_v λ_v·P^v(x_i | S) added into `total` (B, N), as `IFCDSR.score` sums it, chunk // |own|
+    histories at a time; views: (λ_v, own: its softmax's items, h_id (B, q), h_img (B, e) or None, empty (B, 1)).
     Note: computed as written, in probability space (fp32): an item's P underflows to 0 only if its
     logit is > 87 below the row's best in every branch, impossible for τ > 2/87 (cosines span 2/τ)."""
-    B = len(views[0].h_id)
-    total = torch.zeros(B, len(E_id), device=E_id.device)  # (B, N) the sum of Eq. 8
-    for weight, own, h_id, h_img, empty in views:  # the fields of ifcdsr.ViewScores
+    for weight, own, h_id, h_img, empty in views:
         n = own.stop - own.start
         rows = max(1, chunk // n)
-        for i in range(0, B, rows):
+        for i in range(0, len(total), rows):
             c = slice(i, i + rows)
             s = _scratch(len(empty[c]), n, total)  # (c, n) logits, then exp(logits - m)
             total_c = total[c, own]  # (c, n) a view of the result

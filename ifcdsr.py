@@ -5,10 +5,7 @@ memory-bounded Eq. 2-8 when the (positions × N) logits are large (`IFCDSR.plain
 (max_len, left-padded), N items of both domains, T prediction positions of a batch (Eq. 6's t), q the width of the
 learnable E_id, e that of the frozen CLIP embeddings E_img. Ids: domain X = 0..|X|-1, Y = |X|..N-1, padding = N.
 """
-from __future__ import annotations
-
 import dataclasses
-from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -32,8 +29,7 @@ class Config:
     n_blocks: int = 2  # Note: not stated in the paper; C2DSR's (whose settings §4 adopts) value
     n_heads: int = 1  # Note: not stated in the paper; C2DSR's value
     # readings of open passages (docs/interpretations.md measures each); --literal sets all three as printed
-    # Note: Eq. 2 prints no temperature (τ = 1); cosines in [-1, 1] give a nearly flat softmax over many items
-    temperature: float = 1.0  # τ dividing Eq. 2 before the softmax
+    temperature: float = 1.0  # τ of Eq. 2. Note: none printed (τ = 1): cosines in [-1, 1], flat softmax over many items
     # Note: Eq. 6 sums -log P over positions, Eq. 7 weighs the sums (printed: "sum", each divided by one B·L shared by
     # all views, as C2DSR's masked mean); "mean" averages each view over its own positions, rebalancing the views
     loss_norm: str = "sum"  # "sum" or "mean"
@@ -43,11 +39,9 @@ class Config:
     use_image: bool = True  # False = --no-image: ID branch only (α = 1)
     multi_attention: bool = True  # False = --no-multi-attention: only the S^{X+Y} view
     target: str = "X"  # the target domain of Eq. 7-9; "Y" swaps the roles of the domains
-    # training
     batch_size: int = 256  # mini-batch size
-    # Note: the paper gives lr and L2 as grids; these defaults are the best cell on the demo's validation set
-    lr: float = 5e-4  # learning rate, from the paper's grid {1e-3, 5e-4, 1e-4}
-    weight_decay: float = 5e-5  # L2 coefficient, from the paper's grid {1e-4, 5e-5, 1e-5}
+    lr: float = 5e-4  # learning rate. Note: from the paper's grid {1e-3, 5e-4, 1e-4}, the best on the demo's validation
+    weight_decay: float = 5e-5  # L2 coefficient. Note: from the paper's grid {1e-4, 5e-5, 1e-5}, the best cell with lr
     epochs: int = 100  # training epochs
     patience: int = 10  # early stopping: evaluations without a better validation MRR
     eval_every: int = 1  # validate every this many epochs
@@ -228,15 +222,6 @@ def domain_items(domain: str, num_x: int, N: int) -> slice:
     return slice(0, num_x) if domain == "X" else slice(num_x, N)
 
 
-class ViewScores(NamedTuple):
-    """What Eq. 8 needs of one view of a batch of histories, from `IFCDSR.score` to whichever code sums it."""
-    weight: float  # λ_v of Eq. 8: 1, λ1 or λ2
-    own: slice  # the items of the view's softmax (Eq. 3/4)
-    h_id: torch.Tensor  # (B, q) the view's h of the ID branch, at its last position
-    h_img: torch.Tensor | None  # (B, e) the image branch's, or None without images
-    empty: torch.Tensor  # (B, 1) True for a history without an item in this view
-
-
 class IFCDSR(nn.Module):
     """The model, with the baselines' interface: `views` (the loss's parts), `loss`, `score`, `scorer`, `chunk`."""
 
@@ -247,13 +232,12 @@ class IFCDSR(nn.Module):
         self.cfg, self.num_x, self.num_y = cfg, num_x, num_y
         self.N = self.pad = num_x + num_y
         self.views = tuple(cfg.view_weights())  # the views of Eq. 7, in its order
-        # §3.1.1: E_id, a learnable (N, q) item matrix (+ one zero row for padding)
-        self.E_id = nn.Embedding(self.N + 1, cfg.q, padding_idx=self.pad)
+        self.E_id = nn.Embedding(self.N + 1, cfg.q, padding_idx=self.pad)  # §3.1.1: the learnable (N, q) E_id + padding
         # Note: init not in the paper: rows of norm ~1 (std q^-1/2, not N(0, 1)), so Adam's ~lr steps turn them quickly
         nn.init.normal_(self.E_id.weight, std=cfg.q ** -0.5)
         nn.init.zeros_(self.E_id.weight[self.pad])
-        # Note: six encoders with separate weights, one per view and branch (§3.2: "six sequence representations
-        # derived from multiple attention layers"); the paper does not say whether any weights are shared
+        # Note: six encoders, one per view and branch (§3.2: "six sequence representations derived from multiple
+        # attention layers"); the paper does not say whether any weights are shared, so none are
         views = VIEWS if cfg.multi_attention else ("xy",)
         self.enc_id = nn.ModuleDict({v: AttentionEncoder(cfg.q, cfg) for v in views})
         if cfg.use_image:
@@ -308,8 +292,7 @@ class IFCDSR(nn.Module):
         if not plain:  # every view at once
             E_id = fused_loss.unit_rows(self.E_id.weight)  # (N + 1, q): one gradient (the padding row, none scores)
             total, nlls = fused_loss.nll_views([nll for nll, _ in views.values()], E_id, self.E_img_unit, cfg.alpha,
-                                               cfg.temperature, self.chunk(),
-                                               fused_loss.cast(E_id[:-1].detach(), self.E_img_unit))
+                                               cfg.temperature, self.chunk())
             return total, {view: nll / norm for (view, (_, norm)), nll in zip(views.items(), nlls)}  # (Eq. 7)
         total, parts = 0.0, {}
         for view, ((h_id, h_img, y, items, _), norm) in views.items():
@@ -340,14 +323,14 @@ class IFCDSR(nn.Module):
         for view, weight in cfg.view_weights().items():  # each view read at its last position
             seq = getattr(history, view)[:, -shape[view].width:]  # (B, width)
             H_id, H_img = self.encode(seq, view)
-            views.append(ViewScores(weight, self.softmax_items(view), H_id[:, -1], None if H_img is None else
-                                    H_img[:, -1], (seq == self.pad).all(1, keepdim=True)))
+            h_img = None if H_img is None else H_img[:, -1]  # (B, e)
+            views.append((weight, self.softmax_items(view), H_id[:, -1], h_img, (seq == self.pad).all(1, keepdim=True)))
         # Note: under softmax_over = "domain" (as printed) P^Y is over Y, so Eq. 8's λ1·P^Y(x_i) is 0 for every item
         # of X: S^Y moves the target ranking only through training; under "all" every printed term of Eq. 8 acts
+        total = torch.zeros(len(history.xy), self.N, device=E_id.device)  # (B, N) the sum of Eq. 8
         if not self.plain(len(history.xy)):  # the same sum, in place, chunk() logits at a time
-            return fused_loss.view_sum(views, E_id, E_img, cfg.alpha, cfg.temperature, self.chunk())[:, items]
-        total = torch.zeros(len(history.xy), self.N, device=E_id.device)  # (B, N)
-        for weight, own, h_id, h_img, empty in views:  # the fields of ViewScores
+            return fused_loss.view_sum(total, views, E_id, E_img, cfg.alpha, cfg.temperature, self.chunk())[:, items]
+        for weight, own, h_id, h_img, empty in views:  # λ_v, the softmax's items, h (B, q) and (B, e), (B, 1)
             P_v = log_prob(h_id, E_id, h_img, E_img, cfg.alpha, cfg.temperature, own).exp()  # (B, |own|) Eq. 2-5
             # Note: a view without items (e.g. a history with no Y item) contributes the uniform 1/|own|
             P_v = torch.where(empty, 1.0 / (own.stop - own.start), P_v)
