@@ -1,7 +1,6 @@
-"""Eq. 2-8 in bounded memory for IFCDSR's large (positions × N) logits (`IFCDSR.plain`), and the device policy (chunk
-sizes, casts, pinned copies). `nll_views` (Eq. 6/7 and its gradient), `view_sum` (Eq. 8) and `nll_dot` (baselines)
-form `chunk` logits at a time in one reused buffer; tests/test_fused_loss.py holds them equal to the plain code.
-Letters: T positions, c those of a chunk, B batch, N items, n those of a softmax, d a branch's width.
+"""Eq. 2-8 in bounded memory for large (positions × N) logits (`IFCDSR.plain`), and the device policy. `nll_views`
+(Eq. 6/7 and its gradient), `view_sum` (Eq. 8), `nll_dot` (baselines): `chunk` logits at a time in one buffer, equal to
+the plain code (tests/test_fused_loss.py). T positions (c a chunk's), B batch, N items (n a softmax's), d a width.
 
 The gradient. With a = unit(h)/τ and unit rows of E: s = a·E^T (Eq. 2), P_b = softmax(s_b) of branch b (Eq. 3/4) and
     -log P_y = -log Σ_b w_b·P_b,y                                  (Eq. 5, w_id = α, w_img = 1-α)
@@ -17,7 +16,6 @@ import math
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 
 
 def log_weight(w: float) -> float:
@@ -29,8 +27,7 @@ _SCRATCH: dict = {}  # (device, dtype) -> a flat buffer, kept between calls
 
 
 def _scratch(rows: int, cols: int, like: torch.Tensor) -> torch.Tensor:
-    """A (rows, cols) logits buffer in `like`'s dtype and device, reused by every call (nothing returned refers to it):
-    on a CPU a fresh one (134 MB at Movie-Book size) is page-faulted in on first touch, a third of the product."""
+    """A (rows, cols) buffer like `like`, reused by every call: a fresh one on a CPU costs a third of the product."""
     key = (like.device, like.dtype)
     if key not in _SCRATCH or _SCRATCH[key].numel() < rows * cols:
         _SCRATCH.pop(key, None)  # freed before the larger one is made
@@ -52,10 +49,9 @@ def _exp_(s: torch.Tensor, bound: float) -> torch.Tensor | None:
 
 
 def _nll_chunks(branches: list, target: torch.Tensor, rows: int, bound: float, scale: float | None) -> torch.Tensor:
-    """Σ_t log P(y_t | S) over one view's positions, `rows` at a time, and with a `scale`, `scale` times the gradient
-    of its negative (module docstring). branches: [(a (T, d), E (n, d) the softmax's items, a_p, E_p: a and E as the
-    products read them, log w_b, dE (n, d) to add d/dE into or None, dA (T, d) to write d/da into)]; target (T,)
-    counts from E's first row. Every branch reuses one (rows, n) buffer, so only the last one's dE may be a tensor."""
+    """Σ_t log P(y_t | S) over a view's positions, `rows` at a time, and with a `scale` its negative's gradient, scaled.
+    branches: [(a (T, d), E (n, d) the softmax's items, a_p, E_p as the products read them, log w_b, dE (n, d) to add
+    d/dE into or None, dA (T, d) for d/da)]; target (T,) from E's first row. One shared buffer: only the last dE."""
     log_P = []  # each chunk's Σ_t log P_y
     for i in range(0, max(len(target), 1), rows):  # a view without positions: one empty chunk, Σ = 0
         c, y = slice(i, i + rows), target[i:i + rows]  # this chunk's positions, their targets (c,)
@@ -205,7 +201,7 @@ def view_sum(total: torch.Tensor, views, E_id: torch.Tensor, E_img: torch.Tensor
             for h, E, w in ((h_id, E_id, alpha if h_img is not None else 1.0), (h_img, E_img, 1.0 - alpha)):
                 if h is None or w == 0:
                     continue
-                _logits(F.normalize(h[c], dim=-1) / temperature, E[own], s)  # (Eq. 2) s = Sim(h, E)
+                _logits(unit_rows(h[c]) / temperature, E[own], s)  # (Eq. 2) s = Sim(h, E)
                 _exp_(s, 1 / temperature)
                 Z = s.sum(dim=-1, keepdim=True)  # (Eq. 3/4) P_b = s / Z
                 total_c.addcmul_(s, weight * w * ~empty[c] / Z)  # += λ_v·w_b·P_b, for non-empty views
@@ -219,8 +215,7 @@ CPU_CHUNK = 2**25  # Config.score_chunk's auto value on a CPU: a (332 × 100,782
 
 
 def chunk(score_chunk: int, device: torch.device) -> int:
-    """`Config.score_chunk` resolved: the (positions × items) logits computed at once. Auto (0): CPU_CHUNK on
-    a CPU; on CUDA a quarter of the memory free at the first call, in 4-byte elements."""
+    """`Config.score_chunk` resolved; auto (0): CPU_CHUNK on a CPU, on CUDA a quarter of the free memory (4-byte)."""
     return score_chunk or (_free_bytes(device) // 16 if device.type == "cuda" else CPU_CHUNK)
 
 
@@ -230,8 +225,8 @@ def _free_bytes(device: torch.device) -> int:
 
 
 def cast(E_id: torch.Tensor, E_img: torch.Tensor | None) -> tuple:
-    """The item matrices as Eq. 2's products read them: under autocast cast to its dtype (bf16 on CUDA) once
-    per step (E_id, through autograd) and once per run (the frozen E_img), rather than once per product."""
+    """The item matrices as Eq. 2's products read them: under autocast (bf16 on CUDA) cast once a step (E_id) and
+    once a run (the frozen E_img), not once a product."""
     device = E_id.device.type
     if not torch.is_autocast_enabled(device):
         return E_id, E_img

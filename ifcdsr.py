@@ -97,8 +97,7 @@ class ConfigError(ValueError):
 
 
 class Block(nn.Module):
-    """A pre-LayerNorm transformer block: x + Dropout(g(LayerNorm(x))) for g the multi-head self-attention, then for
-    g a point-wise feed-forward, as SASRec's paper prints it (§III-C; its code runs `baselines.SASRecBlock`)."""
+    """A pre-LayerNorm block: x + Dropout(g(LayerNorm(x))), g attention then a feed-forward (SASRec's §III-C)."""
 
     def __init__(self, width: int, n_heads: int, dropout: float):
         super().__init__()
@@ -135,8 +134,7 @@ class AttentionEncoder(nn.Module):
     def forward(self, F_seq: torch.Tensor, is_pad: torch.Tensor, mask: tuple | None = None) -> torch.Tensor:
         """F_seq (B, L, d) items in sequence order, is_pad (B, L), `mask` = attention_mask(is_pad) -> H (B, L, d)."""
         pos, allowed = mask or attention_mask(is_pad)
-        # fp32 on CUDA even under autocast, the products in TF32 (`train.tf32`): bf16 would cast each linear layer's
-        # weight, bias and input, and autograd their gradients back, costing more host time than it saves
+        # fp32 under CUDA autocast, products in TF32 (`train.tf32`): bf16's casts per layer cost more than it saves
         with torch.autocast("cuda", enabled=False):
             x = self.drop(F_seq + self.positions(pos))
             for block in self.blocks:
@@ -145,8 +143,7 @@ class AttentionEncoder(nn.Module):
 
 
 def attention_mask(is_pad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """is_pad (B, L) -> each position's index (B, L) and the additive mask (B, L, L) of the keys each query sees
-    (0, else -inf), made once for a view's encoders and blocks: attention would convert a boolean one every call."""
+    """is_pad (B, L) -> positions (B, L), the additive mask (B, L, L) of the keys each query sees; once a view."""
     L = is_pad.shape[1]
     # positions count from each sequence's first real item, so left padding changes nothing
     pos = (torch.cumsum(~is_pad, dim=1) - 1).clamp(min=0)  # (B, L)
@@ -276,12 +273,10 @@ class IFCDSR(nn.Module):
 
     def softmax_items(self, view: str) -> slice:
         """The items of P^v's softmax (Eq. 3/4): all N, or under softmax_over = "domain" its own domain's."""
-        if self.cfg.softmax_over == "all" or view == "xy":
-            return slice(0, self.N)
-        return domain_items("X" if view == "x" else "Y", self.num_x, self.N)
+        own = self.cfg.softmax_over == "domain" and view != "xy"
+        return domain_items(view.upper(), self.num_x, self.N) if own else slice(0, self.N)
 
-    def loss(self, inputs, targets, shape: dict[str, ViewShape] | None = None
-             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def loss(self, inputs, targets, shape: dict | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(Eq. 7) L = L^X + λ1·L^Y + λ2·L^{X+Y} (X the target domain) for a batch of Views, and each view's part
         (0-d, for the log). `shape`: the batch's `shapes`, from its CPU copy (else read from `inputs`: a wait)."""
         cfg, weights = self.cfg, self.cfg.view_weights()
@@ -313,8 +308,7 @@ class IFCDSR(nn.Module):
         return fused_loss.ViewNLL(h_id, h_img, nxt.flatten()[shape.at] - items.start, items, weight / norm), norm
 
     @torch.no_grad()
-    def score(self, history, items: slice = slice(None), shape: dict[str, ViewShape] | None = None,
-              matrices=None) -> torch.Tensor:
+    def score(self, history, items: slice = slice(None), shape: dict | None = None, matrices=None) -> torch.Tensor:
         """(Eq. 8) P(x_i | S) = P^X + λ1·P^Y + λ2·P^{X+Y} -> (B, |items|) for `items` (default all N), each view read at
         its last position, softmax over `softmax_items`. `shape`: the batch's `shapes` (CPU); `matrices`: `scorer`'s."""
         cfg, views = self.cfg, []
