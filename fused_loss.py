@@ -97,8 +97,8 @@ class ViewNLL(NamedTuple):
 
 
 class _FusedNLL(torch.autograd.Function):
-    """Σ_v scale_v·nll_v over a batch's views, and each nll_v, by `_nll_chunks`; with `grads` the gradient is formed
-    in the forward pass, every view's into one of E_id and of each a; backward scales it. Inputs: E_id, a, the rest."""
+    """Σ_v scale_v·nll_v over a batch's views and each nll_v (`_nll_chunks`), with `grads` its gradient, formed in the
+    forward pass into one of E_id and of each a (the inputs: E_id, a, the rest); backward scales it."""
 
     @staticmethod
     def forward(ctx, E_id, *args):
@@ -161,8 +161,7 @@ def nll_dot(h: torch.Tensor, E: torch.Tensor, target: torch.Tensor, items: slice
 
 
 class _UnitRows(torch.autograd.Function):
-    """unit(E) = E / max(‖E‖, ε) by rows, as `F.normalize`, with a backward of three passes over E (autograd's
-    own takes about ten): d/dE = (g - u·(u·g)) / ‖E‖, u = unit(E), and g / ε for a row of norm <= ε."""
+    """unit(E) = E / max(‖E‖, ε) by rows, as F.normalize, with a 3-pass backward (autograd's ~10): (g - u·(u·g))/‖E‖."""
 
     @staticmethod
     def forward(ctx, E):

@@ -1,9 +1,8 @@
 """IFCDSR: Image Fusion for Cross-Domain Sequential Recommendation (Wu et al., WWW Companion 2025).
 
-The model and the paper's equations (search for "Eq."); `IFCDSR.loss` and `IFCDSR.score` switch to fused_loss.py's
-memory-bounded Eq. 2-8 when the (positions × N) logits are large (`IFCDSR.plain`). Shapes: B sequences, L positions
-(max_len, left-padded), N items of both domains, T prediction positions of a batch (Eq. 6's t), q the width of the
-learnable E_id, e that of the frozen CLIP embeddings E_img. Ids: domain X = 0..|X|-1, Y = |X|..N-1, padding = N.
+The model and its equations (search "Eq."); `IFCDSR.loss` and `score` run fused_loss.py's bounded Eq. 2-8 for large
+(positions × N) logits (`IFCDSR.plain`). Shapes: B sequences, L positions (max_len, left-padded), N items, T a batch's
+prediction positions (Eq. 6's t), q E_id's width, e the CLIP E_img's. Ids: X = 0..|X|-1, Y = |X|..N-1, padding = N.
 """
 import dataclasses
 
@@ -119,9 +118,8 @@ class Block(nn.Module):
 
 
 class AttentionEncoder(nn.Module):
-    """(Eq. 1) H = Attention(F): causal self-attention over one view of one modality.
-    Note: the paper does not specify the layer; this is SASRec's encoder as its paper prints it (causal, learnable
-    positions, padding masked, pre-LayerNorm `Block`s, §III-C); C2DSR runs SASRec's code's `baselines.SASRecBlock`."""
+    """(Eq. 1) H = Attention(F), causal self-attention over a view of a modality. Note: the paper does not specify the
+    layer: SASRec's encoder as its paper prints it (§III-C); C2DSR runs SASRec's code's `baselines.SASRecBlock`."""
 
     def __init__(self, width: int, cfg: Config, block: type[nn.Module] = Block):
         super().__init__()
@@ -145,8 +143,7 @@ class AttentionEncoder(nn.Module):
 def attention_mask(is_pad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """is_pad (B, L) -> positions (B, L), the additive mask (B, L, L) of the keys each query sees; once a view."""
     L = is_pad.shape[1]
-    # positions count from each sequence's first real item, so left padding changes nothing
-    pos = (torch.cumsum(~is_pad, dim=1) - 1).clamp(min=0)  # (B, L)
+    pos = (torch.cumsum(~is_pad, dim=1) - 1).clamp(min=0)  # (B, L) from each first real item: left padding is inert
     causal = torch.ones(L, L, dtype=torch.bool, device=is_pad.device).tril()  # query i sees keys j <= i
     allowed = causal & ~is_pad[:, None, :]  # (B, L, L) and never a padding key ...
     allowed = allowed | torch.eye(L, dtype=torch.bool, device=is_pad.device)  # ... except itself (no empty row)
@@ -258,10 +255,6 @@ class IFCDSR(nn.Module):
         F_img = self.E_img[seq]  # (B, L, e): E_img rows in sequence order
         return H_id, self.enc_img[view](F_img, is_pad, mask)  # (Eq. 1) H_img = Attention(F_img)
 
-    def item_matrices(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """E_id and E_img without the padding row, rows normalised for Eq. 2: (N, q), (N, e)."""
-        return unit(self.E_id.weight[:-1]), self.E_img_unit
-
     def chunk(self) -> int:
         """`Config.score_chunk` resolved: the (positions × items) logits that fused_loss.py computes at once."""
         return fused_loss.chunk(self.cfg.score_chunk, self.E_id.weight.device)
@@ -282,12 +275,11 @@ class IFCDSR(nn.Module):
         cfg, weights = self.cfg, self.cfg.view_weights()
         shape = shape or shapes(self.pad, inputs, targets, self.E_id.weight.device)
         if plain := self.plain(max(shape[view].count for view in weights)):  # else the same sums in bounded memory
-            E_id, E_img = fused_loss.cast(*self.item_matrices())  # (N, q), (N, e) as the products read them
+            E_id, E_img = fused_loss.cast(unit(self.E_id.weight[:-1]), self.E_img_unit)  # (N, q), (N, e): Eq. 2's rows
         views = {view: self.next_items(inputs, targets, view, shape[view], weight) for view, weight in weights.items()}
-        if not plain:  # every view at once
-            E_id = fused_loss.unit_rows(self.E_id.weight)  # (N + 1, q): one gradient (the padding row, none scores)
-            total, nlls = fused_loss.nll_views([nll for nll, _ in views.values()], E_id, self.E_img_unit, cfg.alpha,
-                                               cfg.temperature, self.chunk())
+        if not plain:  # every view at once, E_id with its padding row (N + 1, q; none scores it): one gradient
+            total, nlls = fused_loss.nll_views([v for v, _ in views.values()], fused_loss.unit_rows(self.E_id.weight),
+                                               self.E_img_unit, cfg.alpha, cfg.temperature, self.chunk())
             return total, {view: nll / norm for (view, (_, norm)), nll in zip(views.items(), nlls)}  # (Eq. 7)
         total, parts = 0.0, {}
         for view, ((h_id, h_img, y, items, _), norm) in views.items():
@@ -298,8 +290,7 @@ class IFCDSR(nn.Module):
         return total, parts  # in the order of Eq. 7
 
     def next_items(self, inputs, targets, view: str, shape: ViewShape, weight: float) -> tuple:
-        """One view's next-item positions (Eq. 6's t) -> its fused_loss.ViewNLL (y counted from the first of the
-        view's softmax items, Eq. 3/4; scale = `weight` over the divisor) and Eq. 6's divisor (B·L or T)."""
+        """A view's next-item positions (Eq. 6's t) -> fused_loss.ViewNLL (scale: weight / divisor), Eq. 6's divisor."""
         seq, nxt = getattr(inputs, view)[:, -shape.width:], getattr(targets, view)[:, -shape.width:]  # (B, width)
         H_id, H_img = self.encode(seq, view)
         h_id, h_img = H_id.flatten(0, 1)[shape.at], None if H_img is None else H_img.flatten(0, 1)[shape.at]
@@ -312,7 +303,7 @@ class IFCDSR(nn.Module):
         """(Eq. 8) P(x_i | S) = P^X + λ1·P^Y + λ2·P^{X+Y} -> (B, |items|) for `items` (default all N), each view read at
         its last position, softmax over `softmax_items`. `shape`: the batch's `shapes` (CPU); `matrices`: `scorer`'s."""
         cfg, views = self.cfg, []
-        E_id, E_img = matrices or self.item_matrices()
+        E_id, E_img = matrices or (unit(self.E_id.weight[:-1]), self.E_img_unit)  # (N, q), (N, e) for Eq. 2
         shape = shape or shapes(self.pad, history)
         for view, weight in cfg.view_weights().items():  # each view read at its last position
             seq = getattr(history, view)[:, -shape[view].width:]  # (B, width)
@@ -333,7 +324,7 @@ class IFCDSR(nn.Module):
 
     def scorer(self):
         """`score` for a pass over many batches with the same weights: the item matrices normalised once."""
-        matrices = self.item_matrices()
+        matrices = unit(self.E_id.weight[:-1]), self.E_img_unit
         return lambda history, items, shape: self.score(history, items, shape, matrices)
 
     def recommend(self, history) -> torch.Tensor:

@@ -16,7 +16,7 @@ def nll_sum(h_id, E_id, h_img, E_img, target, alpha, temperature):
 
 
 def example(use_image: bool, P: int = 9, N: int = 11, q: int = 5, e: int = 3, seed: int = 0):
-    """Positions h, a raw ID matrix (a leaf, normalised by `unit` as in `IFCDSR.item_matrices`), a frozen
+    """Positions h, a raw ID matrix (a leaf, normalised by `unit` as in `IFCDSR.score`), a frozen
     image matrix with one zero row (an item without an image), and targets."""
     g = torch.Generator().manual_seed(seed)
     h_id = torch.randn(P, q, generator=g, requires_grad=True)
