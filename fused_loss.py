@@ -108,10 +108,9 @@ class _FusedNLL(torch.autograd.Function):
         dE = torch.zeros_like(E_id) if grads else None
         ctx.grads = [dE] + [torch.empty_like(a[b]) if grads and b in kept else None for b in range(len(a))]
         a_p = [a_b.to(E_p.dtype) for a_b, E_p in zip(a, products)]  # as the products read them
-        log_P, start = [], 0
+        log_P, T = [], slice(0, 0)
         for view in views:
-            T, I = slice(start, start + len(view.target)), view.items  # the view's positions, its softmax's items
-            start = T.stop
+            T, I = slice(T.stop, T.stop + len(view.target)), view.items  # the view's positions, its softmax's items
             # d/dE is added at I into a buffer of all N rows: a gradient of E[I] would cost a second (N, d) tensor
             branches = [(a[b][T], (E_id, E_img)[b][I], a_p[b][T], products[b][I], log_w[b],
                          None if dE is None or b else dE[I], ctx.grads[1 + b][T] if grads else None) for b in kept]
@@ -194,8 +193,7 @@ def view_sum(total: torch.Tensor, views, E_id: torch.Tensor, E_img: torch.Tensor
         for i in range(0, len(total), rows):
             c = slice(i, i + rows)
             s = _scratch(len(empty[c]), n, total)  # (c, n) logits, then exp(logits - m)
-            total_c = total[c, own]  # (c, n) a view of the result
-            total_c += weight / n * empty[c]  # the uniform mass of an empty view
+            total[c, own].add_(weight / n * empty[c])  # the uniform mass of an empty view, in place
             # (Eq. 5) P^v = α·P_id + (1-α)·P_img (the ID branch alone: P_id), added with the view's weight (Eq. 8)
             for h, E, w in ((h_id, E_id, alpha if h_img is not None else 1.0), (h_img, E_img, 1.0 - alpha)):
                 if h is None or w == 0:
@@ -203,7 +201,7 @@ def view_sum(total: torch.Tensor, views, E_id: torch.Tensor, E_img: torch.Tensor
                 _logits(unit_rows(h[c]) / temperature, E[own], s)  # (Eq. 2) s = Sim(h, E)
                 _exp_(s, 1 / temperature)
                 Z = s.sum(dim=-1, keepdim=True)  # (Eq. 3/4) P_b = s / Z
-                total_c.addcmul_(s, weight * w * ~empty[c] / Z)  # += λ_v·w_b·P_b, for non-empty views
+                total[c, own].addcmul_(s, weight * w * ~empty[c] / Z)  # += λ_v·w_b·P_b, for non-empty views
     return total
 
 
@@ -226,10 +224,9 @@ def _free_bytes(device: torch.device) -> int:
 def cast(E_id: torch.Tensor, E_img: torch.Tensor | None) -> tuple:
     """The item matrices as Eq. 2's products read them: under autocast (bf16 on CUDA) cast once a step (E_id) and
     once a run (the frozen E_img), not once a product."""
-    device = E_id.device.type
-    if not torch.is_autocast_enabled(device):
+    if not torch.is_autocast_enabled(E_id.device.type):
         return E_id, E_img
-    low = torch.get_autocast_dtype(device)
+    low = torch.get_autocast_dtype(E_id.device.type)
     return E_id.to(low), None if E_img is None else _cast_once(E_img, low)
 
 
