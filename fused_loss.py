@@ -1,26 +1,21 @@
-"""Eq. 2-8 in bounded memory for IFCDSR's large (positions × N) logits (`IFCDSR.plain`), and the device policy: chunk
-sizes, casts, pinned copies. `nll_views` (Eq. 6/7 and its gradient), `view_sum` (Eq. 8) and `nll_dot` (baselines)
-form `chunk` logits at a time in one reused buffer; tests/test_fused_loss.py holds them equal to the plain code.
+"""Eq. 2-8 in bounded memory for large (positions × N) logits (`IFCDSR.plain`), and the device policy. `nll_views`
+(Eq. 6/7 and its gradient), `view_sum` (Eq. 8), `nll_dot` (baselines): `chunk` logits at a time in one buffer, equal to
+the plain code (tests/test_fused_loss.py). T positions (c a chunk's), B batch, N items (n a softmax's), d a width.
 
-The gradient. With a = unit(h)/τ and unit rows of E, the logits are s = a·E^T (Eq. 2), P_b = softmax(s_b)
-for the ID and the image branch b (Eq. 3/4) and, for one position with target y,
+The gradient. With a = unit(h)/τ and unit rows of E: s = a·E^T (Eq. 2), P_b = softmax(s_b) of branch b (Eq. 3/4) and
     -log P_y = -log Σ_b w_b·P_b,y                                  (Eq. 5, w_id = α, w_img = 1-α)
     d(-log P_y)/ds_b = r_b·(P_b - onehot_y),   r_b = w_b·P_b,y / P_y    (r_id + r_img = 1)
     d/da_b = r_b·(P_b - onehot_y)·E_b,   d/dE_b = Σ_t (P_b - onehot_y)^T·(r_b·a_b)
-The loss is a scalar, so its gradient is formed in the forward pass while each chunk's P_b is at hand; backward
-only scales it. With G = exp(s - m) and Z = Σ G, (P_b - onehot_y)·E = (G·E)/Z - E_y and (P_b - onehot_y)^T·v =
-G^T·(v/Z) - v at the rows y: O(T·d + N·d) is kept between the passes, never O(T·N). In bf16 the logits carry
-8 bits; what the loss reads exactly stays fp32: the target's logit (a·E_y), Z, the gradients' sums.
-Dimension letters: T positions, c those of a chunk, B batch, N items, n those of a softmax, d a branch's width.
+for a position with target y. The loss is a scalar: its gradient is formed in the forward pass, while each chunk's P_b
+is at hand, and backward scales it. With G = exp(s - m), Z = Σ G: (P_b - onehot_y)·E = (G·E)/Z - E_y, (P_b -
+onehot_y)^T·v = G^T·(v/Z) - v at the rows y, so O(T·d + N·d) is kept between the passes, never O(T·N). In bf16 the
+logits carry 8 bits; what the loss reads exactly stays fp32: the target's logit (a·E_y), Z, the gradients' sums.
 """
-from __future__ import annotations
-
 import functools
 import math
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 
 
 def log_weight(w: float) -> float:
@@ -32,8 +27,7 @@ _SCRATCH: dict = {}  # (device, dtype) -> a flat buffer, kept between calls
 
 
 def _scratch(rows: int, cols: int, like: torch.Tensor) -> torch.Tensor:
-    """A (rows, cols) logits buffer in `like`'s dtype and device, reused by every call (nothing returned refers to it):
-    on a CPU a fresh one (134 MB at Movie-Book size) is page-faulted in on first touch, a third of the product."""
+    """A (rows, cols) buffer like `like`, reused by every call: a fresh one on a CPU costs a third of the product."""
     key = (like.device, like.dtype)
     if key not in _SCRATCH or _SCRATCH[key].numel() < rows * cols:
         _SCRATCH.pop(key, None)  # freed before the larger one is made
@@ -47,21 +41,19 @@ def _logits(a: torch.Tensor, E: torch.Tensor, out: torch.Tensor) -> torch.Tensor
 
 
 def _exp_(s: torch.Tensor, bound: float) -> torch.Tensor | None:
-    """s <- exp(s - m) in place, -> m (c, 1): (Eq. 3/4) softmax(s) = s / Σ s, with no second (c, n) tensor. `bound`
-    bounds every logit, 1/τ by Eq. 2: for τ >= 1/60 exp(s) stays far inside fp32's range and m = 0 (None) saves two
-    passes; else (and for the baselines' dot products, bound = inf) m is the row maximum."""
+    """s <- exp(s - m) in place, -> m (c, 1): (Eq. 3/4) softmax(s) = s / Σ s, with no second (c, n) tensor. For a
+    `bound` on every logit (1/τ by Eq. 2) <= 60 exp(s) fits fp32 and m = 0 (None), else m is the row maximum."""
     m = None if bound <= 60 else s.amax(dim=-1, keepdim=True)
     (s if m is None else s.sub_(m)).exp_()
     return m
 
 
 def _nll_chunks(branches: list, target: torch.Tensor, rows: int, bound: float, scale: float | None) -> torch.Tensor:
-    """Σ_t log P(y_t | S) over one view's positions, `rows` at a time, and with a `scale`, `scale` times the gradient
-    of its negative (module docstring). branches: [(a (T, d), E (n, d) the softmax's items, a_p, E_p: a and E as the
-    products read them, log w_b, dE (n, d) to add d/dE into or None, dA (T, d) to write d/da into)]; target (T,)
-    counts from E's first row. Every branch reuses one (rows, n) buffer, so only the last one's dE may be a tensor."""
+    """Σ_t log P(y_t | S) over a view's positions, `rows` at a time, and with a `scale` its negative's gradient, scaled.
+    branches: [(a (T, d), E (n, d) the softmax's items, a_p, E_p as the products read them, log w_b, dE (n, d) to add
+    d/dE into or None, dA (T, d) for d/da)]; target (T,) from E's first row. One shared buffer: only the last dE."""
     log_P = []  # each chunk's Σ_t log P_y
-    for i in range(0, target.shape[0], rows):
+    for i in range(0, max(len(target), 1), rows):  # a view without positions: one empty chunk, Σ = 0
         c, y = slice(i, i + rows), target[i:i + rows]  # this chunk's positions, their targets (c,)
         log_wP_y, kept = [], []
         for a, E, a_p, E_p, log_w, _, _ in branches:
@@ -105,22 +97,20 @@ class ViewNLL(NamedTuple):
 
 
 class _FusedNLL(torch.autograd.Function):
-    """Σ_v scale_v·nll_v over a batch's views, and each nll_v, by `_nll_chunks`; with `grads` the gradient is formed
-    in the forward pass, every view's into one of E_id and of each a; backward scales it. Inputs: E_id, a, the rest."""
+    """Σ_v scale_v·nll_v over a batch's views and each nll_v (`_nll_chunks`), with `grads` its gradient, formed in the
+    forward pass into one of E_id and of each a (the inputs: E_id, a, the rest); backward scales it."""
 
     @staticmethod
     def forward(ctx, E_id, *args):
         *a, (E_img, products, views, log_w, bound, chunk, grads) = args
-        # the branches that Eq. 5 weighs with more than 0, the image one first: the last one's G is read after
-        # the chunk for d/dE_id, and every branch reuses the same buffer
+        # Eq. 5's branches of weight > 0, the image one first: their shared buffer keeps the last one's G, for d/dE_id
         kept = [b for b in reversed(range(len(a))) if log_w[b] > -math.inf]
         dE = torch.zeros_like(E_id) if grads else None
         ctx.grads = [dE] + [torch.empty_like(a[b]) if grads and b in kept else None for b in range(len(a))]
         a_p = [a_b.to(E_p.dtype) for a_b, E_p in zip(a, products)]  # as the products read them
-        log_P, start = [], 0
+        log_P, T = [], slice(0, 0)
         for view in views:
-            T, I = slice(start, start + len(view.target)), view.items  # the view's positions, its softmax's items
-            start = T.stop
+            T, I = slice(T.stop, T.stop + len(view.target)), view.items  # the view's positions, its softmax's items
             # d/dE is added at I into a buffer of all N rows: a gradient of E[I] would cost a second (N, d) tensor
             branches = [(a[b][T], (E_id, E_img)[b][I], a_p[b][T], products[b][I], log_w[b],
                          None if dE is None or b else dE[I], ctx.grads[1 + b][T] if grads else None) for b in kept]
@@ -142,17 +132,16 @@ class _FusedNLL(torch.autograd.Function):
 
 
 def nll_views(views: list[ViewNLL], E_id: torch.Tensor, E_img: torch.Tensor | None, alpha: float,
-              temperature: float, chunk: int, products: tuple | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+              temperature: float, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(Eq. 6/7) Σ_v scale_v·Σ_t -log P^v(target_t | S), and each view's Σ_t (V,): E_id, E_img (N, d), unit rows,
-    E_img frozen; `products`: both as the products read them (`cast`; default: as given); one backward of E_id."""
-    if E_img is not None and E_img.requires_grad:
-        raise ValueError("fused_loss: E_img is frozen (IFCDSR's image matrix takes no gradient)")
+    E_img frozen; the products read both as `cast` gives them; one backward of E_id."""
+    assert E_img is None or not E_img.requires_grad, "E_img is frozen (IFCDSR's image matrix takes no gradient)"
     # (Eq. 5) log α, log(1-α) (the ID branch alone: P = P_id)
     log_w = (0.0, -math.inf) if views[0].h_img is None else (log_weight(alpha), log_weight(1.0 - alpha))
     # (Eq. 2) a = unit(h)/τ of each branch, every view's positions at once: (T, d)
     a = [unit_rows(torch.cat(h)) / temperature for h in zip(*(view[:2] for view in views)) if h[0] is not None]
     grads = torch.is_grad_enabled() and any(t.requires_grad for t in [E_id, *a])
-    return _FusedNLL.apply(E_id, *a, (E_img, products or (E_id, E_img), views, log_w, 1 / temperature, chunk, grads))
+    return _FusedNLL.apply(E_id, *a, (E_img, cast(E_id.detach(), E_img), views, log_w, 1 / temperature, chunk, grads))
 
 
 def nll(h_id: torch.Tensor, E_id: torch.Tensor, h_img: torch.Tensor | None, E_img: torch.Tensor | None,
@@ -171,8 +160,7 @@ def nll_dot(h: torch.Tensor, E: torch.Tensor, target: torch.Tensor, items: slice
 
 
 class _UnitRows(torch.autograd.Function):
-    """unit(E) = E / max(‖E‖, ε) by rows, as `F.normalize`, with a backward of three passes over E (autograd's
-    own takes about ten): d/dE = (g - u·(u·g)) / ‖E‖, u = unit(E), and g / ε for a row of norm <= ε."""
+    """unit(E) = E / max(‖E‖, ε) by rows, as F.normalize, with a 3-pass backward (autograd's ~10): (g - u·(u·g))/‖E‖."""
 
     @staticmethod
     def forward(ctx, E):
@@ -193,32 +181,27 @@ unit_rows = _UnitRows.apply  # E's rows normalised for Eq. 2 (N, d): `ifcdsr.uni
 
 
 @torch.no_grad()
-def view_sum(views, E_id: torch.Tensor, E_img: torch.Tensor | None, alpha: float, temperature: float,
-             items: slice, chunk: int) -> torch.Tensor:
-    """(Eq. 8) P(x_i | S) = Σ_v λ_v·P^v(x_i | S) for the items in `items` -> (B, |items|), from an
-    `ifcdsr.ViewScores` per view, as `IFCDSR.score` sums it; chunk // |own| histories at a time.
+def view_sum(total: torch.Tensor, views, E_id: torch.Tensor, E_img: torch.Tensor | None, alpha: float,
+             temperature: float, chunk: int) -> torch.Tensor:
+    """(Eq. 8) P(x_i | S) = Σ_v λ_v·P^v(x_i | S) added into `total` (B, N), as `IFCDSR.score` sums it, chunk // |own|
+    histories at a time; views: (λ_v, own: its softmax's items, h_id (B, q), h_img (B, e) or None, empty (B, 1)).
     Note: computed as written, in probability space (fp32): an item's P underflows to 0 only if its
     logit is > 87 below the row's best in every branch, impossible for τ > 2/87 (cosines span 2/τ)."""
-    B = len(views[0].h_id)
-    total = torch.zeros(B, items.stop - items.start, device=E_id.device)  # (B, |items|) the sum of Eq. 8
-    for weight, own, into, src, h_id, h_img, empty in views:  # the fields of ifcdsr.ViewScores
-        if weight == 0:
-            continue
+    for weight, own, h_id, h_img, empty in views:
         n = own.stop - own.start
         rows = max(1, chunk // n)
-        for i in range(0, B, rows):
+        for i in range(0, len(total), rows):
             c = slice(i, i + rows)
-            s = _scratch(len(empty[c]), n, total)  # (c, |own|) logits, then exp(logits - m)
-            into_c = total[c, into]  # (c, |covered|) a view of the result
-            into_c += weight / n * empty[c]  # the uniform mass of an empty view
+            s = _scratch(len(empty[c]), n, total)  # (c, n) logits, then exp(logits - m)
+            total[c, own].add_(weight / n * empty[c])  # the uniform mass of an empty view, in place
             # (Eq. 5) P^v = α·P_id + (1-α)·P_img (the ID branch alone: P_id), added with the view's weight (Eq. 8)
             for h, E, w in ((h_id, E_id, alpha if h_img is not None else 1.0), (h_img, E_img, 1.0 - alpha)):
                 if h is None or w == 0:
                     continue
-                _logits(F.normalize(h[c], dim=-1) / temperature, E[own], s)  # (Eq. 2) s = Sim(h, E)
+                _logits(unit_rows(h[c]) / temperature, E[own], s)  # (Eq. 2) s = Sim(h, E)
                 _exp_(s, 1 / temperature)
                 Z = s.sum(dim=-1, keepdim=True)  # (Eq. 3/4) P_b = s / Z
-                into_c.addcmul_(s[:, src], weight * w * ~empty[c] / Z)  # += λ_v·w_b·P_b, for non-empty views
+                total[c, own].addcmul_(s, weight * w * ~empty[c] / Z)  # += λ_v·w_b·P_b, for non-empty views
     return total
 
 
@@ -229,11 +212,8 @@ CPU_CHUNK = 2**25  # Config.score_chunk's auto value on a CPU: a (332 × 100,782
 
 
 def chunk(score_chunk: int, device: torch.device) -> int:
-    """`Config.score_chunk` resolved: the (positions × items) logits computed at once. Auto (0): CPU_CHUNK on
-    a CPU; on CUDA a quarter of the memory free at the first call, in 4-byte elements."""
-    if score_chunk or device.type != "cuda":
-        return score_chunk or CPU_CHUNK
-    return _free_bytes(device) // 16
+    """`Config.score_chunk` resolved; auto (0): CPU_CHUNK on a CPU, on CUDA a quarter of the free memory (4-byte)."""
+    return score_chunk or (_free_bytes(device) // 16 if device.type == "cuda" else CPU_CHUNK)
 
 
 @functools.cache
@@ -241,19 +221,12 @@ def _free_bytes(device: torch.device) -> int:
     return torch.cuda.mem_get_info(device)[0]
 
 
-def plain(rows: int, N: int, chunk: int, device: torch.device) -> bool:
-    """Whether `rows` positions over N items run IFCDSR's plain code: on a CPU when their (rows, N) logits fit in
-    half of `chunk` (autograd keeps about two); on CUDA never, as this module moves several times fewer bytes."""
-    return device.type != "cuda" and 2 * rows * N <= chunk
-
-
 def cast(E_id: torch.Tensor, E_img: torch.Tensor | None) -> tuple:
-    """The item matrices as Eq. 2's products read them: under autocast cast to its dtype (bf16 on CUDA) once
-    per step (E_id, through autograd) and once per run (the frozen E_img), rather than once per product."""
-    device = E_id.device.type
-    if not torch.is_autocast_enabled(device):
+    """The item matrices as Eq. 2's products read them: under autocast (bf16 on CUDA) cast once a step (E_id) and
+    once a run (the frozen E_img), not once a product."""
+    if not torch.is_autocast_enabled(E_id.device.type):
         return E_id, E_img
-    low = torch.get_autocast_dtype(device)
+    low = torch.get_autocast_dtype(E_id.device.type)
     return E_id.to(low), None if E_img is None else _cast_once(E_img, low)
 
 
@@ -264,7 +237,6 @@ def _cast_once(E: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 def host_to(device, t: torch.Tensor) -> torch.Tensor:
     """A CPU tensor to the device; to CUDA through page-locked memory, so the host does not wait for the copy."""
-    device = torch.device(device)
-    if device.type == "cuda" and t.device.type == "cpu":
+    if torch.device(device).type == "cuda" and t.device.type == "cpu":
         return t.pin_memory().to(device, non_blocking=True)
     return t.to(device)

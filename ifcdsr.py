@@ -1,15 +1,10 @@
 """IFCDSR: Image Fusion for Cross-Domain Sequential Recommendation (Wu et al., WWW Companion 2025).
 
-The model and the paper's equations (search for "Eq."), as the model runs them. `IFCDSR.loss` and `IFCDSR.score`
-switch to fused_loss.py's memory-bounded Eq. 2-8 when the (positions × N) logits are large (`IFCDSR.plain`).
-Shapes: B sequences, L positions (max_len, left-padded), N items of both domains, T prediction positions of a
-batch (Eq. 6's t), q the width of the learnable E_id, e that of the frozen CLIP embeddings E_img.
-Items share one id space: domain X = 0..|X|-1, domain Y = |X|..N-1, padding id = N.
+The model and its equations (search "Eq."); `IFCDSR.loss` and `score` run fused_loss.py's bounded Eq. 2-8 for large
+(positions × N) logits (`IFCDSR.plain`). Shapes: B sequences, L positions (max_len, left-padded), N items, T a batch's
+prediction positions (Eq. 6's t), q E_id's width, e the CLIP E_img's. Ids: X = 0..|X|-1, Y = |X|..N-1, padding = N.
 """
-from __future__ import annotations
-
 import dataclasses
-from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -33,29 +28,23 @@ class Config:
     n_blocks: int = 2  # Note: not stated in the paper; C2DSR's (whose settings §4 adopts) value
     n_heads: int = 1  # Note: not stated in the paper; C2DSR's value
     # readings of open passages (docs/interpretations.md measures each); --literal sets all three as printed
-    # Note: Eq. 2 prints no temperature (τ = 1); cosines in [-1, 1] give a nearly flat softmax over many items
-    temperature: float = 1.0  # τ dividing Eq. 2 before the softmax
-    # Note: Eq. 6 sums -log P over positions and Eq. 7 weighs the three sums (printed: "sum", the sum divided by
-    # one constant B·L shared by all views, as C2DSR's masked mean); "mean" averages each view over its own
-    # positions, which also changes the balance of the views
+    temperature: float = 1.0  # τ of Eq. 2. Note: none printed (τ = 1): cosines in [-1, 1], flat softmax over many items
+    # Note: Eq. 6 sums -log P over positions, Eq. 7 weighs the sums (printed: "sum", each divided by one B·L shared by
+    # all views, as C2DSR's masked mean); "mean" averages each view over its own positions, rebalancing the views
     loss_norm: str = "sum"  # "sum" or "mean"
-    # Note: Eq. 3/4 print the softmax over E^X, "the item matrix computed within S^X" (printed: "domain": S^X over
-    # X's items, S^Y over Y's, S^{X+Y} over both); "all": every view over all N items, after §3.1.2's "each item
-    # across all domains"; under "domain" Eq. 8's λ1·P^Y term is 0 for every target-domain item (`IFCDSR.score`)
+    # Note: Eq. 3/4 softmax over E^X, "the item matrix computed within S^X" (printed: "domain", each view over its own
+    # domain's items, S^{X+Y} over all); "all": all N (§3.1.2: "each item across all domains"); see IFCDSR.score
     softmax_over: str = "domain"  # "domain" or "all"
     use_image: bool = True  # False = --no-image: ID branch only (α = 1)
     multi_attention: bool = True  # False = --no-multi-attention: only the S^{X+Y} view
     target: str = "X"  # the target domain of Eq. 7-9; "Y" swaps the roles of the domains
-    # training
     batch_size: int = 256  # mini-batch size
-    # Note: the paper gives lr and L2 as grids; these defaults are the best cell on the demo's validation set
-    lr: float = 5e-4  # learning rate, from the paper's grid {1e-3, 5e-4, 1e-4}
-    weight_decay: float = 5e-5  # L2 coefficient, from the paper's grid {1e-4, 5e-5, 1e-5}
+    lr: float = 5e-4  # learning rate. Note: from the paper's grid {1e-3, 5e-4, 1e-4}, the best on the demo's validation
+    weight_decay: float = 5e-5  # L2 coefficient. Note: from the paper's grid {1e-4, 5e-5, 1e-5}, the best cell with lr
     epochs: int = 100  # training epochs
     patience: int = 10  # early stopping: evaluations without a better validation MRR
     eval_every: int = 1  # validate every this many epochs
-    # how Eq. 2-8 are computed, never what: the (positions × items) logits scored at once (`fused_loss.chunk`)
-    score_chunk: int = 0  # Note: memory only; both codes give the same numbers up to float rounding; 0 = auto
+    score_chunk: int = 0  # Note: memory only, same numbers up to rounding: (positions × items) logits at once; 0 = auto
     seed: int = 0  # the training seed: initialisation and batch order (the data and the negatives are fixed)
 
     def replace(self, **overrides) -> "Config":
@@ -63,7 +52,7 @@ class Config:
         return dataclasses.replace(self, **overrides).check()
 
     def check(self) -> "Config":
-        """self if every field is within its accepted values (RANGES, CHOICES; never NaN or ±inf), else ConfigError."""
+        """self if every field is within RANGES or CHOICES (never NaN or ±inf), else a ConfigError."""
         for name, (low, high) in RANGES.items():
             value, kind = getattr(self, name), int if isinstance(low, int) else float
             if isinstance(value, bool) or not isinstance(value, (int, kind)) or not low <= value <= high:
@@ -85,12 +74,11 @@ class Config:
         return {target: 1.0, source: self.lambda1, "xy": self.lambda2}
 
 
-RANGES = {  # the accepted values of every numeric Config field, both ends included
+RANGES = {  # the accepted values of every numeric Config field, both ends included (the seed: numpy's range)
     "q": (1, 4096), "alpha": (0.0, 1.0), "lambda1": (0.0, 100.0), "lambda2": (0.0, 100.0), "dropout": (0.0, 0.9),
     "max_len": (1, 1024), "n_blocks": (0, 64), "n_heads": (1, 64), "temperature": (0.01, 100.0),
     "batch_size": (1, 65536), "lr": (1e-8, 1.0), "weight_decay": (0.0, 1.0), "epochs": (1, 100_000),
-    "patience": (1, 100_000), "eval_every": (1, 100_000), "score_chunk": (0, 2**40),
-    "seed": (0, 2**32 - 1)}  # the seed: numpy's range
+    "patience": (1, 100_000), "eval_every": (1, 100_000), "score_chunk": (0, 2**40), "seed": (0, 2**32 - 1)}
 CHOICES = {"loss_norm": ("mean", "sum"), "softmax_over": ("all", "domain"), "target": ("X", "Y"),
            "use_image": (True, False), "multi_attention": (True, False)}
 PRINTED = {"temperature": 1.0, "loss_norm": "sum", "softmax_over": "domain"}  # --literal: Eq. 2-7 as printed
@@ -107,44 +95,31 @@ class ConfigError(ValueError):
 # ----------------------------------------------------------------------------- Eq. 1: attention layer
 
 
-class SelfAttention(nn.Module):
+class Block(nn.Module):
+    """A pre-LayerNorm block: x + Dropout(g(LayerNorm(x))), g attention then a feed-forward (SASRec's §III-C)."""
+
     def __init__(self, width: int, n_heads: int, dropout: float):
         super().__init__()
         assert width % n_heads == 0, f"width {width} must be divisible by n_heads {n_heads}"
         self.n_heads, self.dropout = n_heads, dropout
-        self.qkv = nn.Linear(width, 3 * width)
-        self.out = nn.Linear(width, width)
-
-    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-        B, L, d = x.shape
-        q, k, v = self.qkv(x).view(B, L, 3, self.n_heads, d // self.n_heads).unbind(2)  # each (B, L, h, d/h)
-        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, h, L, d/h)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None],
-                                           dropout_p=self.dropout if self.training else 0.0)
-        return self.out(y.transpose(1, 2).reshape(B, L, d))  # (B, L, d)
-
-
-class Block(nn.Module):
-    """A pre-LayerNorm transformer block: x + Dropout(g(LayerNorm(x))) for g the attention, then for g a
-    point-wise feed-forward, as SASRec's paper prints it (§III-C; its code runs `baselines.SASRecBlock`)."""
-
-    def __init__(self, width: int, n_heads: int, dropout: float):
-        super().__init__()
         self.ln_1, self.ln_2 = nn.LayerNorm(width), nn.LayerNorm(width)
-        self.attn = SelfAttention(width, n_heads, dropout)
+        self.qkv, self.out = nn.Linear(width, 3 * width), nn.Linear(width, width)  # the attention's
         self.ffn = nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Dropout(dropout), nn.Linear(width, width))
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop(self.attn(self.ln_1(x), allowed))
+        B, L, d = x.shape
+        q, k, v = self.qkv(self.ln_1(x)).view(B, L, 3, self.n_heads, d // self.n_heads).unbind(2)  # each (B, L, h, d/h)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, h, L, d/h)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None],
+                                           dropout_p=self.dropout if self.training else 0.0)  # (B, h, L, d/h)
+        x = x + self.drop(self.out(y.transpose(1, 2).reshape(B, L, d)))  # (B, L, d)
         return x + self.drop(self.ffn(self.ln_2(x)))
 
 
 class AttentionEncoder(nn.Module):
-    """(Eq. 1) H = Attention(F): causal self-attention over one view of one modality.
-    Note: the paper does not specify the attention layer; this is SASRec's encoder as its paper prints it
-    (causal, learnable positions, padding masked, the pre-LayerNorm `Block`s of its §III-C); C2DSR, the line
-    of work IFCDSR builds on, runs SASRec's code's block (`baselines.SASRecBlock`, the SASRec rows' `block`)."""
+    """(Eq. 1) H = Attention(F), causal self-attention over a view of a modality. Note: the paper does not specify the
+    layer: SASRec's encoder as its paper prints it (§III-C); C2DSR runs SASRec's code's `baselines.SASRecBlock`."""
 
     def __init__(self, width: int, cfg: Config, block: type[nn.Module] = Block):
         super().__init__()
@@ -157,8 +132,7 @@ class AttentionEncoder(nn.Module):
     def forward(self, F_seq: torch.Tensor, is_pad: torch.Tensor, mask: tuple | None = None) -> torch.Tensor:
         """F_seq (B, L, d) items in sequence order, is_pad (B, L), `mask` = attention_mask(is_pad) -> H (B, L, d)."""
         pos, allowed = mask or attention_mask(is_pad)
-        # on CUDA in fp32 even under autocast, its products in TF32 (`train.tf32`): under bf16 each linear layer would
-        # cast its weight, bias and input, and autograd their gradients back, more host time than bf16 saves
+        # fp32 under CUDA autocast, products in TF32 (`train.tf32`): bf16's casts per layer cost more than it saves
         with torch.autocast("cuda", enabled=False):
             x = self.drop(F_seq + self.positions(pos))
             for block in self.blocks:
@@ -167,12 +141,9 @@ class AttentionEncoder(nn.Module):
 
 
 def attention_mask(is_pad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """is_pad (B, L) -> each position's index (B, L) and the keys each query attends to (B, L, L), as attention's
-    additive mask (0, or -inf for a key it does not see), made once for a view's encoders and blocks: attention
-    would otherwise turn a boolean mask into this one at every call."""
+    """is_pad (B, L) -> positions (B, L), the additive mask (B, L, L) of the keys each query sees; once a view."""
     L = is_pad.shape[1]
-    # positions count from each sequence's first real item, so left padding changes nothing
-    pos = (torch.cumsum(~is_pad, dim=1) - 1).clamp(min=0)  # (B, L)
+    pos = (torch.cumsum(~is_pad, dim=1) - 1).clamp(min=0)  # (B, L) from each first real item: left padding is inert
     causal = torch.ones(L, L, dtype=torch.bool, device=is_pad.device).tril()  # query i sees keys j <= i
     allowed = causal & ~is_pad[:, None, :]  # (B, L, L) and never a padding key ...
     allowed = allowed | torch.eye(L, dtype=torch.bool, device=is_pad.device)  # ... except itself (no empty row)
@@ -188,14 +159,12 @@ def unit(x: torch.Tensor) -> torch.Tensor:
 
 
 def similarity(h: torch.Tensor, E_unit: torch.Tensor, temperature: float) -> torch.Tensor:
-    """(Eq. 2) Sim(h, E) = h·E^T / (‖h‖‖E‖), divided by τ: h (T, d), E_unit = unit(E) (N, d), normalised once
-    by the caller -> (T, N). A zero row has similarity 0 with everything; 1/τ scales h, the smaller operand."""
-    return (unit(h) / temperature) @ E_unit.T  # (T, N)
+    """(Eq. 2) Sim(h, E) = h·E^T / (‖h‖‖E‖) / τ: h (T, d), E_unit = unit(E) (N, d) -> (T, N); a zero row gives 0."""
+    return (unit(h) / temperature) @ E_unit.T  # (T, N); 1/τ scales h, the smaller operand
 
 
 def branch_log_prob(h: torch.Tensor, E_unit: torch.Tensor, temperature: float) -> torch.Tensor:
-    """(Eq. 3/4) log P_b = log softmax(Sim(h, E_b)) over the rows of E_b, for one branch b (ID or image):
-    h (T, d), E_unit (N, d) -> (T, N). `IFCDSR.softmax_items` chooses the rows."""
+    """(Eq. 3/4) log P_b = log softmax(Sim(h, E_b)) over the rows of E_b: h (T, d), E_unit (N, d) -> (T, N)."""
     s = similarity(h, E_unit, temperature)  # (T, N)
     return F.log_softmax(s.to(torch.promote_types(s.dtype, torch.float32)), dim=-1)  # (T, N) never in bf16
 
@@ -219,8 +188,7 @@ def log_prob(h_id: torch.Tensor, E_id: torch.Tensor, h_img: torch.Tensor | None,
 
 
 def trim(pad: int, seq: torch.Tensor, *aligned: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """seq (B, L) and the `aligned` tensors without the leading columns that are padding in every row of seq: no
-    output changes (positions count from a sequence's first item), only the work. Give it a CPU tensor."""
+    """seq (B, L) and `aligned` less the leading all-padding columns: the same outputs, less work. CPU tensors."""
     width = max(1, int((seq != pad).sum(1).max()))
     return tuple(t[:, -width:] for t in (seq, *aligned))
 
@@ -248,17 +216,6 @@ def domain_items(domain: str, num_x: int, N: int) -> slice:
     return slice(0, num_x) if domain == "X" else slice(num_x, N)
 
 
-class ViewScores(NamedTuple):
-    """What Eq. 8 needs of one view of a batch of histories, from `IFCDSR.score` to whichever code sums it."""
-    weight: float  # λ_v of Eq. 8: 1, λ1 or λ2
-    own: slice  # the items of the view's softmax (Eq. 3/4)
-    into: slice  # the columns of the requested items that P^v covers, in the result
-    src: slice  # the same items' columns in P^v
-    h_id: torch.Tensor  # (B, q) the view's h of the ID branch, at its last position
-    h_img: torch.Tensor | None  # (B, e) the image branch's, or None without images
-    empty: torch.Tensor  # (B, 1) True for a history without an item in this view
-
-
 class IFCDSR(nn.Module):
     """The model, with the baselines' interface: `views` (the loss's parts), `loss`, `score`, `scorer`, `chunk`."""
 
@@ -269,20 +226,17 @@ class IFCDSR(nn.Module):
         self.cfg, self.num_x, self.num_y = cfg, num_x, num_y
         self.N = self.pad = num_x + num_y
         self.views = tuple(cfg.view_weights())  # the views of Eq. 7, in its order
-        # §3.1.1: E_id, a learnable (N, q) item matrix (+ one zero row for padding)
-        self.E_id = nn.Embedding(self.N + 1, cfg.q, padding_idx=self.pad)
-        # Note: init not stated in the paper; rows of norm ~1 (std q^-1/2) rather than torch's N(0, 1),
-        # so that Adam's steps of ~lr per coordinate turn the directions that Eq. 2 compares quickly
+        self.E_id = nn.Embedding(self.N + 1, cfg.q, padding_idx=self.pad)  # §3.1.1: the learnable (N, q) E_id + padding
+        # Note: init not in the paper: rows of norm ~1 (std q^-1/2, not N(0, 1)), so Adam's ~lr steps turn them quickly
         nn.init.normal_(self.E_id.weight, std=cfg.q ** -0.5)
         nn.init.zeros_(self.E_id.weight[self.pad])
-        # Note: six encoders with separate weights, one per view and branch (§3.2: "six sequence representations
-        # derived from multiple attention layers"); the paper does not say whether any weights are shared
+        # Note: six encoders, one per view and branch (§3.2: "six sequence representations derived from multiple
+        # attention layers"); the paper does not say whether any weights are shared, so none are
         views = VIEWS if cfg.multi_attention else ("xy",)
         self.enc_id = nn.ModuleDict({v: AttentionEncoder(cfg.q, cfg) for v in views})
         if cfg.use_image:
             assert E_img.shape[0] == self.N, f"E_img has {E_img.shape[0]} rows, expected N = {self.N}"
-            # §3.1.1: E_img, the frozen (N, e) CLIP image matrix: a buffer, never a parameter
-            # Note: not persistent, so not in checkpoints: E_img is the data's and is re-read from the scenario
+            # Note: §3.1.1's frozen (N, e) CLIP matrix E_img, a buffer not in checkpoints: the data's, re-read from it
             self.register_buffer("E_img", F.pad(E_img.float(), (0, 0, 0, 1)), persistent=False)  # + a padding row
             self.register_buffer("E_img_unit", unit(self.E_img[:-1]), persistent=False)  # normalised once: frozen
             self.enc_img = nn.ModuleDict({v: AttentionEncoder(E_img.shape[1], cfg) for v in views})
@@ -301,98 +255,76 @@ class IFCDSR(nn.Module):
         F_img = self.E_img[seq]  # (B, L, e): E_img rows in sequence order
         return H_id, self.enc_img[view](F_img, is_pad, mask)  # (Eq. 1) H_img = Attention(F_img)
 
-    def item_matrices(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """E_id and E_img without the padding row, rows normalised for Eq. 2: (N, q), (N, e)."""
-        return unit(self.E_id.weight[:-1]), self.E_img_unit
-
     def chunk(self) -> int:
         """`Config.score_chunk` resolved: the (positions × items) logits that fused_loss.py computes at once."""
         return fused_loss.chunk(self.cfg.score_chunk, self.E_id.weight.device)
 
     def plain(self, rows: int) -> bool:
-        """Whether `rows` positions are scored by the plain code of this file (`fused_loss.plain`)."""
-        return fused_loss.plain(rows, self.N, self.chunk(), self.E_id.weight.device)
+        """Whether `rows` positions run this file's plain code: on a CPU when their (rows, N) logits fit in half of
+        `chunk()` (autograd keeps about two); on CUDA never, as fused_loss.py moves several times fewer bytes."""
+        return self.E_id.weight.device.type != "cuda" and 2 * rows * self.N <= self.chunk()
 
     def softmax_items(self, view: str) -> slice:
         """The items of P^v's softmax (Eq. 3/4): all N, or under softmax_over = "domain" its own domain's."""
-        if self.cfg.softmax_over == "all" or view == "xy":
-            return slice(0, self.N)
-        return domain_items("X" if view == "x" else "Y", self.num_x, self.N)
+        own = self.cfg.softmax_over == "domain" and view != "xy"
+        return domain_items(view.upper(), self.num_x, self.N) if own else slice(0, self.N)
 
-    def loss(self, inputs, targets, shape: dict[str, ViewShape] | None = None
-             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def loss(self, inputs, targets, shape: dict | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(Eq. 7) L = L^X + λ1·L^Y + λ2·L^{X+Y} (X the target domain) for a batch of Views, and each view's part
         (0-d, for the log). `shape`: the batch's `shapes`, from its CPU copy (else read from `inputs`: a wait)."""
-        cfg = self.cfg
+        cfg, weights = self.cfg, self.cfg.view_weights()
         shape = shape or shapes(self.pad, inputs, targets, self.E_id.weight.device)
-        if plain := [view for view in self.views if self.plain(shape[view].count)]:  # the views of the plain code
-            E_id, E_img = fused_loss.cast(*self.item_matrices())  # (N, q), (N, e) as the products read them
-        total, parts, bounded, norm = 0.0, {}, {}, {}
-        for view, weight in cfg.view_weights().items():
-            h_id, h_img, y, items, norm[view] = self.next_items(inputs, targets, view, shape[view])
-            if view not in plain:  # the same sum in bounded memory, for every such view at once after the loop
-                bounded[view] = fused_loss.ViewNLL(h_id, h_img, y, items, weight / norm[view])
-                continue
+        if plain := self.plain(max(shape[view].count for view in weights)):  # else the same sums in bounded memory
+            E_id, E_img = fused_loss.cast(unit(self.E_id.weight[:-1]), self.E_img_unit)  # (N, q), (N, e): Eq. 2's rows
+        views = {view: self.next_items(inputs, targets, view, shape[view], weight) for view, weight in weights.items()}
+        if not plain:  # every view at once, E_id with its padding row (N + 1, q; none scores it): one gradient
+            total, nlls = fused_loss.nll_views([v for v, _ in views.values()], fused_loss.unit_rows(self.E_id.weight),
+                                               self.E_img_unit, cfg.alpha, cfg.temperature, self.chunk())
+            return total, {view: nll / norm for (view, (_, norm)), nll in zip(views.items(), nlls)}  # (Eq. 7)
+        total, parts = 0.0, {}
+        for view, ((h_id, h_img, y, items, _), norm) in views.items():
             log_P = log_prob(h_id, E_id, h_img, E_img, cfg.alpha, cfg.temperature, items)  # (T, n) Eq. 2-5
-            L_v = -log_P.gather(1, y[:, None]).sum() / norm[view]  # (Eq. 6) Σ_t -log P^v(v_{t+1} | S), normalised
-            total = total + weight * L_v  # (Eq. 7)
+            L_v = -log_P.gather(1, y[:, None]).sum() / norm  # (Eq. 6) Σ_t -log P^v(v_{t+1} | S), normalised
+            total = total + weights[view] * L_v  # (Eq. 7)
             parts[view] = L_v.detach()
-        if bounded:  # Eq. 7's bounded views: one gradient of E_id (N + 1, q: the padding row, which none scores)
-            E_id = fused_loss.unit_rows(self.E_id.weight)
-            weighted, nlls = fused_loss.nll_views(list(bounded.values()), E_id, self.E_img_unit, cfg.alpha,
-                                                  cfg.temperature, self.chunk(),
-                                                  fused_loss.cast(E_id[:-1].detach(), self.E_img_unit))
-            total = total + weighted  # (Eq. 7)
-            parts.update({view: nll / norm[view] for view, nll in zip(bounded, nlls)})
-        return total, {view: parts[view] for view in self.views}  # in the order of Eq. 7
+        return total, parts  # in the order of Eq. 7
 
-    def next_items(self, inputs, targets, view: str, shape: ViewShape) -> tuple:
-        """One view's next-item positions (Eq. 6's t) -> h_id (T, q), h_img (T, e) or None, their next items y (T,)
-        counted from the first of the view's softmax items (Eq. 3/4), those items, and Eq. 6's divisor (B·L or T)."""
+    def next_items(self, inputs, targets, view: str, shape: ViewShape, weight: float) -> tuple:
+        """A view's next-item positions (Eq. 6's t) -> fused_loss.ViewNLL (scale: weight / divisor), Eq. 6's divisor."""
         seq, nxt = getattr(inputs, view)[:, -shape.width:], getattr(targets, view)[:, -shape.width:]  # (B, width)
         H_id, H_img = self.encode(seq, view)
         h_id, h_img = H_id.flatten(0, 1)[shape.at], None if H_img is None else H_img.flatten(0, 1)[shape.at]
         items = self.softmax_items(view)  # y is among them
         norm = seq.shape[0] * self.cfg.max_len if self.cfg.loss_norm == "sum" else max(shape.count, 1)
-        return h_id, h_img, nxt.flatten()[shape.at] - items.start, items, norm
+        return fused_loss.ViewNLL(h_id, h_img, nxt.flatten()[shape.at] - items.start, items, weight / norm), norm
 
     @torch.no_grad()
-    def score(self, history, items: slice = slice(None), shape: dict[str, ViewShape] | None = None,
-              matrices=None) -> torch.Tensor:
-        """(Eq. 8) P(x_i | S) = P^X + λ1·P^Y + λ2·P^{X+Y} -> (B, |items|) for `items` (all N by default), each view
-        read at its last position (Eq. 1's h), its softmax (Eq. 3/4) over its own items (`softmax_items`).
-        `shape`: the batch's `shapes`, from its CPU copy (else read from `history`); `matrices`: `scorer`'s."""
-        cfg = self.cfg
-        items = slice(*items.indices(self.N)[:2])
-        E_id, E_img = matrices or self.item_matrices()
+    def score(self, history, items: slice = slice(None), shape: dict | None = None, matrices=None) -> torch.Tensor:
+        """(Eq. 8) P(x_i | S) = P^X + λ1·P^Y + λ2·P^{X+Y} -> (B, |items|) for `items` (default all N), each view read at
+        its last position, softmax over `softmax_items`. `shape`: the batch's `shapes` (CPU); `matrices`: `scorer`'s."""
+        cfg, views = self.cfg, []
+        E_id, E_img = matrices or (unit(self.E_id.weight[:-1]), self.E_img_unit)  # (N, q), (N, e) for Eq. 2
         shape = shape or shapes(self.pad, history)
-        # Note: with softmax_over = "domain" (Eq. 3/4 as printed) P^Y is a distribution over Y, so Eq. 8's
-        # λ1·P^Y(x_i) is 0 for every item of X: the S^Y encoders move the target ranking only through
-        # training; "all" is the reading under which every printed term of Eq. 8 acts
-        views = [self.last(getattr(history, view)[:, -shape[view].width:], view, weight, items)
-                 for view, weight in cfg.view_weights().items()]
+        for view, weight in cfg.view_weights().items():  # each view read at its last position
+            seq = getattr(history, view)[:, -shape[view].width:]  # (B, width)
+            H_id, H_img = self.encode(seq, view)
+            h_img = None if H_img is None else H_img[:, -1]  # (B, e)
+            views.append((weight, self.softmax_items(view), H_id[:, -1], h_img, (seq == self.pad).all(1, keepdim=True)))
+        # Note: under softmax_over = "domain" (as printed) P^Y is over Y, so Eq. 8's λ1·P^Y(x_i) is 0 for every item
+        # of X: S^Y moves the target ranking only through training; under "all" every printed term of Eq. 8 acts
+        total = torch.zeros(len(history.xy), self.N, device=E_id.device)  # (B, N) the sum of Eq. 8
         if not self.plain(len(history.xy)):  # the same sum, in place, chunk() logits at a time
-            return fused_loss.view_sum(views, E_id, E_img, cfg.alpha, cfg.temperature, items, self.chunk())
-        total = torch.zeros(len(history.xy), items.stop - items.start, device=E_id.device)  # (B, |items|)
-        for weight, own, into, src, h_id, h_img, empty in views:  # the fields of ViewScores
+            return fused_loss.view_sum(total, views, E_id, E_img, cfg.alpha, cfg.temperature, self.chunk())[:, items]
+        for weight, own, h_id, h_img, empty in views:  # λ_v, the softmax's items, h (B, q) and (B, e), (B, 1)
             P_v = log_prob(h_id, E_id, h_img, E_img, cfg.alpha, cfg.temperature, own).exp()  # (B, |own|) Eq. 2-5
             # Note: a view without items (e.g. a history with no Y item) contributes the uniform 1/|own|
             P_v = torch.where(empty, 1.0 / (own.stop - own.start), P_v)
-            total[:, into] += weight * P_v[:, src]  # (Eq. 8) Σ_v λ_v·P^v, (B, |items|)
-        return total
-
-    def last(self, seq: torch.Tensor, view: str, weight: float, items: slice) -> ViewScores:
-        """A view's ViewScores for a batch of histories, seq (B, width), and the requested `items`."""
-        H_id, H_img = self.encode(seq, view)
-        own = self.softmax_items(view)
-        lo = max(own.start, items.start)  # the requested items that P^v covers: lo..hi-1
-        hi = max(min(own.stop, items.stop), lo)
-        return ViewScores(weight, own, slice(lo - items.start, hi - items.start), slice(lo - own.start, hi - own.start),
-                          H_id[:, -1], None if H_img is None else H_img[:, -1], (seq == self.pad).all(1, keepdim=True))
+            total[:, own] += weight * P_v  # (Eq. 8) Σ_v λ_v·P^v
+        return total[:, items]  # (B, |items|)
 
     def scorer(self):
         """`score` for a pass over many batches with the same weights: the item matrices normalised once."""
-        matrices = self.item_matrices()
+        matrices = unit(self.E_id.weight[:-1]), self.E_img_unit
         return lambda history, items, shape: self.score(history, items, shape, matrices)
 
     def recommend(self, history) -> torch.Tensor:

@@ -52,10 +52,10 @@ def test_eq1_attention_is_a_causal_masked_average_when_queries_are_blind():
     enc = AttentionEncoder(4, Config(n_blocks=1, n_heads=1, dropout=0.0)).eval()
     block = enc.blocks[0]
     with torch.no_grad():
-        for p in [enc.positions.weight, *block.attn.parameters(), *block.ffn.parameters()]:
+        for p in [enc.positions.weight, *block.qkv.parameters(), *block.out.parameters(), *block.ffn.parameters()]:
             p.zero_()
-        block.attn.qkv.weight[8:].copy_(torch.eye(4))  # V = x
-        block.attn.out.weight.copy_(torch.eye(4))
+        block.qkv.weight[8:].copy_(torch.eye(4))  # V = x
+        block.out.weight.copy_(torch.eye(4))
     a, b = torch.tensor([1.0, 1.0, -1.0, -1.0]), torch.tensor([1.0, -1.0, 1.0, -1.0])
     H = enc(torch.stack([torch.zeros(4), a, b])[None], torch.tensor([[True, False, False]]))
     assert torch.allclose(H[0, 1], a, atol=1e-4)

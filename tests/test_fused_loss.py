@@ -16,7 +16,7 @@ def nll_sum(h_id, E_id, h_img, E_img, target, alpha, temperature):
 
 
 def example(use_image: bool, P: int = 9, N: int = 11, q: int = 5, e: int = 3, seed: int = 0):
-    """Positions h, a raw ID matrix (a leaf, normalised by `unit` as in `IFCDSR.item_matrices`), a frozen
+    """Positions h, a raw ID matrix (a leaf, normalised by `unit` as in `IFCDSR.score`), a frozen
     image matrix with one zero row (an item without an image), and targets."""
     g = torch.Generator().manual_seed(seed)
     h_id = torch.randn(P, q, generator=g, requires_grad=True)
@@ -165,6 +165,15 @@ def test_model_loss_and_gradients_are_the_same_on_both_paths(setting, reading):
     assert all(abs(parts_a[v] - parts_b[v]) < 1e-5 for v in parts_a)
     for name, g in grads_a.items():
         assert torch.allclose(g, grads_b[name], atol=1e-6), name
+
+
+def test_a_view_without_positions_adds_nothing_on_the_bounded_path():
+    """A batch without a Y item: S^Y has no next-item position, so its sum has no term on either path (0), while the
+    other views' positions take the bounded path (one loss, one choice of path for all its views)."""
+    t = make_train_set([[0, 1, 2], [1, 0]], num_x=3, max_len=5, pad=7)
+    (plain, plain_parts), (fused, parts) = (model.loss(t.inputs, t.targets) for model in model_pair())
+    assert plain_parts["y"] == parts["y"] == 0 and parts.keys() == plain_parts.keys()
+    assert torch.allclose(plain, fused, atol=1e-6)
 
 
 @pytest.mark.parametrize("reading", READINGS.values(), ids=READINGS.keys())

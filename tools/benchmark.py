@@ -140,7 +140,8 @@ def step_gemms(views: Views, targets: Views | None, items: dict[str, int], cfg: 
         B, L = seq.shape[0], trim(N, seq)[0].shape[1]
         P = int((getattr(targets, view) != N).sum()) if train else B  # prediction positions
         chunk = chunk or fused_loss.chunk(cfg.score_chunk, torch.device("cpu"))
-        c = max(1, P if fused_loss.plain(P, N, chunk, torch.device(device)) else min(P, chunk // n))  # IFCDSR.plain()
+        plain = torch.device(device).type != "cuda" and 2 * P * N <= chunk  # IFCDSR.plain()
+        c = max(1, P if plain else min(P, chunk // n))
         for b, d in enumerate(widths):
             out += encoder_gemms(B, L, d, cfg, train)
             out.append((1, c, d, n, P / c))  # (Eq. 2) logits a·E^T
