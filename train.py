@@ -639,8 +639,9 @@ def overrides(args) -> tuple[Config, dict[str, list], list[tuple[str, str]]]:
     given += [(k, v, f"--grid {grid_text({k: v})}", f"--grid {k}" if args.grid else "--grid") for k, v in searched]
     first = {}
     for field, value, text, _ in given:
-        if first.setdefault(field, (value, text))[0] != value:
+        if field in first and first[field][0] != value:  # (a NaN is refused below, by Config.check)
             raise UsageError(f"{first[field][1]} and {text} disagree on {field}; drop one of them.")
+        first.setdefault(field, (value, text))
     grid = dict(searched)
     sets = {field: value for field, (value, _) in first.items() if field not in grid}
     if "epochs" not in sets and args.data_dir is None and args.scenario in (None, "demo") and not args.eval_only:
