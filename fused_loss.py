@@ -183,17 +183,18 @@ unit_rows = _UnitRows.apply  # E's rows normalised for Eq. 2 (N, d): `ifcdsr.uni
 @torch.no_grad()
 def view_sum(total: torch.Tensor, views, E_id: torch.Tensor, E_img: torch.Tensor | None, alpha: float,
              temperature: float, chunk: int) -> torch.Tensor:
-    """(Eq. 8) P(x_i | S) = Σ_v λ_v·P^v(x_i | S) added into `total` (B, N), as `IFCDSR.score` sums it, chunk // |own|
-    histories at a time; views: (λ_v, own: its softmax's items, h_id (B, q), h_img (B, e) or None, empty (B, 1)).
+    """(Eq. 8) P(x_i | S) = Σ_v λ_v·P^v(x_i | S) added into `total` (B, |items|), as `IFCDSR.score` sums it, chunk //
+    |own| histories at a time; views: (λ_v, own: its softmax's items, into/src: the requested items it covers, in
+    total and in P^v, h_id (B, q), h_img (B, e) or None, empty (B, 1)).
     Note: computed as written, in probability space (fp32): an item's P underflows to 0 only if its
     logit is > 87 below the row's best in every branch, impossible for τ > 2/87 (cosines span 2/τ)."""
-    for weight, own, h_id, h_img, empty in views:
+    for weight, own, into, src, h_id, h_img, empty in views:
         n = own.stop - own.start
         rows = max(1, chunk // n)
         for i in range(0, len(total), rows):
             c = slice(i, i + rows)
             s = _scratch(len(empty[c]), n, total)  # (c, n) logits, then exp(logits - m)
-            total[c, own].add_(weight / n * empty[c])  # the uniform mass of an empty view, in place
+            total[c, into].add_(weight / n * empty[c])  # the uniform mass of an empty view, in place
             # (Eq. 5) P^v = α·P_id + (1-α)·P_img (the ID branch alone: P_id), added with the view's weight (Eq. 8)
             for h, E, w in ((h_id, E_id, alpha if h_img is not None else 1.0), (h_img, E_img, 1.0 - alpha)):
                 if h is None or w == 0:
@@ -201,7 +202,7 @@ def view_sum(total: torch.Tensor, views, E_id: torch.Tensor, E_img: torch.Tensor
                 _logits(unit_rows(h[c]) / temperature, E[own], s)  # (Eq. 2) s = Sim(h, E)
                 _exp_(s, 1 / temperature)
                 Z = s.sum(dim=-1, keepdim=True)  # (Eq. 3/4) P_b = s / Z
-                total[c, own].addcmul_(s, weight * w * ~empty[c] / Z)  # += λ_v·w_b·P_b, for non-empty views
+                total[c, into].addcmul_(s[:, src], weight * w * ~empty[c] / Z)  # += λ_v·w_b·P_b, non-empty views
     return total
 
 

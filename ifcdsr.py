@@ -302,25 +302,27 @@ class IFCDSR(nn.Module):
     def score(self, history, items: slice = slice(None), shape: dict | None = None, matrices=None) -> torch.Tensor:
         """(Eq. 8) P(x_i | S) = P^X + λ1·P^Y + λ2·P^{X+Y} -> (B, |items|) for `items` (default all N), each view read at
         its last position, softmax over `softmax_items`. `shape`: the batch's `shapes` (CPU); `matrices`: `scorer`'s."""
-        cfg, views = self.cfg, []
+        cfg, views, (lo, hi) = self.cfg, [], items.indices(self.N)[:2]
         E_id, E_img = matrices or (unit(self.E_id.weight[:-1]), self.E_img_unit)  # (N, q), (N, e) for Eq. 2
         shape = shape or shapes(self.pad, history)
         for view, weight in cfg.view_weights().items():  # each view read at its last position
             seq = getattr(history, view)[:, -shape[view].width:]  # (B, width)
             H_id, H_img = self.encode(seq, view)
-            h_img = None if H_img is None else H_img[:, -1]  # (B, e)
-            views.append((weight, self.softmax_items(view), H_id[:, -1], h_img, (seq == self.pad).all(1, keepdim=True)))
+            own = self.softmax_items(view)
+            a, b = max(own.start, lo), max(own.start, lo, min(own.stop, hi))  # the requested items P^v covers
+            views.append((weight, own, slice(a - lo, b - lo), slice(a - own.start, b - own.start), H_id[:, -1],
+                          None if H_img is None else H_img[:, -1], (seq == self.pad).all(1, keepdim=True)))
         # Note: under softmax_over = "domain" (as printed) P^Y is over Y, so Eq. 8's λ1·P^Y(x_i) is 0 for every item
         # of X: S^Y moves the target ranking only through training; under "all" every printed term of Eq. 8 acts
-        total = torch.zeros(len(history.xy), self.N, device=E_id.device)  # (B, N) the sum of Eq. 8
+        total = torch.zeros(len(history.xy), hi - lo, device=E_id.device)  # (B, |items|) the sum of Eq. 8
         if not self.plain(len(history.xy)):  # the same sum, in place, chunk() logits at a time
-            return fused_loss.view_sum(total, views, E_id, E_img, cfg.alpha, cfg.temperature, self.chunk())[:, items]
-        for weight, own, h_id, h_img, empty in views:  # λ_v, the softmax's items, h (B, q) and (B, e), (B, 1)
+            return fused_loss.view_sum(total, views, E_id, E_img, cfg.alpha, cfg.temperature, self.chunk())
+        for weight, own, into, src, h_id, h_img, empty in views:  # λ_v, its softmax's items, the covered columns
             P_v = log_prob(h_id, E_id, h_img, E_img, cfg.alpha, cfg.temperature, own).exp()  # (B, |own|) Eq. 2-5
             # Note: a view without items (e.g. a history with no Y item) contributes the uniform 1/|own|
             P_v = torch.where(empty, 1.0 / (own.stop - own.start), P_v)
-            total[:, own] += weight * P_v  # (Eq. 8) Σ_v λ_v·P^v
-        return total[:, items]  # (B, |items|)
+            total[:, into] += weight * P_v[:, src]  # (Eq. 8) Σ_v λ_v·P^v
+        return total  # (B, |items|)
 
     def scorer(self):
         """`score` for a pass over many batches with the same weights: the item matrices normalised once."""
