@@ -639,7 +639,7 @@ def overrides(args) -> tuple[Config, dict[str, list], list[tuple[str, str]]]:
     given += [(k, v, f"--grid {grid_text({k: v})}", f"--grid {k}" if args.grid else "--grid") for k, v in searched]
     first = {}
     for field, value, text, _ in given:
-        if field in first and first[field][0] != value:  # (a NaN is refused below, by Config.check)
+        if field in first and first[field][0] != value:
             raise UsageError(f"{first[field][1]} and {text} disagree on {field}; drop one of them.")
         first.setdefault(field, (value, text))
     grid = dict(searched)
