@@ -217,6 +217,12 @@ def chunk(score_chunk: int, device: torch.device) -> int:
     return score_chunk or (_free_bytes(device) // 16 if device.type == "cuda" else CPU_CHUNK)
 
 
+def plain(rows: int, N: int, chunk: int, device: torch.device) -> bool:
+    """Whether `rows` positions over N items run IFCDSR's plain code: on a CPU when their (rows, N) logits fit in
+    half of `chunk` (autograd keeps about two); on CUDA never, as this module moves several times fewer bytes."""
+    return device.type != "cuda" and 2 * rows * N <= chunk
+
+
 @functools.cache
 def _free_bytes(device: torch.device) -> int:
     return torch.cuda.mem_get_info(device)[0]

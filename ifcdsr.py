@@ -260,9 +260,8 @@ class IFCDSR(nn.Module):
         return fused_loss.chunk(self.cfg.score_chunk, self.E_id.weight.device)
 
     def plain(self, rows: int) -> bool:
-        """Whether `rows` positions run this file's plain code: on a CPU when their (rows, N) logits fit in half of
-        `chunk()` (autograd keeps about two); on CUDA never, as fused_loss.py moves several times fewer bytes."""
-        return self.E_id.weight.device.type != "cuda" and 2 * rows * self.N <= self.chunk()
+        """Whether `rows` positions run this file's plain code (`fused_loss.plain`), else the bounded one."""
+        return fused_loss.plain(rows, self.N, self.chunk(), self.E_id.weight.device)
 
     def softmax_items(self, view: str) -> slice:
         """The items of P^v's softmax (Eq. 3/4): all N, or under softmax_over = "domain" its own domain's."""

@@ -135,12 +135,12 @@ def step_gemms(views: Views, targets: Views | None, items: dict[str, int], cfg: 
     chunk // (the view's items) (fused_loss.py); a chunk count may be fractional, so count times size is
     exact."""
     train, N, out = targets is not None, items["xy"], []
-    for view in cfg.view_weights():
+    chunk = chunk or fused_loss.chunk(cfg.score_chunk, torch.device("cpu"))
+    positions = {v: int((getattr(targets, v) != N).sum()) if train else len(views.xy) for v in cfg.view_weights()}
+    plain = fused_loss.plain(max(positions.values()), N, chunk, torch.device(device))  # one choice a batch
+    for view, P in positions.items():  # P: the view's prediction positions
         seq, n = getattr(views, view), items[view]
         B, L = seq.shape[0], trim(N, seq)[0].shape[1]
-        P = int((getattr(targets, view) != N).sum()) if train else B  # prediction positions
-        chunk = chunk or fused_loss.chunk(cfg.score_chunk, torch.device("cpu"))
-        plain = torch.device(device).type != "cuda" and 2 * P * N <= chunk  # IFCDSR.plain()
         c = max(1, P if plain else min(P, chunk // n))
         for b, d in enumerate(widths):
             out += encoder_gemms(B, L, d, cfg, train)
