@@ -83,15 +83,17 @@ class Selection:
     def end_epoch(self, trainer: Trainer, row: dict, writes: dict, named: bool) -> str:
         """Validate (every eval_every) and queue the best and last checkpoints -> this target's part of the log."""
         self.epoch = row["epoch"] = self.epoch + 1
+        best = False
         if self.epoch % self.cfg.eval_every == 0 or self.epoch == self.cfg.epochs:
             valid = row["valid"] = trainer.evaluate("valid", self)
-            self.bad += 1
-            if valid[SELECT[0]][SELECT[1]] > self.best_valid:
+            self.bad, best = self.bad + 1, valid[SELECT[0]][SELECT[1]] > self.best_valid
+            if best:
                 self.best_valid, self.bad = valid[SELECT[0]][SELECT[1]], 0
-                writes[self.best] = {**{k: v for k, v in training_state(trainer, self).items() if k in CHECKPOINT},
-                                     "valid": valid}
         self.history.append(row)
-        writes[self.last] = training_state(trainer, self)
+        state = training_state(trainer, self)
+        if best:  # before last_*.pt: a run killed between the two writes resumes from the epoch before
+            writes[self.best] = {**{k: state[k] for k in CHECKPOINT}, "valid": row["valid"]}
+        writes[self.last] = state
         if "valid" not in row:
             return ""
         shown = row["valid"]["sampled999"]
