@@ -833,7 +833,7 @@ RESUME = {"optimizer": dict, "rng": dict, "bad": int, "history": list}  # what a
 
 
 def training_state(trainer: Trainer, sel: Selection | None = None) -> dict:
-    """last_*.pt of a target domain (the first by default): model, optimiser, config, data, schedule, random states."""
+    """last_*.pt of a target domain (the first by default)."""
     sel, scen = sel or trainer.targets[0], trainer.scen
     cuda = torch.cuda.get_rng_state(trainer.device) if trainer.device.type == "cuda" and torch.cuda.is_initialized() \
         else None  # the training device's own (none on a CPU, or on a simulated GPU)
@@ -1038,8 +1038,7 @@ def check_not_a_run(out: Path, resume: bool) -> None:
 
 
 def lock_run_folder(out: Path, resume: bool):
-    """`out`, created if need be and locked -> the open lock file, which names this process: a second train.py into
-    the folder is refused until this one ends (the kernel drops the lock then, however it ends)."""
+    """`out` created and locked until this process ends, however it ends -> the lock file, which names the process."""
     out.mkdir(parents=True, exist_ok=True)
     path = out / LOCK
     problem = "a symlink" if path.is_symlink() else path.exists() and file_problem(path)
