@@ -18,7 +18,6 @@ import math
 import os
 import random
 import re
-import resource
 import shlex
 import signal
 import sys
@@ -42,7 +41,7 @@ from data import (EMBEDDINGS_FILE, SPLIT_FILES, DataError, Progress, Scenario, V
 from evaluate import (PROTOCOLS, NonFiniteScores, check_cases, data_warnings, eval_batch, eval_cases, grid_text,
                       metrics, negatives, point_name, print_run, rank_cases, run_results, target_items, to_device,
                       top_items, warm_items)
-from ifcdsr import CHOICES, IFCDSR, PRINTED, RANGES, AttentionEncoder, Config, ConfigError, shapes
+from ifcdsr import CHOICES, IFCDSR, PRINTED, RANGES, Config, ConfigError, shapes
 
 SELECT = ("sampled999", "MRR")  # the validation number that selects epochs and hyper-parameters
 
@@ -376,9 +375,6 @@ def train_rows(s: Settings, name: str, folder: Path, models: list[str], out: Pat
     """Every row × seed × target domain, then results.json, test_ranks.npz and the tables."""
     scen = load_scenario(folder, max_len=s.cfg.max_len, name=name, use_images=any(ROWS[m].use_image for m in models))
     check_cases(scen, s.targets)
-    for model in (m for m in models if ROWS[m].trained):  # each row's largest model, before any is built
-        for point in grid_points(model, s.grid):
-            check_memory(model, model_config(model, s.cfg, s.targets[0], s.seeds[0]).replace(**point), scen, s.device)
     lock = lock_run_folder(out, s.resume)  # held until the run ends (its file closes then, or when the process does)
     if s.resume:  # everything that can refuse a --resume, before anything is written
         check_run_folder(out, scen, planned(s, models, out))
@@ -410,37 +406,6 @@ def row_result(model: str, seed: int | None, s: Settings, scen: Scenario, out: P
         return {target: baselines.popularity(scen, target, batch) for target in s.targets}
     return train_row(model, {target: model_config(model, s.cfg, target, seed) for target in s.targets}, scen,
                      s.device, row_folder(out, model, seed), s.grid, s.resume, progress, f"{model} seed {seed}")
-
-
-def check_memory(name: str, cfg: Config, scen: Scenario, device: torch.device, weights: dict | None = None,
-                 path: Path | None = None) -> None:
-    """Row `name` (built on the meta device: nothing is allocated), and a checkpoint's `weights` if given, fit: 16
-    bytes a parameter (its gradient, Adam's two moments), a batch's activations, the logits chunk; roughly."""
-    with torch.device("meta"):
-        model = build_model(name, cfg, dataclasses.replace(scen, E_img=None if scen.E_img is None else
-                                                          scen.E_img.to("meta")))
-    if weights is not None:
-        check_weights(model, weights, path)
-    params = sum(p.numel() for p in model.parameters())
-    widths = sum(enc.positions.weight.shape[1] for enc in model.modules() if isinstance(enc, AttentionEncoder))
-    activations = cfg.batch_size * cfg.max_len * (max(widths, cfg.q) * (20 * cfg.n_blocks + 8) + cfg.max_len)
-    need = 16 * params + 4 * activations + 8 * (cfg.score_chunk or fused_loss.CPU_CHUNK)  # bytes
-    if need > (free := free_memory(device)):
-        raise UsageError(f"{name} with q={cfg.q}, n_blocks={cfg.n_blocks}, batch_size={cfg.batch_size} and "
-                         f"max_len={cfg.max_len} needs about {need / 2**30:,.1f} GiB ({params:,} parameters with "
-                         f"Adam's state, and a batch's activations), more than the {free / 2**30:,.1f} GiB left "
-                         f"to it here; lower q, n_blocks, batch_size or max_len (--set FIELD=VALUE).")
-
-
-def free_memory(device: torch.device) -> int:
-    """Bytes this process may still allocate: free on the GPU; else available (Linux), within `ulimit -v`."""
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    proc = "".join(p.read_text() for p in map(Path, ("/proc/meminfo", "/proc/self/status")) if p.is_file())
-    kb = {k: int(v) * 1024 for k, v in re.findall(r"^(MemAvailable|VmSize):\s+(\d+) kB", proc, re.M)}
-    limit = resource.getrlimit(resource.RLIMIT_AS)[0]  # less what the process has mapped already
-    within = 2**62 if limit == resource.RLIM_INFINITY else limit - kb.get("VmSize", 0)
-    return min(kb.get("MemAvailable", 2**62), within)
 
 
 def check_kept(out: Path, models: list[str], seeds: list[int], targets: tuple) -> None:
