@@ -36,7 +36,7 @@ from torch.utils._pytree import tree_map
 import baselines
 import fused_loss
 from data import (EMBEDDINGS_FILE, SPLIT_FILES, DataError, Progress, Scenario, Views, atomic_write,
-                  atomic_write_all, atomic_write_text, duration, fetch_list, file_problem, load_scenario,
+                  atomic_write_all, atomic_write_text, fetch_list, file_problem, load_scenario,
                   read_users, resolve_scenario)
 from evaluate import (PROTOCOLS, NonFiniteScores, check_cases, data_warnings, eval_batch, eval_cases, grid_text,
                       metrics, negatives, point_name, print_run, rank_cases, run_results, target_items, to_device,
@@ -255,30 +255,20 @@ class Trainer:
 
 
 class RunProgress:
-    """The count of trainings, then `training i of n` with the run's ETA, once every model to come has trained here:
-    each model's trainings to come at its own mean time (read-back trainings do not count)."""
+    """The count of trainings, then `training i of n` as each starts."""
 
     def __init__(self, models: list[str], seeds: list[int], targets: tuple, grid: dict):
         points = {m: len(grid_points(m, grid)) for m in models if ROWS[m].trained}
         shared = [m for m in points if len(target_groups(m, targets)) < len(targets)]
-        self.left = {m: n * len(seeds) * len(target_groups(m, targets)) for m, n in points.items()}
-        self.n, self.i, self.spent = sum(self.left.values()), 0, {}
+        self.n, self.i = sum(n * len(seeds) * len(target_groups(m, targets)) for m, n in points.items()), 0
         each = "; grid points: " + ", ".join(f"{m} {n}" for m, n in points.items()) if grid else ""
         once = f"; {', '.join(shared)}: one training for both targets" if shared else ""
         print(f"trainings: {self.n} ({len(points)} model(s) x {len(seeds)} seed(s) x {len(targets)} target(s)"
               f"{each}{once}); {torch.get_num_threads()} CPU threads (OMP_NUM_THREADS sets them)", flush=True)
 
-    def start(self, model: str, prefix: str) -> None:
-        self.i, self.started = self.i + 1, time.monotonic()
-        per = {m: sum(times) / len(times) for m, times in self.spent.items()}  # seconds a training, by model
-        coming = {m: n for m, n in self.left.items() if n}
-        eta = f"; run ETA {duration(sum(per[m] * n for m, n in coming.items()))}" if per.keys() >= coming.keys() else ""
-        self.left[model] -= 1
-        print(f"\n{prefix}training {self.i} of {self.n}{eta}", flush=True)
-
-    def done(self, model: str, trained: bool) -> None:
-        if trained:
-            self.spent.setdefault(model, []).append(time.monotonic() - self.started)
+    def start(self, prefix: str) -> None:
+        self.i += 1
+        print(f"\n{prefix}training {self.i} of {self.n}", flush=True)
 
 
 def train_row(name: str, cfgs: dict[str, Config], scen: Scenario, device, folder: Path, grid: dict, resume: bool,
@@ -315,9 +305,8 @@ def train_point(name: str, cfgs: dict[str, Config], scen: Scenario, device, fold
                 progress: RunProgress, prefix: str) -> dict[str, tuple[Trainer, Selection]]:
     """One training for the target domains of `cfgs` (continued with --resume) -> target -> (Trainer, Selection).
     A target whose last checkpoint is at another epoch than the first's (a run killed between writes) trains apart."""
-    progress.start(name, prefix)
+    progress.start(prefix)
     trainer = Trainer(name, next(iter(cfgs.values())), scen, device, folder, resume, targets=list(cfgs))
-    trains = any(sel.running() for sel in trainer.targets)  # not only read back
     apart = [sel for sel in trainer.targets if sel.running() and sel.epoch != trainer.targets[0].epoch]
     trainer.targets = [sel for sel in trainer.targets if sel not in apart]
     trainer.fit(prefix)
@@ -326,7 +315,6 @@ def train_point(name: str, cfgs: dict[str, Config], scen: Scenario, device, fold
         alone = Trainer(name, sel.cfg, scen, device, folder, resume)
         alone.fit(prefix)
         done[sel.cfg.target] = alone, alone.targets[0]
-    progress.done(name, trains)
     return done
 
 
