@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -120,8 +120,7 @@ class Trainer:
         set_seed(cfg.seed)  # the seed sets the initialisation and the order of the batches
         self.model = build_model(name, cfg, scen).to(device)
         # Note: the paper's "L2 regularization coefficient" is Adam's weight_decay (L2 added to the gradient),
-        # not decoupled weight decay (AdamW); C2DSR, whose settings §4 adopts, applies none. On CUDA one
-        # fused kernel updates all parameters (the same update)
+        # not decoupled weight decay (AdamW); C2DSR, whose settings §4 adopts, applies none. Fused: the same update
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                     fused=True if device.type == "cuda" else None)
         self.shuffle = torch.Generator().manual_seed(cfg.seed)
@@ -144,13 +143,12 @@ class Trainer:
 
     @contextlib.contextmanager
     def exact(self):
-        """Evaluation's context: no gradients, and fp32 scores even where training runs under autocast."""
+        """No gradients, and fp32 scores under any autocast: bf16 would round them to about 1/32 of their spread."""
         with torch.autocast(self.device.type, enabled=False), torch.no_grad():
             yield
 
     def rank(self, split: str, sel: Selection | None = None) -> dict:
-        """{protocol: (S,) ranks} of a split's cases for a target domain (the first by default), from fp32 scores:
-        bf16 would round them to about 1/32 of their spread and create ties."""
+        """{protocol: (S,) ranks} of a split's cases for a target domain (the first by default), from fp32 scores."""
         sel = sel or self.targets[0]
         target, items = sel.cfg.target, target_items(self.scen, sel.cfg.target)
         if split not in sel.cases:
@@ -201,24 +199,22 @@ class Trainer:
         """One pass over the training set. Each step's losses reach the host without a wait and are checked a step
         later: a NaN or infinity stops the run before anything is saved."""
         self.model.train()
-        data = self.scen.train
-        views = self.model.views  # the loss's parts
-        order = torch.randperm(len(data), generator=self.shuffle)
-        n_batches = math.ceil(len(data) / self.cfg.batch_size)
+        data, views = self.scen.train, self.model.views  # views: the loss's parts
+        batches = torch.randperm(len(data), generator=self.shuffle).split(self.cfg.batch_size)
         sums, pending = torch.zeros(len(views), device=self.device), None
         progress = Progress(f"    epoch {self.epoch + 1}", len(data), "sequences")
-        for b in range(n_batches):
-            parts = self.step(*self.batch(order[b * self.cfg.batch_size:(b + 1) * self.cfg.batch_size]))
-            self.check_losses(pending, views, n_batches)
+        for b, idx in enumerate(batches):
+            parts = self.step(*self.batch(idx))
+            self.check_losses(pending, len(batches))
             pending = b, host_copy(parts)  # on CUDA queued into page-locked memory, with an event
             sums += parts
             progress.update(min((b + 1) * self.cfg.batch_size, len(data)))
-        self.check_losses(pending, views, n_batches)
+        self.check_losses(pending, len(batches))
         progress.close()
-        return {"loss": dict(zip(views, (sums / n_batches).tolist())),
+        return {"loss": dict(zip(views, (sums / len(batches)).tolist())),
                 "seq_per_s": len(data) / (time.monotonic() - progress.start)}
 
-    def check_losses(self, pending, views: list[str], n_batches: int) -> None:
+    def check_losses(self, pending, n_batches: int) -> None:
         if pending is None:
             return
         b, (host, done) = pending
@@ -238,9 +234,8 @@ class Trainer:
         t0 = time.time()
         try:
             while running := [sel for sel in self.targets if sel.running()]:
-                row, writes, valid = self.train_epoch(), {}, ""
-                for sel in running:
-                    valid += sel.end_epoch(self, dict(row), writes, named=len(self.targets) > 1)
+                row, writes = self.train_epoch(), {}
+                valid = "".join(sel.end_epoch(self, dict(row), writes, named=len(self.targets) > 1) for sel in running)
                 self.checkpoints.write(writes)  # written while the next epoch trains
                 losses = " ".join(f"L^{ {'x': 'X', 'y': 'Y', 'xy': 'X+Y'}[k]} {v:.4f}" for k, v in row["loss"].items())
                 print(f"{log_prefix}epoch {self.epoch:3d} | {losses}{valid} | {row['seq_per_s']:.0f} seq/s | "
@@ -254,25 +249,20 @@ class Trainer:
 # ----------------------------------------------------------------------------- runs
 
 
-class RunProgress:
-    """The count of trainings, then `training i of n` as each starts."""
-
-    def __init__(self, models: list[str], seeds: list[int], targets: tuple, grid: dict):
-        points = {m: len(grid_points(m, grid)) for m in models if ROWS[m].trained}
-        shared = [m for m in points if len(target_groups(m, targets)) < len(targets)]
-        self.n, self.i = sum(n * len(seeds) * len(target_groups(m, targets)) for m, n in points.items()), 0
-        each = "; grid points: " + ", ".join(f"{m} {n}" for m, n in points.items()) if grid else ""
-        once = f"; {', '.join(shared)}: one training for both targets" if shared else ""
-        print(f"trainings: {self.n} ({len(points)} model(s) x {len(seeds)} seed(s) x {len(targets)} target(s)"
-              f"{each}{once}); {torch.get_num_threads()} CPU threads (OMP_NUM_THREADS sets them)", flush=True)
-
-    def start(self, prefix: str) -> None:
-        self.i += 1
-        print(f"\n{prefix}training {self.i} of {self.n}", flush=True)
+def trainings(models: list[str], seeds: list[int], targets: tuple, grid: dict) -> Iterator[str]:
+    """Prints the count of trainings -> `training i of n`, the next one as each training starts."""
+    points = {m: len(grid_points(m, grid)) for m in models if ROWS[m].trained}
+    shared = [m for m in points if len(target_groups(m, targets)) < len(targets)]
+    n = sum(k * len(seeds) * len(target_groups(m, targets)) for m, k in points.items())
+    each = "; grid points: " + ", ".join(f"{m} {k}" for m, k in points.items()) if grid else ""
+    once = f"; {', '.join(shared)}: one training for both targets" if shared else ""
+    print(f"trainings: {n} ({len(points)} model(s) x {len(seeds)} seed(s) x {len(targets)} target(s)"
+          f"{each}{once}); {torch.get_num_threads()} CPU threads (OMP_NUM_THREADS sets them)", flush=True)
+    return (f"training {i} of {n}" for i in itertools.count(1))
 
 
 def train_row(name: str, cfgs: dict[str, Config], scen: Scenario, device, folder: Path, grid: dict, resume: bool,
-              progress: RunProgress, label: str) -> dict[str, dict]:
+              progress: Iterator[str], label: str) -> dict[str, dict]:
     """One row and seed for the target domains of `cfgs`: trained at each grid point, each target domain keeping
     the point of its best validation MRR, whose best checkpoint then ranks the test set once."""
     results = {}
@@ -288,11 +278,9 @@ def train_row(name: str, cfgs: dict[str, Config], scen: Scenario, device, folder
                                        "folder": str(sub)})
                 # Note: a tie on validation keeps the first of the tied points, in the grid's order (the order of
                 # --grid's fields and values)
-                if target not in best or sel.best_valid > best[target][2].best_valid:
-                    best[target] = point, trainer, sel
-        for target in targets:
-            point, trainer, sel = best[target]
-            results[target] = tested(trainer, sel, point, points[target] if grid else None)
+                if target not in best or sel.best_valid > best[target][1].best_valid:
+                    best[target] = trainer, sel, point
+        results |= {target: tested(*best[target], points[target] if grid else None) for target in targets}
     return results
 
 
@@ -302,10 +290,10 @@ def target_groups(name: str, targets) -> list[list[str]]:
 
 
 def train_point(name: str, cfgs: dict[str, Config], scen: Scenario, device, folder: Path, resume: bool,
-                progress: RunProgress, prefix: str) -> dict[str, tuple[Trainer, Selection]]:
+                progress: Iterator[str], prefix: str) -> dict[str, tuple[Trainer, Selection]]:
     """One training for the target domains of `cfgs` (continued with --resume) -> target -> (Trainer, Selection).
     A target whose last checkpoint is at another epoch than the first's (a run killed between writes) trains apart."""
-    progress.start(prefix)
+    print(f"\n{prefix}{next(progress)}", flush=True)
     trainer = Trainer(name, next(iter(cfgs.values())), scen, device, folder, resume, targets=list(cfgs))
     apart = [sel for sel in trainer.targets if sel.running() and sel.epoch != trainer.targets[0].epoch]
     trainer.targets = [sel for sel in trainer.targets if sel not in apart]
@@ -326,9 +314,7 @@ def tested(trainer: Trainer, sel: Selection, chosen: dict, points: list | None) 
     result = {"config": state["config"], "best_epoch": state["epoch"], "checkpoint": str(sel.best),
               "history": sel.history, "valid": state["valid"], "test": metrics(ranks), "ranks": ranks,
               "cases": sel.cases["test"][0]}
-    if points is not None:
-        result["grid"], result["chosen"] = points, chosen
-    return result
+    return result if points is None else result | {"grid": points, "chosen": chosen}
 
 
 def grid_points(name: str, grid: dict) -> list[dict]:
@@ -370,10 +356,10 @@ def train_rows(s: Settings, name: str, folder: Path, models: list[str], out: Pat
     print(f"scenario {name} ({folder}): |X| = {scen.items.num_x}, |Y| = {scen.items.num_y}, "
           f"{len(scen.train)} train / {len(scen.valid)} valid / {len(scen.test)} test sequences; "
           f"device {s.device}; models {', '.join(models)}; seeds {', '.join(map(str, s.seeds))}; output {out}\n"
-          f"readings: {readings(s.cfg)}" + (f"; --grid {grid_text(s.grid)}, chosen per row on "
-                                                      f"validation" if s.grid else ""), flush=True)
+          f"readings: {readings(s.cfg)}" + (f"; --grid {grid_text(s.grid)}, chosen per row on validation"
+                                             if s.grid else ""), flush=True)
     print("".join(f"warning: {note}\n" for note in data_warnings(scen, s.targets)), end="", flush=True)
-    result = partial(row_result, s=s, scen=scen, out=out, progress=RunProgress(models, s.seeds, s.targets, s.grid))
+    result = partial(row_result, s=s, scen=scen, out=out, progress=trainings(models, s.seeds, s.targets, s.grid))
     rows = ((m, seed, result(m, seed)) for m in models for seed in (s.seeds if ROWS[m].trained else [None]))
     results, ranks = run_results({
         "scenario": name, "data_dir": str(folder), "data_sha256": scen.data_sha256, "config": asdict(s.cfg),
@@ -387,7 +373,7 @@ def train_rows(s: Settings, name: str, folder: Path, models: list[str], out: Pat
 
 
 def row_result(model: str, seed: int | None, s: Settings, scen: Scenario, out: Path,
-               progress: RunProgress) -> dict[str, dict]:
+               progress: Iterator[str]) -> dict[str, dict]:
     """One row and seed, for each target domain: popularity ranked, or the row trained and tested."""
     if not ROWS[model].trained:
         batch = eval_batch(fused_loss.chunk(s.cfg.score_chunk, torch.device("cpu")), scen.items.num_items)
