@@ -1,5 +1,4 @@
-"""Train and evaluate IFCDSR and the baselines: the loop, model selection on validation, the run over rows × seeds
-× target domains, the command line and its rows, checkpoints and the run folder.
+"""Train and evaluate IFCDSR and the baselines: loop, model selection, runs, command line, checkpoints, run folder.
 
     python train.py                                  # the generated demo scenario, a few minutes on a CPU
     python train.py --scenario movie_book            # data/Movie-Book, both target domains (Table 3)
@@ -82,21 +81,20 @@ class Selection:
     def end_epoch(self, trainer: Trainer, row: dict, writes: dict, named: bool) -> str:
         """Validate (every eval_every) and queue the best and last checkpoints -> this target's part of the log."""
         self.epoch = row["epoch"] = self.epoch + 1
-        best = False
+        best, shown = False, ""
         if self.epoch % self.cfg.eval_every == 0 or self.epoch == self.cfg.epochs:
             valid = row["valid"] = trainer.evaluate("valid", self)
             self.bad, best = self.bad + 1, valid[SELECT[0]][SELECT[1]] > self.best_valid
             if best:
                 self.best_valid, self.bad = valid[SELECT[0]][SELECT[1]], 0
+            shown = (f" | {self.cfg.target + ' ' if named else ''}valid MRR {valid['sampled999']['MRR']:.2f} "
+                     f"NDCG@10 {valid['sampled999']['NDCG@10']:.2f}")
         self.history.append(row)
         state = training_state(trainer, self)
         if best:  # before last_*.pt: a run killed between the two writes resumes from the epoch before
             writes[self.best] = {**{k: state[k] for k in CHECKPOINT}, "valid": row["valid"]}
         writes[self.last] = state
-        if "valid" not in row:
-            return ""
-        shown = row["valid"]["sampled999"]
-        return f" | {self.cfg.target + ' ' if named else ''}valid MRR {shown['MRR']:.2f} NDCG@10 {shown['NDCG@10']:.2f}"
+        return shown
 
 
 @contextlib.contextmanager
@@ -111,8 +109,7 @@ def tf32(device: torch.device):
 
 
 class Trainer:
-    """One training of a row and seed (model, optimiser, batch order) for one target domain, or for each of
-    `targets` of a `Row.shared` row; each target keeps its own `Selection`, and training goes on while one runs."""
+    """One training of a row and seed (model, optimiser, batch order), with a `Selection` per target domain."""
 
     def __init__(self, name: str, cfg: Config, scen: Scenario, device: torch.device, folder: Path, resume: bool,
                  targets: list[str] | None = None):
@@ -126,9 +123,8 @@ class Trainer:
         self.shuffle = torch.Generator().manual_seed(cfg.seed)
         self.targets = [Selection(cfg.replace(target=t), folder) for t in targets or [cfg.target]]
         self.items, self.resident, self.checkpoints = target_items(scen, cfg.target), None, Checkpoints()
-        for sel in self.targets if resume else []:
-            if sel.last.is_file():  # the first target domain's file holds the training's weights and states
-                restore(self, sel, load_checkpoint(sel.last), training=sel is self.targets[0])
+        for sel in [sel for sel in self.targets if resume and sel.last.is_file()]:  # the first's: weights and states
+            restore(self, sel, load_checkpoint(sel.last), training=sel is self.targets[0])
         folder.mkdir(parents=True, exist_ok=True)
 
     @property
@@ -220,8 +216,7 @@ class Trainer:
         b, (host, done) = pending
         if done is not None:
             done.synchronize()  # the step before the one just queued: the device is still busy with that one
-        bad = [v for v in host.tolist() if not math.isfinite(v)]
-        if bad:
+        if bad := [v for v in host.tolist() if not math.isfinite(v)]:
             targets = "+".join(sel.cfg.target for sel in self.targets)
             raise UsageError(f"the loss became {bad[0]} at epoch {self.epoch + 1}, batch {b + 1} of {n_batches} "
                              f"of {self.name} (target {targets}, seed {self.cfg.seed}). {self.advice()}")
@@ -263,8 +258,7 @@ def trainings(models: list[str], seeds: list[int], targets: tuple, grid: dict) -
 
 def train_row(name: str, cfgs: dict[str, Config], scen: Scenario, device, folder: Path, grid: dict, resume: bool,
               progress: Iterator[str], label: str) -> dict[str, dict]:
-    """One row and seed for the target domains of `cfgs`: trained at each grid point, each target domain keeping
-    the point of its best validation MRR, whose best checkpoint then ranks the test set once."""
+    """One row and seed: each target domain of `cfgs` keeps its grid point of best validation MRR, tested once."""
     results = {}
     for targets in target_groups(name, cfgs):
         points, best = {target: [] for target in targets}, {}
@@ -297,12 +291,10 @@ def train_point(name: str, cfgs: dict[str, Config], scen: Scenario, device, fold
     trainer = Trainer(name, next(iter(cfgs.values())), scen, device, folder, resume, targets=list(cfgs))
     apart = [sel for sel in trainer.targets if sel.running() and sel.epoch != trainer.targets[0].epoch]
     trainer.targets = [sel for sel in trainer.targets if sel not in apart]
-    trainer.fit(prefix)
-    done = {sel.cfg.target: (trainer, sel) for sel in trainer.targets}
-    for sel in apart:
-        alone = Trainer(name, sel.cfg, scen, device, folder, resume)
-        alone.fit(prefix)
-        done[sel.cfg.target] = alone, alone.targets[0]
+    done = {}
+    for each in itertools.chain([trainer], (Trainer(name, sel.cfg, scen, device, folder, resume) for sel in apart)):
+        each.fit(prefix)  # an apart target domain's Trainer is built (and seeded) once the one before has trained
+        done |= {sel.cfg.target: (each, sel) for sel in each.targets}
     return done
 
 
