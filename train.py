@@ -1,5 +1,4 @@
-"""Train and evaluate IFCDSR and the baselines: the loop, model selection on validation, the run over rows × seeds
-× target domains, the command line and its rows, checkpoints and the run folder.
+"""Train and evaluate IFCDSR and the baselines: loop, model selection, runs, command line, checkpoints, run folder.
 
     python train.py                                  # the generated demo scenario, a few minutes on a CPU
     python train.py --scenario movie_book            # data/Movie-Book, both target domains (Table 3)
@@ -18,7 +17,6 @@ import math
 import os
 import random
 import re
-import resource
 import shlex
 import signal
 import sys
@@ -28,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -37,12 +35,12 @@ from torch.utils._pytree import tree_map
 import baselines
 import fused_loss
 from data import (EMBEDDINGS_FILE, SPLIT_FILES, DataError, Progress, Scenario, Views, atomic_write,
-                  atomic_write_all, atomic_write_text, duration, fetch_list, file_problem, load_scenario,
+                  atomic_write_all, atomic_write_text, fetch_list, file_problem, load_scenario,
                   read_users, resolve_scenario)
 from evaluate import (PROTOCOLS, NonFiniteScores, check_cases, data_warnings, eval_batch, eval_cases, grid_text,
                       metrics, negatives, point_name, print_run, rank_cases, run_results, target_items, to_device,
                       top_items, warm_items)
-from ifcdsr import CHOICES, IFCDSR, PRINTED, RANGES, AttentionEncoder, Config, ConfigError, shapes
+from ifcdsr import CHOICES, IFCDSR, PRINTED, RANGES, Config, ConfigError, shapes
 
 SELECT = ("sampled999", "MRR")  # the validation number that selects epochs and hyper-parameters
 
@@ -83,21 +81,20 @@ class Selection:
     def end_epoch(self, trainer: Trainer, row: dict, writes: dict, named: bool) -> str:
         """Validate (every eval_every) and queue the best and last checkpoints -> this target's part of the log."""
         self.epoch = row["epoch"] = self.epoch + 1
-        best = False
+        best, shown = False, ""
         if self.epoch % self.cfg.eval_every == 0 or self.epoch == self.cfg.epochs:
             valid = row["valid"] = trainer.evaluate("valid", self)
             self.bad, best = self.bad + 1, valid[SELECT[0]][SELECT[1]] > self.best_valid
             if best:
                 self.best_valid, self.bad = valid[SELECT[0]][SELECT[1]], 0
+            shown = (f" | {self.cfg.target + ' ' if named else ''}valid MRR {valid['sampled999']['MRR']:.2f} "
+                     f"NDCG@10 {valid['sampled999']['NDCG@10']:.2f}")
         self.history.append(row)
         state = training_state(trainer, self)
         if best:  # before last_*.pt: a run killed between the two writes resumes from the epoch before
             writes[self.best] = {**{k: state[k] for k in CHECKPOINT}, "valid": row["valid"]}
         writes[self.last] = state
-        if "valid" not in row:
-            return ""
-        shown = row["valid"]["sampled999"]
-        return f" | {self.cfg.target + ' ' if named else ''}valid MRR {shown['MRR']:.2f} NDCG@10 {shown['NDCG@10']:.2f}"
+        return shown
 
 
 @contextlib.contextmanager
@@ -112,8 +109,7 @@ def tf32(device: torch.device):
 
 
 class Trainer:
-    """One training of a row and seed (model, optimiser, batch order) for one target domain, or for each of
-    `targets` of a `Row.shared` row; each target keeps its own `Selection`, and training goes on while one runs."""
+    """One training of a row and seed (model, optimiser, batch order), with a `Selection` per target domain."""
 
     def __init__(self, name: str, cfg: Config, scen: Scenario, device: torch.device, folder: Path, resume: bool,
                  targets: list[str] | None = None):
@@ -121,16 +117,14 @@ class Trainer:
         set_seed(cfg.seed)  # the seed sets the initialisation and the order of the batches
         self.model = build_model(name, cfg, scen).to(device)
         # Note: the paper's "L2 regularization coefficient" is Adam's weight_decay (L2 added to the gradient),
-        # not decoupled weight decay (AdamW); C2DSR, whose settings §4 adopts, applies none. On CUDA one
-        # fused kernel updates all parameters (the same update)
+        # not decoupled weight decay (AdamW); C2DSR, whose settings §4 adopts, applies none. Fused: the same update
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                     fused=True if device.type == "cuda" else None)
         self.shuffle = torch.Generator().manual_seed(cfg.seed)
         self.targets = [Selection(cfg.replace(target=t), folder) for t in targets or [cfg.target]]
         self.items, self.resident, self.checkpoints = target_items(scen, cfg.target), None, Checkpoints()
-        for sel in self.targets if resume else []:
-            if sel.last.is_file():  # the first target domain's file holds the training's weights and states
-                restore(self, sel, load_checkpoint(sel.last), training=sel is self.targets[0])
+        for sel in [sel for sel in self.targets if resume and sel.last.is_file()]:  # the first's: weights and states
+            restore(self, sel, load_checkpoint(sel.last), training=sel is self.targets[0])
         folder.mkdir(parents=True, exist_ok=True)
 
     @property
@@ -145,13 +139,12 @@ class Trainer:
 
     @contextlib.contextmanager
     def exact(self):
-        """Evaluation's context: no gradients, and fp32 scores even where training runs under autocast."""
+        """No gradients, and fp32 scores under any autocast: bf16 would round them to about 1/32 of their spread."""
         with torch.autocast(self.device.type, enabled=False), torch.no_grad():
             yield
 
     def rank(self, split: str, sel: Selection | None = None) -> dict:
-        """{protocol: (S,) ranks} of a split's cases for a target domain (the first by default), from fp32 scores:
-        bf16 would round them to about 1/32 of their spread and create ties."""
+        """{protocol: (S,) ranks} of a split's cases for a target domain (the first by default), from fp32 scores."""
         sel = sel or self.targets[0]
         target, items = sel.cfg.target, target_items(self.scen, sel.cfg.target)
         if split not in sel.cases:
@@ -202,31 +195,28 @@ class Trainer:
         """One pass over the training set. Each step's losses reach the host without a wait and are checked a step
         later: a NaN or infinity stops the run before anything is saved."""
         self.model.train()
-        data = self.scen.train
-        views = self.model.views  # the loss's parts
-        order = torch.randperm(len(data), generator=self.shuffle)
-        n_batches = math.ceil(len(data) / self.cfg.batch_size)
+        data, views = self.scen.train, self.model.views  # views: the loss's parts
+        batches = torch.randperm(len(data), generator=self.shuffle).split(self.cfg.batch_size)
         sums, pending = torch.zeros(len(views), device=self.device), None
         progress = Progress(f"    epoch {self.epoch + 1}", len(data), "sequences")
-        for b in range(n_batches):
-            parts = self.step(*self.batch(order[b * self.cfg.batch_size:(b + 1) * self.cfg.batch_size]))
-            self.check_losses(pending, views, n_batches)
+        for b, idx in enumerate(batches):
+            parts = self.step(*self.batch(idx))
+            self.check_losses(pending, len(batches))
             pending = b, host_copy(parts)  # on CUDA queued into page-locked memory, with an event
             sums += parts
             progress.update(min((b + 1) * self.cfg.batch_size, len(data)))
-        self.check_losses(pending, views, n_batches)
+        self.check_losses(pending, len(batches))
         progress.close()
-        return {"loss": dict(zip(views, (sums / n_batches).tolist())),
+        return {"loss": dict(zip(views, (sums / len(batches)).tolist())),
                 "seq_per_s": len(data) / (time.monotonic() - progress.start)}
 
-    def check_losses(self, pending, views: list[str], n_batches: int) -> None:
+    def check_losses(self, pending, n_batches: int) -> None:
         if pending is None:
             return
         b, (host, done) = pending
         if done is not None:
             done.synchronize()  # the step before the one just queued: the device is still busy with that one
-        bad = [v for v in host.tolist() if not math.isfinite(v)]
-        if bad:
+        if bad := [v for v in host.tolist() if not math.isfinite(v)]:
             targets = "+".join(sel.cfg.target for sel in self.targets)
             raise UsageError(f"the loss became {bad[0]} at epoch {self.epoch + 1}, batch {b + 1} of {n_batches} "
                              f"of {self.name} (target {targets}, seed {self.cfg.seed}). {self.advice()}")
@@ -239,9 +229,8 @@ class Trainer:
         t0 = time.time()
         try:
             while running := [sel for sel in self.targets if sel.running()]:
-                row, writes, valid = self.train_epoch(), {}, ""
-                for sel in running:
-                    valid += sel.end_epoch(self, dict(row), writes, named=len(self.targets) > 1)
+                row, writes = self.train_epoch(), {}
+                valid = "".join(sel.end_epoch(self, dict(row), writes, named=len(self.targets) > 1) for sel in running)
                 self.checkpoints.write(writes)  # written while the next epoch trains
                 losses = " ".join(f"L^{ {'x': 'X', 'y': 'Y', 'xy': 'X+Y'}[k]} {v:.4f}" for k, v in row["loss"].items())
                 print(f"{log_prefix}epoch {self.epoch:3d} | {losses}{valid} | {row['seq_per_s']:.0f} seq/s | "
@@ -255,37 +244,21 @@ class Trainer:
 # ----------------------------------------------------------------------------- runs
 
 
-class RunProgress:
-    """The count of trainings, then `training i of n` with the run's ETA, once every model to come has trained here:
-    each model's trainings to come at its own mean time (read-back trainings do not count)."""
-
-    def __init__(self, models: list[str], seeds: list[int], targets: tuple, grid: dict):
-        points = {m: len(grid_points(m, grid)) for m in models if ROWS[m].trained}
-        shared = [m for m in points if len(target_groups(m, targets)) < len(targets)]
-        self.left = {m: n * len(seeds) * len(target_groups(m, targets)) for m, n in points.items()}
-        self.n, self.i, self.spent = sum(self.left.values()), 0, {}
-        each = "; grid points: " + ", ".join(f"{m} {n}" for m, n in points.items()) if grid else ""
-        once = f"; {', '.join(shared)}: one training for both targets" if shared else ""
-        print(f"trainings: {self.n} ({len(points)} model(s) x {len(seeds)} seed(s) x {len(targets)} target(s)"
-              f"{each}{once}); {torch.get_num_threads()} CPU threads (OMP_NUM_THREADS sets them)", flush=True)
-
-    def start(self, model: str, prefix: str) -> None:
-        self.i, self.started = self.i + 1, time.monotonic()
-        per = {m: sum(times) / len(times) for m, times in self.spent.items()}  # seconds a training, by model
-        coming = {m: n for m, n in self.left.items() if n}
-        eta = f"; run ETA {duration(sum(per[m] * n for m, n in coming.items()))}" if per.keys() >= coming.keys() else ""
-        self.left[model] -= 1
-        print(f"\n{prefix}training {self.i} of {self.n}{eta}", flush=True)
-
-    def done(self, model: str, trained: bool) -> None:
-        if trained:
-            self.spent.setdefault(model, []).append(time.monotonic() - self.started)
+def trainings(models: list[str], seeds: list[int], targets: tuple, grid: dict) -> Iterator[str]:
+    """Prints the count of trainings -> `training i of n`, the next one as each training starts."""
+    points = {m: len(grid_points(m, grid)) for m in models if ROWS[m].trained}
+    shared = [m for m in points if len(target_groups(m, targets)) < len(targets)]
+    n = sum(k * len(seeds) * len(target_groups(m, targets)) for m, k in points.items())
+    each = "; grid points: " + ", ".join(f"{m} {k}" for m, k in points.items()) if grid else ""
+    once = f"; {', '.join(shared)}: one training for both targets" if shared else ""
+    print(f"trainings: {n} ({len(points)} model(s) x {len(seeds)} seed(s) x {len(targets)} target(s)"
+          f"{each}{once}); {torch.get_num_threads()} CPU threads (OMP_NUM_THREADS sets them)", flush=True)
+    return (f"training {i} of {n}" for i in itertools.count(1))
 
 
 def train_row(name: str, cfgs: dict[str, Config], scen: Scenario, device, folder: Path, grid: dict, resume: bool,
-              progress: RunProgress, label: str) -> dict[str, dict]:
-    """One row and seed for the target domains of `cfgs`: trained at each grid point, each target domain keeping
-    the point of its best validation MRR, whose best checkpoint then ranks the test set once."""
+              progress: Iterator[str], label: str) -> dict[str, dict]:
+    """One row and seed: each target domain of `cfgs` keeps its grid point of best validation MRR, tested once."""
     results = {}
     for targets in target_groups(name, cfgs):
         points, best = {target: [] for target in targets}, {}
@@ -299,11 +272,9 @@ def train_row(name: str, cfgs: dict[str, Config], scen: Scenario, device, folder
                                        "folder": str(sub)})
                 # Note: a tie on validation keeps the first of the tied points, in the grid's order (the order of
                 # --grid's fields and values)
-                if target not in best or sel.best_valid > best[target][2].best_valid:
-                    best[target] = point, trainer, sel
-        for target in targets:
-            point, trainer, sel = best[target]
-            results[target] = tested(trainer, sel, point, points[target] if grid else None)
+                if target not in best or sel.best_valid > best[target][1].best_valid:
+                    best[target] = trainer, sel, point
+        results |= {target: tested(*best[target], points[target] if grid else None) for target in targets}
     return results
 
 
@@ -313,21 +284,17 @@ def target_groups(name: str, targets) -> list[list[str]]:
 
 
 def train_point(name: str, cfgs: dict[str, Config], scen: Scenario, device, folder: Path, resume: bool,
-                progress: RunProgress, prefix: str) -> dict[str, tuple[Trainer, Selection]]:
+                progress: Iterator[str], prefix: str) -> dict[str, tuple[Trainer, Selection]]:
     """One training for the target domains of `cfgs` (continued with --resume) -> target -> (Trainer, Selection).
     A target whose last checkpoint is at another epoch than the first's (a run killed between writes) trains apart."""
-    progress.start(name, prefix)
+    print(f"\n{prefix}{next(progress)}", flush=True)
     trainer = Trainer(name, next(iter(cfgs.values())), scen, device, folder, resume, targets=list(cfgs))
-    trains = any(sel.running() for sel in trainer.targets)  # not only read back
     apart = [sel for sel in trainer.targets if sel.running() and sel.epoch != trainer.targets[0].epoch]
     trainer.targets = [sel for sel in trainer.targets if sel not in apart]
-    trainer.fit(prefix)
-    done = {sel.cfg.target: (trainer, sel) for sel in trainer.targets}
-    for sel in apart:
-        alone = Trainer(name, sel.cfg, scen, device, folder, resume)
-        alone.fit(prefix)
-        done[sel.cfg.target] = alone, alone.targets[0]
-    progress.done(name, trains)
+    done = {}
+    for each in itertools.chain([trainer], (Trainer(name, sel.cfg, scen, device, folder, resume) for sel in apart)):
+        each.fit(prefix)  # an apart target domain's Trainer is built (and seeded) once the one before has trained
+        done |= {sel.cfg.target: (each, sel) for sel in each.targets}
     return done
 
 
@@ -339,9 +306,7 @@ def tested(trainer: Trainer, sel: Selection, chosen: dict, points: list | None) 
     result = {"config": state["config"], "best_epoch": state["epoch"], "checkpoint": str(sel.best),
               "history": sel.history, "valid": state["valid"], "test": metrics(ranks), "ranks": ranks,
               "cases": sel.cases["test"][0]}
-    if points is not None:
-        result["grid"], result["chosen"] = points, chosen
-    return result
+    return result if points is None else result | {"grid": points, "chosen": chosen}
 
 
 def grid_points(name: str, grid: dict) -> list[dict]:
@@ -376,9 +341,6 @@ def train_rows(s: Settings, name: str, folder: Path, models: list[str], out: Pat
     """Every row × seed × target domain, then results.json, test_ranks.npz and the tables."""
     scen = load_scenario(folder, max_len=s.cfg.max_len, name=name, use_images=any(ROWS[m].use_image for m in models))
     check_cases(scen, s.targets)
-    for model in (m for m in models if ROWS[m].trained):  # each row's largest model, before any is built
-        for point in grid_points(model, s.grid):
-            check_memory(model, model_config(model, s.cfg, s.targets[0], s.seeds[0]).replace(**point), scen, s.device)
     lock = lock_run_folder(out, s.resume)  # held until the run ends (its file closes then, or when the process does)
     if s.resume:  # everything that can refuse a --resume, before anything is written
         check_run_folder(out, scen, planned(s, models, out))
@@ -386,10 +348,10 @@ def train_rows(s: Settings, name: str, folder: Path, models: list[str], out: Pat
     print(f"scenario {name} ({folder}): |X| = {scen.items.num_x}, |Y| = {scen.items.num_y}, "
           f"{len(scen.train)} train / {len(scen.valid)} valid / {len(scen.test)} test sequences; "
           f"device {s.device}; models {', '.join(models)}; seeds {', '.join(map(str, s.seeds))}; output {out}\n"
-          f"readings: {readings(s.cfg)}" + (f"; --grid {grid_text(s.grid)}, chosen per row on "
-                                                      f"validation" if s.grid else ""), flush=True)
+          f"readings: {readings(s.cfg)}" + (f"; --grid {grid_text(s.grid)}, chosen per row on validation"
+                                             if s.grid else ""), flush=True)
     print("".join(f"warning: {note}\n" for note in data_warnings(scen, s.targets)), end="", flush=True)
-    result = partial(row_result, s=s, scen=scen, out=out, progress=RunProgress(models, s.seeds, s.targets, s.grid))
+    result = partial(row_result, s=s, scen=scen, out=out, progress=trainings(models, s.seeds, s.targets, s.grid))
     rows = ((m, seed, result(m, seed)) for m in models for seed in (s.seeds if ROWS[m].trained else [None]))
     results, ranks = run_results({
         "scenario": name, "data_dir": str(folder), "data_sha256": scen.data_sha256, "config": asdict(s.cfg),
@@ -403,44 +365,13 @@ def train_rows(s: Settings, name: str, folder: Path, models: list[str], out: Pat
 
 
 def row_result(model: str, seed: int | None, s: Settings, scen: Scenario, out: Path,
-               progress: RunProgress) -> dict[str, dict]:
+               progress: Iterator[str]) -> dict[str, dict]:
     """One row and seed, for each target domain: popularity ranked, or the row trained and tested."""
     if not ROWS[model].trained:
         batch = eval_batch(fused_loss.chunk(s.cfg.score_chunk, torch.device("cpu")), scen.items.num_items)
         return {target: baselines.popularity(scen, target, batch) for target in s.targets}
     return train_row(model, {target: model_config(model, s.cfg, target, seed) for target in s.targets}, scen,
                      s.device, row_folder(out, model, seed), s.grid, s.resume, progress, f"{model} seed {seed}")
-
-
-def check_memory(name: str, cfg: Config, scen: Scenario, device: torch.device, weights: dict | None = None,
-                 path: Path | None = None) -> None:
-    """Row `name` (built on the meta device: nothing is allocated), and a checkpoint's `weights` if given, fit: 16
-    bytes a parameter (its gradient, Adam's two moments), a batch's activations, the logits chunk; roughly."""
-    with torch.device("meta"):
-        model = build_model(name, cfg, dataclasses.replace(scen, E_img=None if scen.E_img is None else
-                                                          scen.E_img.to("meta")))
-    if weights is not None:
-        check_weights(model, weights, path)
-    params = sum(p.numel() for p in model.parameters())
-    widths = sum(enc.positions.weight.shape[1] for enc in model.modules() if isinstance(enc, AttentionEncoder))
-    activations = cfg.batch_size * cfg.max_len * (max(widths, cfg.q) * (20 * cfg.n_blocks + 8) + cfg.max_len)
-    need = 16 * params + 4 * activations + 8 * (cfg.score_chunk or fused_loss.CPU_CHUNK)  # bytes
-    if need > (free := free_memory(device)):
-        raise UsageError(f"{name} with q={cfg.q}, n_blocks={cfg.n_blocks}, batch_size={cfg.batch_size} and "
-                         f"max_len={cfg.max_len} needs about {need / 2**30:,.1f} GiB ({params:,} parameters with "
-                         f"Adam's state, and a batch's activations), more than the {free / 2**30:,.1f} GiB left "
-                         f"to it here; lower q, n_blocks, batch_size or max_len (--set FIELD=VALUE).")
-
-
-def free_memory(device: torch.device) -> int:
-    """Bytes this process may still allocate: free on the GPU; else available (Linux), within `ulimit -v`."""
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    proc = "".join(p.read_text() for p in map(Path, ("/proc/meminfo", "/proc/self/status")) if p.is_file())
-    kb = {k: int(v) * 1024 for k, v in re.findall(r"^(MemAvailable|VmSize):\s+(\d+) kB", proc, re.M)}
-    limit = resource.getrlimit(resource.RLIMIT_AS)[0]  # less what the process has mapped already
-    within = 2**62 if limit == resource.RLIM_INFINITY else limit - kb.get("VmSize", 0)
-    return min(kb.get("MemAvailable", 2**62), within)
 
 
 def check_kept(out: Path, models: list[str], seeds: list[int], targets: tuple) -> None:

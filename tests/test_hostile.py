@@ -1089,15 +1089,7 @@ def test_compare_writes_to_a_terminal_that_cannot_encode_its_signs(finished):
     assert "test \\u2212 reference" in result.stdout and "| run | popularity | X |" in result.stdout
 
 
-# ----------------------------------------------------------------------------- memory asked for before it is used
-
-@pytest.mark.parametrize("args", [("--set", "q=4096", "n_blocks=64"), ("--models", "sasrec", "--set", "max_len=1024",
-                                                                      "q=4096")], ids=["ifcdsr", "sasrec"])
-def test_settings_that_cannot_fit_in_memory_are_refused_before_anything_is_built(args, tiny_dir, tmp_path, capsys):
-    code, text = call(train.main, ["--data-dir", tiny_dir, "--target", "X", "--out", tmp_path / "run", *args], capsys)
-    assert code == 2 and "needs about" in text and "lower q, n_blocks, batch_size or max_len" in text
-    assert not (tmp_path / "run").exists()
-
+# ----------------------------------------------------------------------------- memory
 
 def test_a_checkpoint_whose_config_does_not_fit_its_weights_is_refused_before_the_model_is_built(finished, tiny_dir,
                                                                                                    tmp_path, capsys):

@@ -265,30 +265,11 @@ def test_the_ctrl_c_message_gives_the_command_that_resumes(tmp_path):
     assert "run the same command again" in train.interrupted([], None)
 
 
-def test_the_header_counts_the_trainings_and_each_one_gives_the_runs_eta(tiny_run):
+def test_the_header_counts_the_trainings_and_each_one_is_numbered(tiny_run):
     printed = tiny_run[1]
     assert f"trainings: 2 (1 model(s) x 1 seed(s) x 2 target(s)); {torch.get_num_threads()} CPU threads" in printed
     assert "\n[ifcdsr seed 0 X] training 1 of 2\n" in printed
-    assert re.search(r"\n\[ifcdsr seed 0 Y\] training 2 of 2; run ETA \w+\n", printed)
-
-
-def test_the_runs_eta_counts_only_the_trainings_that_trained_each_model_at_its_own_speed(capsys, monkeypatch):
-    """A resumed run's finished trainings are read back in no time: they must not make the ETA look short; and
-    each model's trainings still to come count at that model's own time a training, so no ETA is printed
-    before every model still to come has trained once."""
-    clock = iter([0.0, 0.0, 10.0, 10.0, 40.0, 40.0])  # each start, and each done of a training that trained
-    monkeypatch.setattr(train.time, "monotonic", lambda: next(clock))
-    progress = train.RunProgress(["ifcdsr", "sasrec"], [0, 1], ("X",), {})
-    progress.start("ifcdsr", "[a] ")
-    progress.done("ifcdsr", False)  # read back
-    progress.start("ifcdsr", "[b] ")
-    assert "run ETA" not in capsys.readouterr().out
-    progress.done("ifcdsr", True)  # 10 s
-    progress.start("sasrec", "[c] ")
-    assert "run ETA" not in capsys.readouterr().out  # sasrec has not trained yet
-    progress.done("sasrec", True)  # 30 s
-    progress.start("sasrec", "[d] ")
-    assert re.search(r"\[d\] training 4 of 4; run ETA 30s\n", capsys.readouterr().out)
+    assert "\n[ifcdsr seed 0 Y] training 2 of 2\n" in printed
 
 
 def test_grid_trains_each_row_at_the_points_of_its_fields_and_keeps_the_best_on_validation(tiny_dir, tmp_path,
