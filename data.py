@@ -6,15 +6,7 @@ shares about files: written whole or not at all, read only when regular, progres
     image_embeddings.npy     (N, e) float32 CLIP image embeddings, row = global id
 Global ids: domain X (Alist) 0..|X|-1, domain Y (Blist) |X|..N-1; N = |X|+|Y| is the padding id. Shapes: S
 sequences, L = max_len positions, left-padded (the most recent item of every view is at position L-1)."""
-import contextlib
-import hashlib
-import json
-import os
-import re
-import shutil
-import stat
-import sys
-import time
+import contextlib, hashlib, json, os, re, shutil, stat, sys, time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable
@@ -77,9 +69,6 @@ class EvalSet:
 
     def __len__(self) -> int:
         return self.target.shape[0]
-
-    def subset(self, mask: torch.Tensor) -> "EvalSet":
-        return EvalSet(self.history[mask], self.target[mask])
 
 
 @dataclass
@@ -374,12 +363,11 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def atomic_write_all(writes: dict[Path, Callable[[BinaryIO], object]]) -> None:
-    """Each file written whole into a new temp file beside it, then all renamed into place: a full disk or an error
-    leaves every old file. "x" (O_EXCL): a stale temp file, a FIFO or a symlink elsewhere is never opened."""
+    """Writes each file whole beside its path, then renames them all into place: an error leaves the old files."""
     tmps = {path: fresh(Path(path)) for path in writes}
     try:
         for path, write in writes.items():
-            with open(tmps[path], "xb") as f:
+            with open(tmps[path], "xb") as f:  # "x" (O_EXCL): never a stale temp file, a FIFO or a symlink elsewhere
                 write(f)
         for path, tmp in tmps.items():
             os.replace(tmp, path)
