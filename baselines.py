@@ -5,14 +5,12 @@
     sasrec_target   SASRec over the target domain's sub-sequence only (S^X when X is the target)
     gru4rec_target  GRU4Rec over the target domain's sub-sequence only
 §3.2: "In previous methods [13, 20], sequences combining behaviors from domain X and domain Y were used without
-distinction", so `sasrec` and `gru4rec` read S^{X+Y} and predict each next item; the `_target` rows are their
-papers' single-domain models. All share IFCDSR's Config, interface (`views`, `loss`, `score`, `scorer`, `chunk`),
-training and evaluation, and score the target domain's items (Eq. 9) by dot products with the last hidden state.
+distinction", so `sasrec` and `gru4rec` read S^{X+Y}; the `_target` rows are their papers' single-domain models.
+All share IFCDSR's Config, interface, training and evaluation, and score the target domain's items (Eq. 9).
 Dimensions: B batch, L positions (left-padded), T prediction positions, q width, h heads, n items a model embeds
 (N for merged rows, the target domain's for `_target` rows; local ids 0..n-1, global for merged rows; n pads)."""
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 import evaluate
 import fused_loss
@@ -36,7 +34,7 @@ def cross_entropy_sum(H: torch.Tensor, E: torch.Tensor, y: torch.Tensor, n: int,
     a 0-d tensor. When the (T, n) logits and their gradient fit in `chunk` they are formed at once; otherwise
     `fused_loss.nll_dot` scores chunk // n positions at a time, the same numbers up to float rounding."""
     if 2 * len(y) * n <= chunk:
-        return F.cross_entropy((H @ E[:n].T).float(), y, reduction="sum")  # (T, n) logits
+        return nn.functional.cross_entropy((H @ E[:n].T).float(), y, reduction="sum")  # (T, n) logits
     return fused_loss.nll_dot(H, E, y, slice(0, n), chunk)
 
 
@@ -92,8 +90,8 @@ class SASRecBlock(nn.Module):
         Q = self.ln_1(x)  # (B, L, d): the queries alone are normalised; the keys and values are x
         q, k, v = (W(t).view(B, L, self.n_heads, d // self.n_heads).transpose(1, 2)
                    for W, t in ((self.W_Q, Q), (self.W_K, x), (self.W_V, x)))  # each (B, h, L, d/h)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None],
-                                           dropout_p=self.dropout if self.training else 0.0)  # (B, h, L, d/h)
+        y = nn.functional.scaled_dot_product_attention(  # (B, h, L, d/h)
+            q, k, v, attn_mask=allowed[:, None], dropout_p=self.dropout if self.training else 0.0)
         # S = Q + Attention(Q·W^Q, x·W^K, x·W^V)·W^O: the residual on Q, no dropout on the attention output
         S = Q + self.W_O(y.transpose(1, 2).reshape(B, L, d))  # (B, L, d)
         G = self.ln_2(S)  # (B, L, d)

@@ -6,16 +6,8 @@ shares about files: written whole or not at all, read only when regular, progres
     image_embeddings.npy     (N, e) float32 CLIP image embeddings, row = global id
 Global ids: domain X (Alist) 0..|X|-1, domain Y (Blist) |X|..N-1; N = |X|+|Y| is the padding id. Shapes: S
 sequences, L = max_len positions, left-padded (the most recent item of every view is at position L-1)."""
-import contextlib
-import hashlib
-import json
-import os
-import re
-import shutil
-import stat
-import sys
-import time
-from dataclasses import asdict, dataclass
+import contextlib, hashlib, json, os, re, shutil, stat, sys, time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable
 
@@ -77,9 +69,6 @@ class EvalSet:
 
     def __len__(self) -> int:
         return self.target.shape[0]
-
-    def subset(self, mask: torch.Tensor) -> "EvalSet":
-        return EvalSet(self.history[mask], self.target[mask])
 
 
 @dataclass
@@ -293,66 +282,57 @@ def write_sequences(path: Path, rows) -> None:
 # ----------------------------------------------------------------------------- demo scenario
 
 
-@dataclass
-class DemoSpec:
-    """Sizes and strengths of the generated demo scenario (docs/data.md, "The demo scenario")."""
-    num_x: int = 1000  # items in domain X (more than 999, for the sampled protocol)
-    num_y: int = 1200  # items in domain Y
-    num_users: int = 3000  # one sequence each; the latest third become valid/test
-    categories: int = 16  # shared across both domains: a user's taste carries over
-    style_dim: int = 8  # a visual style that users prefer, visible only in the image
-    image_dim: int = 64  # e of the demo's image embeddings (the real CLIP has 512)
-    stay: float = 0.6  # probability that the next item keeps the current category (sequential signal)
-    style_weight: float = 3.0  # how strongly a user's style preference picks items
-    no_image: float = 0.05  # share of items without an image (zero rows)
-    min_len: int = 8
-    max_len: int = 16
-
-
-def demo_user(rng: np.random.Generator, spec: DemoSpec, domain, category, popularity, style) -> list[tuple[int, int]]:
+def demo_user(rng: np.random.Generator, domain, category, popularity, style, categories: int, style_dim: int,
+              stay: float, style_weight: float, min_len: int, max_len: int) -> list[tuple[int, int]]:
     """One demo user's sequence: (global item id, unix time) in time order, from the user's tastes and style."""
-    taste = rng.dirichlet(np.full(spec.categories, 0.3))  # few favourite categories, both domains
-    liked_style = rng.normal(size=spec.style_dim)
+    taste = rng.dirichlet(np.full(categories, 0.3))  # few favourite categories, both domains
+    liked_style = rng.normal(size=style_dim)
     liked_style /= np.linalg.norm(liked_style)
     share_x = rng.uniform(0.25, 0.75)
-    n = int(rng.integers(spec.min_len, spec.max_len + 1))
+    n = int(rng.integers(min_len, max_len + 1))
     domains = (rng.random(n) >= share_x).astype(int)
     domains[rng.permutation(n)[:6]] = [0, 0, 0, 1, 1, 1]  # at least 3 items of each domain
-    current = rng.choice(spec.categories, p=taste)
+    current = rng.choice(categories, p=taste)
     seq = []
     for d in domains:
-        if rng.random() > spec.stay:
-            current = rng.choice(spec.categories, p=taste)
-            taste = 0.9 * taste + 0.1 * np.eye(spec.categories)[current]  # tastes drift
+        if rng.random() > stay:
+            current = rng.choice(categories, p=taste)
+            taste = 0.9 * taste + 0.1 * np.eye(categories)[current]  # tastes drift
         pool = np.flatnonzero((domain == d) & (category == current))
         if len(pool) == 0:
             pool = np.flatnonzero(domain == d)
-        w = popularity[pool] * np.exp(spec.style_weight * style[pool] @ liked_style)
+        w = popularity[pool] * np.exp(style_weight * style[pool] @ liked_style)
         seq.append(int(rng.choice(pool, p=w / w.sum())))
     start = int(rng.integers(1_300_000_000, 1_500_000_000))
     times = start + np.cumsum(rng.integers(3600, 30 * 86400, n))
     return list(zip(seq, times.tolist()))
 
 
-def make_demo(out: Path, *, seed: int, spec: DemoSpec = DemoSpec()) -> Path:
-    """Write a deterministic two-domain scenario to `out` (once; later calls with the same spec reuse it)."""
-    recipe = json.dumps({"seed": seed, **asdict(spec)}, sort_keys=True)
+def make_demo(out: Path, *, seed: int, num_x: int = 1000, num_y: int = 1200, num_users: int = 3000,
+              categories: int = 16, style_dim: int = 8, image_dim: int = 64, stay: float = 0.6,
+              style_weight: float = 3.0, no_image: float = 0.05, min_len: int = 8, max_len: int = 16) -> Path:
+    """Write a deterministic two-domain scenario to `out` (once; a later call with the same arguments reuses it).
+    docs/data.md ("The demo scenario") describes the parameters: items per domain (X has more than 999, for the
+    sampled protocol), users (one sequence each), categories, style, e = image_dim (CLIP's is 512), strengths."""
+    recipe = {name: value for name, value in locals().items() if name != "out"}  # the seed and the sizes
+    recipe = json.dumps(recipe, sort_keys=True)
     if (out / "demo.json").is_file() and (out / "demo.json").read_text() == recipe:
         return out
     rng = np.random.default_rng(seed)
-    N = spec.num_x + spec.num_y
-    domain = np.r_[np.zeros(spec.num_x, int), np.ones(spec.num_y, int)]
-    category = rng.integers(0, spec.categories, N)
+    N = num_x + num_y
+    domain = np.r_[np.zeros(num_x, int), np.ones(num_y, int)]
+    category = rng.integers(0, categories, N)
     popularity = rng.lognormal(0.0, 1.2, N)  # long tail
-    style = rng.normal(size=(N, spec.style_dim))
+    style = rng.normal(size=(N, style_dim))
     style /= np.linalg.norm(style, axis=1, keepdims=True)
     # image = category prototype + a projection of the item's style + noise (unnormalised, like CLIP)
-    prototypes = rng.normal(size=(spec.categories, spec.image_dim))
-    style_proj = rng.normal(size=(spec.style_dim, spec.image_dim))
-    E_img = prototypes[category] + 0.8 * style @ style_proj + 0.5 * rng.normal(size=(N, spec.image_dim))
-    E_img[rng.random(N) < spec.no_image] = 0.0
+    prototypes = rng.normal(size=(categories, image_dim))
+    style_proj = rng.normal(size=(style_dim, image_dim))
+    E_img = prototypes[category] + 0.8 * style @ style_proj + 0.5 * rng.normal(size=(N, image_dim))
+    E_img[rng.random(N) < no_image] = 0.0
 
-    sequences = [demo_user(rng, spec, domain, category, popularity, style) for _ in range(spec.num_users)]
+    sequences = [demo_user(rng, domain, category, popularity, style, categories, style_dim, stay, style_weight,
+                           min_len, max_len) for _ in range(num_users)]
     last_time = [events[-1][1] for events in sequences]
 
     order = np.argsort(last_time, kind="stable")
@@ -361,7 +341,7 @@ def make_demo(out: Path, *, seed: int, spec: DemoSpec = DemoSpec()) -> Path:
     splits = {"train": order[:n_train], "valid": held[0::2], "test": held[1::2]}
 
     with atomic_folder(out, replace=True) as tmp:  # replaces an earlier, interrupted attempt
-        for fname, lo, hi, tag in (("Alist.txt", 0, spec.num_x, "A"), ("Blist.txt", spec.num_x, N, "B")):
+        for fname, lo, hi, tag in (("Alist.txt", 0, num_x, "A"), ("Blist.txt", num_x, N, "B")):
             write_item_list(tmp / fname, [f"DEMO{tag}{j:06d}" for j in range(hi - lo)], 10_000 + lo)
         for split, users in splits.items():
             write_sequences(tmp / SPLIT_FILES[split], ((u, u, sequences[u]) for u in users))
@@ -383,12 +363,11 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def atomic_write_all(writes: dict[Path, Callable[[BinaryIO], object]]) -> None:
-    """Each file written whole into a new temp file beside it, then all renamed into place: a full disk or an error
-    leaves every old file. "x" (O_EXCL): a stale temp file, a FIFO or a symlink elsewhere is never opened."""
+    """Writes each file whole beside its path, then renames them all into place: an error leaves the old files."""
     tmps = {path: fresh(Path(path)) for path in writes}
     try:
         for path, write in writes.items():
-            with open(tmps[path], "xb") as f:
+            with open(tmps[path], "xb") as f:  # "x" (O_EXCL): never a stale temp file, a FIFO or a symlink elsewhere
                 write(f)
         for path, tmp in tmps.items():
             os.replace(tmp, path)

@@ -31,7 +31,8 @@ def target_items(scen: Scenario, target: str) -> slice:
 
 def eval_cases(split: EvalSet, scen: Scenario, domain: str) -> EvalSet:
     """The cases whose ground truth lies in `domain` (domain Y iff id >= |X|)."""
-    return split.subset((split.target >= scen.items.num_x) == (domain == "Y"))
+    in_domain = (split.target >= scen.items.num_x) == (domain == "Y")
+    return EvalSet(split.history[in_domain], split.target[in_domain])
 
 
 def negatives(cases: EvalSet, items: slice, split: str, target: str) -> torch.Tensor:
@@ -44,8 +45,7 @@ def negatives(cases: EvalSet, items: slice, split: str, target: str) -> torch.Te
 
 
 def metrics(ranks: dict) -> dict:
-    """{protocol: (S,) 1-based ranks} -> {protocol: {metric: mean over the cases in %} (None for no cases)} of 1/rank
-    (MRR), 1/log2(rank + 1) (NDCG@k) and 1 (HR@k), @k counting only the cases ranked within k."""
+    """{protocol: (S,) 1-based ranks} -> {protocol: {metric: mean over the cases in %}, or None for no cases}."""
     def of(r: torch.Tensor) -> dict | None:  # r (S,) float64
         gain = {"MRR": 1 / r, "NDCG": 1 / torch.log2(r + 1), "HR": torch.ones_like(r)}  # (S,) each
         return {m: round(100 * (gain[name] * (r <= float(k or "inf"))).mean().item(), 4)
@@ -77,15 +77,13 @@ def on_device(cases: EvalSet, items: slice, neg: torch.Tensor, device, batch: in
 
 
 def rank_batch(score_fn, cases: EvalSet, resident: tuple, items: slice, b: slice, pad: int | None) -> tuple:
-    """The cases `b` of a pass, on the device, without waiting for it: (sampled999 ranks (B,), full ranks (B,), whether
-    the sum of their scores is finite: a cheap check for a NaN, which compares false and so would rank first).
+    """The cases `b`, with no host wait: ((B,) sampled999 ranks, (B,) full ranks, whether their scores' sum is finite).
     Note: rank = 1 + (candidates scoring strictly higher) + ½·(others scoring the same), the expected rank under a
     random tie-break; C2DSR counts a tie (within 1e-5) as a win, flattering popularity (every unseen item scores 0)."""
     history, target, neg, flags = resident
     s = score_batch(score_fn, history, cases, items, b, pad)  # (B, n)
     s_t, s_neg = s.gather(1, target[b, None]), s.gather(1, neg[b])  # (B, 1), (B, 999)
-    # counted as 0/1 floats in a reused buffer: summing a new bool tensor is several times slower
-    higher = torch.gt(s, s_t, out=flags[:len(s)]).sum(1)  # (B,)
+    higher = torch.gt(s, s_t, out=flags[:len(s)]).sum(1)  # (B,) 0/1 floats in a reused buffer: summing bools is slower
     tied = torch.ge(s, s_t, out=flags[:len(s)]).sum(1) - higher - 1  # (B,) the ground truth ties itself
     return 1 + (s_neg > s_t).sum(1) + (s_neg == s_t).sum(1) / 2, 1 + higher + tied / 2, s.sum().isfinite()
 
@@ -268,8 +266,7 @@ def print_table(corner: str, heads: list[str], width: int, rows: dict[str, list[
 
 
 def print_run(results: dict) -> None:
-    """The tables that end a run of train.py, from its results.json: per protocol Tables 2/3 (with the paper's rows),
-    MRR by cold/warm target and IFCDSR - row's paired intervals; Table 4 if the run has its rows; --grid's points."""
+    """The tables that end a run, from its results.json: Tables 2/3, cold/warm MRR, bootstraps, Table 4, --grid."""
     summary, sig, seeds = results["summary"], results["significance"], results["seeds"]
     entry, models, reference = paper(results["scenario"]), [m for m in LABELS if m in summary], sig["reference"]
     names = dict(zip("XY", entry["names"]))

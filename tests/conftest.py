@@ -15,13 +15,13 @@ import torch  # noqa: E402
 
 import data  # noqa: E402
 import train  # noqa: E402
-from data import DemoSpec, make_demo  # noqa: E402
+from data import make_demo  # noqa: E402
 from ifcdsr import IFCDSR, Config  # noqa: E402
 
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))  # torch may have been imported before this file
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"  # real data beside the checkout, if any
-TINY = DemoSpec(num_x=40, num_y=50, num_users=90, image_dim=8, categories=4)
+TINY = dict(num_x=40, num_y=50, num_users=90, image_dim=8, categories=4)  # make_demo's sizes
 
 
 def tiny_model(use_image=True, multi=True, target="X", seed=0, **kw):
@@ -51,7 +51,7 @@ def line(user, *events):
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
-    return make_demo(tmp_path_factory.mktemp("scen") / "tiny", seed=0, spec=TINY)
+    return make_demo(tmp_path_factory.mktemp("scen") / "tiny", seed=0, **TINY)
 
 
 def run_cli(*args):
@@ -62,7 +62,7 @@ def run_cli(*args):
 def tiny_run(tmp_path_factory):
     """(run folder, what train.py printed) of IFCDSR and popularity, 2 epochs, on a tiny generated scenario."""
     folder = tmp_path_factory.mktemp("run")
-    scenario = make_demo(folder / "tiny", seed=0, spec=TINY)
+    scenario = make_demo(folder / "tiny", seed=0, **TINY)
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         assert run_cli("--data-dir", scenario, "--epochs", 2, "--batch-size", 16, "--device", "cpu",

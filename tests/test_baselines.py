@@ -189,7 +189,7 @@ def test_the_loss_in_chunks_gives_the_same_loss_and_gradient(cls):
 
 @pytest.mark.parametrize("cls", MODELS)
 def test_a_few_training_steps_lower_the_loss(cls, tmp_path):
-    scen = load_scenario(make_demo(tmp_path / "demo", seed=0, spec=TINY), max_len=15, use_images=False)
+    scen = load_scenario(make_demo(tmp_path / "demo", seed=0, **TINY), max_len=15, use_images=False)
     torch.manual_seed(0)
     model = cls(Config(q=32, dropout=0.0, target="Y"), scen.items.num_x, scen.items.num_y)
     losses, parts = full_batch_losses(model, scen.train, lr=1e-2)

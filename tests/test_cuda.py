@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def scen(tmp_path_factory):
-    return load_scenario(make_demo(tmp_path_factory.mktemp("scen") / "tiny", seed=0, spec=TINY), max_len=15,
+    return load_scenario(make_demo(tmp_path_factory.mktemp("scen") / "tiny", seed=0, **TINY), max_len=15,
                          use_images=True)
 
 
@@ -132,7 +132,7 @@ def test_the_checkpoint_holds_the_weights_before_the_next_step_and_loads_without
 
 
 def test_deterministic_two_epochs_equal_one_epoch_and_a_resume(tmp_path):
-    scenario = make_demo(tmp_path / "tiny", seed=0, spec=TINY)
+    scenario = make_demo(tmp_path / "tiny", seed=0, **TINY)
     common = ("--data-dir", scenario, "--models", "ifcdsr", "--target", "X", "--batch-size", 16, "--device", "cuda",
               "--deterministic")
     assert run_cli(*common, "--epochs", 2, "--out", tmp_path / "straight") == 0

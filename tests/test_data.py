@@ -71,10 +71,10 @@ def test_item_lists_number_their_items_0_1_2_in_line_order(tmp_path):
 
 
 def test_demo_is_deterministic(tmp_path):
-    a, b = make_demo(tmp_path / "a", seed=5, spec=TINY), make_demo(tmp_path / "b", seed=5, spec=TINY)
+    a, b = make_demo(tmp_path / "a", seed=5, **TINY), make_demo(tmp_path / "b", seed=5, **TINY)
     for f in ("Alist.txt", "traindata_new.txt", "testdata_new.txt", "image_embeddings.npy"):
         assert (a / f).read_bytes() == (b / f).read_bytes()
-    assert (a / "traindata_new.txt").read_bytes() != (make_demo(tmp_path / "c", seed=6, spec=TINY)
+    assert (a / "traindata_new.txt").read_bytes() != (make_demo(tmp_path / "c", seed=6, **TINY)
                                                       / "traindata_new.txt").read_bytes()
 
 

@@ -786,7 +786,7 @@ def test_a_checkpoint_of_other_data_of_the_same_size_is_refused(trained, tmp_pat
     """Another demo of the same sizes (40 + 50 items) from another seed: --eval-only and --resume refuse the
     checkpoints, naming the data they belong to."""
     from conftest import TINY
-    other = make_demo(tmp_path / "other", seed=1, spec=TINY)
+    other = make_demo(tmp_path / "other", seed=1, **TINY)
     code, text = call(train.main, ["--data-dir", other, "--eval-only", trained / "sasrec" / "seed0" / "best_X.pt"],
                       capsys, trained)
     assert code == 2 and "trained on other data: scenario 'tiny'" in text and "(40+50 items)" in text

@@ -9,7 +9,7 @@ import torch
 
 import train
 from conftest import TINY, full_batch_losses, run_cli
-from data import DemoSpec, load_scenario, make_demo
+from data import load_scenario, make_demo
 from evaluate import METRICS, PROTOCOLS
 from ifcdsr import IFCDSR, Config
 
@@ -19,7 +19,7 @@ def results(out):
 
 
 def test_a_few_training_steps_lower_the_loss(tmp_path):
-    scen = load_scenario(make_demo(tmp_path / "demo", seed=0, spec=TINY), max_len=15, use_images=True)
+    scen = load_scenario(make_demo(tmp_path / "demo", seed=0, **TINY), max_len=15, use_images=True)
     torch.manual_seed(0)
     model = IFCDSR(Config(q=32), scen.items.num_x, scen.items.num_y, scen.E_img)
     model.eval()  # no dropout, so the loss is a deterministic function of the weights
@@ -187,7 +187,7 @@ def test_an_image_row_without_embeddings_is_refused(tiny_dir, tmp_path, capsys):
 
 
 def test_cli_rejects_a_checkpoint_of_another_scenario(tiny_dir, tmp_path, capsys):
-    other = make_demo(tmp_path / "other", seed=1, spec=DemoSpec(num_x=41, num_y=50, num_users=90, image_dim=8))
+    other = make_demo(tmp_path / "other", seed=1, num_x=41, num_y=50, num_users=90, image_dim=8)
     assert run_cli("--data-dir", tiny_dir, "--target", "X", "--epochs", 1, "--out", tmp_path / "r") == 0
     assert run_cli("--data-dir", other, "--eval-only", tmp_path / "r" / "ifcdsr" / "seed0" / "best_X.pt") == 2
     assert "41+50" in capsys.readouterr().err
