@@ -419,7 +419,8 @@ def eval_only(s: Settings) -> int:
     scen = load_scenario(folder, max_len=cfg.max_len, use_images=cfg.use_image, name=name)
     check_checkpoint(state, scen, path)
     check_cases(scen, (cfg.target,))
-    check_memory(state["model_name"], cfg, scen, s.device, state["model"], path)
+    with torch.device("meta"):  # nothing allocated: the config's weight shapes against the file's
+        check_weights(build_model(state["model_name"], cfg, scen), state["model"], path)
     trainer = Trainer(state["model_name"], cfg, scen, s.device, path.parent, resume=False)
     load_weights(trainer.model, state, path)
     for split in ("valid", "test"):
