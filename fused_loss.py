@@ -38,8 +38,7 @@ def _logits(a: torch.Tensor, E: torch.Tensor, out: torch.Tensor) -> torch.Tensor
 
 
 def _exp_(s: torch.Tensor, bound: float) -> torch.Tensor | None:
-    """s <- exp(s - m) in place, -> m (c, 1): (Eq. 3/4) softmax(s) = s / Σ s, with no second (c, n) tensor. For a
-    `bound` on every logit (1/τ by Eq. 2) <= 60 exp(s) fits fp32 and m = 0 (None), else m is the row maximum."""
+    """s <- exp(s - m) in place (Eq. 3/4's numerators) -> m (c, 1): None (0) while exp(bound = 1/τ <= 60) fits fp32."""
     m = None if bound <= 60 else s.amax(dim=-1, keepdim=True)
     (s if m is None else s.sub_(m)).exp_()
     return m
@@ -81,8 +80,7 @@ def _nll_chunks(branches: list, target: torch.Tensor, rows: int, bound: float, s
     return sum(log_P[1:], log_P[0])
 
 
-class ViewNLL(NamedTuple):
-    """One view's part of Eq. 7 for `nll_views`."""
+class ViewNLL(NamedTuple):  # one view's part of Eq. 7, for `nll_views`
     h_id: torch.Tensor  # (T, q) the ID encoder's output at the view's T next-item positions
     h_img: torch.Tensor | None  # (T, e) the image encoder's, or None without the image branch
     target: torch.Tensor  # (T,) each position's next item, counted from the first of `items`
@@ -116,7 +114,6 @@ class _FusedNLL(torch.autograd.Function):
         return total, nlls
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, g, _):
         grads, ctx.grads = ctx.grads, None  # its own, so scaled in place: a fresh (N, d) costs page faults on CPU
         return (*(None if d is None else d.mul_(g) for d in grads), None)
@@ -158,7 +155,6 @@ class _UnitRows(torch.autograd.Function):
         return u
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, g):
         u, norm = ctx.saved_tensors
         along = torch.linalg.vecdot(u, g)[:, None].masked_fill_(norm <= 1e-12, 0)  # (N, 1) u·g; 0 where clamped
@@ -168,7 +164,6 @@ class _UnitRows(torch.autograd.Function):
 unit_rows = _UnitRows.apply  # E's rows normalised for Eq. 2 (N, d): `ifcdsr.unit`'s values, a cheaper gradient
 
 
-@torch.no_grad()
 def view_sum(total, views, E_id, E_img, alpha: float, temperature: float, chunk: int) -> torch.Tensor:
     """(Eq. 8) Σ_v λ_v·P^v(x_i | S) added into `total` (B, |items|), chunk // |own| histories at a time; `views` as
     `IFCDSR.score` builds them. Note: computed as written, in probability space (fp32): an item's P underflows to 0
