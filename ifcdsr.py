@@ -66,9 +66,8 @@ class Config:  # the model's values from paper §4 "Implementation Details"
         """Weights of Eq. 7/8: 1 for the target view, λ1 for the source view, λ2 for the merged view."""
         if not self.multi_attention:  # Table 4 row 1/2: all behaviour combined into one representation
             return {"xy": 1.0}
-        # Note: the paper writes X as the target domain; for target Y the roles of X and Y swap
-        target, source = ("x", "y") if self.target == "X" else ("y", "x")
-        return {target: 1.0, source: self.lambda1, "xy": self.lambda2}
+        source = "y" if self.target == "X" else "x"  # Note: the paper's target domain is X; for target Y the roles swap
+        return {self.target.lower(): 1.0, source: self.lambda1, "xy": self.lambda2}
 
 
 RANGES = {  # the accepted values of every numeric Config field, both ends included (the seed: numpy's range)
@@ -188,15 +187,14 @@ def trim(pad: int, seq: torch.Tensor, *aligned: torch.Tensor) -> tuple[torch.Ten
 
 
 @dataclasses.dataclass
-class ViewShape:
-    """What a batch decides about one view's work, read from its CPU copy so that the device never waits."""
+class ViewShape:  # what a batch decides about one view's work, read from its CPU copy by `shapes`
     width: int  # the columns `trim` keeps: the view's longest history in the batch (left padding: the last ones)
     count: int = 0  # T, the view's prediction positions (Eq. 6's t), in training
     at: torch.Tensor | None = None  # (T,) their flat indices into the trimmed (B·width), on the model's device
 
 
 def shapes(pad: int, inputs, targets=None, device="cpu") -> dict[str, ViewShape]:
-    """Each view's ViewShape for a batch of Views (and, in training, their next items), from CPU tensors."""
+    """Each view's ViewShape for a batch of Views (and in training their next items), from CPU tensors: no wait."""
     out = {}
     for view in VIEWS:
         width = trim(pad, getattr(inputs, view))[0].shape[1]
@@ -248,7 +246,6 @@ class IFCDSR(nn.Module):
         return H_id, self.enc_img[view](F_img, is_pad, mask)  # (Eq. 1) H_img = Attention(F_img)
 
     def chunk(self) -> int:
-        """`Config.score_chunk` resolved: the (positions × items) logits that fused_loss.py computes at once."""
         return fused_loss.chunk(self.cfg.score_chunk, self.E_id.weight.device)
 
     def softmax_items(self, view: str) -> slice:
@@ -257,10 +254,9 @@ class IFCDSR(nn.Module):
         return domain_items(view.upper(), self.num_x, self.N) if own else slice(0, self.N)
 
     def loss(self, inputs, targets, shape: dict | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """(Eq. 7) L = L^X + λ1·L^Y + λ2·L^{X+Y} (X the target domain) for a batch of Views, and each view's part
-        (0-d, for the log). `shape`: the batch's `shapes`, from its CPU copy (else read from `inputs`: a wait)."""
+        """(Eq. 7) L = L^X + λ1·L^Y + λ2·L^{X+Y} (X the target domain) of a batch, and each view's part (0-d)."""
         cfg, weights, device = self.cfg, self.cfg.view_weights(), self.E_id.weight.device
-        shape = shape or shapes(self.pad, inputs, targets, device)
+        shape = shape or shapes(self.pad, inputs, targets, device)  # from the CPU copy, else from `inputs`: a wait
         if plain := fused_loss.plain(max(shape[v].count for v in weights), self.N, self.chunk(), device):  # else fused
             E_id, E_img = fused_loss.cast(unit(self.E_id.weight[:-1]), self.E_img_unit)  # (N, q), (N, e): Eq. 2's rows
         views, norms = [], []  # each view's fused_loss.ViewNLL, Eq. 6's divisor
@@ -286,11 +282,10 @@ class IFCDSR(nn.Module):
 
     @torch.no_grad()
     def score(self, history, items: slice = slice(None), shape: dict | None = None, matrices=None) -> torch.Tensor:
-        """(Eq. 8) P(x_i | S) = P^X + λ1·P^Y + λ2·P^{X+Y} -> (B, |items|) for `items` (default all N), each view read at
-        its last position, softmax over `softmax_items`. `shape`: the batch's `shapes` (CPU); `matrices`: `scorer`'s."""
+        """(Eq. 8) P(x_i | S) = P^X + λ1·P^Y + λ2·P^{X+Y} -> (B, |items|) over `items`; `matrices`: `scorer`'s."""
         cfg, views, (lo, hi) = self.cfg, [], items.indices(self.N)[:2]
         E_id, E_img = matrices or (unit(self.E_id.weight[:-1]), self.E_img_unit)  # (N, q), (N, e) for Eq. 2
-        shape = shape or shapes(self.pad, history)
+        shape = shape or shapes(self.pad, history)  # from the batch's CPU copy, else from `history`: a wait
         for view, weight in cfg.view_weights().items():  # each view read at its last position
             seq = getattr(history, view)[:, -shape[view].width:]  # (B, width)
             H_id, H_img = self.encode(seq, view)
