@@ -120,8 +120,7 @@ class _FusedNLL(torch.autograd.Function):
 
 
 def nll_views(views: list[ViewNLL], E_id, E_img, alpha: float, temperature: float, chunk: int) -> tuple:
-    """(Eq. 6/7) Σ_v scale_v·Σ_t -log P^v(target_t | S), and each view's Σ_t (V,): E_id, the frozen E_img (N, d), unit
-    rows, read by the products as `cast` gives them; one backward of E_id."""
+    """(Eq. 6/7) Σ_v scale_v·Σ_t -log P^v(target_t | S) and each Σ_t (V,); E_id, the frozen E_img: (N, d) unit rows."""
     log_w = (0.0, -math.inf) if views[0].h_img is None else (log_weight(alpha), log_weight(1.0 - alpha))  # (Eq. 5)
     # (Eq. 2) a = unit(h)/τ of each branch, every view's positions at once: (T, d)
     a = [unit_rows(torch.cat(h)) / temperature for h in zip(*(view[:2] for view in views)) if h[0] is not None]
@@ -198,9 +197,8 @@ def chunk(score_chunk: int, device: torch.device) -> int:
 
 
 def plain(rows: int, N: int, chunk: int, device: torch.device) -> bool:
-    """Whether `rows` positions over N items run IFCDSR's plain code: on a CPU when their (rows, N) logits fit in
-    half of `chunk` (autograd keeps about two); on CUDA never, as this module moves several times fewer bytes."""
-    return device.type != "cuda" and 2 * rows * N <= chunk
+    """Whether `rows` positions over N items run IFCDSR's plain code; never on CUDA (this file moves fewer bytes)."""
+    return device.type != "cuda" and 2 * rows * N <= chunk  # on a CPU while autograd's ~2 (rows, N) logits fit
 
 
 @functools.cache
