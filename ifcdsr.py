@@ -135,12 +135,11 @@ class AttentionEncoder(nn.Module):
 
 
 def attention_mask(is_pad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """is_pad (B, L) -> positions (B, L), the additive mask (B, L, L) of the keys each query sees; once a view."""
+    """is_pad (B, L) -> positions (B, L), additive mask: a query sees itself and earlier real keys (no empty row)."""
     L = is_pad.shape[1]
     pos = (torch.cumsum(~is_pad, dim=1) - 1).clamp(min=0)  # (B, L) from each first real item: left padding is inert
     causal = torch.ones(L, L, dtype=torch.bool, device=is_pad.device).tril()  # query i sees keys j <= i
-    allowed = causal & ~is_pad[:, None, :]  # (B, L, L) and never a padding key ...
-    allowed = allowed | torch.eye(L, dtype=torch.bool, device=is_pad.device)  # ... except itself (no empty row)
+    allowed = (causal & ~is_pad[:, None, :]) | torch.eye(L, dtype=torch.bool, device=is_pad.device)  # (B, L, L)
     return pos, torch.where(allowed, 0.0, float("-inf"))
 
 
@@ -214,7 +213,6 @@ class IFCDSR(nn.Module):
     def __init__(self, cfg: Config, num_x: int, num_y: int, E_img: torch.Tensor | None = None):
         super().__init__()
         cfg.check()
-        assert cfg.use_image == (E_img is not None), "pass E_img exactly when cfg.use_image"
         self.cfg, self.num_x, self.num_y = cfg, num_x, num_y
         self.N = self.pad = num_x + num_y
         self.views = tuple(cfg.view_weights())  # the views of Eq. 7, in its order
@@ -226,8 +224,7 @@ class IFCDSR(nn.Module):
         # attention layers"); the paper does not say whether any weights are shared, so none are
         views = VIEWS if cfg.multi_attention else ("xy",)
         self.enc_id = nn.ModuleDict({v: AttentionEncoder(cfg.q, cfg) for v in views})
-        if cfg.use_image:
-            # Note: §3.1.1's frozen (N, e) CLIP matrix E_img, a buffer not in checkpoints: the data's, re-read from it
+        if cfg.use_image:  # Note: §3.1.1's frozen (N, e) CLIP E_img, a buffer not in checkpoints: re-read from the data
             self.register_buffer("E_img", F.pad(E_img.float(), (0, 0, 0, 1)), persistent=False)  # + a padding row
             self.register_buffer("E_img_unit", unit(self.E_img[:-1]), persistent=False)  # normalised once: frozen
             self.enc_img = nn.ModuleDict({v: AttentionEncoder(E_img.shape[1], cfg) for v in views})
