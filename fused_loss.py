@@ -1,16 +1,13 @@
-"""Eq. 2-8 in bounded memory for large (positions × N) logits (`IFCDSR.plain`), and the device policy. `nll_views`
-(Eq. 6/7 and its gradient), `view_sum` (Eq. 8), `nll_dot` (baselines): `chunk` logits at a time in one buffer, equal to
+"""Eq. 2-8 in bounded memory for (positions × N) logits too large at once (`plain`), and the device policy: `nll_views`
+(Eq. 6/7 and its gradient), `view_sum` (Eq. 8), `nll_dot` (baselines), `chunk` logits at a time in one buffer, equal to
 the plain code (tests/test_fused_loss.py). T positions (c a chunk's), B batch, N items (n a softmax's), d a width.
 
-The gradient. With a = unit(h)/τ and unit rows of E: s = a·E^T (Eq. 2), P_b = softmax(s_b) of branch b (Eq. 3/4) and
-    -log P_y = -log Σ_b w_b·P_b,y                                  (Eq. 5, w_id = α, w_img = 1-α)
-    d(-log P_y)/ds_b = r_b·(P_b - onehot_y),   r_b = w_b·P_b,y / P_y    (r_id + r_img = 1)
-    d/da_b = r_b·(P_b - onehot_y)·E_b,   d/dE_b = Σ_t (P_b - onehot_y)^T·(r_b·a_b)
-for a position with target y. The loss is a scalar: its gradient is formed in the forward pass, while each chunk's P_b
-is at hand, and backward scales it. With G = exp(s - m), Z = Σ G: (P_b - onehot_y)·E = (G·E)/Z - E_y, (P_b -
-onehot_y)^T·v = G^T·(v/Z) - v at the rows y, so O(T·d + N·d) is kept between the passes, never O(T·N). In bf16 the
-logits carry 8 bits; what the loss reads exactly stays fp32: the target's logit (a·E_y), Z, the gradients' sums.
-"""
+The loss is a scalar: its gradient is formed in the forward pass while each chunk's P_b is at hand; backward scales
+it. With a = unit(h)/τ, s = a·E^T (Eq. 2), P_b = softmax(s_b) (Eq. 3/4), a target y, G = exp(s - m) and Z = Σ G:
+    r_b = w_b·P_b,y / P_y  (Eq. 5: w_id = α, w_img = 1-α; r_id + r_img = 1)
+    d/da_b = r_b·(P_b - onehot_y)·E_b = (G·E_b)·r_b/Z - r_b·E_b,y
+    d/dE_b = Σ_t (P_b - onehot_y)^T·(r_b·a_b) = G^T·(a_b·r_b/Z) - (r_b·a_b at the rows y)
+so O(T·d + N·d) is kept between the passes, never O(T·N). In bf16 the target's logit, Z and the sums stay fp32."""
 import functools
 import math
 from typing import NamedTuple
@@ -41,8 +38,7 @@ def _logits(a: torch.Tensor, E: torch.Tensor, out: torch.Tensor) -> torch.Tensor
 
 
 def _exp_(s: torch.Tensor, bound: float) -> torch.Tensor | None:
-    """s <- exp(s - m) in place, -> m (c, 1): (Eq. 3/4) softmax(s) = s / Σ s, with no second (c, n) tensor. For a
-    `bound` on every logit (1/τ by Eq. 2) <= 60 exp(s) fits fp32 and m = 0 (None), else m is the row maximum."""
+    """s <- exp(s - m) in place (Eq. 3/4's numerators) -> m (c, 1): None (0) while exp(bound = 1/τ <= 60) fits fp32."""
     m = None if bound <= 60 else s.amax(dim=-1, keepdim=True)
     (s if m is None else s.sub_(m)).exp_()
     return m
@@ -65,30 +61,26 @@ def _nll_chunks(branches: list, target: torch.Tensor, rows: int, bound: float, s
             log_P_y = s_y - Z.log() if m is None else s_y - m - Z.log()  # (Eq. 3/4) log P_b,y = s_y - m - log Z
             log_wP_y.append(log_w + log_P_y[:, 0])  # (c,) log w_b·P_b,y
             kept.append((E_y, s, s @ E_p if scale is not None else None, Z))  # with G·E (c, d) for the gradient
-        # (Eq. 5) log P_y = log Σ_b w_b·P_b,y;  (Eq. 6) Σ_t log P_y
         log_wP_y = torch.stack(log_wP_y)  # (branches, c)
-        log_P_y = torch.logsumexp(log_wP_y, dim=0)  # (c,)
-        log_P.append(log_P_y.sum())
+        log_P_y = torch.logsumexp(log_wP_y, dim=0)  # (c,) (Eq. 5) log P_y = log Σ_b w_b·P_b,y
+        log_P.append(log_P_y.sum())  # (Eq. 6) Σ_t log P_y
         if scale is None:
             continue
         r = (log_wP_y - log_P_y).exp_().mul_(scale)[:, :, None]  # (branches, c, 1) r_b = w_b·P_b,y / P_y, scaled
         for (a, _, _, _, _, dE, dA), r_b, (E_y, G, GE, Z) in zip(branches, r, kept):
             rz = r_b / Z  # (c, 1) r_b / Z
-            # d/da_b = r_b·(P_b - onehot_y)·E_b = (G·E_b)·r_b/Z - r_b·E_b,y
-            torch.mul(GE, rz, out=dA[c]).addcmul_(r_b, E_y, value=-1)  # (c, d)
+            torch.mul(GE, rz, out=dA[c]).addcmul_(r_b, E_y, value=-1)  # (c, d) d/da_b = (G·E_b)·r_b/Z - r_b·E_b,y
             if dE is None:
                 continue
-            # d/dE_b += (P_b - onehot_y)^T·(r_b·a_b) = G^T·(a_b·r_b/Z) - (r_b·a_b at the rows y)
-            if G.dtype == dE.dtype:
-                dE.addmm_(G.T, a[c] * rz)  # (n, d), accumulated in place
+            if G.dtype == dE.dtype:  # d/dE_b += G^T·(a_b·r_b/Z) - (r_b·a_b at the rows y)
+                dE.addmm_(G.T, a[c] * rz)  # (n, d) in place
             else:  # the product in G's dtype, the sum in fp32
                 dE += G.T @ (a[c] * rz).to(G.dtype)
             dE.index_add_(0, y, a[c] * r_b, alpha=-1)
     return sum(log_P[1:], log_P[0])
 
 
-class ViewNLL(NamedTuple):
-    """One view's part of Eq. 7 for `nll_views`."""
+class ViewNLL(NamedTuple):  # one view's part of Eq. 7, for `nll_views`
     h_id: torch.Tensor  # (T, q) the ID encoder's output at the view's T next-item positions
     h_img: torch.Tensor | None  # (T, e) the image encoder's, or None without the image branch
     target: torch.Tensor  # (T,) each position's next item, counted from the first of `items`
@@ -97,21 +89,19 @@ class ViewNLL(NamedTuple):
 
 
 class _FusedNLL(torch.autograd.Function):
-    """Σ_v scale_v·nll_v over a batch's views and each nll_v (`_nll_chunks`), with `grads` its gradient, formed in the
-    forward pass into one of E_id and of each a (the inputs: E_id, a, the rest); backward scales it."""
+    """Σ_v scale_v·nll_v and each nll_v (`_nll_chunks`) of the inputs E_id, a, the rest; forward forms the gradient."""
 
     @staticmethod
     def forward(ctx, E_id, *args):
         *a, (E_img, products, views, log_w, bound, chunk, grads) = args
         # Eq. 5's branches of weight > 0, the image one first: their shared buffer keeps the last one's G, for d/dE_id
         kept = [b for b in reversed(range(len(a))) if log_w[b] > -math.inf]
-        dE = torch.zeros_like(E_id) if grads else None
+        dE = torch.zeros_like(E_id) if grads else None  # all N rows: a gradient of E[I] would cost a second (N, d)
         ctx.grads = [dE] + [torch.empty_like(a[b]) if grads and b in kept else None for b in range(len(a))]
         a_p = [a_b.to(E_p.dtype) for a_b, E_p in zip(a, products)]  # as the products read them
         log_P, T = [], slice(0, 0)
         for view in views:
             T, I = slice(T.stop, T.stop + len(view.target)), view.items  # the view's positions, its softmax's items
-            # d/dE is added at I into a buffer of all N rows: a gradient of E[I] would cost a second (N, d) tensor
             branches = [(a[b][T], (E_id, E_img)[b][I], a_p[b][T], products[b][I], log_w[b],
                          None if dE is None or b else dE[I], ctx.grads[1 + b][T] if grads else None) for b in kept]
             rows = max(1, chunk // len(E_id[I]))
@@ -124,20 +114,14 @@ class _FusedNLL(torch.autograd.Function):
         return total, nlls
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, g, _):
-        grads, ctx.grads = ctx.grads, None
-        # in place: the gradients are this node's own, and a fresh (N, d) result would cost page faults on CPU
+        grads, ctx.grads = ctx.grads, None  # its own, so scaled in place: a fresh (N, d) costs page faults on CPU
         return (*(None if d is None else d.mul_(g) for d in grads), None)
 
 
-def nll_views(views: list[ViewNLL], E_id: torch.Tensor, E_img: torch.Tensor | None, alpha: float,
-              temperature: float, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(Eq. 6/7) Σ_v scale_v·Σ_t -log P^v(target_t | S), and each view's Σ_t (V,): E_id, E_img (N, d), unit rows,
-    E_img frozen; the products read both as `cast` gives them; one backward of E_id."""
-    assert E_img is None or not E_img.requires_grad, "E_img is frozen (IFCDSR's image matrix takes no gradient)"
-    # (Eq. 5) log α, log(1-α) (the ID branch alone: P = P_id)
-    log_w = (0.0, -math.inf) if views[0].h_img is None else (log_weight(alpha), log_weight(1.0 - alpha))
+def nll_views(views: list[ViewNLL], E_id, E_img, alpha: float, temperature: float, chunk: int) -> tuple:
+    """(Eq. 6/7) Σ_v scale_v·Σ_t -log P^v(target_t | S) and each Σ_t (V,); E_id, the frozen E_img: (N, d) unit rows."""
+    log_w = (0.0, -math.inf) if views[0].h_img is None else (log_weight(alpha), log_weight(1.0 - alpha))  # (Eq. 5)
     # (Eq. 2) a = unit(h)/τ of each branch, every view's positions at once: (T, d)
     a = [unit_rows(torch.cat(h)) / temperature for h in zip(*(view[:2] for view in views)) if h[0] is not None]
     grads = torch.is_grad_enabled() and any(t.requires_grad for t in [E_id, *a])
@@ -170,7 +154,6 @@ class _UnitRows(torch.autograd.Function):
         return u
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, g):
         u, norm = ctx.saved_tensors
         along = torch.linalg.vecdot(u, g)[:, None].masked_fill_(norm <= 1e-12, 0)  # (N, 1) u·g; 0 where clamped
@@ -180,14 +163,10 @@ class _UnitRows(torch.autograd.Function):
 unit_rows = _UnitRows.apply  # E's rows normalised for Eq. 2 (N, d): `ifcdsr.unit`'s values, a cheaper gradient
 
 
-@torch.no_grad()
-def view_sum(total: torch.Tensor, views, E_id: torch.Tensor, E_img: torch.Tensor | None, alpha: float,
-             temperature: float, chunk: int) -> torch.Tensor:
-    """(Eq. 8) P(x_i | S) = Σ_v λ_v·P^v(x_i | S) added into `total` (B, |items|), as `IFCDSR.score` sums it, chunk //
-    |own| histories at a time; views: (λ_v, own: its softmax's items, into/src: the requested items it covers, in
-    total and in P^v, h_id (B, q), h_img (B, e) or None, empty (B, 1)).
-    Note: computed as written, in probability space (fp32): an item's P underflows to 0 only if its
-    logit is > 87 below the row's best in every branch, impossible for τ > 2/87 (cosines span 2/τ)."""
+def view_sum(total, views, E_id, E_img, alpha: float, temperature: float, chunk: int) -> torch.Tensor:
+    """(Eq. 8) Σ_v λ_v·P^v(x_i | S) added into `total` (B, |items|), chunk // |own| histories at a time; `views` as
+    `IFCDSR.score` builds them. Note: computed as written, in probability space (fp32): an item's P underflows to 0
+    only if its logit is > 87 below the row's best in every branch, impossible for τ > 2/87 (cosines span 2/τ)."""
     for weight, own, into, src, h_id, h_img, empty in views:
         n = own.stop - own.start
         rows = max(1, chunk // n)
@@ -218,9 +197,8 @@ def chunk(score_chunk: int, device: torch.device) -> int:
 
 
 def plain(rows: int, N: int, chunk: int, device: torch.device) -> bool:
-    """Whether `rows` positions over N items run IFCDSR's plain code: on a CPU when their (rows, N) logits fit in
-    half of `chunk` (autograd keeps about two); on CUDA never, as this module moves several times fewer bytes."""
-    return device.type != "cuda" and 2 * rows * N <= chunk
+    """Whether `rows` positions over N items run IFCDSR's plain code; never on CUDA (this file moves fewer bytes)."""
+    return device.type != "cuda" and 2 * rows * N <= chunk  # on a CPU while autograd's ~2 (rows, N) logits fit
 
 
 @functools.cache
@@ -229,8 +207,7 @@ def _free_bytes(device: torch.device) -> int:
 
 
 def cast(E_id: torch.Tensor, E_img: torch.Tensor | None) -> tuple:
-    """The item matrices as Eq. 2's products read them: under autocast (bf16 on CUDA) cast once a step (E_id) and
-    once a run (the frozen E_img), not once a product."""
+    """The item matrices as Eq. 2's products read them: under autocast cast once a step (E_id), once a run (E_img)."""
     if not torch.is_autocast_enabled(E_id.device.type):
         return E_id, E_img
     low = torch.get_autocast_dtype(E_id.device.type)
@@ -244,6 +221,5 @@ def _cast_once(E: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 def host_to(device, t: torch.Tensor) -> torch.Tensor:
     """A CPU tensor to the device; to CUDA through page-locked memory, so the host does not wait for the copy."""
-    if torch.device(device).type == "cuda" and t.device.type == "cpu":
-        return t.pin_memory().to(device, non_blocking=True)
-    return t.to(device)
+    pinned = torch.device(device).type == "cuda" and t.device.type == "cpu"
+    return t.pin_memory().to(device, non_blocking=True) if pinned else t.to(device)

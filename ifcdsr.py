@@ -1,9 +1,7 @@
-"""IFCDSR: Image Fusion for Cross-Domain Sequential Recommendation (Wu et al., WWW Companion 2025).
+"""IFCDSR: Image Fusion for Cross-Domain Sequential Recommendation (Wu et al., WWW Companion 2025); search "Eq.".
 
-The model and its equations (search "Eq."); `IFCDSR.loss` and `score` run fused_loss.py's bounded Eq. 2-8 for large
-(positions × N) logits (`IFCDSR.plain`). Shapes: B sequences, L positions (max_len, left-padded), N items, T a batch's
-prediction positions (Eq. 6's t), q E_id's width, e the CLIP E_img's. Ids: X = 0..|X|-1, Y = |X|..N-1, padding = N.
-"""
+Shapes: B sequences, L positions (max_len, left-padded), N items, T a batch's prediction positions (Eq. 6's t), q E_id's
+width, e the CLIP E_img's. Ids: X = 0..|X|-1, Y = |X|..N-1, padding = N. Large (positions × N) logits: fused_loss.py."""
 import dataclasses
 
 import torch
@@ -17,8 +15,7 @@ VIEWS = ("x", "y", "xy")  # S^X, S^Y, S^{X+Y}
 
 
 @dataclasses.dataclass
-class Config:
-    # model (paper §4 "Implementation Details")
+class Config:  # the model's values from paper §4 "Implementation Details"
     q: int = 256  # q, width of the learnable ID embedding E_id
     alpha: float = 0.7  # α in Eq. 5: weight of the ID branch
     lambda1: float = 0.1  # λ1 in Eq. 7/8: weight of the source-domain view
@@ -69,9 +66,8 @@ class Config:
         """Weights of Eq. 7/8: 1 for the target view, λ1 for the source view, λ2 for the merged view."""
         if not self.multi_attention:  # Table 4 row 1/2: all behaviour combined into one representation
             return {"xy": 1.0}
-        # Note: the paper writes X as the target domain; for target Y the roles of X and Y swap
-        target, source = ("x", "y") if self.target == "X" else ("y", "x")
-        return {target: 1.0, source: self.lambda1, "xy": self.lambda2}
+        source = "y" if self.target == "X" else "x"  # Note: the paper's target domain is X; for target Y the roles swap
+        return {self.target.lower(): 1.0, source: self.lambda1, "xy": self.lambda2}
 
 
 RANGES = {  # the accepted values of every numeric Config field, both ends included (the seed: numpy's range)
@@ -100,7 +96,6 @@ class Block(nn.Module):
 
     def __init__(self, width: int, n_heads: int, dropout: float):
         super().__init__()
-        assert width % n_heads == 0, f"width {width} must be divisible by n_heads {n_heads}"
         self.n_heads, self.dropout = n_heads, dropout
         self.ln_1, self.ln_2 = nn.LayerNorm(width), nn.LayerNorm(width)
         self.qkv, self.out = nn.Linear(width, 3 * width), nn.Linear(width, width)  # the attention's
@@ -132,8 +127,7 @@ class AttentionEncoder(nn.Module):
     def forward(self, F_seq: torch.Tensor, is_pad: torch.Tensor, mask: tuple | None = None) -> torch.Tensor:
         """F_seq (B, L, d) items in sequence order, is_pad (B, L), `mask` = attention_mask(is_pad) -> H (B, L, d)."""
         pos, allowed = mask or attention_mask(is_pad)
-        # fp32 under CUDA autocast, products in TF32 (`train.tf32`): bf16's casts per layer cost more than it saves
-        with torch.autocast("cuda", enabled=False):
+        with torch.autocast("cuda", enabled=False):  # fp32 (TF32 products, train.tf32): a layer's bf16 casts cost more
             x = self.drop(F_seq + self.positions(pos))
             for block in self.blocks:
                 x = block(x, allowed)
@@ -141,12 +135,11 @@ class AttentionEncoder(nn.Module):
 
 
 def attention_mask(is_pad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """is_pad (B, L) -> positions (B, L), the additive mask (B, L, L) of the keys each query sees; once a view."""
+    """is_pad (B, L) -> positions (B, L), additive mask: a query sees itself and earlier real keys (no empty row)."""
     L = is_pad.shape[1]
     pos = (torch.cumsum(~is_pad, dim=1) - 1).clamp(min=0)  # (B, L) from each first real item: left padding is inert
     causal = torch.ones(L, L, dtype=torch.bool, device=is_pad.device).tril()  # query i sees keys j <= i
-    allowed = causal & ~is_pad[:, None, :]  # (B, L, L) and never a padding key ...
-    allowed = allowed | torch.eye(L, dtype=torch.bool, device=is_pad.device)  # ... except itself (no empty row)
+    allowed = (causal & ~is_pad[:, None, :]) | torch.eye(L, dtype=torch.bool, device=is_pad.device)  # (B, L, L)
     return pos, torch.where(allowed, 0.0, float("-inf"))
 
 
@@ -174,8 +167,7 @@ def mixture(log_P_id: torch.Tensor, log_P_img: torch.Tensor, alpha: float) -> to
     return torch.logaddexp(log_P_id + log_weight(alpha), log_P_img + log_weight(1.0 - alpha))  # (T, N)
 
 
-def log_prob(h_id: torch.Tensor, E_id: torch.Tensor, h_img: torch.Tensor | None, E_img: torch.Tensor | None,
-             alpha: float, temperature: float, items: slice = slice(None)) -> torch.Tensor:
+def log_prob(h_id, E_id, h_img, E_img, alpha: float, temperature: float, items: slice = slice(None)) -> torch.Tensor:
     """(Eq. 3-5) log P(· | S) of one view's T positions over the rows `items` of E_id, E_img (unit rows) -> (T, n)."""
     log_P_id = branch_log_prob(h_id, E_id[items], temperature)  # (Eq. 3) P_id = softmax(Sim(h_id, E_id))
     if h_img is None:
@@ -194,15 +186,14 @@ def trim(pad: int, seq: torch.Tensor, *aligned: torch.Tensor) -> tuple[torch.Ten
 
 
 @dataclasses.dataclass
-class ViewShape:
-    """What a batch decides about one view's work, read from its CPU copy so that the device never waits."""
+class ViewShape:  # what a batch decides about one view's work, read from its CPU copy by `shapes`
     width: int  # the columns `trim` keeps: the view's longest history in the batch (left padding: the last ones)
     count: int = 0  # T, the view's prediction positions (Eq. 6's t), in training
     at: torch.Tensor | None = None  # (T,) their flat indices into the trimmed (B·width), on the model's device
 
 
 def shapes(pad: int, inputs, targets=None, device="cpu") -> dict[str, ViewShape]:
-    """Each view's ViewShape for a batch of Views (and, in training, their next items), from CPU tensors."""
+    """Each view's ViewShape for a batch of Views (and in training their next items), from CPU tensors: no wait."""
     out = {}
     for view in VIEWS:
         width = trim(pad, getattr(inputs, view))[0].shape[1]
@@ -222,7 +213,6 @@ class IFCDSR(nn.Module):
     def __init__(self, cfg: Config, num_x: int, num_y: int, E_img: torch.Tensor | None = None):
         super().__init__()
         cfg.check()
-        assert cfg.use_image == (E_img is not None), "pass E_img exactly when cfg.use_image"
         self.cfg, self.num_x, self.num_y = cfg, num_x, num_y
         self.N = self.pad = num_x + num_y
         self.views = tuple(cfg.view_weights())  # the views of Eq. 7, in its order
@@ -234,9 +224,7 @@ class IFCDSR(nn.Module):
         # attention layers"); the paper does not say whether any weights are shared, so none are
         views = VIEWS if cfg.multi_attention else ("xy",)
         self.enc_id = nn.ModuleDict({v: AttentionEncoder(cfg.q, cfg) for v in views})
-        if cfg.use_image:
-            assert E_img.shape[0] == self.N, f"E_img has {E_img.shape[0]} rows, expected N = {self.N}"
-            # Note: §3.1.1's frozen (N, e) CLIP matrix E_img, a buffer not in checkpoints: the data's, re-read from it
+        if cfg.use_image:  # Note: §3.1.1's frozen (N, e) CLIP E_img, a buffer not in checkpoints: re-read from the data
             self.register_buffer("E_img", F.pad(E_img.float(), (0, 0, 0, 1)), persistent=False)  # + a padding row
             self.register_buffer("E_img_unit", unit(self.E_img[:-1]), persistent=False)  # normalised once: frozen
             self.enc_img = nn.ModuleDict({v: AttentionEncoder(E_img.shape[1], cfg) for v in views})
@@ -251,17 +239,11 @@ class IFCDSR(nn.Module):
         H_id = self.enc_id[view](F_id, is_pad, mask)  # (Eq. 1) H_id = Attention(F_id)
         if self.E_img is None:
             return H_id, None
-        # Note: F_img is E_img's rows as they are, no projection: the paper gives H_img the width e of E_img
-        F_img = self.E_img[seq]  # (B, L, e): E_img rows in sequence order
+        F_img = self.E_img[seq]  # (B, L, e). Note: E_img's rows as they are, no projection: the paper's H_img is e wide
         return H_id, self.enc_img[view](F_img, is_pad, mask)  # (Eq. 1) H_img = Attention(F_img)
 
     def chunk(self) -> int:
-        """`Config.score_chunk` resolved: the (positions × items) logits that fused_loss.py computes at once."""
         return fused_loss.chunk(self.cfg.score_chunk, self.E_id.weight.device)
-
-    def plain(self, rows: int) -> bool:
-        """Whether `rows` positions run this file's plain code (`fused_loss.plain`), else the bounded one."""
-        return fused_loss.plain(rows, self.N, self.chunk(), self.E_id.weight.device)
 
     def softmax_items(self, view: str) -> slice:
         """The items of P^v's softmax (Eq. 3/4): all N, or under softmax_over = "domain" its own domain's."""
@@ -269,41 +251,38 @@ class IFCDSR(nn.Module):
         return domain_items(view.upper(), self.num_x, self.N) if own else slice(0, self.N)
 
     def loss(self, inputs, targets, shape: dict | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """(Eq. 7) L = L^X + λ1·L^Y + λ2·L^{X+Y} (X the target domain) for a batch of Views, and each view's part
-        (0-d, for the log). `shape`: the batch's `shapes`, from its CPU copy (else read from `inputs`: a wait)."""
-        cfg, weights = self.cfg, self.cfg.view_weights()
-        shape = shape or shapes(self.pad, inputs, targets, self.E_id.weight.device)
-        if plain := self.plain(max(shape[view].count for view in weights)):  # else the same sums in bounded memory
+        """(Eq. 7) L = L^X + λ1·L^Y + λ2·L^{X+Y} (X the target domain) of a batch, and each view's part (0-d)."""
+        cfg, weights, device = self.cfg, self.cfg.view_weights(), self.E_id.weight.device
+        shape = shape or shapes(self.pad, inputs, targets, device)  # from the CPU copy, else from `inputs`: a wait
+        if plain := fused_loss.plain(max(shape[v].count for v in weights), self.N, self.chunk(), device):  # else fused
             E_id, E_img = fused_loss.cast(unit(self.E_id.weight[:-1]), self.E_img_unit)  # (N, q), (N, e): Eq. 2's rows
-        views = {view: self.next_items(inputs, targets, view, shape[view], weight) for view, weight in weights.items()}
+        views, norms = [], []  # each view's fused_loss.ViewNLL, Eq. 6's divisor
+        for view, weight in weights.items():  # each view's next-item positions t of Eq. 6
+            width, at = shape[view].width, shape[view].at
+            seq, nxt = getattr(inputs, view)[:, -width:], getattr(targets, view)[:, -width:]  # (B, width)
+            H_id, H_img = self.encode(seq, view)
+            items = self.softmax_items(view)  # the next items are among them
+            norms.append(seq.shape[0] * cfg.max_len if cfg.loss_norm == "sum" else max(shape[view].count, 1))
+            views.append(fused_loss.ViewNLL(H_id.flatten(0, 1)[at], None if H_img is None else H_img.flatten(0, 1)[at],
+                                            nxt.flatten()[at] - items.start, items, weight / norms[-1]))
         if not plain:  # every view at once, E_id with its padding row (N + 1, q; none scores it): one gradient
-            total, nlls = fused_loss.nll_views([v for v, _ in views.values()], fused_loss.unit_rows(self.E_id.weight),
-                                               self.E_img_unit, cfg.alpha, cfg.temperature, self.chunk())
-            return total, {view: nll / norm for (view, (_, norm)), nll in zip(views.items(), nlls)}  # (Eq. 7)
+            total, nlls = fused_loss.nll_views(views, fused_loss.unit_rows(self.E_id.weight), self.E_img_unit,
+                                               cfg.alpha, cfg.temperature, self.chunk())
+            return total, {view: nll / norm for view, nll, norm in zip(weights, nlls, norms)}  # (Eq. 7)
         total, parts = 0.0, {}
-        for view, ((h_id, h_img, y, items, _), norm) in views.items():
+        for view, (h_id, h_img, y, items, _), norm in zip(weights, views, norms):
             log_P = log_prob(h_id, E_id, h_img, E_img, cfg.alpha, cfg.temperature, items)  # (T, n) Eq. 2-5
             L_v = -log_P.gather(1, y[:, None]).sum() / norm  # (Eq. 6) Σ_t -log P^v(v_{t+1} | S), normalised
             total = total + weights[view] * L_v  # (Eq. 7)
             parts[view] = L_v.detach()
         return total, parts  # in the order of Eq. 7
 
-    def next_items(self, inputs, targets, view: str, shape: ViewShape, weight: float) -> tuple:
-        """A view's next-item positions (Eq. 6's t) -> fused_loss.ViewNLL (scale: weight / divisor), Eq. 6's divisor."""
-        seq, nxt = getattr(inputs, view)[:, -shape.width:], getattr(targets, view)[:, -shape.width:]  # (B, width)
-        H_id, H_img = self.encode(seq, view)
-        h_id, h_img = H_id.flatten(0, 1)[shape.at], None if H_img is None else H_img.flatten(0, 1)[shape.at]
-        items = self.softmax_items(view)  # y is among them
-        norm = seq.shape[0] * self.cfg.max_len if self.cfg.loss_norm == "sum" else max(shape.count, 1)
-        return fused_loss.ViewNLL(h_id, h_img, nxt.flatten()[shape.at] - items.start, items, weight / norm), norm
-
     @torch.no_grad()
     def score(self, history, items: slice = slice(None), shape: dict | None = None, matrices=None) -> torch.Tensor:
-        """(Eq. 8) P(x_i | S) = P^X + λ1·P^Y + λ2·P^{X+Y} -> (B, |items|) for `items` (default all N), each view read at
-        its last position, softmax over `softmax_items`. `shape`: the batch's `shapes` (CPU); `matrices`: `scorer`'s."""
+        """(Eq. 8) P(x_i | S) = P^X + λ1·P^Y + λ2·P^{X+Y} -> (B, |items|) over `items`; `matrices`: `scorer`'s."""
         cfg, views, (lo, hi) = self.cfg, [], items.indices(self.N)[:2]
         E_id, E_img = matrices or (unit(self.E_id.weight[:-1]), self.E_img_unit)  # (N, q), (N, e) for Eq. 2
-        shape = shape or shapes(self.pad, history)
+        shape = shape or shapes(self.pad, history)  # from the batch's CPU copy, else from `history`: a wait
         for view, weight in cfg.view_weights().items():  # each view read at its last position
             seq = getattr(history, view)[:, -shape[view].width:]  # (B, width)
             H_id, H_img = self.encode(seq, view)
@@ -314,7 +293,7 @@ class IFCDSR(nn.Module):
         # Note: under softmax_over = "domain" (as printed) P^Y is over Y, so Eq. 8's λ1·P^Y(x_i) is 0 for every item
         # of X: S^Y moves the target ranking only through training; under "all" every printed term of Eq. 8 acts
         total = torch.zeros(len(history.xy), hi - lo, device=E_id.device)  # (B, |items|) the sum of Eq. 8
-        if not self.plain(len(history.xy)):  # the same sum, in place, chunk() logits at a time
+        if not fused_loss.plain(len(history.xy), self.N, self.chunk(), E_id.device):  # the same sum, chunk() at a time
             return fused_loss.view_sum(total, views, E_id, E_img, cfg.alpha, cfg.temperature, self.chunk())
         for weight, own, into, src, h_id, h_img, empty in views:  # λ_v, its softmax's items, the covered columns
             P_v = log_prob(h_id, E_id, h_img, E_img, cfg.alpha, cfg.temperature, own).exp()  # (B, |own|) Eq. 2-5

@@ -194,8 +194,9 @@ def test_the_demo_runs_the_plain_path_and_movie_book_the_bounded_one(monkeypatch
     half of `score_chunk`'s CPU value; Movie-Book's (N = 100,782; 332 cases an evaluation batch) does not."""
     cfg = Config()
     demo, movie_book = IFCDSR(cfg, 1000, 1200, torch.zeros(2200, 4)), IFCDSR(cfg, 36845, 63937, torch.zeros(100782, 4))
-    assert demo.plain(256 * 15) and demo.plain(1024)
-    assert not movie_book.plain(332) and not movie_book.plain(256 * 10)
+    cpu = torch.device("cpu")
+    assert all(fused_loss.plain(rows, demo.N, demo.chunk(), cpu) for rows in (256 * 15, 1024))
+    assert not any(fused_loss.plain(rows, movie_book.N, movie_book.chunk(), cpu) for rows in (332, 256 * 10))
 
     def refuse(*args, **kwargs):
         raise AssertionError("fused_loss was called")
