@@ -224,6 +224,8 @@ class IFCDSR(nn.Module):
         # attention layers"); the paper does not say whether any weights are shared, so none are
         views = VIEWS if cfg.multi_attention else ("xy",)
         self.enc_id = nn.ModuleDict({v: AttentionEncoder(cfg.q, cfg) for v in views})
+        if cfg.use_image and E_img.shape[1] % cfg.n_heads:  # q's heads are checked by Config.check
+            raise ConfigError("n_heads", cfg.n_heads, f"a divisor of the image width e = {E_img.shape[1]} too")
         if cfg.use_image:  # Note: §3.1.1's frozen (N, e) CLIP E_img, a buffer not in checkpoints: re-read from the data
             self.register_buffer("E_img", F.pad(E_img.float(), (0, 0, 0, 1)), persistent=False)  # + a padding row
             self.register_buffer("E_img_unit", unit(self.E_img[:-1]), persistent=False)  # normalised once: frozen

@@ -1081,7 +1081,7 @@ def main(argv=None) -> int:
         return eval_only(s) if s.eval_only else run(s)
     except SystemExit as exit_:  # argparse has printed what is wrong (or the help)
         return exit_.code
-    except (DataError, UsageError, OSError) as err:  # OSError: a folder that cannot be written, a full disk
+    except (DataError, UsageError, ConfigError, OSError) as err:  # OSError: an unwritable folder, a full disk
         print(f"error: {err}", file=sys.stderr)
         return 2
     except (MemoryError, RuntimeError) as err:  # an allocation that failed after all (torch.OutOfMemoryError too)

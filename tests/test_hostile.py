@@ -723,6 +723,12 @@ def test_literal_and_a_reading_flag_together_are_refused(tiny_dir, tmp_path, cap
     assert not (tmp_path / "o").exists()
 
 
+def test_heads_that_do_not_divide_the_image_width_are_refused(tiny_dir, tmp_path, capsys):
+    code, text = call(train.main, ["--data-dir", tiny_dir, "--models", "ifcdsr", "--set", "n_heads=3", "q=48",
+                                   "--out", tmp_path / "o"], capsys)
+    assert code == 2 and "n_heads = 3: expected a divisor of the image width e = 8 too" in text
+
+
 def test_a_nan_loss_stops_training_with_exit_2_and_keeps_the_last_good_checkpoint(tiny_dir, tmp_path, capsys,
                                                                                   monkeypatch):
     """Image vectors scaled by 1e20 overflow the attention's LayerNorm: the loss is NaN at the first batch.
