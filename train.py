@@ -712,42 +712,33 @@ def parse_seeds(seeds: str) -> list[int]:
     return chosen
 
 
-def choose_models(models: str | None, no_image: bool, no_multi_attention: bool, name: str,
-                  has_images: bool) -> list[str]:
-    """The rows to run, in the tables' order: --models (a preset or a list), else the default preset (on the demo,
-    the demo's) with the IFCDSR variant that --no-image and --no-multi-attention ask for."""
-    if models is None:
+def choose_models(models: str | None, no_image: bool, no_multi_attention: bool, name: str, images: bool) -> list[str]:
+    """The rows to run, in the tables' order: --models (a preset or a list), else the default ones."""
+    if models is None:  # the default preset (on the demo the demo's), as --no-image and --no-multi-attention vary it
         preset = "demo" if name == "demo" and not (no_image or no_multi_attention) else "default"
-        chosen = [variant(ROWS[m].use_image and not no_image, ROWS[m].multi_attention and not no_multi_attention)
-                  if ROWS[m].ifcdsr else m for m in PRESETS[preset]]
-        return [m for m in ROWS if m in chosen]
+        return [variant(not no_image, not no_multi_attention) if m == "ifcdsr" else m for m in PRESETS[preset]]
     chosen = PRESETS.get(models) or [m.strip() for m in models.split(",") if m.strip()]
-    unknown = [m for m in chosen if m not in ROWS]
-    if unknown or not chosen:
-        raise UsageError(f"--models {models!r}: " + (f"unknown model(s) {unknown}" if unknown else "names no model")
-                         + f"; expected a comma-separated list of {', '.join(ROWS)}, or a preset "
-                           f"({', '.join(PRESETS)}).")
-    why, imaged = "--no-image" if no_image else f"the scenario has no {EMBEDDINGS_FILE}", [
-        m for m in chosen if ROWS[m].use_image]
-    if (no_image or not has_images) and models == "compare":
-        if imaged:
-            print(f"{why}: running only the rows that need no image embeddings", flush=True)
+    if (unknown := [m for m in chosen if m not in ROWS]) or not chosen:
+        raise UsageError(f"--models {models!r}: {f'unknown model(s) {unknown}' if unknown else 'names no model'}; "
+                         f"expected a comma-separated list of {', '.join(ROWS)}, or a preset ({', '.join(PRESETS)}).")
+    imaged = [m for m in chosen if ROWS[m].use_image]
+    why = "--no-image" if no_image else f"the scenario has no {EMBEDDINGS_FILE}"
+    if (no_image or not images) and models == "compare":
+        print(f"{why}: running only the rows that need no image embeddings", flush=True)
         chosen = [m for m in chosen if m not in imaged]
-    elif (no_image or not has_images and models not in PRESETS) and imaged:
+    elif (no_image or not images and models not in PRESETS) and imaged:
         raise UsageError(f"--models {','.join(imaged)} need(s) image embeddings, "
                          f"but {why}. Build them (tools/embed.py) or leave those rows out." + fetch_list(name))
     return [m for m in ROWS if m in chosen]
 
 
 def check_acts(s: Settings, models: list[str]) -> None:
-    """A setting given that acts on none of the rows run (`acts`) is refused: it would change nothing."""
+    """A setting that acts on none of the rows run (`acts`) is refused: it would change nothing."""
     acting = {label for field, label in s.labels if any(acts(field, m) for m in models)}
-    idle = [label for label in dict.fromkeys(label for _, label in s.labels) if label not in acting]
-    if idle:
+    if idle := [label for label in dict.fromkeys(label for _, label in s.labels) if label not in acting]:
         one = len(idle) == 1
-        raise UsageError(f"{', '.join(idle)}: act{'s' if one else ''} on none of the rows of {s.rows_flag} "
-                         f"({', '.join(models)}); drop {'it' if one else 'them'}, or choose rows "
-                         f"{'it acts' if one else 'they act'} on with --models.")
+        raise UsageError(f"{', '.join(idle)}: act{'s' * one} on none of the rows of {s.rows_flag} ({', '.join(models)})"
+                         f"; drop {'it' if one else 'them'}, or choose other rows with --models.")
 
 
 def readings(cfg: Config) -> str:
@@ -762,11 +753,8 @@ def readings(cfg: Config) -> str:
 
 @dataclass(frozen=True)
 class Row:
-    """One model of the tables: an IFCDSR row (two Config flags), a baseline (its class) or popularity (untrained).
-
-    Note: Table 4's rows read as: "original framework" = ID only and the merged view S^{X+Y} alone; "+ image
-    fusion" adds the image branch; "+ multiple attention" (the three views) is IFCDSR.
-    """
+    """One model of the tables. Note: Table 4's rows read as: "original framework" = ID only and the merged view
+    S^{X+Y} alone; "+ image fusion" adds the image branch; "+ multiple attention" (the three views) is IFCDSR."""
     baseline: type | None = None  # a baseline's class; None for an IFCDSR row and for popularity
     use_image: bool = False  # Config.use_image: the image branch (Eq. 5); a row with it needs image embeddings
     multi_attention: bool = True  # Config.multi_attention: the three views; False: S^{X+Y} alone
@@ -778,29 +766,21 @@ class Row:
 
     @property
     def shared(self) -> bool:
-        """One training serves both target domains: a merged baseline predicts every next item of S^{X+Y} whatever
-        the target (only its validation, test and candidates are the target's); IFCDSR's Eq. 7 weighs the views by
-        the target, so it trains once per target, as the `_target` rows do."""
+        """One training serves both targets: a merged baseline's loss ignores the target; IFCDSR's (Eq. 7) does not."""
         return self.baseline is not None and self.baseline.merged
 
 
 ROWS = {  # every row, in the paper's order: baselines first, IFCDSR last
-    "popularity": Row(trained=False),
-    "gru4rec": Row(baselines.GRU4Rec),
-    "sasrec": Row(baselines.SASRec),
-    "gru4rec_target": Row(baselines.GRU4RecTarget),
-    "sasrec_target": Row(baselines.SASRecTarget),
+    "popularity": Row(trained=False), "gru4rec": Row(baselines.GRU4Rec), "sasrec": Row(baselines.SASRec),
+    "gru4rec_target": Row(baselines.GRU4RecTarget), "sasrec_target": Row(baselines.SASRecTarget),
     "original": Row(use_image=False, multi_attention=False),  # Table 4 row 1
     "image_fusion": Row(use_image=True, multi_attention=False),  # Table 4 row 2
     "ifcdsr_id": Row(use_image=False, multi_attention=True),  # --no-image
-    "ifcdsr": Row(use_image=True, multi_attention=True),  # Table 4 row 3: + multiple attention
-}
-PRESETS = {  # --models NAME: a named set of rows
-    "default": ("popularity", "ifcdsr"),
-    "demo": ("popularity", "ifcdsr_id", "ifcdsr"),  # the demo's default: the ID-only model shows what images add
+    "ifcdsr": Row(use_image=True, multi_attention=True)}  # Table 4 row 3: + multiple attention
+PRESETS = {  # --models NAME: a named set of rows; the demo's default adds the ID-only model to show what images add
+    "default": ("popularity", "ifcdsr"), "demo": ("popularity", "ifcdsr_id", "ifcdsr"),
     "compare": ("popularity", "gru4rec", "sasrec", "ifcdsr_id", "ifcdsr"),  # --compare: Tables 2/3's rows
-    "ablation": ("popularity", "original", "image_fusion", "ifcdsr"),  # --ablation: Table 4's rows
-}
+    "ablation": ("popularity", "original", "image_fusion", "ifcdsr")}  # --ablation: Table 4's rows
 
 
 def variant(use_image: bool, multi_attention: bool) -> str:
@@ -810,16 +790,14 @@ def variant(use_image: bool, multi_attention: bool) -> str:
 
 
 def acts(field: str, name: str) -> bool:
-    """Whether a Config field changes row `name`: max_len, score_chunk and the row flags act on every row, nothing
-    else on popularity; a baseline reads no reading, α or λ (GRU4Rec no blocks); α acts on an IFCDSR row with images,
-    the λs and the softmax's domains on one with the three views (S^{X+Y}'s softmax is over all items anyway)."""
+    """Whether Config field `field` changes row `name`."""
     row = ROWS[name]
-    if field in ("max_len", "score_chunk", "use_image", "multi_attention"):
+    if field in ("max_len", "score_chunk", "use_image", "multi_attention"):  # on every row, popularity too
         return True
-    if row.baseline is not None:
+    if row.baseline is not None:  # a baseline reads no reading, α or λ; GRU4Rec has no attention blocks
         return field not in (*PRINTED, "alpha", "lambda1", "lambda2") and not (
             field in ("n_blocks", "n_heads") and issubclass(row.baseline, baselines.GRU4Rec))
-    return row.trained and (field != "alpha" or row.use_image) and (
+    return row.trained and (field != "alpha" or row.use_image) and (  # S^{X+Y}'s softmax is over all items anyway
         row.multi_attention or field not in ("lambda1", "lambda2", "softmax_over"))
 
 
