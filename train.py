@@ -533,97 +533,76 @@ def bounded(kind: type, low: int | float, high: int | float) -> Callable[[str], 
 
 DEMO_EPOCHS = 5  # the demo's default, so that `python train.py` ends within minutes on 2 CPU cores
 GRID = {"lr": [1e-3, 5e-4, 1e-4], "weight_decay": [1e-4, 5e-5, 1e-5]}  # paper §4's 3x3 grid: a bare --grid
-SHORTCUTS = {  # flag: (the Config field it sets as --set FIELD=VALUE does, help); a bool field's flag sets it False
+SHORTCUTS = {  # flag: (the Config field it sets as --set FIELD=VALUE does, help); a bool field's flag sets it false
     "--no-image": ("use_image", "the rows without the image branch (α = 1)"),
     "--no-multi-attention": ("multi_attention", "the rows with only the merged view S^{X+Y}"),
     "--epochs": ("epochs", "training epochs"), "--batch-size": ("batch_size", "mini-batch size"),
     "--lr": ("lr", "learning rate"), "--weight-decay": ("weight_decay", "L2 coefficient"),
     "--patience": ("patience", "early stopping"), "--eval-every": ("eval_every", "validate every N epochs"),
-    "--seed": ("seed", "one training seed (initialisation and batch order)"),
-    "--alpha": ("alpha", "α (Eq. 5)"), "--lambda1": ("lambda1", "λ1 (Eq. 7/8)"),
-    "--lambda2": ("lambda2", "λ2 (Eq. 7/8)"),
+    "--seed": ("seed", "one training seed (initialisation and batch order)"), "--alpha": ("alpha", "α (Eq. 5)"),
+    "--lambda1": ("lambda1", "λ1 (Eq. 7/8)"), "--lambda2": ("lambda2", "λ2 (Eq. 7/8)"),
     "--temperature": ("temperature", "τ dividing Eq. 2; 1 = as printed"),
     "--loss-norm": ("loss_norm", "Eq. 6/7: each view's mean, or the sum as printed"),
     "--softmax-over": ("softmax_over", "Eq. 3/4: all N items, or each view's own domain as printed")}
 
 
-class Once(argparse.Action):
-    """Every flag's action: stores its value and records the flag in `given` (dest -> flag). --set's and --grid's
-    lists merge; a flag given again with another value is refused, where argparse would keep the last."""
-
-    def __call__(self, parser, args, values, option=None):
-        value, old = self.const if self.nargs == 0 else values, getattr(args, self.dest)
-        if isinstance(value, list):
-            value = (old or []) + value
-        elif self.dest in args.given and value != old:
-            parser.error(f"{self.dest} given twice: {old} by {args.given[self.dest]}, {value} by {option}; "
-                         f"give it once")
-        args.given[self.dest] = option
-        setattr(args, self.dest, value)
-
-
 Settings = argparse.Namespace  # one command, read once from its flags (`read`): the flags' values, and cfg, grid,
-# seeds, targets, device, rows_flag (the flag that chose the rows) and labels ((field, flag) of every setting given)
+# seeds, targets, device, given, rows_flag (the flag that chose the rows) and labels ((field, flag) of every setting)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     """The command line; `given` maps each option given (its dest) to its flag."""
     p = argparse.ArgumentParser(description="Train and evaluate IFCDSR and the baselines (README has the details).")
-    arg, defaults = partial(p.add_argument, action=Once), asdict(Config())
+    arg, defaults = p.add_argument, asdict(Config())
     arg("--scenario", help="demo (default), food_kitchen or movie_book")
     arg("--data-dir", help="any C2DSR-format scenario folder")
     arg("--target", default="both", choices=("X", "Y", "both"), help="target domain of Eq. 7-9")
     arg("--models", help=f"rows to run, comma-separated: {', '.join(ROWS)}; or a preset: {', '.join(PRESETS)}")
-    arg("--compare", nargs=0, const="compare", dest="models", help=f"--models compare: {','.join(PRESETS['compare'])}")
-    arg("--ablation", nargs=0, const="ablation", dest="models", help="--models ablation: Table 4's rows")
+    for preset, what in (("compare", ",".join(PRESETS["compare"])), ("ablation", "Table 4's rows")):
+        arg(f"--{preset}", action="store_const", const=preset, dest="models", help=f"--models {preset}: {what}")
     arg("--seeds", help="K seeds (0..K-1) or a list a,b,c; every model is trained once per seed")
-    for option, (field, what) in SHORTCUTS.items():  # each sets its Config field, as --set does
+    for flag, (field, what) in SHORTCUTS.items():  # each sets its Config field, as --set does
         default, demo = defaults[field], f"; {DEMO_EPOCHS} on the demo" if field == "epochs" else ""
-        arg(option, dest=field, **dict(nargs=0, const=False, help=what) if isinstance(default, bool) else dict(
-            choices=CHOICES.get(field), help=f"{what} (default {default}{demo})"))
-    arg("--literal", nargs=0, const=True, default=False,
-        help=f"pin the equations as printed ({', '.join(f'{k} {v}' for k, v in PRINTED.items())}), recorded in "
-             f"results.json")
-    arg("--set", nargs="+", default=[], metavar="FIELD=VALUE",
-        help="any ifcdsr.Config field, e.g. --set q=32 dropout=0.1 (the flags above are shortcuts)")
-    arg("--grid", nargs="*", metavar="FIELD=V1,V2", help="train every row at each point of these fields' values and "
-        "keep, per row and seed, the best on validation; bare: the paper's lr x L2 grid")
+        arg(flag, dest=field, **dict(action="store_const", const="false", help=what) if isinstance(default, bool)
+            else dict(choices=CHOICES.get(field), help=f"{what} (default {default}{demo})"))
+    arg("--literal", action="store_true", help=f"pin Eq. 2-7 as printed: {PRINTED}")
+    arg("--set", nargs="+", action="extend", default=[], metavar="FIELD=VALUE", help="any Config field, e.g. q=32")
+    arg("--grid", nargs="*", action="extend", metavar="FIELD=V1,V2", help="train every row at each point of these "
+        "fields' values and keep, per row and seed, the best on validation; bare: the paper's lr x L2 grid")
     arg("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    arg("--deterministic", nargs=0, const=True, default=False,
-        help="deterministic kernels only: a seeded CUDA run and its resume agree bit for bit (slower)")
+    arg("--deterministic", action="store_true", help="deterministic kernels: a run and its resume agree bit for bit")
     arg("--out", help="output folder (default runs/<scenario>-<time>)")
-    arg("--resume", nargs=0, const=True, default=False, help="continue the interrupted run in --out (or the latest)")
+    arg("--resume", action="store_true", help="continue the interrupted run in --out (or the latest)")
     arg("--eval-only", metavar="CKPT", type=Path, help="evaluate a best_*.pt checkpoint on valid and test")
     arg("--export", metavar="FILE", type=Path, help="with --eval-only: each test case's top-k items, as TSV")
     arg("--k", type=int, help="--export's k (default 10)")
-    return p.parse_args(argv, argparse.Namespace(given={}))
+    args, flags = p.parse_args(argv), {field: flag for flag, (field, _) in SHORTCUTS.items()}
+    args.given = {k: flags.get(k, "--" + k.replace("_", "-")) for k, v in vars(args).items() if v != p.get_default(k)}
+    return args
 
 
 def read(args) -> Settings:
     """The parsed command line as Settings, every flag checked before any work."""
-    given = args.given
     if args.export and not args.eval_only or args.k and not args.export:
         raise UsageError("--export FILE needs --eval-only CKPT" if args.export else "--k needs --export FILE")
     if args.scenario is not None and args.data_dir is not None:
-        raise UsageError("--scenario and --data-dir cannot both act: --data-dir is the scenario folder itself; drop "
-                         "one of them.")
+        raise UsageError("--scenario and --data-dir cannot both act: --data-dir is the scenario folder; drop one.")
     cfg, grid, labels = overrides(args)
     flags = dict(labels)
     if args.models and (not cfg.multi_attention or args.models == "ablation" and not cfg.use_image):
-        why = "the IFCDSR rows without the three views are --models original,image_fusion" if not \
-            cfg.multi_attention else "--ablation trains Table 4's rows with and without images and views"
-        raise UsageError(f"{given['models']} and {flags['multi_attention' if not cfg.multi_attention else 'use_image']}"
-                         f" cannot both act: {why}; drop one of them.")
+        field, why = ("use_image", "--ablation trains Table 4's rows with and without images and views") if \
+            cfg.multi_attention else ("multi_attention", "the rows of one view are --models original,image_fusion")
+        raise UsageError(f"--models {args.models} and {flags[field]} cannot both act: {why}; drop one of them.")
     device = torch.device(args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: no CUDA device is available; use --device cpu.")
     if args.seeds is not None and "seed" in flags:
         raise UsageError(f"give either {flags['seed']} or --seeds, not both.")
-    return Settings(**{**vars(args), "cfg": cfg, "grid": grid, "device": device, "k": args.k or 10,
-                       "seeds": parse_seeds(args.seeds) if args.seeds else [cfg.seed],
-                       "targets": ("X", "Y") if args.target == "both" else (args.target,),
-                       "rows_flag": given.get("models") or flags.get("use_image") or flags.get("multi_attention")
-                       or "the default rows", "labels": labels + [("seed", "--seeds")] * bool(args.seeds)})
+    rows = args.given.get("models") or flags.get("use_image") or flags.get("multi_attention") or "the default rows"
+    return Settings(**vars(args) | dict(
+        cfg=cfg, grid=grid, device=device, k=args.k or 10, seeds=parse_seeds(args.seeds) if args.seeds else [cfg.seed],
+        targets=("X", "Y") if args.target == "both" else (args.target,), rows_flag=rows,
+        labels=labels + [("seed", "--seeds")] * bool(args.seeds)))
 
 
 def overrides(args) -> tuple[Config, dict[str, list], list[tuple[str, str]]]:
@@ -631,11 +610,10 @@ def overrides(args) -> tuple[Config, dict[str, list], list[tuple[str, str]]]:
     -> (config, --grid's {field: [values]}, [(field, its flag)]); settings that disagree on a field are refused."""
     given = [(*parse_value(pair, f"--set {pair}"), f"--set {pair}", f"--set {pair.partition('=')[0]}")
              for pair in args.set]
-    for option, (field, _) in SHORTCUTS.items():
-        value, shown = getattr(args, field), f"{option} {getattr(args, field)}"
-        if field in args.given:
-            given.append((field, value, option, option) if value is False else
-                         (*parse_value(f"{field}={value}", shown), shown, option))
+    for flag, (field, _) in SHORTCUTS.items():
+        if (value := getattr(args, field)) is not None:
+            shown = flag if value == "false" else f"{flag} {value}"
+            given.append((*parse_value(f"{field}={value}", shown), shown, flag))
     given += [(k, v, f"--literal ({k}={v}, as printed)", "--literal") for k, v in PRINTED.items() if args.literal]
     searched = list(GRID.items()) if args.grid == [] else [parse_list(pair) for pair in args.grid or []]
     given += [(k, v, f"--grid {grid_text({k: v})}", f"--grid {k}" if args.grid else "--grid") for k, v in searched]

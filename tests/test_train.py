@@ -168,7 +168,6 @@ def test_model_selection_keeps_the_best_validation_epoch_and_reads_the_test_set_
     (("--seeds", "2", "--seed", "3"), "not both"),
     (("--models", "sasrec,bert4rec"), "unknown model(s) ['bert4rec']"),
     (("--models", "ifcdsr", "--no-image"), "need(s) image embeddings"),
-    (("--compare", "--ablation"), "models given twice: compare by --compare, ablation by --ablation; give it once"),
 ])
 def test_cli_bad_input_exits_2_with_a_message(args, message, capsys, tmp_path):
     assert run_cli(*args, "--out", tmp_path / "o") == 2
