@@ -606,10 +606,8 @@ def read(args) -> Settings:
 
 
 def overrides(args) -> tuple[Config, dict[str, list], list[tuple[str, str]]]:
-    """--set, the shortcuts, --literal and --grid, in this order, on Config's defaults (the demo's epochs on the demo)
-    -> (config, --grid's {field: [values]}, [(field, its flag)]); settings that disagree on a field are refused."""
-    given = [(*parse_value(pair, f"--set {pair}"), f"--set {pair}", f"--set {pair.partition('=')[0]}")
-             for pair in args.set]
+    """--set, the shortcuts, --literal and --grid on Config -> (config, --grid's {field: [values]}, [(field, flag)])."""
+    given = [(*parse_value(p, f"--set {p}"), f"--set {p}", f"--set {p.partition('=')[0]}") for p in args.set]
     for flag, (field, _) in SHORTCUTS.items():
         if (value := getattr(args, field)) is not None:
             shown = flag if value == "false" else f"{flag} {value}"
@@ -618,41 +616,34 @@ def overrides(args) -> tuple[Config, dict[str, list], list[tuple[str, str]]]:
     searched = list(GRID.items()) if args.grid == [] else [parse_list(pair) for pair in args.grid or []]
     given += [(k, v, f"--grid {grid_text({k: v})}", f"--grid {k}" if args.grid else "--grid") for k, v in searched]
     first = {}
-    for field, value, text, _ in given:
-        if field in first and first[field][0] != value:
-            raise UsageError(f"{first[field][1]} and {text} disagree on {field}; drop one of them.")
-        first.setdefault(field, (value, text))
+    for field, value, text, _ in given:  # the same text is the same value, even NaN
+        if (old := first.setdefault(field, (value, text)))[1] != text and old[0] != value:
+            raise UsageError(f"{old[1]} and {text} disagree on {field}; drop one of them.")
     grid = dict(searched)
-    sets = {field: value for field, (value, _) in first.items() if field not in grid}
-    if "epochs" not in sets and args.data_dir is None and args.scenario in (None, "demo") and not args.eval_only:
-        sets["epochs"] = DEMO_EPOCHS
-    point = {}
-    try:
-        cfg = Config().replace(**sets)
-        for values in itertools.product(*grid.values()):
-            cfg.replace(**(point := dict(zip(grid, values))))
+    demo = args.scenario in (None, "demo") and args.data_dir is None and not args.eval_only
+    sets = ({"epochs": DEMO_EPOCHS} if demo else {}) | {f: v for f, (v, _) in first.items() if f not in grid}
+    try:  # the settings alone, then at each point of the grid
+        for point in [{}, *(dict(zip(grid, values)) for values in itertools.product(*grid.values()))]:
+            Config().replace(**sets, **point)
     except ConfigError as err:  # a value outside its range, or n_heads that does not divide q
         where = f"--grid: at {point_name(point)}" if point else first.get(err.field, (None, "--set"))[1]
         raise UsageError(f"{where}: {err}.") from None
-    return cfg, grid, [(field, label) for field, _, _, label in given]
+    return Config().replace(**sets), grid, [(field, label) for field, _, _, label in given]
 
 
 def parse_value(pair: str, shown: str) -> tuple[str, object]:
     """FIELD=VALUE -> (field, value) typed as the field's default (a bool: true or false); `shown` names it."""
-    defaults = asdict(Config())
+    defaults = {k: v for k, v in asdict(Config()).items() if k != "target"}  # the target is --target's
     field, eq, text = pair.partition("=")
     if field not in defaults or not eq:
-        what = "expected FIELD=VALUE" if not eq else f"ifcdsr.Config has no field {field!r}"
-        raise UsageError(f"{shown}: {what}; the fields are {', '.join(defaults)}.")
-    if field == "target":
-        raise UsageError(f"{shown}: target is decided for each training; use --target X, Y or both.")
-    kind = type(defaults[field])
+        raise UsageError(f"{shown}: expected FIELD=VALUE, FIELD one of {', '.join(defaults)}"
+                         + " (the target domain is --target's)" * (field == "target") + ".")
+    default = defaults[field]
     try:
-        return field, {"true": True, "false": False}[text] if kind is bool else kind(text)
-    except (KeyError, ValueError):
-        expected = {bool: "true or false", int: "an integer", float: "a number"}.get(kind, "text")
-        raise UsageError(f"{shown}: expected {expected} for {field} (default {defaults[field]}), found {text!r}.") \
-            from None
+        return field, {"true": True, "false": False}[text] if isinstance(default, bool) else type(default)(text)
+    except (KeyError, ValueError):  # a str field takes any text
+        expected = {bool: "true or false", int: "an integer"}.get(type(default), "a number")
+        raise UsageError(f"{shown}: expected {expected} for {field} (default {default}), found {text!r}.") from None
 
 
 def parse_list(pair: str) -> tuple[str, list]:
