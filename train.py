@@ -551,7 +551,7 @@ Settings = argparse.Namespace  # one command, read once from its flags (`read`):
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    """The command line; `given` maps each option given (its dest) to its flag."""
+    """The command line; `given` maps each option given, one whose value is not its default (its dest), to its flag."""
     p = argparse.ArgumentParser(description="Train and evaluate IFCDSR and the baselines (README has the details).")
     arg, defaults = p.add_argument, asdict(Config())
     arg("--scenario", help="demo (default), food_kitchen or movie_book")
