@@ -465,148 +465,117 @@ def bounded(kind: type, low: int | float, high: int | float) -> Callable[[str], 
 
 DEMO_EPOCHS = 5  # the demo's default, so that `python train.py` ends within minutes on 2 CPU cores
 GRID = {"lr": [1e-3, 5e-4, 1e-4], "weight_decay": [1e-4, 5e-5, 1e-5]}  # paper §4's 3x3 grid: a bare --grid
-SHORTCUTS = {  # flag: (the Config field it sets as --set FIELD=VALUE does, help); a bool field's flag sets it False
+SHORTCUTS = {  # flag: (the Config field it sets as --set FIELD=VALUE does, help); a bool field's flag sets it false
     "--no-image": ("use_image", "the rows without the image branch (α = 1)"),
     "--no-multi-attention": ("multi_attention", "the rows with only the merged view S^{X+Y}"),
     "--epochs": ("epochs", "training epochs"), "--batch-size": ("batch_size", "mini-batch size"),
     "--lr": ("lr", "learning rate"), "--weight-decay": ("weight_decay", "L2 coefficient"),
     "--patience": ("patience", "early stopping"), "--eval-every": ("eval_every", "validate every N epochs"),
-    "--seed": ("seed", "one training seed (initialisation and batch order)"),
-    "--alpha": ("alpha", "α (Eq. 5)"), "--lambda1": ("lambda1", "λ1 (Eq. 7/8)"),
-    "--lambda2": ("lambda2", "λ2 (Eq. 7/8)"),
+    "--seed": ("seed", "one training seed (initialisation and batch order)"), "--alpha": ("alpha", "α (Eq. 5)"),
+    "--lambda1": ("lambda1", "λ1 (Eq. 7/8)"), "--lambda2": ("lambda2", "λ2 (Eq. 7/8)"),
     "--temperature": ("temperature", "τ dividing Eq. 2; 1 = as printed"),
     "--loss-norm": ("loss_norm", "Eq. 6/7: each view's mean, or the sum as printed"),
     "--softmax-over": ("softmax_over", "Eq. 3/4: all N items, or each view's own domain as printed")}
 
 
-class Once(argparse.Action):
-    """Every flag's action: stores its value and records the flag in `given` (dest -> flag). --set's and --grid's
-    lists merge; a flag given again with another value is refused, where argparse would keep the last."""
-
-    def __call__(self, parser, args, values, option=None):
-        value, old = self.const if self.nargs == 0 else values, getattr(args, self.dest)
-        if isinstance(value, list):
-            value = (old or []) + value
-        elif self.dest in args.given and value != old:
-            parser.error(f"{self.dest} given twice: {old} by {args.given[self.dest]}, {value} by {option}; "
-                         f"give it once")
-        args.given[self.dest] = option
-        setattr(args, self.dest, value)
-
-
 Settings = argparse.Namespace  # one command, read once from its flags (`read`): the flags' values, and cfg, grid,
-# seeds, targets, device, rows_flag (the flag that chose the rows) and labels ((field, flag) of every setting given)
+# seeds, targets, device, given, rows_flag (the flag that chose the rows) and labels ((field, flag) of every setting)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    """The command line; `given` maps each option given (its dest) to its flag."""
+    """The command line; `given` maps each option given, one whose value is not its default (its dest), to its flag."""
     p = argparse.ArgumentParser(description="Train and evaluate IFCDSR and the baselines (README has the details).")
-    arg, defaults = partial(p.add_argument, action=Once), asdict(Config())
+    arg, defaults = p.add_argument, asdict(Config())
     arg("--scenario", help="demo (default), food_kitchen or movie_book")
     arg("--data-dir", help="any C2DSR-format scenario folder")
     arg("--target", default="both", choices=("X", "Y", "both"), help="target domain of Eq. 7-9")
     arg("--models", help=f"rows to run, comma-separated: {', '.join(ROWS)}; or a preset: {', '.join(PRESETS)}")
-    arg("--compare", nargs=0, const="compare", dest="models", help=f"--models compare: {','.join(PRESETS['compare'])}")
-    arg("--ablation", nargs=0, const="ablation", dest="models", help="--models ablation: Table 4's rows")
+    for preset, what in (("compare", ",".join(PRESETS["compare"])), ("ablation", "Table 4's rows")):
+        arg(f"--{preset}", action="store_const", const=preset, dest="models", help=f"--models {preset}: {what}")
     arg("--seeds", help="K seeds (0..K-1) or a list a,b,c; every model is trained once per seed")
-    for option, (field, what) in SHORTCUTS.items():  # each sets its Config field, as --set does
+    for flag, (field, what) in SHORTCUTS.items():  # each sets its Config field, as --set does
         default, demo = defaults[field], f"; {DEMO_EPOCHS} on the demo" if field == "epochs" else ""
-        arg(option, dest=field, **dict(nargs=0, const=False, help=what) if isinstance(default, bool) else dict(
-            choices=CHOICES.get(field), help=f"{what} (default {default}{demo})"))
-    arg("--literal", nargs=0, const=True, default=False,
-        help=f"pin the equations as printed ({', '.join(f'{k} {v}' for k, v in PRINTED.items())}), recorded in "
-             f"results.json")
-    arg("--set", nargs="+", default=[], metavar="FIELD=VALUE",
-        help="any ifcdsr.Config field, e.g. --set q=32 dropout=0.1 (the flags above are shortcuts)")
-    arg("--grid", nargs="*", metavar="FIELD=V1,V2", help="train every row at each point of these fields' values and "
-        "keep, per row and seed, the best on validation; bare: the paper's lr x L2 grid")
+        arg(flag, dest=field, **dict(action="store_const", const="false", help=what) if isinstance(default, bool)
+            else dict(choices=CHOICES.get(field), help=f"{what} (default {default}{demo})"))
+    arg("--literal", action="store_true", help=f"pin Eq. 2-7 as printed: {PRINTED}")
+    arg("--set", nargs="+", action="extend", default=[], metavar="FIELD=VALUE", help="any Config field, e.g. q=32")
+    arg("--grid", nargs="*", action="extend", metavar="FIELD=V1,V2", help="train every row at each point of these "
+        "fields' values and keep, per row and seed, the best on validation; bare: the paper's lr x L2 grid")
     arg("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    arg("--deterministic", nargs=0, const=True, default=False,
-        help="deterministic kernels only: a seeded CUDA run and its resume agree bit for bit (slower)")
+    arg("--deterministic", action="store_true", help="deterministic kernels: a run and its resume agree bit for bit")
     arg("--out", help="output folder (default runs/<scenario>-<time>)")
-    arg("--resume", nargs=0, const=True, default=False, help="continue the interrupted run in --out (or the latest)")
+    arg("--resume", action="store_true", help="continue the interrupted run in --out (or the latest)")
     arg("--eval-only", metavar="CKPT", type=Path, help="evaluate a best_*.pt checkpoint on valid and test")
     arg("--export", metavar="FILE", type=Path, help="with --eval-only: each test case's top-k items, as TSV")
     arg("--k", type=int, help="--export's k (default 10)")
-    return p.parse_args(argv, argparse.Namespace(given={}))
+    args, flags = p.parse_args(argv), {field: flag for flag, (field, _) in SHORTCUTS.items()}
+    args.given = {k: flags.get(k, "--" + k.replace("_", "-")) for k, v in vars(args).items() if v != p.get_default(k)}
+    return args
 
 
 def read(args) -> Settings:
     """The parsed command line as Settings, every flag checked before any work."""
-    given = args.given
     if args.export and not args.eval_only or args.k and not args.export:
         raise UsageError("--export FILE needs --eval-only CKPT" if args.export else "--k needs --export FILE")
     if args.scenario is not None and args.data_dir is not None:
-        raise UsageError("--scenario and --data-dir cannot both act: --data-dir is the scenario folder itself; drop "
-                         "one of them.")
+        raise UsageError("--scenario and --data-dir cannot both act: --data-dir is the scenario folder; drop one.")
     cfg, grid, labels = overrides(args)
     flags = dict(labels)
     if args.models and (not cfg.multi_attention or args.models == "ablation" and not cfg.use_image):
-        why = "the IFCDSR rows without the three views are --models original,image_fusion" if not \
-            cfg.multi_attention else "--ablation trains Table 4's rows with and without images and views"
-        raise UsageError(f"{given['models']} and {flags['multi_attention' if not cfg.multi_attention else 'use_image']}"
-                         f" cannot both act: {why}; drop one of them.")
+        field, why = ("use_image", "--ablation trains Table 4's rows with and without images and views") if \
+            cfg.multi_attention else ("multi_attention", "the rows of one view are --models original,image_fusion")
+        raise UsageError(f"--models {args.models} and {flags[field]} cannot both act: {why}; drop one of them.")
     device = torch.device(args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: no CUDA device is available; use --device cpu.")
     if args.seeds is not None and "seed" in flags:
         raise UsageError(f"give either {flags['seed']} or --seeds, not both.")
-    return Settings(**{**vars(args), "cfg": cfg, "grid": grid, "device": device, "k": args.k or 10,
-                       "seeds": parse_seeds(args.seeds) if args.seeds else [cfg.seed],
-                       "targets": ("X", "Y") if args.target == "both" else (args.target,),
-                       "rows_flag": given.get("models") or flags.get("use_image") or flags.get("multi_attention")
-                       or "the default rows", "labels": labels + [("seed", "--seeds")] * bool(args.seeds)})
+    rows = args.given.get("models") or flags.get("use_image") or flags.get("multi_attention") or "the default rows"
+    return Settings(**vars(args) | dict(
+        cfg=cfg, grid=grid, device=device, k=args.k or 10, seeds=parse_seeds(args.seeds) if args.seeds else [cfg.seed],
+        targets=("X", "Y") if args.target == "both" else (args.target,), rows_flag=rows,
+        labels=labels + [("seed", "--seeds")] * bool(args.seeds)))
 
 
 def overrides(args) -> tuple[Config, dict[str, list], list[tuple[str, str]]]:
-    """--set, the shortcuts, --literal and --grid, in this order, on Config's defaults (the demo's epochs on the demo)
-    -> (config, --grid's {field: [values]}, [(field, its flag)]); settings that disagree on a field are refused."""
-    given = [(*parse_value(pair, f"--set {pair}"), f"--set {pair}", f"--set {pair.partition('=')[0]}")
-             for pair in args.set]
-    for option, (field, _) in SHORTCUTS.items():
-        value, shown = getattr(args, field), f"{option} {getattr(args, field)}"
-        if field in args.given:
-            given.append((field, value, option, option) if value is False else
-                         (*parse_value(f"{field}={value}", shown), shown, option))
+    """--set, the shortcuts, --literal and --grid on Config -> (config, --grid's {field: [values]}, [(field, flag)])."""
+    given = [(*parse_value(p, f"--set {p}"), f"--set {p}", f"--set {p.partition('=')[0]}") for p in args.set]
+    for flag, (field, _) in SHORTCUTS.items():
+        if (value := getattr(args, field)) is not None:
+            shown = flag if value == "false" else f"{flag} {value}"
+            given.append((*parse_value(f"{field}={value}", shown), shown, flag))
     given += [(k, v, f"--literal ({k}={v}, as printed)", "--literal") for k, v in PRINTED.items() if args.literal]
     searched = list(GRID.items()) if args.grid == [] else [parse_list(pair) for pair in args.grid or []]
     given += [(k, v, f"--grid {grid_text({k: v})}", f"--grid {k}" if args.grid else "--grid") for k, v in searched]
     first = {}
-    for field, value, text, _ in given:
-        if field in first and first[field][0] != value:
-            raise UsageError(f"{first[field][1]} and {text} disagree on {field}; drop one of them.")
-        first.setdefault(field, (value, text))
+    for field, value, text, _ in given:  # the same text is the same value, even NaN
+        if (old := first.setdefault(field, (value, text)))[1] != text and old[0] != value:
+            raise UsageError(f"{old[1]} and {text} disagree on {field}; drop one of them.")
     grid = dict(searched)
-    sets = {field: value for field, (value, _) in first.items() if field not in grid}
-    if "epochs" not in sets and args.data_dir is None and args.scenario in (None, "demo") and not args.eval_only:
-        sets["epochs"] = DEMO_EPOCHS
-    point = {}
-    try:
-        cfg = Config().replace(**sets)
-        for values in itertools.product(*grid.values()):
-            cfg.replace(**(point := dict(zip(grid, values))))
+    demo = args.scenario in (None, "demo") and args.data_dir is None and not args.eval_only
+    sets = ({"epochs": DEMO_EPOCHS} if demo else {}) | {f: v for f, (v, _) in first.items() if f not in grid}
+    try:  # the settings alone, then at each point of the grid
+        for point in [{}, *(dict(zip(grid, values)) for values in itertools.product(*grid.values()))]:
+            Config().replace(**sets, **point)
     except ConfigError as err:  # a value outside its range, or n_heads that does not divide q
         where = f"--grid: at {point_name(point)}" if point else first.get(err.field, (None, "--set"))[1]
         raise UsageError(f"{where}: {err}.") from None
-    return cfg, grid, [(field, label) for field, _, _, label in given]
+    return Config().replace(**sets), grid, [(field, label) for field, _, _, label in given]
 
 
 def parse_value(pair: str, shown: str) -> tuple[str, object]:
     """FIELD=VALUE -> (field, value) typed as the field's default (a bool: true or false); `shown` names it."""
-    defaults = asdict(Config())
+    defaults = {k: v for k, v in asdict(Config()).items() if k != "target"}  # the target is --target's
     field, eq, text = pair.partition("=")
     if field not in defaults or not eq:
-        what = "expected FIELD=VALUE" if not eq else f"ifcdsr.Config has no field {field!r}"
-        raise UsageError(f"{shown}: {what}; the fields are {', '.join(defaults)}.")
-    if field == "target":
-        raise UsageError(f"{shown}: target is decided for each training; use --target X, Y or both.")
-    kind = type(defaults[field])
+        raise UsageError(f"{shown}: expected FIELD=VALUE, FIELD one of {', '.join(defaults)}"
+                         + " (the target domain is --target's)" * (field == "target") + ".")
+    default = defaults[field]
     try:
-        return field, {"true": True, "false": False}[text] if kind is bool else kind(text)
-    except (KeyError, ValueError):
-        expected = {bool: "true or false", int: "an integer", float: "a number"}.get(kind, "text")
-        raise UsageError(f"{shown}: expected {expected} for {field} (default {defaults[field]}), found {text!r}.") \
-            from None
+        return field, {"true": True, "false": False}[text] if isinstance(default, bool) else type(default)(text)
+    except (KeyError, ValueError):  # a str field takes any text
+        expected = {bool: "true or false", int: "an integer"}.get(type(default), "a number")
+        raise UsageError(f"{shown}: expected {expected} for {field} (default {default}), found {text!r}.") from None
 
 
 def parse_list(pair: str) -> tuple[str, list]:
@@ -644,42 +613,33 @@ def parse_seeds(seeds: str) -> list[int]:
     return chosen
 
 
-def choose_models(models: str | None, no_image: bool, no_multi_attention: bool, name: str,
-                  has_images: bool) -> list[str]:
-    """The rows to run, in the tables' order: --models (a preset or a list), else the default preset (on the demo,
-    the demo's) with the IFCDSR variant that --no-image and --no-multi-attention ask for."""
-    if models is None:
+def choose_models(models: str | None, no_image: bool, no_multi_attention: bool, name: str, images: bool) -> list[str]:
+    """The rows to run, in the tables' order: --models (a preset or a list), else the default ones."""
+    if models is None:  # the default preset (on the demo the demo's), as --no-image and --no-multi-attention vary it
         preset = "demo" if name == "demo" and not (no_image or no_multi_attention) else "default"
-        chosen = [variant(ROWS[m].use_image and not no_image, ROWS[m].multi_attention and not no_multi_attention)
-                  if ROWS[m].ifcdsr else m for m in PRESETS[preset]]
-        return [m for m in ROWS if m in chosen]
+        return [variant(not no_image, not no_multi_attention) if m == "ifcdsr" else m for m in PRESETS[preset]]
     chosen = PRESETS.get(models) or [m.strip() for m in models.split(",") if m.strip()]
-    unknown = [m for m in chosen if m not in ROWS]
-    if unknown or not chosen:
-        raise UsageError(f"--models {models!r}: " + (f"unknown model(s) {unknown}" if unknown else "names no model")
-                         + f"; expected a comma-separated list of {', '.join(ROWS)}, or a preset "
-                           f"({', '.join(PRESETS)}).")
-    why, imaged = "--no-image" if no_image else f"the scenario has no {EMBEDDINGS_FILE}", [
-        m for m in chosen if ROWS[m].use_image]
-    if (no_image or not has_images) and models == "compare":
-        if imaged:
-            print(f"{why}: running only the rows that need no image embeddings", flush=True)
+    if (unknown := [m for m in chosen if m not in ROWS]) or not chosen:
+        raise UsageError(f"--models {models!r}: {f'unknown model(s) {unknown}' if unknown else 'names no model'}; "
+                         f"expected a comma-separated list of {', '.join(ROWS)}, or a preset ({', '.join(PRESETS)}).")
+    imaged = [m for m in chosen if ROWS[m].use_image]
+    why = "--no-image" if no_image else f"the scenario has no {EMBEDDINGS_FILE}"
+    if (no_image or not images) and models == "compare":
+        print(f"{why}: running only the rows that need no image embeddings", flush=True)
         chosen = [m for m in chosen if m not in imaged]
-    elif (no_image or not has_images and models not in PRESETS) and imaged:
+    elif (no_image or not images and models not in PRESETS) and imaged:
         raise UsageError(f"--models {','.join(imaged)} need(s) image embeddings, "
                          f"but {why}. Build them (tools/embed.py) or leave those rows out." + fetch_list(name))
     return [m for m in ROWS if m in chosen]
 
 
 def check_acts(s: Settings, models: list[str]) -> None:
-    """A setting given that acts on none of the rows run (`acts`) is refused: it would change nothing."""
+    """A setting that acts on none of the rows run (`acts`) is refused: it would change nothing."""
     acting = {label for field, label in s.labels if any(acts(field, m) for m in models)}
-    idle = [label for label in dict.fromkeys(label for _, label in s.labels) if label not in acting]
-    if idle:
+    if idle := [label for label in dict.fromkeys(label for _, label in s.labels) if label not in acting]:
         one = len(idle) == 1
-        raise UsageError(f"{', '.join(idle)}: act{'s' if one else ''} on none of the rows of {s.rows_flag} "
-                         f"({', '.join(models)}); drop {'it' if one else 'them'}, or choose rows "
-                         f"{'it acts' if one else 'they act'} on with --models.")
+        raise UsageError(f"{', '.join(idle)}: act{'s' * one} on none of the rows of {s.rows_flag} ({', '.join(models)})"
+                         f"; drop {'it' if one else 'them'}, or choose other rows with --models.")
 
 
 def readings(cfg: Config) -> str:
@@ -694,11 +654,8 @@ def readings(cfg: Config) -> str:
 
 @dataclass(frozen=True)
 class Row:
-    """One model of the tables: an IFCDSR row (two Config flags), a baseline (its class) or popularity (untrained).
-
-    Note: Table 4's rows read as: "original framework" = ID only and the merged view S^{X+Y} alone; "+ image
-    fusion" adds the image branch; "+ multiple attention" (the three views) is IFCDSR.
-    """
+    """One model of the tables. Note: Table 4's rows read as: "original framework" = ID only and the merged view
+    S^{X+Y} alone; "+ image fusion" adds the image branch; "+ multiple attention" (the three views) is IFCDSR."""
     baseline: type | None = None  # a baseline's class; None for an IFCDSR row and for popularity
     use_image: bool = False  # Config.use_image: the image branch (Eq. 5); a row with it needs image embeddings
     multi_attention: bool = True  # Config.multi_attention: the three views; False: S^{X+Y} alone
@@ -710,29 +667,21 @@ class Row:
 
     @property
     def shared(self) -> bool:
-        """One training serves both target domains: a merged baseline predicts every next item of S^{X+Y} whatever
-        the target (only its validation, test and candidates are the target's); IFCDSR's Eq. 7 weighs the views by
-        the target, so it trains once per target, as the `_target` rows do."""
+        """One training serves both targets: a merged baseline's loss ignores the target; IFCDSR's (Eq. 7) does not."""
         return self.baseline is not None and self.baseline.merged
 
 
 ROWS = {  # every row, in the paper's order: baselines first, IFCDSR last
-    "popularity": Row(trained=False),
-    "gru4rec": Row(baselines.GRU4Rec),
-    "sasrec": Row(baselines.SASRec),
-    "gru4rec_target": Row(baselines.GRU4RecTarget),
-    "sasrec_target": Row(baselines.SASRecTarget),
+    "popularity": Row(trained=False), "gru4rec": Row(baselines.GRU4Rec), "sasrec": Row(baselines.SASRec),
+    "gru4rec_target": Row(baselines.GRU4RecTarget), "sasrec_target": Row(baselines.SASRecTarget),
     "original": Row(use_image=False, multi_attention=False),  # Table 4 row 1
     "image_fusion": Row(use_image=True, multi_attention=False),  # Table 4 row 2
     "ifcdsr_id": Row(use_image=False, multi_attention=True),  # --no-image
-    "ifcdsr": Row(use_image=True, multi_attention=True),  # Table 4 row 3: + multiple attention
-}
-PRESETS = {  # --models NAME: a named set of rows
-    "default": ("popularity", "ifcdsr"),
-    "demo": ("popularity", "ifcdsr_id", "ifcdsr"),  # the demo's default: the ID-only model shows what images add
+    "ifcdsr": Row(use_image=True, multi_attention=True)}  # Table 4 row 3: + multiple attention
+PRESETS = {  # --models NAME: a named set of rows; the demo's default adds the ID-only model to show what images add
+    "default": ("popularity", "ifcdsr"), "demo": ("popularity", "ifcdsr_id", "ifcdsr"),
     "compare": ("popularity", "gru4rec", "sasrec", "ifcdsr_id", "ifcdsr"),  # --compare: Tables 2/3's rows
-    "ablation": ("popularity", "original", "image_fusion", "ifcdsr"),  # --ablation: Table 4's rows
-}
+    "ablation": ("popularity", "original", "image_fusion", "ifcdsr")}  # --ablation: Table 4's rows
 
 
 def variant(use_image: bool, multi_attention: bool) -> str:
@@ -742,16 +691,14 @@ def variant(use_image: bool, multi_attention: bool) -> str:
 
 
 def acts(field: str, name: str) -> bool:
-    """Whether a Config field changes row `name`: max_len, score_chunk and the row flags act on every row, nothing
-    else on popularity; a baseline reads no reading, α or λ (GRU4Rec no blocks); α acts on an IFCDSR row with images,
-    the λs and the softmax's domains on one with the three views (S^{X+Y}'s softmax is over all items anyway)."""
+    """Whether Config field `field` changes row `name`."""
     row = ROWS[name]
-    if field in ("max_len", "score_chunk", "use_image", "multi_attention"):
+    if field in ("max_len", "score_chunk", "use_image", "multi_attention"):  # on every row, popularity too
         return True
-    if row.baseline is not None:
+    if row.baseline is not None:  # a baseline reads no reading, α or λ; GRU4Rec has no attention blocks
         return field not in (*PRINTED, "alpha", "lambda1", "lambda2") and not (
             field in ("n_blocks", "n_heads") and issubclass(row.baseline, baselines.GRU4Rec))
-    return row.trained and (field != "alpha" or row.use_image) and (
+    return row.trained and (field != "alpha" or row.use_image) and (  # S^{X+Y}'s softmax is over all items anyway
         row.multi_attention or field not in ("lambda1", "lambda2", "softmax_over"))
 
 

@@ -993,10 +993,11 @@ FLAG_PAIRS = [  # (command, flags, expected message): refused before any work, n
     ("train", ("--grid", "--lr", "0.01"), "--lr 0.01 and --grid lr=0.001,0.0005,0.0001 disagree on lr"),
     ("train", ("--grid", "--weight-decay", "0"), "--weight-decay 0 and --grid weight_decay=0.0001,5e-05,1e-05 "
      "disagree"),
-    ("train", ("--ablation", "--no-image"), "--ablation and --no-image cannot both act"),
-    ("train", ("--ablation", "--no-multi-attention"), "--ablation and --no-multi-attention cannot both act"),
-    ("train", ("--compare", "--no-multi-attention"), "--compare and --no-multi-attention cannot both act"),
-    ("train", ("--models", "ifcdsr", "--no-multi-attention"), "--models and --no-multi-attention cannot both act"),
+    ("train", ("--ablation", "--no-image"), "--models ablation and --no-image cannot both act"),
+    ("train", ("--ablation", "--no-multi-attention"), "--models ablation and --no-multi-attention cannot both act"),
+    ("train", ("--compare", "--no-multi-attention"), "--models compare and --no-multi-attention cannot both act"),
+    ("train", ("--models", "ifcdsr", "--no-multi-attention"), "--models ifcdsr and --no-multi-attention cannot "
+     "both act"),
     ("train", ("--models", ""), "--models '': names no model; expected a comma-separated list"),
     ("train", ("--models", " , "), "--models ' , ': names no model"),
     ("train", ("--no-image", "--alpha", "0.5"), "--alpha: acts on none of the rows of --no-image (popularity, "

@@ -1,6 +1,6 @@
 """Tests of train.py's command line and rows: the presets behind --models and their shorthands, the variant that
 --no-image and --no-multi-attention make of the default rows, a command line read without being changed, a setting
-that acts on none of the rows, an option given twice, and the grid points at which each row trains."""
+that acts on none of the rows, --set and --grid given several times, and the grid points at which each row trains."""
 import pytest
 
 import train
@@ -53,7 +53,7 @@ def test_a_setting_that_acts_on_none_of_the_rows_is_refused(argv, message, tiny_
     assert message in capsys.readouterr().err and not (tmp_path / "o").exists()
 
 
-def test_an_option_given_twice_merges_or_is_refused(capsys):
+def test_set_and_grid_given_several_times_add_up_and_a_field_given_two_values_is_refused():
     s = train.read(train.parse_args(["--set", "q=32", "--set", "dropout=0.1", "--grid", "temperature=1,0.5",
                                      "--grid", "n_blocks=1", "--lr", "0.01", "--lr", "0.01", "--set", "lr=0.01"]))
     assert (s.cfg.q, s.cfg.dropout, s.cfg.lr) == (32, 0.1, 0.01)
@@ -62,11 +62,6 @@ def test_an_option_given_twice_merges_or_is_refused(capsys):
         train.read(train.parse_args(["--set", "q=32", "--set", "q=16"]))
     with pytest.raises(UsageError, match=r"--grid temperature=1.0,0.5 and --grid temperature=0.1 disagree"):
         train.read(train.parse_args(["--grid", "temperature=1,0.5", "--grid", "temperature=0.1"]))
-    for argv, message in ((["--lr", "0.1", "--lr", "0.2"], "lr given twice: 0.1 by --lr, 0.2 by --lr"),
-                          (["--models", "sasrec", "--compare"], "models given twice: sasrec by --models, compare by "
-                                                                "--compare"),
-                          (["--out", "a", "--out", "b"], "out given twice")):
-        assert run_cli(*argv) == 2 and message in capsys.readouterr().err
 
 
 def test_a_row_trains_at_the_distinct_points_of_the_fields_that_act_on_it():
