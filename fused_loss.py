@@ -8,8 +8,7 @@ it. With a = unit(h)/τ, s = a·E^T (Eq. 2), P_b = softmax(s_b) (Eq. 3/4), a tar
     d/da_b = r_b·(P_b - onehot_y)·E_b = (G·E_b)·r_b/Z - r_b·E_b,y
     d/dE_b = Σ_t (P_b - onehot_y)^T·(r_b·a_b) = G^T·(a_b·r_b/Z) - (r_b·a_b at the rows y)
 so O(T·d + N·d) is kept between the passes, never O(T·N). In bf16 the target's logit, Z and the sums stay fp32."""
-import functools
-import math
+import functools, math
 from typing import NamedTuple
 
 import torch

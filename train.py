@@ -7,20 +7,7 @@
 """
 from __future__ import annotations
 
-import argparse
-import contextlib
-import dataclasses
-import fcntl
-import itertools
-import json
-import math
-import os
-import random
-import re
-import shlex
-import signal
-import sys
-import time
+import argparse, contextlib, dataclasses, fcntl, itertools, json, math, os, random, re, shlex, signal, sys, time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -131,9 +118,6 @@ class Trainer:
     def epoch(self) -> int:  # the epochs trained: those of every target domain still running
         return max(sel.epoch for sel in self.targets)
 
-    def autocast(self):
-        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
-
     def eval_batch(self) -> int:
         return eval_batch(self.model.chunk(), self.scen.items.num_items)
 
@@ -184,7 +168,7 @@ class Trainer:
     def step(self, inputs: Views, targets: Views, shape: dict) -> torch.Tensor:
         """(Eq. 7) the loss, its gradient, Adam -> (views,) the per-view losses, on the device, without a sync."""
         with tf32(self.device):  # the encoders' products, forward and backward
-            with self.autocast():
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
                 loss, parts = self.model.loss(inputs, targets, shape)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -192,34 +176,23 @@ class Trainer:
         return torch.stack([torch.as_tensor(v, dtype=torch.float32, device=self.device) for v in parts.values()])
 
     def train_epoch(self) -> dict:
-        """One pass over the training set. Each step's losses reach the host without a wait and are checked a step
-        later: a NaN or infinity stops the run before anything is saved."""
+        """One pass over the training set. The losses are summed on the device and read once, at the end (the epoch's
+        one wait for the device): a NaN or infinity stops the run before anything is saved."""
         self.model.train()
         data, views = self.scen.train, self.model.views  # views: the loss's parts
         batches = torch.randperm(len(data), generator=self.shuffle).split(self.cfg.batch_size)
-        sums, pending = torch.zeros(len(views), device=self.device), None
+        sums = torch.zeros(len(views), device=self.device)
         progress = Progress(f"    epoch {self.epoch + 1}", len(data), "sequences")
         for b, idx in enumerate(batches):
-            parts = self.step(*self.batch(idx))
-            self.check_losses(pending, len(batches))
-            pending = b, host_copy(parts)  # on CUDA queued into page-locked memory, with an event
-            sums += parts
+            sums += self.step(*self.batch(idx))
             progress.update(min((b + 1) * self.cfg.batch_size, len(data)))
-        self.check_losses(pending, len(batches))
         progress.close()
-        return {"loss": dict(zip(views, (sums / len(batches)).tolist())),
-                "seq_per_s": len(data) / (time.monotonic() - progress.start)}
-
-    def check_losses(self, pending, n_batches: int) -> None:
-        if pending is None:
-            return
-        b, (host, done) = pending
-        if done is not None:
-            done.synchronize()  # the step before the one just queued: the device is still busy with that one
-        if bad := [v for v in host.tolist() if not math.isfinite(v)]:
+        loss = dict(zip(views, (sums / len(batches)).tolist()))
+        if bad := [v for v in loss.values() if not math.isfinite(v)]:
             targets = "+".join(sel.cfg.target for sel in self.targets)
-            raise UsageError(f"the loss became {bad[0]} at epoch {self.epoch + 1}, batch {b + 1} of {n_batches} "
-                             f"of {self.name} (target {targets}, seed {self.cfg.seed}). {self.advice()}")
+            raise UsageError(f"the loss became {bad[0]} in epoch {self.epoch + 1} of {self.name} (target {targets}, "
+                             f"seed {self.cfg.seed}). {self.advice()}")
+        return {"loss": loss, "seq_per_s": len(data) / (time.monotonic() - progress.start)}
 
     def fit(self, log_prefix: str = "") -> None:
         """Train until every target domain has stopped; a stopped one keeps the files a training of its own writes.
@@ -478,8 +451,7 @@ SHORTCUTS = {  # flag: (the Config field it sets as --set FIELD=VALUE does, help
     "--softmax-over": ("softmax_over", "Eq. 3/4: all N items, or each view's own domain as printed")}
 
 
-Settings = argparse.Namespace  # one command, read once from its flags (`read`): the flags' values, and cfg, grid,
-# seeds, targets, device, given, rows_flag (the flag that chose the rows) and labels ((field, flag) of every setting)
+Settings = argparse.Namespace  # the flags' values, and what `read` makes of them: cfg, grid, seeds, targets, device
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -757,14 +729,6 @@ def save(state: dict, path: Path) -> None:
                       f"The previous checkpoint is kept: free space and continue with --resume.") from None
 
 
-def host_copy(x: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event | None]:
-    """`x` copied to the host without a wait for the device -> (copy, an event set once it has landed, or None)."""
-    host, done = x.detach().to("cpu", non_blocking=True, copy=True), torch.cuda.Event() if x.is_cuda else None
-    if done is not None:
-        done.record()
-    return host, done
-
-
 WRITER = ThreadPoolExecutor(1, "checkpoints")  # one checkpoint write at a time, while training goes on
 
 
@@ -1003,8 +967,8 @@ def export(trainer, path: Path, k: int) -> None:
     in_target = (scen.test.target >= scen.items.num_x) == (cfg.target == "Y")  # as evaluate.eval_cases selects
     users = [u for u, keep in zip(read_users(scen.path / SPLIT_FILES["test"]), in_target.tolist()) if keep]
     with trainer.exact():
-        top, top_score = top_items(trainer.model.scorer(), cases, trainer.items, trainer.device, trainer.eval_batch(), k,
-                                   scen.items.num_items)
+        top, top_score = top_items(trainer.model.scorer(), cases, trainer.items, trainer.device,
+                                   trainer.eval_batch(), k, scen.items.num_items)
     head = ["user", "history", "ground_truth", *(f"rank_{p}" for p in PROTOCOLS),
             *(f"{c}_{i}" for i in range(1, top.shape[1] + 1) for c in ("item", "score"))]
     lines = ["\t".join(head)]
@@ -1031,7 +995,7 @@ def main(argv=None) -> int:
     except (DataError, UsageError, ConfigError, OSError) as err:  # OSError: an unwritable folder, a full disk
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except (MemoryError, RuntimeError) as err:  # an allocation that failed after all (torch.OutOfMemoryError too)
+    except (MemoryError, RuntimeError) as err:  # an allocation that failed (torch.OutOfMemoryError too)
         if not isinstance(err, MemoryError) and not re.search(r"out of memory|can't allocate memory", str(err)):
             raise
         print(f"error: out of memory ({' '.join(str(err).split())[:200]}); lower batch_size, q, n_blocks or "

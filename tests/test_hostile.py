@@ -740,7 +740,7 @@ def test_a_nan_loss_stops_training_with_exit_2_and_keeps_the_last_good_checkpoin
     out = tmp_path / "huge"
     code, text = call(train.main, ["--data-dir", scenario, "--models", "ifcdsr", "--target", "X", "--epochs", 2,
                                    "--batch-size", 32, "--out", out], capsys)
-    assert code == 2 and "error: the loss became nan at epoch 1, batch 1 of 2 of ifcdsr (target X, seed 0)" in text
+    assert code == 2 and "error: the loss became nan in epoch 1 of ifcdsr (target X, seed 0)" in text
     assert "Lower --lr (now 0.0005), or check that the image embeddings" in text and "no checkpoint was kept" in text
     assert not (out / "results.json").exists()
 
@@ -757,7 +757,7 @@ def test_a_nan_loss_stops_training_with_exit_2_and_keeps_the_last_good_checkpoin
     code, text = call(train.main, ["--data-dir", tiny_dir, "--models", "ifcdsr", "--target", "X", "--epochs", 3,
                                    "--batch-size", 32, "--seed", 3, "--out", out], capsys)
     last = out / "ifcdsr" / "seed3" / "last_X.pt"
-    assert code == 2 and "the loss became nan at epoch 2, batch 2 of 2 of ifcdsr (target X, seed 3)" in text
+    assert code == 2 and "the loss became nan in epoch 2 of ifcdsr (target X, seed 3)" in text
     assert f"the last good checkpoint, {last}, is kept" in text
     assert torch.load(last, weights_only=True)["epoch"] == 1 and not (out / "results.json").exists()
 

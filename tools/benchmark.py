@@ -307,8 +307,8 @@ def simulated(gpu: simulate.GPU, cfg: Config, scen: Scenario) -> dict:
     steps, batches = math.ceil(len(scen.train) / B), math.ceil(len(cases) / rows)
     for key, seconds in (("projected", "seconds"), ("fused", "fused_seconds")):
         checkpoints = out["last_bytes"] + out["best_bytes"]
-        # the host runs up to a step ahead of the device (`Trainer.check_losses` waits for the step before the one
-        # it has just queued), so a step takes the larger of the two times; so does the pass, which ends in a sync
+        # no step waits for the device (`Trainer.train_epoch` reads the losses once, at the epoch's end), so the
+        # host runs ahead and a step takes the larger of the two times; so does the pass, which ends in a sync
         step, evaluation = (max(out[k]["host_seconds"], out[k][seconds]) for k in ("train", "pass"))
         busy = steps * step + evaluation
         # the snapshot's copy to the host holds the device; the files are written while the next epoch trains

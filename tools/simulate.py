@@ -345,28 +345,12 @@ def efficient_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False,
                                                         scale=scale)[0]
 
 
-class DoneEvent:
-    """`torch.cuda.Event` on the simulated GPU, which has no timeline: every event is done once recorded."""
-
-    def __init__(self, *args, **kwargs):
-        pass
-
-    def record(self, stream=None) -> None:
-        pass
-
-    def synchronize(self) -> None:
-        pass
-
-    def query(self) -> bool:
-        return True
-
-
 @contextlib.contextmanager
 def simulated_gpu(gpu: GPU = H200):
     """Inside: torch.device("cuda") is a fake GPU (no memory, no values) and every op on it is counted by the
     `Counting` mode this yields."""
     saved = (torch.cuda.is_available, torch.cuda.is_bf16_supported, torch.Tensor.backward,
-             torch.cuda.mem_get_info, F.scaled_dot_product_attention, torch.cuda.Event,
+             torch.cuda.mem_get_info, F.scaled_dot_product_attention,
              torch.__future__.get_overwrite_module_params_on_conversion())
     torch.__future__.set_overwrite_module_params_on_conversion(True)  # module.to("cuda") takes fake tensors
     counting = Counting(gpu)
@@ -379,12 +363,11 @@ def simulated_gpu(gpu: GPU = H200):
                                                        int(gpu.memory_gb * 1e9))
             torch.Tensor.backward = python_backward
             F.scaled_dot_product_attention = efficient_attention
-            torch.cuda.Event = DoneEvent
             yield counting
     finally:
         (torch.cuda.is_available, torch.cuda.is_bf16_supported, torch.Tensor.backward,
-         torch.cuda.mem_get_info, F.scaled_dot_product_attention, torch.cuda.Event) = saved[:6]
-        torch.__future__.set_overwrite_module_params_on_conversion(saved[6])
+         torch.cuda.mem_get_info, F.scaled_dot_product_attention) = saved[:5]
+        torch.__future__.set_overwrite_module_params_on_conversion(saved[5])
 
 
 def roofline_note(gpu: GPU) -> str:
