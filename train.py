@@ -118,6 +118,9 @@ class Trainer:
     def epoch(self) -> int:  # the epochs trained: those of every target domain still running
         return max(sel.epoch for sel in self.targets)
 
+    def autocast(self):
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+
     def eval_batch(self) -> int:
         return eval_batch(self.model.chunk(), self.scen.items.num_items)
 
@@ -168,7 +171,7 @@ class Trainer:
     def step(self, inputs: Views, targets: Views, shape: dict) -> torch.Tensor:
         """(Eq. 7) the loss, its gradient, Adam -> (views,) the per-view losses, on the device, without a sync."""
         with tf32(self.device):  # the encoders' products, forward and backward
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            with self.autocast():
                 loss, parts = self.model.loss(inputs, targets, shape)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
