@@ -179,8 +179,7 @@ class Trainer:
         return torch.stack([torch.as_tensor(v, dtype=torch.float32, device=self.device) for v in parts.values()])
 
     def train_epoch(self) -> dict:
-        """One pass over the training set. The losses are summed on the device and read once, at the end (the epoch's
-        one wait for the device): a NaN or infinity stops the run before anything is saved."""
+        """One pass over the training set; its losses are read once, at the end: a NaN or an infinity stops the run."""
         self.model.train()
         data, views = self.scen.train, self.model.views  # views: the loss's parts
         batches = torch.randperm(len(data), generator=self.shuffle).split(self.cfg.batch_size)
@@ -199,7 +198,6 @@ class Trainer:
 
     def fit(self, log_prefix: str = "") -> None:
         """Train until every target domain has stopped; a stopped one keeps the files a training of its own writes.
-
         Note: the paper trains 100 epochs; here training also stops after `patience` evaluations without a
         better validation MRR, and the epoch with the best one is kept: model selection on validation only."""
         t0 = time.time()
@@ -751,8 +749,7 @@ class Checkpoints:
 
 
 def load_checkpoint(path: Path) -> dict:
-    """A checkpoint read as data (weights_only: nothing in it is run) onto the CPU, whatever device wrote it, and
-    checked: every field of CHECKPOINT (in a last_*.pt, of RESUME too) of its type, counts in [0, 10**6]."""
+    """A checkpoint read as data onto the CPU (nothing in it runs), each field of CHECKPOINT (and RESUME) checked."""
     problem = file_problem(path) or (not zipfile.is_zipfile(path) and "not an IFCDSR checkpoint (not the zip "
                                      "archive that torch.save writes: a foreign or truncated file)")
     try:  # not after a `problem`: a FIFO would block torch.load, /dev/zero fill memory
