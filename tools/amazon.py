@@ -66,7 +66,7 @@ class BadLines:
 
 
 def _raw_lines(path: Path, what: str):
-    """(line number, bytes) of a plain or gzipped file, streamed, with a progress line every 10 s. A line
+    """(line number, bytes) of a plain or gzipped file, streamed, with a progress line every 30 s. A line
     longer than MAX_LINE bytes stands as its first MAX_LINE bytes (malformed, then), so that a file without
     newlines is never read into memory whole."""
     if not path.exists():
