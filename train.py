@@ -394,7 +394,8 @@ def eval_only(s: Settings) -> int:
     check_checkpoint(state, scen, path)
     check_cases(scen, (cfg.target,))
     with torch.device("meta"):  # nothing allocated: the config's weight shapes against the file's
-        check_weights(build_model(state["model_name"], cfg, scen), state["model"], path)
+        meta = dataclasses.replace(scen, E_img=None if scen.E_img is None else scen.E_img.to("meta"))
+        check_weights(build_model(state["model_name"], cfg, meta), state["model"], path)
     trainer = Trainer(state["model_name"], cfg, scen, s.device, path.parent, resume=False)
     load_weights(trainer.model, state, path)
     for split in ("valid", "test"):
